@@ -1,0 +1,1 @@
+"""The decision core: knows employees, requests and verdicts, never HTTP or SQL."""

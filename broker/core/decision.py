@@ -1,0 +1,74 @@
+"""What the core answers: a verdict with its reason, rule and limit state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from broker.core.access import Access, Principal
+from broker.core.reason import Reason
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    ERROR = "error"
+    """The broker could not decide; doors fail closed on it and count it apart."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaState:
+    """A records quota after this decision: what the RateLimit headers report."""
+
+    name: str
+    limit: int
+    used: int
+    window: int
+    reset_at: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """A request-rate limit after this decision (GCRA)."""
+
+    limit: int
+    period: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+
+@dataclass(slots=True)
+class Decision:
+    id: str
+    verdict: Verdict
+    reason: Reason
+    detail: str
+    access: Access
+    revision: str
+    started: float
+    rule: str = ""
+    principal: Principal | None = None
+    allowed_records: int = 0
+    allowed_branches: frozenset[str] | None = frozenset()
+    """Branches the returned records may belong to; None means every branch."""
+    quota: QuotaState | None = None
+    quota_key: str = ""
+    reserved: int = 0
+    rate: RateState | None = None
+    retry_after: float | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    """Numbers the denial should show the employee (cap, requested, next shift)."""
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    @property
+    def employee(self) -> str | None:
+        return self.principal.employee if self.principal else self.facts.get("subject")

@@ -1,0 +1,52 @@
+"""Stable reason codes: what every denial, and every allow, is called.
+
+Codes are part of the contract with employees' apps, the audit trail and dashboards:
+add new ones freely, never rename one. Each front door owns one table from code to
+its protocol (HTTP status and problem type; SQLSTATE).
+"""
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    ALLOWED = "allow"
+
+    IDENTITY_MISSING = "identity.missing"
+    IDENTITY_MALFORMED = "identity.malformed"
+    IDENTITY_EXPIRED = "identity.expired"
+    IDENTITY_NOT_YET_VALID = "identity.not_yet_valid"
+    IDENTITY_BAD_SIGNATURE = "identity.bad_signature"
+    IDENTITY_WRONG_AUDIENCE = "identity.wrong_audience"
+    IDENTITY_WRONG_ISSUER = "identity.wrong_issuer"
+    IDENTITY_UNKNOWN_KEY = "identity.unknown_key"
+    IDENTITY_BAD_ALGORITHM = "identity.bad_algorithm"
+    IDENTITY_KEYS_UNAVAILABLE = "identity.keys_unavailable"
+    IDENTITY_NOT_ON_ROSTER = "identity.not_on_roster"
+
+    REQUEST_BAD_PATH = "request.bad_path"
+    REQUEST_AMBIGUOUS_QUERY = "request.ambiguous_query"
+    REQUEST_BAD_LIMIT = "request.bad_limit"
+    REQUEST_TOO_LARGE = "request.too_large"
+    REQUEST_BAD_FRAMING = "request.bad_framing"
+    ROUTE_UNKNOWN = "route.unknown"
+
+    POLICY_NOT_PERMITTED = "policy.not_permitted"
+    POLICY_OTHER_BRANCH = "policy.other_branch"
+    POLICY_UNAVAILABLE = "policy.unavailable"
+    SHIFT_OUTSIDE = "shift.outside"
+    BULK_OVER_CAP = "bulk.over_cap"
+    BULK_UNBOUNDED = "bulk.unbounded"
+    RATE_EXCEEDED = "rate.exceeded"
+    QUOTA_EXCEEDED = "quota.exceeded"
+
+    UPSTREAM_UNAVAILABLE = "upstream.unavailable"
+    UPSTREAM_TIMEOUT = "upstream.timeout"
+    UPSTREAM_TOO_MANY_RECORDS = "upstream.too_many_records"
+    UPSTREAM_OTHER_BRANCH = "upstream.other_branch"
+    UPSTREAM_UNINSPECTABLE = "upstream.uninspectable"
+
+    BROKER_ERROR = "broker.error"
+
+    @property
+    def is_identity(self) -> bool:
+        return self.value.startswith("identity.")

@@ -1,0 +1,127 @@
+"""Cross-checks between policy lines: the mistakes a line-by-line reader cannot see."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from broker.policy.limit import RateLimit, RecordLimit, build_rate_limit, build_record_limit
+from broker.policy.problem import PolicyProblem
+from broker.policy.route import RouteMap
+from broker.policy.rule import Rule
+from broker.policy.shift import Shift, build_shift
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class CheckedRules:
+    by_type: dict[str, list[Rule]]
+    shifts: dict[str, Shift] = field(default_factory=dict)
+    record_limits: dict[tuple[str, str], RecordLimit] = field(default_factory=dict)
+    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
+    problems: list[PolicyProblem] = field(default_factory=list)
+
+    def of(self, ptype: str) -> list[Rule]:
+        return self.by_type.get(ptype, [])
+
+
+def check_rules(rules: list[Rule]) -> CheckedRules:
+    checked = CheckedRules({})
+    for rule in rules:
+        checked.by_type.setdefault(rule.ptype, []).append(rule)
+    _check_duplicates(checked, rules)
+    checked.shifts = _build_named(checked, "p2", lambda r: r.fields[0], lambda r: build_shift(*r.fields))
+    checked.record_limits = _build_named(
+        checked, "p3", lambda r: (r.fields[0], r.fields[1]), lambda r: build_record_limit(*r.fields[2:], rule=_cite(r))
+    )
+    checked.rate_limits = _build_named(
+        checked, "p4", lambda r: r.fields[0], lambda r: build_rate_limit(*r.fields[1:], rule=_cite(r))
+    )
+    _check_references(checked)
+    return checked
+
+
+def check_routes(checked: CheckedRules, routes: RouteMap) -> None:
+    granted = {(r.fields[1], r.fields[2]) for r in checked.of("p")}
+    for route in routes.routes:
+        if (route.resource, route.action) not in granted:
+            checked.problems.append(
+                PolicyProblem(
+                    routes.file,
+                    route.line,
+                    f"route {route.label} uses {route.resource}/{route.action}, which no p line grants",
+                    "fix the spelling, or add a p line granting it to a role",
+                )
+            )
+        if route.records != "none" and not route.branch_field:
+            checked.problems.append(
+                PolicyProblem(
+                    routes.file,
+                    route.line,
+                    f"route {route.label} returns records but names no branch_field",
+                    "set branch_field to the record field holding its branch, so the broker can check it",
+                )
+            )
+
+
+def _cite(rule: Rule) -> str:
+    return f"{rule} ({rule.where})"
+
+
+def _check_duplicates(checked: CheckedRules, rules: list[Rule]) -> None:
+    seen: dict[tuple[str, tuple[str, ...]], Rule] = {}
+    for rule in rules:
+        first = seen.setdefault((rule.ptype, rule.fields), rule)
+        if first is not rule:
+            checked.problems.append(PolicyProblem(rule.file, rule.line, f"duplicate of {first.where}"))
+
+
+def _build_named(
+    checked: CheckedRules, ptype: str, key: Callable[[Rule], T], build: Callable[[Rule], object]
+) -> dict[T, object]:  # type: ignore[type-var]
+    built: dict[T, object] = {}
+    where: dict[T, Rule] = {}
+    for rule in checked.of(ptype):
+        name = key(rule)
+        if name in where:
+            checked.problems.append(
+                PolicyProblem(rule.file, rule.line, f"{ptype} for {name} is already defined at {where[name].where}")
+            )
+            continue
+        try:
+            built[name] = build(rule)
+            where[name] = rule
+        except ValueError as exc:
+            checked.problems.append(PolicyProblem(rule.file, rule.line, str(exc)))
+    return built
+
+
+def _check_references(checked: CheckedRules) -> None:
+    roles = {r.fields[0] for r in checked.of("p")}
+    role_hint = f"known roles: {', '.join(sorted(roles)) or 'none (no p lines)'}"
+    for rule in checked.of("g") + checked.of("g3"):
+        _require(checked, rule, rule.fields[1] in roles, f"unknown role {rule.fields[1]!r}", role_hint)
+    for rule in checked.of("p3") + checked.of("p4"):
+        _require(checked, rule, rule.fields[0] in roles, f"limit for unknown role {rule.fields[0]!r}", role_hint)
+    shift_hint = f"defined shifts: {', '.join(sorted(checked.shifts)) or 'none'}"
+    for rule in checked.of("g2"):
+        _require(checked, rule, rule.fields[1] in checked.shifts, f"unknown shift {rule.fields[1]!r}", shift_hint)
+    resources = {r.fields[1] for r in checked.of("p")}
+    for rule in checked.of("p3"):
+        _require(checked, rule, rule.fields[1] in resources, f"limit for resource {rule.fields[1]!r}, which no p line grants")
+    for rule in checked.of("p"):
+        role, resource, _ = rule.fields
+        _require(
+            checked,
+            rule,
+            (role, resource) in checked.record_limits,
+            f"role {role!r} may use {resource!r} but has no records limit for it",
+            f"add: p3, {role}, {resource}, <cap>, <quota>, <window> (write 'unlimited' deliberately)",
+        )
+
+
+def _require(checked: CheckedRules, rule: Rule, ok: bool, message: str, hint: str = "") -> None:
+    if not ok:
+        checked.problems.append(PolicyProblem(rule.file, rule.line, message, hint))

@@ -1,0 +1,132 @@
+"""The loaded policy compiled into dictionaries, so a decision costs a few lookups.
+
+A full pycasbin `enforce()` costs ~250 us here whatever the roster size; the index
+answers the same question (may this employee do this action on this resource in this
+branch?) in about a microsecond. Casbin stays the language and the source of truth: the
+index is built from the enforcer's own loaded rules, and every load cross-checks a
+sample of decisions against `enforce()` before the policy goes live (see `parity`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from broker.policy.limit import RateLimit, RecordLimit, most_generous_rate, most_generous_records
+from broker.policy.rule import Rule
+from broker.policy.shift import Shift
+
+
+@dataclass(frozen=True, slots=True)
+class Employee:
+    """One roster entry: roles per branch, branch-less (HQ) roles, shifts."""
+
+    id: str
+    roles_by_branch: dict[str, frozenset[str]]
+    global_roles: frozenset[str]
+    shifts: tuple[Shift, ...]
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return self.global_roles.union(*self.roles_by_branch.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Which branches an employee may touch for one resource and action."""
+
+    branches: frozenset[str] | None
+    """None: every branch (a global role granted it)."""
+    rule: str
+
+    @property
+    def permitted(self) -> bool:
+        return self.branches is None or bool(self.branches)
+
+
+NOT_GRANTED = Grant(frozenset(), "")
+
+
+@dataclass(slots=True)
+class PolicyIndex:
+    employees: dict[str, Employee]
+    grants: dict[tuple[str, str], dict[str, str]]
+    """(resource, action) -> role -> the rule that grants it."""
+    record_limits: dict[tuple[str, str], RecordLimit]
+    rate_limits: dict[str, RateLimit]
+    _grant_cache: dict[tuple[str, str, str], Grant] = field(default_factory=dict)
+
+    def grant(self, employee: Employee, resource: str, action: str) -> Grant:
+        """Branches `employee` may touch; memoised per policy revision (the index is
+        rebuilt on every reload, so a stale entry cannot outlive its policy)."""
+        key = (employee.id, resource, action)
+        cached = self._grant_cache.get(key)
+        if cached is None:
+            cached = self._grant_uncached(employee, resource, action)
+            if len(self._grant_cache) < 200_000:
+                self._grant_cache[key] = cached
+        return cached
+
+    def _grant_uncached(self, employee: Employee, resource: str, action: str) -> Grant:
+        roles = self.grants.get((resource, action))
+        if not roles:
+            return NOT_GRANTED
+        for role in sorted(employee.global_roles):
+            if role in roles:
+                return Grant(None, roles[role])
+        branches = {b for b, held in employee.roles_by_branch.items() if not held.isdisjoint(roles)}
+        if not branches:
+            return NOT_GRANTED
+        rule = next(roles[r] for b in sorted(branches) for r in sorted(employee.roles_by_branch[b]) if r in roles)
+        return Grant(frozenset(branches), rule)
+
+    def allows(self, employee_id: str, branch: str, resource: str, action: str) -> bool:
+        """The same question `enforce(employee, branch, resource, action)` answers."""
+        employee = self.employees.get(employee_id)
+        if employee is None:
+            return False
+        grant = self.grant(employee, resource, action)
+        return grant.branches is None or branch in grant.branches
+
+    def record_limit(self, employee: Employee, resource: str) -> RecordLimit | None:
+        found = [self.record_limits[(r, resource)] for r in employee.roles if (r, resource) in self.record_limits]
+        return most_generous_records(found)
+
+    def rate_limit(self, employee: Employee) -> RateLimit | None:
+        return most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])
+
+
+def build_index(
+    grants: Iterable[Rule],
+    roster: Iterable[Rule],
+    global_roster: Iterable[Rule],
+    assignments: Iterable[Rule],
+    shifts: dict[str, Shift],
+    record_limits: dict[tuple[str, str], RecordLimit],
+    rate_limits: dict[str, RateLimit],
+) -> PolicyIndex:
+    by_branch: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for rule in roster:
+        employee, role, branch = rule.fields
+        by_branch[employee][branch].add(role)
+    global_roles: defaultdict[str, set[str]] = defaultdict(set)
+    for rule in global_roster:
+        global_roles[rule.fields[0]].add(rule.fields[1])
+    shifts_of: defaultdict[str, list[Shift]] = defaultdict(list)
+    for rule in assignments:
+        shifts_of[rule.fields[0]].append(shifts[rule.fields[1]])
+    employees = {
+        emp: Employee(
+            emp,
+            {b: frozenset(r) for b, r in by_branch.get(emp, {}).items()},
+            frozenset(global_roles.get(emp, ())),
+            tuple(shifts_of.get(emp, ())),
+        )
+        for emp in by_branch.keys() | global_roles.keys()
+    }
+    granted: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for rule in grants:
+        role, resource, action = rule.fields
+        granted[(resource, action)].setdefault(role, f"{rule} ({rule.where})")
+    return PolicyIndex(employees, dict(granted), record_limits, rate_limits)

@@ -1,0 +1,82 @@
+"""Per-role record caps, records quotas and request rates, as written in `p3`/`p4` lines."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+UNLIMITED = "unlimited"
+SHIFT_WINDOW = "shift"
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhd])\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLimit:
+    """What one role may take of one resource.
+
+    `cap` bounds a single request, `quota` the records taken per window; None is
+    unlimited. A window of 0 seconds means "the current shift".
+    """
+
+    cap: int | None
+    quota: int | None
+    window: int
+    rule: str
+
+    @property
+    def per_shift(self) -> bool:
+        return self.window == 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    period: int
+    rule: str
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"duration {text!r} is not a number with s, m, h or d (e.g. 8h)")
+    return int(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def parse_amount(text: str, label: str) -> int | None:
+    if text == UNLIMITED:
+        return None
+    if not text.isdigit() or int(text) < 1 or len(text) > 12:
+        raise ValueError(f"{label} {text!r} is not a positive whole number or 'unlimited'")
+    return int(text)
+
+
+def build_record_limit(cap: str, quota: str, window: str, rule: str) -> RecordLimit:
+    seconds = 0 if window == SHIFT_WINDOW else parse_duration(window)
+    return RecordLimit(parse_amount(cap, "cap"), parse_amount(quota, "quota"), seconds, rule)
+
+
+def build_rate_limit(requests: str, per: str, rule: str) -> RateLimit:
+    amount = parse_amount(requests, "requests")
+    if amount is None:
+        raise ValueError("a rate line must give a number of requests; leave the line out instead")
+    return RateLimit(amount, parse_duration(per), rule)
+
+
+def most_generous_records(limits: list[RecordLimit]) -> RecordLimit | None:
+    """Roles add up like permissions do: an employee gets the loosest of their roles."""
+    if not limits:
+        return None
+    return max(limits, key=_generosity)
+
+
+def _generosity(limit: RecordLimit) -> tuple[float, float]:
+    cap = float("inf") if limit.cap is None else limit.cap
+    quota = float("inf") if limit.quota is None else limit.quota
+    return (quota, cap)
+
+
+def most_generous_rate(limits: list[RateLimit]) -> RateLimit | None:
+    if not limits:
+        return None
+    return max(limits, key=lambda rate: rate.requests / rate.period)

@@ -1,0 +1,78 @@
+"""The Casbin model (`model.conf`), checked against the rule shapes the broker reads.
+
+pycasbin loads a model whose `g = _, _` no longer matches the three-field `g` lines and
+then quietly lets employees into other branches. Each definition the broker relies on
+is compared with the shape of its lines before anything is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from casbin.model import Model  # type: ignore[import-untyped]
+
+from broker.policy.problem import PolicyProblem
+from broker.policy.rule import LINE_TYPES
+
+REQUEST_FIELDS = ("sub", "dom", "obj", "act")
+"""The request the broker asks Casbin about: employee, record's branch, resource, action."""
+
+
+def load_model(name: str, raw: bytes) -> tuple[Any, list[PolicyProblem]]:
+    try:
+        text = raw.decode("utf-8")
+        model = Model()
+        model.load_model_from_text(text)
+    except Exception as exc:  # pycasbin raises bare Exceptions with its own messages
+        return None, [PolicyProblem(name, 0, f"cannot load the Casbin model: {exc}")]
+    problems = _check_sections(name, text, model)
+    return (None if problems else model), problems
+
+
+def _check_sections(name: str, text: str, model: Any) -> list[PolicyProblem]:
+    problems: list[PolicyProblem] = []
+    request = _tokens(model, "r", "r")
+    if request != [f"r_{f}" for f in REQUEST_FIELDS]:
+        problems.append(_problem(name, text, "r =", f"request_definition must be r = {', '.join(REQUEST_FIELDS)}"))
+    for ptype, fields in LINE_TYPES.items():
+        problems.extend(_check_definition(name, text, model, ptype, len(fields)))
+    if "m" not in model.keys() or "m" not in model["m"]:
+        problems.append(PolicyProblem(name, 0, "the model has no [matchers] m = ... line"))
+    if "e" not in model.keys() or "e" not in model["e"]:
+        problems.append(PolicyProblem(name, 0, "the model has no [policy_effect] e = ... line"))
+    elif model["e"]["e"].value.replace(" ", "").replace("_", ".") != "some(where(p.eft==allow))":
+        problems.append(
+            _problem(name, text, "e =", "policy_effect must be some(where (p.eft == allow)): allow-lists only")
+        )
+    return problems
+
+
+def _check_definition(name: str, text: str, model: Any, ptype: str, arity: int) -> list[PolicyProblem]:
+    section = ptype[0]
+    found = model[section].get(ptype) if section in model.keys() else None
+    if found is None:
+        return [PolicyProblem(name, 0, f"the model does not define {ptype}", f"add {ptype} = ... with {arity} fields")]
+    have = len(found.value.split(",")) if section == "g" else len(found.tokens)
+    if have != arity:
+        return [
+            _problem(
+                name,
+                text,
+                f"{ptype} =",
+                f"{ptype} is defined with {have} fields but {ptype} lines have {arity}",
+            )
+        ]
+    return []
+
+
+def _tokens(model: Any, section: str, key: str) -> list[str]:
+    if section not in model.keys() or key not in model[section]:
+        return []
+    return list(model[section][key].tokens)
+
+
+def _problem(name: str, text: str, prefix: str, message: str) -> PolicyProblem:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.replace(" ", "").startswith(prefix.replace(" ", "")):
+            return PolicyProblem(name, number, message)
+    return PolicyProblem(name, 0, message)

@@ -26,6 +26,7 @@ class Reason(StrEnum):
     REQUEST_BAD_PATH = "request.bad_path"
     REQUEST_AMBIGUOUS_QUERY = "request.ambiguous_query"
     REQUEST_BAD_LIMIT = "request.bad_limit"
+    REQUEST_BAD_BODY = "request.bad_body"
     REQUEST_TOO_LARGE = "request.too_large"
     REQUEST_BAD_FRAMING = "request.bad_framing"
     ROUTE_UNKNOWN = "route.unknown"

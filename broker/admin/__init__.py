@@ -1,0 +1,1 @@
+"""Operator and employee endpoints under `/-/`: health, readiness, metrics, policy, quota."""

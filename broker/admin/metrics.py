@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per broker so tests can run several side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "broker_decisions_total", "Decisions by verdict and reason code", ["verdict", "reason"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "broker_request_duration_seconds",
+            "Time from request received to response sent, through the broker",
+            ["verdict"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "broker_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=self.registry
+        )
+        self.records = Counter(
+            "broker_records_returned_total", "Records passed on to employees, by resource", ["resource"], registry=self.registry
+        )
+        self.policy_reloads = Counter(
+            "broker_policy_reloads_total", "Policy reload attempts by outcome", ["outcome"], registry=self.registry
+        )
+        self.policy_loaded = Gauge(
+            "broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,38 @@
+"""What each denial means, for the employee who meets it: served at `/-/problems/<code>`."""
+
+from broker.core.reason import Reason
+
+EXPLANATIONS: dict[Reason, str] = {
+    Reason.IDENTITY_MISSING: "Your app sent no access token. Sign in again; if it persists, call the help desk.",
+    Reason.IDENTITY_MALFORMED: "The access token is damaged or not a token at all. Sign in again.",
+    Reason.IDENTITY_EXPIRED: "Your sign-in has expired. Sign in again.",
+    Reason.IDENTITY_NOT_YET_VALID: "Your token is not valid yet; check your device's clock.",
+    Reason.IDENTITY_BAD_SIGNATURE: "The token was not issued by the company's sign-in service.",
+    Reason.IDENTITY_WRONG_AUDIENCE: "The token was issued for another system.",
+    Reason.IDENTITY_WRONG_ISSUER: "The token comes from a sign-in service this broker does not trust.",
+    Reason.IDENTITY_UNKNOWN_KEY: "The token is signed with a key the broker does not know.",
+    Reason.IDENTITY_BAD_ALGORITHM: "The token uses a signing method that is not allowed.",
+    Reason.IDENTITY_KEYS_UNAVAILABLE: "The broker cannot reach the sign-in service's keys right now. Retry shortly.",
+    Reason.IDENTITY_NOT_ON_ROSTER: "You are signed in, but not on the roster the broker uses. Ask your supervisor.",
+    Reason.REQUEST_BAD_PATH: "The address could be read in more than one way, so it was refused.",
+    Reason.REQUEST_AMBIGUOUS_QUERY: "A query parameter was given twice or empty; give it once.",
+    Reason.REQUEST_BAD_LIMIT: "The number of records asked for is not a whole number from 1 up.",
+    Reason.REQUEST_BAD_BODY: "The request body does not say, in the expected field, which branch it is for.",
+    Reason.REQUEST_TOO_LARGE: "The request body is larger than the broker accepts.",
+    Reason.REQUEST_BAD_FRAMING: "The request's length headers disagree.",
+    Reason.ROUTE_UNKNOWN: "This part of the system is not open through the broker.",
+    Reason.POLICY_NOT_PERMITTED: "Your role does not include this kind of access.",
+    Reason.POLICY_OTHER_BRANCH: "You can only see records of your own branch.",
+    Reason.POLICY_UNAVAILABLE: "The broker has no valid policy loaded and refuses everything until it does.",
+    Reason.SHIFT_OUTSIDE: "Records are available only during your shift; the denial says when it starts.",
+    Reason.BULK_OVER_CAP: "One request may return only a limited number of records; ask for fewer.",
+    Reason.BULK_UNBOUNDED: "The request did not say how many records it wants; add a limit.",
+    Reason.RATE_EXCEEDED: "Too many requests in a short time; wait for the time in Retry-After.",
+    Reason.QUOTA_EXCEEDED: "You have used your records quota for this window; it resets at the time given.",
+    Reason.UPSTREAM_UNAVAILABLE: "The system behind the broker is down. Retry later.",
+    Reason.UPSTREAM_TIMEOUT: "The system behind the broker is too slow to answer. Retry later.",
+    Reason.UPSTREAM_TOO_MANY_RECORDS: "The system answered with more records than allowed, so nothing was passed on.",
+    Reason.UPSTREAM_OTHER_BRANCH: "The system answered with another branch's records, so nothing was passed on.",
+    Reason.UPSTREAM_UNINSPECTABLE: "The answer could not be checked, so it was not passed on.",
+    Reason.BROKER_ERROR: "The broker failed to decide and refused to be safe. Retry; report the decision id.",
+}

@@ -1,0 +1,120 @@
+"""`/-/` endpoints: liveness, readiness, metrics, the live policy, and `/-/me`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from broker.admin.metrics import Metrics
+from broker.admin.problems import EXPLANATIONS
+from broker.core.clock import iso
+from broker.core.guard import Guard
+from broker.core.reason import Reason
+from broker.core.window import current_shift, next_shift_start
+from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
+from broker.http.bearer import bearer_token
+from broker.identity.error import IdentityError
+from broker.policy.holder import PolicyHolder
+
+ADMIN_PREFIX = "/-/"
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class AdminRoutes:
+    def __init__(self, guard: Guard, policy: PolicyHolder, metrics: Metrics, authenticate: Any) -> None:
+        self._guard = guard
+        self._policy = policy
+        self._metrics = metrics
+        self._authenticate = authenticate
+        self.draining = False
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/-/healthz", self.healthz)
+        app.router.add_get("/-/readyz", self.readyz)
+        app.router.add_get("/-/metrics", self.metrics)
+        app.router.add_get("/-/policy", self.policy)
+        app.router.add_get("/-/me", self.me)
+        app.router.add_get("/-/problems/{code}", self.problem)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        snapshot = self._policy.current
+        if self.draining:
+            return _json({"ready": False, "why": "shutting down"}, 503)
+        if snapshot is None:
+            return _json({"ready": False, "why": "no valid policy loaded"}, 503)
+        return _json({"ready": True, "policy_revision": snapshot.revision})
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        self._metrics.policy_loaded.set(1 if self._policy.current else 0)
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def policy(self, _: web.Request) -> web.Response:
+        holder, snapshot = self._policy, self._policy.current
+        error = holder.last_error
+        return _json(
+            {
+                "revision": snapshot.revision if snapshot else None,
+                "directory": str(holder.directory),
+                "files": list(snapshot.files) if snapshot else [],
+                "employees": len(snapshot.index.employees) if snapshot else 0,
+                "routes": len(snapshot.routes.routes) if snapshot else 0,
+                "loaded_at": iso(holder.loaded_at) if holder.loaded_at else None,
+                "reloads": holder.reloads,
+                "rejected": holder.rejected,
+                "last_rejected": None if error is None else {
+                    "at": iso(holder.last_attempt_at) if holder.last_attempt_at else None,
+                    "problems": [str(p) for p in error.problems],
+                },
+            }
+        )
+
+    async def me(self, request: web.Request) -> web.Response:
+        """The caller's own quota state: what they have used, what is left, when it resets."""
+        try:
+            employee_id = await self._authenticate(bearer_token(request.headers.getall("Authorization", [])))
+        except IdentityError as exc:
+            response = bare_problem(exc.reason, STATUS_AND_TITLE[exc.reason][0], exc.detail)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="broker"'
+            return response
+        snapshot = self._policy.current
+        employee = snapshot.index.employees.get(employee_id) if snapshot else None
+        if employee is None:
+            return bare_problem(Reason.IDENTITY_NOT_ON_ROSTER, 403, f"Employee {employee_id} is not on the roster.")
+        now = self._guard.clock.now()
+        shift = current_shift(employee.shifts, now)
+        upcoming = next_shift_start(employee.shifts, now)
+        quotas = await self._guard.quotas_of(employee_id)
+        return _json(
+            {
+                "employee": employee_id,
+                "roles": sorted(employee.roles),
+                "branches": sorted(employee.roles_by_branch),
+                "shifts": [s.name for s in employee.shifts],
+                "in_shift": shift is not None,
+                "shift_ends_at": iso(shift.end) if shift else None,
+                "next_shift_starts_at": iso(upcoming) if upcoming and shift is None else None,
+                "quotas": [
+                    {"resource": q.name, "limit": q.limit, "used": q.used, "remaining": q.remaining, "resets_at": iso(q.reset_at)}
+                    for q in quotas
+                ],
+            }
+        )
+
+    async def problem(self, request: web.Request) -> web.Response:
+        try:
+            reason = Reason(request.match_info["code"])
+        except ValueError:
+            return bare_problem(Reason.ROUTE_UNKNOWN, 404, "No such problem type.")
+        status, title = STATUS_AND_TITLE.get(reason, (403, "Denied"))
+        return _json(
+            {"type": problem_type(reason), "reason": reason.value, "status": status, "title": title,
+             "explanation": EXPLANATIONS.get(reason, "")}
+        )

@@ -1,0 +1,108 @@
+"""Composition root: builds one broker (policy, identity, meter, audit, doors) from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from broker.admin.metrics import Metrics
+from broker.admin.routes import AdminRoutes
+from broker.audit.log import AuditSink, FileAuditSink
+from broker.config import Settings
+from broker.core.clock import Clock, clock_from
+from broker.core.guard import Guard
+from broker.http.proxy import ProxyHandler
+from broker.http.upstream import Upstream
+from broker.identity.jwt_authenticator import JwtAuthenticator
+from broker.meter.store import CounterStore, MemoryCounterStore
+from broker.policy.holder import PolicyHolder
+
+log = structlog.get_logger("broker")
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    clock: Clock
+    policy: PolicyHolder
+    authenticator: JwtAuthenticator
+    store: CounterStore
+    audit: AuditSink
+    metrics: Metrics
+    upstream: Upstream
+    guard: Guard
+    admin: AdminRoutes
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def reload(self, trigger: str) -> bool:
+        ok = await self.policy.reload(trigger)
+        self.metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
+        return ok
+
+
+BROKER_KEY = web.AppKey("broker", Broker)
+
+
+def build_broker(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: CounterStore | None = None,
+    audit: AuditSink | None = None,
+) -> Broker:
+    """Everything wired; raises PolicyError / ValueError if policy or identity are unusable."""
+    clock = clock or clock_from(settings.clock.start)
+    policy = PolicyHolder(settings.policy.directory, clock.now)
+    policy.load_initial()
+    authenticator = JwtAuthenticator(settings.identity, clock)
+    store = store or MemoryCounterStore()
+    metrics = Metrics()
+    guard = Guard(policy, authenticator, store, clock)
+    return Broker(
+        settings=settings,
+        clock=clock,
+        policy=policy,
+        authenticator=authenticator,
+        store=store,
+        audit=audit or FileAuditSink(settings.audit.path),
+        metrics=metrics,
+        upstream=Upstream(settings.upstream),
+        guard=guard,
+        admin=AdminRoutes(guard, policy, metrics, authenticator.authenticate),
+    )
+
+
+def build_app(broker: Broker) -> web.Application:
+    app = web.Application(client_max_size=broker.settings.upstream.max_request_body_bytes)
+    app[BROKER_KEY] = broker
+    broker.admin.register(app)
+    proxy = ProxyHandler(broker.guard, broker.policy, broker.upstream, broker.metrics, broker.audit)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    broker = app[BROKER_KEY]
+    await broker.upstream.start()
+    if broker.settings.policy.watch:
+        broker.tasks.append(asyncio.create_task(broker.policy.watch(broker.stop), name="policy-watch"))
+    snapshot = broker.policy.current
+    log.info("broker.started", policy_revision=snapshot.revision if snapshot else None, upstream=broker.settings.upstream.url)
+    yield
+    broker.admin.draining = True
+    broker.stop.set()
+    for task in broker.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await broker.upstream.close()
+    await broker.authenticator.close()
+    await broker.store.close()
+    broker.audit.close()

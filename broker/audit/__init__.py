@@ -1,0 +1,1 @@
+"""The decision log: one JSON line per decision, written off the event loop."""

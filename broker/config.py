@@ -1,0 +1,133 @@
+"""Typed settings from `broker.toml` and a few environment variables.
+
+Every key has an embedded default so `broker demo` runs with no file at all; an
+unknown key or a value of the wrong type is an error naming the key, never ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from broker.identity.settings import IdentitySettings
+
+SECRET_ENV = "BROKER_DEV_SECRET"
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    url: str = "http://127.0.0.1:8081"
+    connect_timeout_seconds: float = 3.0
+    read_timeout_seconds: float = 30.0
+    max_connections: int = 200
+    max_request_body_bytes: int = 1 << 20
+    max_response_inspect_bytes: int = 32 << 20
+    """Responses carrying records are held and counted before they leave; larger ones
+    than this are refused rather than passed on unchecked."""
+    forward_authorization: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    directory: Path = Path("policies")
+    watch: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    path: str = "-"
+    """A file to append JSON lines to, or "-" for standard output."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSettings:
+    start: str = ""
+    """An ISO 8601 instant to start the clock at (tests and demos); empty: real time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    clock: ClockSettings = field(default_factory=ClockSettings)
+    source: str = "embedded defaults"
+
+    def problems(self) -> list[str]:
+        found = [f"[identity] {p}" for p in self.identity.validate()]
+        if not self.upstream.url.startswith(("http://", "https://")):
+            found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
+        if not 0 < self.server.port < 65536:
+            found.append(f"[server] port {self.server.port} is not a TCP port")
+        return found
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from `path` (or the embedded defaults), then the environment."""
+    settings = Settings() if path is None else _from_file(path)
+    secret = os.environ.get(SECRET_ENV)
+    if secret:
+        settings = replace(settings, identity=replace(settings.identity, hs256_secret=secret))
+    return settings
+
+
+def _from_file(path: Path) -> Settings:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    sections: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings) if f.name != "source"}
+    for name, table in doc.items():
+        if name not in known:
+            raise ConfigError(f"{path}: unknown section [{name}]; known: {', '.join(known)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        default = known[name].default_factory()  # type: ignore[misc]
+        sections[name] = _section(path, name, default, table)
+    return Settings(**sections, source=str(path))
+
+
+def _section(path: Path, name: str, default: T, table: dict[str, Any]) -> T:
+    types = {f.name: type(getattr(default, f.name)) for f in fields(default)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in types:
+            raise ConfigError(f"{path}: unknown key {key!r} in [{name}]; known: {', '.join(types)}")
+        values[key] = _coerce(path, f"[{name}] {key}", types[key], getattr(default, key), value)
+    return replace(default, **values)  # type: ignore[type-var]
+
+
+def _coerce(path: Path, label: str, kind: type, default: Any, value: Any) -> Any:
+    if default is None or isinstance(default, Path):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {label} must be a string")
+        return Path(value) if isinstance(default, Path) or label.endswith("_file") else value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {label} must be a list of strings")
+        return tuple(value)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{path}: {label} must be {kind.__name__}, not {type(value).__name__}")
+    return value

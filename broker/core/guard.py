@@ -1,0 +1,234 @@
+"""The one place the order of checks lives.
+
+identity → roster → route refusal → permission → branch → shift → bulk cap → rate →
+quota. Each step either passes or returns a denial with a stable reason code. An
+unexpected exception becomes an ERROR verdict, which every door treats as a denial.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from broker.core.access import UNBOUNDED, Access, Principal
+from broker.core.clock import Clock, iso
+from broker.core.decision import Decision, QuotaState, RateState, Verdict
+from broker.core.reason import Reason
+from broker.core.window import current_shift, next_shift_start, quota_window
+from broker.identity.error import IdentityError
+from broker.meter.store import CounterStore
+from broker.policy.index import Employee, Grant
+from broker.policy.limit import RecordLimit
+from broker.policy.snapshot import PolicySnapshot
+
+log = structlog.get_logger("broker.guard")
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, credential: str | None) -> str: ...
+
+
+class PolicySource(Protocol):
+    @property
+    def current(self) -> PolicySnapshot | None: ...
+
+
+def new_decision_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Guard:
+    def __init__(
+        self,
+        policy: PolicySource,
+        authenticator: Authenticator,
+        store: CounterStore,
+        clock: Clock,
+        decision_id: Callable[[], str] = new_decision_id,
+    ) -> None:
+        self._policy = policy
+        self._auth = authenticator
+        self._store = store
+        self._clock = clock
+        self._decision_id = decision_id
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    async def decide(self, access: Access, snapshot: PolicySnapshot | None = None) -> Decision:
+        """Decide on `access`, under `snapshot` when the door classified with one (so the
+        route map and the rules come from the same revision), else the live policy."""
+        now = self._clock.now()
+        snapshot = snapshot or self._policy.current
+        decision = Decision(
+            self._decision_id(), Verdict.DENY, Reason.BROKER_ERROR, "", access, snapshot.revision if snapshot else "", now
+        )
+        try:
+            await self._decide(decision, snapshot, now)
+        except Exception:
+            log.exception("decision failed", decision_id=decision.id)
+            decision.verdict, decision.reason = Verdict.ERROR, Reason.BROKER_ERROR
+            decision.detail = "The broker could not reach a decision, so the request was refused. Please retry."
+        return decision
+
+    async def settle(self, decision: Decision, returned: int) -> None:
+        """Charge what actually left: the reservation made at decision time is corrected
+        to the records counted in the response (zero when nothing was passed on)."""
+        quota = decision.quota
+        delta = returned - decision.reserved
+        if quota is None or not decision.quota_key or delta == 0:
+            return
+        used = await self._store.add(decision.quota_key, delta, quota.reset_at, self._clock.now())
+        decision.reserved = returned
+        decision.quota = QuotaState(quota.name, quota.limit, used, quota.window, quota.reset_at)
+
+    async def quotas_of(self, employee_id: str) -> list[QuotaState]:
+        """The caller's own quota state per resource, for the self-service view."""
+        snapshot = self._policy.current
+        employee = snapshot.index.employees.get(employee_id) if snapshot else None
+        if snapshot is None or employee is None:
+            return []
+        now = self._clock.now()
+        states = []
+        for resource in sorted({res for (res, _act) in snapshot.index.grants}):
+            limit = snapshot.index.record_limit(employee, resource)
+            if limit is None or limit.quota is None:
+                continue
+            window = quota_window(limit, employee.shifts, now)
+            used = await self._store.get(_quota_key(employee_id, resource, window.start), now)
+            states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end))
+        return states
+
+    async def _decide(self, d: Decision, snapshot: PolicySnapshot | None, now: float) -> None:
+        access = d.access
+        if access.credential == "":
+            return _deny(d, Reason.IDENTITY_MALFORMED, "The Authorization header must be exactly 'Bearer <token>'.")
+        try:
+            employee_id = await self._auth.authenticate(access.credential)
+        except IdentityError as exc:
+            return _deny(d, exc.reason, exc.detail)
+        d.facts["subject"] = employee_id
+        if snapshot is None:
+            return _deny(d, Reason.POLICY_UNAVAILABLE, "No valid policy is loaded yet; the broker refuses everything.")
+        employee = snapshot.index.employees.get(employee_id)
+        if employee is None:
+            return _deny(d, Reason.IDENTITY_NOT_ON_ROSTER, f"Employee {employee_id} is not on the roster.")
+        d.principal = _principal(employee)
+        if access.refusal is not None:
+            return _deny(d, access.refusal.reason, access.refusal.detail)
+        grant = snapshot.index.grant(employee, access.resource, access.action)
+        if not self._permitted(d, employee, grant):
+            return None
+        if not self._in_shift(d, employee, now):
+            return None
+        limit = snapshot.index.record_limit(employee, access.resource)
+        if limit is None or not self._within_cap(d, limit):
+            return None
+        rate = snapshot.index.rate_limit(employee)
+        if rate is not None and not await self._within_rate(d, employee, rate.requests, rate.period, now):
+            return None
+        if limit.quota is not None and not await self._reserve(d, employee, limit, now):
+            return None
+        d.verdict, d.reason, d.rule = Verdict.ALLOW, Reason.ALLOWED, grant.rule
+        d.allowed_records, d.allowed_branches = access.records, grant.branches
+        return None
+
+    def _permitted(self, d: Decision, employee: Employee, grant: Grant) -> bool:
+        access = d.access
+        if not grant.permitted:
+            roles = ", ".join(sorted(employee.roles))
+            _deny(d, Reason.POLICY_NOT_PERMITTED, f"Your roles ({roles}) may not {access.action} {access.resource} records.")
+            return False
+        if access.branch is not None and grant.branches is not None and access.branch not in grant.branches:
+            mine = ", ".join(sorted(grant.branches))
+            _deny(
+                d,
+                Reason.POLICY_OTHER_BRANCH,
+                f"{access.resource} records of branch {access.branch} are not yours to {access.action}; your branch: {mine}.",
+            )
+            d.rule = grant.rule
+            d.facts["your_branches"] = sorted(grant.branches)
+            return False
+        return True
+
+    def _in_shift(self, d: Decision, employee: Employee, now: float) -> bool:
+        if current_shift(employee.shifts, now) is not None:
+            return True
+        upcoming = next_shift_start(employee.shifts, now)
+        if not employee.shifts:
+            detail = "You have no shift on the roster, so you cannot access records. Ask your supervisor."
+        else:
+            detail = f"You are outside your shift ({', '.join(s.name for s in employee.shifts)})."
+            if upcoming is not None:
+                detail += f" Your next shift starts at {iso(upcoming)}."
+                d.facts["next_shift_start"] = iso(upcoming)
+                d.retry_after = upcoming - now
+        _deny(d, Reason.SHIFT_OUTSIDE, detail)
+        return False
+
+    def _within_cap(self, d: Decision, limit: RecordLimit) -> bool:
+        asked = d.access.records
+        if limit.cap is None or asked <= limit.cap:
+            return True
+        d.facts.update(cap=limit.cap, requested="unbounded" if asked >= UNBOUNDED else asked)
+        d.rule = limit.rule
+        if asked >= UNBOUNDED:
+            _deny(d, Reason.BULK_UNBOUNDED, f"This request has no record limit; ask for at most {limit.cap} records.")
+        else:
+            _deny(d, Reason.BULK_OVER_CAP, f"You asked for {asked} records; at most {limit.cap} per request.")
+        return False
+
+    async def _within_rate(self, d: Decision, employee: Employee, requests: int, period: int, now: float) -> bool:
+        outcome = await self._store.hit_rate(f"r:{employee.id}", requests, period, now)
+        d.rate = RateState(requests, period, outcome.remaining, outcome.reset_after, outcome.retry_after)
+        if outcome.allowed:
+            return True
+        d.retry_after = outcome.retry_after
+        _deny(d, Reason.RATE_EXCEEDED, f"Too many requests: at most {requests} per {period} s.")
+        return False
+
+    async def _reserve(self, d: Decision, employee: Employee, limit: RecordLimit, now: float) -> bool:
+        assert limit.quota is not None
+        access = d.access
+        if access.records >= UNBOUNDED:
+            _deny(d, Reason.BULK_UNBOUNDED, "This request has no record limit, so it cannot be metered; add one.")
+            return False
+        window = quota_window(limit, employee.shifts, now)
+        key = _quota_key(employee.id, access.resource, window.start)
+        booked = await self._store.reserve(key, access.records, limit.quota, window.end, now)
+        d.quota = QuotaState(access.resource, limit.quota, booked.used, window.seconds, window.end)
+        if booked.granted:
+            d.quota_key, d.reserved = key, access.records
+            return True
+        d.rule, d.retry_after = limit.rule, window.end - now
+        left = d.quota.remaining
+        d.facts.update(requested=access.records)
+        _deny(
+            d,
+            Reason.QUOTA_EXCEEDED,
+            f"Your {access.resource} quota has {left} of {limit.quota} records left until {iso(window.end)}; "
+            f"this request asks for {access.records}.",
+        )
+        return False
+
+
+def _quota_key(employee: str, resource: str, window_start: float) -> str:
+    return f"q:{employee}:{resource}:{int(window_start)}"
+
+
+def _principal(employee: Employee) -> Principal:
+    return Principal(
+        employee.id,
+        tuple(sorted(employee.roles)),
+        tuple(sorted(employee.roles_by_branch)),
+        tuple(sorted(employee.global_roles)),
+        tuple(s.name for s in employee.shifts),
+    )
+
+
+def _deny(d: Decision, reason: Reason, detail: str) -> None:
+    d.verdict, d.reason, d.detail = Verdict.DENY, reason, detail

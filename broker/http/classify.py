@@ -1,0 +1,134 @@
+"""Request → Access: which route, which resource and action, which branch, how many records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from multidict import MultiDictProxy
+
+from broker.core.access import UNBOUNDED, Access, Refusal
+from broker.core.reason import Reason
+from broker.http.path import PathError, path_segments, split_target
+from broker.policy.route import Route, RouteMap
+
+MAX_LIMIT_DIGITS = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    access: Access
+    route: Route | None
+    body: bytes | None = None
+    """The request body, when the decision needed to read it (branch from the body)."""
+
+
+class Refused(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def match_route(routes: RouteMap, method: str, segments: tuple[str, ...]) -> tuple[Route, dict[str, str]]:
+    wanted = segments if routes.case_sensitive else tuple(s.lower() for s in segments)
+    methods_seen: set[str] = set()
+    for route in routes.routes:
+        params = _match(route.segments, segments, wanted, routes.case_sensitive)
+        if params is None:
+            continue
+        if method in route.methods:
+            return route, params
+        methods_seen |= route.methods
+    path = "/" + "/".join(segments)
+    if methods_seen:
+        raise Refused(Reason.ROUTE_UNKNOWN, f"{method} is not mapped for {path} (mapped: {', '.join(sorted(methods_seen))}).")
+    raise Refused(Reason.ROUTE_UNKNOWN, f"No route in the policy matches {method} {path}; unmapped paths are denied.")
+
+
+def _match(
+    pattern: tuple[str, ...], segments: tuple[str, ...], folded: tuple[str, ...], case_sensitive: bool
+) -> dict[str, str] | None:
+    if len(pattern) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for want, have, have_folded in zip(pattern, segments, folded, strict=True):
+        if want.startswith("{"):
+            params[want[1:-1]] = have
+        elif want != have_folded and (case_sensitive or want.lower() != have_folded):
+            return None
+    return params
+
+
+def classify(
+    routes: RouteMap, method: str, raw_target: str, query: MultiDictProxy[str], credential: str | None, client: str
+) -> tuple[Access, Route | None]:
+    """The Access for one request; a request that cannot be classified gets a Refusal
+    inside the Access so the core still identifies and audits the caller."""
+    target = f"{method} {raw_target}"
+    try:
+        raw_path, _ = split_target(raw_target)
+        segments = path_segments(raw_path, keep_trailing_slash=routes.trailing_slash_matters)
+        route, params = match_route(routes, method, segments)
+        branch = _branch(route, params, query, routes) if route.branch_from in ("path", "query") else None
+        records = _records(route, query, routes)
+    except PathError as exc:
+        return Access(credential, client, target, refusal=Refusal(Reason.REQUEST_BAD_PATH, str(exc))), None
+    except Refused as exc:
+        return Access(credential, client, target, refusal=Refusal(exc.reason, exc.detail)), None
+    return Access(credential, client, target, route.resource, route.action, branch, records), route
+
+
+def _single(query: MultiDictProxy[str], name: str, routes: RouteMap) -> str | None:
+    values = _values(query, name, routes.case_sensitive)
+    if len(values) <= 1 or routes.repeated_params != "refuse":
+        return (values[0] if routes.repeated_params != "last" else values[-1]) if values else None
+    raise Refused(
+        Reason.REQUEST_AMBIGUOUS_QUERY,
+        f"The query parameter {name!r} is given {len(values)} times; give it once.",
+    )
+
+
+def _values(query: MultiDictProxy[str], name: str, case_sensitive: bool) -> list[str]:
+    if case_sensitive:
+        return query.getall(name, [])
+    return [v for k, v in query.items() if k.lower() == name.lower()]
+
+
+def _branch(route: Route, params: dict[str, str], query: MultiDictProxy[str], routes: RouteMap) -> str | None:
+    if route.branch_from == "path":
+        return params[route.branch_name]
+    value = _single(query, route.branch_name, routes)
+    if value is not None and not value:
+        raise Refused(Reason.REQUEST_AMBIGUOUS_QUERY, f"The query parameter {route.branch_name!r} is empty.")
+    return value
+
+
+def _records(route: Route, query: MultiDictProxy[str], routes: RouteMap) -> int:
+    if route.records == "one":
+        return 1
+    if route.records == "none":
+        return 0
+    raw = _single(query, route.limit_param, routes)
+    if raw is None:
+        return route.default_limit if route.default_limit is not None else UNBOUNDED
+    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_LIMIT_DIGITS or int(raw) < 1:
+        raise Refused(
+            Reason.REQUEST_BAD_LIMIT,
+            f"The query parameter {route.limit_param}={raw[:20]!r} must be a whole number from 1 to 999999999.",
+        )
+    return int(raw)
+
+
+def branch_from_body(route: Route, body: bytes) -> str:
+    """The record's branch named in a JSON request body (for writes)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Refused(Reason.REQUEST_BAD_BODY, "The request body is not valid JSON.") from None
+    value = document.get(route.branch_name) if isinstance(document, dict) else None
+    if not isinstance(value, str) or not value:
+        raise Refused(
+            Reason.REQUEST_BAD_BODY,
+            f"The request body must be a JSON object with a non-empty string field {route.branch_name!r}.",
+        )
+    return value

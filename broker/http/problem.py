@@ -1,0 +1,122 @@
+"""Decisions rendered for HTTP: RFC 9457 problem details, Retry-After, RateLimit headers.
+
+This door's one table from reason code to status and title lives here; the titles and
+the `/-/problems/<code>` pages are what an employee reads when their app shows a denial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from broker.core.clock import iso
+from broker.core.decision import Decision, Verdict
+from broker.core.reason import Reason
+
+PROBLEM_TYPE = "application/problem+json"
+DECISION_HEADER = "X-Broker-Decision"
+
+STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
+    Reason.IDENTITY_MISSING: (401, "Sign-in required"),
+    Reason.IDENTITY_MALFORMED: (401, "Access token is malformed"),
+    Reason.IDENTITY_EXPIRED: (401, "Access token has expired"),
+    Reason.IDENTITY_NOT_YET_VALID: (401, "Access token is not valid yet"),
+    Reason.IDENTITY_BAD_SIGNATURE: (401, "Access token signature is invalid"),
+    Reason.IDENTITY_WRONG_AUDIENCE: (401, "Access token is for another service"),
+    Reason.IDENTITY_WRONG_ISSUER: (401, "Access token comes from an untrusted issuer"),
+    Reason.IDENTITY_UNKNOWN_KEY: (401, "Access token is signed with an unknown key"),
+    Reason.IDENTITY_BAD_ALGORITHM: (401, "Access token uses a forbidden algorithm"),
+    Reason.IDENTITY_KEYS_UNAVAILABLE: (503, "Signing keys are unavailable"),
+    Reason.IDENTITY_NOT_ON_ROSTER: (403, "Employee is not on the roster"),
+    Reason.REQUEST_BAD_PATH: (400, "Request path is ambiguous"),
+    Reason.REQUEST_AMBIGUOUS_QUERY: (400, "Query string is ambiguous"),
+    Reason.REQUEST_BAD_LIMIT: (400, "Record limit is not a number"),
+    Reason.REQUEST_BAD_BODY: (400, "Request body cannot be checked"),
+    Reason.REQUEST_TOO_LARGE: (413, "Request body is too large"),
+    Reason.REQUEST_BAD_FRAMING: (400, "Request framing is ambiguous"),
+    Reason.ROUTE_UNKNOWN: (403, "This API path is not open through the broker"),
+    Reason.POLICY_NOT_PERMITTED: (403, "Your role does not allow this"),
+    Reason.POLICY_OTHER_BRANCH: (403, "Record belongs to another branch"),
+    Reason.POLICY_UNAVAILABLE: (503, "No policy is loaded"),
+    Reason.SHIFT_OUTSIDE: (403, "Outside your shift"),
+    Reason.BULK_OVER_CAP: (403, "Too many records in one request"),
+    Reason.BULK_UNBOUNDED: (403, "Request has no record limit"),
+    Reason.RATE_EXCEEDED: (429, "Too many requests"),
+    Reason.QUOTA_EXCEEDED: (429, "Records quota used up"),
+    Reason.UPSTREAM_UNAVAILABLE: (502, "The service behind the broker is unavailable"),
+    Reason.UPSTREAM_TIMEOUT: (504, "The service behind the broker did not answer in time"),
+    Reason.UPSTREAM_TOO_MANY_RECORDS: (403, "The answer held more records than allowed"),
+    Reason.UPSTREAM_OTHER_BRANCH: (403, "The answer held records of another branch"),
+    Reason.UPSTREAM_UNINSPECTABLE: (502, "The answer could not be checked"),
+    Reason.BROKER_ERROR: (503, "The broker could not decide"),
+}
+
+
+def problem_type(reason: Reason) -> str:
+    return f"/-/problems/{reason.value}"
+
+
+def problem_response(decision: Decision) -> web.Response:
+    """The denial as the employee's app receives it."""
+    status, title = STATUS_AND_TITLE.get(decision.reason, (403, "Denied"))
+    body: dict[str, Any] = {
+        "type": problem_type(decision.reason),
+        "title": title,
+        "status": status,
+        "detail": decision.detail,
+        "instance": f"urn:broker:decision:{decision.id}",
+        "reason": decision.reason.value,
+        "decision_id": decision.id,
+    }
+    if decision.verdict is Verdict.ERROR:
+        body["verdict"] = "error"
+    if decision.employee:
+        body["employee"] = decision.employee
+    if decision.rule:
+        body["rule"] = decision.rule
+    if decision.quota is not None:
+        q = decision.quota
+        body["quota"] = {"resource": q.name, "limit": q.limit, "used": q.used, "remaining": q.remaining, "resets_at": iso(q.reset_at)}
+    if decision.retry_after is not None:
+        body["retry_after"] = math.ceil(decision.retry_after)
+    body.update(decision.facts)
+    body.pop("subject", None)
+    headers = limit_headers(decision, decision.started)
+    headers[DECISION_HEADER] = decision.id
+    if decision.reason.is_identity and status == 401:
+        headers["WWW-Authenticate"] = _challenge(decision)
+    if decision.retry_after is not None and status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+    return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE, headers=headers)
+
+
+def bare_problem(reason: Reason, status: int, detail: str) -> web.Response:
+    """A problem outside any decision (admin endpoints, a malformed request)."""
+    body = {"type": problem_type(reason), "title": STATUS_AND_TITLE.get(reason, (status, "Error"))[1], "status": status, "detail": detail, "reason": reason.value}
+    return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE)
+
+
+def _challenge(decision: Decision) -> str:
+    if decision.reason is Reason.IDENTITY_MISSING:
+        return 'Bearer realm="broker"'
+    description = decision.detail.replace("\\", "").replace('"', "'")
+    return f'Bearer realm="broker", error="invalid_token", error_description="{description}"'
+
+
+def limit_headers(decision: Decision, now: float) -> dict[str, str]:
+    """IETF RateLimit-Policy / RateLimit headers for the quota and the request rate."""
+    policies, states = [], []
+    if decision.quota is not None:
+        q = decision.quota
+        policies.append(f'"{q.name}";q={q.limit};w={q.window}')
+        states.append(f'"{q.name}";r={q.remaining};t={max(0, math.ceil(q.reset_at - now))}')
+    if decision.rate is not None:
+        r = decision.rate
+        policies.append(f'"requests";q={r.limit};w={r.period}')
+        states.append(f'"requests";r={r.remaining};t={max(0, math.ceil(r.reset_after))}')
+    if not policies:
+        return {}
+    return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}

@@ -1,0 +1,179 @@
+"""The per-request path: classify, decide, forward, count, settle, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from broker.admin.metrics import Metrics
+from broker.audit.event import decision_event
+from broker.audit.log import AuditSink
+from broker.core.access import Access, Refusal
+from broker.core.decision import Decision, Verdict
+from broker.core.guard import Guard
+from broker.core.reason import Reason
+from broker.http.bearer import bearer_token
+from broker.http.classify import Refused, branch_from_body, classify
+from broker.http.inspect import inspect_records
+from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
+from broker.http.upstream import BodyTooLarge, Upstream, limited_body, read_bounded, response_headers
+from broker.policy.holder import PolicyHolder
+from broker.policy.route import Route
+
+STREAM_CHUNK = 64 * 1024
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the door did after the decision: for the audit event and metrics."""
+
+    status: int
+    returned: int = 0
+
+
+class ProxyHandler:
+    def __init__(
+        self, guard: Guard, policy: PolicyHolder, upstream: Upstream, metrics: Metrics, audit: AuditSink
+    ) -> None:
+        self._guard = guard
+        self._policy = policy
+        self._upstream = upstream
+        self._metrics = metrics
+        self._audit = audit
+        self._max_body = upstream.settings.max_request_body_bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        access, route, body = await self._classify(request)
+        decision = await self._guard.decide(access, self._policy.current)
+        outcome = Outcome(0)
+        try:
+            if not decision.allowed or route is None:
+                response: web.StreamResponse = problem_response(decision)
+                outcome.status = response.status
+                return response
+            return await self._forward(request, decision, route, body, outcome)
+        finally:
+            await self._finish(request, decision, outcome, started)
+
+    async def _classify(self, request: web.Request) -> tuple[Access, Route | None, bytes | None]:
+        credential = bearer_token(request.headers.getall("Authorization", []))
+        client = request.remote or ""
+        snapshot = self._policy.current
+        if snapshot is None:
+            return Access(credential, client, f"{request.method} {request.raw_path}"), None, None
+        access, route = classify(snapshot.routes, request.method, request.raw_path, request.query, credential, client)
+        if route is None:
+            return access, None, None
+        if request.content_length is not None and request.content_length > self._max_body:
+            detail = f"The request body is {request.content_length} bytes; the limit is {self._max_body}."
+            return dataclasses.replace(access, refusal=Refusal(Reason.REQUEST_TOO_LARGE, detail)), None, None
+        if route.branch_from != "body":
+            return access, route, None
+        return await self._branch_from_body(request, access, route)
+
+    async def _branch_from_body(
+        self, request: web.Request, access: Access, route: Route
+    ) -> tuple[Access, Route | None, bytes | None]:
+        try:
+            body = await request.read()
+            return dataclasses.replace(access, branch=branch_from_body(route, body)), route, body
+        except web.HTTPRequestEntityTooLarge:
+            refusal = Refusal(Reason.REQUEST_TOO_LARGE, f"The request body is over {self._max_body} bytes.")
+        except Refused as exc:
+            refusal = Refusal(exc.reason, exc.detail)
+        return dataclasses.replace(access, refusal=refusal), None, None
+
+    async def _forward(
+        self, request: web.Request, decision: Decision, route: Route, body: bytes | None, outcome: Outcome
+    ) -> web.StreamResponse:
+        inspect = route.records != "none"
+        employee = decision.employee or ""
+        headers = self._upstream.request_headers(request, employee, decision.id, inspect)
+        data = body if body is not None else (limited_body(request.content, self._max_body) if request.body_exists else None)
+        try:
+            async with self._upstream.session.request(
+                request.method, self._upstream.url_for(request.raw_path), headers=headers, data=data, allow_redirects=False
+            ) as answer:
+                if inspect and 200 <= answer.status < 300:
+                    return await self._pass_inspected(decision, route, answer, outcome)
+                await self._guard.settle(decision, 0)
+                return await self._pass_streamed(request, decision, answer, outcome)
+        except BodyTooLarge:
+            return await self._fail(decision, outcome, Reason.REQUEST_TOO_LARGE, f"The request body is over {self._max_body} bytes.")
+        except (TimeoutError, asyncio.TimeoutError):
+            self._metrics.upstream_errors.labels("timeout").inc()
+            return await self._fail(decision, outcome, Reason.UPSTREAM_TIMEOUT, "The service did not answer in time.")
+        except (aiohttp.ClientError, OSError) as exc:
+            if outcome.status:  # headers already sent: nothing to do but drop the connection
+                raise
+            self._metrics.upstream_errors.labels("connection").inc()
+            return await self._fail(decision, outcome, Reason.UPSTREAM_UNAVAILABLE, f"The service is unreachable ({type(exc).__name__}).")
+
+    async def _pass_inspected(
+        self, decision: Decision, route: Route, answer: aiohttp.ClientResponse, outcome: Outcome
+    ) -> web.StreamResponse:
+        encoding = answer.headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            return await self._fail(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is {encoding}-encoded and cannot be counted.")
+        limit = self._upstream.settings.max_response_inspect_bytes
+        body = await read_bounded(answer, limit)
+        if body is None:
+            return await self._fail(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is larger than {limit} bytes.")
+        verdict = inspect_records(route, body, decision.allowed_records, decision.allowed_branches)
+        if verdict.violation is not None:
+            self._metrics.upstream_errors.labels(verdict.violation.value).inc()
+            decision.facts["records_in_answer"] = verdict.count
+            return await self._fail(decision, outcome, verdict.violation, verdict.detail)
+        await self._guard.settle(decision, verdict.count)
+        headers = response_headers(answer.headers, keep_length=False)
+        headers.update(limit_headers(decision, self._guard.clock.now()))
+        headers[DECISION_HEADER] = decision.id
+        outcome.status, outcome.returned = answer.status, verdict.count
+        return web.Response(status=answer.status, body=body, headers=headers)
+
+    async def _pass_streamed(
+        self, request: web.Request, decision: Decision, answer: aiohttp.ClientResponse, outcome: Outcome
+    ) -> web.StreamResponse:
+        headers = response_headers(answer.headers, keep_length=True)
+        headers.update(limit_headers(decision, self._guard.clock.now()))
+        headers[DECISION_HEADER] = decision.id
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+        await response.prepare(request)
+        outcome.status = answer.status
+        async for chunk in answer.content.iter_chunked(STREAM_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def _fail(self, decision: Decision, outcome: Outcome, reason: Reason, detail: str) -> web.Response:
+        """Turn an allow into a denial after the fact: nothing was passed on, nothing charged."""
+        await self._guard.settle(decision, 0)
+        decision.verdict, decision.reason, decision.detail = Verdict.DENY, reason, detail
+        response = problem_response(decision)
+        outcome.status = response.status
+        return response
+
+    async def _finish(self, request: web.Request, decision: Decision, outcome: Outcome, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self._metrics.decisions.labels(decision.verdict.value, decision.reason.value).inc()
+        self._metrics.latency.labels(decision.verdict.value).observe(elapsed)
+        if outcome.returned and decision.access.resource:
+            self._metrics.records.labels(decision.access.resource).inc(outcome.returned)
+        self._audit.emit(
+            decision_event(
+                decision,
+                door="http",
+                status=outcome.status or 499,
+                returned=outcome.returned,
+                latency=elapsed,
+                method=request.method,
+                path=request.raw_path,
+            )
+        )
+

@@ -1,0 +1,19 @@
+"""The one exception identity raises: a reason code and a sentence for the employee."""
+
+from __future__ import annotations
+
+from broker.core.reason import Reason
+
+
+class IdentityError(Exception):
+    """A credential was refused, or could not be checked.
+
+    `detail` is shown to the employee and written to the audit trail, so it names the
+    problem (expired, wrong audience, unknown key id, ...) and never the token itself:
+    a token in a log line is a credential anyone reading the log can replay.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail

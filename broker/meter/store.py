@@ -1,0 +1,106 @@
+"""Where counters live. The interface is small so a shared store (Redis) can slot in.
+
+Every operation is atomic with respect to the others on the same key: a check and its
+charge happen together, so concurrent requests cannot both squeeze under a limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    granted: bool
+    used: int
+    """The counter after the reservation (or as it stands, when refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateOutcome:
+    allowed: bool
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+
+class CounterStore(Protocol):
+    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
+        """Add `amount` to `key` only if the total stays within `limit`."""
+        ...
+
+    async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
+        """Adjust `key` unconditionally (settling a reservation); returns the new value."""
+        ...
+
+    async def get(self, key: str, now: float) -> int: ...
+
+    async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
+        """One request against a GCRA limit of `limit` per `period` seconds."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCounterStore:
+    """Counters in this process: the embedded default for a single replica.
+
+    Operations never await, so on one event loop each is atomic by construction.
+    Expired keys are swept every few thousand writes to keep memory bounded.
+    """
+
+    SWEEP_EVERY = 4096
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}
+        self._tats: dict[str, tuple[float, float]] = {}
+        self._writes = 0
+
+    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
+        used = self._current(key, now)
+        if used + amount > limit:
+            return Reservation(False, used)
+        self._store(key, used + amount, expires_at, now)
+        return Reservation(True, used + amount)
+
+    async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
+        value = max(0, self._current(key, now) + delta)
+        self._store(key, value, expires_at, now)
+        return value
+
+    async def get(self, key: str, now: float) -> int:
+        return self._current(key, now)
+
+    async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
+        interval = period / limit
+        stored = self._tats.get(key)
+        tat = max(stored[0] if stored else now, now)
+        new_tat = tat + interval
+        if new_tat - now > period:
+            retry = tat + interval - period - now
+            return RateOutcome(False, 0, tat - now, max(retry, 0.001))
+        self._tats[key] = (new_tat, new_tat)
+        self._tick(now)
+        remaining = int((period - (new_tat - now)) / interval + 1e-9)
+        return RateOutcome(True, remaining, new_tat - now, 0.0)
+
+    async def close(self) -> None:
+        self._counts.clear()
+        self._tats.clear()
+
+    def _current(self, key: str, now: float) -> int:
+        entry = self._counts.get(key)
+        if entry is None or entry[1] <= now:
+            return 0
+        return entry[0]
+
+    def _store(self, key: str, value: int, expires_at: float, now: float) -> None:
+        self._counts[key] = (value, expires_at)
+        self._tick(now)
+
+    def _tick(self, now: float) -> None:
+        self._writes += 1
+        if self._writes % self.SWEEP_EVERY == 0:
+            self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+            self._tats = {k: v for k, v in self._tats.items() if v[1] > now}

@@ -94,7 +94,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if broker.settings.policy.watch:
         broker.tasks.append(asyncio.create_task(broker.policy.watch(broker.stop), name="policy-watch"))
     snapshot = broker.policy.current
-    log.info("broker.started", policy_revision=snapshot.revision if snapshot else None, upstream=broker.settings.upstream.url)
+    log.info(
+        "broker.started",
+        policy_revision=snapshot.revision if snapshot else None,
+        upstream=broker.settings.upstream.url,
+    )
     yield
     broker.admin.draining = True
     broker.stop.set()

@@ -41,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Policy-as-code access broker: branch, shift, bulk and quota checks in front of logistics APIs.",
     )
     parser.add_argument("--version", action="version", version=f"broker {__version__}")
-    parser.add_argument("--log-format", choices=("json", "console"), default="json", help="operational log format (default: json)")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json",
+        help="operational log format (default: json)",
+    )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="serve: the reverse proxy plus /-/ admin endpoints")
@@ -59,12 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds (default: 3600)")
     token.set_defaults(func=_token)
 
-    demo = commands.add_parser("demo", help="run a sample logistics API with the broker in front, and print what to try")
+    demo = commands.add_parser(
+        "demo", help="run a sample logistics API with the broker in front, and print what to try"
+    )
     demo.add_argument("--port", type=int, default=8080, help="broker port (default: 8080)")
     demo.add_argument("--upstream-port", type=int, default=8081, help="sample API port (default: 8081)")
     demo.add_argument("--policies", type=Path, default=Path("policies"), help="policy directory (default: ./policies)")
-    demo.add_argument("--real-time", action="store_true", help="use the real clock instead of the demo's fixed Tuesday 10:00")
-    demo.add_argument("--audit", default="broker-demo-audit.log", help="audit log file (default: broker-demo-audit.log)")
+    demo.add_argument(
+        "--real-time",
+        action="store_true",
+        help="use the real clock instead of the demo's fixed Tuesday 10:00",
+    )
+    demo.add_argument(
+        "--audit", default="broker-demo-audit.log", help="audit log file (default: broker-demo-audit.log)"
+    )
     demo.set_defaults(func=_demo)
     return parser
 
@@ -128,7 +141,16 @@ def _token(args: argparse.Namespace) -> int:
     now = clock_from(settings.clock.start).now()
     identity = settings.identity
     try:
-        print(mint_token(secret, args.sub, now=now, ttl_seconds=args.ttl, issuer=identity.issuer, audience=identity.audience))
+        print(
+            mint_token(
+                secret,
+                args.sub,
+                now=now,
+                ttl_seconds=args.ttl,
+                issuer=identity.issuer,
+                audience=identity.audience,
+            )
+        )
     except ValueError as exc:
         print(f"broker token: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -174,14 +196,14 @@ async def _install_sighup(app: web.Application) -> None:
 
 def _use_uvloop() -> None:
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415 - optional at run time
     except ImportError:  # optional: plain asyncio is within noise for this proxy
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from broker.demo.run import run_demo
+    from broker.demo.run import run_demo  # noqa: PLC0415 - the demo loads its data set only when asked
 
     return run_demo(args)
 

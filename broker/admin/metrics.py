@@ -11,7 +11,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.decisions = Counter(
-            "broker_decisions_total", "Decisions by verdict and reason code", ["verdict", "reason"], registry=self.registry
+            "broker_decisions_total",
+            "Decisions by verdict and reason code",
+            ["verdict", "reason"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "broker_request_duration_seconds",
@@ -24,14 +27,18 @@ class Metrics:
             "broker_upstream_errors_total", "Upstream failures by kind", ["kind"], registry=self.registry
         )
         self.records = Counter(
-            "broker_records_returned_total", "Records passed on to employees, by resource", ["resource"], registry=self.registry
+            "broker_records_returned_total",
+            "Records passed on to employees, by resource",
+            ["resource"],
+            registry=self.registry,
         )
         self.policy_reloads = Counter(
-            "broker_policy_reloads_total", "Policy reload attempts by outcome", ["outcome"], registry=self.registry
+            "broker_policy_reloads_total",
+            "Policy reload attempts by outcome",
+            ["outcome"],
+            registry=self.registry,
         )
-        self.policy_loaded = Gauge(
-            "broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry
-        )
+        self.policy_loaded = Gauge("broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

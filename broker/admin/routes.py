@@ -13,8 +13,8 @@ from broker.core.clock import iso
 from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.core.window import current_shift, next_shift_start
-from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
 from broker.http.bearer import bearer_token
+from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
 from broker.identity.error import IdentityError
 from broker.policy.holder import PolicyHolder
 
@@ -69,7 +69,9 @@ class AdminRoutes:
                 "loaded_at": iso(holder.loaded_at) if holder.loaded_at else None,
                 "reloads": holder.reloads,
                 "rejected": holder.rejected,
-                "last_rejected": None if error is None else {
+                "last_rejected": None
+                if error is None
+                else {
                     "at": iso(holder.last_attempt_at) if holder.last_attempt_at else None,
                     "problems": [str(p) for p in error.problems],
                 },
@@ -102,7 +104,13 @@ class AdminRoutes:
                 "shift_ends_at": iso(shift.end) if shift else None,
                 "next_shift_starts_at": iso(upcoming) if upcoming and shift is None else None,
                 "quotas": [
-                    {"resource": q.name, "limit": q.limit, "used": q.used, "remaining": q.remaining, "resets_at": iso(q.reset_at)}
+                    {
+                        "resource": q.name,
+                        "limit": q.limit,
+                        "used": q.used,
+                        "remaining": q.remaining,
+                        "resets_at": iso(q.reset_at),
+                    }
                     for q in quotas
                 ],
             }
@@ -115,6 +123,11 @@ class AdminRoutes:
             return bare_problem(Reason.ROUTE_UNKNOWN, 404, "No such problem type.")
         status, title = STATUS_AND_TITLE.get(reason, (403, "Denied"))
         return _json(
-            {"type": problem_type(reason), "reason": reason.value, "status": status, "title": title,
-             "explanation": EXPLANATIONS.get(reason, "")}
+            {
+                "type": problem_type(reason),
+                "reason": reason.value,
+                "status": status,
+                "title": title,
+                "explanation": EXPLANATIONS.get(reason, ""),
+            }
         )

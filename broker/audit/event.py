@@ -9,7 +9,9 @@ from broker.core.clock import iso
 from broker.core.decision import Decision
 
 
-def decision_event(decision: Decision, *, door: str, status: int, returned: int, latency: float, **fields: Any) -> dict[str, Any]:
+def decision_event(
+    decision: Decision, *, door: str, status: int, returned: int, latency: float, **fields: Any
+) -> dict[str, Any]:
     access, principal = decision.access, decision.principal
     quota = decision.quota
     event: dict[str, Any] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -37,7 +38,7 @@ class _QueueLogger:
     info = msg
 
 
-def _render(_: Any, __: str, event: dict[str, Any]) -> bytes:
+def _render(_: Any, __: str, event: MutableMapping[str, Any]) -> bytes:
     return orjson.dumps(event, default=str) + b"\n"
 
 

@@ -65,7 +65,13 @@ class Guard:
         now = self._clock.now()
         snapshot = snapshot or self._policy.current
         decision = Decision(
-            self._decision_id(), Verdict.DENY, Reason.BROKER_ERROR, "", access, snapshot.revision if snapshot else "", now
+            self._decision_id(),
+            Verdict.DENY,
+            Reason.BROKER_ERROR,
+            "",
+            access,
+            snapshot.revision if snapshot else "",
+            now,
         )
         try:
             await self._decide(decision, snapshot, now)
@@ -141,14 +147,19 @@ class Guard:
         access = d.access
         if not grant.permitted:
             roles = ", ".join(sorted(employee.roles))
-            _deny(d, Reason.POLICY_NOT_PERMITTED, f"Your roles ({roles}) may not {access.action} {access.resource} records.")
+            _deny(
+                d,
+                Reason.POLICY_NOT_PERMITTED,
+                f"Your roles ({roles}) may not {access.action} {access.resource} records.",
+            )
             return False
         if access.branch is not None and grant.branches is not None and access.branch not in grant.branches:
             mine = ", ".join(sorted(grant.branches))
             _deny(
                 d,
                 Reason.POLICY_OTHER_BRANCH,
-                f"{access.resource} records of branch {access.branch} are not yours to {access.action}; your branch: {mine}.",
+                f"{access.resource} records of branch {access.branch} are not yours to {access.action}; "
+                f"your branch: {mine}.",
             )
             d.rule = grant.rule
             d.facts["your_branches"] = sorted(grant.branches)
@@ -177,7 +188,11 @@ class Guard:
         d.facts.update(cap=limit.cap, requested="unbounded" if asked >= UNBOUNDED else asked)
         d.rule = limit.rule
         if asked >= UNBOUNDED:
-            _deny(d, Reason.BULK_UNBOUNDED, f"This request has no record limit; ask for at most {limit.cap} records.")
+            _deny(
+                d,
+                Reason.BULK_UNBOUNDED,
+                f"This request has no record limit; ask for at most {limit.cap} records.",
+            )
         else:
             _deny(d, Reason.BULK_OVER_CAP, f"You asked for {asked} records; at most {limit.cap} per request.")
         return False
@@ -195,7 +210,11 @@ class Guard:
         assert limit.quota is not None
         access = d.access
         if access.records >= UNBOUNDED:
-            _deny(d, Reason.BULK_UNBOUNDED, "This request has no record limit, so it cannot be metered; add one.")
+            _deny(
+                d,
+                Reason.BULK_UNBOUNDED,
+                "This request has no record limit, so it cannot be metered; add one.",
+            )
             return False
         window = quota_window(limit, employee.shifts, now)
         key = _quota_key(employee.id, access.resource, window.start)

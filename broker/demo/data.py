@@ -121,16 +121,11 @@ _POSTCODE_BASE: Final[dict[str, int]] = {
 }  # fmt: skip
 """City postcodes; each district gets base + 10 * (its index + 1). Plausible, not official."""
 
-_MOBILE_PREFIXES: Final = tuple(
-    f"1{second}{third}" for second in "3456789" for third in "0123456789"
-)
+_MOBILE_PREFIXES: Final = tuple(f"1{second}{third}" for second in "3456789" for third in "0123456789")
 _DIGIT_TABLE: Final = bytes(ord("0") + byte % 10 for byte in range(256))
 _NAMES: Final = tuple(f"{s} {g}" for s in _SURNAMES for g in _GIVEN_NAMES)
 _ITEMS: Final = tuple(
-    f"{q1} x {a}; {q2} x {b}"
-    for i, a in enumerate(_GOODS)
-    for b in _GOODS[i + 1 :]
-    for q1, q2 in ((1, 2), (3, 1))
+    f"{q1} x {a}; {q2} x {b}" for i, a in enumerate(_GOODS) for b in _GOODS[i + 1 :] for q1, q2 in ((1, 2), (3, 1))
 )
 _HOUSE_NUMBERS: Final = tuple(f"No. {number}" for number in range(1, 1000))
 _DECLARED_VALUES_CNY: Final = tuple(range(0, 5001, 10))
@@ -149,9 +144,7 @@ def _pool(weighted: Iterable[tuple[_T, int]]) -> tuple[_T, ...]:
 _STATUS_POOL: Final = _pool(zip(STATUSES, (4, 6, 15, 5, 70), strict=True))
 _SERVICE_POOL: Final = _pool(zip(SERVICES, (55, 30, 5, 10), strict=True))
 _TIER_POOL: Final = _pool(zip(TIERS, (70, 18, 9, 3), strict=True))
-_PAYMENT_POOL: Final = _pool(
-    zip(("sender_pays", "recipient_pays", "monthly_account"), (12, 3, 5), strict=True)
-)
+_PAYMENT_POOL: Final = _pool(zip(("sender_pays", "recipient_pays", "monthly_account"), (12, 3, 5), strict=True))
 _CHANNEL_POOL: Final = _pool(
     zip(
         ("mobile_app", "wechat_mini_program", "branch_counter", "merchant_api"),
@@ -159,18 +152,13 @@ _CHANNEL_POOL: Final = _pool(
         strict=True,
     )
 )
-_WEIGHT_POOL: Final = _pool(
-    (round(tenths / 10, 1), max(1, round(40 / tenths**0.6))) for tenths in range(1, 301)
-)
+_WEIGHT_POOL: Final = _pool((round(tenths / 10, 1), max(1, round(40 / tenths**0.6))) for tenths in range(1, 301))
 """Parcel weights in kg, 0.1 to 30.0; they skew light, probability falling off with mass."""
 
 _DAYS: Final = tuple(
-    time.strftime("%Y-%m-%dT", time.gmtime(_YEAR_START + 86_400 * day))
-    for day in range(_DAYS_IN_YEAR)
+    time.strftime("%Y-%m-%dT", time.gmtime(_YEAR_START + 86_400 * day)) for day in range(_DAYS_IN_YEAR)
 )
-_HOUR_MINUTES: Final = tuple(
-    f"{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60)
-)
+_HOUR_MINUTES: Final = tuple(f"{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60))
 _SECONDS: Final = tuple(f"{second:02d}Z" for second in range(60))
 
 
@@ -198,10 +186,7 @@ def _phones(rng: random.Random, count: int) -> list[str]:
     """
     prefixes = rng.choices(_MOBILE_PREFIXES, k=count)
     digits = rng.randbytes(8 * count).translate(_DIGIT_TABLE).decode("ascii")
-    return [
-        prefix + digits[start : start + 8]
-        for prefix, start in zip(prefixes, range(0, 8 * count, 8), strict=True)
-    ]
+    return [prefix + digits[start : start + 8] for prefix, start in zip(prefixes, range(0, 8 * count, 8), strict=True)]
 
 
 def _addresses(rng: random.Random, cities: Sequence[str] | None, count: int) -> list[str]:

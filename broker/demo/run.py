@@ -76,7 +76,9 @@ def _banner(settings: Settings, args: argparse.Namespace, secret: str, now: floa
         "",
         f"broker demo: sample API on http://127.0.0.1:{args.upstream_port}, broker on {base}",
         f"policies: {Path(args.policies).resolve()}   audit log: {Path(args.audit).resolve()}",
-        "clock: real time" if args.real_time else f"clock: starts at {DEMO_START} ({iso(now)}) so shifts are predictable",
+        "clock: real time"
+        if args.real_time
+        else f"clock: starts at {DEMO_START} ({iso(now)}) so shifts are predictable",
         "",
         "Employees (tokens valid 12 h):",
     ]
@@ -96,7 +98,8 @@ def _banner(settings: Settings, args: argparse.Namespace, secret: str, now: floa
         "# denied 403 bulk.over_cap: 5,000 waybills in one request",
         f"{auth.format('1001')} '{base}/api/branches/BR001/waybills?limit=5000'",
         "# denied 429 quota.exceeded on the fourth call: a trainee's 60 per shift",
-        f"for i in 1 2 3 4; do {auth.format('1003')} -o /dev/null -w '%{{http_code}}\\n' '{base}/api/branches/BR001/waybills?limit=20'; done",
+        f"for i in 1 2 3 4; do {auth.format('1003')} -o /dev/null -w '%{{http_code}}\\n' "
+        f"'{base}/api/branches/BR001/waybills?limit=20'; done",
         "# your own quota: used, left, reset",
         f"{auth.format('1003')} '{base}/-/me'",
         "# metrics and the live policy",

@@ -50,9 +50,7 @@ class UpstreamStore:
         self.branch_codes: Final = frozenset(branch.code for branch in BRANCHES)
         self.waybills: dict[str, bytes] = {}
         self.waybill_lists: dict[_ListKey, list[bytes]] = {
-            (branch, status): []
-            for branch in (None, *sorted(self.branch_codes))
-            for status in (None, *STATUSES)
+            (branch, status): [] for branch in (None, *sorted(self.branch_codes)) for status in (None, *STATUSES)
         }
         self.customers: dict[str, bytes] = {}
         self.customer_lists: dict[str, list[bytes]] = {code: [] for code in self.branch_codes}
@@ -88,9 +86,7 @@ UPSTREAM_STORE: Final = web.AppKey("upstream_store", UpstreamStore)
 def build_upstream_app(waybill_count: int = 36_000, seed: int = 7) -> web.Application:
     """The sample API with `waybill_count` waybills (from `seed`) and 6,000 customers."""
     app = web.Application()
-    app[UPSTREAM_STORE] = UpstreamStore(
-        generate_waybills(waybill_count, seed), generate_customers()
-    )
+    app[UPSTREAM_STORE] = UpstreamStore(generate_waybills(waybill_count, seed), generate_customers())
     app.router.add_get("/api/health", _health)
     app.router.add_get("/api/waybills", _list_waybills)
     app.router.add_post("/api/waybills", _create_waybill)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from broker.core.access import UNBOUNDED, Access, Refusal
 from broker.core.reason import Reason
@@ -41,7 +41,10 @@ def match_route(routes: RouteMap, method: str, segments: tuple[str, ...]) -> tup
         methods_seen |= route.methods
     path = "/" + "/".join(segments)
     if methods_seen:
-        raise Refused(Reason.ROUTE_UNKNOWN, f"{method} is not mapped for {path} (mapped: {', '.join(sorted(methods_seen))}).")
+        raise Refused(
+            Reason.ROUTE_UNKNOWN,
+            f"{method} is not mapped for {path} (mapped: {', '.join(sorted(methods_seen))}).",
+        )
     raise Refused(Reason.ROUTE_UNKNOWN, f"No route in the policy matches {method} {path}; unmapped paths are denied.")
 
 
@@ -60,7 +63,12 @@ def _match(
 
 
 def classify(
-    routes: RouteMap, method: str, raw_target: str, query: MultiDictProxy[str], credential: str | None, client: str
+    routes: RouteMap,
+    method: str,
+    raw_target: str,
+    query: MultiMapping[str],
+    credential: str | None,
+    client: str,
 ) -> tuple[Access, Route | None]:
     """The Access for one request; a request that cannot be classified gets a Refusal
     inside the Access so the core still identifies and audits the caller."""
@@ -78,7 +86,7 @@ def classify(
     return Access(credential, client, target, route.resource, route.action, branch, records), route
 
 
-def _single(query: MultiDictProxy[str], name: str, routes: RouteMap) -> str | None:
+def _single(query: MultiMapping[str], name: str, routes: RouteMap) -> str | None:
     values = _values(query, name, routes.case_sensitive)
     if len(values) <= 1 or routes.repeated_params != "refuse":
         return (values[0] if routes.repeated_params != "last" else values[-1]) if values else None
@@ -88,13 +96,13 @@ def _single(query: MultiDictProxy[str], name: str, routes: RouteMap) -> str | No
     )
 
 
-def _values(query: MultiDictProxy[str], name: str, case_sensitive: bool) -> list[str]:
+def _values(query: MultiMapping[str], name: str, case_sensitive: bool) -> list[str]:
     if case_sensitive:
         return query.getall(name, [])
     return [v for k, v in query.items() if k.lower() == name.lower()]
 
 
-def _branch(route: Route, params: dict[str, str], query: MultiDictProxy[str], routes: RouteMap) -> str | None:
+def _branch(route: Route, params: dict[str, str], query: MultiMapping[str], routes: RouteMap) -> str | None:
     if route.branch_from == "path":
         return params[route.branch_name]
     value = _single(query, route.branch_name, routes)
@@ -103,7 +111,7 @@ def _branch(route: Route, params: dict[str, str], query: MultiDictProxy[str], ro
     return value
 
 
-def _records(route: Route, query: MultiDictProxy[str], routes: RouteMap) -> int:
+def _records(route: Route, query: MultiMapping[str], routes: RouteMap) -> int:
     if route.records == "one":
         return 1
     if route.records == "none":

@@ -79,7 +79,13 @@ def problem_response(decision: Decision) -> web.Response:
         body["rule"] = decision.rule
     if decision.quota is not None:
         q = decision.quota
-        body["quota"] = {"resource": q.name, "limit": q.limit, "used": q.used, "remaining": q.remaining, "resets_at": iso(q.reset_at)}
+        body["quota"] = {
+            "resource": q.name,
+            "limit": q.limit,
+            "used": q.used,
+            "remaining": q.remaining,
+            "resets_at": iso(q.reset_at),
+        }
     if decision.retry_after is not None:
         body["retry_after"] = math.ceil(decision.retry_after)
     body.update(decision.facts)
@@ -95,7 +101,13 @@ def problem_response(decision: Decision) -> web.Response:
 
 def bare_problem(reason: Reason, status: int, detail: str) -> web.Response:
     """A problem outside any decision (admin endpoints, a malformed request)."""
-    body = {"type": problem_type(reason), "title": STATUS_AND_TITLE.get(reason, (status, "Error"))[1], "status": status, "detail": detail, "reason": reason.value}
+    body = {
+        "type": problem_type(reason),
+        "title": STATUS_AND_TITLE.get(reason, (status, "Error"))[1],
+        "status": status,
+        "detail": detail,
+        "reason": reason.value,
+    }
     return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE)
 
 

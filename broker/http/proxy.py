@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -95,36 +94,61 @@ class ProxyHandler:
         inspect = route.records != "none"
         employee = decision.employee or ""
         headers = self._upstream.request_headers(request, employee, decision.id, inspect)
-        data = body if body is not None else (limited_body(request.content, self._max_body) if request.body_exists else None)
+        data = (
+            body
+            if body is not None
+            else (limited_body(request.content, self._max_body) if request.body_exists else None)
+        )
         try:
             async with self._upstream.session.request(
-                request.method, self._upstream.url_for(request.raw_path), headers=headers, data=data, allow_redirects=False
+                request.method,
+                self._upstream.url_for(request.raw_path),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
             ) as answer:
                 if inspect and 200 <= answer.status < 300:
                     return await self._pass_inspected(decision, route, answer, outcome)
                 await self._guard.settle(decision, 0)
                 return await self._pass_streamed(request, decision, answer, outcome)
         except BodyTooLarge:
-            return await self._fail(decision, outcome, Reason.REQUEST_TOO_LARGE, f"The request body is over {self._max_body} bytes.")
-        except (TimeoutError, asyncio.TimeoutError):
+            return await self._fail(
+                decision,
+                outcome,
+                Reason.REQUEST_TOO_LARGE,
+                f"The request body is over {self._max_body} bytes.",
+            )
+        except TimeoutError:
             self._metrics.upstream_errors.labels("timeout").inc()
             return await self._fail(decision, outcome, Reason.UPSTREAM_TIMEOUT, "The service did not answer in time.")
         except (aiohttp.ClientError, OSError) as exc:
             if outcome.status:  # headers already sent: nothing to do but drop the connection
                 raise
             self._metrics.upstream_errors.labels("connection").inc()
-            return await self._fail(decision, outcome, Reason.UPSTREAM_UNAVAILABLE, f"The service is unreachable ({type(exc).__name__}).")
+            return await self._fail(
+                decision,
+                outcome,
+                Reason.UPSTREAM_UNAVAILABLE,
+                f"The service is unreachable ({type(exc).__name__}).",
+            )
 
     async def _pass_inspected(
         self, decision: Decision, route: Route, answer: aiohttp.ClientResponse, outcome: Outcome
     ) -> web.StreamResponse:
         encoding = answer.headers.get("Content-Encoding", "identity").lower()
         if encoding not in ("", "identity"):
-            return await self._fail(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is {encoding}-encoded and cannot be counted.")
+            return await self._fail(
+                decision,
+                outcome,
+                Reason.UPSTREAM_UNINSPECTABLE,
+                f"The answer is {encoding}-encoded and cannot be counted.",
+            )
         limit = self._upstream.settings.max_response_inspect_bytes
         body = await read_bounded(answer, limit)
         if body is None:
-            return await self._fail(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is larger than {limit} bytes.")
+            return await self._fail(
+                decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is larger than {limit} bytes."
+            )
         verdict = inspect_records(route, body, decision.allowed_records, decision.allowed_branches)
         if verdict.violation is not None:
             self._metrics.upstream_errors.labels(verdict.violation.value).inc()
@@ -176,4 +200,3 @@ class ProxyHandler:
                 path=request.raw_path,
             )
         )
-

@@ -85,9 +85,7 @@ class JwtAuthenticator:
     async def authenticate(self, credential: str | None) -> str:
         """The employee id the token vouches for, or IdentityError saying why not."""
         if not credential:
-            raise IdentityError(
-                Reason.IDENTITY_MISSING, "no bearer token was sent; sign in and send one"
-            )
+            raise IdentityError(Reason.IDENTITY_MISSING, "no bearer token was sent; sign in and send one")
         hit = self._cache.get(credential)
         if hit is not None:
             subject, expires, cached_at = hit
@@ -137,8 +135,7 @@ class JwtAuthenticator:
         if issued is not None and issued > now + self._leeway:
             raise IdentityError(
                 Reason.IDENTITY_NOT_YET_VALID,
-                f"the token claims to be issued in the future ({_when(issued)}); "
-                "check the identity provider's clock",
+                f"the token claims to be issued in the future ({_when(issued)}); check the identity provider's clock",
             )
         return expires
 
@@ -292,14 +289,9 @@ def _instant(claims: Mapping[str, Any], name: str) -> float | None:
 
 def _subject(claims: Mapping[str, Any]) -> str:
     subject = claims.get("sub")
-    if (
-        not isinstance(subject, str)
-        or not 0 < len(subject) <= MAX_SUBJECT_CHARS
-        or not subject.isprintable()
-    ):
+    if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_CHARS or not subject.isprintable():
         raise _malformed(
-            f"the token's subject (sub) is not an employee id of 1 to {MAX_SUBJECT_CHARS} "
-            "printable characters"
+            f"the token's subject (sub) is not an employee id of 1 to {MAX_SUBJECT_CHARS} printable characters"
         )
     return subject
 

@@ -36,9 +36,7 @@ from broker.core.reason import Reason
 from broker.identity.error import IdentityError
 
 HMAC_ALGORITHM: Final = "HS256"
-PUBLIC_KEY_ALGORITHMS: Final = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"}
-)
+PUBLIC_KEY_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
 MIN_SECRET_BYTES: Final = 32
 """RFC 7518 3.2: an HS256 key at least as long as the hash; shorter ones are guessable."""
 MIN_RSA_BITS: Final = 2048

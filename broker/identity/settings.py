@@ -67,10 +67,7 @@ class IdentitySettings:
         if wrong:
             allowed = ", ".join(sorted(PUBLIC_KEY_ALGORITHMS))
             hint = f" ({HMAC_ALGORITHM} belongs to hs256_secret)" if "HS256" in wrong else ""
-            return [
-                f"public_key_algorithms {', '.join(map(repr, wrong))} not allowed{hint}; "
-                f"choose from {allowed}"
-            ]
+            return [f"public_key_algorithms {', '.join(map(repr, wrong))} not allowed{hint}; choose from {allowed}"]
         try:
             load_pem_key(self.public_key_file, self.public_key_algorithms)
         except ValueError as exc:
@@ -103,9 +100,7 @@ class IdentitySettings:
             "token_cache_ttl_seconds": self.token_cache_ttl_seconds,
         }
         problems += [f"{name} must be above 0" for name, v in positive.items() if not v > 0]
-        problems += [
-            f"{name} must not be negative" for name, v in not_negative.items() if not v >= 0
-        ]
+        problems += [f"{name} must not be negative" for name, v in not_negative.items() if not v >= 0]
         if self.leeway_seconds > 300:
             problems.append("leeway_seconds above 300 would accept tokens long expired")
         return problems

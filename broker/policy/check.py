@@ -12,7 +12,8 @@ from broker.policy.route import RouteMap
 from broker.policy.rule import Rule
 from broker.policy.shift import Shift, build_shift
 
-T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -32,12 +33,15 @@ def check_rules(rules: list[Rule]) -> CheckedRules:
     for rule in rules:
         checked.by_type.setdefault(rule.ptype, []).append(rule)
     _check_duplicates(checked, rules)
-    checked.shifts = _build_named(checked, "p2", lambda r: r.fields[0], lambda r: build_shift(*r.fields))
+    checked.shifts = _build_named(checked, "p2", lambda r: r.fields[0], lambda r: build_shift(*r.fields[:5]))
     checked.record_limits = _build_named(
-        checked, "p3", lambda r: (r.fields[0], r.fields[1]), lambda r: build_record_limit(*r.fields[2:], rule=_cite(r))
+        checked,
+        "p3",
+        lambda r: (r.fields[0], r.fields[1]),
+        lambda r: build_record_limit(r.fields[2], r.fields[3], r.fields[4], rule=_cite(r)),
     )
     checked.rate_limits = _build_named(
-        checked, "p4", lambda r: r.fields[0], lambda r: build_rate_limit(*r.fields[1:], rule=_cite(r))
+        checked, "p4", lambda r: r.fields[0], lambda r: build_rate_limit(r.fields[1], r.fields[2], rule=_cite(r))
     )
     _check_references(checked)
     return checked
@@ -78,11 +82,9 @@ def _check_duplicates(checked: CheckedRules, rules: list[Rule]) -> None:
             checked.problems.append(PolicyProblem(rule.file, rule.line, f"duplicate of {first.where}"))
 
 
-def _build_named(
-    checked: CheckedRules, ptype: str, key: Callable[[Rule], T], build: Callable[[Rule], object]
-) -> dict[T, object]:  # type: ignore[type-var]
-    built: dict[T, object] = {}
-    where: dict[T, Rule] = {}
+def _build_named(checked: CheckedRules, ptype: str, key: Callable[[Rule], K], build: Callable[[Rule], V]) -> dict[K, V]:
+    built: dict[K, V] = {}
+    where: dict[K, Rule] = {}
     for rule in checked.of(ptype):
         name = key(rule)
         if name in where:
@@ -110,7 +112,12 @@ def _check_references(checked: CheckedRules) -> None:
         _require(checked, rule, rule.fields[1] in checked.shifts, f"unknown shift {rule.fields[1]!r}", shift_hint)
     resources = {r.fields[1] for r in checked.of("p")}
     for rule in checked.of("p3"):
-        _require(checked, rule, rule.fields[1] in resources, f"limit for resource {rule.fields[1]!r}, which no p line grants")
+        _require(
+            checked,
+            rule,
+            rule.fields[1] in resources,
+            f"limit for resource {rule.fields[1]!r}, which no p line grants",
+        )
     for rule in checked.of("p"):
         role, resource, _ = rule.fields
         _require(

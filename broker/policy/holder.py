@@ -21,9 +21,7 @@ log = structlog.get_logger("broker.policy")
 
 
 class PolicyHolder:
-    def __init__(
-        self, directory: Path, clock: Callable[[], float], parity_sample: int = PARITY_SAMPLE
-    ) -> None:
+    def __init__(self, directory: Path, clock: Callable[[], float], parity_sample: int = PARITY_SAMPLE) -> None:
         self.directory = directory
         self._clock = clock
         self._parity_sample = parity_sample

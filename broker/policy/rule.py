@@ -55,8 +55,8 @@ def parse_rules(name: str, raw: bytes) -> tuple[list[Rule], list[PolicyProblem]]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        return [], [PolicyProblem(name, line, "file is not valid UTF-8")]
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        return [], [PolicyProblem(name, bad_line, "file is not valid UTF-8")]
     if text and not text.endswith("\n"):
         problems.append(
             PolicyProblem(
@@ -81,9 +81,7 @@ def _parse_line(name: str, number: int, line: str) -> tuple[Rule | None, PolicyP
     if not stripped or stripped.startswith("#"):
         return None, None
     if "#" in stripped:
-        return None, PolicyProblem(
-            name, number, "inline comment after a rule", "put the comment on a line of its own"
-        )
+        return None, PolicyProblem(name, number, "inline comment after a rule", "put the comment on a line of its own")
     for char, message in _FORBIDDEN.items():
         if char in stripped:
             return None, PolicyProblem(name, number, message, "write values bare: p, role, x, y")

@@ -104,7 +104,7 @@ def parse_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"time zone {name!r} is unknown (use an IANA name like Asia/Shanghai)")
+        raise ValueError(f"time zone {name!r} is unknown (use an IANA name like Asia/Shanghai)") from None
 
 
 def build_shift(name: str, start: str, end: str, days: str, zone: str) -> Shift:

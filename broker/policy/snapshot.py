@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import casbin  # type: ignore[import-untyped]
-from casbin.persist.adapter import Adapter  # type: ignore[import-untyped]
+import casbin
+from casbin.persist.adapter import Adapter
 
 from broker.policy.check import CheckedRules, check_routes, check_rules
 from broker.policy.index import PolicyIndex, build_index
@@ -95,7 +95,13 @@ def _read_files(directory: Path) -> dict[str, bytes]:
 
 
 def _compile(
-    directory: Path, revision: str, model: Any, routes: RouteMap, rules: list[Rule], checked: CheckedRules, sample: int
+    directory: Path,
+    revision: str,
+    model: Any,
+    routes: RouteMap,
+    rules: list[Rule],
+    checked: CheckedRules,
+    sample: int,
 ) -> PolicySnapshot:
     enforcer = casbin.Enforcer(model, _RuleAdapter(rules))
     index = build_index(
@@ -109,7 +115,9 @@ def _compile(
     )
     disagreement = first_disagreement(enforcer, index, _sample(index, sample))
     if disagreement:
-        raise PolicyError([PolicyProblem(MODEL_FILE, 0, disagreement, "the matcher must mean what the broker compiles")])
+        raise PolicyError(
+            [PolicyProblem(MODEL_FILE, 0, disagreement, "the matcher must mean what the broker compiles")]
+        )
     files = tuple(sorted({MODEL_FILE, ROUTES_FILE, *(r.file for r in rules)}))
     return PolicySnapshot(revision, directory, index, routes, enforcer, tuple(rules), files)
 
@@ -128,7 +136,7 @@ def first_disagreement(enforcer: Any, index: PolicyIndex, employees: list[str]) 
     `enforce()`, so this also proves the matcher runs before the policy goes live.
     """
     every_branch = sorted({b for e in index.employees.values() for b in e.roles_by_branch})
-    pairs = sorted(index.grants) + [("no-such-resource", "read")]
+    pairs = [*sorted(index.grants), ("no-such-resource", "read")]
     try:
         for employee in employees:
             for branch in _branches_to_try(index.employees[employee].roles_by_branch, every_branch):

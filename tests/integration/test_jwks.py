@@ -57,9 +57,7 @@ def ec_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
     }
 
 
-def sign(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | bytes, kid: str, alg: str = "RS256"
-) -> str:
+def sign(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | bytes, kid: str, alg: str = "RS256") -> str:
     """A token for EMPLOYEE valid at NOW, signed with cryptography (not PyJWT)."""
     head = b64url(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode())
     body = b64url(json.dumps({"sub": EMPLOYEE, "iat": int(NOW), "exp": int(NOW) + 3600}).encode())
@@ -251,9 +249,7 @@ async def test_failing_key_server_without_cache_is_unavailable(
     assert await auth.authenticate(sign(key_one, "k1")) == EMPLOYEE
 
 
-async def test_slow_key_server_times_out(
-    idp: KeyServer, make_auth: MakeAuth, key_one: rsa.RSAPrivateKey
-) -> None:
+async def test_slow_key_server_times_out(idp: KeyServer, make_auth: MakeAuth, key_one: rsa.RSAPrivateKey) -> None:
     idp.delay = 1.0
     auth = make_auth(idp.url, jwks_timeout_seconds=0.2)
     error = await refusal(auth, sign(key_one, "k1"))

@@ -233,12 +233,8 @@ async def test_branch_filter(client: Client, small_waybills: list[dict[str, obje
     assert items_of(body) == expected
 
 
-async def test_branch_and_status_filter(
-    client: Client, small_waybills: list[dict[str, object]]
-) -> None:
-    expected = [
-        r for r in small_waybills if r["branch_code"] == "BR005" and r["status"] == "delivered"
-    ]
+async def test_branch_and_status_filter(client: Client, small_waybills: list[dict[str, object]]) -> None:
+    expected = [r for r in small_waybills if r["branch_code"] == "BR005" and r["status"] == "delivered"]
     body = await get_json(client, "/api/waybills?branch=BR005&status=delivered&limit=3")
     assert body["total"] == len(expected)
     assert items_of(body) == expected[:3]
@@ -267,9 +263,7 @@ async def test_bad_window_is_400(client: Client, query: str) -> None:
 
 
 async def test_branch_path_listing(client: Client, small_waybills: list[dict[str, object]]) -> None:
-    expected = [
-        r for r in small_waybills if r["branch_code"] == "BR002" and r["status"] == "in_transit"
-    ]
+    expected = [r for r in small_waybills if r["branch_code"] == "BR002" and r["status"] == "in_transit"]
     body = await get_json(client, "/api/branches/BR002/waybills?status=in_transit&limit=100000")
     assert body["total"] == len(expected)
     assert items_of(body) == expected

@@ -73,9 +73,7 @@ def claims(**changes: Any) -> dict[str, Any]:
 
 
 def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @pytest.fixture(scope="module")
@@ -170,15 +168,11 @@ async def test_es256_token_verifies_with_an_ec_pem_key(
     assert await auth.authenticate(sign(claims(), ec_key, "ES256")) == EMPLOYEE
 
 
-async def test_eddsa_token_verifies_with_an_ed25519_pem_key(
-    make_auth: MakeAuth, tmp_path: Path
-) -> None:
+async def test_eddsa_token_verifies_with_an_ed25519_pem_key(make_auth: MakeAuth, tmp_path: Path) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     path = tmp_path / "ed.pem"
     path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     auth = make_auth(public_key_file=path, public_key_algorithms=("EdDSA",))
     assert await auth.authenticate(sign(claims(), key, "EdDSA")) == EMPLOYEE
@@ -195,9 +189,7 @@ async def test_secret_and_pem_coexist_and_the_header_picks(
 async def test_issuer_and_audience_that_match_exactly_pass(make_auth: MakeAuth) -> None:
     auth = make_auth(hs256_secret=SECRET, issuer="https://idp.example", audience="broker")
     single = mint_token(SECRET, EMPLOYEE, now=NOW, issuer="https://idp.example", audience="broker")
-    listed = mint_token(
-        SECRET, "emp-2", now=NOW, issuer="https://idp.example", extra={"aud": ["other", "broker"]}
-    )
+    listed = mint_token(SECRET, "emp-2", now=NOW, issuer="https://idp.example", extra={"aud": ["other", "broker"]})
     assert await auth.authenticate(single) == EMPLOYEE
     assert await auth.authenticate(listed) == "emp-2"
 
@@ -269,9 +261,7 @@ async def test_payload_that_is_not_json_is_malformed(make_auth: MakeAuth) -> Non
 )
 async def test_bad_claims_are_malformed(make_auth: MakeAuth, changes: dict[str, Any]) -> None:
     token = sign(claims(**changes), SECRET.encode(), "HS256")
-    assert (await refusal(make_auth(hs256_secret=SECRET), token)).reason is (
-        Reason.IDENTITY_MALFORMED
-    )
+    assert (await refusal(make_auth(hs256_secret=SECRET), token)).reason is (Reason.IDENTITY_MALFORMED)
 
 
 async def test_subject_of_128_printable_chars_is_accepted(make_auth: MakeAuth) -> None:
@@ -301,9 +291,7 @@ async def test_token_signed_with_another_secret_has_a_bad_signature(make_auth: M
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE"])
-async def test_unsigned_token_is_a_bad_algorithm(
-    make_auth: MakeAuth, rsa_pem: Path, alg: str
-) -> None:
+async def test_unsigned_token_is_a_bad_algorithm(make_auth: MakeAuth, rsa_pem: Path, alg: str) -> None:
     token = sign(claims(), b"", alg)
     for auth in (make_auth(hs256_secret=SECRET), make_auth(public_key_file=rsa_pem)):
         error = await refusal(auth, token)
@@ -403,9 +391,7 @@ async def test_expiry_holds_until_the_leeway_edge(make_auth: MakeAuth, clock: Fa
     assert "expired" in error.detail
 
 
-async def test_not_before_holds_until_the_leeway_edge(
-    make_auth: MakeAuth, clock: FakeClock
-) -> None:
+async def test_not_before_holds_until_the_leeway_edge(make_auth: MakeAuth, clock: FakeClock) -> None:
     auth = make_auth(hs256_secret=SECRET, leeway_seconds=30, token_cache_size=0)
     token = sign(claims(nbf=int(NOW) + 60), SECRET.encode(), "HS256")
     clock.set(NOW + 29)
@@ -506,9 +492,7 @@ async def test_cache_entries_are_rechecked_after_the_ttl(
     assert len(decodes) == 2
 
 
-async def test_clock_going_backwards_rechecks(
-    make_auth: MakeAuth, clock: FakeClock, decodes: list[str]
-) -> None:
+async def test_clock_going_backwards_rechecks(make_auth: MakeAuth, clock: FakeClock, decodes: list[str]) -> None:
     auth = make_auth(hs256_secret=SECRET, leeway_seconds=0)
     token = sign(claims(nbf=int(NOW)), SECRET.encode(), "HS256")
     await auth.authenticate(token)
@@ -516,9 +500,7 @@ async def test_clock_going_backwards_rechecks(
     assert (await refusal(auth, token)).reason is Reason.IDENTITY_NOT_YET_VALID
 
 
-async def test_cache_stays_bounded_and_drops_the_oldest(
-    make_auth: MakeAuth, decodes: list[str]
-) -> None:
+async def test_cache_stays_bounded_and_drops_the_oldest(make_auth: MakeAuth, decodes: list[str]) -> None:
     auth = make_auth(hs256_secret=SECRET, token_cache_size=3)
     tokens = [mint_token(SECRET, f"emp-{n}", now=NOW) for n in range(10)]
     for token in tokens:
@@ -598,18 +580,12 @@ def test_short_secret_is_refused() -> None:
         pytest.param(("ES256",), "cannot verify ES256", id="wrong-type"),
     ],
 )
-def test_public_key_algorithms_are_checked(
-    rsa_pem: Path, algorithms: tuple[str, ...], needle: str
-) -> None:
-    problems = IdentitySettings(
-        public_key_file=rsa_pem, public_key_algorithms=algorithms
-    ).validate()
+def test_public_key_algorithms_are_checked(rsa_pem: Path, algorithms: tuple[str, ...], needle: str) -> None:
+    problems = IdentitySettings(public_key_file=rsa_pem, public_key_algorithms=algorithms).validate()
     assert any(needle in p for p in problems), problems
 
 
-def test_pem_problems_are_reported(
-    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, weak_rsa_key: rsa.RSAPrivateKey
-) -> None:
+def test_pem_problems_are_reported(tmp_path: Path, rsa_key: rsa.RSAPrivateKey, weak_rsa_key: rsa.RSAPrivateKey) -> None:
     private = tmp_path / "private.pem"
     private.write_bytes(
         rsa_key.private_bytes(
@@ -685,12 +661,8 @@ def test_jwk_alg_is_the_only_algorithm(rsa_key: rsa.RSAPrivateKey) -> None:
     [
         pytest.param({"kty": "oct", "kid": "s", "k": b64url(b"x" * 32)}, id="oct"),
         pytest.param({"kty": "RSA", "kid": "r", "alg": "HS256", "n": "AQAB", "e": "AQAB"}, id="hs"),
-        pytest.param(
-            {"kty": "RSA", "kid": "r", "alg": "none", "n": "AQAB", "e": "AQAB"}, id="none"
-        ),
-        pytest.param(
-            {"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB", "d": "AQAB"}, id="private"
-        ),
+        pytest.param({"kty": "RSA", "kid": "r", "alg": "none", "n": "AQAB", "e": "AQAB"}, id="none"),
+        pytest.param({"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB", "d": "AQAB"}, id="private"),
     ],
 )
 def test_dangerous_jwks_are_refused(jwk: dict[str, Any]) -> None:

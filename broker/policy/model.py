@@ -36,9 +36,9 @@ def _check_sections(name: str, text: str, model: Any) -> list[PolicyProblem]:
         problems.append(_problem(name, text, "r =", f"request_definition must be r = {', '.join(REQUEST_FIELDS)}"))
     for ptype, fields in LINE_TYPES.items():
         problems.extend(_check_definition(name, text, model, ptype, len(fields)))
-    if "m" not in model or "m" not in model["m"]:
+    if "m" not in model.model or "m" not in model.model["m"]:
         problems.append(PolicyProblem(name, 0, "the model has no [matchers] m = ... line"))
-    if "e" not in model or "e" not in model["e"]:
+    if "e" not in model.model or "e" not in model.model["e"]:
         problems.append(PolicyProblem(name, 0, "the model has no [policy_effect] e = ... line"))
     elif model["e"]["e"].value.replace(" ", "").replace("_", ".") != "some(where(p.eft==allow))":
         problems.append(
@@ -49,7 +49,7 @@ def _check_sections(name: str, text: str, model: Any) -> list[PolicyProblem]:
 
 def _check_definition(name: str, text: str, model: Any, ptype: str, arity: int) -> list[PolicyProblem]:
     section = ptype[0]
-    found = model[section].get(ptype) if section in model else None
+    found = model.model[section].get(ptype) if section in model.model else None
     if found is None:
         return [PolicyProblem(name, 0, f"the model does not define {ptype}", f"add {ptype} = ... with {arity} fields")]
     have = len(found.value.split(",")) if section == "g" else len(found.tokens)
@@ -66,7 +66,7 @@ def _check_definition(name: str, text: str, model: Any, ptype: str, arity: int) 
 
 
 def _tokens(model: Any, section: str, key: str) -> list[str]:
-    if section not in model or key not in model[section]:
+    if section not in model.model or key not in model.model[section]:
         return []
     return list(model[section][key].tokens)
 

@@ -1,0 +1,39 @@
+# One place for the commands developers and CI share.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint typecheck unit bench-decision clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Run the sample logistics API with the broker in front of it.
+demo: $(STAMP)
+	$(BIN)/broker --log-format console demo
+
+## Lint, type-check and run every test; what CI runs.
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check broker tests bench
+	$(BIN)/ruff format --check broker tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+## The decision core at 100 / 10,000 / 100,000 employees.
+bench-decision: $(STAMP)
+	$(BIN)/python -m bench.decision
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,88 @@
+"""Shared fixtures: a real upstream, a real broker, both on loopback sockets."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from broker.app import build_app, build_broker
+from broker.config import Settings
+from broker.core.clock import FakeClock
+from broker.demo.upstream import build_upstream_app
+from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, rogue_upstream_app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(TUESDAY_10_SHANGHAI)
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", target)
+    return target
+
+
+BrokerFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestServer]:
+    server = TestServer(build_upstream_app(waybill_count=1200), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_broker(
+    tmp_path: Path, clock: FakeClock, policy_dir: Path, upstream: TestServer
+) -> AsyncIterator[BrokerFactory]:
+    started: list[Harness] = []
+
+    async def factory(upstream_url: str | None = None, *, watch: bool = False, **upstream_settings: Any) -> Harness:
+        settings = Settings()
+        settings = replace(
+            settings,
+            upstream=replace(
+                settings.upstream, url=upstream_url or str(upstream.make_url("")).rstrip("/"), **upstream_settings
+            ),
+            identity=replace(settings.identity, hs256_secret=SECRET),
+            policy=replace(settings.policy, directory=policy_dir, watch=watch),
+            audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
+        )
+        broker = build_broker(settings, clock=clock)
+        server = TestServer(build_app(broker), host="127.0.0.1")
+        await server.start_server()
+        harness = Harness(broker, server, clock, Path(settings.audit.path), aiohttp.ClientSession())
+        started.append(harness)
+        return harness
+
+    yield factory
+    for harness in started:
+        await harness.session.close()
+        await harness.server.close()
+
+
+@pytest.fixture
+async def broker(make_broker: BrokerFactory) -> Harness:
+    """The shipped policy in front of the demo upstream, at Tuesday 10:00 in Shanghai."""
+    return await make_broker()
+
+
+@pytest.fixture
+async def rogue() -> AsyncIterator[TestServer]:
+    server = TestServer(rogue_upstream_app(), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()

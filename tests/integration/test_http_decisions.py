@@ -257,7 +257,9 @@ async def test_token_signed_with_another_secret(broker: Harness) -> None:
     from broker.identity.jwt_authenticator import mint_token
 
     forged = mint_token("another-secret-that-is-long-enough-000000", "e9001", now=broker.clock.now())
-    assert_problem(await broker.get(LIST_BR001, headers={"Authorization": f"Bearer {forged}"}), 401, "identity.bad_signature")
+    assert_problem(
+        await broker.get(LIST_BR001, headers={"Authorization": f"Bearer {forged}"}), 401, "identity.bad_signature"
+    )
 
 
 async def test_alg_none_token_is_refused(broker: Harness) -> None:
@@ -269,7 +271,9 @@ async def test_alg_none_token_is_refused(broker: Harness) -> None:
     header = json.dumps({"alg": "none", "typ": "JWT"}).encode()
     claims = json.dumps({"sub": "e9001", "exp": int(broker.clock.now()) + 600}).encode()
     token = f"{part(header)}.{part(claims)}."
-    assert_problem(await broker.get(LIST_BR001, headers={"Authorization": f"Bearer {token}"}), 401, "identity.bad_algorithm")
+    assert_problem(
+        await broker.get(LIST_BR001, headers={"Authorization": f"Bearer {token}"}), 401, "identity.bad_algorithm"
+    )
 
 
 async def test_two_authorization_headers_are_refused(broker: Harness) -> None:

@@ -1,0 +1,122 @@
+"""What the upstream answers is checked, and what crosses the broker is faithful."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import BrokerFactory
+from tests.harness import Harness, raw_request
+
+LIST = "/api/branches/BR001/waybills"
+
+
+@pytest.fixture
+async def guarded(make_broker: BrokerFactory, rogue: TestServer) -> Harness:
+    return await make_broker(str(rogue.make_url("")).rstrip("/"), read_timeout_seconds=0.5)
+
+
+async def me_used(broker: Harness, employee: str = "e1001") -> int:
+    quotas = (await broker.get("/-/me", employee)).json["quotas"]
+    return int(quotas[0]["used"])
+
+
+async def test_quota_is_charged_with_records_actually_returned(guarded: Harness) -> None:
+    reply = await guarded.get(f"{LIST}?limit=50", "e1001")  # the rogue returns 3
+    assert reply.status == 200 and len(reply.json["items"]) == 3
+    assert await me_used(guarded) == 3
+    assert reply.headers["RateLimit"].startswith('"waybill";r=497;')
+    events = await guarded.audit_events()
+    assert events[-1]["records_requested"] == 50 and events[-1]["records_returned"] == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "reason"),
+    [
+        ("too_many", 403, "upstream.too_many_records"),
+        ("other_branch", 403, "upstream.other_branch"),
+        ("no_branch_field", 502, "upstream.uninspectable"),
+        ("invalid_json", 502, "upstream.uninspectable"),
+        ("gzip", 502, "upstream.uninspectable"),
+    ],
+)
+async def test_bad_answers_are_not_passed_on_and_not_charged(
+    guarded: Harness, mode: str, status: int, reason: str
+) -> None:
+    reply = await guarded.get(f"{LIST}?limit=10", "e1001", headers={"X-Test-Mode": mode})
+    assert reply.status == status, reply.body
+    body = reply.json
+    assert body["reason"] == reason
+    assert b"SF-leak" not in reply.body and b"SF0" not in reply.body
+    assert await me_used(guarded) == 0
+    events = await guarded.audit_events()
+    assert events[-1]["verdict"] == "deny" and events[-1]["reason"] == reason
+    assert events[-1]["records_returned"] == 0
+
+
+async def test_upstream_timeout_gives_504(guarded: Harness) -> None:
+    reply = await guarded.get(f"{LIST}?limit=1", "e1001", headers={"X-Test-Mode": "slow"})
+    assert reply.status == 504 and reply.json["reason"] == "upstream.timeout"
+    assert await me_used(guarded) == 0
+
+
+async def test_upstream_down_gives_502(make_broker: BrokerFactory) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = await make_broker(f"http://127.0.0.1:{port}")
+    reply = await broker.get(f"{LIST}?limit=1", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.unavailable"
+    metrics = (await broker.get("/-/metrics")).body.decode()
+    assert 'broker_upstream_errors_total{kind="connection"} 1.0' in metrics
+
+
+async def test_headers_crossing_the_broker(guarded: Harness) -> None:
+    headers = {
+        "X-Test-Mode": "echo",
+        "X-Broker-Employee": "e9001",  # a client must not be able to claim another identity
+        "X-Forwarded-For": "10.9.9.9",
+        "Connection": "keep-alive, X-Secret-Hop",
+        "X-Secret-Hop": "drop me",
+        "Proxy-Authorization": "Basic abc",
+        "X-App-Trace": "kept",
+    }
+    reply = await guarded.get(f"{LIST}?limit=5", "e1001", headers=headers)
+    assert reply.status == 200, reply.body
+    seen = {k.lower(): v for k, v in reply.json["items"][0]["headers"].items()}
+    assert seen["x-broker-employee"] == "e1001"
+    assert seen["x-broker-decision"] == reply.headers["X-Broker-Decision"]
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"].startswith("127.0.0.1:")
+    assert "x-secret-hop" not in seen and "proxy-authorization" not in seen
+    assert seen["x-app-trace"] == "kept"
+    assert seen["accept-encoding"] == "identity"
+    assert seen["authorization"].startswith("Bearer ")
+
+
+async def test_raw_path_is_forwarded_unchanged(guarded: Harness) -> None:
+    token = guarded.token("e1001")
+    reply = await raw_request(
+        guarded.port,
+        "/api/branches/BR00%31/waybills?limit=2&x=%7Ea",
+        {"Authorization": f"Bearer {token}", "X-Test-Mode": "echo"},
+    )
+    assert reply.status == 200, reply.body
+    assert reply.json["items"][0]["raw_path"] == "/api/branches/BR00%31/waybills?limit=2&x=%7Ea"
+
+
+async def test_request_body_is_forwarded_and_limited(make_broker: BrokerFactory, rogue: TestServer) -> None:
+    broker = await make_broker(str(rogue.make_url("")).rstrip("/"), max_request_body_bytes=2048)
+    ok = await broker.request("POST", "/api/waybills", "e1004", json={"branch_code": "BR001", "note": "x" * 500})
+    assert ok.status == 201 and ok.json["note"] == "x" * 500
+    big = await broker.request("POST", "/api/waybills", "e1004", json={"branch_code": "BR001", "note": "x" * 5000})
+    assert big.status == 413 and big.json["reason"] == "request.too_large"
+
+
+async def test_error_answers_stream_through_uncharged(broker: Harness) -> None:
+    reply = await broker.get("/api/waybills/SF0000000000", "e1001")
+    assert reply.status == 404  # the upstream's own answer
+    assert await me_used(broker) == 0

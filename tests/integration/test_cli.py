@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 
 from broker.core.clock import FakeClock
-from broker.identity.jwt_authenticator import JwtAuthenticator
+from broker.identity.jwt_authenticator import JwtAuthenticator, mint_token
 from broker.identity.settings import IdentitySettings
-from tests.harness import SECRET
+from tests.harness import SECRET, TUESDAY_10_SHANGHAI
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -149,11 +149,7 @@ async def test_run_serves_reloads_on_sighup_and_stops_cleanly(
             await asyncio.sleep(0.1)
         assert state["revision"] != revision and state["employees"] == 8
         # BROKER_CLOCK put the broker at Tuesday 10:00 in Shanghai: e1002 is off shift
-        token = subprocess.run(
-            [sys.executable, "-m", "broker", "token", "--sub", "e1002"],
-            capture_output=True, text=True, check=True,
-            env={**os.environ, "BROKER_DEV_SECRET": SECRET, "BROKER_CLOCK": "2026-12-01T10:00:00+08:00"},
-        ).stdout.strip()  # fmt: skip
+        token = mint_token(SECRET, "e1002", now=TUESDAY_10_SHANGHAI)
         async with session.get(
             f"{base}/api/branches/BR002/waybills", headers={"Authorization": f"Bearer {token}"}
         ) as reply:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from multidict import CIMultiDict
 
+from broker.identity.jwt_authenticator import mint_token
 from tests.harness import Harness
 
 LIST_BR001 = "/api/branches/BR001/waybills"
@@ -254,8 +257,6 @@ async def test_expired_token_names_the_problem_and_never_echoes_it(broker: Harne
 
 
 async def test_token_signed_with_another_secret(broker: Harness) -> None:
-    from broker.identity.jwt_authenticator import mint_token
-
     forged = mint_token("another-secret-that-is-long-enough-000000", "e9001", now=broker.clock.now())
     assert_problem(
         await broker.get(LIST_BR001, headers={"Authorization": f"Bearer {forged}"}), 401, "identity.bad_signature"
@@ -263,8 +264,6 @@ async def test_token_signed_with_another_secret(broker: Harness) -> None:
 
 
 async def test_alg_none_token_is_refused(broker: Harness) -> None:
-    import base64
-
     def part(raw: bytes) -> str:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -277,8 +276,6 @@ async def test_alg_none_token_is_refused(broker: Harness) -> None:
 
 
 async def test_two_authorization_headers_are_refused(broker: Harness) -> None:
-    from multidict import CIMultiDict
-
     token = broker.token("e1001")
     headers = CIMultiDict([("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {token}")])
     async with broker.session.get(broker.url(LIST_BR001), headers=headers) as response:

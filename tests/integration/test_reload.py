@@ -10,8 +10,8 @@ from tests.conftest import BrokerFactory
 from tests.harness import Harness
 
 
-async def wait_for(broker: Harness, key: str, expected_change_from: object, timeout: float = 10.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
+async def wait_for(broker: Harness, key: str, expected_change_from: object, within: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         state = (await broker.get("/-/policy")).json
         if state[key] != expected_change_from:

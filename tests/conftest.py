@@ -16,6 +16,7 @@ from broker.app import build_app, build_broker
 from broker.config import Settings
 from broker.core.clock import FakeClock
 from broker.demo.upstream import build_upstream_app
+from broker.meter.store import CounterStore
 from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, rogue_upstream_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,13 @@ async def make_broker(
 ) -> AsyncIterator[BrokerFactory]:
     started: list[Harness] = []
 
-    async def factory(upstream_url: str | None = None, *, watch: bool = False, **upstream_settings: Any) -> Harness:
+    async def factory(
+        upstream_url: str | None = None,
+        *,
+        watch: bool = False,
+        store: CounterStore | None = None,
+        **upstream_settings: Any,
+    ) -> Harness:
         settings = Settings()
         settings = replace(
             settings,
@@ -61,7 +68,7 @@ async def make_broker(
             policy=replace(settings.policy, directory=policy_dir, watch=watch),
             audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
         )
-        broker = build_broker(settings, clock=clock)
+        broker = build_broker(settings, clock=clock, store=store)
         server = TestServer(build_app(broker), host="127.0.0.1")
         await server.start_server()
         harness = Harness(broker, server, clock, Path(settings.audit.path), aiohttp.ClientSession())

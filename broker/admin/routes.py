@@ -101,15 +101,15 @@ class AdminRoutes:
                 "branches": sorted(employee.roles_by_branch),
                 "shifts": [s.name for s in employee.shifts],
                 "in_shift": shift is not None,
-                "shift_ends_at": iso(shift.end) if shift else None,
-                "next_shift_starts_at": iso(upcoming) if upcoming and shift is None else None,
+                "shift_ends_at": iso(shift.end, employee.zone) if shift else None,
+                "next_shift_starts_at": iso(upcoming, employee.zone) if upcoming and shift is None else None,
                 "quotas": [
                     {
                         "resource": q.name,
                         "limit": q.limit,
                         "used": q.used,
                         "remaining": q.remaining,
-                        "resets_at": iso(q.reset_at),
+                        "resets_at": iso(q.reset_at, q.zone),
                     }
                     for q in quotas
                 ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Protocol
 
 CLOCK_ENV = "BROKER_CLOCK"
@@ -70,5 +70,7 @@ def clock_from(start: str | None) -> Clock:
     return OffsetClock(parse_instant(chosen))
 
 
-def iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
+def iso(when: float, zone: tzinfo = UTC) -> str:
+    """An instant for people: in `zone` (an employee's shift time zone) when known."""
+    text = datetime.fromtimestamp(when, zone).isoformat()
+    return text.replace("+00:00", "Z") if zone is UTC else text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +27,8 @@ class QuotaState:
     used: int
     window: int
     reset_at: float
+    zone: tzinfo = UTC
+    """Where the employee works: reset times are shown in it."""
 
     @property
     def remaining(self) -> int:

@@ -7,6 +7,7 @@ unexpected exception becomes an ERROR verdict, which every door treats as a deni
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from typing import Protocol
@@ -90,7 +91,7 @@ class Guard:
             return
         used = await self._store.add(decision.quota_key, delta, quota.reset_at, self._clock.now())
         decision.reserved = returned
-        decision.quota = QuotaState(quota.name, quota.limit, used, quota.window, quota.reset_at)
+        decision.quota = dataclasses.replace(quota, used=used)
 
     async def quotas_of(self, employee_id: str) -> list[QuotaState]:
         """The caller's own quota state per resource, for the self-service view."""
@@ -106,7 +107,7 @@ class Guard:
                 continue
             window = quota_window(limit, employee.shifts, now)
             used = await self._store.get(_quota_key(employee_id, resource, window.start), now)
-            states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end))
+            states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
 
     async def _decide(self, d: Decision, snapshot: PolicySnapshot | None, now: float) -> None:
@@ -175,8 +176,8 @@ class Guard:
         else:
             detail = f"You are outside your shift ({', '.join(s.name for s in employee.shifts)})."
             if upcoming is not None:
-                detail += f" Your next shift starts at {iso(upcoming)}."
-                d.facts["next_shift_start"] = iso(upcoming)
+                detail += f" Your next shift starts at {iso(upcoming, employee.zone)}."
+                d.facts["next_shift_start"] = iso(upcoming, employee.zone)
                 d.retry_after = upcoming - now
         _deny(d, Reason.SHIFT_OUTSIDE, detail)
         return False
@@ -219,7 +220,7 @@ class Guard:
         window = quota_window(limit, employee.shifts, now)
         key = _quota_key(employee.id, access.resource, window.start)
         booked = await self._store.reserve(key, access.records, limit.quota, window.end, now)
-        d.quota = QuotaState(access.resource, limit.quota, booked.used, window.seconds, window.end)
+        d.quota = QuotaState(access.resource, limit.quota, booked.used, window.seconds, window.end, employee.zone)
         if booked.granted:
             d.quota_key, d.reserved = key, access.records
             return True
@@ -229,7 +230,8 @@ class Guard:
         _deny(
             d,
             Reason.QUOTA_EXCEEDED,
-            f"Your {access.resource} quota has {left} of {limit.quota} records left until {iso(window.end)}; "
+            f"Your {access.resource} quota has {left} of {limit.quota} records left until "
+            f"{iso(window.end, employee.zone)}; "
             f"this request asks for {access.records}.",
         )
         return False

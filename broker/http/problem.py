@@ -84,7 +84,7 @@ def problem_response(decision: Decision) -> web.Response:
             "limit": q.limit,
             "used": q.used,
             "remaining": q.remaining,
-            "resets_at": iso(q.reset_at),
+            "resets_at": iso(q.reset_at, q.zone),
         }
     if decision.retry_after is not None:
         body["retry_after"] = math.ceil(decision.retry_after)

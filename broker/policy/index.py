@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 
 from broker.policy.limit import RateLimit, RecordLimit, most_generous_rate, most_generous_records
 from broker.policy.rule import Rule
@@ -30,6 +31,11 @@ class Employee:
     @property
     def roles(self) -> frozenset[str]:
         return self.global_roles.union(*self.roles_by_branch.values())
+
+    @property
+    def zone(self) -> tzinfo:
+        """The time zone times are shown in to this employee: their first shift's."""
+        return self.shifts[0].zone if self.shifts else UTC
 
 
 @dataclass(frozen=True, slots=True)

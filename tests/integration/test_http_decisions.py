@@ -11,6 +11,8 @@ import pytest
 from multidict import CIMultiDict
 
 from broker.identity.jwt_authenticator import mint_token
+from broker.meter.store import MemoryCounterStore, Reservation
+from tests.conftest import BrokerFactory
 from tests.harness import Harness
 
 LIST_BR001 = "/api/branches/BR001/waybills"
@@ -142,7 +144,7 @@ async def test_night_shift_edges(broker: Harness, local_time: str, status: int) 
 
 async def test_off_shift_denial_says_when_the_next_shift_starts(broker: Harness) -> None:
     body = assert_problem(await broker.get("/api/branches/BR002/waybills", "e1002"), 403, "shift.outside")
-    assert body["next_shift_start"] == "2026-12-01T14:00:00Z"  # 22:00 in Shanghai
+    assert body["next_shift_start"] == "2026-12-01T22:00:00+08:00"  # 22:00 in Shanghai
 
 
 async def test_day_shift_is_weekdays_only(broker: Harness) -> None:
@@ -185,7 +187,7 @@ async def test_quota_runs_out_with_retry_after_and_resets_next_shift(broker: Har
         "limit": 60,
         "used": 60,
         "remaining": 0,
-        "resets_at": "2026-12-01T10:00:00Z",
+        "resets_at": "2026-12-01T18:00:00+08:00",
     }
     assert reply.headers["Retry-After"] == str(8 * 3600)
     assert reply.headers["RateLimit"].startswith('"waybill";r=0;t=28800')
@@ -221,7 +223,7 @@ async def test_me_shows_own_quota_state(broker: Harness) -> None:
     me = (await broker.get("/-/me", "e1001")).json
     assert me["employee"] == "e1001" and me["branches"] == ["BR001"] and me["in_shift"] is True
     assert me["quotas"] == [
-        {"resource": "waybill", "limit": 500, "used": 7, "remaining": 493, "resets_at": "2026-12-01T10:00:00Z"}
+        {"resource": "waybill", "limit": 500, "used": 7, "remaining": 493, "resets_at": "2026-12-01T18:00:00+08:00"}
     ]
     unauthenticated = await broker.get("/-/me")
     assert unauthenticated.status == 401 and unauthenticated.json["reason"] == "identity.missing"
@@ -318,3 +320,21 @@ async def test_admin_endpoints(broker: Harness) -> None:
     explained = (await broker.get("/-/problems/shift.outside")).json
     assert explained["status"] == 403 and "shift" in explained["explanation"]
     assert (await broker.get("/-/problems/no.such")).status == 404
+
+
+class BrokenStore(MemoryCounterStore):
+    """A counter store whose backend fails: the broker must refuse, not guess."""
+
+    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
+        raise ConnectionError("counter backend unreachable")
+
+
+async def test_internal_error_fails_closed_and_is_counted(make_broker: BrokerFactory) -> None:
+    broker = await make_broker(store=BrokenStore())
+    reply = await broker.get(f"{LIST_BR001}?limit=1", "e1001")
+    body = assert_problem(reply, 503, "broker.error")
+    assert body["verdict"] == "error"
+    metrics = (await broker.get("/-/metrics")).body.decode()
+    assert 'broker_decisions_total{reason="broker.error",verdict="error"} 1.0' in metrics
+    events = await broker.audit_events()
+    assert events[-1]["verdict"] == "error" and events[-1]["records_returned"] == 0

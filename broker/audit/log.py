@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -53,6 +54,7 @@ class FileAuditSink:
             cache_logger_on_first_use=True,
         )
         self.written = 0
+        self.failures = 0
         self._thread = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -81,8 +83,21 @@ class FileAuditSink:
                 batch.append(self._lines.get_nowait())
             lines = [line for line in batch if line is not None]
             if lines:
-                self._stream.write(b"".join(lines))
-                self._stream.flush()
+                self._write(b"".join(lines))
                 self.written += len(lines)
             if None in batch:
                 return
+
+    def _write(self, data: bytes) -> None:
+        """Append `data`, retrying while the disk refuses: events are kept, not dropped."""
+        delay = 0.1
+        while True:
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+                return
+            except OSError as exc:
+                self.failures += 1
+                print(f"broker: audit log {self.path}: {exc}; retrying in {delay:.1f} s", file=sys.stderr)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -13,12 +13,15 @@ from aiohttp import web
 from broker.admin.metrics import Metrics
 from broker.admin.routes import AdminRoutes
 from broker.audit.log import AuditSink, FileAuditSink
-from broker.config import Settings
+from broker.config import MeterSettings, Settings
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
 from broker.http.proxy import ProxyHandler
 from broker.http.upstream import Upstream
 from broker.identity.jwt_authenticator import JwtAuthenticator
+from broker.meter.breaker import CircuitBreaker
+from broker.meter.meter import FailureMode, FailurePolicy, Meter
+from broker.meter.redis_store import RedisCounterStore
 from broker.meter.store import CounterStore, MemoryCounterStore
 from broker.policy.holder import PolicyHolder
 
@@ -31,7 +34,7 @@ class Broker:
     clock: Clock
     policy: PolicyHolder
     authenticator: JwtAuthenticator
-    store: CounterStore
+    meter: Meter
     audit: AuditSink
     metrics: Metrics
     upstream: Upstream
@@ -61,21 +64,36 @@ def build_broker(
     policy = PolicyHolder(settings.policy.directory, clock.now)
     policy.load_initial()
     authenticator = JwtAuthenticator(settings.identity, clock)
-    store = store or MemoryCounterStore()
+    meter = build_meter(settings.meter, clock, store)
     metrics = Metrics()
-    guard = Guard(policy, authenticator, store, clock)
+    guard = Guard(policy, authenticator, meter, clock)
     return Broker(
         settings=settings,
         clock=clock,
         policy=policy,
         authenticator=authenticator,
-        store=store,
+        meter=meter,
         audit=audit or FileAuditSink(settings.audit.path),
         metrics=metrics,
         upstream=Upstream(settings.upstream),
         guard=guard,
-        admin=AdminRoutes(guard, policy, metrics, authenticator.authenticate),
+        admin=AdminRoutes(guard, policy, metrics, authenticator.authenticate, meter),
     )
+
+
+def build_meter(settings: MeterSettings, clock: Clock, store: CounterStore | None = None) -> Meter:
+    """The configured counter store; `store` overrides it (tests inject failing ones)."""
+    failure = FailurePolicy(
+        FailureMode(settings.on_failure),
+        frozenset(settings.fail_open),
+        frozenset(settings.fail_closed),
+        settings.fallback_scale,
+    )
+    breaker = CircuitBreaker(clock.now, failures=settings.breaker_failures, reset_after=settings.breaker_reset_seconds)
+    if store is None and settings.store == "redis":
+        store = RedisCounterStore(settings.redis_url, prefix=settings.key_prefix, timeout=settings.timeout_seconds)
+    shared = settings.store == "redis"
+    return Meter(store or MemoryCounterStore(), clock.now, shared=shared, failure=failure, breaker=breaker)
 
 
 def build_app(broker: Broker) -> web.Application:
@@ -108,5 +126,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await task
     await broker.upstream.close()
     await broker.authenticator.close()
-    await broker.store.close()
+    await broker.meter.close()
     broker.audit.close()

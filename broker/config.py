@@ -49,6 +49,39 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterSettings:
+    store: str = "memory"
+    """"memory" (one replica) or "redis" (quotas shared by every replica)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "broker:"
+    timeout_seconds: float = 0.25
+    on_failure: str = "closed"
+    """When the shared store is down: "closed" refuses, "open" meters locally."""
+    fail_open: tuple[str, ...] = ()
+    fail_closed: tuple[str, ...] = ()
+    fallback_scale: float = 0.25
+    """Local limits while failing open, as a fraction of the configured ones."""
+    breaker_failures: int = 3
+    breaker_reset_seconds: float = 5.0
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.store not in ("memory", "redis"):
+            found.append(f"[meter] store = {self.store!r} must be memory or redis")
+        if self.on_failure not in ("closed", "open"):
+            found.append(f"[meter] on_failure = {self.on_failure!r} must be closed or open")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            found.append(f"[meter] redis_url {self.redis_url!r} must start with redis://, rediss:// or unix://")
+        if not 0 < self.fallback_scale <= 1:
+            found.append("[meter] fallback_scale must be above 0 and at most 1")
+        if not 0 < self.timeout_seconds <= 5:
+            found.append("[meter] timeout_seconds must be above 0 and at most 5")
+        if set(self.fail_open) & set(self.fail_closed):
+            found.append("[meter] a resource is listed in both fail_open and fail_closed")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
 class AuditSettings:
     path: str = "-"
     """A file to append JSON lines to, or "-" for standard output."""
@@ -66,12 +99,13 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    meter: MeterSettings = field(default_factory=MeterSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     clock: ClockSettings = field(default_factory=ClockSettings)
     source: str = "embedded defaults"
 
     def problems(self) -> list[str]:
-        found = [f"[identity] {p}" for p in self.identity.validate()]
+        found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from broker.app import build_app, build_broker
-from broker.config import Settings
+from broker.config import MeterSettings, Settings
 from broker.core.clock import FakeClock
 from broker.demo.upstream import build_upstream_app
 from broker.meter.store import CounterStore
@@ -67,6 +67,7 @@ async def make_broker(
             identity=replace(settings.identity, hs256_secret=SECRET),
             policy=replace(settings.policy, directory=policy_dir, watch=watch),
             audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
+            meter=meter or settings.meter,
         )
         broker = build_broker(settings, clock=clock, store=store)
         server = TestServer(build_app(broker), host="127.0.0.1")

@@ -32,6 +32,12 @@ class Metrics:
             ["resource"],
             registry=self.registry,
         )
+        self.metered = Counter(
+            "broker_meter_served_total",
+            "Decisions by which counters metered them: shared, local, fallback or refused",
+            ["served"],
+            registry=self.registry,
+        )
         self.policy_reloads = Counter(
             "broker_policy_reloads_total",
             "Policy reload attempts by outcome",

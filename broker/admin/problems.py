@@ -28,6 +28,7 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.BULK_OVER_CAP: "One request may return only a limited number of records; ask for fewer.",
     Reason.BULK_UNBOUNDED: "The request did not say how many records it wants; add a limit.",
     Reason.RATE_EXCEEDED: "Too many requests in a short time; wait for the time in Retry-After.",
+    Reason.METER_UNAVAILABLE: "The service that counts quotas is unreachable; access is paused. Retry shortly.",
     Reason.QUOTA_EXCEEDED: "You have used your records quota for this window; it resets at the time given.",
     Reason.UPSTREAM_UNAVAILABLE: "The system behind the broker is down. Retry later.",
     Reason.UPSTREAM_TIMEOUT: "The system behind the broker is too slow to answer. Retry later.",

@@ -16,6 +16,8 @@ from broker.core.window import current_shift, next_shift_start
 from broker.http.bearer import bearer_token
 from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
 from broker.identity.error import IdentityError
+from broker.meter.breaker import BreakerState
+from broker.meter.meter import Meter
 from broker.policy.holder import PolicyHolder
 
 ADMIN_PREFIX = "/-/"
@@ -26,11 +28,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 class AdminRoutes:
-    def __init__(self, guard: Guard, policy: PolicyHolder, metrics: Metrics, authenticate: Any) -> None:
+    def __init__(self, guard: Guard, policy: PolicyHolder, metrics: Metrics, authenticate: Any, meter: Meter) -> None:
         self._guard = guard
         self._policy = policy
         self._metrics = metrics
         self._authenticate = authenticate
+        self._meter = meter
         self.draining = False
 
     def register(self, app: web.Application) -> None:
@@ -50,7 +53,16 @@ class AdminRoutes:
             return _json({"ready": False, "why": "shutting down"}, 503)
         if snapshot is None:
             return _json({"ready": False, "why": "no valid policy loaded"}, 503)
-        return _json({"ready": True, "policy_revision": snapshot.revision})
+        return _json({"ready": True, "policy_revision": snapshot.revision, "counter_store": self._store_state()})
+
+    def _store_state(self) -> dict[str, str]:
+        """Readiness reports the shared store but does not fail on it: every replica shares
+        it, so pulling them all would turn a Redis outage into a total one. Requests apply
+        the configured failure mode instead."""
+        if not self._meter.shared:
+            return {"backend": "memory", "state": "ok"}
+        state = "ok" if self._meter.state is BreakerState.CLOSED else "unavailable"
+        return {"backend": "redis", "state": state, "breaker": self._meter.state.value}
 
     async def metrics(self, _: web.Request) -> web.Response:
         self._metrics.policy_loaded.set(1 if self._policy.current else 0)

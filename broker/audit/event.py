@@ -34,6 +34,7 @@ def decision_event(
         "records_requested": "unbounded" if access.records >= UNBOUNDED else access.records,
         "records_returned": returned,
         "quota_left": quota.remaining if quota else None,
+        "meter": decision.metered or None,
         "status": status,
         "latency_ms": round(latency * 1000, 3),
     }

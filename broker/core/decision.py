@@ -64,6 +64,8 @@ class Decision:
     quota_key: str = ""
     reserved: int = 0
     rate: RateState | None = None
+    metered: str = ""
+    """Which counters served: shared (Redis), local (in memory), fallback or refused."""
     retry_after: float | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     """Numbers the denial should show the employee (cap, requested, next shift)."""

@@ -20,7 +20,7 @@ from broker.core.decision import Decision, QuotaState, RateState, Verdict
 from broker.core.reason import Reason
 from broker.core.window import current_shift, next_shift_start, quota_window
 from broker.identity.error import IdentityError
-from broker.meter.store import CounterStore
+from broker.meter.meter import Meter, MeterUnavailable, Served
 from broker.policy.index import Employee, Grant
 from broker.policy.limit import RecordLimit
 from broker.policy.snapshot import PolicySnapshot
@@ -46,13 +46,13 @@ class Guard:
         self,
         policy: PolicySource,
         authenticator: Authenticator,
-        store: CounterStore,
+        meter: Meter,
         clock: Clock,
         decision_id: Callable[[], str] = new_decision_id,
     ) -> None:
         self._policy = policy
         self._auth = authenticator
-        self._store = store
+        self._meter = meter
         self._clock = clock
         self._decision_id = decision_id
 
@@ -89,9 +89,11 @@ class Guard:
         delta = returned - decision.reserved
         if quota is None or not decision.quota_key or delta == 0:
             return
-        used = await self._store.add(decision.quota_key, delta, quota.reset_at, self._clock.now())
-        decision.reserved = returned
-        decision.quota = dataclasses.replace(quota, used=used)
+        served = Served(decision.metered) if decision.metered else Served.LOCAL
+        used = await self._meter.settle(served, decision.quota_key, delta, quota.reset_at, self._clock.now())
+        if used is not None:
+            decision.reserved = returned
+            decision.quota = dataclasses.replace(quota, used=used)
 
     async def quotas_of(self, employee_id: str) -> list[QuotaState]:
         """The caller's own quota state per resource, for the self-service view."""
@@ -106,7 +108,7 @@ class Guard:
             if limit is None or limit.quota is None:
                 continue
             window = quota_window(limit, employee.shifts, now)
-            used = await self._store.get(_quota_key(employee_id, resource, window.start), now)
+            used = await self._meter.used(_quota_key(employee_id, resource, window.start), now)
             states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
 
@@ -135,11 +137,15 @@ class Guard:
         limit = snapshot.index.record_limit(employee, access.resource)
         if limit is None or not self._within_cap(d, limit):
             return None
-        rate = snapshot.index.rate_limit(employee)
-        if rate is not None and not await self._within_rate(d, employee, rate.requests, rate.period, now):
-            return None
-        if limit.quota is not None and not await self._reserve(d, employee, limit, now):
-            return None
+        try:
+            rate = snapshot.index.rate_limit(employee)
+            if rate is not None and not await self._within_rate(d, employee, rate.requests, rate.period, now):
+                return None
+            if limit.quota is not None and not await self._reserve(d, employee, limit, now):
+                return None
+        except MeterUnavailable as exc:
+            d.metered, d.retry_after = Served.REFUSED.value, exc.retry_after
+            return _deny(d, Reason.METER_UNAVAILABLE, exc.detail)
         d.verdict, d.reason, d.rule = Verdict.ALLOW, Reason.ALLOWED, grant.rule
         d.allowed_records, d.allowed_branches = access.records, grant.branches
         return None
@@ -199,7 +205,8 @@ class Guard:
         return False
 
     async def _within_rate(self, d: Decision, employee: Employee, requests: int, period: int, now: float) -> bool:
-        outcome = await self._store.hit_rate(f"r:{employee.id}", requests, period, now)
+        outcome, served = await self._meter.hit_rate(d.access.resource, f"r:{employee.id}", requests, period, now)
+        d.metered = served.value
         d.rate = RateState(requests, period, outcome.remaining, outcome.reset_after, outcome.retry_after)
         if outcome.allowed:
             return True
@@ -219,7 +226,8 @@ class Guard:
             return False
         window = quota_window(limit, employee.shifts, now)
         key = _quota_key(employee.id, access.resource, window.start)
-        booked = await self._store.reserve(key, access.records, limit.quota, window.end, now)
+        booked, served = await self._meter.reserve(access.resource, key, access.records, limit.quota, window.end, now)
+        d.metered = served.value
         d.quota = QuotaState(access.resource, limit.quota, booked.used, window.seconds, window.end, employee.zone)
         if booked.granted:
             d.quota_key, d.reserved = key, access.records

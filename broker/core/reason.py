@@ -38,6 +38,7 @@ class Reason(StrEnum):
     BULK_OVER_CAP = "bulk.over_cap"
     BULK_UNBOUNDED = "bulk.unbounded"
     RATE_EXCEEDED = "rate.exceeded"
+    METER_UNAVAILABLE = "meter.unavailable"
     QUOTA_EXCEEDED = "quota.exceeded"
 
     UPSTREAM_UNAVAILABLE = "upstream.unavailable"

@@ -187,6 +187,8 @@ class ProxyHandler:
         elapsed = time.perf_counter() - started
         self._metrics.decisions.labels(decision.verdict.value, decision.reason.value).inc()
         self._metrics.latency.labels(decision.verdict.value).observe(elapsed)
+        if decision.metered:
+            self._metrics.metered.labels(decision.metered).inc()
         if outcome.returned and decision.access.resource:
             self._metrics.records.labels(decision.access.resource).inc(outcome.returned)
         self._audit.emit(

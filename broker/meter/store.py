@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class StoreUnavailable(Exception):
+    """The counter store could not answer in time; the meter applies the failure mode."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     granted: bool
@@ -77,12 +81,12 @@ class MemoryCounterStore:
         stored = self._tats.get(key)
         tat = max(stored[0] if stored else now, now)
         new_tat = tat + interval
-        if new_tat - now > period:
+        if new_tat - now > period + 1e-6:
             retry = tat + interval - period - now
             return RateOutcome(False, 0, tat - now, max(retry, 0.001))
         self._tats[key] = (new_tat, new_tat)
         self._tick(now)
-        remaining = int((period - (new_tat - now)) / interval + 1e-9)
+        remaining = int((period - (new_tat - now)) / interval + 1e-6)
         return RateOutcome(True, remaining, new_tat - now, 0.0)
 
     async def close(self) -> None:

@@ -1,0 +1,144 @@
+"""Quota and rate metering over a CounterStore, and what to do when the store fails.
+
+With the in-memory store nothing can fail. With a shared store (Redis) each resource
+is configured to fail closed (refuse: the safe default) or fail open onto a local
+in-memory store with scaled-down limits, so one replica cannot hand out more than a
+fraction of a quota while Redis is away. Which store served is reported per decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+import structlog
+
+from broker.meter.breaker import BreakerState, CircuitBreaker
+from broker.meter.store import CounterStore, MemoryCounterStore, RateOutcome, Reservation, StoreUnavailable
+
+log = structlog.get_logger("broker.meter")
+T = TypeVar("T")
+
+
+class FailureMode(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class Served(StrEnum):
+    """Which counters a decision was metered with, for the audit event and metrics."""
+
+    SHARED = "shared"
+    LOCAL = "local"
+    FALLBACK = "fallback"
+    REFUSED = "refused"
+
+
+class MeterUnavailable(Exception):
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.detail, self.retry_after = detail, retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    default: FailureMode = FailureMode.CLOSED
+    fail_open: frozenset[str] = frozenset()
+    fail_closed: frozenset[str] = frozenset()
+    fallback_scale: float = 0.25
+
+    def mode_for(self, resource: str) -> FailureMode:
+        if resource in self.fail_open:
+            return FailureMode.OPEN
+        if resource in self.fail_closed:
+            return FailureMode.CLOSED
+        return self.default
+
+
+class Meter:
+    def __init__(
+        self,
+        store: CounterStore,
+        clock: Callable[[], float],
+        *,
+        shared: bool = False,
+        failure: FailurePolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.store = store
+        self.shared = shared
+        self._failure = failure or FailurePolicy()
+        self._breaker = breaker or CircuitBreaker(clock)
+        self._fallback = MemoryCounterStore()
+
+    @property
+    def state(self) -> BreakerState:
+        return self._breaker.state
+
+    async def reserve(
+        self, resource: str, key: str, amount: int, limit: int, expires_at: float, now: float
+    ) -> tuple[Reservation, Served]:
+        return await self._metered(
+            resource,
+            lambda store: store.reserve(key, amount, limit, expires_at, now),
+            lambda store: store.reserve(key, amount, self._scaled(limit), expires_at, now),
+        )
+
+    async def hit_rate(
+        self, resource: str, key: str, limit: int, period: float, now: float
+    ) -> tuple[RateOutcome, Served]:
+        return await self._metered(
+            resource,
+            lambda store: store.hit_rate(key, limit, period, now),
+            lambda store: store.hit_rate(key, self._scaled(limit), period, now),
+        )
+
+    async def settle(self, served: Served, key: str, delta: int, expires_at: float, now: float) -> int | None:
+        """Correct a reservation where it was made. If the shared store has gone away
+        meanwhile, the reservation stays charged: the error is on the safe side."""
+        store = self._fallback if served is Served.FALLBACK else self.store
+        try:
+            return await store.add(key, delta, expires_at, now)
+        except StoreUnavailable as exc:
+            log.warning("meter.settle_failed", key=key, delta=delta, error=str(exc))
+            return None
+
+    async def used(self, key: str, now: float) -> int:
+        try:
+            return await self.store.get(key, now)
+        except StoreUnavailable:
+            return await self._fallback.get(key, now)
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self._fallback.close()
+
+    async def _metered(
+        self,
+        resource: str,
+        call: Callable[[CounterStore], Awaitable[T]],
+        fallback: Callable[[CounterStore], Awaitable[T]],
+    ) -> tuple[T, Served]:
+        if not self.shared:
+            return await call(self.store), Served.LOCAL
+        if self._breaker.allow():
+            try:
+                result = await call(self.store)
+            except StoreUnavailable as exc:
+                self._breaker.failed()
+                log.error("meter.store_failed", error=str(exc), breaker=self._breaker.state.value)
+            else:
+                self._breaker.succeeded()
+                return result, Served.SHARED
+        if self._failure.mode_for(resource) is FailureMode.OPEN:
+            return await fallback(self._fallback), Served.FALLBACK
+        raise MeterUnavailable(
+            "The quota service is unavailable, so records cannot be metered; the request was refused. Retry shortly.",
+            max(1.0, self._breaker.retry_after),
+        )
+
+    def _scaled(self, limit: int) -> int:
+        return max(1, math.floor(limit * self._failure.fallback_scale))

@@ -1,0 +1,118 @@
+"""Counters in Redis, shared by every replica of the broker.
+
+Each operation is one Lua script, so a check and its charge are one atomic round trip:
+two replicas cannot both squeeze the last records of a quota. Keys expire with their
+window. Every call is bounded by a short timeout and no retries, so a sick Redis costs
+a request milliseconds, never a hang; the Meter above decides what a failure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from broker.meter.store import RateOutcome, Reservation, StoreUnavailable
+
+EXPIRY_SLACK_MS = 60_000
+"""Keys outlive their window a little so a clock skew between replicas cannot drop one early."""
+
+_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if used + amount > tonumber(ARGV[2]) then
+  return {0, used}
+end
+used = redis.call('INCRBY', KEYS[1], amount)
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return {1, used}
+"""
+
+_ADD = """
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+if used < 0 then
+  redis.call('SET', KEYS[1], 0)
+  used = 0
+end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return used
+"""
+
+# GCRA: the key holds the theoretical arrival time (TAT). Floats travel as strings with
+# microsecond precision: Redis truncates Lua numbers to integers in replies, and Lua's
+# tostring() keeps only 14 digits of an epoch timestamp.
+_GCRA = """
+local now = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local interval = period / tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > period + 1e-6 then
+  return {0, string.format('%.6f', tat + interval - period - now), string.format('%.6f', tat - now), '0'}
+end
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+local remaining = math.floor((period - (new_tat - now)) / interval + 1e-6)
+return {1, '0', string.format('%.6f', new_tat - now), string.format('%d', remaining)}
+"""
+
+
+class RedisCounterStore:
+    def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.25) -> None:
+        self.url = url
+        self._prefix = prefix
+        self._timeout = timeout
+        self._client = aioredis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._reserve = self._client.register_script(_RESERVE)
+        self._add = self._client.register_script(_ADD)
+        self._gcra = self._client.register_script(_GCRA)
+
+    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
+        granted, used = await self._call(self._reserve, key, amount, limit, _expiry_ms(expires_at))
+        return Reservation(bool(int(granted)), int(used))
+
+    async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
+        return int(await self._call(self._add, key, delta, _expiry_ms(expires_at)))
+
+    async def get(self, key: str, now: float) -> int:
+        value = await self._run(self._client.get(self._prefix + key))
+        return int(value or 0)
+
+    async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
+        allowed, retry, reset, remaining = await self._call(self._gcra, key, repr(now), repr(float(period)), limit)
+        return RateOutcome(
+            bool(int(allowed)), int(remaining), float(reset), max(float(retry), 0.001 if not int(allowed) else 0.0)
+        )
+
+    async def ping(self) -> None:
+        await self._run(self._client.ping())
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, script: AsyncScript, key: str, *args: str | int | float) -> Any:
+        return await self._run(script(keys=[self._prefix + key], args=list(args)))
+
+    async def _run(self, call: Awaitable[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                return await call
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _expiry_ms(expires_at: float) -> int:
+    return math.ceil(expires_at * 1000) + EXPIRY_SLACK_MS

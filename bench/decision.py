@@ -531,6 +531,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("Guard.decide cold token p50 / p99, µs", lambda r: pair(r, "guard_cold_token")),
     ("enforce/index disagreements", lambda r: f"**{r['disagreements']}** of {int(r['enforce']['n']):,}"),
     ("dict/index disagreements", lambda r: f"{r['dict_disagreements']} of {int(r['dict']['n']):,}"),
+    ("Guard.decide ERROR verdicts", lambda r: str(sum(v for k, v in r["reasons"].items() if k.startswith("ERROR")))),
     ("guard allow vs index allow mismatches", lambda r: f"{r['guard_index_mismatches']} of {int(r['guard']['n']):,}"),
     ("enforce/index p50 ratio, warm (cold)", lambda r: ratio(r, "index_warm") + f" ({ratio(r, 'index_cold')})"),
     ("enforce/guard p50 ratio", lambda r: ratio(r, "guard")),

@@ -56,6 +56,7 @@ async def make_broker(
         *,
         watch: bool = False,
         store: CounterStore | None = None,
+        meter: MeterSettings | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()

@@ -1,0 +1,593 @@
+"""Loading `policies/`: every way a policy edit can go wrong is refused with file:line and a reason.
+
+Each test copies the shipped policy into a temporary directory, breaks one thing, and
+checks the `PolicyError` names the file and line a platform engineer would have to open,
+with a message they would recognise in a CI log.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from broker.policy.problem import PolicyError, PolicyProblem
+from broker.policy.snapshot import load_snapshot
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policies"
+CSV_FILES = ("limits.csv", "roles.csv", "roster.csv", "shifts.csv")
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(SHIPPED, target)
+    return target
+
+
+def line_of(directory: Path, name: str, text: str) -> int:
+    """The line on which `text` (which must occur exactly once) starts."""
+    content = (directory / name).read_text()
+    assert content.count(text) == 1, f"{text!r} must occur once in {name}"
+    return content[: content.index(text)].count("\n") + 1
+
+
+def replace(directory: Path, name: str, old: str, new: str) -> int:
+    """Replace the single occurrence of `old` by `new`; the line where it starts."""
+    line = line_of(directory, name, old)
+    path = directory / name
+    path.write_text(path.read_text().replace(old, new))
+    return line
+
+
+def append(directory: Path, name: str, text: str) -> int:
+    """Append `text` to a file that ends with a newline; the line where it starts."""
+    path = directory / name
+    content = path.read_text()
+    assert content.endswith("\n")
+    path.write_text(content + text)
+    return content.count("\n") + 1
+
+
+def route_line(directory: Path, route_name: str) -> int:
+    """The line of the `[[route]]` header of the route called `route_name`."""
+    lines = (directory / "routes.toml").read_text().splitlines()
+    named = lines.index(f'name = "{route_name}"')
+    return max(n for n in range(named) if lines[n].strip() == "[[route]]") + 1
+
+
+def refused(directory: Path) -> list[PolicyProblem]:
+    with pytest.raises(PolicyError) as info:
+        load_snapshot(directory)
+    problems = list(info.value.problems)
+    assert problems, "a PolicyError must carry at least one problem"
+    assert str(info.value) == "\n".join(str(p) for p in problems)
+    return problems
+
+
+def only_problem(directory: Path) -> PolicyProblem:
+    problems = refused(directory)
+    assert len(problems) == 1, "\n".join(map(str, problems))
+    return problems[0]
+
+
+def assert_at(problem: PolicyProblem, file: str, line: int, fragment: str) -> None:
+    assert (problem.file, problem.line) == (file, line), str(problem)
+    assert fragment in problem.message, str(problem)
+    assert str(problem).startswith(f"{file}:{line}: " if line else f"{file}: ")
+
+
+# --- a good policy --------------------------------------------------------------------
+
+
+def test_shipped_policy_loads(policies: Path) -> None:
+    snapshot = load_snapshot(policies)
+    assert re.fullmatch(r"[0-9a-f]{12}", snapshot.revision)
+    assert snapshot.files == ("limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv")
+    assert snapshot.directory == policies
+    assert len(snapshot.routes.routes) == 6
+    assert {"e1001", "e2001", "e9001"} <= set(snapshot.index.employees)
+    assert snapshot.index.allows("e1001", "BR001", "waybill", "read")
+    assert not snapshot.index.allows("e1001", "BR002", "waybill", "read")
+
+
+def test_revision_depends_on_content_only(policies: Path, tmp_path: Path) -> None:
+    first = load_snapshot(policies).revision
+    assert load_snapshot(policies).revision == first
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(policies, elsewhere)
+    assert load_snapshot(elsewhere).revision == first
+    append(elsewhere, "roster.csv", "# reviewed\n")
+    changed = load_snapshot(elsewhere).revision
+    assert re.fullmatch(r"[0-9a-f]{12}", changed)
+    assert changed != first
+    (elsewhere / "roster.csv").write_bytes((policies / "roster.csv").read_bytes())
+    assert load_snapshot(elsewhere).revision == first
+
+
+@pytest.mark.parametrize("name", ["model.conf", "routes.toml", *CSV_FILES])
+def test_revision_changes_when_any_policy_file_changes(policies: Path, name: str) -> None:
+    before = load_snapshot(policies).revision
+    append(policies, name, "# touched\n")
+    assert load_snapshot(policies).revision != before
+
+
+def test_windows_line_endings_are_accepted(policies: Path) -> None:
+    before = load_snapshot(policies)
+    for name in CSV_FILES:
+        path = policies / name
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    after = load_snapshot(policies)
+    assert after.revision != before.revision
+    assert after.index.employees.keys() == before.index.employees.keys()
+    assert after.index.grants == {
+        key: {role: rule.replace("\r", "") for role, rule in roles.items()} for key, roles in before.index.grants.items()
+    }
+
+
+# --- csv syntax -----------------------------------------------------------------------
+
+
+def test_utf8_bom_at_start_of_roster(policies: Path) -> None:
+    path = policies / "roster.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", 1, "file starts with a UTF-8 byte order mark")
+    assert "without a byte order mark" in problem.hint
+
+
+def test_not_utf8(policies: Path) -> None:
+    line = replace(policies, "roster.csv", "g, e1002, courier, BR002", "g, e1002, courier, BR\xe9002")
+    path = policies / "roster.csv"
+    path.write_bytes(path.read_bytes().replace("\xe9".encode(), b"\xe9"))
+    assert_at(only_problem(policies), "roster.csv", line, "file is not valid UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "ptype"),
+    [
+        ("roles.csv", "p, clerk, waybill, write", "pp, clerk, waybill, write", "pp"),
+        ("roster.csv", "g, e1002, courier, BR002", "G, e1002, courier, BR002", "G"),
+        ("shifts.csv", "g2, e1002, night-cn", "g 2, e1002, night-cn", "g 2"),
+        ("limits.csv", "p4, courier, 120, 1m", "P4, courier, 120, 1m", "P4"),
+    ],
+)
+def test_typod_line_type(policies: Path, name: str, old: str, new: str, ptype: str) -> None:
+    line = replace(policies, name, old, new)
+    problem = only_problem(policies)
+    assert_at(problem, name, line, f"unknown line type {ptype!r}")
+    assert "line types are case-sensitive: p, p2, p3, p4, g, g2, g3" in problem.hint
+
+
+def test_typod_p_line_also_orphans_what_depended_on_it(policies: Path) -> None:
+    """`pp` drops courier's only grant: the typo and every line naming courier are reported."""
+    line = replace(policies, "roles.csv", "p, courier, waybill, read", "pp, courier, waybill, read")
+    problems = refused(policies)
+    assert_at(problems[0], "roles.csv", line, "unknown line type 'pp'")
+    orphans = {(p.file, p.line, p.message) for p in problems[1:]}
+    assert ("roster.csv", line_of(policies, "roster.csv", "g, e1001, courier"), "unknown role 'courier'") in orphans
+    assert ("limits.csv", line_of(policies, "limits.csv", "p3, courier,"), "limit for unknown role 'courier'") in orphans
+
+
+def test_inline_comment_after_a_rule(policies: Path) -> None:
+    line = replace(policies, "roster.csv", "g, e1002, courier, BR002", "g, e1002, courier, BR002  # new hire")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "inline comment after a rule")
+    assert "on a line of its own" in problem.hint
+
+
+@pytest.mark.parametrize("quoted", ['"courier"', "'courier'"])
+def test_quoted_field(policies: Path, quoted: str) -> None:
+    line = replace(policies, "roster.csv", "g, e1002, courier, BR002", f"g, e1002, {quoted}, BR002")
+    assert_at(only_problem(policies), "roster.csv", line, "quoted fields are not supported")
+
+
+def test_truncated_file_mid_field_count(policies: Path) -> None:
+    """Cut inside the third field: both the missing newline and the short line are reported."""
+    line = append(policies, "roster.csv", "g, e1005, cour")
+    problems = refused(policies)
+    assert len(problems) == 2
+    assert_at(problems[0], "roster.csv", line, "file does not end with a newline: it may have been truncated")
+    assert_at(problems[1], "roster.csv", line, "g line has 2 fields, expected 3")
+
+
+def test_truncated_file_mid_role_name(policies: Path) -> None:
+    """Cut inside the last field: both the missing newline and the unknown role are reported."""
+    line = append(policies, "roster.csv", "g3, e9002, aud")
+    problems = refused(policies)
+    assert len(problems) == 2
+    assert_at(problems[0], "roster.csv", line, "file does not end with a newline: it may have been truncated")
+    assert_at(problems[1], "roster.csv", line, "unknown role 'aud'")
+    assert "known roles: auditor, clerk, courier, manager, trainee" in problems[1].hint
+
+
+def test_truncated_file_whose_last_line_still_parses(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, e1005, courier, BR0")
+    assert_at(only_problem(policies), "roster.csv", line, "file does not end with a newline")
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "message"),
+    [
+        ("roster.csv", "g, e1002, courier, BR002", "g, e1002, courier", "g line has 2 fields, expected 3"),
+        ("roster.csv", "g, e1002, courier, BR002", "g, e1002, courier, BR002,", "g line has 4 fields, expected 3"),
+        ("roster.csv", "g3, e9001, auditor", "g3, e9001, auditor, BR001", "g3 line has 3 fields, expected 2"),
+        ("roles.csv", "p, clerk, waybill, write", "p, clerk, waybill", "p line has 2 fields, expected 3"),
+        ("shifts.csv", "p2, day-xj, 09:30, 19:30, Mon-Fri, Asia/Urumqi", "p2, day-xj, 09:30, 19:30, Mon-Fri",
+         "p2 line has 4 fields, expected 5"),
+        ("limits.csv", "p4, courier, 120, 1m", "p4, courier, 120", "p4 line has 2 fields, expected 3"),
+    ],
+)  # fmt: skip
+def test_wrong_field_count(policies: Path, name: str, old: str, new: str, message: str) -> None:
+    line = replace(policies, name, old, new)
+    problem = refused(policies)[0]  # the dropped line may orphan others (day-xj's g2 lines)
+    assert_at(problem, name, line, message)
+    assert problem.hint.startswith("write it as: ")
+
+
+def test_wrong_field_count_hint_spells_the_shape(policies: Path) -> None:
+    replace(policies, "roster.csv", "g, e1002, courier, BR002", "g, e1002, courier")
+    assert only_problem(policies).hint == "write it as: g, employee, role, branch"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("g, e1002, courier, BR002", "g, e1002, , BR002", "role '' is empty or malformed"),
+        ("g, e1002, courier, BR002", "g, e 1002, courier, BR002", "employee 'e 1002' is empty or malformed"),
+        ("g, e1002, courier, BR002", "g, e1002, courier, BR*", "branch 'BR*' is empty or malformed"),
+    ],
+)
+def test_malformed_value(policies: Path, old: str, new: str, message: str) -> None:
+    line = replace(policies, "roster.csv", old, new)
+    assert_at(only_problem(policies), "roster.csv", line, message)
+
+
+# --- cross-references -----------------------------------------------------------------
+
+
+def test_unknown_role_in_g(policies: Path) -> None:
+    line = replace(policies, "roster.csv", "g, e1002, courier, BR002", "g, e1002, courrier, BR002")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "unknown role 'courrier'")
+    assert problem.hint == "known roles: auditor, clerk, courier, manager, trainee"
+
+
+def test_unknown_role_in_g3(policies: Path) -> None:
+    line = replace(policies, "roster.csv", "g3, e9001, auditor", "g3, e9001, Auditor")
+    assert_at(only_problem(policies), "roster.csv", line, "unknown role 'Auditor'")
+
+
+def test_unknown_shift_in_g2(policies: Path) -> None:
+    line = replace(policies, "shifts.csv", "g2, e1002, night-cn", "g2, e1002, nite-cn")
+    problem = only_problem(policies)
+    assert_at(problem, "shifts.csv", line, "unknown shift 'nite-cn'")
+    assert problem.hint == "defined shifts: always, day-cn, day-xj, late-cn, night-cn"
+
+
+@pytest.mark.parametrize(
+    ("shift", "message"),
+    [
+        ("p2, swing, 08:00, 08:00, daily, Asia/Shanghai", "shift 'swing' starts and ends at 08:00: it is empty"),
+        ("p2, swing, 25:00, 06:00, daily, Asia/Shanghai", "time '25:00' is out of range"),
+        ("p2, swing, 24:00, 06:00, daily, Asia/Shanghai", "time '24:00' is out of range"),
+        ("p2, swing, 12:60, 18:00, daily, Asia/Shanghai", "time '12:60' is out of range"),
+        ("p2, swing, 1200, 18:00, daily, Asia/Shanghai", "start '1200' is empty or malformed"),
+        ("p2, swing, 12:00, 18:00, Mon-Fry, Asia/Shanghai", "day 'Fry' is not one of Mon, Tue, Wed, Thu, Fri, Sat, Sun"),
+        ("p2, swing, 12:00, 18:00, weekdays, Asia/Shanghai", "day 'weekdays' is not one of Mon, Tue"),
+        ("p2, swing, 12:00, 18:00, Mon-Fri, Asia/Beijing", "time zone 'Asia/Beijing' is unknown (use an IANA name"),
+        ("p2, swing, 12:00, 18:00, Mon-Fri, CST", "time zone 'CST' is unknown"),
+    ],
+)  # fmt: skip
+def test_bad_shift_definition(policies: Path, shift: str, message: str) -> None:
+    line = append(policies, "shifts.csv", shift + "\n")
+    assert_at(only_problem(policies), "shifts.csv", line, message)
+
+
+def test_broken_shift_also_reports_who_loses_it(policies: Path) -> None:
+    line = replace(policies, "shifts.csv", "p2, night-cn, 22:00, 06:00", "p2, night-cn, 22:00, 22:00")
+    problems = refused(policies)
+    assert_at(problems[0], "shifts.csv", line, "shift 'night-cn' starts and ends at 22:00: it is empty")
+    assert_at(problems[1], "shifts.csv", line_of(policies, "shifts.csv", "g2, e1002"), "unknown shift 'night-cn'")
+    assert len(problems) == 2
+
+
+def test_duplicate_line(policies: Path) -> None:
+    first = replace(
+        policies, "roster.csv", "g, e1002, courier, BR002\n", "g, e1002, courier, BR002\ng, e1002,  courier,BR002\n"
+    )
+    assert_at(only_problem(policies), "roster.csv", first + 1, f"duplicate of roster.csv:{first}")
+
+
+def test_duplicate_line_across_files(policies: Path) -> None:
+    first = line_of(policies, "roster.csv", "g, e1002, courier, BR002")
+    line = append(policies, "shifts.csv", "g, e1002, courier, BR002\n")
+    assert_at(only_problem(policies), "shifts.csv", line, f"duplicate of roster.csv:{first}")
+
+
+def test_duplicate_p3_for_the_same_role_and_resource(policies: Path) -> None:
+    first = line_of(policies, "limits.csv", "p3, courier, waybill, 50, 500, shift")
+    line = append(policies, "limits.csv", "p3, courier, waybill, 60, 600, shift\n")
+    problem = only_problem(policies)
+    assert_at(problem, "limits.csv", line, "p3 for ('courier', 'waybill') is already defined")
+    assert problem.message.endswith(f"at limits.csv:{first}")
+
+
+def test_duplicate_p4_for_the_same_role(policies: Path) -> None:
+    first = line_of(policies, "limits.csv", "p4, courier, 120, 1m")
+    line = append(policies, "limits.csv", "p4, courier, 100, 1m\n")
+    assert_at(only_problem(policies), "limits.csv", line, f"p4 for courier is already defined at limits.csv:{first}")
+
+
+def test_role_granted_a_resource_without_a_records_limit(policies: Path) -> None:
+    line = append(policies, "roles.csv", "p, courier, customer, read\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roles.csv", line, "role 'courier' may use 'customer' but has no records limit for it")
+    assert problem.hint.startswith("add: p3, courier, customer, <cap>, <quota>, <window>")
+
+
+def test_records_limit_for_a_resource_nobody_is_granted(policies: Path) -> None:
+    line = append(policies, "limits.csv", "p3, clerk, parcel, 10, 100, 1d\n")
+    assert_at(only_problem(policies), "limits.csv", line, "limit for resource 'parcel', which no p line grants")
+
+
+def test_limit_for_unknown_role(policies: Path) -> None:
+    line = append(policies, "limits.csv", "p4, driver, 60, 1m\n")
+    assert_at(only_problem(policies), "limits.csv", line, "limit for unknown role 'driver'")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, lots, 500, shift",
+         "cap 'lots' is not a positive whole number or 'unlimited'"),
+        ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 50, 0, shift",
+         "quota '0' is not a positive whole number or 'unlimited'"),
+        ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 50, 500, 8x",
+         "duration '8x' is not a number with s, m, h or d"),
+        ("p4, courier, 120, 1m", "p4, courier, unlimited, 1m", "a rate line must give a number of requests"),
+    ],
+)  # fmt: skip
+def test_bad_limit_values(policies: Path, old: str, new: str, message: str) -> None:
+    line = replace(policies, "limits.csv", old, new)
+    problems = refused(policies)
+    assert_at(problems[0], "limits.csv", line, message)
+
+
+# --- model.conf -----------------------------------------------------------------------
+
+
+def test_model_g_with_two_fields_is_refused(policies: Path) -> None:
+    line = replace(policies, "model.conf", "g = _, _, _", "g = _, _")
+    assert_at(only_problem(policies), "model.conf", line, "g is defined with 2 fields but g lines have 3")
+
+
+def test_model_g3_with_a_domain_is_refused(policies: Path) -> None:
+    line = replace(policies, "model.conf", "g3 = _, _", "g3 = _, _, _")
+    assert_at(only_problem(policies), "model.conf", line, "g3 is defined with 3 fields but g3 lines have 2")
+
+
+def test_model_p_with_an_extra_field_is_refused(policies: Path) -> None:
+    line = replace(policies, "model.conf", "p = role, obj, act", "p = role, obj, act, eft")
+    assert_at(only_problem(policies), "model.conf", line, "p is defined with 4 fields but p lines have 3")
+
+
+def test_model_request_without_branch_is_refused(policies: Path) -> None:
+    line = replace(policies, "model.conf", "r = sub, dom, obj, act", "r = sub, obj, act")
+    problems = refused(policies)
+    assert_at(problems[0], "model.conf", line, "request_definition must be r = sub, dom, obj, act")
+
+
+@pytest.mark.parametrize(
+    "effect",
+    [
+        "e = !some(where (p.eft == deny))",
+        "e = some(where (p.eft == allow)) && !some(where (p.eft == deny))",
+        "e = priority(p.eft) || deny",
+    ],
+)
+def test_model_effect_other_than_allow_list_is_refused(policies: Path, effect: str) -> None:
+    line = replace(policies, "model.conf", "e = some(where (p.eft == allow))", effect)
+    assert_at(
+        only_problem(policies),
+        "model.conf",
+        line,
+        "policy_effect must be some(where (p.eft == allow)): allow-lists only",
+    )
+
+
+def test_model_matcher_calling_an_undefined_function_is_refused(policies: Path) -> None:
+    replace(policies, "model.conf", "r.act == p.act &&", "noSuchFunc(r.act, p.act) &&")
+    problem = only_problem(policies)
+    # The evaluation check names the file, not a line (see the report).
+    assert_at(problem, "model.conf", 0, "the matcher fails to evaluate")
+    assert "noSuchFunc" in problem.message
+    assert problem.hint == "the matcher must mean what the broker compiles"
+
+
+def test_model_matcher_ignoring_the_branch_is_refused(policies: Path) -> None:
+    replace(
+        policies,
+        "model.conf",
+        "m = r.act == p.act && r.obj == p.obj && (g(r.sub, p.role, r.dom) || g3(r.sub, p.role))",
+        "m = r.obj == p.obj && r.act == p.act",
+    )
+    problem = only_problem(policies)
+    assert_at(problem, "model.conf", 0, "model.conf's matcher decides ")
+    assert re.fullmatch(r"model.conf's matcher decides [^/]+/[^/]+/[^/]+/[^/]+ as allow, the broker's index the opposite",
+                        problem.message)  # fmt: skip
+
+
+def test_model_matcher_ignoring_only_the_branch_argument_is_refused(policies: Path) -> None:
+    replace(policies, "model.conf", "g(r.sub, p.role, r.dom) || ", "g(r.sub, p.role, 'BR001') || ")
+    assert_at(only_problem(policies), "model.conf", 0, "the broker's index the opposite")
+
+
+def test_model_matcher_dropping_global_roles_is_refused(policies: Path) -> None:
+    replace(policies, "model.conf", " || g3(r.sub, p.role)", "")
+    problem = only_problem(policies)
+    assert_at(problem, "model.conf", 0, "as deny, the broker's index the opposite")
+    assert "e9001/" in problem.message
+
+
+def test_model_that_casbin_cannot_load(policies: Path) -> None:
+    (policies / "model.conf").write_text("[request_definition]\nr = sub, dom, obj, act\n[matchers\n")
+    problems = refused(policies)
+    assert problems[0].file == "model.conf"
+    assert "cannot load the Casbin model" in problems[0].message or "does not define" in problems[0].message
+
+
+# --- routes.toml ----------------------------------------------------------------------
+
+
+def test_routes_invalid_toml(policies: Path) -> None:
+    line = replace(policies, "routes.toml", 'name = "one customer"', "name = one customer")
+    problem = only_problem(policies)
+    assert_at(problem, "routes.toml", line, "not valid TOML: ")
+    assert f"line {line}" in problem.message
+
+
+def test_routes_unknown_key(policies: Path) -> None:
+    replace(policies, "routes.toml", 'name = "one waybill"\n', 'name = "one waybill"\nlimt_param = "limit"\n')
+    assert_at(only_problem(policies), "routes.toml", route_line(policies, "one waybill"), "unknown keys limt_param")
+
+
+def test_routes_unknown_settings_key(policies: Path) -> None:
+    line = line_of(policies, "routes.toml", "[settings]")
+    replace(policies, "routes.toml", "[settings]\n", "[settings]\ncase_insensitive = false\n")
+    assert_at(only_problem(policies), "routes.toml", line, "[settings] has unknown keys: case_insensitive")
+
+
+def test_routes_path_param_not_a_whole_segment(policies: Path) -> None:
+    replace(policies, "routes.toml", "/api/branches/{branch}/customers", "/api/branches/br-{branch}/customers")
+    assert_at(
+        only_problem(policies),
+        "routes.toml",
+        route_line(policies, "customers of one branch"),
+        "path segment 'br-{branch}': a parameter is a whole segment like {branch}",
+    )
+
+
+def test_routes_branch_names_a_param_not_in_the_path(policies: Path) -> None:
+    replace(policies, "routes.toml", 'path = "/api/branches/{branch}/customers"', 'path = "/api/branches/{br}/customers"')
+    assert_at(
+        only_problem(policies),
+        "routes.toml",
+        route_line(policies, "customers of one branch"),
+        "branch = 'path:branch' names a path parameter the path does not have",
+    )
+
+
+def test_routes_list_without_branch_field(policies: Path) -> None:
+    replace(
+        policies,
+        "routes.toml",
+        'branch_field = "branch_code"\n\n[[route]]\nname = "waybill search"',
+        '\n[[route]]\nname = "waybill search"',
+    )
+    problem = only_problem(policies)
+    assert_at(
+        problem,
+        "routes.toml",
+        route_line(policies, "waybills of one branch"),
+        "route GET /api/branches/{branch}/waybills returns records but names no branch_field",
+    )
+    assert "set branch_field" in problem.hint
+
+
+def test_routes_resource_action_that_no_p_line_grants(policies: Path) -> None:
+    replace(policies, "routes.toml", 'action = "write"', 'action = "update"')
+    problem = only_problem(policies)
+    assert_at(
+        problem,
+        "routes.toml",
+        route_line(policies, "create a waybill"),
+        "route POST /api/waybills uses waybill/update, which no p line grants",
+    )
+
+
+def test_routes_resource_misspelt(policies: Path) -> None:
+    replace(policies, "routes.toml", 'resource = "waybill"\naction = "write"', 'resource = "waybil"\naction = "write"')
+    assert_at(
+        only_problem(policies),
+        "routes.toml",
+        route_line(policies, "create a waybill"),
+        "uses waybil/write, which no p line grants",
+    )
+
+
+# --- missing files --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model.conf", "routes.toml"])
+def test_missing_required_file(policies: Path, name: str) -> None:
+    (policies / name).unlink()
+    problem = only_problem(policies)
+    assert problem.file == str(policies / name)
+    assert problem.line == 0
+    assert problem.message == f"{name} is missing from the policy directory"
+
+
+def test_no_csv_files(policies: Path) -> None:
+    for name in CSV_FILES:
+        (policies / name).unlink()
+    problem = only_problem(policies)
+    assert (problem.file, problem.line) == (str(policies), 0)
+    assert problem.message == "no *.csv rule files in the policy directory"
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path / "nowhere")
+    assert (problem.file, problem.line) == (str(tmp_path / "nowhere"), 0)
+    assert problem.message == "policy directory does not exist"
+
+
+def test_roster_alone_missing_orphans_nothing_but_loads(policies: Path) -> None:
+    """A policy with no roster is legal (everyone is denied); it must still load cleanly."""
+    (policies / "roster.csv").unlink()
+    snapshot = load_snapshot(policies)
+    assert snapshot.index.employees == {}
+    assert "roster.csv" not in snapshot.files
+
+
+# --- everything at once ---------------------------------------------------------------
+
+
+def test_every_problem_in_one_load_is_reported(policies: Path) -> None:
+    expected = {
+        ("model.conf", replace(policies, "model.conf", "g = _, _, _", "g = _, _")),
+        ("roster.csv", replace(policies, "roster.csv", "g, e1002, courier, BR002", "g, e1002, courrier, BR002")),
+        ("roster.csv", replace(policies, "roster.csv", "g, e1004, clerk, BR001", "g, e1004, clerk, BR001 # temp")),
+        ("shifts.csv", append(policies, "shifts.csv", "p2, swing, 12:00, 18:00, Mon-Fri, Mars/Olympus\n")),
+        ("limits.csv", append(policies, "limits.csv", "p4, courier, 60, 1m\n")),
+        ("roles.csv", replace(policies, "roles.csv", "p, trainee, waybill, read", "pp, trainee, waybill, read")),
+    }
+    (policies / "routes.toml").write_text(
+        (policies / "routes.toml").read_text().replace('name = "one waybill"\n', 'name = "one waybill"\nlimt = 1\n')
+    )
+    expected.add(("routes.toml", route_line(policies, "one waybill")))
+    with pytest.raises(PolicyError) as info:
+        load_snapshot(policies)
+    found = {(p.file, p.line) for p in info.value.problems}
+    assert expected <= found, f"missing: {expected - found}"
+    log = str(info.value)
+    for file, line in expected:
+        assert f"{file}:{line}: " in log
+
+
+# --- known defects (see the report) ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="check.py does not refuse an employee id that is also a role name: Casbin's role graph then "
+    "makes e1004 (clerk in BR001) a manager there by inheritance while the index does not; the load is "
+    "refused only by the parity sample, blamed on model.conf:0 instead of the roster line (and not at all "
+    "when the sample misses the affected employees)",
+)
+def test_employee_named_like_a_role_is_refused_on_its_roster_line(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, clerk, manager, BR001\n")
+    problems = refused(policies)
+    assert any((p.file, p.line) == ("roster.csv", line) and "clerk" in p.message for p in problems), problems

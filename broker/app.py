@@ -109,6 +109,7 @@ def build_app(broker: Broker) -> web.Application:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER_KEY]
     await broker.upstream.start()
+    await broker.meter.start()
     if broker.settings.policy.watch:
         broker.tasks.append(asyncio.create_task(broker.policy.watch(broker.stop), name="policy-watch"))
     snapshot = broker.policy.current

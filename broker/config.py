@@ -54,7 +54,7 @@ class MeterSettings:
     """"memory" (one replica) or "redis" (quotas shared by every replica)."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "broker:"
-    timeout_seconds: float = 0.25
+    timeout_seconds: float = 0.5
     on_failure: str = "closed"
     """When the shared store is down: "closed" refuses, "open" meters locally."""
     fail_open: tuple[str, ...] = ()

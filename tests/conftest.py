@@ -20,6 +20,7 @@ from broker.meter.store import CounterStore
 from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, rogue_upstream_app
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.redis_fixtures"]
 
 
 @pytest.fixture

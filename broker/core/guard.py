@@ -207,6 +207,7 @@ class Guard:
     async def _within_rate(self, d: Decision, employee: Employee, requests: int, period: int, now: float) -> bool:
         outcome, served = await self._meter.hit_rate(d.access.resource, f"r:{employee.id}", requests, period, now)
         d.metered = served.value
+        requests = self._meter.effective(requests, served)
         d.rate = RateState(requests, period, outcome.remaining, outcome.reset_after, outcome.retry_after)
         if outcome.allowed:
             return True
@@ -228,7 +229,8 @@ class Guard:
         key = _quota_key(employee.id, access.resource, window.start)
         booked, served = await self._meter.reserve(access.resource, key, access.records, limit.quota, window.end, now)
         d.metered = served.value
-        d.quota = QuotaState(access.resource, limit.quota, booked.used, window.seconds, window.end, employee.zone)
+        quota = self._meter.effective(limit.quota, served)
+        d.quota = QuotaState(access.resource, quota, booked.used, window.seconds, window.end, employee.zone)
         if booked.granted:
             d.quota_key, d.reserved = key, access.records
             return True
@@ -238,7 +240,7 @@ class Guard:
         _deny(
             d,
             Reason.QUOTA_EXCEEDED,
-            f"Your {access.resource} quota has {left} of {limit.quota} records left until "
+            f"Your {access.resource} quota has {left} of {quota} records left until "
             f"{iso(window.end, employee.zone)}; "
             f"this request asks for {access.records}.",
         )

@@ -112,6 +112,17 @@ class Meter:
         except StoreUnavailable:
             return await self._fallback.get(key, now)
 
+    async def start(self) -> None:
+        """Open the shared store's first connection before traffic arrives; a store that
+        is down at start is reported (readiness, log) and handled like any outage."""
+        if not self.shared:
+            return
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            self._breaker.failed()
+            log.error("meter.store_unreachable_at_start", error=str(exc))
+
     async def close(self) -> None:
         await self.store.close()
         await self._fallback.close()
@@ -139,6 +150,10 @@ class Meter:
             "The quota service is unavailable, so records cannot be metered; the request was refused. Retry shortly.",
             max(1.0, self._breaker.retry_after),
         )
+
+    def effective(self, limit: int, served: Served) -> int:
+        """The limit that applied: the configured one, or its local share while failing open."""
+        return self._scaled(limit) if served is Served.FALLBACK else limit
 
     def _scaled(self, limit: int) -> int:
         return max(1, math.floor(limit * self._failure.fallback_scale))

@@ -14,9 +14,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from broker.meter.store import RateOutcome, Reservation, StoreUnavailable
@@ -65,17 +65,22 @@ return {1, '0', string.format('%.6f', new_tat - now), string.format('%d', remain
 
 
 class RedisCounterStore:
-    def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.25) -> None:
+    def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.25, connections: int = 64) -> None:
         self.url = url
         self._prefix = prefix
         self._timeout = timeout
-        self._client = aioredis.from_url(
+        # A blocking pool: a burst of requests queues for a connection (within the
+        # timeout) instead of failing with "too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._client = aioredis.Redis(connection_pool=pool)
         self._reserve = self._client.register_script(_RESERVE)
         self._add = self._client.register_script(_ADD)
         self._gcra = self._client.register_script(_GCRA)
@@ -101,7 +106,7 @@ class RedisCounterStore:
         await self._run(self._client.ping())
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     async def _call(self, script: AsyncScript, key: str, *args: str | int | float) -> Any:
         return await self._run(script(keys=[self._prefix + key], args=list(args)))

@@ -44,6 +44,10 @@ class CounterStore(Protocol):
         """One request against a GCRA limit of `limit` per `period` seconds."""
         ...
 
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot be reached (opens a connection)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -88,6 +92,9 @@ class MemoryCounterStore:
         self._tick(now)
         remaining = int((period - (new_tat - now)) / interval + 1e-6)
         return RateOutcome(True, remaining, new_tat - now, 0.0)
+
+    async def ping(self) -> None:
+        return None
 
     async def close(self) -> None:
         self._counts.clear()

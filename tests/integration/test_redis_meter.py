@@ -1,0 +1,141 @@
+"""Quotas shared across replicas in Redis, and what happens when Redis fails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from broker.config import MeterSettings
+from broker.meter.redis_store import RedisCounterStore
+from broker.meter.store import MemoryCounterStore
+from tests.conftest import BrokerFactory
+from tests.redis_fixtures import RedisProcess
+
+LIST = "/api/branches/BR001/waybills"
+CUSTOMERS = "/api/branches/BR003/customers"
+
+
+async def test_reserve_is_atomic_under_concurrency(shared_redis: tuple[str, str]) -> None:
+    url, prefix = shared_redis
+    store = RedisCounterStore(url, prefix=prefix)
+    now = time.time()
+    results = await asyncio.gather(*(store.reserve("q", 1, 50, now + 60, now) for _ in range(200)))
+    assert sum(r.granted for r in results) == 50
+    assert await store.get("q", now) == 50
+    assert await store.add("q", -80, now + 60, now) == 0  # never below zero
+    client = aioredis.from_url(url)
+    ttl_ms = await client.pttl(f"{prefix}q")
+    assert 60_000 < ttl_ms <= 121_000  # the window plus slack
+    await client.aclose()
+    await store.close()
+
+
+async def test_rate_limits_agree_with_the_memory_store(shared_redis: tuple[str, str]) -> None:
+    url, prefix = shared_redis
+    shared, local = RedisCounterStore(url, prefix=prefix), MemoryCounterStore()
+    start = 1_800_000_000.0
+    offsets = [0, 0, 0, 0, 0.1, 0.2, 2.0, 2.0, 2.0, 12.0, 12.1, 30.0, 30.0, 30.0, 30.0]
+    for offset in offsets:
+        a = await shared.hit_rate("r", 5, 10, start + offset)
+        b = await local.hit_rate("r", 5, 10, start + offset)
+        assert (a.allowed, a.remaining) == (b.allowed, b.remaining), offset
+        assert abs(a.retry_after - b.retry_after) < 1e-3 and abs(a.reset_after - b.reset_after) < 1e-3
+    await shared.close()
+
+
+async def test_burst_at_a_window_edge_cannot_double_the_rate(shared_redis: tuple[str, str]) -> None:
+    url, prefix = shared_redis
+    store = RedisCounterStore(url, prefix=prefix)
+    edge = 1_800_000_059.9
+    before = [await store.hit_rate("r", 10, 60, edge) for _ in range(10)]
+    after = [await store.hit_rate("r", 10, 60, edge + 0.2) for _ in range(10)]
+    assert all(r.allowed for r in before)
+    assert sum(r.allowed for r in after) == 0  # a fixed window would have allowed 10 more
+    await store.close()
+
+
+async def test_scripts_survive_a_script_cache_flush(shared_redis: tuple[str, str]) -> None:
+    url, prefix = shared_redis
+    store = RedisCounterStore(url, prefix=prefix)
+    now = time.time()
+    await store.reserve("q", 1, 5, now + 60, now)
+    client = aioredis.from_url(url)
+    await client.script_flush()
+    await client.aclose()
+    assert (await store.reserve("q", 1, 5, now + 60, now)).used == 2
+    await store.close()
+
+
+async def test_broker_meters_in_redis(make_broker: BrokerFactory, shared_redis: tuple[str, str]) -> None:
+    url, prefix = shared_redis
+    broker = await make_broker(meter=MeterSettings(store="redis", redis_url=url, key_prefix=prefix))
+    assert (await broker.get(f"{LIST}?limit=7", "e1001")).status == 200
+    me = (await broker.get("/-/me", "e1001")).json
+    assert me["quotas"][0]["used"] == 7
+    events = await broker.audit_events()
+    assert events[-1]["meter"] == "shared"
+    ready = (await broker.get("/-/readyz")).json
+    assert ready["counter_store"] == {"backend": "redis", "state": "ok", "breaker": "closed"}
+
+
+async def test_redis_down_fails_closed_fast_then_recovers(
+    make_broker: BrokerFactory, redis_process: RedisProcess
+) -> None:
+    settings = MeterSettings(store="redis", redis_url=redis_process.url, timeout_seconds=0.2, breaker_reset_seconds=5)
+    broker = await make_broker(meter=settings)
+    assert (await broker.get(f"{LIST}?limit=1", "e1001")).status == 200
+    redis_process.stop()
+    started = time.monotonic()
+    replies = [await broker.get(f"{LIST}?limit=1", "e1001") for _ in range(5)]
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.5, f"5 requests against a dead Redis took {elapsed:.2f}s"
+    for reply in replies:
+        assert reply.status == 503 and reply.json["reason"] == "meter.unavailable"
+        assert int(reply.headers["Retry-After"]) >= 1
+    assert b"records" not in replies[-1].body or "items" not in replies[-1].json
+    ready = (await broker.get("/-/readyz")).json
+    assert ready["counter_store"]["state"] == "unavailable"
+    events = await broker.audit_events(at_least=6)
+    assert events[-1]["meter"] == "refused" and events[-1]["reason"] == "meter.unavailable"
+    metrics = (await broker.get("/-/metrics")).body.decode()
+    assert 'broker_meter_served_total{served="refused"}' in metrics
+    # Redis comes back (empty: it kept nothing); after the breaker's cool-down it is used again
+    redis_process.start()
+    broker.clock.advance(6)
+    assert (await broker.get(f"{LIST}?limit=1", "e1001")).status == 200
+    assert (await broker.get("/-/readyz")).json["counter_store"]["state"] == "ok"
+
+
+async def test_fail_open_resource_uses_local_fallback_limits(
+    make_broker: BrokerFactory, redis_process: RedisProcess
+) -> None:
+    settings = MeterSettings(
+        store="redis", redis_url=redis_process.url, timeout_seconds=0.2, fail_open=("customer",), fallback_scale=0.1
+    )
+    broker = await make_broker(meter=settings)
+    redis_process.stop()
+    # waybills fail closed (the default), customers fail open with 10% of the quota locally
+    assert (await broker.get("/api/branches/BR003/waybills?limit=1", "e2001")).status == 503
+    ok = await broker.get(f"{CUSTOMERS}?limit=100", "e2001")
+    assert ok.status == 200 and len(ok.json["items"]) == 100
+    events = await broker.audit_events(at_least=2)
+    assert events[-1]["meter"] == "fallback"
+    # the manager's customer quota is 1000 per shift; locally only 100 while Redis is away
+    denied = await broker.get(f"{CUSTOMERS}?limit=1", "e2001")
+    assert denied.status == 429 and denied.json["quota"]["limit"] == 100
+
+
+async def test_slow_redis_is_bounded_by_the_timeout(make_broker: BrokerFactory, redis_process: RedisProcess) -> None:
+    broker = await make_broker(meter=MeterSettings(store="redis", redis_url=redis_process.url, timeout_seconds=0.2))
+    client = aioredis.from_url(redis_process.url)
+    sleeper = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "2"))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    reply = await broker.get(f"{LIST}?limit=1", "e1001")
+    elapsed = time.monotonic() - started
+    assert reply.status == 503 and reply.json["reason"] == "meter.unavailable"
+    assert elapsed < 1.0, f"a stalled Redis held the request for {elapsed:.2f}s"
+    await sleeper
+    await client.aclose()

@@ -105,6 +105,13 @@ def _check_references(checked: CheckedRules) -> None:
     role_hint = f"known roles: {', '.join(sorted(roles)) or 'none (no p lines)'}"
     for rule in checked.of("g") + checked.of("g3"):
         _require(checked, rule, rule.fields[1] in roles, f"unknown role {rule.fields[1]!r}", role_hint)
+        _require(
+            checked,
+            rule,
+            rule.fields[0] not in roles,
+            f"employee id {rule.fields[0]!r} is also a role name",
+            "Casbin keeps employees and roles in one graph: the employee would inherit that role; rename one",
+        )
     for rule in checked.of("p3") + checked.of("p4"):
         _require(checked, rule, rule.fields[0] in roles, f"limit for unknown role {rule.fields[0]!r}", role_hint)
     shift_hint = f"defined shifts: {', '.join(sorted(checked.shifts)) or 'none'}"

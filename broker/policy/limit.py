@@ -64,16 +64,27 @@ def build_rate_limit(requests: str, per: str, rule: str) -> RateLimit:
 
 
 def most_generous_records(limits: list[RecordLimit]) -> RecordLimit | None:
-    """Roles add up like permissions do: an employee gets the loosest of their roles."""
+    """Roles add up like permissions do: adding a role never tightens a limit.
+
+    The cap is the largest of the roles' caps; the quota (with its window) is the one
+    allowing the most records per second of window, a shift counted as 8 hours.
+    """
     if not limits:
         return None
-    return max(limits, key=_generosity)
+    caps = [limit.cap for limit in limits]
+    cap = None if None in caps else max(c for c in caps if c is not None)
+    quota = max(limits, key=_quota_rate)
+    rules = dict.fromkeys([quota.rule, *(limit.rule for limit in limits if limit.cap == cap)])
+    return RecordLimit(cap, quota.quota, quota.window, " + ".join(rules))
 
 
-def _generosity(limit: RecordLimit) -> tuple[float, float]:
-    cap = float("inf") if limit.cap is None else limit.cap
-    quota = float("inf") if limit.quota is None else limit.quota
-    return (quota, cap)
+NOMINAL_SHIFT_SECONDS = 8 * 3600
+
+
+def _quota_rate(limit: RecordLimit) -> float:
+    if limit.quota is None:
+        return float("inf")
+    return limit.quota / (limit.window or NOMINAL_SHIFT_SECONDS)
 
 
 def most_generous_rate(limits: list[RateLimit]) -> RateLimit | None:

@@ -65,6 +65,14 @@ def _check_definition(name: str, text: str, model: Any, ptype: str, arity: int) 
     return []
 
 
+def matcher_line(raw: bytes) -> int:
+    """The line of `m = ...`, where matcher problems are reported (0 if absent)."""
+    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), start=1):
+        if line.replace(" ", "").startswith("m="):
+            return number
+    return 0
+
+
 def _tokens(model: Any, section: str, key: str) -> list[str]:
     if section not in model.model or key not in model.model[section]:
         return []

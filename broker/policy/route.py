@@ -66,6 +66,9 @@ def parse_routes(name: str, raw: bytes) -> tuple[RouteMap | None, list[PolicyPro
     problems: list[PolicyProblem] = []
     settings = doc.get("settings", {})
     routes: list[Route] = []
+    if not isinstance(settings, dict):
+        problems.append(PolicyProblem(name, _line_of(raw, b"settings"), "settings must be a [settings] table"))
+        settings = {}
     entries = doc.get("route", [])
     if not isinstance(entries, list) or not entries:
         problems.append(PolicyProblem(name, 1, "no [[route]] entries: every request would be denied"))
@@ -177,8 +180,11 @@ def _branch(entry: dict[str, Any], segments: tuple[str, ...]) -> tuple[BranchSou
     return source, name  # type: ignore[return-value]
 
 
+_ROUTE_HEADER = re.compile(rb"\s*\[\[\s*route\s*\]\]\s*(#.*)?\Z")
+
+
 def _route_lines(raw: bytes) -> list[int]:
-    return [n for n, line in enumerate(raw.split(b"\n"), start=1) if line.strip() == b"[[route]]"]
+    return [n for n, line in enumerate(raw.split(b"\n"), start=1) if _ROUTE_HEADER.match(line.rstrip(b"\r"))]
 
 
 def _line_of(raw: bytes, needle: bytes) -> int:

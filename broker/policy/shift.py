@@ -101,9 +101,12 @@ def _day(name: str) -> int:
 
 
 def parse_zone(name: str) -> ZoneInfo:
+    """An IANA zone; `localtime` (the server's own zone) is refused: shifts belong to a branch."""
     try:
+        if name == "localtime":
+            raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"time zone {name!r} is unknown (use an IANA name like Asia/Shanghai)") from None
 
 

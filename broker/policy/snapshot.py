@@ -18,7 +18,7 @@ from casbin.persist.adapter import Adapter
 
 from broker.policy.check import CheckedRules, check_routes, check_rules
 from broker.policy.index import PolicyIndex, build_index
-from broker.policy.model import load_model
+from broker.policy.model import load_model, matcher_line
 from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.route import RouteMap, parse_routes
 from broker.policy.rule import Rule, parse_rules
@@ -58,7 +58,8 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     files = _read_files(directory)
     revision = _revision(files)
     problems: list[PolicyProblem] = []
-    model, found = load_model(MODEL_FILE, files.pop(MODEL_FILE))
+    model_raw = files.pop(MODEL_FILE)
+    model, found = load_model(MODEL_FILE, model_raw)
     problems += found
     routes, found = parse_routes(ROUTES_FILE, files.pop(ROUTES_FILE))
     problems += found
@@ -73,7 +74,7 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     problems += checked.problems
     if problems or model is None or routes is None:
         raise PolicyError(problems)
-    return _compile(directory, revision, model, routes, rules, checked, parity_sample)
+    return _compile(directory, revision, model, routes, rules, checked, parity_sample, matcher_line(model_raw))
 
 
 def _read_files(directory: Path) -> dict[str, bytes]:
@@ -102,6 +103,7 @@ def _compile(
     rules: list[Rule],
     checked: CheckedRules,
     sample: int,
+    matcher_at: int,
 ) -> PolicySnapshot:
     enforcer = casbin.Enforcer(model, _RuleAdapter(rules))
     index = build_index(
@@ -116,7 +118,7 @@ def _compile(
     disagreement = first_disagreement(enforcer, index, _sample(index, sample))
     if disagreement:
         raise PolicyError(
-            [PolicyProblem(MODEL_FILE, 0, disagreement, "the matcher must mean what the broker compiles")]
+            [PolicyProblem(MODEL_FILE, matcher_at, disagreement, "the matcher must mean what the broker compiles")]
         )
     files = tuple(sorted({MODEL_FILE, ROUTES_FILE, *(r.file for r in rules)}))
     return PolicySnapshot(revision, directory, index, routes, enforcer, tuple(rules), files)

@@ -105,7 +105,7 @@ def _compile(
     sample: int,
     matcher_at: int,
 ) -> PolicySnapshot:
-    enforcer = casbin.Enforcer(model, _RuleAdapter(rules))
+    enforcer = _enforcer(model, rules)
     index = build_index(
         checked.of("p"),
         checked.of("g"),
@@ -122,6 +122,22 @@ def _compile(
         )
     files = tuple(sorted({MODEL_FILE, ROUTES_FILE, *(r.file for r in rules)}))
     return PolicySnapshot(revision, directory, index, routes, enforcer, tuple(rules), files)
+
+
+def _enforcer(model: Any, rules: list[Rule]) -> Any:
+    """A pycasbin enforcer over `rules`, without its quadratic first-use cost.
+
+    pycasbin's domain role manager matches role names with a default function that
+    makes each branch's first lookup scan every employee of that branch (~50 ms per
+    branch at 200 employees a branch). The broker uses no role patterns, so the
+    matcher is switched off before the rules are loaded: the same decisions, cheaply.
+    """
+    enforcer = casbin.Enforcer(model)
+    for ptype in ("g", "g3"):
+        enforcer.get_named_role_manager(ptype).matching_func = None
+    enforcer.set_adapter(_RuleAdapter(rules))
+    enforcer.load_policy()
+    return enforcer
 
 
 def _sample(index: PolicyIndex, size: int) -> list[str]:

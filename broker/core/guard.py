@@ -8,7 +8,8 @@ unexpected exception becomes an ERROR verdict, which every door treats as a deni
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import itertools
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,7 +19,7 @@ from broker.core.access import UNBOUNDED, Access, Principal
 from broker.core.clock import Clock, iso
 from broker.core.decision import Decision, QuotaState, RateState, Verdict
 from broker.core.reason import Reason
-from broker.core.window import current_shift, next_shift_start, quota_window
+from broker.core.window import Window, current_shift, next_shift_start, quota_window
 from broker.identity.error import IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
 from broker.policy.index import Employee, Grant
@@ -37,8 +38,14 @@ class PolicySource(Protocol):
     def current(self) -> PolicySnapshot | None: ...
 
 
+_PROCESS_ID = secrets.token_hex(6)
+_SEQUENCE = itertools.count(1)
+
+
 def new_decision_id() -> str:
-    return uuid.uuid4().hex
+    """Unique across replicas (a random per-process prefix) and cheap (a counter): a
+    uuid4 cost ~9% of a whole decision."""
+    return f"{_PROCESS_ID}{next(_SEQUENCE):010x}"
 
 
 class Guard:
@@ -55,6 +62,8 @@ class Guard:
         self._meter = meter
         self._clock = clock
         self._decision_id = decision_id
+        self._principals: dict[str, Principal] = {}
+        self._principals_revision = ""
 
     @property
     def clock(self) -> Clock:
@@ -102,12 +111,13 @@ class Guard:
         if snapshot is None or employee is None:
             return []
         now = self._clock.now()
+        shift = current_shift(employee.shifts, now)
         states = []
         for resource in sorted({res for (res, _act) in snapshot.index.grants}):
             limit = snapshot.index.record_limit(employee, resource)
             if limit is None or limit.quota is None:
                 continue
-            window = quota_window(limit, employee.shifts, now)
+            window = quota_window(limit, shift, employee.zone, now)
             used = await self._meter.used(_quota_key(employee_id, resource, window.start), now)
             states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
@@ -126,13 +136,14 @@ class Guard:
         employee = snapshot.index.employees.get(employee_id)
         if employee is None:
             return _deny(d, Reason.IDENTITY_NOT_ON_ROSTER, f"Employee {employee_id} is not on the roster.")
-        d.principal = _principal(employee)
+        d.principal = self._principal(employee, snapshot.revision)
         if access.refusal is not None:
             return _deny(d, access.refusal.reason, access.refusal.detail)
         grant = snapshot.index.grant(employee, access.resource, access.action)
         if not self._permitted(d, employee, grant):
             return None
-        if not self._in_shift(d, employee, now):
+        shift = self._in_shift(d, employee, now)
+        if shift is None:
             return None
         limit = snapshot.index.record_limit(employee, access.resource)
         if limit is None or not self._within_cap(d, limit):
@@ -141,7 +152,7 @@ class Guard:
             rate = snapshot.index.rate_limit(employee)
             if rate is not None and not await self._within_rate(d, employee, rate.requests, rate.period, now):
                 return None
-            if limit.quota is not None and not await self._reserve(d, employee, limit, now):
+            if limit.quota is not None and not await self._reserve(d, employee, limit, shift, now):
                 return None
         except MeterUnavailable as exc:
             d.metered, d.retry_after = Served.REFUSED.value, exc.retry_after
@@ -149,6 +160,15 @@ class Guard:
         d.verdict, d.reason, d.rule = Verdict.ALLOW, Reason.ALLOWED, grant.rule
         d.allowed_records, d.allowed_branches = access.records, grant.branches
         return None
+
+    def _principal(self, employee: Employee, revision: str) -> Principal:
+        """The employee as the audit trail shows them; built once per policy revision."""
+        if revision != self._principals_revision:
+            self._principals, self._principals_revision = {}, revision
+        principal = self._principals.get(employee.id)
+        if principal is None:
+            principal = self._principals[employee.id] = _principal_of(employee)
+        return principal
 
     def _permitted(self, d: Decision, employee: Employee, grant: Grant) -> bool:
         access = d.access
@@ -173,9 +193,11 @@ class Guard:
             return False
         return True
 
-    def _in_shift(self, d: Decision, employee: Employee, now: float) -> bool:
-        if current_shift(employee.shifts, now) is not None:
-            return True
+    def _in_shift(self, d: Decision, employee: Employee, now: float) -> Window | None:
+        """The shift occurrence the employee is in now, or None after denying."""
+        shift = current_shift(employee.shifts, now)
+        if shift is not None:
+            return shift
         upcoming = next_shift_start(employee.shifts, now)
         if not employee.shifts:
             detail = "You have no shift on the roster, so you cannot access records. Ask your supervisor."
@@ -186,7 +208,7 @@ class Guard:
                 d.facts["next_shift_start"] = iso(upcoming, employee.zone)
                 d.retry_after = upcoming - now
         _deny(d, Reason.SHIFT_OUTSIDE, detail)
-        return False
+        return None
 
     def _within_cap(self, d: Decision, limit: RecordLimit) -> bool:
         asked = d.access.records
@@ -215,7 +237,7 @@ class Guard:
         _deny(d, Reason.RATE_EXCEEDED, f"Too many requests: at most {requests} per {period} s.")
         return False
 
-    async def _reserve(self, d: Decision, employee: Employee, limit: RecordLimit, now: float) -> bool:
+    async def _reserve(self, d: Decision, employee: Employee, limit: RecordLimit, shift: Window, now: float) -> bool:
         assert limit.quota is not None
         access = d.access
         if access.records >= UNBOUNDED:
@@ -225,7 +247,7 @@ class Guard:
                 "This request has no record limit, so it cannot be metered; add one.",
             )
             return False
-        window = quota_window(limit, employee.shifts, now)
+        window = quota_window(limit, shift, employee.zone, now)
         key = _quota_key(employee.id, access.resource, window.start)
         booked, served = await self._meter.reserve(access.resource, key, access.records, limit.quota, window.end, now)
         d.metered = served.value
@@ -251,7 +273,7 @@ def _quota_key(employee: str, resource: str, window_start: float) -> str:
     return f"q:{employee}:{resource}:{int(window_start)}"
 
 
-def _principal(employee: Employee) -> Principal:
+def _principal_of(employee: Employee) -> Principal:
     return Principal(
         employee.id,
         tuple(sorted(employee.roles)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 
 from broker.policy.limit import RecordLimit
 from broker.policy.shift import Shift
@@ -35,13 +36,13 @@ def next_shift_start(shifts: tuple[Shift, ...], now: float) -> float | None:
     return min(starts) if starts else None
 
 
-def quota_window(limit: RecordLimit, shifts: tuple[Shift, ...], now: float) -> Window:
-    if limit.per_shift:
-        shift = current_shift(shifts, now)
-        if shift is not None:
-            return shift
-        length = FALLBACK_WINDOW
-    else:
-        length = limit.window
-    start = now - now % length
+def quota_window(limit: RecordLimit, shift: Window | None, zone: tzinfo, now: float) -> Window:
+    """The current shift for per-shift quotas; otherwise a fixed window aligned to local
+    midnight in `zone`, so a `1d` quota resets when the employee's day starts."""
+    if limit.per_shift and shift is not None:
+        return shift
+    length = FALLBACK_WINDOW if limit.per_shift else limit.window
+    offset = datetime.fromtimestamp(now, zone).utcoffset()
+    local = now + (offset.total_seconds() if offset else 0.0)
+    start = now - local % length
     return Window(start, start + length)

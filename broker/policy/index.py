@@ -62,6 +62,7 @@ class PolicyIndex:
     record_limits: dict[tuple[str, str], RecordLimit]
     rate_limits: dict[str, RateLimit]
     _grant_cache: dict[tuple[str, str, str], Grant] = field(default_factory=dict)
+    _limit_cache: dict[tuple[str, str], RecordLimit | None] = field(default_factory=dict)
 
     def grant(self, employee: Employee, resource: str, action: str) -> Grant:
         """Branches `employee` may touch; memoised per policy revision (the index is
@@ -96,8 +97,15 @@ class PolicyIndex:
         return grant.branches is None or branch in grant.branches
 
     def record_limit(self, employee: Employee, resource: str) -> RecordLimit | None:
+        """The employee's limit for `resource` (memoised per revision, like grants)."""
+        key = (employee.id, resource)
+        if key in self._limit_cache:
+            return self._limit_cache[key]
         found = [self.record_limits[(r, resource)] for r in employee.roles if (r, resource) in self.record_limits]
-        return most_generous_records(found)
+        limit = most_generous_records(found)
+        if len(self._limit_cache) < 200_000:
+            self._limit_cache[key] = limit
+        return limit
 
     def rate_limit(self, employee: Employee) -> RateLimit | None:
         return most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])

@@ -8,6 +8,7 @@ and may run past midnight into the next day. The end is exclusive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,12 +56,19 @@ class Shift:
         return None
 
     def _window(self, day: date) -> Occurrence | None:
-        if day.weekday() not in self.days:
-            return None
-        start = _local(day, self.start, self.zone)
-        end_day = day + timedelta(days=1) if self.wraps or self.end == MINUTES_PER_DAY else day
-        end = _local(end_day, self.end % MINUTES_PER_DAY, self.zone)
-        return Occurrence(start, end)
+        return _occurrence(self, day)
+
+
+@lru_cache(maxsize=16_384)
+def _occurrence(shift: Shift, day: date) -> Occurrence | None:
+    """A shift's window on one local day; cached because every decision asks for today's
+    and yesterday's, and building zone-aware datetimes is most of a decision's cost."""
+    if day.weekday() not in shift.days:
+        return None
+    start = _local(day, shift.start, shift.zone)
+    end_day = day + timedelta(days=1) if shift.wraps or shift.end == MINUTES_PER_DAY else day
+    end = _local(end_day, shift.end % MINUTES_PER_DAY, shift.zone)
+    return Occurrence(start, end)
 
 
 def _local(day: date, minutes: int, zone: ZoneInfo) -> float:

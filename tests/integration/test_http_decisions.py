@@ -343,7 +343,8 @@ async def test_internal_error_fails_closed_and_is_counted(make_broker: BrokerFac
 async def test_daily_quota_resets_at_local_midnight(broker: Harness) -> None:
     broker.clock.set(shanghai("2026-12-01 23:30:00"))
     assert (await broker.get("/api/branches/BR005/waybills?limit=10", "e9001")).status == 200
-    quota = (await broker.get("/-/me", "e9001")).json["quotas"][0]
-    assert quota["used"] == 10 and quota["resets_at"] == "2026-12-02T00:00:00+08:00"
+    quotas = {q["resource"]: q for q in (await broker.get("/-/me", "e9001")).json["quotas"]}
+    assert quotas["waybill"]["used"] == 10 and quotas["waybill"]["resets_at"] == "2026-12-02T00:00:00+08:00"
     broker.clock.set(shanghai("2026-12-02 00:00:00"))
-    assert (await broker.get("/-/me", "e9001")).json["quotas"][0]["used"] == 0
+    quotas = {q["resource"]: q for q in (await broker.get("/-/me", "e9001")).json["quotas"]}
+    assert quotas["waybill"]["used"] == 0

@@ -22,8 +22,9 @@ from broker.core.reason import Reason
 from broker.core.window import Window, current_shift, next_shift_start, quota_window
 from broker.identity.error import IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
+from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation
 from broker.policy.index import Employee, Grant
-from broker.policy.limit import RecordLimit
+from broker.policy.limit import RateLimit, RecordLimit
 from broker.policy.snapshot import PolicySnapshot
 
 log = structlog.get_logger("broker.guard")
@@ -148,11 +149,12 @@ class Guard:
         limit = snapshot.index.record_limit(employee, access.resource)
         if limit is None or not self._within_cap(d, limit):
             return None
+        if limit.quota is not None and access.records >= UNBOUNDED:
+            return _deny(
+                d, Reason.BULK_UNBOUNDED, "This request has no record limit, so it cannot be metered; add one."
+            )
         try:
-            rate = snapshot.index.rate_limit(employee)
-            if rate is not None and not await self._within_rate(d, employee, rate.requests, rate.period, now):
-                return None
-            if limit.quota is not None and not await self._reserve(d, employee, limit, shift, now):
+            if not await self._admit(d, employee, limit, snapshot.index.rate_limit(employee), shift, now):
                 return None
         except MeterUnavailable as exc:
             d.metered, d.retry_after = Served.REFUSED.value, exc.retry_after
@@ -226,51 +228,67 @@ class Guard:
             _deny(d, Reason.BULK_OVER_CAP, f"You asked for {asked} records; at most {limit.cap} per request.")
         return False
 
-    async def _within_rate(self, d: Decision, employee: Employee, requests: int, period: int, now: float) -> bool:
-        outcome, served = await self._meter.hit_rate(d.access.resource, f"r:{employee.id}", requests, period, now)
+    async def _admit(
+        self, d: Decision, employee: Employee, limit: RecordLimit, rate: RateLimit | None, shift: Window, now: float
+    ) -> bool:
+        """Rate check and quota reservation in one meter call (one round trip to Redis)."""
+        access = d.access
+        window = quota_window(limit, shift, employee.zone, now) if limit.quota is not None else None
+        quota_ask = None
+        if window is not None and limit.quota is not None:
+            key = _quota_key(employee.id, access.resource, window.start)
+            quota_ask = QuotaAsk(key, access.records, limit.quota, window.end)
+        rate_ask = RateAsk(f"r:{{{employee.id}}}", rate.requests, rate.period) if rate else None
+        if rate_ask is None and quota_ask is None:
+            return True
+        outcome, booked, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now)
         d.metered = served.value
-        requests = self._meter.effective(requests, served)
-        d.rate = RateState(requests, period, outcome.remaining, outcome.reset_after, outcome.retry_after)
+        if rate is not None and outcome is not None and not self._within_rate(d, rate, outcome, served):
+            return False
+        if window is None or quota_ask is None or booked is None:
+            return True
+        return self._reserved(d, employee, limit, window, quota_ask, booked, served, now)
+
+    def _within_rate(self, d: Decision, rate: RateLimit, outcome: RateOutcome, served: Served) -> bool:
+        requests = self._meter.effective(rate.requests, served)
+        d.rate = RateState(requests, rate.period, outcome.remaining, outcome.reset_after, outcome.retry_after)
         if outcome.allowed:
             return True
         d.retry_after = outcome.retry_after
-        _deny(d, Reason.RATE_EXCEEDED, f"Too many requests: at most {requests} per {period} s.")
+        _deny(d, Reason.RATE_EXCEEDED, f"Too many requests: at most {requests} per {rate.period} s.")
         return False
 
-    async def _reserve(self, d: Decision, employee: Employee, limit: RecordLimit, shift: Window, now: float) -> bool:
-        assert limit.quota is not None
+    def _reserved(
+        self,
+        d: Decision,
+        employee: Employee,
+        limit: RecordLimit,
+        window: Window,
+        ask: QuotaAsk,
+        booked: Reservation,
+        served: Served,
+        now: float,
+    ) -> bool:
         access = d.access
-        if access.records >= UNBOUNDED:
-            _deny(
-                d,
-                Reason.BULK_UNBOUNDED,
-                "This request has no record limit, so it cannot be metered; add one.",
-            )
-            return False
-        window = quota_window(limit, shift, employee.zone, now)
-        key = _quota_key(employee.id, access.resource, window.start)
-        booked, served = await self._meter.reserve(access.resource, key, access.records, limit.quota, window.end, now)
-        d.metered = served.value
-        quota = self._meter.effective(limit.quota, served)
+        quota = self._meter.effective(ask.limit, served)
         d.quota = QuotaState(access.resource, quota, booked.used, window.seconds, window.end, employee.zone)
         if booked.granted:
-            d.quota_key, d.reserved = key, access.records
+            d.quota_key, d.reserved = ask.key, ask.amount
             return True
         d.rule, d.retry_after = limit.rule, window.end - now
-        left = d.quota.remaining
         d.facts.update(requested=access.records)
         _deny(
             d,
             Reason.QUOTA_EXCEEDED,
-            f"Your {access.resource} quota has {left} of {quota} records left until "
-            f"{iso(window.end, employee.zone)}; "
-            f"this request asks for {access.records}.",
+            f"Your {access.resource} quota has {d.quota.remaining} of {quota} records left until "
+            f"{iso(window.end, employee.zone)}; this request asks for {access.records}.",
         )
         return False
 
 
 def _quota_key(employee: str, resource: str, window_start: float) -> str:
-    return f"q:{employee}:{resource}:{int(window_start)}"
+    """Braces make the employee a Redis Cluster hash tag: their keys share one shard."""
+    return f"q:{{{employee}}}:{resource}:{int(window_start)}"
 
 
 def _principal_of(employee: Employee) -> Principal:

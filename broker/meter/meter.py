@@ -8,6 +8,7 @@ fraction of a quota while Redis is away. Which store served is reported per deci
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +18,15 @@ from typing import TypeVar
 import structlog
 
 from broker.meter.breaker import BreakerState, CircuitBreaker
-from broker.meter.store import CounterStore, MemoryCounterStore, RateOutcome, Reservation, StoreUnavailable
+from broker.meter.store import (
+    CounterStore,
+    MemoryCounterStore,
+    QuotaAsk,
+    RateAsk,
+    RateOutcome,
+    Reservation,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger("broker.meter")
 T = TypeVar("T")
@@ -78,23 +87,18 @@ class Meter:
     def state(self) -> BreakerState:
         return self._breaker.state
 
-    async def reserve(
-        self, resource: str, key: str, amount: int, limit: int, expires_at: float, now: float
-    ) -> tuple[Reservation, Served]:
-        return await self._metered(
-            resource,
-            lambda store: store.reserve(key, amount, limit, expires_at, now),
-            lambda store: store.reserve(key, amount, self._scaled(limit), expires_at, now),
-        )
+    async def admit(
+        self, resource: str, rate: RateAsk | None, quota: QuotaAsk | None, now: float
+    ) -> tuple[RateOutcome | None, Reservation | None, Served]:
+        """The rate check and quota reservation of one request, from the store that is up."""
 
-    async def hit_rate(
-        self, resource: str, key: str, limit: int, period: float, now: float
-    ) -> tuple[RateOutcome, Served]:
-        return await self._metered(
-            resource,
-            lambda store: store.hit_rate(key, limit, period, now),
-            lambda store: store.hit_rate(key, self._scaled(limit), period, now),
-        )
+        def scaled(store: CounterStore) -> Awaitable[tuple[RateOutcome | None, Reservation | None]]:
+            local_rate = dataclasses.replace(rate, limit=self._scaled(rate.limit)) if rate else None
+            local_quota = dataclasses.replace(quota, limit=self._scaled(quota.limit)) if quota else None
+            return store.admit(local_rate, local_quota, now)
+
+        (outcome, booked), served = await self._metered(resource, lambda store: store.admit(rate, quota, now), scaled)
+        return outcome, booked, served
 
     async def settle(self, served: Served, key: str, delta: int, expires_at: float, now: float) -> int | None:
         """Correct a reservation where it was made. If the shared store has gone away

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from broker.meter.store import RateOutcome, Reservation, StoreUnavailable
+from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation, StoreUnavailable
 
 EXPIRY_SLACK_MS = 60_000
 """Keys outlive their window a little so a clock skew between replicas cannot drop one early."""
@@ -64,6 +64,41 @@ return {1, '0', string.format('%.6f', new_tat - now), string.format('%d', remain
 """
 
 
+# A request's rate check and quota reservation in one round trip. KEYS[1] is the rate
+# key, KEYS[2] the quota key (both carry the employee as a hash tag, so they live on
+# one shard of a cluster). ARGV: now, rate?, period, rate limit, quota?, amount, quota
+# limit, quota expiry (ms). Reply: allowed, retry, reset, remaining, granted, used
+# (granted -1: no reservation was attempted).
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local allowed, retry, reset, remaining = '1', '0', '0', '-1'
+if ARGV[2] == '1' then
+  local period = tonumber(ARGV[3])
+  local interval = period / tonumber(ARGV[4])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  if new_tat - now > period + 1e-6 then
+    return {'0', string.format('%.6f', tat + interval - period - now), string.format('%.6f', tat - now), '0', '-1', '0'}
+  end
+  redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+  reset = string.format('%.6f', new_tat - now)
+  remaining = string.format('%d', math.floor((period - (new_tat - now)) / interval + 1e-6))
+end
+if ARGV[5] ~= '1' then
+  return {allowed, retry, reset, remaining, '-1', '0'}
+end
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+local amount = tonumber(ARGV[6])
+if used + amount > tonumber(ARGV[7]) then
+  return {allowed, retry, reset, remaining, '0', string.format('%d', used)}
+end
+used = redis.call('INCRBY', KEYS[2], amount)
+redis.call('PEXPIREAT', KEYS[2], ARGV[8])
+return {allowed, retry, reset, remaining, '1', string.format('%d', used)}
+"""
+
+
 class RedisCounterStore:
     def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.25, connections: int = 64) -> None:
         self.url = url
@@ -84,6 +119,30 @@ class RedisCounterStore:
         self._reserve = self._client.register_script(_RESERVE)
         self._add = self._client.register_script(_ADD)
         self._gcra = self._client.register_script(_GCRA)
+        self._admit = self._client.register_script(_ADMIT)
+
+    async def admit(
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
+    ) -> tuple[RateOutcome | None, Reservation | None]:
+        keys = [self._prefix + (rate.key if rate else quota.key if quota else "none")]
+        keys.append(self._prefix + quota.key if quota else keys[0])
+        args = [
+            repr(now),
+            "1" if rate else "0",
+            repr(float(rate.period)) if rate else "0",
+            rate.limit if rate else 0,
+            "1" if quota else "0",
+            quota.amount if quota else 0,
+            quota.limit if quota else 0,
+            _expiry_ms(quota.expires_at) if quota else 0,
+        ]
+        allowed, retry, reset, remaining, granted, used = await self._run(self._admit(keys=keys, args=args))
+        outcome = None
+        if rate is not None:
+            ok = allowed == b"1"
+            outcome = RateOutcome(ok, int(remaining), float(reset), 0.0 if ok else max(float(retry), 0.001))
+        booked = None if granted == b"-1" else Reservation(granted == b"1", int(used))
+        return outcome, booked
 
     async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
         granted, used = await self._call(self._reserve, key, amount, limit, _expiry_ms(expires_at))

@@ -29,9 +29,27 @@ class RateOutcome:
     retry_after: float
 
 
+@dataclass(frozen=True, slots=True)
+class RateAsk:
+    key: str
+    limit: int
+    period: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaAsk:
+    key: str
+    amount: int
+    limit: int
+    expires_at: float
+
+
 class CounterStore(Protocol):
-    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
-        """Add `amount` to `key` only if the total stays within `limit`."""
+    async def admit(
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
+    ) -> tuple[RateOutcome | None, Reservation | None]:
+        """A request's rate check and, if it passes, its quota reservation, together
+        (one round trip for a remote store). A refused rate check reserves nothing."""
         ...
 
     async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
@@ -39,10 +57,6 @@ class CounterStore(Protocol):
         ...
 
     async def get(self, key: str, now: float) -> int: ...
-
-    async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
-        """One request against a GCRA limit of `limit` per `period` seconds."""
-        ...
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot be reached (opens a connection)."""
@@ -64,6 +78,14 @@ class MemoryCounterStore:
         self._counts: dict[str, tuple[int, float]] = {}
         self._tats: dict[str, tuple[float, float]] = {}
         self._writes = 0
+
+    async def admit(
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
+    ) -> tuple[RateOutcome | None, Reservation | None]:
+        outcome = await self.hit_rate(rate.key, rate.limit, rate.period, now) if rate else None
+        if quota is None or (outcome is not None and not outcome.allowed):
+            return outcome, None
+        return outcome, await self.reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now)
 
     async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
         used = self._current(key, now)

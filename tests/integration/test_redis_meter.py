@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from broker.config import MeterSettings
 from broker.meter.redis_store import RedisCounterStore
-from broker.meter.store import MemoryCounterStore
+from broker.meter.store import MemoryCounterStore, QuotaAsk, RateAsk, Reservation
 from tests.conftest import BrokerFactory
 from tests.redis_fixtures import RedisProcess
 
@@ -139,3 +139,22 @@ async def test_slow_redis_is_bounded_by_the_timeout(make_broker: BrokerFactory, 
     assert elapsed < 1.0, f"a stalled Redis held the request for {elapsed:.2f}s"
     await sleeper
     await client.aclose()
+
+
+async def test_admit_agrees_with_the_memory_store(shared_redis: tuple[str, str]) -> None:
+    url, prefix = shared_redis
+    shared, local = RedisCounterStore(url, prefix=prefix), MemoryCounterStore()
+    start = 1_800_000_000.0
+    steps = [(0.0, 4), (0.0, 4), (0.1, 4), (0.2, 4), (0.3, 1), (5.0, 4), (5.0, 3), (20.0, 9), (20.0, 1)]
+    for offset, amount in steps:
+        rate = RateAsk("r:{e1}", 4, 10)
+        quota = QuotaAsk("q:{e1}:waybill:0", amount, 12, start + 3600)
+        a = await shared.admit(rate, quota, start + offset)
+        b = await local.admit(rate, quota, start + offset)
+        assert (a[0] and (a[0].allowed, a[0].remaining)) == (b[0] and (b[0].allowed, b[0].remaining)), offset
+        assert a[1] == b[1], (offset, a[1], b[1])
+    only_quota = await shared.admit(None, QuotaAsk("q:{e2}:x:0", 2, 3, start + 60), start)
+    assert only_quota == (None, Reservation(True, 2))
+    only_rate = await shared.admit(RateAsk("r:{e2}", 1, 60), None, start)
+    assert only_rate[0] is not None and only_rate[0].allowed and only_rate[1] is None
+    await shared.close()

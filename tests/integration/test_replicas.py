@@ -107,7 +107,7 @@ async def test_two_replicas_share_one_quota_and_charge_what_was_returned(
 
     url, prefix = shared_redis
     client = aioredis.from_url(url)
-    keys = [key async for key in client.scan_iter(match=f"{prefix}q:e1001:waybill:*")]
+    keys = [key async for key in client.scan_iter(match=f"{prefix}q:{{e1001}}:waybill:*")]
     assert len(keys) == 1
     charged = int(await client.get(keys[0]))
     await client.aclose()

@@ -24,17 +24,6 @@ from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation, Stor
 EXPIRY_SLACK_MS = 60_000
 """Keys outlive their window a little so a clock skew between replicas cannot drop one early."""
 
-_RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local amount = tonumber(ARGV[1])
-if used + amount > tonumber(ARGV[2]) then
-  return {0, used}
-end
-used = redis.call('INCRBY', KEYS[1], amount)
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-return {1, used}
-"""
-
 _ADD = """
 local used = redis.call('INCRBY', KEYS[1], ARGV[1])
 if used < 0 then
@@ -45,26 +34,10 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return used
 """
 
-# GCRA: the key holds the theoretical arrival time (TAT). Floats travel as strings with
-# microsecond precision: Redis truncates Lua numbers to integers in replies, and Lua's
-# tostring() keeps only 14 digits of an epoch timestamp.
-_GCRA = """
-local now = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local interval = period / tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now then tat = now end
-local new_tat = tat + interval
-if new_tat - now > period + 1e-6 then
-  return {0, string.format('%.6f', tat + interval - period - now), string.format('%.6f', tat - now), '0'}
-end
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-local remaining = math.floor((period - (new_tat - now)) / interval + 1e-6)
-return {1, '0', string.format('%.6f', new_tat - now), string.format('%d', remaining)}
-"""
-
-
-# A request's rate check and quota reservation in one round trip. KEYS[1] is the rate
+# A request's rate check (GCRA: the key holds the theoretical arrival time) and quota
+# reservation in one round trip. Floats travel as strings with microsecond precision:
+# Redis truncates Lua numbers to integers in replies, and Lua's tostring() keeps only 14
+# digits of an epoch timestamp. KEYS[1] is the rate
 # key, KEYS[2] the quota key (both carry the employee as a hash tag, so they live on
 # one shard of a cluster). ARGV: now, rate?, period, rate limit, quota?, amount, quota
 # limit, quota expiry (ms). Reply: allowed, retry, reset, remaining, granted, used
@@ -116,9 +89,7 @@ class RedisCounterStore:
             health_check_interval=0,
         )
         self._client = aioredis.Redis(connection_pool=pool)
-        self._reserve = self._client.register_script(_RESERVE)
         self._add = self._client.register_script(_ADD)
-        self._gcra = self._client.register_script(_GCRA)
         self._admit = self._client.register_script(_ADMIT)
 
     async def admit(
@@ -145,8 +116,9 @@ class RedisCounterStore:
         return outcome, booked
 
     async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
-        granted, used = await self._call(self._reserve, key, amount, limit, _expiry_ms(expires_at))
-        return Reservation(bool(int(granted)), int(used))
+        _, booked = await self.admit(None, QuotaAsk(key, amount, limit, expires_at), now)
+        assert booked is not None
+        return booked
 
     async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
         return int(await self._call(self._add, key, delta, _expiry_ms(expires_at)))
@@ -156,10 +128,9 @@ class RedisCounterStore:
         return int(value or 0)
 
     async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
-        allowed, retry, reset, remaining = await self._call(self._gcra, key, repr(now), repr(float(period)), limit)
-        return RateOutcome(
-            bool(int(allowed)), int(remaining), float(reset), max(float(retry), 0.001 if not int(allowed) else 0.0)
-        )
+        outcome, _ = await self.admit(RateAsk(key, limit, period), None, now)
+        assert outcome is not None
+        return outcome
 
     async def ping(self) -> None:
         await self._run(self._client.ping())

@@ -175,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         host=settings.server.host,
         port=settings.server.port,
         shutdown_timeout=settings.server.shutdown_timeout_seconds,
+        reuse_port=settings.server.reuse_port or None,
         access_log=None,
         print=lambda text: structlog.get_logger("broker").info("broker.listening", detail=text.strip()),
     )

@@ -27,6 +27,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     shutdown_timeout_seconds: float = 10.0
+    reuse_port: bool = False
+    """Let several `broker run` processes share the port (SO_REUSEPORT); quotas are then
+    per process unless [meter] store = "redis"."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from broker.meter.meter import FailureMode, FailurePolicy, Meter
 from broker.meter.redis_store import RedisCounterStore
 from broker.meter.store import CounterStore, MemoryCounterStore
 from broker.policy.holder import PolicyHolder
+from broker.review.cases import verify_with_own_tests
 
 log = structlog.get_logger("broker")
 
@@ -61,7 +62,7 @@ def build_broker(
 ) -> Broker:
     """Everything wired; raises PolicyError / ValueError if policy or identity are unusable."""
     clock = clock or clock_from(settings.clock.start)
-    policy = PolicyHolder(settings.policy.directory, clock.now)
+    policy = PolicyHolder(settings.policy.directory, clock.now, verify=verify_with_own_tests)
     policy.load_initial()
     authenticator = JwtAuthenticator(settings.identity, clock)
     meter = build_meter(settings.meter, clock, store)

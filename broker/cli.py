@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -16,10 +17,13 @@ from aiohttp import web
 from broker import __version__
 from broker.app import BROKER_KEY, build_app, build_broker
 from broker.config import ConfigError, Settings, load_settings
-from broker.core.clock import clock_from
+from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
 from broker.policy.problem import PolicyError
-from broker.policy.snapshot import load_snapshot
+from broker.policy.snapshot import PolicySnapshot, load_snapshot
+from broker.review.cases import TESTS_DIR, case_files, load_cases, report_text, run_cases, verify_with_own_tests
+from broker.review.explain import explain
+from broker.review.offline import Question, decide_offline, parse_request
 
 EXIT_BAD_CONFIG = 2
 EXIT_BAD_POLICY = 1
@@ -57,6 +61,25 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(check)
     check.add_argument("--policies", type=Path, help="check this policy directory instead of the configured one")
     check.set_defaults(func=_check)
+
+    test = commands.add_parser(
+        "test", help="run the policy's own test cases (policies/tests/*.toml); exit 1 on any failure"
+    )
+    _config_option(test)
+    test.add_argument("paths", nargs="*", type=Path, help="case files or folders (default: <policies>/tests)")
+    test.add_argument("--policies", type=Path, help="test this policy directory instead of the configured one")
+    test.set_defaults(func=_test)
+
+    explain = commands.add_parser("explain", help="show every check of one decision, and the verdict")
+    _config_option(explain)
+    explain.add_argument("--policies", type=Path, help="explain under this policy directory")
+    explain.add_argument("--employee", required=True, help="the employee id (as in the token's sub)")
+    explain.add_argument("--request", required=True, help="e.g. 'GET /api/branches/BR001/waybills?limit=5'")
+    explain.add_argument("--at", help="ISO instant with offset (default: now, or the configured clock)")
+    explain.add_argument("--used", type=int, default=0, help="records already taken in the quota window")
+    explain.add_argument("--body", help="JSON request body, for writes that name their branch in it")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(func=_explain)
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)
@@ -124,12 +147,68 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{directory}/{problem}", file=sys.stderr)
         print(f"broker check: {len(exc.problems)} problem(s); the policy would be refused", file=sys.stderr)
         return EXIT_BAD_POLICY
+    failing = verify_with_own_tests(snapshot)
+    for problem in failing:
+        print(f"{problem}", file=sys.stderr)
+    if failing:
+        print(f"broker check: {len(failing)} policy test problem(s); the policy would be refused", file=sys.stderr)
+        return EXIT_BAD_POLICY
     index = snapshot.index
     print(
         f"policy {directory} OK: revision {snapshot.revision}, {len(index.employees)} employees, "
         f"{sum(len(r) for r in index.grants.values())} grants, {len(snapshot.routes.routes)} routes"
     )
     return 0 if config_ok else EXIT_BAD_CONFIG
+
+
+def _policy_or_report(directory: Path) -> PolicySnapshot | None:
+    try:
+        return load_snapshot(directory)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"{directory}/{problem}", file=sys.stderr)
+        print(f"broker: the policy in {directory} is refused ({len(exc.problems)} problem(s))", file=sys.stderr)
+        return None
+
+
+def _test(args: argparse.Namespace) -> int:
+    directory = args.policies or _settings(args).policy.directory
+    snapshot = _policy_or_report(directory)
+    if snapshot is None:
+        return EXIT_BAD_POLICY
+    files = case_files(directory, args.paths)
+    if not files:
+        print(f"broker test: no test cases in {directory / TESTS_DIR} (write *.toml files there)", file=sys.stderr)
+        return EXIT_BAD_POLICY
+    cases, problems = load_cases(files)
+    for problem in problems:
+        print(f"broker test: {problem}", file=sys.stderr)
+    report = asyncio.run(run_cases(snapshot, cases))
+    print(report_text(report), end="")
+    return EXIT_BAD_POLICY if report.failures or problems else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    directory = args.policies or settings.policy.directory
+    snapshot = _policy_or_report(directory)
+    if snapshot is None:
+        return EXIT_BAD_POLICY
+    try:
+        method, target = parse_request(args.request)
+        at = parse_instant(args.at) if args.at else clock_from(settings.clock.start).now()
+    except ValueError as exc:
+        print(f"broker explain: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    body = args.body.encode() if args.body else None
+    question = Question(args.employee, method, target, at, body, args.used)
+    decision, route = asyncio.run(decide_offline(snapshot, question))
+    explanation = explain(snapshot, decision, route, f"{method} {target}")
+    if args.json:
+        print(json.dumps(explanation.as_json(), indent=2))
+    else:
+        print(explanation.as_text(), end="")
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:

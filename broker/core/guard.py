@@ -19,7 +19,7 @@ from broker.core.access import UNBOUNDED, Access, Principal
 from broker.core.clock import Clock, iso
 from broker.core.decision import Decision, QuotaState, RateState, Verdict
 from broker.core.reason import Reason
-from broker.core.window import Window, current_shift, next_shift_start, quota_window
+from broker.core.window import Window, current_shift, next_shift_start, quota_key, quota_window
 from broker.identity.error import IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
 from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation
@@ -119,7 +119,7 @@ class Guard:
             if limit is None or limit.quota is None:
                 continue
             window = quota_window(limit, shift, employee.zone, now)
-            used = await self._meter.used(_quota_key(employee_id, resource, window.start), now)
+            used = await self._meter.used(quota_key(employee_id, resource, window.start), now)
             states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
 
@@ -236,7 +236,7 @@ class Guard:
         window = quota_window(limit, shift, employee.zone, now) if limit.quota is not None else None
         quota_ask = None
         if window is not None and limit.quota is not None:
-            key = _quota_key(employee.id, access.resource, window.start)
+            key = quota_key(employee.id, access.resource, window.start)
             quota_ask = QuotaAsk(key, access.records, limit.quota, window.end)
         rate_ask = RateAsk(f"r:{{{employee.id}}}", rate.requests, rate.period) if rate else None
         if rate_ask is None and quota_ask is None:
@@ -284,11 +284,6 @@ class Guard:
             f"{iso(window.end, employee.zone)}; this request asks for {access.records}.",
         )
         return False
-
-
-def _quota_key(employee: str, resource: str, window_start: float) -> str:
-    """Braces make the employee a Redis Cluster hash tag: their keys share one shard."""
-    return f"q:{{{employee}}}:{resource}:{int(window_start)}"
 
 
 def _principal_of(employee: Employee) -> Principal:

@@ -36,6 +36,11 @@ def next_shift_start(shifts: tuple[Shift, ...], now: float) -> float | None:
     return min(starts) if starts else None
 
 
+def quota_key(employee: str, resource: str, window_start: float) -> str:
+    """Braces make the employee a Redis Cluster hash tag: their keys share one shard."""
+    return f"q:{{{employee}}}:{resource}:{int(window_start)}"
+
+
 def quota_window(limit: RecordLimit, shift: Window | None, zone: tzinfo, now: float) -> Window:
     """The current shift for per-shift quotas; otherwise a fixed window aligned to local
     midnight in `zone`, so a `1d` quota resets when the employee's day starts."""

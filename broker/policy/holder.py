@@ -21,8 +21,17 @@ log = structlog.get_logger("broker.policy")
 
 
 class PolicyHolder:
-    def __init__(self, directory: Path, clock: Callable[[], float], parity_sample: int = PARITY_SAMPLE) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        clock: Callable[[], float],
+        parity_sample: int = PARITY_SAMPLE,
+        verify: Callable[[PolicySnapshot], list[PolicyProblem]] | None = None,
+    ) -> None:
+        """`verify` runs on every candidate snapshot before it can go live (the policy's
+        own test cases); any problem it returns refuses the snapshot."""
         self.directory = directory
+        self._verify = verify
         self._clock = clock
         self._parity_sample = parity_sample
         self._current: PolicySnapshot | None = None
@@ -39,7 +48,7 @@ class PolicyHolder:
 
     def load_initial(self) -> PolicySnapshot:
         """Load synchronously before serving; raises PolicyError if the files are bad."""
-        snapshot = load_snapshot(self.directory, self._parity_sample)
+        snapshot = self._build()
         self._install(snapshot)
         return snapshot
 
@@ -48,7 +57,7 @@ class PolicyHolder:
         async with self._lock:
             self.last_attempt_at = self._clock()
             try:
-                snapshot = await asyncio.to_thread(load_snapshot, self.directory, self._parity_sample)
+                snapshot = await asyncio.to_thread(self._build)
             except PolicyError as exc:
                 self._reject(exc, trigger)
                 return False
@@ -67,6 +76,13 @@ class PolicyHolder:
         async for changes in watchfiles.awatch(self.directory, stop_event=stop, debounce=300, recursive=False):
             names = sorted({Path(path).name for _, path in changes})
             await self.reload(f"file change: {', '.join(names)}")
+
+    def _build(self) -> PolicySnapshot:
+        snapshot = load_snapshot(self.directory, self._parity_sample)
+        problems = self._verify(snapshot) if self._verify else []
+        if problems:
+            raise PolicyError(problems)
+        return snapshot
 
     def _install(self, snapshot: PolicySnapshot) -> None:
         self._current = snapshot

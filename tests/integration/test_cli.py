@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -169,3 +170,85 @@ def test_run_refuses_a_broken_policy_with_file_and_line(tmp_path: Path) -> None:
     result = broker_cli("run", "-c", str(config), env={"BROKER_DEV_SECRET": SECRET})
     assert result.returncode == 1
     assert "roles.csv:1: file starts with a UTF-8 byte order mark" in result.stderr
+
+
+def test_policy_tests_pass_on_the_shipped_policy() -> None:
+    result = broker_cli("test", "--policies", str(REPO / "policies"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  a courier reads their own branch in their shift" in result.stdout
+    assert "19 passed, 0 failed" in result.stdout
+    assert "coverage: 19 of 21 permission and limit lines exercised" in result.stdout
+    assert "not exercised: roles.csv:5 (p, clerk, waybill, read)" in result.stdout
+
+
+def test_a_failing_policy_test_shows_expected_and_actual(tmp_path: Path) -> None:
+    cases = tmp_path / "extra.toml"
+    cases.write_text(
+        '[[case]]\nname = "couriers may read BR002 (wrong on purpose)"\nemployee = "e1001"\n'
+        'request = "GET /api/branches/BR002/waybills?limit=5"\nat = "2026-12-01T10:00:00+08:00"\nexpect = "allow"\n'
+    )
+    result = broker_cli("test", "--policies", str(REPO / "policies"), str(cases))
+    assert result.returncode == 1
+    assert f"FAIL  couriers may read BR002 (wrong on purpose)  ({cases}:1)" in result.stdout
+    assert "expected: allow" in result.stdout
+    assert "actual:   policy.other_branch  [p, courier, waybill, read (roles.csv:3)]" in result.stdout
+    assert "0 passed, 1 failed" in result.stdout
+
+
+def test_bad_test_case_files_are_reported(tmp_path: Path) -> None:
+    cases = tmp_path / "bad.toml"
+    cases.write_text('[[case]]\nname = "x"\nemployee = "e1001"\nrequest = "nonsense"\nat = "2026"\nexpect = "maybe"\n')
+    result = broker_cli("test", "--policies", str(REPO / "policies"), str(cases))
+    assert result.returncode == 1
+    assert f"{cases}:1: case #1: expect = 'maybe' is neither 'allow' nor a reason code" in result.stderr
+
+
+def test_policy_test_on_a_broken_policy(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    (policies / "roles.csv").write_text((policies / "roles.csv").read_text() + "p, courier, waybill\n")
+    result = broker_cli("test", "--policies", str(policies))
+    assert result.returncode == 1
+    line = len((policies / "roles.csv").read_text().splitlines())
+    assert f"roles.csv:{line}: p line has 2 fields, expected 3" in result.stderr
+
+
+def test_check_refuses_a_policy_that_fails_its_own_tests(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    roster = policies / "roster.csv"
+    roster.write_text(roster.read_text().replace("g, e1001, courier, BR001", "g, e1001, courier, BR002"))
+    result = broker_cli("check", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
+    assert result.returncode == 1
+    assert "policy test 'a courier reads their own branch in their shift' expected allow" in result.stderr
+
+
+def test_explain_shows_each_check_in_order() -> None:
+    result = broker_cli(
+        "explain", "--policies", str(REPO / "policies"), "--employee", "e1002",
+        "--request", "GET /api/branches/BR002/waybills?limit=5", "--at", "2026-12-01T10:00:00+08:00",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    checks = [line.split()[1] for line in lines if line.startswith("  ") and line.split()[0] in ("ok", "DENY", "--")]
+    assert checks == ["identity", "roster", "route", "permission", "branch", "shift", "cap", "rate", "quota"]
+    assert any(line.startswith("  DENY shift") and "22:00:00+08:00" in line for line in lines)
+    assert "roles courier@BR002; shifts night-cn" in result.stdout
+    assert "verdict: deny (shift.outside)" in result.stdout
+
+
+def test_explain_json_for_tools() -> None:
+    result = broker_cli(
+        "explain", "--policies", str(REPO / "policies"), "--employee", "e1003", "--json", "--used", "50",
+        "--request", "GET /api/branches/BR001/waybills?limit=20", "--at", "2026-12-01T10:00:00+08:00",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["verdict"] == "deny" and body["reason"] == "quota.exceeded"
+    assert body["rule"] == "p3, trainee, waybill, 20, 60, shift (limits.csv:5)"
+    assert [s["result"] for s in body["steps"]][-2:] == ["pass", "deny"]
+
+
+def test_explain_rejects_a_malformed_request() -> None:
+    result = broker_cli("explain", "--policies", str(REPO / "policies"), "--employee", "e1", "--request", "nope")
+    assert result.returncode == 2 and "must look like 'GET /path?query'" in result.stderr

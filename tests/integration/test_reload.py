@@ -29,15 +29,30 @@ def edit(path: Path, old: str, new: str) -> None:
 async def test_good_edit_takes_effect_on_file_change(make_broker: BrokerFactory, policy_dir: Path) -> None:
     broker = await make_broker(watch=True)
     before = (await broker.get("/-/policy")).json["revision"]
-    assert (await broker.get("/api/branches/BR002/waybills?limit=1", "e1001")).status == 403
+    assert (await broker.get("/api/branches/BR002/waybills?limit=1", "e3001")).json[
+        "reason"
+    ] == "identity.not_on_roster"
     await asyncio.sleep(0.3)  # let the watcher start
-    edit(policy_dir / "roster.csv", "g, e1001, courier, BR001", "g, e1001, courier, BR002")
+    roster = policy_dir / "roster.csv"
+    roster.write_text(roster.read_text() + "g, e3001, courier, BR002\ng2, e3001, day-cn\n")
     state = await wait_for(broker, "revision", before)
-    assert state["reloads"] == 1
-    assert (await broker.get("/api/branches/BR002/waybills?limit=1", "e1001")).status == 200
-    assert (await broker.get("/api/branches/BR001/waybills?limit=1", "e1001")).status == 403
-    events = await broker.audit_events(at_least=4)
+    assert state["reloads"] == 1 and state["employees"] == 8
+    assert (await broker.get("/api/branches/BR002/waybills?limit=1", "e3001")).status == 200
+    assert (await broker.get("/api/branches/BR001/waybills?limit=1", "e3001")).status == 403
+    events = await broker.audit_events(at_least=3)
     assert events[0]["policy_revision"] == before and events[-1]["policy_revision"] == state["revision"]
+
+
+async def test_edit_that_fails_the_policys_own_tests_is_refused(broker: Harness, policy_dir: Path) -> None:
+    # Valid on its own, but it moves e1001 out of BR001, which policies/tests/shipped.toml pins.
+    edit(policy_dir / "roster.csv", "g, e1001, courier, BR001", "g, e1001, courier, BR002")
+    assert await broker.broker.reload("test") is False
+    problems = [str(p) for p in broker.broker.policy.last_error.problems]  # type: ignore[union-attr]
+    assert any(
+        "shipped.toml:" in p and "'a courier reads their own branch in their shift' expected allow, got" in p
+        for p in problems
+    ), problems
+    assert (await broker.get("/api/branches/BR001/waybills?limit=1", "e1001")).status == 200
 
 
 async def test_broken_edit_is_refused_and_last_good_policy_serves(make_broker: BrokerFactory, policy_dir: Path) -> None:
@@ -75,7 +90,7 @@ async def test_partial_write_then_fix(broker: Harness, policy_dir: Path) -> None
     assert await broker.broker.reload("test") is False
     problems = "\n".join(str(p) for p in broker.broker.policy.last_error.problems)  # type: ignore[union-attr]
     assert "may have been truncated" in problems
-    limits.write_text(good.replace("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 10, 500, shift"))
+    limits.write_text(good.replace("p3, manager, customer, 100, 1000, shift", "p3, manager, customer, 100, 900, shift"))
     assert await broker.broker.reload("test") is True
-    reply = await broker.get("/api/branches/BR001/waybills?limit=11", "e1001")
-    assert reply.status == 403 and reply.json["cap"] == 10
+    reply = await broker.get("/api/branches/BR003/customers?limit=10", "e2001")
+    assert reply.status == 200 and reply.headers["RateLimit-Policy"].startswith('"customer";q=900;')

@@ -16,6 +16,7 @@ from broker.audit.log import AuditSink, FileAuditSink
 from broker.config import MeterSettings, Settings
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
+from broker.core.shadow import Shadow
 from broker.http.proxy import ProxyHandler
 from broker.http.upstream import Upstream
 from broker.identity.jwt_authenticator import JwtAuthenticator
@@ -41,6 +42,7 @@ class Broker:
     upstream: Upstream
     guard: Guard
     admin: AdminRoutes
+    shadow: Shadow | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,6 +70,7 @@ def build_broker(
     meter = build_meter(settings.meter, clock, store)
     metrics = Metrics()
     guard = Guard(policy, authenticator, meter, clock)
+    shadow = build_shadow(settings, authenticator, clock)
     return Broker(
         settings=settings,
         clock=clock,
@@ -79,7 +82,18 @@ def build_broker(
         upstream=Upstream(settings.upstream),
         guard=guard,
         admin=AdminRoutes(guard, policy, metrics, authenticator.authenticate, meter),
+        shadow=shadow,
     )
+
+
+def build_shadow(settings: Settings, authenticator: JwtAuthenticator, clock: Clock) -> Shadow | None:
+    """The report-only policy, with counters of its own so it never charges real quotas."""
+    directory = settings.policy.shadow_directory
+    if directory is None:
+        return None
+    policy = PolicyHolder(directory, clock.now)
+    policy.load_initial()
+    return Shadow(Guard(policy, authenticator, Meter(MemoryCounterStore(), clock.now), clock), policy)
 
 
 def build_meter(settings: MeterSettings, clock: Clock, store: CounterStore | None = None) -> Meter:
@@ -101,7 +115,7 @@ def build_app(broker: Broker) -> web.Application:
     app = web.Application(client_max_size=broker.settings.upstream.max_request_body_bytes)
     app[BROKER_KEY] = broker
     broker.admin.register(app)
-    proxy = ProxyHandler(broker.guard, broker.policy, broker.upstream, broker.metrics, broker.audit)
+    proxy = ProxyHandler(broker.guard, broker.policy, broker.upstream, broker.metrics, broker.audit, broker.shadow)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_lifecycle)
     return app
@@ -113,6 +127,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await broker.meter.start()
     if broker.settings.policy.watch:
         broker.tasks.append(asyncio.create_task(broker.policy.watch(broker.stop), name="policy-watch"))
+        if broker.shadow is not None and isinstance(broker.shadow.policy, PolicyHolder):
+            watcher = broker.shadow.policy.watch(broker.stop)
+            broker.tasks.append(asyncio.create_task(watcher, name="shadow-policy-watch"))
     snapshot = broker.policy.current
     log.info(
         "broker.started",

@@ -49,6 +49,8 @@ class UpstreamSettings:
 class PolicySettings:
     directory: Path = Path("policies")
     watch: bool = True
+    shadow_directory: Path | None = None
+    """A second policy run report-only: audited as shadow_verdict, never enforced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +160,7 @@ def _coerce(path: Path, label: str, kind: type, default: Any, value: Any) -> Any
     if default is None or isinstance(default, Path):
         if not isinstance(value, str):
             raise ConfigError(f"{path}: {label} must be a string")
-        return Path(value) if isinstance(default, Path) or label.endswith("_file") else value
+        return Path(value) if isinstance(default, Path) or label.endswith(("_file", "_directory")) else value
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {label} must be a list of strings")

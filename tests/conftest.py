@@ -58,6 +58,7 @@ async def make_broker(
         watch: bool = False,
         store: CounterStore | None = None,
         meter: MeterSettings | None = None,
+        shadow: Path | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
@@ -67,7 +68,7 @@ async def make_broker(
                 settings.upstream, url=upstream_url or str(upstream.make_url("")).rstrip("/"), **upstream_settings
             ),
             identity=replace(settings.identity, hs256_secret=SECRET),
-            policy=replace(settings.policy, directory=policy_dir, watch=watch),
+            policy=replace(settings.policy, directory=policy_dir, watch=watch, shadow_directory=shadow),
             audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
             meter=meter or settings.meter,
         )

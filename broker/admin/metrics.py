@@ -38,6 +38,12 @@ class Metrics:
             ["served"],
             registry=self.registry,
         )
+        self.shadow_decisions = Counter(
+            "broker_shadow_decisions_total",
+            "What the report-only shadow policy would have decided, by verdict and reason",
+            ["verdict", "reason"],
+            registry=self.registry,
+        )
         self.policy_reloads = Counter(
             "broker_policy_reloads_total",
             "Policy reload attempts by outcome",

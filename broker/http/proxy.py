@@ -16,6 +16,7 @@ from broker.core.access import Access, Refusal
 from broker.core.decision import Decision, Verdict
 from broker.core.guard import Guard
 from broker.core.reason import Reason
+from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
 from broker.http.classify import Refused, branch_from_body, classify
 from broker.http.inspect import inspect_records
@@ -37,19 +38,27 @@ class Outcome:
 
 class ProxyHandler:
     def __init__(
-        self, guard: Guard, policy: PolicyHolder, upstream: Upstream, metrics: Metrics, audit: AuditSink
+        self,
+        guard: Guard,
+        policy: PolicyHolder,
+        upstream: Upstream,
+        metrics: Metrics,
+        audit: AuditSink,
+        shadow: Shadow | None = None,
     ) -> None:
         self._guard = guard
         self._policy = policy
         self._upstream = upstream
         self._metrics = metrics
         self._audit = audit
+        self._shadow = shadow
         self._max_body = upstream.settings.max_request_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         access, route, body = await self._classify(request)
         decision = await self._guard.decide(access, self._policy.current)
+        shadow = await self._shadow.decide(access) if self._shadow else None
         outcome = Outcome(0)
         try:
             if not decision.allowed or route is None:
@@ -58,7 +67,7 @@ class ProxyHandler:
                 return response
             return await self._forward(request, decision, route, body, outcome)
         finally:
-            await self._finish(request, decision, outcome, started)
+            await self._finish(request, decision, outcome, started, shadow)
 
     async def _classify(self, request: web.Request) -> tuple[Access, Route | None, bytes | None]:
         credential = bearer_token(request.headers.getall("Authorization", []))
@@ -183,8 +192,13 @@ class ProxyHandler:
         outcome.status = response.status
         return response
 
-    async def _finish(self, request: web.Request, decision: Decision, outcome: Outcome, started: float) -> None:
+    async def _finish(
+        self, request: web.Request, decision: Decision, outcome: Outcome, started: float, shadow: Decision | None
+    ) -> None:
         elapsed = time.perf_counter() - started
+        extra: dict[str, object] = {}
+        if self._shadow is not None:
+            extra = await self._shadowed(shadow, outcome)
         self._metrics.decisions.labels(decision.verdict.value, decision.reason.value).inc()
         self._metrics.latency.labels(decision.verdict.value).observe(elapsed)
         if decision.metered:
@@ -200,5 +214,20 @@ class ProxyHandler:
                 latency=elapsed,
                 method=request.method,
                 path=request.raw_path,
+                **extra,
             )
         )
+
+    async def _shadowed(self, shadow: Decision | None, outcome: Outcome) -> dict[str, object]:
+        """What the shadow policy would have done, for the audit event and metrics."""
+        assert self._shadow is not None
+        if shadow is None:
+            return {"shadow_verdict": None}
+        await self._shadow.settle(shadow, outcome.returned)
+        self._metrics.shadow_decisions.labels(shadow.verdict.value, shadow.reason.value).inc()
+        return {
+            "shadow_verdict": shadow.verdict.value,
+            "shadow_reason": shadow.reason.value,
+            "shadow_rule": shadow.rule or None,
+            "shadow_revision": shadow.revision,
+        }

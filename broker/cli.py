@@ -19,6 +19,7 @@ from broker.app import BROKER_KEY, build_app, build_broker
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
+from broker.policy.lint import lint
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
 from broker.review.cases import TESTS_DIR, case_files, load_cases, report_text, run_cases, verify_with_own_tests
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config and every policy file; exit 1 on any problem")
     _config_option(check)
     check.add_argument("--policies", type=Path, help="check this policy directory instead of the configured one")
+    check.add_argument("--strict", action="store_true", help="treat warnings as failures (for CI)")
     check.set_defaults(func=_check)
 
     test = commands.add_parser(
@@ -152,6 +154,13 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{problem}", file=sys.stderr)
     if failing:
         print(f"broker check: {len(failing)} policy test problem(s); the policy would be refused", file=sys.stderr)
+        return EXIT_BAD_POLICY
+    warnings = lint(snapshot)
+    for warning in warnings:
+        print(f"{directory}/{warning.file}:{warning.line}: warning: {warning.message}"
+              + (f" (hint: {warning.hint})" if warning.hint else ""), file=sys.stderr)  # fmt: skip
+    if warnings and args.strict:
+        print(f"broker check: {len(warnings)} warning(s), refused under --strict", file=sys.stderr)
         return EXIT_BAD_POLICY
     index = snapshot.index
     print(

@@ -252,3 +252,16 @@ def test_explain_json_for_tools() -> None:
 def test_explain_rejects_a_malformed_request() -> None:
     result = broker_cli("explain", "--policies", str(REPO / "policies"), "--employee", "e1", "--request", "nope")
     assert result.returncode == 2 and "must look like 'GET /path?query'" in result.stderr
+
+
+def test_check_warnings_fail_only_under_strict(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    roster = policies / "roster.csv"
+    roster.write_text(roster.read_text() + "g, e1001, trainee, BR004\n")
+    line = len(roster.read_text().splitlines())
+    relaxed = broker_cli("check", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
+    assert relaxed.returncode == 0
+    assert f"roster.csv:{line}: warning: employee e1001 holds roles in 2 branches" in relaxed.stderr
+    strict = broker_cli("check", "--strict", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
+    assert strict.returncode == 1 and "refused under --strict" in strict.stderr

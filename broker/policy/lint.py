@@ -1,0 +1,118 @@
+"""Warnings for a policy that loads but is probably not what its authors meant.
+
+Problems refuse a policy; these do not. `broker check` prints them with file, line and
+a hint, and `--strict` turns them into failures for CI.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from itertools import combinations
+
+from broker.policy.problem import PolicyProblem
+from broker.policy.route import Route, RouteMap
+from broker.policy.rule import Rule
+from broker.policy.shift import Shift
+from broker.policy.snapshot import PolicySnapshot
+
+SAMPLE_STEP = 15 * 60
+A_MONDAY = datetime(2026, 11, 30).timestamp()
+
+
+def lint(snapshot: PolicySnapshot) -> list[PolicyProblem]:
+    rules = list(snapshot.rules)
+    return [
+        *_employees_in_two_branches(rules),
+        *_overlapping_shifts(rules, snapshot),
+        *_roles_nobody_holds(rules),
+        *_routes_that_never_match(snapshot.routes),
+    ]
+
+
+def _employees_in_two_branches(rules: list[Rule]) -> list[PolicyProblem]:
+    branches: defaultdict[str, dict[str, Rule]] = defaultdict(dict)
+    for rule in rules:
+        if rule.ptype == "g":
+            branches[rule.fields[0]].setdefault(rule.fields[2], rule)
+    return [
+        PolicyProblem(
+            later.file,
+            later.line,
+            f"employee {employee} holds roles in {len(held)} branches: {', '.join(sorted(held))}",
+            "fine for a regional role; otherwise a stale roster line lets them into another branch",
+        )
+        for employee, held in sorted(branches.items())
+        if len(held) > 1
+        for later in list(held.values())[1:2]
+    ]
+
+
+def _overlapping_shifts(rules: list[Rule], snapshot: PolicySnapshot) -> list[PolicyProblem]:
+    shifts = {s.name: s for e in snapshot.index.employees.values() for s in e.shifts}
+    overlapping = {frozenset(pair) for pair in combinations(sorted(shifts), 2) if _overlap(*(shifts[n] for n in pair))}
+    assigned: defaultdict[str, list[Rule]] = defaultdict(list)
+    for rule in rules:
+        if rule.ptype == "g2":
+            assigned[rule.fields[0]].append(rule)
+    found = []
+    for employee, lines in sorted(assigned.items()):
+        for first, second in combinations(lines, 2):
+            if frozenset((first.fields[1], second.fields[1])) in overlapping:
+                found.append(
+                    PolicyProblem(
+                        second.file,
+                        second.line,
+                        f"employee {employee}'s shifts {first.fields[1]} and {second.fields[1]} overlap",
+                        f"see {first.where}; overlapping shifts make per-shift quotas start at the earlier one",
+                    )
+                )
+    return found
+
+
+def _overlap(a: Shift, b: Shift) -> bool:
+    """Whether two shifts are ever on at once, sampled every 15 minutes over a week."""
+    week = range(int(A_MONDAY), int(A_MONDAY) + 8 * 86_400, SAMPLE_STEP)
+    return any(a.occurrence_at(t) and b.occurrence_at(t) for t in week)
+
+
+def _roles_nobody_holds(rules: list[Rule]) -> list[PolicyProblem]:
+    held = {r.fields[1] for r in rules if r.ptype in ("g", "g3")}
+    seen: set[str] = set()
+    found = []
+    for rule in rules:
+        role = rule.fields[0]
+        if rule.ptype == "p" and role not in held and role not in seen:
+            seen.add(role)
+            found.append(
+                PolicyProblem(rule.file, rule.line, f"no employee holds role {role!r}: its rules are unreachable")
+            )
+    return found
+
+
+def _routes_that_never_match(routes: RouteMap) -> list[PolicyProblem]:
+    found = []
+    for position, route in enumerate(routes.routes):
+        for earlier in routes.routes[:position]:
+            if _covers(earlier, route, routes.case_sensitive):
+                found.append(
+                    PolicyProblem(
+                        routes.file,
+                        route.line,
+                        f"route {route.label} can never match: {earlier.label} (line {earlier.line}) matches first",
+                        "the first matching route wins; move the more specific route above",
+                    )
+                )
+                break
+    return found
+
+
+def _covers(earlier: Route, later: Route, case_sensitive: bool) -> bool:
+    if not later.methods <= earlier.methods or len(earlier.segments) != len(later.segments):
+        return False
+    for mine, theirs in zip(earlier.segments, later.segments, strict=True):
+        if mine.startswith("{"):
+            continue
+        if theirs.startswith("{") or (mine != theirs if case_sensitive else mine.lower() != theirs.lower()):
+            return False
+    return True

@@ -25,6 +25,7 @@ from broker.policy.snapshot import PolicySnapshot, load_snapshot
 from broker.review.cases import TESTS_DIR, case_files, load_cases, report_text, run_cases, verify_with_own_tests
 from broker.review.explain import explain
 from broker.review.offline import Question, decide_offline, parse_request
+from broker.review.replay import impact_json, impact_text, read_audit, replay
 
 EXIT_BAD_CONFIG = 2
 EXIT_BAD_POLICY = 1
@@ -82,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--body", help="JSON request body, for writes that name their branch in it")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(func=_explain)
+
+    replay = commands.add_parser(
+        "replay", help="re-decide a recorded audit log under a changed policy and show what would flip"
+    )
+    replay.add_argument("--policies", type=Path, required=True, help="the changed policy directory")
+    replay.add_argument("--audit", type=Path, required=True, help="an audit log (JSON lines) from `broker run`")
+    replay.add_argument("--examples", type=int, default=3, help="examples shown per group (default: 3)")
+    replay.add_argument("--json", action="store_true", help="machine-readable output")
+    replay.set_defaults(func=_replay)
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)
@@ -217,6 +227,28 @@ def _explain(args: argparse.Namespace) -> int:
         print(json.dumps(explanation.as_json(), indent=2))
     else:
         print(explanation.as_text(), end="")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    snapshot = _policy_or_report(args.policies)
+    if snapshot is None:
+        return EXIT_BAD_POLICY
+    try:
+        events, notes = read_audit(args.audit)
+    except OSError as exc:
+        print(f"broker replay: cannot read {args.audit}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    for note in notes:
+        print(f"broker replay: {args.audit}: {note}", file=sys.stderr)
+    print(
+        f"replaying {len(events)} decisions under {args.policies} (revision {snapshot.revision}) ...", file=sys.stderr
+    )
+    impact = asyncio.run(replay(snapshot, events))
+    if args.json:
+        print(json.dumps(impact_json(impact), indent=2))
+    else:
+        print(impact_text(impact, examples=args.examples), end="")
     return 0
 
 

@@ -73,7 +73,7 @@ return {allowed, retry, reset, remaining, '1', string.format('%d', used)}
 
 
 class RedisCounterStore:
-    def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.25, connections: int = 64) -> None:
+    def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.5, connections: int = 64) -> None:
         self.url = url
         self._prefix = prefix
         self._timeout = timeout

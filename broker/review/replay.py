@@ -199,10 +199,14 @@ def read_audit(path: Path) -> tuple[list[Recorded], list[str]]:
             except ValueError as exc:
                 notes.append(f"line {number}: {exc}")
     if anonymous:
-        notes.append(f"skipped {anonymous} events with no employee (identity failures)")
+        notes.append(f"skipped {_events(anonymous)} with no employee (identity failures)")
     if other_doors:
-        notes.append(f"skipped {other_doors} events of doors other than http")
+        notes.append(f"skipped {_events(other_doors)} of doors other than http")
     return events, notes
+
+
+def _events(count: int) -> str:
+    return f"{count:,} event" + ("" if count == 1 else "s")
 
 
 def _recorded(line: int, event: dict[str, Any]) -> Recorded:
@@ -287,12 +291,14 @@ async def replay(snapshot: PolicySnapshot, events: Iterable[Recorded], *, keep: 
     Settling: an allowed replayed decision is settled with what the original response
     returned, `min(records_returned, allowed_records)`. When the original was denied,
     nothing came back and what the upstream would have returned is unknown; the
-    replay then keeps the Guard's reservation, i.e. charges `records_requested`, which
-    is what the live broker holds against the quota until the answer is counted. It is
-    an upper bound (a list rarely returns fewer records than its limit asks for, and
-    never more), so the error is on the fail-closed side: a loosening that turns a
-    denial into an allow also shows the later decisions that allow would then push
-    over the quota, instead of hiding them. `keep` bounds the examples per group key.
+    replay then keeps the Guard's reservation, i.e. charges the records the request
+    asks for (`records_requested`, unless the new route map reads the limit
+    differently), which is what the live broker holds against the quota until the
+    answer is counted. It is an upper bound (an answer with more records than asked is
+    never passed on), so any error is on the fail-closed side: a loosening that turns
+    a denial into an allow also shows the later decisions that allow would push over
+    the quota, instead of hiding them; charging nothing would under-count every such
+    request. `keep` bounds the examples kept per group key.
     """
     impact = Impact(snapshot.revision)
     ordered = sorted(events, key=lambda e: (e.time, e.line))
@@ -459,7 +465,7 @@ def impact_text(impact: Impact, *, examples: int = 3) -> str:
 def _table(impact: Impact, name: str) -> list[str]:
     rows = impact.top(name)
     title = f"by {name}"
-    width = max(len(title), *(len(g.key) + 2 for g in rows))
+    width = max([len(title), *(len(g.key) + 2 for g in rows)])
     lines = [f"{title.ljust(width)}  allow→deny  deny→allow"]
     lines += [f"{('  ' + g.key).ljust(width)}  {g.allow_to_deny:>10,}  {g.deny_to_allow:>10,}" for g in rows]
     rest = len(impact.groups[name]) - len(rows)

@@ -19,7 +19,9 @@ CUSTOMERS = "/api/branches/BR003/customers"
 
 async def test_reserve_is_atomic_under_concurrency(shared_redis: tuple[str, str]) -> None:
     url, prefix = shared_redis
-    store = RedisCounterStore(url, prefix=prefix)
+    # a generous timeout: 200 calls queue for 64 pooled connections on a busy machine;
+    # this test is about atomicity, not latency
+    store = RedisCounterStore(url, prefix=prefix, timeout=3.0)
     now = time.time()
     results = await asyncio.gather(*(store.reserve("q", 1, 50, now + 60, now) for _ in range(200)))
     assert sum(r.granted for r in results) == 50

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit bench-decision clean
+.PHONY: setup demo test lint typecheck unit bench bench-decision clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## The decision core at 100 / 10,000 / 100,000 employees.
+## Every benchmark, side by side with its baselines (about 8 minutes on 2 cores):
+## the decision core, the counter stores, and HTTP (direct, nginx, bare proxy, broker).
+bench: $(STAMP)
+	$(BIN)/python -m bench.decision
+	$(BIN)/python -m bench.meter
+	$(BIN)/python -m bench.http
+
 bench-decision: $(STAMP)
 	$(BIN)/python -m bench.decision
 

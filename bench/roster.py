@@ -20,8 +20,9 @@ AUDITOR_SHARE = 0.01
 SECOND_BRANCH_SHARE = 0.02
 ROLE_WEIGHTS: dict[str, float] = {"courier": 0.50, "clerk": 0.25, "trainee": 0.10, "manager": 0.15}
 SECOND_ROLES = ("clerk", "courier", "manager")
-BRANCH_SHIFTS = ("day-cn", "late-cn", "day-xj")
-"""Shifts that all cover the benchmark's instant (a Wednesday, 15:00 Shanghai)."""
+BRANCH_SHIFTS = ("day-cn", "day-xj")
+"""Shifts that all cover the benchmark's instant (a Wednesday, 15:00 Shanghai); the
+shipped late-cn (18:00-23:00) does not, so it is not handed out."""
 HQ_SHIFT = "always"
 HQ_ROLE = "auditor"
 

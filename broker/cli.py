@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -287,6 +288,10 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"broker: policy problem: {settings.policy.directory}/{problem}", file=sys.stderr)
         return EXIT_BAD_POLICY
+    # The loaded policy lives for the process: keep the cyclic GC from walking it on every
+    # full collection (~80 ms at 10,000 employees, a stall for every request in flight).
+    gc.collect()
+    gc.freeze()
     app = build_app(broker)
     app.on_startup.append(_install_sighup)
     _use_uvloop()

@@ -1,0 +1,1441 @@
+"""End-to-end HTTP benchmark: the broker against no proxy, nginx and a bare aiohttp proxy.
+
+Everything runs on loopback, each server in its own process(es) on a free port:
+
+    A  direct     wrk -> sample API (no proxy)
+    B  nginx      wrk -> nginx proxy_pass (1 worker, upstream keepalive 64) -> sample API
+    C  bare       wrk -> bench/bare_proxy.py (aiohttp pass-through, no checks) -> sample API
+    D  broker     wrk -> `broker run` (1 process) -> sample API
+    E  broker x2  wrk -> two `broker run` processes sharing the port (SO_REUSEPORT) -> sample API
+
+The upstream is the demo sample API (`build_upstream_app(waybill_count=36_000)`). The
+brokers run a realistic policy: 10,000 employees over 500 branches (bench/roster.py) with
+generous limits (as in bench/meter.py, so the allow path is measured in full), RS256
+tokens checked against a JWKS this script serves on loopback, an audit log file, policy
+watch off, and the clock set inside every shift of the roster. wrk cycles through
+pre-minted tokens of up to 200 employees on shift (staff of the 12 branches the sample API
+serves, plus 2 HQ auditors), each asking for one waybill of their own branch;
+every variant gets the same requests.
+
+Each round runs every variant in turn (A B C D E, A B C D E, ...): `wrk -t1 -c32 -d8s`,
+then CPU per request from /proc/<pid>/stat of the variant's own processes (not the
+upstream's, which is reported apart). Medians across rounds. Then the same again at a
+fixed, moderate request rate (250 req/s: latency when nobody is saturated), and with
+--profile a py-spy recording of the one-process broker (and of the bare proxy, to compare)
+under load, each pinned to a CPU of its own.
+
+    .venv/bin/python -m bench.http [--duration 8] [--rounds 3] [--connections 32] [--quick] [--profile]
+
+Needs wrk and nginx (`apt-get install -y wrk nginx`); --profile needs py-spy
+(`.venv/bin/pip install py-spy`). Writes bench/results/http-<date>.md, .json, .png
+(when matplotlib is importable) and, with --profile, -profile.svg and -profile.txt.
+Progress goes to stderr. Must be run as a module: as a script, bench/http.py would
+shadow the standard library's `http` package.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __package__ in (None, ""):
+    sys.exit("run it as a module: .venv/bin/python -m bench.http")
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import types
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import jwt  # noqa: TID251 - the benchmark plays the identity provider: it signs tokens, it does not check them
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bench.meter import GENEROUS_LIMITS
+from bench.roster import BRANCH_SHIFTS, HQ_SHIFT, Person, people, write_policy_dir
+from broker.core.clock import parse_instant
+from broker.demo.data import BRANCHES
+from broker.policy.shift import build_shift
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+NGINX_TEMPLATE = BENCH / "nginx.conf.template"
+
+NOW_TEXT = "2026-12-02T15:00:00+08:00"
+"""A Wednesday, 15:00 in Shanghai: inside day-cn, late-cn, day-xj and always (bench/roster.py)."""
+NOW = parse_instant(NOW_TEXT)
+ROSTER_SIZE = 10_000
+TOKEN_PEOPLE = 200
+HQ_CALLERS = 2
+"""HQ auditors among the token holders: about their 1% share of the roster."""
+MIN_CALLERS = 100
+WAYBILLS = 36_000
+RECORDS_PER_REQUEST = 1
+ISSUER = "https://idp.bench.invalid/"
+AUDIENCE = "broker"
+KEY_ID = "bench-rs256-1"
+TOKEN_TTL_SECONDS = 4 * 3600
+WARMUP_SECONDS = 2
+PROFILE_MIN_SECONDS = 10
+START_TIMEOUT_SECONDS = 90.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+INSTALL_HINT = "install them with: apt-get install -y wrk nginx"
+
+
+GC_WRAPPER = """\
+# bench/http.py --gc-stats: `broker run` with a gc callback; SIGUSR1 prints the totals so far
+import gc, json, signal, sys, time
+totals = {g: [0, 0.0, 0.0] for g in (0, 1, 2)}
+began = [0.0]
+def watch(phase, info):
+    if phase == "start":
+        began[0] = time.perf_counter()
+        return
+    spent = time.perf_counter() - began[0]
+    entry = totals[info["generation"]]
+    entry[0] += 1
+    entry[1] += spent
+    entry[2] = max(entry[2], spent)
+def dump(*_):
+    found = {g: {"count": c, "total_ms": t * 1000, "max_ms": m * 1000} for g, (c, t, m) in totals.items()}
+    print("BENCH-GC " + json.dumps(found), file=sys.stderr, flush=True)
+gc.callbacks.append(watch)
+signal.signal(signal.SIGUSR1, dump)
+from broker.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Started:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+
+class Fleet:
+    """Every process this benchmark starts, each in its own session, stopped by its id."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[Started] = []
+
+    def start(self, name: str, command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log_path = self.workdir / f"{name}.log"
+        log_file = log_path.open("wb")
+        proc = subprocess.Popen(
+            list(command),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.started.append(Started(name, proc, log_path, log_file))
+        return proc
+
+    def check_alive(self) -> None:
+        for item in self.started:
+            if item.proc.poll() is not None:
+                raise BenchError(f"{item.name} (pid {item.proc.pid}) exited with {item.proc.returncode}:\n{tail(item)}")
+
+    def log_of(self, proc: subprocess.Popen[bytes], lines: int = 30) -> str:
+        return next((tail(item, lines) for item in self.started if item.proc is proc), "")
+
+    def stop_all(self) -> None:
+        """SIGTERM to each started process group (its workers too), SIGKILL after 10 s."""
+        running = [item for item in reversed(self.started) if item.proc.poll() is None]
+        for item in running:
+            _signal_group(item.proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for item in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                item.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for item in running:
+            if item.proc.poll() is None:
+                log(f"{item.name} (pid {item.proc.pid}) ignored SIGTERM; killing it")
+                _signal_group(item.proc, signal.SIGKILL)
+                item.proc.wait(timeout=5)
+        for item in self.started:
+            item.log_file.close()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """The process group this benchmark created for `proc` (start_new_session): the process
+    and its own children, e.g. nginx's worker; nothing else."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+
+
+def tail(item: Started, lines: int = 30) -> str:
+    item.log_file.flush()
+    text = item.log_path.read_text(encoding="utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - http://127.0.0.1 only
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+            return int(answer.status), bytes(answer.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), bytes(exc.read())
+
+
+def wait_until_up(fleet: Fleet, name: str, url: str, headers: dict[str, str] | None = None) -> None:
+    """Until `url` answers at all (any status), or the fleet lost a process, or time is up."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        fleet.check_alive()
+        try:
+            fetch(url, headers, timeout=2.0)
+            return
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} did not answer {url} within {START_TIMEOUT_SECONDS:.0f} s") from None
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on; comm may hold spaces
+
+
+def cpu_ticks(pids: Sequence[int]) -> int:
+    """utime + stime of `pids`, all their threads included, in clock ticks."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int(_stat_fields(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def host_ticks() -> tuple[int, int, int]:
+    """(busy, steal, total) clock ticks of the whole machine, from /proc/stat. Steal is time
+    the hypervisor gave this VM's CPUs to someone else: a noisy neighbour, not us."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    idle, steal = values[3] + values[4], values[7]
+    return sum(values) - idle - steal, steal, sum(values)
+
+
+def all_ticks() -> dict[int, tuple[str, int]]:
+    """{pid: (name, utime + stime)} of every process on the machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                text = (entry / "stat").read_text()
+                fields = text[text.rindex(")") + 2 :].split()
+                found[int(entry.name)] = (
+                    text[text.index("(") + 1 : text.rindex(")")],
+                    int(fields[11]) + int(fields[12]),
+                )
+    return found
+
+
+def others(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], mine: set[int]) -> str:
+    """The three processes outside the measurement that used the most CPU meanwhile."""
+    used = [
+        (ticks - before.get(pid, (name, 0))[1], name, pid) for pid, (name, ticks) in after.items() if pid not in mine
+    ]
+    top = sorted((u for u in used if u[0] > 0), reverse=True)[:3]
+    return ", ".join(f"{name}[{pid}] {t / CLK_TCK:.2f} s" for t, name, pid in top) or "none"
+
+
+def children_cpu_seconds() -> float:
+    """CPU of this process's finished, reaped children (wrk, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pin(pids: Sequence[int], cpus: set[int]) -> None:
+    """Every thread of `pids` (processes this benchmark started) onto `cpus`."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@dataclass(frozen=True)
+class Caller:
+    employee: str
+    branch: str
+    token: str
+
+    @property
+    def path(self) -> str:
+        return f"/api/branches/{self.branch}/waybills?limit={RECORDS_PER_REQUEST}"
+
+
+class JwksServer:
+    """The identity provider's key set on http://127.0.0.1:<port>/jwks.json (a stdlib
+    server on a thread of this process: the broker fetches it once per process)."""
+
+    def __init__(self, document: bytes) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/jwks.json":
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(document)))
+                self.end_headers()
+                self.wfile.write(document)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="jwks", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def shifts_on_duty(policy: Path) -> dict[str, bool]:
+    """{shift name: whether it covers NOW}, from the policy's shifts.csv by the broker's own
+    shift rules. bench/roster.py assumes its shifts all cover NOW; the file may say otherwise."""
+    found = {}
+    for line in (policy / "shifts.csv").read_text(encoding="utf-8").splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if fields[0] == "p2" and len(fields) == 6:
+            found[fields[1]] = build_shift(*fields[1:6]).occurrence_at(NOW) is not None
+    return found
+
+
+@dataclass(frozen=True)
+class Identity:
+    jwks: bytes
+    callers: list[Caller]
+    off_duty_shifts: list[str]
+    skipped_off_duty: int
+    auditors: int
+
+
+def make_identity(staff: Sequence[Person], on_duty: dict[str, bool]) -> Identity:
+    """A fresh RS256 key, its JWKS, and tokens for up to TOKEN_PEOPLE employees on shift at
+    NOW: branch staff of the 12 branches the sample API serves (of the roster's 500), in
+    roster order, plus HQ_CALLERS HQ auditors (about their 1% share of the roster), each
+    given one of those 12 branches."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid=KEY_ID, alg="RS256", use="sig")
+    served = sorted(branch.code for branch in BRANCHES)
+    chosen: list[tuple[Person, str]] = []
+    hq: list[Person] = []
+    skipped = 0
+    for person in staff:
+        branch = next((b for b, _ in person.branch_roles if b in served), None)
+        if person.branch_roles and branch is None:
+            continue
+        if not on_duty.get(person.shift, False):
+            skipped += 1
+        elif branch is None:
+            hq.append(person)
+        elif len(chosen) < TOKEN_PEOPLE - HQ_CALLERS:
+            chosen.append((person, branch))
+    chosen += [(person, served[n % len(served)]) for n, person in enumerate(hq[:HQ_CALLERS])]
+    if len(chosen) < MIN_CALLERS:
+        raise BenchError(
+            f"only {len(chosen)} employees of the roster are on shift at {NOW_TEXT} in a branch the sample API "
+            f"serves; shifts on duty then: {on_duty}"
+        )
+    callers = []
+    for person, branch in chosen:
+        claims = {
+            "sub": person.id,
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": int(NOW) - 60,
+            "exp": int(NOW) + TOKEN_TTL_SECONDS,
+        }
+        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": KEY_ID})
+        callers.append(Caller(person.id, branch, token))
+    off = [name for name in (*BRANCH_SHIFTS, HQ_SHIFT) if not on_duty.get(name, False)]
+    auditors = min(len(hq), HQ_CALLERS)
+    return Identity(json.dumps({"keys": [jwk]}).encode(), callers, off, skipped, auditors)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+LUA_TEMPLATE = """\
+-- generated by bench/http.py: one pre-built request per employee, cycled in order
+local paths = {%(paths)s}
+local auths = {%(auths)s}
+local pace_ms = %(pace_ms)s  -- > 0: each connection waits an exponential delay of this mean between requests
+local reqs = {}
+local n = #paths
+local i = 0
+
+function init(args)
+  for k = 1, n do
+    reqs[k] = wrk.format("GET", paths[k], {["Authorization"] = auths[k]})
+  end
+end
+
+function request()
+  i = i %% n + 1
+  return reqs[i]
+end
+
+if pace_ms > 0 then
+  function delay()
+    return math.floor(-math.log(1 - math.random()) * pace_ms)
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH-JSON {"requests":%%d,"duration_us":%%d,"bytes":%%d,"connect":%%d,"read":%%d,"write":%%d,' ..
+    '"status":%%d,"timeout":%%d,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"max_us":%%d,"mean_us":%%.1f}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def write_lua(target: Path, callers: Sequence[Caller], pace_ms: float) -> Path:
+    def quoted(values: Iterator[str]) -> str:
+        return ",\n  ".join(json.dumps(value) for value in values)  # JSON strings of ASCII are Lua strings
+
+    target.write_text(
+        LUA_TEMPLATE
+        % {
+            "paths": "\n  " + quoted(c.path for c in callers) + "\n",
+            "auths": "\n  " + quoted(f"Bearer {c.token}" for c in callers) + "\n",
+            "pace_ms": f"{pace_ms:.3f}",
+        },
+        encoding="utf-8",
+    )
+    return target
+
+
+def wrk(url: str, script: Path, connections: int, seconds: int, cpu: int | None = None) -> dict[str, float]:
+    pinned = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    command = [*pinned, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH-JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return {k: float(v) for k, v in json.loads(line.removeprefix("BENCH-JSON ")).items()}
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@dataclass
+class Variant:
+    key: str
+    name: str
+    port: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    with_children: bool = False
+    """Count the processes' children too (nginx: master + worker)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.key} {self.name}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        found = [p.pid for p in self.procs]
+        if self.with_children:
+            found += [child for p in self.procs for child in children(p.pid)]
+        return found
+
+
+@dataclass
+class Run:
+    variant: str
+    phase: str
+    round: int
+    requests: int
+    seconds: float
+    rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    status_errors: int
+    socket_errors: int
+    bytes_per_request: float
+    cpu_us_per_request: float | None
+    upstream_cpu_us_per_request: float
+    wrk_cpu_us_per_request: float
+    host_busy_percent: float
+    host_steal_percent: float
+    host_others_percent: float
+    """Host busy minus the variant, the upstream and wrk: other work on the machine."""
+    other_cpu: str
+    """The busiest processes besides the variant, the upstream and wrk (CPU seconds over the run)."""
+
+
+def measure(
+    variant: Variant,
+    upstream_pid: int,
+    script: Path,
+    connections: int,
+    seconds: int,
+    phase: str,
+    round_no: int,
+    wrk_cpu: int | None = None,
+) -> Run:
+    pids = variant.pids()
+    before, upstream_before, host_before = cpu_ticks(pids), cpu_ticks([upstream_pid]), host_ticks()
+    wrk_before, everyone_before = children_cpu_seconds(), all_ticks()
+    result = wrk(variant.url, script, connections, seconds, wrk_cpu)
+    wrk_used, everyone_after = children_cpu_seconds() - wrk_before, all_ticks()
+    after, upstream_after, host_after = cpu_ticks(pids), cpu_ticks([upstream_pid]), host_ticks()
+    requests = max(1, int(result["requests"]))
+    per_request = 1e6 / CLK_TCK / requests
+    busy, steal, total = (a - b for a, b in zip(host_after, host_before, strict=True))
+    return Run(
+        variant=variant.key,
+        phase=phase,
+        round=round_no,
+        requests=requests,
+        seconds=result["duration_us"] / 1e6,
+        rate=requests / (result["duration_us"] / 1e6),
+        p50_ms=result["p50_us"] / 1000,
+        p90_ms=result["p90_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        max_ms=result["max_us"] / 1000,
+        status_errors=int(result["status"]),
+        socket_errors=int(result["connect"] + result["read"] + result["write"] + result["timeout"]),
+        bytes_per_request=result["bytes"] / requests,
+        cpu_us_per_request=(after - before) * per_request if pids else None,
+        upstream_cpu_us_per_request=(upstream_after - upstream_before) * per_request,
+        wrk_cpu_us_per_request=wrk_used * 1e6 / requests,
+        host_busy_percent=100 * busy / max(1, total),
+        host_steal_percent=100 * steal / max(1, total),
+        host_others_percent=100
+        * (busy - (after - before) - (upstream_after - upstream_before) - wrk_used * CLK_TCK)
+        / max(1, total),
+        other_cpu=others(everyone_before, everyone_after, {*pids, upstream_pid, os.getpid()}),
+    )
+
+
+def check_answer(variant: Variant, caller: Caller) -> int:
+    """The sample request must get 200 and one record of the caller's branch; the body size."""
+    status, body = fetch(variant.url + caller.path, {"Authorization": f"Bearer {caller.token}"})
+    try:
+        items = json.loads(body)["items"] if status == 200 else None
+    except (ValueError, KeyError, TypeError):
+        items = None
+    if status != 200 or not isinstance(items, list) or len(items) != RECORDS_PER_REQUEST:
+        raise BenchError(f"{variant.label} answered {status} to GET {caller.path}:\n{body.decode(errors='replace')}")
+    if any(item.get("branch_code") != caller.branch for item in items):
+        raise BenchError(f"{variant.label} returned records of another branch: {body.decode(errors='replace')}")
+    return len(body)
+
+
+@dataclass
+class Setup:
+    workdir: Path
+    fleet: Fleet
+    upstream: subprocess.Popen[bytes]
+    upstream_port: int
+    variants: list[Variant]
+    callers: list[Caller]
+    audit_logs: dict[str, Path]
+    notes: list[str] = field(default_factory=list)
+    """Sentences for the report about anything unusual in this run."""
+
+
+def broker_toml(workdir: Path, name: str, port: int, upstream_port: int, jwks_url: str, reuse_port: bool) -> Path:
+    text = f"""\
+# generated by bench/http.py
+[server]
+host = "127.0.0.1"
+port = {port}
+reuse_port = {str(reuse_port).lower()}
+shutdown_timeout_seconds = 2.0
+
+[upstream]
+url = "http://127.0.0.1:{upstream_port}"
+
+[identity]
+jwks_url = "{jwks_url}"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+
+[policy]
+directory = "{workdir / "policies"}"
+watch = false
+
+[meter]
+store = "memory"
+
+[audit]
+path = "{workdir / f"audit-{name}.log"}"
+
+[clock]
+start = "{NOW_TEXT}"
+"""
+    path = workdir / f"broker-{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def start_everything(
+    workdir: Path, fleet: Fleet, jwks: JwksServer, callers: list[Caller], bare_loop: str, gc_stats: bool
+) -> Setup:
+    python = sys.executable
+    upstream_port = free_port()
+    log(f"upstream: sample API with {WAYBILLS:,} waybills on :{upstream_port} ...")
+    upstream = fleet.start(
+        "upstream",
+        [python, "-m", "bench.upstream", "--port", str(upstream_port), "--waybills", str(WAYBILLS)],
+    )
+    nginx_port, bare_port, broker_port, broker2_port = (free_port() for _ in range(4))
+
+    nginx_dir = workdir / "nginx"
+    nginx_dir.mkdir()
+    conf = nginx_dir / "nginx.conf"
+    conf.write_text(
+        NGINX_TEMPLATE.read_text(encoding="utf-8")
+        .replace("@PREFIX@", str(nginx_dir))
+        .replace("@UPSTREAM_PORT@", str(upstream_port))
+        .replace("@PORT@", str(nginx_port)),
+        encoding="utf-8",
+    )
+    nginx_bin = nginx_binary() or "nginx"
+    nginx = fleet.start("nginx", [nginx_bin, "-p", str(nginx_dir), "-c", str(conf), "-e", str(nginx_dir / "error.log")])
+
+    bare = fleet.start(
+        "bare",
+        [
+            python, "-m", "bench.upstream", "--bare-proxy", "--loop", bare_loop,
+            "--port", str(bare_port), "--upstream", f"http://127.0.0.1:{upstream_port}",
+        ],
+    )  # fmt: skip
+
+    env = {**os.environ, "BROKER_CLOCK": NOW_TEXT}
+    env.pop("BROKER_DEV_SECRET", None)  # RS256 via the JWKS only
+    one = broker_toml(workdir, "D", broker_port, upstream_port, jwks.url, reuse_port=False)
+    two = broker_toml(workdir, "E", broker2_port, upstream_port, jwks.url, reuse_port=True)
+    log(f"brokers: 1 process on :{broker_port}, 2 processes on :{broker2_port} (policy of {ROSTER_SIZE:,}) ...")
+    launcher = ["-c", GC_WRAPPER] if gc_stats else ["-m", "broker"]
+    broker = fleet.start("broker-D", [python, *launcher, "run", "-c", str(one)], env=env)
+    broker_e1 = fleet.start("broker-E1", [python, "-m", "broker", "run", "-c", str(two)], env=env)
+    broker_e2 = fleet.start("broker-E2", [python, "-m", "broker", "run", "-c", str(two)], env=env)
+
+    variants = [
+        Variant("A", "direct (no proxy)", upstream_port),
+        Variant("B", "nginx proxy_pass, 1 worker", nginx_port, [nginx], with_children=True),
+        Variant("C", "bare aiohttp proxy", bare_port, [bare]),
+        Variant("D", "broker, 1 process", broker_port, [broker]),
+        Variant("E", "broker, 2 processes (SO_REUSEPORT)", broker2_port, [broker_e1, broker_e2]),
+    ]
+    sample = {"Authorization": f"Bearer {callers[0].token}"}
+    for variant in variants:
+        wait_until_up(fleet, variant.label, variant.url + callers[0].path, sample)
+    # Both E processes must be serving before anything is measured: each must have bound
+    # the port, which its log says; the kernel then spreads connections between them.
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    for proc in (broker_e1, broker_e2):
+        while "broker.listening" not in fleet.log_of(proc):
+            fleet.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"broker pid {proc.pid} never logged broker.listening:\n{fleet.log_of(proc)}")
+            time.sleep(0.1)
+    audit_logs = {"D": workdir / "audit-D.log", "E": workdir / "audit-E.log"}
+    return Setup(workdir, fleet, upstream, upstream_port, variants, callers, audit_logs)
+
+
+# --------------------------------------------------------------------------- the runs
+
+
+def preflight(setup: Setup, identity: Identity) -> None:
+    """Every caller once on every variant: all must be allowed (this also fills the brokers'
+    token caches). Notes what was unusual about the callers."""
+    if identity.off_duty_shifts:
+        setup.notes.append(
+            f"policies/shifts.csv shift(s) {', '.join(identity.off_duty_shifts)} do not cover {NOW_TEXT}, although "
+            "bench/roster.py assigns them as if they did: the token holders are on-shift employees only "
+            f"({identity.skipped_off_duty} off-shift staff of the 12 served branches skipped), "
+            f"{len(setup.callers)} in all."
+        )
+    for variant in setup.variants:
+        for caller in setup.callers:
+            check_answer(variant, caller)
+
+
+def gc_totals(setup: Setup) -> dict[str, dict[str, float]]:
+    """D's garbage-collection totals so far (--gc-stats: SIGUSR1 makes the wrapper print them)."""
+    broker = next(v for v in setup.variants if v.key == "D").procs[0]
+    seen = setup.fleet.log_of(broker, lines=100_000).count("BENCH-GC ")
+    broker.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = setup.fleet.log_of(broker, lines=100_000)
+        if text.count("BENCH-GC ") > seen:
+            last = text[text.rindex("BENCH-GC ") :].splitlines()[0]
+            found: dict[str, dict[str, float]] = json.loads(last.removeprefix("BENCH-GC "))
+            return found
+        time.sleep(0.05)
+    raise BenchError("broker D did not report its gc totals (--gc-stats)")
+
+
+def gc_note(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], runs: int) -> str:
+    parts = []
+    for generation in ("0", "1", "2"):
+        count = after[generation]["count"] - before[generation]["count"]
+        total = after[generation]["total_ms"] - before[generation]["total_ms"]
+        biggest = after[generation]["max_ms"] if count else 0.0
+        parts.append(f"gen {generation}: {count:,.0f} collections, {total:,.0f} ms in all, longest {biggest:.1f} ms")
+    return (
+        f"Garbage collection in D from the warm-up to the end of the {runs} measured runs (--gc-stats: D ran "
+        "`broker run` through a gc.callbacks wrapper; longest = since start): " + "; ".join(parts) + "."
+    )
+
+
+def idle_cpu(setup: Setup, seconds: float = 2.0) -> dict[str, float]:
+    """% of one CPU each variant's processes (and the upstream) use with no load at all."""
+    groups = {v.key: v.pids() for v in setup.variants if v.procs} | {"upstream": [setup.upstream.pid]}
+    before, host_before = {key: cpu_ticks(pids) for key, pids in groups.items()}, host_ticks()
+    time.sleep(seconds)
+    found = {key: 100 * (cpu_ticks(pids) - before[key]) / CLK_TCK / seconds for key, pids in groups.items()}
+    host_after = host_ticks()
+    found["whole machine, % of all CPUs"] = (
+        100 * (host_after[0] - host_before[0]) / max(1, host_after[2] - host_before[2])
+    )
+    return found
+
+
+def run_phase(setup: Setup, script: Path, args: argparse.Namespace, phase: str, seconds: int, rounds: int) -> list[Run]:
+    runs: list[Run] = []
+    for round_no in range(1, rounds + 1):
+        for variant in setup.variants:
+            setup.fleet.check_alive()
+            check_answer(variant, setup.callers[round_no % len(setup.callers)])
+            run = measure(variant, setup.upstream.pid, script, args.connections, seconds, phase, round_no)
+            flag = "  <-- ERRORS" if run.status_errors or run.socket_errors else ""
+            cpu = f"{run.cpu_us_per_request:.0f}" if run.cpu_us_per_request is not None else "-"
+            log(
+                f"  {phase} round {round_no} {variant.label:<40} {run.rate:>8,.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+                f"p99 {run.p99_ms:6.2f} ms  cpu {cpu:>4} µs/req  upstream {run.upstream_cpu_us_per_request:.0f} "
+                f"µs/req  wrk {run.wrk_cpu_us_per_request:.0f} µs/req  host {run.host_busy_percent:.0f}% "
+                f"(others {run.host_others_percent:.0f}%, steal {run.host_steal_percent:.0f}%)  "
+                f"non-2xx {run.status_errors} "
+                f"sock {run.socket_errors}{flag}  others: {run.other_cpu}"
+            )
+            runs.append(run)
+    return runs
+
+
+@dataclass
+class Profile:
+    variant: str
+    pid: int
+    run: Run
+    samples: int
+    expected: int
+    text: str
+
+
+def profile_variant(setup: Setup, key: str, script: Path, args: argparse.Namespace, svg: Path | None) -> Profile | None:
+    """py-spy on one single-process variant during one more closed-loop run, with the
+    variant's threads pinned to CPU 1 and wrk, the upstream and py-spy to CPU 0: so a
+    sample means the variant was on its CPU, not waiting for one, and shares of samples
+    times its CPU per request give µs per request. A raw (collapsed) recording for the
+    text summary and, if `svg`, a flame graph, both from the same run."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        log("--profile: py-spy not found; install it with: .venv/bin/pip install py-spy (profile skipped)")
+        return None
+    variant = next(v for v in setup.variants if v.key == key)
+    pid = variant.procs[0].pid
+    seconds, rate = max(args.duration, PROFILE_MIN_SECONDS), 250
+    raw = setup.workdir / f"profile-{key}.raw"
+    common = ["--pid", str(pid), "--duration", str(seconds + 1), "--rate", str(rate), "--nonblocking"]
+    outputs = [["-o", str(raw), "--format", "raw", "--function"]]
+    if svg is not None:
+        outputs.append(["-o", str(svg), "--format", "flamegraph"])
+    everything = list(range(os.cpu_count() or 1))
+    two_cpus = len(everything) >= 2
+    log(f"profile: py-spy record on {variant.label} (pid {pid}) for {seconds} s under wrk -c{args.connections} ...")
+    if two_cpus:
+        pin([pid], {1})
+        pin([setup.upstream.pid], {0})
+    recorders, logs = [], []
+    try:
+        for n, output in enumerate(outputs):
+            logged = (setup.workdir / f"py-spy-{key}-{n}.log").open("wb")
+            logs.append(logged)
+            pinned = ["taskset", "-c", "0"] if two_cpus else []
+            recorders.append(
+                subprocess.Popen(
+                    [*pinned, spy, "record", *output, *common],
+                    stdout=logged,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(0.5)
+        run = measure(
+            variant, setup.upstream.pid, script, args.connections, seconds, "profile", 1, 0 if two_cpus else None
+        )
+    finally:
+        for recorder in recorders:
+            try:
+                recorder.wait(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                recorder.terminate()
+                recorder.wait(timeout=5)
+        for logged in logs:
+            logged.close()
+        pin([pid, setup.upstream.pid], set(everything))
+    if not raw.exists():
+        log(f"profile: py-spy wrote nothing; see {setup.workdir}/py-spy-{key}-0.log")
+        return None
+    text, samples = summarise_profile(raw.read_text(encoding="utf-8"), run)
+    return Profile(variant.label, pid, run, samples, rate * seconds, text)
+
+
+def _area(frame: str) -> str:
+    """Which package a frame (`function (path/file.py:line)`) belongs to."""
+    where = frame[frame.rfind("(") + 1 :]
+    for marker, name in (
+        ("broker/", "broker"),
+        ("aiohttp/", "aiohttp"),
+        ("multidict/", "multidict"),
+        ("yarl/", "yarl"),
+        ("structlog/", "structlog"),
+        ("prometheus_client/", "prometheus_client"),
+        ("jwt/", "jwt"),
+        ("asyncio/", "asyncio"),
+        ("bench/", "bench"),
+    ):
+        if marker in where:
+            return name
+    return "other (stdlib, threads)"
+
+
+def summarise_profile(text: str, run: Run) -> tuple[str, int]:
+    """Self time by package, top functions by self and inclusive time, as % of samples and
+    as µs per request (the share times the run's measured CPU µs per request)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if "(" in f]  # drop process/thread pseudo-frames
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        areas[_area(frames[-1])] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "py-spy recorded no samples\n", 0
+    cpu = run.cpu_us_per_request or 0.0
+
+    def entry(name: str, n: int) -> str:
+        return f"{100 * n / total:6.1f}%  {cpu * n / total:6.1f} µs/req  {name}"
+
+    lines = [
+        "Self time by package (file of the innermost Python frame):",
+        *[entry(name, n) for name, n in areas.most_common()],
+        "",
+        "Top 30 functions by self time (innermost Python frame):",
+        *[entry(name, n) for name, n in own.most_common(30)],
+        "",
+        "Top 40 functions by inclusive time (anywhere on the stack):",
+        *[entry(name, n) for name, n in inclusive.most_common(40)],
+    ]
+    return "\n".join(lines) + "\n", total
+
+
+def profile_report(profiles: Sequence[Profile], duration: int) -> str:
+    head = [
+        f"py-spy record, {duration} s per variant, 250 Hz, --nonblocking (stopping the process for each sample "
+        "cut the broker's throughput by two thirds and made py-spy count the audit thread's blocking queue.get() "
+        "as busy), "
+        "--function (frames aggregated by function: the line shown is the function's first line), idle "
+        "time not sampled. The variant's threads were pinned to CPU 1, wrk, the upstream and py-spy to "
+        "CPU 0, so a sample means the variant was running (or preempted by another program on CPU 1). "
+        "µs/req = share of samples x the run's CPU µs per request from /proc (threads included). C code "
+        "(uvloop, the kernel's loopback TCP inside send(), the HTTP parser, orjson, hashing) is charged to "
+        "the Python frame that called it: `StreamWriter._write` is mostly the send() system call, which on "
+        "loopback also runs the receiving side's TCP stack, and `run_app` is uvloop's own loop (epoll, "
+        "recv). The profiler costs the variant some CPU: compare variants within this file, not with the "
+        "tables. A function's few-percent share moves by a point or two between runs.",
+        "",
+    ]
+    parts = []
+    for profile in profiles:
+        run = profile.run
+        cpu = f"{run.cpu_us_per_request:.0f}" if run.cpu_us_per_request is not None else "?"
+        parts += [
+            f"## {profile.variant} (pid {profile.pid})",
+            "",
+            f"Load meanwhile: {run.rate:,.0f} req/s, p99 {run.p99_ms:.2f} ms, {cpu} µs CPU per request; "
+            f"{profile.samples} samples with Python frames of {profile.expected} possible "
+            f"({100 * profile.samples / max(1, profile.expected):.0f}% of the time on CPU, threads summed).",
+            "",
+            profile.text,
+        ]
+    return "\n".join(head + parts)
+
+
+def count_audit(path: Path) -> Counter[str]:
+    found: Counter[str] = Counter()
+    if not path.exists():
+        return found
+    with path.open("rb") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                found["unparsable line"] += 1
+                continue
+            found[f"verdict={event.get('verdict')} reason={event.get('reason')} status={event.get('status')}"] += 1
+    return found
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class Row:
+    variant: str
+    rate: float
+    rate_min: float
+    rate_max: float
+    p50_ms: float
+    p99_ms: float
+    p99_min: float
+    p99_max: float
+    cpu_us: float | None
+    upstream_cpu_us: float
+    wrk_cpu_us: float
+    host_busy: float
+    host_others: float
+    host_steal: float
+    status_errors: int
+    socket_errors: int
+    bytes_per_request: float
+
+
+def summarise(variants: Sequence[Variant], runs: Sequence[Run]) -> list[Row]:
+    rows = []
+    for variant in variants:
+        mine = [r for r in runs if r.variant == variant.key]
+        if not mine:
+            continue
+        cpus = [r.cpu_us_per_request for r in mine if r.cpu_us_per_request is not None]
+        rows.append(
+            Row(
+                variant=variant.label,
+                rate=statistics.median(r.rate for r in mine),
+                rate_min=min(r.rate for r in mine),
+                rate_max=max(r.rate for r in mine),
+                p50_ms=statistics.median(r.p50_ms for r in mine),
+                p99_ms=statistics.median(r.p99_ms for r in mine),
+                p99_min=min(r.p99_ms for r in mine),
+                p99_max=max(r.p99_ms for r in mine),
+                cpu_us=statistics.median(cpus) if cpus else None,
+                upstream_cpu_us=statistics.median(r.upstream_cpu_us_per_request for r in mine),
+                wrk_cpu_us=statistics.median(r.wrk_cpu_us_per_request for r in mine),
+                host_busy=statistics.median(r.host_busy_percent for r in mine),
+                host_others=max(r.host_others_percent for r in mine),
+                host_steal=max(r.host_steal_percent for r in mine),
+                status_errors=sum(r.status_errors for r in mine),
+                socket_errors=sum(r.socket_errors for r in mine),
+                bytes_per_request=statistics.median(r.bytes_per_request for r in mine),
+            )
+        )
+    return rows
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}"
+
+
+def markdown_table(rows: Sequence[Row], paced: bool) -> list[str]:
+    bare = next((r for r in rows if r.variant.startswith("C ")), None)
+    head = "achieved req/s" if paced else "req/s"
+    lines = [
+        f"| variant | {head} | vs bare | p50 ms | p99 ms | p99 vs bare | CPU µs/req | CPU vs bare "
+        "| upstream CPU µs/req | wrk CPU µs/req | host CPU busy (others, steal) | bytes/resp | non-2xx "
+        "| socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        flagged = row.status_errors or row.socket_errors
+        name = f"**{row.variant} ⚠ errors**" if flagged else row.variant
+        cpu = f"{row.cpu_us:.0f}" if row.cpu_us is not None else "- (none)"
+        lines.append(
+            f"| {name} | {row.rate:,.0f} | {_ratio(row.rate, bare.rate if bare else None)} | {row.p50_ms:.2f} "
+            f"| {row.p99_ms:.2f} | {_ratio(row.p99_ms, bare.p99_ms if bare else None)} | {cpu} "
+            f"| {_ratio(row.cpu_us, bare.cpu_us if bare else None)} | {row.upstream_cpu_us:.0f} "
+            f"| {row.wrk_cpu_us:.0f} | {row.host_busy:.0f}% ({row.host_others:.0f}%, {row.host_steal:.0f}%) "
+            f"| {row.bytes_per_request:.0f} | {row.status_errors} | {row.socket_errors} |"
+        )
+    return lines
+
+
+NOISY_STEAL_PERCENT = 5.0
+NOISY_OTHERS_PERCENT = 10.0
+
+
+def noise_warning(runs: Sequence[Run]) -> list[str]:
+    """A warning line when runs of this phase shared the machine with other work."""
+    noisy = [
+        r for r in runs if r.host_steal_percent > NOISY_STEAL_PERCENT or r.host_others_percent > NOISY_OTHERS_PERCENT
+    ]
+    if not noisy:
+        return []
+    which = ", ".join(
+        f"{r.variant}{r.round} ({r.host_others_percent:.0f}% others, {r.host_steal_percent:.0f}% steal)" for r in noisy
+    )
+    return [
+        "",
+        f"**Noisy**: {len(noisy)} of {len(runs)} runs shared the CPUs with other work (variant+round: {which}); "
+        "their throughput and especially their tail latency are disturbed. Medians damp this; compare CPU µs/req, "
+        "which other work does not inflate much, and rerun on a quiet machine for latency.",
+    ]
+
+
+def versions() -> dict[str, str]:
+    cpu_model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "unknown",
+    )
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()
+    nginx_version = subprocess.run(
+        [nginx_binary() or "nginx", "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    found = {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": wrk_version[0].split(" [")[0] if wrk_version else "?",
+        "nginx": nginx_version.removeprefix("nginx version: "),
+    }
+    for package in ("aiohttp", "uvloop", "pyjwt"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def report(
+    args: argparse.Namespace,
+    setup: Setup,
+    closed: list[Run],
+    paced: list[Run],
+    body_bytes: dict[str, int],
+    idle: dict[str, float],
+    audits: dict[str, Counter[str]],
+    elapsed: float,
+    plot_note: str,
+    profile_note: str,
+) -> str:
+    info = versions()
+    caller = setup.callers[0]
+    rows = summarise(setup.variants, closed)
+    lines = [
+        f"# HTTP benchmark, {date.today().isoformat()}",
+        "",
+        f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}; Python {info['python']}, "
+        f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}, PyJWT {info['pyjwt']}; {info['wrk']}; "
+        f"nginx {info['nginx']}. Everything on loopback, on the same {info['nproc']} CPUs: wrk, the upstream "
+        "and the variant compete for them, so the numbers show relative cost on a small box, not capacity.",
+        "",
+        f"Command: `python -m bench.http {' '.join(sys.argv[1:])}`; total run time {elapsed:.0f} s.",
+        "",
+        f"**Request**: `GET /api/branches/<branch>/waybills?limit={RECORDS_PER_REQUEST}` with "
+        "`Authorization: Bearer <RS256 JWT>`, cycling in order through pre-minted tokens of "
+        f"{len(setup.callers)} employees on shift ({len(setup.callers) - HQ_CALLERS} branch staff of the 12 "
+        f"branches the sample API serves, in roster order, and {HQ_CALLERS} HQ auditors, about their 1% share), "
+        f"each asking for their own branch (e.g. `{caller.path}` for "
+        f'{caller.employee}). The answer is 200 with `{{"items":[one waybill],"total","limit","offset"}}`: '
+        f"{body_bytes.get('A', 0)} bytes of JSON body direct from the sample API (one ~510-byte record plus "
+        "the envelope); `bytes/resp` in the tables is what wrk read per response, headers included (the "
+        "broker adds X-Broker-Decision and RateLimit headers). The same wrk script (header included) is "
+        "used for every variant.",
+        "",
+        f"**Load**: `wrk -t1 -c{args.connections} -d{args.duration}s --latency`, closed loop; {args.rounds} "
+        "round(s), each running A, B, C, D, E in turn; medians across rounds (p50/p99 are wrk's, per run, "
+        f"then the median of the runs). A {WARMUP_SECONDS} s warm-up per variant before round 1 is not counted. "
+        "CPU µs/req: utime+stime from /proc/<pid>/stat of the variant's own processes (nginx master + "
+        "worker; the bare proxy; the broker process(es), all threads including the audit writer) over the "
+        "run, divided by the requests; the upstream's and wrk's (getrusage of the finished wrk) are in their "
+        "own columns; `host CPU busy` is the whole machine from /proc/stat (100% = all "
+        f"{info['nproc']} CPUs); in parentheses, the largest over the runs of (1) the share of the machine that "
+        "was neither the variant, the upstream nor wrk: other work on this shared machine (the JSON names the "
+        "busiest such processes), and (2) steal: time the hypervisor gave these CPUs to other guests (not "
+        "counted as busy). non-2xx is wrk's count of status >= 400 (no variant "
+        "redirects); before each run a sample request must get 200 with one record of the caller's branch.",
+        "",
+        "**Variants**: A direct to the sample API; B nginx `proxy_pass` to an upstream block with "
+        '`keepalive 64`, `proxy_http_version 1.1`, `proxy_set_header Connection ""`, **worker_processes 1**, '
+        "access_log off, keepalive_requests raised to 1,000,000 (client and upstream side), run in the "
+        "foreground from a temp dir (bench/nginx.conf.template); C bench/bare_proxy.py (aiohttp pass-through, "
+        f"no checks) on the **{args.bare_loop}** event loop; D `broker run` (uvloop), E two `broker run` "
+        "processes on one port via `[server] reuse_port = true`. Both brokers: a policy of "
+        f"{ROSTER_SIZE:,} employees over 500 branches (bench/roster.py) with the generous limits of "
+        'bench/meter.py (every request is allowed and metered in full), `[meter] store = "memory"` (so in E '
+        "each process keeps its own quota counters; production would use Redis there, which bench/meter.py "
+        "measures), RS256 tokens verified against a JWKS served on loopback (`[identity] jwks_url`, issuer "
+        "and audience checked; a verified token is then cached), the audit log written to a file, policy "
+        f"watch off, `BROKER_CLOCK={NOW_TEXT}` (a Wednesday afternoon; tokens are minted around that instant, "
+        "only for employees whose shift covers it). Upstream: "
+        f"`build_upstream_app(waybill_count={WAYBILLS:,})` in its own "
+        "process on uvloop (it serves 12 branches, so the token holders are employees of those 12).",
+        "",
+        "## Closed loop (throughput)",
+        "",
+        *markdown_table(rows, paced=False),
+        *noise_warning(closed),
+        "",
+        "Run-to-run spread (min-max across rounds): "
+        + "; ".join(
+            f"{r.variant.split()[0]} {r.rate_min:,.0f}-{r.rate_max:,.0f} req/s, p99 {r.p99_min:.2f}-{r.p99_max:.2f} ms"
+            for r in rows
+        )
+        + ".",
+    ]
+    if paced:
+        paced_rows = summarise(setup.variants, paced)
+        lines += [
+            "",
+            f"## Fixed rate ({args.paced_rate:,} req/s offered)",
+            "",
+            f"wrk with a Lua `delay()`: each of the {args.connections} connections waits an exponential "
+            f"pause (mean {args.connections * 1000 / args.paced_rate:.0f} ms) between its requests, about "
+            f"{args.paced_rate:,} req/s in all, below every variant's capacity, so latency is not queueing "
+            "behind a saturated proxy. Still closed per connection (wrk, not wrk2): no coordinated-omission "
+            f"correction, and a variant that falls behind serves less than offered. {args.rounds} round(s) "
+            f"of {args.duration} s, interleaved, after the closed-loop rounds.",
+            "",
+            *markdown_table(paced_rows, paced=True),
+            *noise_warning(paced),
+        ]
+    else:
+        lines += ["", "Fixed-rate runs skipped (`--paced-rate 0`)."]
+    lines += ["", "## Checks", ""]
+    lines += [f"- **Note**: {note}" for note in setup.notes]
+    lines.append(
+        f"- Before the warm-up, each of the {len(setup.callers)} callers' requests got 200 with one record of "
+        "their branch from every variant."
+    )
+    lines.append(
+        "- CPU with no load, over 2 s before the warm-up (% of one CPU): "
+        + ", ".join(f"{k} {v:.1f}%" for k, v in idle.items())
+        + "."
+    )
+    for key, found in audits.items():
+        summary = ", ".join(f"{n:,} {what}" for what, n in found.most_common()) or "no audit file"
+        lines.append(f"- Audit log of {key} (warm-up, checks and runs included): {summary}.")
+    flagged = [r.variant for r in [*rows, *summarise(setup.variants, paced)] if r.status_errors or r.socket_errors]
+    lines.append(
+        "- Variants with errors: "
+        + (", ".join(sorted(set(flagged))) if flagged else "none (0 non-2xx, 0 socket errors).")
+    )
+    lines += [f"- Plot: {plot_note}", f"- Profile: {profile_note}", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, variants: Sequence[Variant], closed: Sequence[Run], paced: Sequence[Run]) -> str:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional, not a project dependency
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return "skipped: matplotlib is not importable (`.venv/bin/pip install matplotlib`)"
+    rows = summarise(variants, closed)
+    paced_rows = {r.variant: r for r in summarise(variants, paced)}
+    labels = [r.variant.replace(" ", "\n", 1).replace(" (", "\n(").replace(", ", ",\n", 1) for r in rows]
+    xs = list(range(len(rows)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    bars = left.bar(
+        xs,
+        [r.rate for r in rows],
+        yerr=[[r.rate - r.rate_min for r in rows], [r.rate_max - r.rate for r in rows]],
+        color="tab:blue",
+        capsize=4,
+    )
+    left.bar_label(bars, [f"{r.rate:,.0f}" for r in rows], fontsize=8)
+    left.set_title("Throughput, closed loop (median, min-max)")
+    left.set_ylabel("requests / s")
+    width = 0.4 if paced_rows else 0.8
+    closed_bars = right.bar(
+        [x - width / 2 if paced_rows else x for x in xs],
+        [r.p99_ms for r in rows],
+        width,
+        yerr=[[r.p99_ms - r.p99_min for r in rows], [r.p99_max - r.p99_ms for r in rows]],
+        capsize=4,
+        color="tab:orange",
+        label="closed loop (saturated)",
+    )
+    if paced_rows:
+        right.bar(
+            [x + width / 2 for x in xs],
+            [paced_rows[r.variant].p99_ms if r.variant in paced_rows else 0 for r in rows],
+            width,
+            color="tab:green",
+            label="fixed rate",
+        )
+        right.legend()
+    right.bar_label(closed_bars, [f"{r.p99_ms:.1f}" for r in rows], fontsize=8)
+    right.set_title("p99 latency (median of runs)")
+    right.set_ylabel("ms")
+    for axis in (left, right):
+        axis.set_xticks(xs, labels, fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"broker HTTP benchmark {date.today().isoformat()} (loopback, {os.cpu_count()} CPUs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"`{path.relative_to(ROOT)}`"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def nginx_binary() -> str | None:
+    """nginx on PATH, or where Debian puts it (/usr/sbin is not on every user's PATH)."""
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/sbin/nginx") if Path(p).exists()), None)
+
+
+def check_tools() -> None:
+    missing = [tool for tool, found in (("wrk", shutil.which("wrk")), ("nginx", nginx_binary())) if found is None]
+    if missing:
+        log(f"bench.http needs {' and '.join(missing)}; {INSTALL_HINT}")
+        sys.exit(2)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s per variant and phase")
+    parser.add_argument(
+        "--paced-rate",
+        type=int,
+        default=250,
+        help="offered req/s of the fixed-rate phase; 0 skips it (default 250)",
+    )
+    parser.add_argument(
+        "--bare-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of the bare proxy (default uvloop, as `broker run`; asyncio = bench/bare_proxy.py as is)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the one-process broker and the bare proxy, one more run each"
+    )
+    parser.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="start D through a wrapper that times its garbage collections (no longer plain `broker run`)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, audit files)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.rounds = 3, 1
+    if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.paced_rate < 0:
+        parser.error("--duration, --rounds and --connections must be at least 1, --paced-rate at least 0")
+    return args
+
+
+def _interrupted(signum: int, _frame: types.FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_profiles(setup: Setup, args: argparse.Namespace, script: Path, stamp: str) -> tuple[str | None, str]:
+    """(the profile text, a sentence for the report) from py-spy on D and, to compare, C."""
+    svg = RESULTS / f"http-{stamp}-profile.svg"
+    found = [
+        profile
+        for key, image in (("D", svg), ("C", None))
+        if (profile := profile_variant(setup, key, script, args, image)) is not None
+    ]
+    if not found:
+        return None, "requested but py-spy did not produce a recording (see stderr)"
+    text = profile_report(found, max(args.duration, PROFILE_MIN_SECONDS))
+    (RESULTS / f"http-{stamp}-profile.txt").write_text(text, encoding="utf-8")
+    return text, (
+        f"`bench/results/http-{stamp}-profile.svg` (flame graph of D) and "
+        f"`bench/results/http-{stamp}-profile.txt` (top functions of D and, for comparison, C): py-spy "
+        "during one extra closed-loop run each, after the measured ones, with the variant pinned to CPU 1."
+    )
+
+
+def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitStack, started: float) -> int:
+    workdir, stamp = fleet.workdir, date.today().isoformat()
+    log(f"workdir {workdir}; roster of {ROSTER_SIZE:,}, tokens for up to {TOKEN_PEOPLE} employees ...")
+    staff = people(ROSTER_SIZE)
+    policy = write_policy_dir(workdir / "policies", staff)
+    (policy / "limits.csv").write_text(GENEROUS_LIMITS, encoding="utf-8")
+    identity = make_identity(staff, shifts_on_duty(policy))
+    callers = identity.callers
+    if identity.off_duty_shifts:
+        log(
+            f"NOTE: shifts {identity.off_duty_shifts} of policies/shifts.csv do not cover {NOW_TEXT}, though "
+            f"bench/roster.py assigns them; skipped {identity.skipped_off_duty} off-shift employees"
+        )
+    jwks = JwksServer(identity.jwks)
+    cleanup.callback(jwks.close)
+    setup = start_everything(workdir, fleet, jwks, callers, args.bare_loop, args.gc_stats)
+    preflight(setup, identity)
+    body_bytes = {v.key: check_answer(v, callers[0]) for v in setup.variants}
+    log(f"all up after {time.monotonic() - started:.1f} s; sample answers (body bytes): {body_bytes}")
+    idle = idle_cpu(setup)
+    log("idle CPU over 2 s (% of one CPU): " + ", ".join(f"{k} {v:.1f}%" for k, v in idle.items()))
+
+    closed_script = write_lua(workdir / "closed.lua", callers, 0)
+    gc_before = gc_totals(setup) if args.gc_stats else None
+    log(f"warm-up: {WARMUP_SECONDS} s per variant ...")
+    for variant in setup.variants:
+        wrk(variant.url, closed_script, args.connections, WARMUP_SECONDS)
+    log(f"closed loop: {args.rounds} round(s) x {len(setup.variants)} variants x {args.duration} s ...")
+    closed = run_phase(setup, closed_script, args, "closed", args.duration, args.rounds)
+    paced: list[Run] = []
+    if args.paced_rate:
+        paced_script = write_lua(workdir / "paced.lua", callers, args.connections * 1000 / args.paced_rate)
+        log(f"fixed rate {args.paced_rate} req/s: {args.rounds} round(s) ...")
+        paced = run_phase(setup, paced_script, args, "paced", args.duration, args.rounds)
+    if gc_before is not None:
+        setup.notes.append(gc_note(gc_before, gc_totals(setup), sum(r.variant == "D" for r in [*closed, *paced])))
+        log(setup.notes[-1])
+
+    RESULTS.mkdir(exist_ok=True)
+    profile_text, profile_note = run_profiles(setup, args, closed_script, stamp) if args.profile else (None, "")
+    profile_note = profile_note or "not requested (`--profile`)"
+
+    fleet.stop_all()  # the brokers drain their audit queues to the files on the way out
+    audits = {key: count_audit(path) for key, path in setup.audit_logs.items()}
+    plot_note = plot(RESULTS / f"http-{stamp}.png", setup.variants, closed, paced)
+    text = report(
+        args, setup, closed, paced, body_bytes, idle, audits, time.monotonic() - started, plot_note, profile_note
+    )
+    (RESULTS / f"http-{stamp}.md").write_text(text, encoding="utf-8")
+    raw = {
+        "args": vars(args),
+        "machine": versions(),
+        "closed": [asdict(r) for r in closed],
+        "paced": [asdict(r) for r in paced],
+        "body_bytes": body_bytes,
+        "idle_cpu_percent": idle,
+        "audit": {k: dict(v) for k, v in audits.items()},
+    }
+    (RESULTS / f"http-{stamp}.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    print(text)
+    if profile_text:
+        print(profile_text)
+    log(f"total {time.monotonic() - started:.0f} s; results in {RESULTS.relative_to(ROOT)}/http-{stamp}.*")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_tools()
+    started = time.monotonic()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job starts ignoring it
+        signal.signal(signum, _interrupted)
+    fleet = Fleet(Path(tempfile.mkdtemp(prefix="bench-http-")))
+    cleanup = contextlib.ExitStack()
+    try:
+        return benchmark(args, fleet, cleanup, started)
+    except BenchError as exc:
+        log(f"bench.http: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("bench.http: interrupted; stopping everything it started")
+        return 130
+    finally:
+        fleet.stop_all()
+        cleanup.close()
+        if args.keep:
+            log(f"kept {fleet.workdir}")
+        else:
+            shutil.rmtree(fleet.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram, Counter | None]] = {}
         self.decisions = Counter(
             "broker_decisions_total",
             "Decisions by verdict and reason code",
@@ -51,6 +52,23 @@ class Metrics:
             registry=self.registry,
         )
         self.policy_loaded = Gauge("broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry)
+
+    def decided(self, verdict: str, reason: str, seconds: float, metered: str) -> None:
+        """Count one decision. Label children are cached: `labels()` costs microseconds
+        per call, and this runs on every request."""
+        key = (verdict, reason, metered)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.decisions.labels(verdict, reason),
+                self.latency.labels(verdict),
+                self.metered.labels(metered) if metered else None,
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if children[2] is not None:
+            children[2].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

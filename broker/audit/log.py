@@ -50,7 +50,7 @@ class FileAuditSink:
         self._stream = self._open(path)
         self._logger = structlog.wrap_logger(
             _QueueLogger(self._lines),
-            processors=[structlog.processors.dict_tracebacks, _render],
+            processors=[_render],
             cache_logger_on_first_use=True,
         )
         self.written = 0

@@ -45,7 +45,12 @@ def path_segments(raw_path: str, *, keep_trailing_slash: bool) -> tuple[str, ...
     return tuple(_segment(part) for part in body.split("/"))
 
 
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~!$&'()*+,=:@")
+
+
 def _segment(raw: str) -> str:
+    if raw and raw not in (".", "..") and _PLAIN.issuperset(raw):
+        return raw  # nothing to decode or refuse: the common case, kept cheap
     if raw == "":
         raise PathError("the path has an empty segment ('//' or a trailing '/')")
     if "\\" in raw or ";" in raw:

@@ -199,10 +199,7 @@ class ProxyHandler:
         extra: dict[str, object] = {}
         if self._shadow is not None:
             extra = await self._shadowed(shadow, outcome)
-        self._metrics.decisions.labels(decision.verdict.value, decision.reason.value).inc()
-        self._metrics.latency.labels(decision.verdict.value).observe(elapsed)
-        if decision.metered:
-            self._metrics.metered.labels(decision.metered).inc()
+        self._metrics.decided(decision.verdict.value, decision.reason.value, elapsed, decision.metered)
         if outcome.returned and decision.access.resource:
             self._metrics.records.labels(decision.access.resource).inc(outcome.returned)
         self._audit.emit(

@@ -89,9 +89,13 @@ def response_headers(upstream: CIMultiDictProxy[str], *, keep_length: bool) -> C
 
 
 def _without_hop_by_hop(source: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    listed = {t.strip().lower() for v in source.getall("Connection", []) for t in v.split(",")}
-    drop = HOP_BY_HOP | listed
-    return CIMultiDict((k, v) for k, v in source.items() if k.lower() not in drop)
+    connection = source.getall("Connection", ())
+    drop = HOP_BY_HOP.union(t.strip().lower() for v in connection for t in v.split(",")) if connection else HOP_BY_HOP
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in source.items():
+        if name.lower() not in drop:
+            headers.add(name, value)
+    return headers
 
 
 async def limited_body(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:

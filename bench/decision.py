@@ -343,7 +343,7 @@ async def guard_phase(
 ProfileRow = tuple[int, int, float, float, Any]
 STEPS = (
     ("guard.py", "decide", "Guard.decide, all of it"),
-    ("jwt_authenticator.py", "authenticate", "authenticate (token cache hit)"),
+    ("jwt_authenticator.py", "identify", "identify (token cache hit)"),
     ("guard.py", "new_decision_id", "uuid4 decision id"),
     ("guard.py", "_principal", "_principal (sorted roles, branches)"),
     ("index.py", "grant", "index.grant (cached)"),

@@ -81,7 +81,7 @@ def build_broker(
         metrics=metrics,
         upstream=Upstream(settings.upstream),
         guard=guard,
-        admin=AdminRoutes(guard, policy, metrics, authenticator.authenticate, meter),
+        admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter),
         shadow=shadow,
     )
 

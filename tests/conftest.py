@@ -59,6 +59,7 @@ async def make_broker(
         store: CounterStore | None = None,
         meter: MeterSettings | None = None,
         shadow: Path | None = None,
+        identity: dict[str, Any] | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
@@ -67,7 +68,7 @@ async def make_broker(
             upstream=replace(
                 settings.upstream, url=upstream_url or str(upstream.make_url("")).rstrip("/"), **upstream_settings
             ),
-            identity=replace(settings.identity, hs256_secret=SECRET),
+            identity=replace(settings.identity, hs256_secret=SECRET, **(identity or {})),
             policy=replace(settings.policy, directory=policy_dir, watch=watch, shadow_directory=shadow),
             audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
             meter=meter or settings.meter,

@@ -14,6 +14,7 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.IDENTITY_BAD_ALGORITHM: "The token uses a signing method that is not allowed.",
     Reason.IDENTITY_KEYS_UNAVAILABLE: "The broker cannot reach the sign-in service's keys right now. Retry shortly.",
     Reason.IDENTITY_NOT_ON_ROSTER: "You are signed in, but not on the roster the broker uses. Ask your supervisor.",
+    Reason.IDENTITY_BAD_CLAIMS: "Your sign-in names roles this broker's policy does not know. Ask your supervisor.",
     Reason.REQUEST_BAD_PATH: "The address could be read in more than one way, so it was refused.",
     Reason.REQUEST_AMBIGUOUS_QUERY: "A query parameter was given twice or empty; give it once.",
     Reason.REQUEST_BAD_LIMIT: "The number of records asked for is not a whole number from 1 up.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -10,12 +11,12 @@ from aiohttp import web
 from broker.admin.metrics import Metrics
 from broker.admin.problems import EXPLANATIONS
 from broker.core.clock import iso
-from broker.core.guard import Guard
+from broker.core.guard import Guard, employee_for
 from broker.core.reason import Reason
 from broker.core.window import current_shift, next_shift_start
 from broker.http.bearer import bearer_token
 from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
-from broker.identity.error import IdentityError
+from broker.identity.error import Identity, IdentityError
 from broker.meter.breaker import BreakerState
 from broker.meter.meter import Meter
 from broker.policy.holder import PolicyHolder
@@ -28,11 +29,18 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 class AdminRoutes:
-    def __init__(self, guard: Guard, policy: PolicyHolder, metrics: Metrics, authenticate: Any, meter: Meter) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        policy: PolicyHolder,
+        metrics: Metrics,
+        identify: Callable[[str | None], Awaitable[Identity]],
+        meter: Meter,
+    ) -> None:
         self._guard = guard
         self._policy = policy
         self._metrics = metrics
-        self._authenticate = authenticate
+        self._identify = identify
         self._meter = meter
         self.draining = False
 
@@ -92,20 +100,23 @@ class AdminRoutes:
 
     async def me(self, request: web.Request) -> web.Response:
         """The caller's own quota state: what they have used, what is left, when it resets."""
-        try:
-            employee_id = await self._authenticate(bearer_token(request.headers.getall("Authorization", [])))
-        except IdentityError as exc:
-            response = bare_problem(exc.reason, STATUS_AND_TITLE[exc.reason][0], exc.detail)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="broker"'
-            return response
         snapshot = self._policy.current
-        employee = snapshot.index.employees.get(employee_id) if snapshot else None
-        if employee is None:
-            return bare_problem(Reason.IDENTITY_NOT_ON_ROSTER, 403, f"Employee {employee_id} is not on the roster.")
+        try:
+            identity = await self._identify(bearer_token(request.headers.getall("Authorization", [])))
+            if snapshot is None:
+                return bare_problem(Reason.POLICY_UNAVAILABLE, 503, "No valid policy is loaded.")
+            employee = employee_for(snapshot, identity)
+        except IdentityError as exc:
+            status = STATUS_AND_TITLE[exc.reason][0]
+            response = bare_problem(exc.reason, status, exc.detail)
+            if status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="broker"'
+            return response
+        employee_id = employee.id
         now = self._guard.clock.now()
         shift = current_shift(employee.shifts, now)
         upcoming = next_shift_start(employee.shifts, now)
-        quotas = await self._guard.quotas_of(employee_id)
+        quotas = await self._guard.quotas_of(employee)
         return _json(
             {
                 "employee": employee_id,

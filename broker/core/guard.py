@@ -20,7 +20,7 @@ from broker.core.clock import Clock, iso
 from broker.core.decision import Decision, QuotaState, RateState, Verdict
 from broker.core.reason import Reason
 from broker.core.window import Window, current_shift, next_shift_start, quota_key, quota_window
-from broker.identity.error import IdentityError
+from broker.identity.error import Identity, IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
 from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation
 from broker.policy.index import Employee, Grant
@@ -31,7 +31,7 @@ log = structlog.get_logger("broker.guard")
 
 
 class Authenticator(Protocol):
-    async def authenticate(self, credential: str | None) -> str: ...
+    async def identify(self, credential: str | None) -> Identity: ...
 
 
 class PolicySource(Protocol):
@@ -105,11 +105,10 @@ class Guard:
             decision.reserved = returned
             decision.quota = dataclasses.replace(quota, used=used)
 
-    async def quotas_of(self, employee_id: str) -> list[QuotaState]:
+    async def quotas_of(self, employee: Employee) -> list[QuotaState]:
         """The caller's own quota state per resource, for the self-service view."""
         snapshot = self._policy.current
-        employee = snapshot.index.employees.get(employee_id) if snapshot else None
-        if snapshot is None or employee is None:
+        if snapshot is None:
             return []
         now = self._clock.now()
         shift = current_shift(employee.shifts, now)
@@ -119,7 +118,7 @@ class Guard:
             if limit is None or limit.quota is None:
                 continue
             window = quota_window(limit, shift, employee.zone, now)
-            used = await self._meter.used(quota_key(employee_id, resource, window.start), now)
+            used = await self._meter.used(quota_key(employee.id, resource, window.start), now)
             states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
 
@@ -128,15 +127,16 @@ class Guard:
         if access.credential == "":
             return _deny(d, Reason.IDENTITY_MALFORMED, "The Authorization header must be exactly 'Bearer <token>'.")
         try:
-            employee_id = await self._auth.authenticate(access.credential)
+            identity = await self._auth.identify(access.credential)
         except IdentityError as exc:
             return _deny(d, exc.reason, exc.detail)
-        d.facts["subject"] = employee_id
+        d.facts["subject"] = identity.subject
         if snapshot is None:
             return _deny(d, Reason.POLICY_UNAVAILABLE, "No valid policy is loaded yet; the broker refuses everything.")
-        employee = snapshot.index.employees.get(employee_id)
-        if employee is None:
-            return _deny(d, Reason.IDENTITY_NOT_ON_ROSTER, f"Employee {employee_id} is not on the roster.")
+        try:
+            employee = employee_for(snapshot, identity)
+        except IdentityError as exc:
+            return _deny(d, exc.reason, exc.detail)
         d.principal = self._principal(employee, snapshot.revision)
         if access.refusal is not None:
             return _deny(d, access.refusal.reason, access.refusal.detail)
@@ -165,6 +165,8 @@ class Guard:
 
     def _principal(self, employee: Employee, revision: str) -> Principal:
         """The employee as the audit trail shows them; built once per policy revision."""
+        if employee.from_claims:
+            return _principal_of(employee)
         if revision != self._principals_revision:
             self._principals, self._principals_revision = {}, revision
         principal = self._principals.get(employee.id)
@@ -284,6 +286,24 @@ class Guard:
             f"{iso(window.end, employee.zone)}; this request asks for {access.records}.",
         )
         return False
+
+
+def employee_for(snapshot: PolicySnapshot, identity: Identity) -> Employee:
+    """The roster entry for a verified identity; with an authoritative identity provider,
+    its branch and roles replace the roster's (shifts still come from the roster)."""
+    roster = snapshot.index.employees.get(identity.subject)
+    if identity.branch is None or identity.roles is None:
+        if roster is None:
+            raise IdentityError(Reason.IDENTITY_NOT_ON_ROSTER, f"Employee {identity.subject} is not on the roster.")
+        return roster
+    unknown = sorted(set(identity.roles) - snapshot.index.roles())
+    if unknown:
+        raise IdentityError(
+            Reason.IDENTITY_BAD_CLAIMS,
+            f"The token names roles the policy does not know: {', '.join(unknown)}.",
+        )
+    shifts = roster.shifts if roster else ()
+    return Employee(identity.subject, {identity.branch: frozenset(identity.roles)}, frozenset(), shifts, True)
 
 
 def _principal_of(employee: Employee) -> Principal:

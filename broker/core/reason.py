@@ -22,6 +22,7 @@ class Reason(StrEnum):
     IDENTITY_BAD_ALGORITHM = "identity.bad_algorithm"
     IDENTITY_KEYS_UNAVAILABLE = "identity.keys_unavailable"
     IDENTITY_NOT_ON_ROSTER = "identity.not_on_roster"
+    IDENTITY_BAD_CLAIMS = "identity.bad_claims"
 
     REQUEST_BAD_PATH = "request.bad_path"
     REQUEST_AMBIGUOUS_QUERY = "request.ambiguous_query"

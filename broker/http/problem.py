@@ -31,6 +31,7 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.IDENTITY_BAD_ALGORITHM: (401, "Access token uses a forbidden algorithm"),
     Reason.IDENTITY_KEYS_UNAVAILABLE: (503, "Signing keys are unavailable"),
     Reason.IDENTITY_NOT_ON_ROSTER: (403, "Employee is not on the roster"),
+    Reason.IDENTITY_BAD_CLAIMS: (403, "The token's roles are unknown here"),
     Reason.REQUEST_BAD_PATH: (400, "Request path is ambiguous"),
     Reason.REQUEST_AMBIGUOUS_QUERY: (400, "Query string is ambiguous"),
     Reason.REQUEST_BAD_LIMIT: (400, "Record limit is not a number"),

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from broker.core.reason import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token vouches for; branch and roles only when the identity provider
+    is configured to be authoritative for them."""
+
+    subject: str
+    branch: str | None = None
+    roles: tuple[str, ...] | None = None
 
 
 class IdentityError(Exception):

@@ -15,7 +15,7 @@ import jwt
 
 from broker.core.clock import Clock, iso
 from broker.core.reason import Reason
-from broker.identity.error import IdentityError
+from broker.identity.error import Identity, IdentityError
 from broker.identity.keys import (
     HMAC_ALGORITHM,
     MIN_SECRET_BYTES,
@@ -29,6 +29,7 @@ from broker.identity.settings import IdentitySettings
 
 MAX_TOKEN_CHARS: Final = 8 * 1024
 MAX_SUBJECT_CHARS: Final = 128
+_ATTRIBUTE: Final = re.compile(r"[A-Za-z0-9_.@+\-]{1,64}\Z")
 _TOKEN_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 """Three base64url segments without padding (RFC 7515 compact form); an empty
 signature is let through only so that `alg: none` gets its own, clearer refusal."""
@@ -75,7 +76,7 @@ class JwtAuthenticator:
         self._leeway = settings.leeway_seconds
         self._cache_size = settings.token_cache_size
         self._cache_ttl = settings.token_cache_ttl_seconds
-        self._cache: dict[str, tuple[str, float, float]] = {}
+        self._cache: dict[str, tuple[Identity, float, float]] = {}
         self._keys = KeyRing(
             secret_key(settings.hs256_secret) if settings.hs256_secret is not None else None,
             _public_key(settings),
@@ -84,14 +85,18 @@ class JwtAuthenticator:
 
     async def authenticate(self, credential: str | None) -> str:
         """The employee id the token vouches for, or IdentityError saying why not."""
+        return (await self.identify(credential)).subject
+
+    async def identify(self, credential: str | None) -> Identity:
+        """The verified identity, with branch and roles when the IdP is trusted for them."""
         if not credential:
             raise IdentityError(Reason.IDENTITY_MISSING, "no bearer token was sent; sign in and send one")
         hit = self._cache.get(credential)
         if hit is not None:
-            subject, expires, cached_at = hit
+            identity, expires, cached_at = hit
             now = self._clock.now()
             if expires > now - self._leeway and 0 <= now - cached_at < self._cache_ttl:
-                return subject
+                return identity
             del self._cache[credential]
         return await self._verify(credential)
 
@@ -104,7 +109,7 @@ class JwtAuthenticator:
         """How many verified tokens are remembered (for metrics and tests)."""
         return len(self._cache)
 
-    async def _verify(self, token: str) -> str:
+    async def _verify(self, token: str) -> Identity:
         algorithm, kid = _read_header(token)
         key = await self._keys.select(algorithm, kid)
         claims = _decode(token, key, algorithm)
@@ -112,9 +117,24 @@ class JwtAuthenticator:
         expires = self._check_times(claims, now)
         self._check_issuer(claims)
         self._check_audience(claims)
-        subject = _subject(claims)
-        self._remember(token, subject, expires, now)
-        return subject
+        identity = Identity(_subject(claims), *self._attributes(claims))
+        self._remember(token, identity, expires, now)
+        return identity
+
+    def _attributes(self, claims: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
+        branch_claim, roles_claim = self._settings.branch_claim, self._settings.roles_claim
+        if branch_claim is None or roles_claim is None:
+            return None, None
+        branch, roles = claims.get(branch_claim), claims.get(roles_claim)
+        if not isinstance(branch, str) or not _ATTRIBUTE.match(branch):
+            raise _malformed(f"the token's {branch_claim!r} claim must name one branch")
+        if (
+            not isinstance(roles, list)
+            or not roles
+            or not all(isinstance(r, str) and _ATTRIBUTE.match(r) for r in roles)
+        ):
+            raise _malformed(f"the token's {roles_claim!r} claim must be a list of role names")
+        return branch, tuple(roles)
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> float:
         """exp, nbf and iat against the injected clock (PyJWT would read the wall clock)."""
@@ -172,12 +192,12 @@ class JwtAuthenticator:
             f"the token is not addressed to {expected!r}; ask for a token meant for this service",
         )
 
-    def _remember(self, token: str, subject: str, expires: float, now: float) -> None:
+    def _remember(self, token: str, identity: Identity, expires: float, now: float) -> None:
         if self._cache_size <= 0 or self._cache_ttl <= 0:
             return
         if len(self._cache) >= self._cache_size:
             del self._cache[next(iter(self._cache))]  # dicts keep insertion order: oldest
-        self._cache[token] = (subject, expires, now)
+        self._cache[token] = (identity, expires, now)
 
 
 def mint_token(

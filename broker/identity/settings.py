@@ -36,6 +36,11 @@ class IdentitySettings:
     leeway_seconds: float = 30.0
     token_cache_size: int = 10000
     token_cache_ttl_seconds: float = 300.0
+    branch_claim: str | None = None
+    """When set (with roles_claim), the identity provider is authoritative for the
+    employee's branch and roles: they are read from these token claims instead of the
+    roster. Shifts always come from the roster."""
+    roles_claim: str | None = None
 
     def validate(self) -> list[str]:
         """Every problem, as sentences for the operator; empty when the settings are usable."""
@@ -46,6 +51,8 @@ class IdentitySettings:
         problems += self._public_key_problems()
         problems += self._jwks_problems()
         problems += self._number_problems()
+        if (self.branch_claim is None) != (self.roles_claim is None):
+            problems.append("branch_claim and roles_claim are set together or not at all")
         for name, value in (("issuer", self.issuer), ("audience", self.audience)):
             if value is not None and not value.strip():
                 problems.append(f"{name} is empty; leave it unset to skip the check")

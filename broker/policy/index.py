@@ -27,6 +27,9 @@ class Employee:
     roles_by_branch: dict[str, frozenset[str]]
     global_roles: frozenset[str]
     shifts: tuple[Shift, ...]
+    from_claims: bool = False
+    """Branch and roles came from the token (IdP authoritative), not the roster: such an
+    employee is never memoised, since the next token may say otherwise."""
 
     @property
     def roles(self) -> frozenset[str]:
@@ -67,6 +70,8 @@ class PolicyIndex:
     def grant(self, employee: Employee, resource: str, action: str) -> Grant:
         """Branches `employee` may touch; memoised per policy revision (the index is
         rebuilt on every reload, so a stale entry cannot outlive its policy)."""
+        if employee.from_claims:
+            return self._grant_uncached(employee, resource, action)
         key = (employee.id, resource, action)
         cached = self._grant_cache.get(key)
         if cached is None:
@@ -99,13 +104,17 @@ class PolicyIndex:
     def record_limit(self, employee: Employee, resource: str) -> RecordLimit | None:
         """The employee's limit for `resource` (memoised per revision, like grants)."""
         key = (employee.id, resource)
-        if key in self._limit_cache:
+        if key in self._limit_cache and not employee.from_claims:
             return self._limit_cache[key]
         found = [self.record_limits[(r, resource)] for r in employee.roles if (r, resource) in self.record_limits]
         limit = most_generous_records(found)
-        if len(self._limit_cache) < 200_000:
+        if len(self._limit_cache) < 200_000 and not employee.from_claims:
             self._limit_cache[key] = limit
         return limit
+
+    def roles(self) -> frozenset[str]:
+        """Every role some permission line grants."""
+        return frozenset(role for granted in self.grants.values() for role in granted)
 
     def rate_limit(self, employee: Employee) -> RateLimit | None:
         return most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])

@@ -19,6 +19,7 @@ from broker.core.decision import Decision
 from broker.core.guard import Guard
 from broker.core.window import current_shift, quota_key, quota_window
 from broker.http.classify import Refused, branch_from_body, classify
+from broker.identity.error import Identity
 from broker.meter.meter import Meter
 from broker.meter.store import MemoryCounterStore
 from broker.policy.route import Route
@@ -30,8 +31,8 @@ OFFLINE_CLIENT = "offline"
 class AssumedIdentity:
     """An authenticator that believes the credential is the employee id: for offline use only."""
 
-    async def authenticate(self, credential: str | None) -> str:
-        return credential or ""
+    async def identify(self, credential: str | None) -> Identity:
+        return Identity(credential or "")
 
 
 class _Fixed:

@@ -265,3 +265,11 @@ def test_check_warnings_fail_only_under_strict(tmp_path: Path) -> None:
     assert f"roster.csv:{line}: warning: employee e1001 holds roles in 2 branches" in relaxed.stderr
     strict = broker_cli("check", "--strict", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
     assert strict.returncode == 1 and "refused under --strict" in strict.stderr
+
+
+def test_claims_settings_come_in_pairs(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[identity]\nhs256_secret = "{SECRET}"\nbranch_claim = "branch"\n')
+    result = broker_cli("check", "-c", str(config), "--policies", str(REPO / "policies"))
+    assert result.returncode == 2
+    assert "branch_claim and roles_claim are set together or not at all" in result.stderr

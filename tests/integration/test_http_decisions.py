@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from broker.identity.jwt_authenticator import mint_token
 from broker.meter.store import MemoryCounterStore, Reservation
 from tests.conftest import BrokerFactory
-from tests.harness import Harness
+from tests.harness import SECRET, Harness
 
 LIST_BR001 = "/api/branches/BR001/waybills"
 PROBLEM = "application/problem+json"
@@ -348,3 +348,23 @@ async def test_daily_quota_resets_at_local_midnight(broker: Harness) -> None:
     broker.clock.set(shanghai("2026-12-02 00:00:00"))
     quotas = {q["resource"]: q for q in (await broker.get("/-/me", "e9001")).json["quotas"]}
     assert quotas["waybill"]["used"] == 0
+
+
+async def test_issuer_audience_and_not_before_are_checked(make_broker: BrokerFactory) -> None:
+    broker = await make_broker(identity={"issuer": "https://login.example.test/", "audience": "broker"})
+    now = broker.clock.now()
+
+    def token(**claims: object) -> dict[str, str]:
+        base: dict[str, object] = {"iss": "https://login.example.test/", "aud": "broker"}
+        return {"Authorization": f"Bearer {mint_token(SECRET, 'e1001', now=now, extra=base | claims)}"}
+
+    assert (await broker.get(f"{LIST_BR001}?limit=1", headers=token())).status == 200
+    cases = [
+        (token(aud="another-service"), "identity.wrong_audience"),
+        (token(iss="https://login.example.test.evil/"), "identity.wrong_issuer"),
+        (token(nbf=int(now) + 600), "identity.not_yet_valid"),
+    ]
+    for headers, reason in cases:
+        reply = await broker.get(f"{LIST_BR001}?limit=1", headers=headers)
+        assert_problem(reply, 401, reason)
+        assert 'error="invalid_token"' in reply.headers["WWW-Authenticate"]

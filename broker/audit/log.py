@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 EVENT_NAME = "decision"
+LINGER_SECONDS = 0.02
 
 
 class AuditSink(Protocol):
@@ -79,7 +80,11 @@ class FileAuditSink:
     def _drain(self) -> None:
         while True:
             batch = [self._lines.get()]
-            while not self._lines.empty() and len(batch) < 1024:
+            if batch[0] is not None:
+                # Linger a moment so lines arrive in batches: one write and one GIL
+                # hand-off per batch instead of per request (py-spy: ~20 µs a request).
+                time.sleep(LINGER_SECONDS)
+            while not self._lines.empty() and len(batch) < 4096:
                 batch.append(self._lines.get_nowait())
             lines = [line for line in batch if line is not None]
             if lines:

@@ -110,6 +110,9 @@ async def limited_body(content: aiohttp.StreamReader, limit: int) -> AsyncIterat
 
 async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """The whole upstream body, or None when it is larger than `limit`."""
+    declared = response.content_length
+    if declared is not None and declared <= limit:
+        return await response.read()  # the parser stops at Content-Length: already bounded
     chunks, size = [], 0
     async for chunk in response.content.iter_any():
         size += len(chunk)

@@ -66,6 +66,7 @@ class PolicyIndex:
     rate_limits: dict[str, RateLimit]
     _grant_cache: dict[tuple[str, str, str], Grant] = field(default_factory=dict)
     _limit_cache: dict[tuple[str, str], RecordLimit | None] = field(default_factory=dict)
+    _rate_cache: dict[str, RateLimit | None] = field(default_factory=dict)
 
     def grant(self, employee: Employee, resource: str, action: str) -> Grant:
         """Branches `employee` may touch; memoised per policy revision (the index is
@@ -117,7 +118,13 @@ class PolicyIndex:
         return frozenset(role for granted in self.grants.values() for role in granted)
 
     def rate_limit(self, employee: Employee) -> RateLimit | None:
-        return most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])
+        """The employee's request rate (memoised per revision, like grants)."""
+        if employee.id in self._rate_cache and not employee.from_claims:
+            return self._rate_cache[employee.id]
+        rate = most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])
+        if len(self._rate_cache) < 200_000 and not employee.from_claims:
+            self._rate_cache[employee.id] = rate
+        return rate
 
 
 def build_index(

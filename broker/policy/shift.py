@@ -39,10 +39,14 @@ class Shift:
 
     def occurrence_at(self, when: float) -> Occurrence | None:
         """The occurrence of this shift that contains `when`, if any."""
+        last = _LAST_SEEN.get(self)
+        if last is not None and last.start <= when < last.end:
+            return last  # most decisions fall in the occurrence the previous one did
         today = datetime.fromtimestamp(when, self.zone).date()
         for day in (today - timedelta(days=1), today):
             window = self._window(day)
             if window and window.start <= when < window.end:
+                _LAST_SEEN[self] = window
                 return window
         return None
 
@@ -57,6 +61,10 @@ class Shift:
 
     def _window(self, day: date) -> Occurrence | None:
         return _occurrence(self, day)
+
+
+_LAST_SEEN: dict[Shift, Occurrence] = {}
+"""The occurrence each shift was last found in; shifts are few, so this stays small."""
 
 
 @lru_cache(maxsize=16_384)

@@ -27,12 +27,8 @@ as a reason change, not a flip.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from datetime import UTC
 
 import orjson
 from multidict import MultiDict
@@ -48,233 +44,21 @@ from broker.meter.meter import Meter
 from broker.meter.store import MemoryCounterStore
 from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
+from broker.review.impact import Example, Group, Impact, headline, impact_json, impact_text
 from broker.review.offline import AssumedIdentity
+from broker.review.recorded import Recorded, read_audit
+
+__all__ = ["Impact", "Recorded", "headline", "impact_json", "impact_text", "read_audit", "replay", "replayed_access"]
 
 REPLAY_CLIENT = "replay"
-HTTP_DOOR = "http"
 KEEP_EXAMPLES = 10
 """Examples kept per group key; `impact_text` shows fewer."""
-TOP = 10
-"""Rows per table in the text report."""
-
 NOT_REPLAYED = frozenset({Reason.METER_UNAVAILABLE.value, Reason.POLICY_UNAVAILABLE.value, Reason.BROKER_ERROR.value})
 """Original outcomes that were no policy decision: there is nothing to compare with."""
 _CARRIED = frozenset({Reason.REQUEST_TOO_LARGE.value, Reason.REQUEST_BAD_FRAMING.value})
 """Door refusals that depend on request bytes the log does not keep."""
 _UPSTREAM = "upstream."
-_VERDICTS = frozenset(v.value for v in Verdict)
-GROUPS = ("employee", "branch", "route", "reason")
 NO_BRANCH = "(no branch)"
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """One HTTP decision from the audit log: what replaying and reporting it needs."""
-
-    line: int
-    time: float
-    employee: str
-    method: str
-    path: str
-    """The raw request target, query included, as the client sent it."""
-    record_branch: str | None
-    resource: str | None
-    action: str | None
-    verdict: str
-    reason: str
-    detail: str
-    records_requested: int | None
-    """None when the request was unbounded."""
-    records_returned: int
-    branches: tuple[str, ...] = ()
-    """The employee's branches on the roster of the day."""
-    policy_revision: str = ""
-
-    @property
-    def request(self) -> str:
-        return f"{self.method} {self.path}"
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    time: str
-    """The decision's time, in the employee's time zone when the new roster knows them."""
-    employee: str
-    request: str
-    old_verdict: str
-    old_reason: str
-    new_verdict: str
-    new_reason: str
-    new_detail: str
-    line: int
-
-    def as_text(self) -> str:
-        change = f"{self.old_verdict} ({self.old_reason}) → {self.new_verdict} ({self.new_reason})"
-        return f"{self.time}  {self.employee}  {self.request}  [audit line {self.line}]\n    {change}" + (
-            f": {self.new_detail}" if self.new_detail else ""
-        )
-
-
-@dataclass(slots=True)
-class Group:
-    """Flips sharing one key (an employee, a branch, a route or a new reason)."""
-
-    key: str
-    allow_to_deny: int = 0
-    deny_to_allow: int = 0
-    examples: list[Example] = field(default_factory=list)
-
-    @property
-    def flips(self) -> int:
-        return self.allow_to_deny + self.deny_to_allow
-
-
-@dataclass(slots=True)
-class Impact:
-    policy_revision: str
-    """The revision the log was replayed under."""
-    total: int = 0
-    """Decisions replayed (flipped, unchanged or with another reason)."""
-    unchanged: int = 0
-    reason_changed: int = 0
-    allow_to_deny: int = 0
-    deny_to_allow: int = 0
-    not_replayed: Counter[str] = field(default_factory=Counter)
-    """Original reason -> decisions not replayed (no policy decision was made then)."""
-    recorded_revisions: Counter[str] = field(default_factory=Counter)
-    """Policy revision -> decisions recorded under it."""
-    reason_changes: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(old verdict and reason, new verdict and reason) -> decisions keeping their verdict."""
-    groups: dict[str, dict[str, Group]] = field(default_factory=lambda: {name: {} for name in GROUPS})
-    """Group name (GROUPS) -> key -> flips under that key."""
-
-    @property
-    def flips(self) -> int:
-        return self.allow_to_deny + self.deny_to_allow
-
-    def top(self, group: str, count: int = TOP) -> list[Group]:
-        """The keys of `group` with the most flips first (ties by key)."""
-        return sorted(self.groups[group].values(), key=lambda g: (-g.flips, g.key))[:count]
-
-
-# --- reading the log ------------------------------------------------------------------------
-
-
-def read_audit(path: Path) -> tuple[list[Recorded], list[str]]:
-    """The HTTP decisions of an audit log, and notes about the lines left out.
-
-    Notes come in two kinds: `line N: why` for each malformed line (not JSON, not an
-    object, a field missing or of the wrong type: a truncated last line shows up here),
-    then one `skipped N ...` line per kind of event left out on purpose: events with no
-    employee (identity failures: there is nobody to decide for) and events of another
-    door than HTTP. Blank lines are ignored.
-    """
-    events: list[Recorded] = []
-    notes: list[str] = []
-    anonymous = other_doors = 0
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                document = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                notes.append(f"line {number}: not JSON ({exc})")
-                continue
-            if not isinstance(document, dict):
-                notes.append(f"line {number}: not a JSON object")
-                continue
-            door = document.get("door")
-            if not isinstance(door, str):
-                notes.append(f"line {number}: no door")
-                continue
-            if door != HTTP_DOOR:
-                other_doors += 1
-                continue
-            if not document.get("employee"):
-                anonymous += 1
-                continue
-            try:
-                events.append(_recorded(number, document))
-            except ValueError as exc:
-                notes.append(f"line {number}: {exc}")
-    if anonymous:
-        notes.append(f"skipped {_events(anonymous)} with no employee (identity failures)")
-    if other_doors:
-        notes.append(f"skipped {_events(other_doors)} of doors other than http")
-    return events, notes
-
-
-def _events(count: int) -> str:
-    return f"{count:,} event" + ("" if count == 1 else "s")
-
-
-def _recorded(line: int, event: dict[str, Any]) -> Recorded:
-    requested = event.get("records_requested")
-    if requested == "unbounded":
-        requested = None
-    elif requested is not None and not _count(requested):
-        raise ValueError(f"records_requested {requested!r} is neither a count nor 'unbounded'")
-    returned = event.get("records_returned", 0)
-    if not _count(returned):
-        raise ValueError(f"records_returned {returned!r} is not a count")
-    verdict = _text(event, "verdict")
-    if verdict not in _VERDICTS:
-        raise ValueError(f"verdict {verdict!r} is not one of {', '.join(sorted(_VERDICTS))}")
-    path = _text(event, "path")
-    if not path.startswith("/"):
-        raise ValueError(f"path {path!r} does not start with '/'")
-    branches = event.get("branches") or []
-    if not isinstance(branches, list) or not all(isinstance(b, str) for b in branches):
-        raise ValueError("branches is not a list of strings")
-    return Recorded(
-        line=line,
-        time=_instant(_text(event, "time")),
-        employee=_text(event, "employee"),
-        method=_text(event, "method"),
-        path=path,
-        record_branch=_optional_text(event, "record_branch"),
-        resource=_optional_text(event, "resource"),
-        action=_optional_text(event, "action"),
-        verdict=verdict,
-        reason=_text(event, "reason"),
-        detail=_optional_text(event, "detail") or "",
-        records_requested=requested,
-        records_returned=returned,
-        branches=tuple(branches),
-        policy_revision=_optional_text(event, "policy_revision") or "",
-    )
-
-
-def _count(value: object) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _text(event: dict[str, Any], name: str) -> str:
-    value = event.get(name)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} is missing or not a string")
-    return value
-
-
-def _optional_text(event: dict[str, Any], name: str) -> str | None:
-    value = event.get(name)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"{name} is not a string")
-    return value or None
-
-
-def _instant(text: str) -> float:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"time {text!r} is not an ISO 8601 instant") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"time {text!r} has no UTC offset")
-    return moment.timestamp()
-
-
-# --- replaying ------------------------------------------------------------------------------
 
 
 class _Fixed:
@@ -420,86 +204,3 @@ def _route_of(event: Recorded, route: Route | None) -> str:
     if event.resource and event.action:
         return f"{event.resource}/{event.action}"
     return f"{event.method} {event.path.partition('?')[0]}"
-
-
-# --- reporting ------------------------------------------------------------------------------
-
-
-def headline(impact: Impact) -> str:
-    verb = "flips" if impact.flips == 1 else "flip"
-    return (
-        f"{impact.total:,} decisions replayed: {impact.flips:,} {verb} "
-        f"({impact.allow_to_deny:,} allow→deny, {impact.deny_to_allow:,} deny→allow)"
-    )
-
-
-def impact_text(impact: Impact, *, examples: int = 3) -> str:
-    """A report for a person reading CI logs: the headline, the flips per employee,
-    branch, route and new reason (top 10 each), then examples per new reason."""
-    lines = [headline(impact), f"  replayed under policy {impact.policy_revision}"]
-    lines.append(f"  {impact.unchanged:,} unchanged, {impact.reason_changed:,} keep their verdict with another reason")
-    if impact.not_replayed:
-        why = ", ".join(f"{reason} {count:,}" for reason, count in sorted(impact.not_replayed.items()))
-        lines.append(f"  {sum(impact.not_replayed.values()):,} not replayed, no policy decision was made then ({why})")
-    if impact.recorded_revisions:
-        seen = ", ".join(f"{rev} ({count:,})" for rev, count in impact.recorded_revisions.most_common())
-        lines.append(f"  recorded under policy {seen}")
-    if impact.flips:
-        for name in GROUPS:
-            lines += ["", *_table(impact, name)]
-    if impact.reason_changes:
-        lines += ["", "same verdict, another reason"]
-        changes = impact.reason_changes.most_common(TOP)
-        width = max(len(f"{old} → {new}") for (old, new), _ in changes)
-        lines += [f"  {f'{old} → {new}'.ljust(width)}  {count:>6,}" for (old, new), count in changes]
-        if len(impact.reason_changes) > TOP:
-            lines.append(f"  … and {len(impact.reason_changes) - TOP} more")
-    if impact.flips and examples > 0:
-        lines += ["", f"examples (up to {examples} per new reason)"]
-        for group in impact.top("reason"):
-            lines.append(f"  {group.key}")
-            lines += ["    " + e.as_text().replace("\n", "\n    ") for e in group.examples[:examples]]
-    return "\n".join(lines) + "\n"
-
-
-def _table(impact: Impact, name: str) -> list[str]:
-    rows = impact.top(name)
-    title = f"by {name}"
-    width = max([len(title), *(len(g.key) + 2 for g in rows)])
-    lines = [f"{title.ljust(width)}  allow→deny  deny→allow"]
-    lines += [f"{('  ' + g.key).ljust(width)}  {g.allow_to_deny:>10,}  {g.deny_to_allow:>10,}" for g in rows]
-    rest = len(impact.groups[name]) - len(rows)
-    if rest > 0:
-        lines.append(f"  … and {rest} more")
-    return lines
-
-
-def impact_json(impact: Impact) -> dict[str, Any]:
-    """The whole impact for tools: totals, every group key with its examples."""
-    return {
-        "policy_revision": impact.policy_revision,
-        "total": impact.total,
-        "unchanged": impact.unchanged,
-        "reason_changed": impact.reason_changed,
-        "flips": impact.flips,
-        "allow_to_deny": impact.allow_to_deny,
-        "deny_to_allow": impact.deny_to_allow,
-        "not_replayed": dict(sorted(impact.not_replayed.items())),
-        "recorded_revisions": dict(impact.recorded_revisions.most_common()),
-        "reason_changes": [
-            {"old": old, "new": new, "count": count} for (old, new), count in impact.reason_changes.most_common()
-        ],
-        "groups": {
-            name: [
-                {
-                    "key": g.key,
-                    "flips": g.flips,
-                    "allow_to_deny": g.allow_to_deny,
-                    "deny_to_allow": g.deny_to_allow,
-                    "examples": [dataclasses.asdict(e) for e in g.examples],
-                }
-                for g in impact.top(name, len(impact.groups[name]))
-            ]
-            for name in GROUPS
-        },
-    }

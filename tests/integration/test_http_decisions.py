@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -368,3 +369,14 @@ async def test_issuer_audience_and_not_before_are_checked(make_broker: BrokerFac
         reply = await broker.get(f"{LIST_BR001}?limit=1", headers=headers)
         assert_problem(reply, 401, reason)
         assert 'error="invalid_token"' in reply.headers["WWW-Authenticate"]
+
+
+async def test_a_request_without_any_bound_is_refused(make_broker: BrokerFactory, policy_dir: Path) -> None:
+    routes = policy_dir / "routes.toml"
+    text = routes.read_text()
+    first = text.index("default_limit = 20")
+    routes.write_text(text[:first] + text[first + len("default_limit = 20") :])  # the first list route
+    broker = await make_broker()
+    body = assert_problem(await broker.get(LIST_BR001, "e1001"), 403, "bulk.unbounded")
+    assert body["cap"] == 50 and body["requested"] == "unbounded"
+    assert (await broker.get(f"{LIST_BR001}?limit=5", "e1001")).status == 200

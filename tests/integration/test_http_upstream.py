@@ -120,3 +120,11 @@ async def test_error_answers_stream_through_uncharged(broker: Harness) -> None:
     reply = await broker.get("/api/waybills/SF0000000000", "e1001")
     assert reply.status == 404  # the upstream's own answer
     assert await me_used(broker) == 0
+
+
+async def test_answer_too_large_to_count_is_not_passed_on(make_broker: BrokerFactory) -> None:
+    broker = await make_broker(max_response_inspect_bytes=2000)
+    reply = await broker.get("/api/branches/BR001/waybills?limit=20", "e1001")  # ~10 KB of records
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
+    assert "larger than 2000 bytes" in reply.json["detail"] and b"waybill_no" not in reply.body
+    assert await me_used(broker) == 0

@@ -20,7 +20,6 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.REQUEST_BAD_LIMIT: "The number of records asked for is not a whole number from 1 up.",
     Reason.REQUEST_BAD_BODY: "The request body does not say, in the expected field, which branch it is for.",
     Reason.REQUEST_TOO_LARGE: "The request body is larger than the broker accepts.",
-    Reason.REQUEST_BAD_FRAMING: "The request's length headers disagree.",
     Reason.ROUTE_UNKNOWN: "This part of the system is not open through the broker.",
     Reason.POLICY_NOT_PERMITTED: "Your role does not include this kind of access.",
     Reason.POLICY_OTHER_BRANCH: "You can only see records of your own branch.",

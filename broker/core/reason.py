@@ -29,7 +29,6 @@ class Reason(StrEnum):
     REQUEST_BAD_LIMIT = "request.bad_limit"
     REQUEST_BAD_BODY = "request.bad_body"
     REQUEST_TOO_LARGE = "request.too_large"
-    REQUEST_BAD_FRAMING = "request.bad_framing"
     ROUTE_UNKNOWN = "route.unknown"
 
     POLICY_NOT_PERMITTED = "policy.not_permitted"

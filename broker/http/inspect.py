@@ -17,23 +17,23 @@ from broker.policy.route import Route
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Counted:
     count: int
     violation: Reason | None = None
     detail: str = ""
 
 
-def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset[str] | None) -> Verdict:
+def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset[str] | None) -> Counted:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return Verdict(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with invalid JSON.")
+        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with invalid JSON.")
     records = _records(route, document)
     if records is None:
         where = ".".join(route.response_items) or "the top level"
-        return Verdict(0, Reason.UPSTREAM_UNINSPECTABLE, f"The answer had no list of records at {where}.")
+        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, f"The answer had no list of records at {where}.")
     if len(records) > allowed:
-        return Verdict(
+        return Counted(
             len(records),
             Reason.UPSTREAM_TOO_MANY_RECORDS,
             f"The service returned {len(records)} records where {allowed} were allowed; nothing was passed on.",
@@ -51,20 +51,20 @@ def _records(route: Route, document: Any) -> list[Any] | None:
     return document if isinstance(document, list) else None
 
 
-def _check_branches(route: Route, records: list[Any], branches: frozenset[str] | None) -> Verdict:
+def _check_branches(route: Route, records: list[Any], branches: frozenset[str] | None) -> Counted:
     field = route.branch_field
     for record in records:
         branch = record.get(field) if isinstance(record, dict) else None
         if not isinstance(branch, str):
-            return Verdict(
+            return Counted(
                 len(records),
                 Reason.UPSTREAM_UNINSPECTABLE,
                 f"A record in the answer has no {field!r} field, so its branch cannot be checked.",
             )
         if branches is not None and branch not in branches:
-            return Verdict(
+            return Counted(
                 len(records),
                 Reason.UPSTREAM_OTHER_BRANCH,
                 f"The answer held a record of branch {branch}; nothing was passed on.",
             )
-    return Verdict(len(records))
+    return Counted(len(records))

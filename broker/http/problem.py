@@ -37,7 +37,6 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.REQUEST_BAD_LIMIT: (400, "Record limit is not a number"),
     Reason.REQUEST_BAD_BODY: (400, "Request body cannot be checked"),
     Reason.REQUEST_TOO_LARGE: (413, "Request body is too large"),
-    Reason.REQUEST_BAD_FRAMING: (400, "Request framing is ambiguous"),
     Reason.ROUTE_UNKNOWN: (403, "This API path is not open through the broker"),
     Reason.POLICY_NOT_PERMITTED: (403, "Your role does not allow this"),
     Reason.POLICY_OTHER_BRANCH: (403, "Record belongs to another branch"),

@@ -24,6 +24,7 @@ from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.upstream import BodyTooLarge, Upstream, limited_body, read_bounded, response_headers
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
+from broker.policy.snapshot import PolicySnapshot
 
 STREAM_CHUNK = 64 * 1024
 
@@ -56,8 +57,9 @@ class ProxyHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        access, route, body = await self._classify(request)
-        decision = await self._guard.decide(access, self._policy.current)
+        snapshot = self._policy.current  # one revision for the route map and the rules
+        access, route, body = await self._classify(request, snapshot)
+        decision = await self._guard.decide(access, snapshot)
         shadow = await self._shadow.decide(access) if self._shadow else None
         outcome = Outcome(0)
         try:
@@ -69,10 +71,11 @@ class ProxyHandler:
         finally:
             await self._finish(request, decision, outcome, started, shadow)
 
-    async def _classify(self, request: web.Request) -> tuple[Access, Route | None, bytes | None]:
+    async def _classify(
+        self, request: web.Request, snapshot: PolicySnapshot | None
+    ) -> tuple[Access, Route | None, bytes | None]:
         credential = bearer_token(request.headers.getall("Authorization", []))
         client = request.remote or ""
-        snapshot = self._policy.current
         if snapshot is None:
             return Access(credential, client, f"{request.method} {request.raw_path}"), None, None
         access, route = classify(snapshot.routes, request.method, request.raw_path, request.query, credential, client)

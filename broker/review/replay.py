@@ -9,9 +9,8 @@ classified by the HTTP door's own classifier against the new route map.
 What the log cannot tell is taken as it was:
 
 * Request bodies are not logged: for a route whose branch comes from the JSON body, the
-  body is rebuilt as `{branch_field: record_branch}`; a recorded `request.bad_body`,
-  `request.too_large` or `request.bad_framing` (door refusals that depend on the bytes)
-  is carried over to the replayed request.
+  body is rebuilt as `{branch_field: record_branch}`; a recorded `request.bad_body`
+  or `request.too_large` (door refusals that depend on the bytes) is carried over to the replayed request.
 * The upstream's answer is not replayed. An allowed decision is settled with the records
   the original response returned. An original that the Guard allowed but the door then
   denied (`upstream.*`: too many or other-branch records, unreachable, too slow) is
@@ -55,7 +54,7 @@ KEEP_EXAMPLES = 10
 """Examples kept per group key; `impact_text` shows fewer."""
 NOT_REPLAYED = frozenset({Reason.METER_UNAVAILABLE.value, Reason.POLICY_UNAVAILABLE.value, Reason.BROKER_ERROR.value})
 """Original outcomes that were no policy decision: there is nothing to compare with."""
-_CARRIED = frozenset({Reason.REQUEST_TOO_LARGE.value, Reason.REQUEST_BAD_FRAMING.value})
+_CARRIED = frozenset({Reason.REQUEST_TOO_LARGE.value})
 """Door refusals that depend on request bytes the log does not keep."""
 _UPSTREAM = "upstream."
 NO_BRANCH = "(no branch)"

@@ -24,6 +24,7 @@ from broker.meter.breaker import CircuitBreaker
 from broker.meter.meter import FailureMode, FailurePolicy, Meter
 from broker.meter.redis_store import RedisCounterStore
 from broker.meter.store import CounterStore, MemoryCounterStore
+from broker.pg.door import PgDoor
 from broker.policy.holder import PolicyHolder
 from broker.review.cases import verify_with_own_tests
 
@@ -43,6 +44,7 @@ class Broker:
     guard: Guard
     admin: AdminRoutes
     shadow: Shadow | None = None
+    pg: PgDoor | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -71,18 +73,21 @@ def build_broker(
     metrics = Metrics()
     guard = Guard(policy, authenticator, meter, clock)
     shadow = build_shadow(settings, authenticator, clock)
+    audit = audit or FileAuditSink(settings.audit.path)
+    pg = PgDoor(settings.postgres, guard, policy, audit) if settings.postgres.enabled else None
     return Broker(
         settings=settings,
         clock=clock,
         policy=policy,
         authenticator=authenticator,
         meter=meter,
-        audit=audit or FileAuditSink(settings.audit.path),
+        audit=audit,
         metrics=metrics,
         upstream=Upstream(settings.upstream),
         guard=guard,
         admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter),
         shadow=shadow,
+        pg=pg,
     )
 
 
@@ -125,6 +130,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER_KEY]
     await broker.upstream.start()
     await broker.meter.start()
+    if broker.pg is not None:
+        await broker.pg.start()
     if broker.settings.policy.watch:
         broker.tasks.append(asyncio.create_task(broker.policy.watch(broker.stop), name="policy-watch"))
         if broker.shadow is not None and isinstance(broker.shadow.policy, PolicyHolder):
@@ -139,6 +146,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     broker.admin.draining = True
     broker.stop.set()
+    if broker.pg is not None:
+        await broker.pg.close()
     for task in broker.tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from broker.identity.settings import IdentitySettings
 
 SECRET_ENV = "BROKER_DEV_SECRET"  # noqa: S105 - the variable name, not a secret
+PG_PASSWORD_ENV = "BROKER_PG_PASSWORD"  # noqa: S105 - the variable name, not a secret
 T = TypeVar("T")
 
 
@@ -87,6 +88,47 @@ class MeterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """The PostgreSQL front door: employees connect here; the broker logs in to the
+    real database with its own credentials."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 6432
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    """Without both, passwords (the employees' tokens) are accepted only over loopback."""
+    server_host: str = "127.0.0.1"
+    """The real database: a host name, an address, or a unix-socket directory."""
+    server_port: int = 5432
+    server_database: str = "logistics"
+    server_user: str = "broker"
+    server_password: str = ""
+    """Better set through the BROKER_PG_PASSWORD environment variable."""
+    connect_timeout_seconds: float = 5.0
+    max_message_bytes: int = 64 << 20
+    """The largest message a client may send (a query, a COPY chunk)."""
+    max_sessions_per_employee: int = 20
+    max_result_bytes: int = 16 << 20
+    """What one statement's answer may weigh on the wire; over it the statement is cut
+    (one row can carry a whole table: string_agg, a concatenating recursive CTE)."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if not 0 < self.port < 65536 or not 0 < self.server_port < 65536:
+            found.append("[postgres] port and server_port must be TCP ports")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            found.append("[postgres] tls_cert_file and tls_key_file go together: set both or neither")
+        if self.max_message_bytes < 1024:
+            found.append("[postgres] max_message_bytes must be at least 1024")
+        if self.max_result_bytes < 1024:
+            found.append("[postgres] max_result_bytes must be at least 1024")
+        if self.max_sessions_per_employee < 1:
+            found.append("[postgres] max_sessions_per_employee must be at least 1")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
 class AuditSettings:
     path: str = "-"
     """A file to append JSON lines to, or "-" for standard output."""
@@ -106,11 +148,13 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     meter: MeterSettings = field(default_factory=MeterSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
     clock: ClockSettings = field(default_factory=ClockSettings)
     source: str = "embedded defaults"
 
     def problems(self) -> list[str]:
         found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
+        found += self.postgres.problems()
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:
@@ -124,6 +168,9 @@ def load_settings(path: Path | None) -> Settings:
     secret = os.environ.get(SECRET_ENV)
     if secret:
         settings = replace(settings, identity=replace(settings.identity, hs256_secret=secret))
+    pg_password = os.environ.get(PG_PASSWORD_ENV)
+    if pg_password:
+        settings = replace(settings, postgres=replace(settings.postgres, server_password=pg_password))
     return settings
 
 

@@ -20,7 +20,7 @@ from broker.meter.store import CounterStore
 from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, rogue_upstream_app
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.redis_fixtures", "tests.pg_fixtures"]
 
 
 @pytest.fixture
@@ -60,6 +60,7 @@ async def make_broker(
         meter: MeterSettings | None = None,
         shadow: Path | None = None,
         identity: dict[str, Any] | None = None,
+        postgres: dict[str, Any] | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
@@ -72,6 +73,7 @@ async def make_broker(
             policy=replace(settings.policy, directory=policy_dir, watch=watch, shadow_directory=shadow),
             audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
             meter=meter or settings.meter,
+            postgres=replace(settings.postgres, **postgres) if postgres else settings.postgres,
         )
         broker = build_broker(settings, clock=clock, store=store)
         server = TestServer(build_app(broker), host="127.0.0.1")
@@ -90,6 +92,13 @@ async def make_broker(
 async def broker(make_broker: BrokerFactory) -> Harness:
     """The shipped policy in front of the demo upstream, at Tuesday 10:00 in Shanghai."""
     return await make_broker()
+
+
+@pytest.fixture
+async def pg_broker(make_broker: BrokerFactory, pg_database: str) -> Harness:
+    """The shipped policy with the PostgreSQL door open in front of the seeded database."""
+    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres"}
+    return await make_broker(postgres=settings)
 
 
 @pytest.fixture

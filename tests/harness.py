@@ -51,6 +51,25 @@ class Harness:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    @property
+    def pg_port(self) -> int:
+        assert self.broker.pg is not None, "this broker has no PostgreSQL door"
+        return self.broker.pg.port
+
+    def pg_dsn(self, employee: str, token: str | None = None, **params: str) -> str:
+        """A libpq connection string to the broker's PostgreSQL door for `employee`."""
+        database = self.broker.settings.postgres.server_database
+        fields = {
+            "host": "127.0.0.1",
+            "port": str(self.pg_port),
+            "user": employee,
+            "password": token or self.token(employee),
+            "dbname": database,
+            "sslmode": "disable",
+            **params,
+        }
+        return " ".join(f"{k}='{v}'" for k, v in fields.items())
+
     def token(self, employee: str, **kwargs: Any) -> str:
         return mint_token(SECRET, employee, now=self.clock.now(), **kwargs)
 

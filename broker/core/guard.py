@@ -70,9 +70,12 @@ class Guard:
     def clock(self) -> Clock:
         return self._clock
 
-    async def decide(self, access: Access, snapshot: PolicySnapshot | None = None) -> Decision:
+    async def decide(self, access: Access, snapshot: PolicySnapshot | None = None, *, meter: bool = True) -> Decision:
         """Decide on `access`, under `snapshot` when the door classified with one (so the
-        route map and the rules come from the same revision), else the live policy."""
+        route map and the rules come from the same revision), else the live policy.
+
+        `meter=False` checks everything but the rate and quota and charges nothing: a
+        door that decides twice (PostgreSQL: at Parse, then at Bind) meters once."""
         now = self._clock.now()
         snapshot = snapshot or self._policy.current
         decision = Decision(
@@ -85,12 +88,30 @@ class Guard:
             now,
         )
         try:
-            await self._decide(decision, snapshot, now)
+            await self._decide(decision, snapshot, now, meter)
         except Exception:
             log.exception("decision failed", decision_id=decision.id)
             decision.verdict, decision.reason = Verdict.ERROR, Reason.BROKER_ERROR
             decision.detail = "The broker could not reach a decision, so the request was refused. Please retry."
         return decision
+
+    async def decide_login(self, access: Access) -> Decision:
+        """May this employee open a session now? Identity, roster and shift only: what a
+        session may then touch is decided per statement by `decide`."""
+        now = self._clock.now()
+        snapshot = self._policy.current
+        d = Decision(self._decision_id(), Verdict.DENY, Reason.BROKER_ERROR, "", access, "", now)
+        try:
+            employee = await self._identified(d, snapshot)
+            if employee is not None and access.refusal is not None:
+                _deny(d, access.refusal.reason, access.refusal.detail)
+            elif employee is not None and self._in_shift(d, employee, now) is not None:
+                d.verdict, d.reason = Verdict.ALLOW, Reason.ALLOWED
+        except Exception:
+            log.exception("login decision failed", decision_id=d.id)
+            d.verdict, d.reason = Verdict.ERROR, Reason.BROKER_ERROR
+            d.detail = "The broker could not check this login, so it was refused. Please retry."
+        return d
 
     async def settle(self, decision: Decision, returned: int) -> None:
         """Charge what actually left: the reservation made at decision time is corrected
@@ -122,22 +143,35 @@ class Guard:
             states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
 
-    async def _decide(self, d: Decision, snapshot: PolicySnapshot | None, now: float) -> None:
+    async def _identified(self, d: Decision, snapshot: PolicySnapshot | None) -> Employee | None:
+        """The roster entry of whoever the credential vouches for, or None after denying."""
         access = d.access
         if access.credential == "":
-            return _deny(d, Reason.IDENTITY_MALFORMED, "The Authorization header must be exactly 'Bearer <token>'.")
+            _deny(d, Reason.IDENTITY_MALFORMED, "The Authorization header must be exactly 'Bearer <token>'.")
+            return None
         try:
             identity = await self._auth.identify(access.credential)
         except IdentityError as exc:
-            return _deny(d, exc.reason, exc.detail)
+            _deny(d, exc.reason, exc.detail)
+            return None
         d.facts["subject"] = identity.subject
         if snapshot is None:
-            return _deny(d, Reason.POLICY_UNAVAILABLE, "No valid policy is loaded yet; the broker refuses everything.")
+            _deny(d, Reason.POLICY_UNAVAILABLE, "No valid policy is loaded yet; the broker refuses everything.")
+            return None
+        d.revision = snapshot.revision
         try:
             employee = employee_for(snapshot, identity)
         except IdentityError as exc:
-            return _deny(d, exc.reason, exc.detail)
+            _deny(d, exc.reason, exc.detail)
+            return None
         d.principal = self._principal(employee, snapshot.revision)
+        return employee
+
+    async def _decide(self, d: Decision, snapshot: PolicySnapshot | None, now: float, meter: bool = True) -> None:
+        access = d.access
+        employee = await self._identified(d, snapshot)
+        if employee is None or snapshot is None:
+            return None
         if access.refusal is not None:
             return _deny(d, access.refusal.reason, access.refusal.detail)
         grant = snapshot.index.grant(employee, access.resource, access.action)
@@ -154,7 +188,7 @@ class Guard:
                 d, Reason.BULK_UNBOUNDED, "This request has no record limit, so it cannot be metered; add one."
             )
         try:
-            if not await self._admit(d, employee, limit, snapshot.index.rate_limit(employee), shift, now):
+            if meter and not await self._admit(d, employee, limit, snapshot.index.rate_limit(employee), shift, now):
                 return None
         except MeterUnavailable as exc:
             d.metered, d.retry_after = Served.REFUSED.value, exc.retry_after

@@ -23,6 +23,7 @@ class Reason(StrEnum):
     IDENTITY_KEYS_UNAVAILABLE = "identity.keys_unavailable"
     IDENTITY_NOT_ON_ROSTER = "identity.not_on_roster"
     IDENTITY_BAD_CLAIMS = "identity.bad_claims"
+    IDENTITY_WRONG_USER = "identity.wrong_user"
 
     REQUEST_BAD_PATH = "request.bad_path"
     REQUEST_AMBIGUOUS_QUERY = "request.ambiguous_query"
@@ -30,6 +31,10 @@ class Reason(StrEnum):
     REQUEST_BAD_BODY = "request.bad_body"
     REQUEST_TOO_LARGE = "request.too_large"
     ROUTE_UNKNOWN = "route.unknown"
+    STATEMENT_REFUSED = "statement.refused"
+    STATEMENT_BAD_SYNTAX = "statement.bad_syntax"
+    STATEMENT_BAD_PARAMETER = "statement.bad_parameter"
+    PROTOCOL_UNSUPPORTED = "protocol.unsupported"
 
     POLICY_NOT_PERMITTED = "policy.not_permitted"
     POLICY_OTHER_BRANCH = "policy.other_branch"

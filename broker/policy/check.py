@@ -11,6 +11,7 @@ from broker.policy.problem import PolicyProblem
 from broker.policy.route import RouteMap
 from broker.policy.rule import Rule
 from broker.policy.shift import Shift, build_shift
+from broker.policy.table import TableMap
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -66,6 +67,22 @@ def check_routes(checked: CheckedRules, routes: RouteMap) -> None:
                     route.line,
                     f"route {route.label} returns records but names no branch_field",
                     "set branch_field to the record field holding its branch, so the broker can check it",
+                )
+            )
+
+
+def check_tables(checked: CheckedRules, tables: TableMap) -> None:
+    """Every mapped table's resource must be one the rules grant, or the table is a
+    silent dead end (every statement on it refused with a misleading reason)."""
+    granted = {r.fields[1] for r in checked.of("p")}
+    for rule in tables.tables.values():
+        if rule.resource not in granted:
+            checked.problems.append(
+                PolicyProblem(
+                    tables.file,
+                    0,
+                    f"table {rule.name} maps to resource {rule.resource}, which no p line grants",
+                    "fix the spelling, or add a p line granting it to a role",
                 )
             )
 

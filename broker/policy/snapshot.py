@@ -7,24 +7,28 @@ live enforcer is not atomic (false denies and "dictionary changed size" under lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import casbin
 from casbin.persist.adapter import Adapter
 
-from broker.policy.check import CheckedRules, check_routes, check_rules
+from broker.policy.check import CheckedRules, check_routes, check_rules, check_tables
 from broker.policy.index import PolicyIndex, build_index
 from broker.policy.model import load_model, matcher_line
 from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.route import RouteMap, parse_routes
 from broker.policy.rule import Rule, parse_rules
+from broker.policy.table import TableMap, parse_tables
 
 MODEL_FILE = "model.conf"
 ROUTES_FILE = "routes.toml"
+TABLES_FILE = "tables.toml"
+"""Optional: which database tables the PostgreSQL door opens, and their branch columns."""
 RULE_GLOB = "*.csv"
 PARITY_SAMPLE = 64
 """Employees whose every decision is re-checked against `enforce()` on each load."""
@@ -40,6 +44,7 @@ class PolicySnapshot:
     enforcer: Any
     rules: tuple[Rule, ...]
     files: tuple[str, ...]
+    tables: TableMap = field(default_factory=TableMap.empty)
 
 
 class _RuleAdapter(Adapter):  # type: ignore[misc]
@@ -63,6 +68,10 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     problems += found
     routes, found = parse_routes(ROUTES_FILE, files.pop(ROUTES_FILE))
     problems += found
+    tables: TableMap | None = TableMap.empty()
+    if TABLES_FILE in files:
+        tables, found = parse_tables(TABLES_FILE, files.pop(TABLES_FILE))
+        problems += found
     rules: list[Rule] = []
     for name in sorted(files):
         parsed, found = parse_rules(name, files[name])
@@ -71,10 +80,15 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     checked = check_rules(rules)
     if routes is not None:
         check_routes(checked, routes)
+    if tables is not None:
+        check_tables(checked, tables)
     problems += checked.problems
-    if problems or model is None or routes is None:
+    if problems or model is None or routes is None or tables is None:
         raise PolicyError(problems)
-    return _compile(directory, revision, model, routes, rules, checked, parity_sample, matcher_line(model_raw))
+    snapshot = _compile(directory, revision, model, routes, rules, checked, parity_sample, matcher_line(model_raw))
+    if tables.file:
+        snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
+    return snapshot
 
 
 def _read_files(directory: Path) -> dict[str, bytes]:
@@ -85,12 +99,13 @@ def _read_files(directory: Path) -> dict[str, bytes]:
         path = directory / required
         if not path.is_file():
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
-    for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *sorted(directory.glob(RULE_GLOB))]:
+    optional = [directory / TABLES_FILE] if (directory / TABLES_FILE).is_file() else []
+    for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:
         try:
             files[path.name] = path.read_bytes()
         except OSError as exc:
             raise PolicyError([PolicyProblem(str(path), 0, f"cannot read: {exc.strerror}")]) from exc
-    if len(files) == 2:
+    if len(files) == 2 + len(optional):
         raise PolicyError([PolicyProblem(str(directory), 0, "no *.csv rule files in the policy directory")])
     return files
 

@@ -85,7 +85,8 @@ def assert_at(problem: PolicyProblem, file: str, line: int, fragment: str) -> No
 def test_shipped_policy_loads(policies: Path) -> None:
     snapshot = load_snapshot(policies)
     assert re.fullmatch(r"[0-9a-f]{12}", snapshot.revision)
-    assert snapshot.files == ("limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv")
+    expected = ("limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv", "tables.toml")
+    assert snapshot.files == expected
     assert snapshot.directory == policies
     assert len(snapshot.routes.routes) == 6
     assert {"e1001", "e2001", "e9001"} <= set(snapshot.index.employees)

@@ -1,0 +1,1 @@
+"""The PostgreSQL front door: wire protocol, login, statement analysis, row counting."""

@@ -1,0 +1,359 @@
+"""The PostgreSQL front door: connection start-up, the employee's login, cancel keys.
+
+The employee logs in with their employee id as the user name and their JWT as the
+password (like cloud databases' token logins). The broker checks the token, the roster
+and the shift, then logs in to the real database with its own credentials and hands
+the connection to a Session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+import ssl
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import structlog
+
+from broker.audit.event import decision_event
+from broker.audit.log import AuditSink
+from broker.config import PostgresSettings
+from broker.core.access import Access
+from broker.core.clock import iso
+from broker.core.decision import Decision, Verdict
+from broker.core.guard import Guard
+from broker.core.reason import Reason
+from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
+from broker.pg.session import Session
+from broker.pg.sqlstate import decision_error
+from broker.pg.startup import StartupRefused, StartupRequest, read_request
+from broker.pg.statement_cache import StatementCache
+from broker.pg.wire import (
+    CANCEL_REQUEST,
+    GSSENC_REQUEST,
+    PROTOCOL_3_0,
+    SSL_REQUEST,
+    Cursor,
+    ProtocolViolation,
+    authentication,
+    backend_key_data,
+    error_response,
+    negotiate_protocol_version,
+    parameter_status,
+    read_message,
+    read_startup,
+    ready_for_query,
+    startup_parameters,
+)
+from broker.policy.holder import PolicyHolder
+
+log = structlog.get_logger("broker.pg")
+
+STARTUP_TIMEOUT = 15.0
+_AUTH_CLEARTEXT = 3
+_PINNED = {"standard_conforming_strings": "on", "client_encoding": "UTF8"}
+"""Settings the SQL analysis relies on; search_path is pinned to the table map's schema."""
+
+
+class LoginRefused(Exception):
+    def __init__(self, error: bytes) -> None:
+        super().__init__("login refused")
+        self.error = error
+
+
+@dataclass(slots=True)
+class Client:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    peer: str
+    local: bool
+    tls: bool = False
+
+
+class PgDoor:
+    def __init__(self, settings: PostgresSettings, guard: Guard, policy: PolicyHolder, audit: AuditSink) -> None:
+        self._settings = settings
+        self._guard = guard
+        self._policy = policy
+        self._audit = audit
+        self._address = BackendAddress(
+            settings.server_host,
+            settings.server_port,
+            settings.server_database,
+            settings.server_user,
+            settings.server_password,
+        )
+        self._tls = _tls_context(settings)
+        self._cache = StatementCache()
+        self._sessions: dict[tuple[int, int], Session] = {}
+        self._per_employee: Counter[str] = Counter()
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (tests ask for port 0)."""
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self._settings.host, self._settings.port)
+        if self._tls is None:
+            log.warning(
+                "pg.no_tls",
+                detail="[postgres] has no TLS certificate: employees' tokens are accepted only over loopback, "
+                "in clear text. Configure tls_cert_file and tls_key_file before serving other hosts.",
+            )
+        log.info("pg.listening", host=self._settings.host, port=self.port, database=self._address.database)
+
+    async def close(self, grace: float = 3.0) -> None:
+        """Stop accepting, end every session (each settles, audits and says goodbye to the
+        database), and cancel what is still running after `grace` seconds."""
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions.values()):
+            session.shutdown()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=grace)
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else "local"
+        client = Client(reader, writer, str(host), _is_local(str(host)))
+        try:
+            await self._serve(client)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            # the door is closing: end the connection quietly (asyncio's stream callback
+            # logs a cancelled handler task as an error)
+            pass
+        except Exception:
+            log.exception("pg.connection_failed", client=client.peer)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            await close_stream(writer)
+
+    async def _serve(self, client: Client) -> None:
+        try:
+            opened = await asyncio.wait_for(self._open(client), STARTUP_TIMEOUT)
+        except LoginRefused as exc:
+            await _send(client, exc.error)
+            return
+        except TimeoutError:
+            await _send(client, error_response("FATAL", "08P01", "the login did not finish in time"))
+            return
+        if opened is None:
+            return
+        session, login, employee = opened
+        started = time.perf_counter()
+        ended = "cancelled"
+        try:
+            ended = await session.run()
+        finally:
+            self._per_employee[employee] -= 1
+            self._sessions = {k: s for k, s in self._sessions.items() if s is not session}
+            self._audit_session(session, login, employee, client, ended, time.perf_counter() - started)
+
+    def _audit_session(
+        self, session: Session, login: Decision, employee: str, client: Client, ended: str, seconds: float
+    ) -> None:
+        self._audit.emit(
+            {
+                "time": iso(self._guard.clock.now()),
+                "kind": "pg.session",
+                "door": "pg",
+                "decision_id": login.id,
+                "employee": employee,
+                "client": client.peer,
+                "statements": session.statements,
+                "records_returned": session.rows,
+                "duration_ms": round(seconds * 1000, 1),
+                "ended": ended,
+            }
+        )
+
+    async def _open(self, client: Client) -> tuple[Session, Decision, str] | None:
+        """Start-up to the first ReadyForQuery; None when the connection only cancelled."""
+        parameters = await self._negotiate(client)
+        if parameters is None:
+            return None
+        try:
+            request = read_request(parameters, self._address.database)
+        except StartupRefused as exc:
+            raise LoginRefused(error_response("FATAL", exc.sqlstate, exc.text, hint=exc.hint)) from exc
+        if not client.tls and not client.local:
+            raise LoginRefused(
+                error_response(
+                    "FATAL",
+                    "28000",
+                    "the broker accepts tokens only over TLS from other hosts",
+                    hint="Connect with sslmode=require.",
+                )
+            )
+        token = await _password(client)
+        login = await self._login(client, request, token)
+        backend = await self._backend(request)
+        pid, key = self._new_cancel_key()
+        session = Session(
+            client=(client.reader, client.writer),
+            backend=backend,
+            address=self._address,
+            guard=self._guard,
+            policy=self._policy,
+            cache=self._cache,
+            audit=self._audit,
+            login=login,
+            credential=token,
+            peer=client.peer,
+            max_message_bytes=self._settings.max_message_bytes,
+            max_result_bytes=self._settings.max_result_bytes,
+        )
+        self._sessions[(pid, key)] = session
+        greeting = [authentication(0)]
+        greeting += [parameter_status(name, value) for name, value in backend.parameters.items()]
+        greeting += [backend_key_data(pid, key), ready_for_query(b"I")]
+        await _send(client, b"".join(greeting))
+        return session, login, request.user
+
+    async def _negotiate(self, client: Client) -> dict[str, str] | None:
+        """SSLRequest, GSSENCRequest and CancelRequest come before the StartupMessage."""
+        while True:
+            startup = await read_startup(client.reader)
+            if startup.code == SSL_REQUEST and not client.tls:
+                await self._start_tls(client)
+            elif startup.code == GSSENC_REQUEST:
+                await _send(client, b"N")
+            elif startup.code == CANCEL_REQUEST:
+                await self._cancel(startup.body)
+                return None
+            elif startup.code >> 16 == 3:
+                return await _protocol_3(client, startup.code, startup.body)
+            else:
+                raise LoginRefused(
+                    error_response("FATAL", "0A000", f"unsupported frontend protocol {startup.code >> 16}")
+                )
+
+    async def _start_tls(self, client: Client) -> None:
+        if self._tls is None:
+            await _send(client, b"N")
+            return
+        # Bytes sent after the SSLRequest and before the handshake would be read as if
+        # they came over TLS (CVE-2021-23214): refuse the connection instead.
+        if len(getattr(client.reader, "_buffer", b"")):
+            raise ProtocolViolation("data after SSLRequest before the TLS handshake")
+        await _send(client, b"S")
+        await client.writer.start_tls(self._tls)
+        client.tls = True
+
+    async def _cancel(self, body: bytes) -> None:
+        if len(body) != 8:
+            return
+        session = self._sessions.get(struct.unpack("!II", body))
+        if session is not None:
+            with contextlib.suppress(OSError, TimeoutError):
+                await session.cancel()
+
+    async def _login(self, client: Client, request: StartupRequest, token: str) -> Decision:
+        access = Access(token, client.peer, f"pg login {request.database}", action="connect")
+        decision = await self._guard.decide_login(access)
+        if decision.allowed and decision.employee != request.user:
+            decision.verdict, decision.reason = Verdict.DENY, Reason.IDENTITY_WRONG_USER
+            decision.detail = (
+                f"The user name {request.user!r} is not the employee the token is for ({decision.employee})."
+            )
+        if decision.allowed and self._per_employee[request.user] >= self._settings.max_sessions_per_employee:
+            limit = self._settings.max_sessions_per_employee
+            self._audit_login(decision, client)
+            raise LoginRefused(
+                error_response("FATAL", "53300", f"you already have {limit} sessions open through the broker")
+            )
+        self._audit_login(decision, client)
+        if not decision.allowed:
+            raise LoginRefused(decision_error(decision, fatal=True))
+        self._per_employee[request.user] += 1
+        return decision
+
+    def _audit_login(self, decision: Decision, client: Client) -> None:
+        self._audit.emit(decision_event(decision, door="pg", status=0, returned=0, latency=0.0, kind="pg.login"))
+
+    async def _backend(self, request: StartupRequest) -> BackendSession:
+        snapshot = self._policy.current
+        schema = snapshot.tables.schema if snapshot is not None else "public"
+        parameters = {**request.passed_on, **_PINNED, "search_path": schema}
+        try:
+            return await connect(self._address, parameters, self._settings.connect_timeout_seconds)
+        except (BackendError, ProtocolViolation, OSError, TimeoutError) as exc:
+            self._per_employee[request.user] -= 1
+            log.error("pg.backend_failed", error=str(exc))
+            raise LoginRefused(
+                error_response(
+                    "FATAL",
+                    "08006",
+                    "the database behind the broker is unavailable",
+                    hint="Retry shortly; if it persists, tell the operators.",
+                )
+            ) from exc
+
+    def _new_cancel_key(self) -> tuple[int, int]:
+        while True:
+            key = (secrets.randbits(31) | 1, secrets.randbits(32))
+            if key not in self._sessions:
+                return key
+
+
+async def _protocol_3(client: Client, code: int, body: bytes) -> dict[str, str]:
+    """Protocol 3.x: a newer minor version is answered with the version the broker speaks."""
+    parameters = startup_parameters(body)
+    extensions = sorted(name for name in parameters if name.startswith("_pq_."))
+    if code != PROTOCOL_3_0 or extensions:
+        await _send(client, negotiate_protocol_version(0, extensions))
+    return {name: value for name, value in parameters.items() if not name.startswith("_pq_.")}
+
+
+async def _password(client: Client) -> str:
+    await _send(client, authentication(_AUTH_CLEARTEXT))
+    kind, payload = await read_message(client.reader, 64 * 1024)
+    if kind != b"p":
+        raise LoginRefused(error_response("FATAL", "08P01", "expected a password message"))
+    try:
+        return Cursor(payload).cstring()
+    except ProtocolViolation as exc:
+        raise LoginRefused(error_response("FATAL", "28P01", "the password is not readable text")) from exc
+
+
+async def _send(client: Client, data: bytes) -> None:
+    client.writer.write(data)
+    await client.writer.drain()
+
+
+def _is_local(host: str) -> bool:
+    if host == "local":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_context(settings: PostgresSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context

@@ -1,0 +1,509 @@
+"""One employee's session through the PostgreSQL door, after login.
+
+The client's messages are read here, one at a time: each statement is analysed, decided
+by the core (at Parse without charging, at Bind or Query with the quota), rewritten to
+the employee's branches, and forwarded. The server's answers go through the Relay,
+which counts rows and puts the broker's own errors where the server's would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from broker.audit.event import decision_event
+from broker.audit.log import AuditSink
+from broker.core.access import UNBOUNDED, Access, Refusal
+from broker.core.clock import iso
+from broker.core.decision import Decision, Verdict
+from broker.core.guard import Guard, new_decision_id
+from broker.core.reason import Reason
+from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
+from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
+from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
+from broker.pg.sqlstate import decision_error
+from broker.pg.statement_cache import StatementCache
+from broker.pg.wire import (
+    SYNC,
+    Cursor,
+    MessageBuffer,
+    ProtocolViolation,
+    cstring,
+    error_response,
+    message,
+    read_message,
+)
+from broker.policy.holder import PolicyHolder
+from broker.policy.snapshot import PolicySnapshot
+
+log = structlog.get_logger("broker.pg")
+
+READ_CHUNK = 256 * 1024
+_PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    statement: Statement | None
+    branches: frozenset[str] | None
+
+
+@dataclass(slots=True)
+class Bound:
+    """What a Bind message carries that the broker needs."""
+
+    portal: str
+    statement: str
+    params: list[bytes | None]
+    formats: list[int]
+
+
+class Session:
+    def __init__(
+        self,
+        *,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        backend: BackendSession,
+        address: BackendAddress,
+        guard: Guard,
+        policy: PolicyHolder,
+        cache: StatementCache,
+        audit: AuditSink,
+        login: Decision,
+        credential: str,
+        peer: str,
+        max_message_bytes: int,
+        max_result_bytes: int,
+    ) -> None:
+        self._reader, self._writer = client
+        self._backend = backend
+        self._address = address
+        self._guard = guard
+        self._policy = policy
+        self._cache = cache
+        self._audit = audit
+        self._login = login
+        self._credential = credential
+        self._peer = peer
+        self._limit = max_message_bytes
+        self._max_result_bytes = max_result_bytes
+        self._relay = Relay()
+        self._prepared: dict[str, Prepared] = {}
+        self._portals: dict[str, Metered] = {}
+        self._discarding = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelling: asyncio.Task[None] | None = None
+        self._handlers: dict[bytes, Callable[[bytes], Awaitable[None]]] = {
+            b"Q": self._query,
+            b"P": self._parse,
+            b"B": self._bind,
+            b"E": self._execute,
+            b"D": self._describe,
+            b"C": self._close,
+            b"S": self._sync,
+            b"F": self._function_call,
+        }
+        self.statements = 0
+        self.rows = 0
+
+    async def run(self) -> str:
+        """Serve until either side closes; returns why the session ended."""
+        client = asyncio.create_task(self._pump_client(), name="pg-client-pump")
+        server = asyncio.create_task(self._pump_server(), name="pg-server-pump")
+        try:
+            done, _ = await asyncio.wait((client, server), return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop()
+            return first.result() if first.exception() is None else f"failed: {first.exception()!r}"
+        finally:
+            for task in (client, server, *self._tasks):
+                task.cancel()
+            await asyncio.gather(client, server, *self._tasks, return_exceptions=True)
+            for left in self._relay.abandon() + [p for p in self._portals.values() if not p.done]:
+                await self._finished(left)
+            await self._backend.close()
+
+    def shutdown(self) -> None:
+        """The broker is stopping: end the session as if the client had left."""
+        self._writer.close()
+
+    async def cancel(self) -> None:
+        """A CancelRequest carrying this session's key: pass it on to the server."""
+        await send_cancel(self._address, self._backend.pid, self._backend.key, 5.0)
+
+    # --- client to server ----------------------------------------------------------
+
+    async def _pump_client(self) -> str:
+        while True:
+            try:
+                kind, payload = await read_message(self._reader, self._limit)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return "client closed"
+            except ProtocolViolation as exc:
+                await self._fatal("08P01", f"protocol violation: {exc}")
+                return "protocol violation"
+            if kind == b"X":
+                return "client terminated"
+            if not await self._on_client(kind, payload):
+                return "closed by the broker"
+            await self._backend.writer.drain()
+
+    async def _on_client(self, kind: bytes, payload: bytes) -> bool:
+        if self._cancelling is not None:
+            # the cancel of a cut statement must land before anything else is sent, or
+            # it could cancel the client's next statement instead
+            await asyncio.wait([self._cancelling])
+            self._cancelling = None
+        if self._discarding and kind != b"S":
+            return True
+        if self._relay.needs_abort:
+            self._abort_server_transaction()
+        if kind in _PASSED_ON:  # Flush, and COPY FROM STDIN data: nothing to decide
+            self._backend.writer.write(message(kind, payload))
+            return True
+        handler = self._handlers.get(kind)
+        if handler is None:
+            await self._fatal("08P01", f"unexpected message type {kind!r} from the client")
+            return False
+        await handler(payload)
+        return not self._relay.close
+
+    async def _query(self, payload: bytes) -> None:
+        sql = Cursor(payload).cstring()
+        snapshot = self._policy.current
+        started = time.perf_counter()
+        statements = await self._analysed(sql, snapshot, extended=False)
+        if statements is None:
+            return
+        executions: list[Metered] = []
+        for statement in statements:
+            execution = await self._decided(statement, snapshot, _static_bound(statement), started, extended=False)
+            if execution is None:
+                for earlier in executions:
+                    await self._finished(earlier)
+                return
+            executions.append(execution)
+        branches = _branches(d for e in executions for d in e.decisions)
+        text = scoped_sql(statements, branches) if statements else sql
+        self.statements += len(statements)
+        self._forward(message(b"Q", cstring(text)), Pending(Expect.QUERY, executions))
+
+    async def _parse(self, payload: bytes) -> None:
+        fields = Cursor(payload)
+        name, sql, rest = fields.cstring(), fields.cstring(), fields.rest()
+        snapshot = self._policy.current
+        started = time.perf_counter()
+        statements = await self._analysed(sql, snapshot, extended=True)
+        if statements is None:
+            return
+        if len(statements) > 1:
+            refusal = SqlRefused("cannot insert multiple commands into a prepared statement", "", "42601")
+            await self._refuse_sql(sql, refusal, extended=True)
+            return
+        statement = statements[0] if statements else None
+        bound = _static_bound(statement) if statement and statement.rows.param is None else 0
+        checked = await self._decided(statement, snapshot, bound, started, extended=True, meter=False)
+        if checked is None:
+            return
+        branches = _branches(checked.decisions)
+        text = scoped_sql([statement], branches) if statement else sql
+        self._prepared[name] = Prepared(statement, branches)
+        self._forward(message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY))
+
+    async def _bind(self, payload: bytes) -> None:
+        bound = _read_bind(payload)
+        prepared = self._prepared.get(bound.statement)
+        if prepared is None:
+            self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
+            return
+        statement, started = prepared.statement, time.perf_counter()
+        try:
+            limit = row_bound(statement.rows, bound.params, bound.formats) if statement else 0
+            if statement is not None and statement.kind == "insert" and prepared.branches is not None:
+                check_insert_branches(statement, prepared.branches, bound.params, bound.formats)
+        except SqlRefused as exc:
+            await self._refuse_sql(statement.sql if statement else "", exc, extended=True)
+            return
+        records = UNBOUNDED if limit is None else limit
+        execution = await self._decided(statement, self._policy.current, records, started, extended=True)
+        if execution is None:
+            return
+        if _branches(execution.decisions) != prepared.branches:
+            await self._finished(execution)
+            self._refuse(
+                error_response(
+                    "ERROR",
+                    "0A000",
+                    "the policy changed since this statement was prepared",
+                    hint="Prepare the statement again.",
+                )
+            )
+            return
+        old = self._portals.get(bound.portal)
+        if old is not None and not old.done:
+            await self._finished(old)
+        self._portals[bound.portal] = execution
+        self.statements += 1
+        self._forward(message(b"B", payload), Pending(Expect.REPLY))
+
+    async def _execute(self, payload: bytes) -> None:
+        portal = Cursor(payload).cstring()
+        execution = self._portals.get(portal)
+        if execution is None or execution.done:
+            self._refuse(error_response("ERROR", "34000", f'portal "{portal}" does not exist'))
+            return
+        self._forward(message(b"E", payload), Pending(Expect.EXECUTE, [execution]))
+
+    async def _describe(self, payload: bytes) -> None:
+        self._forward(message(b"D", payload), Pending(Expect.DESCRIBE))
+
+    async def _close(self, payload: bytes) -> None:
+        fields = Cursor(payload)
+        what, name = fields.byte(), fields.cstring()
+        if what == b"S":
+            self._prepared.pop(name, None)
+        else:
+            portal = self._portals.pop(name, None)
+            if portal is not None and not portal.done:
+                await self._finished(portal)
+        self._forward(message(b"C", payload), Pending(Expect.REPLY))
+
+    async def _sync(self, payload: bytes) -> None:
+        self._discarding = False
+        self._forward(message(b"S", payload), Pending(Expect.SYNC))
+
+    async def _function_call(self, payload: bytes) -> None:
+        self._refuse(
+            error_response(
+                "ERROR",
+                "42501",
+                "the FunctionCall protocol message is refused by the access broker",
+                hint="Call functions from SQL (SELECT ...); the broker checks SQL.",
+            ),
+            extended=False,
+        )
+
+    # --- deciding ------------------------------------------------------------------
+
+    async def _analysed(self, sql: str, snapshot: PolicySnapshot | None, *, extended: bool) -> list[Statement] | None:
+        if snapshot is None:
+            await self._refuse_sql(sql, SqlRefused("no valid policy is loaded", "Retry shortly."), extended=extended)
+            return None
+        try:
+            return self._cache.analyse(sql, snapshot)
+        except SqlRefused as exc:
+            await self._refuse_sql(sql, exc, extended=extended)
+            return None
+
+    async def _decided(
+        self,
+        statement: Statement | None,
+        snapshot: PolicySnapshot | None,
+        records: int,
+        started: float,
+        *,
+        extended: bool,
+        meter: bool = True,
+    ) -> Metered | None:
+        """The statement's decisions (one per resource and action it touches), or None
+        after refusing it; every reservation made before a refusal is released."""
+        decisions: list[Decision] = []
+        for resource, action in _touched(statement):
+            access = self._access(statement, resource, action, records)
+            decision = await self._guard.decide(access, snapshot, meter=meter)
+            decisions.append(decision)
+            if not decision.allowed:
+                execution = Metered(statement, decisions, 0, started, sqlstate="42501")
+                await self._finished(execution, metered=meter)
+                fatal = decision.reason.is_identity
+                self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
+                return None
+        limit = min((d.allowed_records for d in decisions), default=UNBOUNDED)
+        return Metered(statement, decisions, limit, started, max_bytes=self._max_result_bytes)
+
+    def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
+        target = statement.fingerprint if statement else ""
+        return Access(self._credential, self._peer, f"sql {target}", resource, action, None, records)
+
+    async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool) -> None:
+        """A statement the broker will not run: decided (so identified and audited) as a
+        refusal, shown with the analyser's SQLSTATE and hint."""
+        reason = Reason.STATEMENT_BAD_SYNTAX if refused.sqlstate == "42601" else Reason.STATEMENT_REFUSED
+        if refused.sqlstate == "22023":
+            reason = Reason.STATEMENT_BAD_PARAMETER
+        access = Access(self._credential, self._peer, "sql", refusal=Refusal(reason, refused.message))
+        decision = await self._guard.decide(access)
+        self._audit_statement(Metered(None, [decision], 0, time.perf_counter(), sqlstate=refused.sqlstate), sql=sql)
+        if decision.reason is reason:
+            error = error_response("ERROR", refused.sqlstate, f"{refused.message} [{reason.value}]", hint=refused.hint)
+        else:
+            error = decision_error(decision, fatal=decision.reason.is_identity)
+        self._refuse(error, extended=extended, fatal=decision.reason.is_identity)
+
+    def _refuse(self, error: bytes, *, extended: bool = True, fatal: bool = False) -> None:
+        """Fail the server in the broker's place (see relay.py) and show `error` instead."""
+        self._forward(POISON, Pending(Expect.EXECUTE, replacement=error, fatal=fatal))
+        if extended:
+            self._discarding = True
+        else:
+            self._forward(SYNC, Pending(Expect.SYNC))
+
+    def _abort_server_transaction(self) -> None:
+        self._relay.needs_abort = False
+        self._forward(POISON, Pending(Expect.EXECUTE, replacement=b"", silent=True))
+        self._forward(SYNC, Pending(Expect.SYNC, silent=True))
+
+    def _forward(self, data: bytes, pending: Pending) -> None:
+        self._relay.expect(pending)
+        self._backend.writer.write(data)
+
+    # --- server to client ----------------------------------------------------------
+
+    async def _pump_server(self) -> str:
+        buffer = MessageBuffer(SERVER_MESSAGE_LIMIT)
+        relay = self._relay
+        while True:
+            data = await self._backend.reader.read(READ_CHUNK)
+            if not data:
+                await self._fatal("08006", "the database closed the connection")
+                return "database closed"
+            for kind, raw in buffer.feed(data):
+                relay.feed(kind, raw)
+                if relay.cut is not None:
+                    await self._on_cut(relay.cut)
+                    relay.cut = None
+            self._writer.write(relay.take())
+            for execution in relay.finished:
+                await self._finished(execution)
+            relay.finished.clear()
+            if relay.close:
+                await self._writer.drain()
+                return "closed by the broker"
+            await self._writer.drain()
+
+    async def _on_cut(self, execution: Metered) -> None:
+        """A statement returned more rows than it was allowed: stop it at the server and
+        tell the client why, with the quota as it stands after charging what was sent."""
+        cancelling = asyncio.create_task(self._cancel_quietly(), name="pg-cut-cancel")
+        self._tasks.add(cancelling)
+        cancelling.add_done_callback(self._tasks.discard)
+        self._cancelling = cancelling
+        for decision in execution.decisions:
+            await self._guard.settle(decision, execution.rows)
+        primary = min(execution.decisions, key=lambda d: d.allowed_records, default=None)
+        if execution.rows >= execution.limit:
+            what = f"more rows than the {execution.limit} it was allowed"
+        else:
+            what = f"more than the {self._max_result_bytes} bytes one answer may carry"
+        self._relay.cut_error = error_response(
+            "ERROR",
+            "53400",
+            f"The statement returned {what}, so the broker stopped it after sending {execution.rows} rows. "
+            f"[{Reason.UPSTREAM_TOO_MANY_RECORDS.value}]",
+            detail=_quota_text(primary) if primary else "",
+            hint="Ask for fewer rows (LIMIT n) or fewer columns.",
+        )
+
+    async def _cancel_quietly(self) -> None:
+        try:
+            await self.cancel()
+        except (OSError, TimeoutError) as exc:
+            log.warning("pg.cancel_failed", error=str(exc))
+
+    async def _finished(self, execution: Metered, *, metered: bool = True) -> None:
+        """Charge what was sent and write the statement's audit event."""
+        execution.done = True
+        if metered and not execution.cut:
+            for decision in execution.decisions:
+                if decision.allowed:
+                    await self._guard.settle(decision, execution.rows)
+        self.rows += execution.rows
+        self._audit_statement(execution)
+
+    def _audit_statement(self, execution: Metered, sql: str = "") -> None:
+        statement = execution.statement
+        decision = _primary(execution.decisions) or self._plain_decision(statement)
+        latency = time.perf_counter() - execution.started
+        event = decision_event(
+            decision,
+            door="pg",
+            status=0,
+            returned=execution.rows,
+            latency=latency,
+            sqlstate=execution.sqlstate,
+            statement=statement.fingerprint if statement else None,
+            statement_kind=statement.kind if statement else None,
+            tables=sorted({use.table for use in statement.uses}) if statement else [],
+            pii_columns=list(statement.pii) if statement else [],
+            cut=execution.cut or None,
+            refused_sql=sql[:200] or None,
+        )
+        self._audit.emit(event)
+
+    def _plain_decision(self, statement: Statement | None) -> Decision:
+        """Statements that touch no mapped table (BEGIN, SET, SELECT 1) are still audited."""
+        access = Access(None, self._peer, f"sql {statement.fingerprint if statement else ''}")
+        decision = Decision(new_decision_id(), Verdict.ALLOW, Reason.ALLOWED, "", access, self._login.revision, 0.0)
+        decision.principal, decision.started = self._login.principal, self._guard.clock.now()
+        return decision
+
+    async def _fatal(self, sqlstate: str, text: str) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._writer.write(error_response("FATAL", sqlstate, text))
+            await self._writer.drain()
+
+
+def _touched(statement: Statement | None) -> list[tuple[str, str]]:
+    if statement is None:
+        return []
+    return sorted({(use.resource, use.action) for use in statement.uses})
+
+
+def _static_bound(statement: Statement | None) -> int:
+    if statement is None:
+        return 0
+    constant = statement.rows.constant
+    return UNBOUNDED if constant is None else constant
+
+
+def _branches(decisions: Iterable[Decision]) -> frozenset[str] | None:
+    """The branches every decision allows (None: every branch): the intersection, so a
+    statement touching two resources sees only what both allow."""
+    allowed: frozenset[str] | None = None
+    for decision in decisions:
+        if decision.allowed_branches is None:
+            continue
+        allowed = decision.allowed_branches if allowed is None else allowed & decision.allowed_branches
+    return allowed
+
+
+def _primary(decisions: Sequence[Decision]) -> Decision | None:
+    for decision in decisions:
+        if not decision.allowed:
+            return decision
+    return decisions[0] if decisions else None
+
+
+def _quota_text(decision: Decision) -> str:
+    quota = decision.quota
+    if quota is None:
+        return f"decision {decision.id}"
+    return (
+        f"decision {decision.id}; {quota.name} quota: {quota.used} of {quota.limit} records used, "
+        f"{quota.remaining} left until {iso(quota.reset_at, quota.zone)}"
+    )
+
+
+def _read_bind(payload: bytes) -> Bound:
+    fields = Cursor(payload)
+    portal, statement = fields.cstring(), fields.cstring()
+    formats = [fields.int16() for _ in range(fields.int16())]
+    params: list[bytes | None] = []
+    for _ in range(fields.int16()):
+        size = fields.signed32()
+        params.append(None if size == -1 else fields.raw(size))
+    return Bound(portal, statement, params, formats)

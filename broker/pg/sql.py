@@ -1,0 +1,485 @@
+"""What a SQL string asks for, decided with PostgreSQL's own grammar (pglast / libpg_query).
+
+`analyse` turns a query string into Statements (kind, tables and actions, a bound on the
+rows it can return, PII columns named) or refuses it. It is pure and its results are
+immutable, so the session caches them per SQL text. `scoped_sql` puts each employee's
+branch list into the statements; `row_bound`, `branch_values` and
+`check_insert_branches` resolve what only the Bind message knows.
+
+Fail closed: a statement kind, node type or function the broker does not know is
+refused, never passed through. An empty string (or only comments) is `[]`: there is no
+statement, and the session answers it like PostgreSQL does (EmptyQueryResponse).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from pglast import ast, enums, fingerprint, parse_sql
+from pglast.parser import ParseError
+
+from broker.pg.sql_scope import (
+    Found,
+    SqlRefused,
+    TableUse,
+    children,
+    walk_copy,
+    walk_delete,
+    walk_insert,
+    walk_select,
+    walk_update,
+)
+from broker.policy.table import TableMap
+
+__all__ = [
+    "RowBound",
+    "SqlRefused",
+    "Statement",
+    "StatementKind",
+    "TableUse",
+    "analyse",
+    "branch_values",
+    "check_insert_branches",
+    "row_bound",
+    "scoped_sql",
+]
+
+StatementKind = Literal["select", "insert", "update", "delete", "copy_out", "transaction", "set", "show", "deallocate"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowBound:
+    """An upper bound on the rows a statement can return; both None: unbounded."""
+
+    constant: int | None
+    """A literal bound: LIMIT 10 -> 10; statements returning no rows -> 0."""
+    param: int | None
+    """The 1-based $n of a parameter LIMIT, decided at Bind."""
+
+
+UNBOUNDED = RowBound(None, None)
+NO_ROWS = RowBound(0, None)
+ONE_ROW = RowBound(1, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    """This statement's text as sent (one statement, no trailing semicolon)."""
+    fingerprint: str
+    kind: StatementKind
+    uses: tuple[TableUse, ...]
+    """Every mapped table referenced, deduplicated by (table, action), in the order the
+    walk meets them (WITH, FROM, then the rest)."""
+    rows: RowBound
+    pii: tuple[str, ...]
+    """PII columns named, as "table.column", sorted; `*` counts as all of the table's."""
+    branch_params: tuple[int, ...] = ()
+    """INSERT: the $n giving inserted rows' branches, checked at Bind."""
+    branch_constants: tuple[str, ...] = ()
+    """INSERT: the literal branches of inserted rows."""
+    scoped_parts: tuple[str, ...] = ()
+    """The rewritten text split where the branch list goes; () when nothing needs scoping."""
+
+    def resources(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(resource, action) -> the tables through which the statement touches it."""
+        touched: dict[tuple[str, str], tuple[str, ...]] = {}
+        for use in self.uses:
+            key = (use.resource, use.action)
+            touched[key] = (*touched.get(key, ()), use.table)
+        return touched
+
+
+def analyse(sql: str, tables: TableMap) -> list[Statement]:
+    """Every statement in `sql` (a simple-query string may hold several), or SqlRefused
+    for the first one the broker will not run. Syntax errors are SQLSTATE 42601."""
+    if "\0" in sql:
+        raise SqlRefused("the statement contains a NUL character", "send the SQL text without NUL bytes", "42601")
+    try:
+        raws = parse_sql(sql)
+    except ParseError as exc:
+        raise SqlRefused(str(exc), "check the statement's syntax", "42601") from None
+    return [_statement(_text_of(sql, raw), raw.stmt, tables) for raw in raws]
+
+
+def scoped_sql(statements: Sequence[Statement], branches: frozenset[str] | None) -> str:
+    """The SQL to send: every branch-scoped table seen only through `branches` (None: all).
+
+    Also refuses an INSERT whose literal branch is not one of `branches`."""
+    texts = []
+    for statement in statements:
+        if branches is not None and statement.branch_constants:
+            _check_branches(statement, branches, statement.branch_constants)
+        if branches is None or not statement.scoped_parts:
+            texts.append(_ended(statement.sql))
+        else:
+            texts.append(_array_literal(branches).join(statement.scoped_parts))
+    return "; ".join(texts)
+
+
+def _ended(text: str) -> str:
+    """A statement ending in a -- comment gets a newline, or the comment would swallow the next one."""
+    return text + "\n" if "--" in text.rpartition("\n")[2] else text
+
+
+def row_bound(bound: RowBound, params: Sequence[bytes | None], formats: Sequence[int]) -> int | None:
+    """The bound as an int at Bind; None: unbounded (also a NULL LIMIT, which means no limit)."""
+    if bound.param is None:
+        return bound.constant
+    value = _param(bound.param, params)
+    if value is None:
+        return None
+    return _decode_limit(value, _format_of(formats, bound.param, len(params)), bound.param)
+
+
+def branch_values(statement: Statement, params: Sequence[bytes | None], formats: Sequence[int]) -> list[str]:
+    """The branch of every row an INSERT adds: its literals, then its parameters read as text."""
+    values = list(statement.branch_constants)
+    for number in statement.branch_params:
+        value = _param(number, params)
+        if value is None:
+            raise SqlRefused(f"parameter ${number} (the branch of an inserted row) is NULL", "send a branch code")
+        # text and varchar travel as the same UTF-8 bytes in text and binary format
+        _format_of(formats, number, len(params))
+        try:
+            values.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            hint = "send the branch code as text"
+            raise SqlRefused(f"parameter ${number} is not UTF-8 text", hint, "22021") from None
+    return values
+
+
+def check_insert_branches(
+    statement: Statement, branches: frozenset[str] | None, params: Sequence[bytes | None], formats: Sequence[int]
+) -> None:
+    """Refuse an INSERT adding a row outside `branches` (None: every branch is allowed)."""
+    if branches is None or not (statement.branch_constants or statement.branch_params):
+        return
+    _check_branches(statement, branches, branch_values(statement, params, formats))
+
+
+# --- statements ------------------------------------------------------------------------
+
+_Shape = tuple[StatementKind, RowBound, Found]
+_NOTHING = Found((), (), ())
+
+
+def _statement(text: str, node: Any, tables: TableMap) -> Statement:
+    handler = _HANDLERS.get(type(node))
+    if handler is None:
+        raise _refusal(node)
+    kind, rows, found = handler(node, tables)
+    return Statement(
+        sql=text,
+        fingerprint=fingerprint(text),
+        kind=kind,
+        uses=found.uses,
+        rows=rows,
+        pii=found.pii,
+        branch_params=found.branch_params,
+        branch_constants=found.branch_constants,
+        scoped_parts=found.parts,
+    )
+
+
+def _select(node: Any, tables: TableMap) -> _Shape:
+    limit = _limit_bound(node)
+    found = walk_select(node, tables)
+    return "select", _tighter(_natural_bound(node, found.custom_functions), limit), found
+
+
+def _insert(node: Any, tables: TableMap) -> _Shape:
+    source = node.selectStmt
+    if node.returningClause is None:
+        rows = NO_ROWS
+    elif source is None:
+        rows = ONE_ROW  # DEFAULT VALUES
+    else:
+        rows = _tighter(_natural_bound(source, custom_functions=True), _limit_bound(source))
+    return "insert", rows, walk_insert(node, tables)
+
+
+def _update(node: Any, tables: TableMap) -> _Shape:
+    # UPDATE/DELETE ... RETURNING: as many rows as match, unknown in advance; clients
+    # wanting a bound select the rows (with LIMIT) and change them by key
+    rows = NO_ROWS if node.returningClause is None else UNBOUNDED
+    return "update", rows, walk_update(node, tables)
+
+
+def _delete(node: Any, tables: TableMap) -> _Shape:
+    rows = NO_ROWS if node.returningClause is None else UNBOUNDED
+    return "delete", rows, walk_delete(node, tables)
+
+
+def _copy(node: Any, tables: TableMap) -> _Shape:
+    if node.is_from:
+        raise SqlRefused("the broker does not run COPY ... FROM", "insert rows with INSERT ... VALUES")
+    if node.filename is not None or node.is_program:
+        raise SqlRefused(
+            "the broker does not run COPY to a file or program on the database server", "use COPY ... TO STDOUT"
+        )
+    query = node.query  # walk_copy turns COPY table into COPY (query) when it scopes it
+    found = walk_copy(node, tables)
+    if query is None:
+        return "copy_out", UNBOUNDED, found  # COPY table TO STDOUT: the whole table
+    return "copy_out", _tighter(_natural_bound(query, found.custom_functions), _limit_bound(query)), found
+
+
+_TRANSACTION_KINDS = frozenset({
+    enums.TransactionStmtKind.TRANS_STMT_BEGIN, enums.TransactionStmtKind.TRANS_STMT_START,
+    enums.TransactionStmtKind.TRANS_STMT_COMMIT, enums.TransactionStmtKind.TRANS_STMT_ROLLBACK,
+    enums.TransactionStmtKind.TRANS_STMT_SAVEPOINT, enums.TransactionStmtKind.TRANS_STMT_RELEASE,
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_TO,
+})  # fmt: skip
+
+
+def _transaction(node: Any, tables: TableMap) -> _Shape:
+    if node.kind not in _TRANSACTION_KINDS:
+        raise SqlRefused(
+            "the broker does not run two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED)",
+            "use BEGIN and COMMIT",
+        )
+    return "transaction", NO_ROWS, _NOTHING
+
+
+_PINNED_SETTINGS = {
+    "search_path": "table names resolve in the broker's schema; qualify them with it instead",
+    "standard_conforming_strings": "the broker reads SQL with standard_conforming_strings on; use E'...' for escapes",
+    "backslash_quote": "the broker reads SQL with standard_conforming_strings on; use E'...' for escapes",
+    "row_security": "row-level security stays as the broker set it",
+    "role": "the broker connects as one database user; what you may do comes from the access policy",
+    "session_authorization": "the broker connects as one database user; what you may do comes from the access policy",
+    "session_replication_role": "triggers stay as the database has them",
+    "client_encoding": "the broker speaks UTF8; SET client_encoding TO 'UTF8' is the only change allowed",
+}
+_MULTI_SETTINGS = frozenset({"TRANSACTION", "SESSION CHARACTERISTICS"})
+
+
+def _set(node: Any, tables: TableMap) -> _Shape:
+    """SET/RESET of ordinary settings; the ones the broker relies on stay as they are."""
+    if node.kind == enums.VariableSetKind.VAR_SET_MULTI and node.name in _MULTI_SETTINGS:
+        return "set", NO_ROWS, _NOTHING
+    if node.kind in (enums.VariableSetKind.VAR_RESET_ALL, enums.VariableSetKind.VAR_SET_MULTI):
+        raise SqlRefused("the broker does not run RESET ALL or SET of several settings at once",
+                         "set or reset settings one at a time, e.g. RESET statement_timeout")  # fmt: skip
+    name = (node.name or "").lower()  # setting names are case-insensitive, quoted or not
+    if "." in name:
+        raise SqlRefused(
+            f"custom setting {name} may not be changed through the broker",
+            "custom settings carry the broker's own context (such as the branch); they are not for clients",
+        )
+    if name in _PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
+        raise SqlRefused(f"setting {name} may not be changed through the broker", _PINNED_SETTINGS[name])
+    return "set", NO_ROWS, _NOTHING
+
+
+def _is_utf8(node: Any) -> bool:
+    if node.kind != enums.VariableSetKind.VAR_SET_VALUE or len(node.args or ()) != 1:
+        return False
+    (value,) = node.args
+    text = str(value.val.sval) if isinstance(value, ast.A_Const) and isinstance(value.val, ast.String) else ""
+    return re.sub(r"[^a-z0-9]", "", text.lower()) in ("utf8", "unicode")
+
+
+def _show(node: Any, tables: TableMap) -> _Shape:
+    return "show", (UNBOUNDED if node.name == "all" else ONE_ROW), _NOTHING
+
+
+def _deallocate(node: Any, tables: TableMap) -> _Shape:
+    return "deallocate", NO_ROWS, _NOTHING
+
+
+_HANDLERS: dict[type[ast.Node], Callable[[Any, TableMap], _Shape]] = {
+    ast.SelectStmt: _select,
+    ast.InsertStmt: _insert,
+    ast.UpdateStmt: _update,
+    ast.DeleteStmt: _delete,
+    ast.CopyStmt: _copy,
+    ast.TransactionStmt: _transaction,
+    ast.VariableSetStmt: _set,
+    ast.VariableShowStmt: _show,
+    ast.DeallocateStmt: _deallocate,
+}
+
+# --- refusals by statement type --------------------------------------------------------
+
+_PLAIN = "run plain SELECT, INSERT, UPDATE and DELETE statements"
+_CURSOR = "page through results with LIMIT and OFFSET (or WHERE key > last key seen); cursors bypass the row cap"
+_PREPARE = "use your driver's prepared statements (the extended protocol), which the broker checks"
+_SCHEMA = "the broker opens records, not the schema or permissions; ask the platform team"
+_REFUSED = {
+    "DoStmt": ("DO blocks", _PLAIN),
+    "CallStmt": ("CALL", _PLAIN),
+    "ExplainStmt": ("EXPLAIN", "EXPLAIN ANALYZE runs the statement unchecked; ask the platform team for query plans"),
+    "DeclareCursorStmt": ("cursors (DECLARE)", _CURSOR),
+    "FetchStmt": ("cursors (FETCH, MOVE)", _CURSOR),
+    "ClosePortalStmt": ("cursors (CLOSE)", _CURSOR),
+    "PrepareStmt": ("SQL-level PREPARE", _PREPARE),
+    "ExecuteStmt": ("SQL-level EXECUTE", _PREPARE),
+    "ListenStmt": ("LISTEN", "notifications are not available through the broker"),
+    "UnlistenStmt": ("UNLISTEN", "notifications are not available through the broker"),
+    "NotifyStmt": ("NOTIFY", "notifications are not available through the broker"),
+    "VacuumStmt": ("VACUUM or ANALYZE", "maintenance is the platform team's job"),
+    "LockStmt": ("LOCK TABLE", "lock the rows you change with SELECT ... FOR UPDATE"),
+    "DiscardStmt": ("DISCARD", "open a new connection for a fresh session"),
+    "TruncateStmt": ("TRUNCATE", _SCHEMA),
+    "GrantStmt": ("GRANT or REVOKE", _SCHEMA),
+    "GrantRoleStmt": ("GRANT or REVOKE", _SCHEMA),
+    "MergeStmt": ("MERGE", "use INSERT, UPDATE and DELETE"),
+    "CreateTableAsStmt": ("CREATE TABLE AS", _SCHEMA),
+}
+_SCHEMA_PREFIXES = (
+    "Create", "Alter", "Drop", "Rename", "Comment", "SecLabel", "Reindex", "Cluster", "Refresh", "Import",
+    "View", "Index", "Rule", "Define", "CompositeType", "ReassignOwned", "ReplicaIdentity",
+)  # fmt: skip
+_ALLOWED = "allowed: SELECT, INSERT ... VALUES, UPDATE, DELETE, COPY ... TO STDOUT, BEGIN/COMMIT/ROLLBACK, SET, SHOW"
+
+
+def _refusal(node: Any) -> SqlRefused:
+    name = type(node).__name__
+    if name in _REFUSED:
+        label, hint = _REFUSED[name]
+    elif name.startswith(_SCHEMA_PREFIXES):
+        label, hint = "schema changes (CREATE, ALTER, DROP...)", _SCHEMA
+    else:
+        label, hint = f"this kind of statement ({name.removesuffix('Stmt')})", _ALLOWED
+    return SqlRefused(f"the broker does not run {label}", hint)
+
+
+# --- row bounds ------------------------------------------------------------------------
+
+_INTEGER_TYPES = frozenset({"int2", "int4", "int8"})
+_AGGREGATES = frozenset({
+    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every",
+    "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp",
+})  # fmt: skip
+
+
+def _limit_bound(node: Any) -> RowBound:
+    """LIMIT n / FETCH FIRST n ROWS ONLY; WITH TIES can return more than n, so it bounds nothing."""
+    count = _without_integer_cast(node.limitCount)
+    if count is None or node.limitOption == enums.LimitOption.LIMIT_OPTION_WITH_TIES:
+        return UNBOUNDED
+    if isinstance(count, ast.ParamRef):
+        return RowBound(None, count.number)
+    if isinstance(count, ast.A_Const):
+        if count.isnull:  # LIMIT ALL, LIMIT NULL
+            return UNBOUNDED
+        if isinstance(count.val, ast.Integer):
+            return RowBound(max(cast(int, count.val.ival), 0), None)
+        if isinstance(count.val, ast.Float) and str(count.val.fval).isdigit():  # beyond 32 bits
+            return RowBound(int(str(count.val.fval)), None)
+    raise SqlRefused(
+        "the broker cannot bound this LIMIT: it must be a whole number or a parameter", "write LIMIT 100 or LIMIT $1"
+    )
+
+
+def _without_integer_cast(node: Any) -> Any:
+    if not isinstance(node, ast.TypeCast) or node.typeName is None or node.typeName.arrayBounds:
+        return node
+    names = node.typeName.names or ()
+    return node.arg if names and names[-1].sval in _INTEGER_TYPES else node
+
+
+def _natural_bound(node: Any, custom_functions: bool) -> RowBound:
+    """Rows a SELECT returns whatever its LIMIT: VALUES lists, no FROM, or an aggregate without GROUP BY.
+
+    A function from the table map's own list might return a set: then no natural bound."""
+    if node.valuesLists:
+        return RowBound(len(node.valuesLists), None)
+    if node.op != enums.SetOperation.SETOP_NONE or custom_functions:
+        return UNBOUNDED
+    if not node.fromClause or (not node.groupClause and _has_aggregate(node.targetList)):
+        return ONE_ROW
+    return UNBOUNDED
+
+
+def _has_aggregate(node: Any) -> bool:
+    """An aggregate call at this query level (not in a subquery, not a window function)."""
+    if isinstance(node, tuple):
+        return any(_has_aggregate(item) for item in node)
+    if not isinstance(node, ast.Node) or isinstance(node, ast.SubLink | ast.SelectStmt):
+        return False
+    if isinstance(node, ast.FuncCall) and node.over is None and (node.funcname or ())[-1].sval in _AGGREGATES:
+        return True
+    return any(_has_aggregate(child) for child in children(node))
+
+
+def _tighter(first: RowBound, second: RowBound) -> RowBound:
+    """The smaller of two bounds; a constant beats a parameter, anything beats unbounded."""
+    if first.constant is not None and second.constant is not None:
+        return first if first.constant <= second.constant else second
+    if first.constant is not None:
+        return first
+    if second != UNBOUNDED:
+        return second
+    return first
+
+
+# --- parameters and literals -----------------------------------------------------------
+
+_DECIMAL = re.compile(r"\s*[+-]?[0-9]+\s*\Z", re.ASCII)
+
+
+def _param(number: int, params: Sequence[bytes | None]) -> bytes | None:
+    if not 1 <= number <= len(params):
+        hint = f"bind a value for every parameter up to ${number}"
+        raise SqlRefused(f"parameter ${number} was not sent", hint, "08P01")
+    return params[number - 1]
+
+
+def _format_of(formats: Sequence[int], number: int, count: int) -> int:
+    """Bind's rule: no codes = all text, one code = for all, else one code per parameter."""
+    if len(formats) in (0, 1):
+        code = formats[0] if formats else 0
+    elif len(formats) == count:
+        code = formats[number - 1]
+    else:
+        raise SqlRefused("Bind has a format code count that matches neither 1 nor the parameters", "", "08P01")
+    if code not in (0, 1):
+        raise SqlRefused(f"parameter ${number} has unknown format code {code}", "use 0 (text) or 1 (binary)", "08P01")
+    return code
+
+
+def _decode_limit(value: bytes, code: int, number: int) -> int:
+    """A LIMIT parameter: decimal ASCII in text format, a 2/4/8-byte big-endian integer in binary."""
+    if code == 1 and len(value) in (2, 4, 8):
+        return max(int.from_bytes(value, "big", signed=True), 0)
+    if code == 0:
+        text = value.decode("ascii", errors="replace")
+        if _DECIMAL.match(text):
+            return max(int(text), 0)  # a negative LIMIT is an error in PostgreSQL: no rows
+    raise SqlRefused(f"parameter ${number} (the LIMIT) is not a whole number", "send the LIMIT as an integer", "22023")
+
+
+def _check_branches(statement: Statement, branches: frozenset[str], values: Sequence[str]) -> None:
+    outside = [value for value in values if value not in branches]
+    if not outside:
+        return
+    use = next(use for use in statement.uses if use.action == "write" and use.branch_column)
+    mine = ", ".join(sorted(branches))
+    held = f"of your branch ({mine})" if len(branches) == 1 else f"of your branches ({mine})"
+    raise SqlRefused(
+        f"you may only insert {use.resource} records {held}" if branches else
+        f"you may not insert {use.resource} records: you hold no branch",
+        f"set {use.branch_column} to {' or '.join(sorted(branches)) or 'a branch you hold'}; "
+        f"{outside[0]!r} is not yours",
+    )  # fmt: skip
+
+
+def _array_literal(branches: frozenset[str]) -> str:
+    """`'{"B1","B2"}'` quoted for SQL (E'...' when a code holds a backslash)."""
+    elements = ",".join('"' + code.replace("\\", "\\\\").replace('"', '\\"') + '"' for code in sorted(branches))
+    literal = "{" + elements + "}"
+    if "\\" in literal:
+        return "E'" + literal.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + literal.replace("'", "''") + "'"
+
+
+def _text_of(sql: str, raw: Any) -> str:
+    start = raw.stmt_location
+    end = start + raw.stmt_len if raw.stmt_len else len(sql)
+    return sql[start:end].strip()

@@ -1,0 +1,94 @@
+"""Decisions rendered for PostgreSQL clients: this door's one table from reason to SQLSTATE.
+
+Drivers act on the SQLSTATE (28P01 → ask for a new password, 53400 → back off), people
+read the message, detail and hint; the hint always says what *is* allowed.
+"""
+
+from __future__ import annotations
+
+from broker.core.clock import iso
+from broker.core.decision import Decision
+from broker.core.reason import Reason
+from broker.pg.wire import error_response
+
+SQLSTATE: dict[Reason, str] = {
+    Reason.IDENTITY_MISSING: "28P01",
+    Reason.IDENTITY_MALFORMED: "28P01",
+    Reason.IDENTITY_EXPIRED: "28P01",
+    Reason.IDENTITY_NOT_YET_VALID: "28P01",
+    Reason.IDENTITY_BAD_SIGNATURE: "28P01",
+    Reason.IDENTITY_WRONG_AUDIENCE: "28P01",
+    Reason.IDENTITY_WRONG_ISSUER: "28P01",
+    Reason.IDENTITY_UNKNOWN_KEY: "28P01",
+    Reason.IDENTITY_BAD_ALGORITHM: "28P01",
+    Reason.IDENTITY_KEYS_UNAVAILABLE: "08004",
+    Reason.IDENTITY_NOT_ON_ROSTER: "28000",
+    Reason.IDENTITY_BAD_CLAIMS: "28000",
+    Reason.IDENTITY_WRONG_USER: "28000",
+    Reason.STATEMENT_REFUSED: "42501",
+    Reason.STATEMENT_BAD_SYNTAX: "42601",
+    Reason.STATEMENT_BAD_PARAMETER: "22023",
+    Reason.PROTOCOL_UNSUPPORTED: "0A000",
+    Reason.POLICY_NOT_PERMITTED: "42501",
+    Reason.POLICY_OTHER_BRANCH: "42501",
+    Reason.POLICY_UNAVAILABLE: "42501",
+    Reason.SHIFT_OUTSIDE: "42501",
+    Reason.BULK_OVER_CAP: "42501",
+    Reason.BULK_UNBOUNDED: "42501",
+    Reason.RATE_EXCEEDED: "53400",
+    Reason.QUOTA_EXCEEDED: "53400",
+    Reason.METER_UNAVAILABLE: "53400",
+    Reason.UPSTREAM_TOO_MANY_RECORDS: "53400",
+    Reason.UPSTREAM_TIMEOUT: "57014",
+    Reason.UPSTREAM_UNAVAILABLE: "08006",
+    Reason.BROKER_ERROR: "58000",
+}
+
+LOGIN_SQLSTATE = {Reason.SHIFT_OUTSIDE: "28000", Reason.POLICY_UNAVAILABLE: "28000", Reason.BROKER_ERROR: "28000"}
+"""At login the SQLSTATE families differ: every refusal is an authorization failure."""
+
+HINTS: dict[Reason, str] = {
+    Reason.POLICY_NOT_PERMITTED: "Your roles list what you may read and write; ask your supervisor for more.",
+    Reason.SHIFT_OUTSIDE: "Records are available during your shift only.",
+    Reason.BULK_OVER_CAP: "Add LIMIT n with n at most your per-statement cap, and page with OFFSET.",
+    Reason.BULK_UNBOUNDED: "Add LIMIT n to the query (at most your per-statement cap).",
+    Reason.RATE_EXCEEDED: "Wait a moment and retry.",
+    Reason.QUOTA_EXCEEDED: "Your quota resets at the time in the detail.",
+    Reason.METER_UNAVAILABLE: "The quota counters are unreachable; retry shortly.",
+    Reason.UPSTREAM_TOO_MANY_RECORDS: "Ask for fewer rows with LIMIT; your quota is in the detail.",
+    Reason.IDENTITY_EXPIRED: "Reconnect with a fresh token as the password.",
+    Reason.IDENTITY_WRONG_USER: "Connect with user=<your employee id> and your token as the password.",
+}
+
+
+def decision_error(decision: Decision, *, fatal: bool = False, hint: str = "") -> bytes:
+    """The ErrorResponse an employee's client shows for a refused decision."""
+    table = LOGIN_SQLSTATE if fatal else {}
+    code = table.get(decision.reason) or SQLSTATE.get(decision.reason, "42501")
+    extra = [(b"W", f"broker decision {decision.id}")] if decision.id else []
+    return error_response(
+        "FATAL" if fatal else "ERROR",
+        code,
+        f"{decision.detail or 'Refused by the access broker.'} [{decision.reason.value}]",
+        detail=_detail(decision),
+        hint=hint or HINTS.get(decision.reason, ""),
+        extra=extra,
+    )
+
+
+def _detail(decision: Decision) -> str:
+    """The numbers behind the denial: quota left and when it resets, rate, cap."""
+    parts = [f"decision {decision.id}"] if decision.id else []
+    if decision.quota is not None:
+        quota = decision.quota
+        parts.append(
+            f"{quota.name} quota: {quota.used} of {quota.limit} records used, "
+            f"{quota.remaining} left until {iso(quota.reset_at, quota.zone)}"
+        )
+    if decision.rate is not None and decision.retry_after is not None:
+        parts.append(f"retry after {decision.retry_after:.1f} s")
+    if "cap" in decision.facts:
+        parts.append(f"per-statement cap: {decision.facts['cap']} rows")
+    if decision.rule:
+        parts.append(f"rule: {decision.rule}")
+    return "; ".join(parts)

@@ -1,0 +1,155 @@
+"""The table map (`policies/tables.toml`): which database tables hold which records.
+
+It is policy, not protocol: it says what a table *means* (the resource it holds, the
+column naming each row's branch, which columns are personal data). The PostgreSQL door
+resolves every table a statement names against it; a table not in the map is not open.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from broker.policy.problem import PolicyProblem
+
+_SETTINGS_KEYS = frozenset({"schema", "functions"})
+_TABLE_KEYS = frozenset({"name", "resource", "branch_column", "pii_columns"})
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*\Z")
+"""Unquoted PostgreSQL identifiers as the parser hands them over (folded to lower case).
+
+Quoted, mixed-case names are deliberately not accepted: a platform engineer writing
+`Waybills` would expect it to match `waybills`, and it would not."""
+_MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
+
+
+@dataclass(frozen=True, slots=True)
+class TableRule:
+    name: str
+    resource: str
+    branch_column: str | None
+    """The column naming each row's branch; None: the table is not branch-scoped."""
+    pii_columns: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TableMap:
+    schema: str
+    """The one schema clients see; unqualified names resolve here."""
+    tables: Mapping[str, TableRule]
+    functions: frozenset[str]
+    """SQL functions allowed beyond the broker's built-in safe list."""
+    file: str
+
+    @classmethod
+    def empty(cls) -> TableMap:
+        """No table map: no table is open, so only table-less statements pass."""
+        return cls("public", MappingProxyType({}), frozenset(), "")
+
+    def rule(self, schema: str | None, name: str) -> TableRule | None:
+        """The rule for `schema.name` as the parser spelled it; None: not open."""
+        if schema is not None and schema != self.schema:
+            return None
+        return self.tables.get(name)
+
+
+def parse_tables(name: str, raw: bytes) -> tuple[TableMap | None, list[PolicyProblem]]:
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        line = int(m[1]) if (m := re.search(r"line (\d+)", str(exc))) else 1
+        return None, [PolicyProblem(name, line, f"not valid TOML: {exc}")]
+    problems = [PolicyProblem(name, 1, f"unknown top-level key {key!r}", "use [settings] and [[table]]")
+                for key in sorted(set(doc) - {"settings", "table"})]  # fmt: skip
+    schema, functions = _settings(doc.get("settings", {}), name, raw, problems)
+    tables = _tables(doc.get("table", []), name, raw, problems)
+    if problems:
+        return None, problems
+    return TableMap(schema, MappingProxyType(tables), functions, name), []
+
+
+def _settings(settings: Any, name: str, raw: bytes, problems: list[PolicyProblem]) -> tuple[str, frozenset[str]]:
+    line = _line_of(raw, b"[settings]")
+    try:
+        if not isinstance(settings, dict):
+            raise ValueError("settings must be a [settings] table")
+        unknown = set(settings) - _SETTINGS_KEYS
+        if unknown:
+            raise ValueError(f"[settings] has unknown keys: {', '.join(sorted(unknown))}")
+        schema = _identifier(settings, "schema", "public")
+        functions = _identifiers(settings, "functions")
+    except ValueError as exc:
+        problems.append(PolicyProblem(name, line, str(exc), "known keys: schema, functions"))
+        return "public", frozenset()
+    return schema, functions
+
+
+def _tables(entries: Any, name: str, raw: bytes, problems: list[PolicyProblem]) -> dict[str, TableRule]:
+    if not isinstance(entries, list):
+        problems.append(PolicyProblem(name, 1, "table must be an array of [[table]] entries"))
+        return {}
+    lines = _table_lines(raw)
+    tables: dict[str, TableRule] = {}
+    for position, entry in enumerate(entries):
+        line = lines[position] if position < len(lines) else 0
+        label = _label(entry, position)
+        try:
+            rule = _table(entry)
+        except ValueError as exc:
+            problems.append(PolicyProblem(name, line, f"{label}: {exc}"))
+            continue
+        if rule.name in tables:
+            problems.append(PolicyProblem(name, line, f"{label}: listed twice", "one [[table]] per table"))
+        tables[rule.name] = rule
+    return tables
+
+
+def _label(entry: Any, position: int) -> str:
+    table = entry.get("name") if isinstance(entry, dict) else None
+    return f"table {table!r}" if isinstance(table, str) and table else f"table #{position + 1}"
+
+
+def _table(entry: Any) -> TableRule:
+    if not isinstance(entry, dict):
+        raise ValueError("must be a table")
+    unknown = set(entry) - _TABLE_KEYS
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(_TABLE_KEYS))}")
+    resource = entry.get("resource")
+    if not isinstance(resource, str) or not resource:
+        raise ValueError("resource is required and must be a non-empty string (a resource of roles.csv)")
+    branch_column = _identifier(entry, "branch_column", None) if "branch_column" in entry else None
+    return TableRule(_identifier(entry, "name", None), resource, branch_column, _identifiers(entry, "pii_columns"))
+
+
+def _identifier(table: dict[str, Any], key: str, default: str | None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ValueError(f"{key} is required")
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string")
+    if not _IDENTIFIER.match(value) or len(value) > _MAX_IDENTIFIER:
+        raise ValueError(f"{key} = {value!r} is not a lower-case SQL identifier (letters, digits, _)")
+    return value
+
+
+def _identifiers(table: dict[str, Any], key: str) -> frozenset[str]:
+    values = table.get(key, [])
+    if not isinstance(values, list):
+        raise ValueError(f"{key} must be a list of strings")
+    return frozenset(_identifier({key: value}, key, None) for value in values)
+
+
+_TABLE_HEADER = re.compile(rb"\s*\[\[\s*table\s*\]\]\s*(#.*)?\Z")
+
+
+def _table_lines(raw: bytes) -> list[int]:
+    return [n for n, line in enumerate(raw.split(b"\n"), start=1) if _TABLE_HEADER.match(line.rstrip(b"\r"))]
+
+
+def _line_of(raw: bytes, needle: bytes) -> int:
+    index = raw.find(needle)
+    return raw[:index].count(b"\n") + 1 if index >= 0 else 0

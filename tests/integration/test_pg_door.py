@@ -1,0 +1,403 @@
+"""The PostgreSQL door from the client's side: real drivers (psycopg, asyncpg) through the
+broker to a real PostgreSQL, every denial with its SQLSTATE, the session usable after."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.conftest import BrokerFactory
+from tests.harness import Harness
+from tests.pg_fixtures import BRANCH_ROWS, direct
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def connect(harness: Harness, employee: str = "e1001", **params: str) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(harness.pg_dsn(employee, **params), autocommit=True)
+
+
+async def rows(conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchall()
+
+
+async def refused(conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as caught:
+        await conn.execute(sql, params)
+    return caught.value
+
+
+async def still_usable(conn: psycopg.AsyncConnection[Any]) -> None:
+    assert await rows(conn, "SELECT 1") == [(1,)]
+
+
+async def asyncpg_connect(harness: Harness, employee: str = "e1001", token: str | None = None) -> Any:
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=harness.pg_port,
+        user=employee,
+        password=token or harness.token(employee),
+        database=harness.broker.settings.postgres.server_database,
+        ssl=False,
+    )
+
+
+# --- login -----------------------------------------------------------------------
+
+
+async def test_an_employee_logs_in_with_their_token_and_reads_their_branch(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    found = await rows(conn, "SELECT waybill_no, branch_code FROM waybills ORDER BY id LIMIT 20")
+    assert len(found) == 20
+    assert {branch for _, branch in found} == {"BR001"}
+    await conn.close()
+
+
+async def test_a_bad_token_fails_at_startup_with_28P01(pg_broker: Harness) -> None:
+    with pytest.raises(asyncpg.InvalidPasswordError) as caught:
+        await asyncpg_connect(pg_broker, token="not-a-token")
+    assert caught.value.sqlstate == "28P01"
+    assert "identity." in str(caught.value)
+
+
+async def test_a_login_outside_the_shift_fails_with_28000_and_says_when_it_starts(pg_broker: Harness) -> None:
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError) as caught:
+        await asyncpg_connect(pg_broker, "e1002")  # night shift; it is 10:00
+    assert caught.value.sqlstate == "28000"
+    assert "outside your shift" in str(caught.value)
+    assert "next shift starts" in str(caught.value)
+
+
+async def test_the_user_name_must_be_the_tokens_employee(pg_broker: Harness) -> None:
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError) as caught:
+        await asyncpg_connect(pg_broker, "e1004", token=pg_broker.token("e1001"))
+    assert caught.value.sqlstate == "28000"
+    assert "identity.wrong_user" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "sqlstate", "words"),
+    [
+        ({"replication": "database"}, "42501", "replication"),
+        ({"options": "-c search_path=evil"}, "42501", "search_path"),
+        ({"options": "-c row_security=off"}, "42501", "row_security"),
+        ({"dbname": "postgres"}, "3D000", "not served here"),
+    ],
+)
+async def test_startup_parameters_that_would_change_what_sql_means_are_refused(
+    pg_broker: Harness, params: dict[str, str], sqlstate: str, words: str
+) -> None:
+    with pytest.raises(psycopg.OperationalError) as caught:
+        await connect(pg_broker, **params)
+    assert words in str(caught.value)
+    assert sqlstate  # libpq does not expose the SQLSTATE of a failed connection; the text names it
+
+
+async def test_ordinary_startup_options_reach_the_database(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker, options="-c statement_timeout=4321", application_name="waybill-desk")
+    assert await rows(conn, "SHOW statement_timeout") == [("4321ms",)]
+    await conn.close()
+
+
+# --- statements refused before the data is touched ----------------------------------
+
+
+async def test_a_read_without_limit_is_refused_as_bulk_and_the_session_goes_on(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, "SELECT * FROM waybills")
+    assert error.sqlstate == "42501"
+    assert "bulk.unbounded" in str(error)
+    assert error.diag.message_hint and "LIMIT" in error.diag.message_hint
+    await still_usable(conn)
+    await conn.close()
+
+
+async def test_a_limit_above_the_cap_is_refused_with_the_cap(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 51")  # courier cap: 50
+    assert error.sqlstate == "42501"
+    assert "bulk.over_cap" in str(error)
+    assert "50" in str(error)
+    assert len(await rows(conn, "SELECT id FROM waybills LIMIT 50")) == 50
+    await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "words"),
+    [
+        ("SELECT * FROM all_waybills LIMIT 5", "all_waybills"),
+        ("SELECT relname FROM pg_catalog.pg_class LIMIT 5", "pg_class"),
+        ("SELECT query_to_xml('select * from waybills', true, false, '')", "query_to_xml"),
+        ("SELECT string_agg(sender_phone, ',') FROM waybills", "string_agg"),
+        ("DO $$ BEGIN PERFORM 1; END $$", "DO"),
+        ("COPY waybills TO STDOUT", "bulk.unbounded"),
+        ("DECLARE c CURSOR FOR SELECT * FROM waybills", "LIMIT"),
+        ("SET search_path = pg_temp, public", "search_path"),
+        ("TRUNCATE waybills", "TRUNCATE"),
+    ],
+)
+async def test_what_the_broker_cannot_check_is_refused_with_42501(pg_broker: Harness, sql: str, words: str) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, sql)
+    assert error.sqlstate == "42501", str(error)
+    assert words.lower() in (str(error) + (error.diag.message_hint or "")).lower()
+    await still_usable(conn)
+    await conn.close()
+
+
+async def test_a_manager_may_read_customers_but_a_courier_may_not(pg_broker: Harness) -> None:
+    courier = await connect(pg_broker)
+    error = await refused(courier, "SELECT name FROM customers LIMIT 5")
+    assert error.sqlstate == "42501"
+    assert "policy.not_permitted" in str(error)
+    manager = await connect(pg_broker, "e2001")
+    assert {b for (b,) in await rows(manager, "SELECT branch_code FROM customers LIMIT 50")} == {"BR003"}
+    await courier.close()
+    await manager.close()
+
+
+async def test_a_syntax_error_is_42601_and_nothing_runs(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, "SELEC * FRM waybills")
+    assert error.sqlstate == "42601"
+    await still_usable(conn)
+    await conn.close()
+
+
+async def test_every_statement_of_a_multi_statement_string_is_checked(pg_broker: Harness, pg_database: str) -> None:
+    conn = await connect(pg_broker, "e1004")  # clerk: may write
+    error = await refused(conn, "UPDATE waybills SET status = 'lost' WHERE id = 1; SELECT * FROM waybills")
+    assert error.sqlstate == "42501"
+    with direct(pg_database) as admin:
+        assert admin.execute("SELECT status FROM waybills WHERE id = 1").fetchone() != ("lost",)
+    cur = await conn.execute("SELECT 1; SELECT count(*) FROM waybills")
+    assert await cur.fetchall() == [(1,)]
+    assert cur.nextset()
+    assert await cur.fetchall() == [(BRANCH_ROWS["BR001"],)]
+    await conn.close()
+
+
+# --- branch scoping, whatever the query shape ----------------------------------------
+
+OTHER_BRANCH_SHAPES = [
+    "SELECT branch_code FROM waybills WHERE branch_code = 'BR002' LIMIT 50",
+    "SELECT b.branch_code FROM waybills a JOIN waybills b ON b.id = a.id + 1 LIMIT 50",
+    "SELECT branch_code FROM waybills WHERE id IN (SELECT id FROM waybills WHERE branch_code <> 'BR001') LIMIT 50",
+    "WITH w AS (SELECT * FROM waybills) SELECT branch_code FROM w WHERE branch_code = 'BR002' LIMIT 50",
+    "SELECT branch_code FROM waybills WHERE branch_code = 'BR002' "
+    "UNION ALL SELECT branch_code FROM public.waybills WHERE branch_code = 'BR003' LIMIT 50",
+    "SELECT (SELECT max(branch_code) FROM waybills) LIMIT 1",
+    "SELECT x.branch_code FROM (SELECT * FROM waybills ORDER BY branch_code DESC) AS x LIMIT 50",
+    'SELECT branch_code FROM "waybills" w WHERE EXISTS (SELECT 1 FROM waybills v WHERE v.id = w.id) LIMIT 50',
+    "SELECT count(*), max(branch_code) FROM waybills",
+]
+
+
+@pytest.mark.parametrize("sql", OTHER_BRANCH_SHAPES)
+async def test_no_query_shape_returns_another_branchs_records(pg_broker: Harness, sql: str) -> None:
+    conn = await connect(pg_broker)
+    for row in await rows(conn, sql):
+        assert "BR002" not in row and "BR003" not in row, (sql, row)
+    await conn.close()
+
+
+async def test_counts_see_only_the_own_branch(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    assert await rows(conn, "SELECT count(*) FROM waybills") == [(BRANCH_ROWS["BR001"],)]
+    await conn.close()
+
+
+async def test_an_auditor_without_a_branch_sees_every_branch(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker, "e9001")
+    found = await rows(conn, "SELECT DISTINCT branch_code FROM waybills ORDER BY 1 LIMIT 10")
+    assert found == [(b,) for b in sorted(BRANCH_ROWS)]
+    await conn.close()
+
+
+async def test_writes_reach_only_the_own_branch(pg_broker: Harness, pg_database: str) -> None:
+    conn = await connect(pg_broker, "e1004")  # clerk, BR001
+    cur = await conn.execute("UPDATE waybills SET status = 'held' WHERE waybill_no IN ('BR001-7', 'BR002-7')")
+    assert cur.rowcount == 1
+    with direct(pg_database) as admin:
+        found = admin.execute("SELECT waybill_no, status FROM waybills WHERE waybill_no LIKE '%-7' ORDER BY 1")
+        assert dict(found.fetchall())["BR002-7"] != "held"
+    error = await refused(conn, "INSERT INTO waybills (waybill_no, branch_code) VALUES (%s, %s)", ("X-1", "BR002"))
+    assert error.sqlstate == "42501"
+    await conn.execute("INSERT INTO waybills (waybill_no, branch_code) VALUES (%s, %s)", ("X-2", "BR001"))
+    error = await refused(conn, "UPDATE waybills SET branch_code = 'BR002' WHERE waybill_no = 'BR001-8'")
+    assert error.sqlstate == "42501"
+    await conn.close()
+    with direct(pg_database) as admin:  # leave the seeded counts as other tests expect them
+        assert admin.execute("DELETE FROM waybills WHERE waybill_no LIKE 'X-%'").rowcount == 1
+        admin.execute("UPDATE waybills SET status = 'in_transit' WHERE waybill_no = 'BR001-7'")
+
+
+async def test_a_courier_may_not_write(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, "DELETE FROM waybills WHERE id = 3")
+    assert error.sqlstate == "42501"
+    assert "policy.not_permitted" in str(error)
+    await conn.close()
+
+
+# --- extended protocol ----------------------------------------------------------------
+
+
+async def test_asyncpg_prepared_statements_are_decided_again_with_the_limit_at_bind(pg_broker: Harness) -> None:
+    conn = await asyncpg_connect(pg_broker)
+    statement = await conn.prepare("SELECT waybill_no, branch_code FROM waybills WHERE status = $1 LIMIT $2")
+    found = await statement.fetch("in_transit", 10)
+    assert len(found) == 10
+    assert {r["branch_code"] for r in found} == {"BR001"}
+    with pytest.raises(asyncpg.InsufficientPrivilegeError) as caught:
+        await statement.fetch("in_transit", 500)
+    assert "bulk.over_cap" in str(caught.value)
+    assert len(await statement.fetch("delivered", 5)) == 5  # the session and the statement still work
+    await conn.close()
+
+
+async def test_psycopg_parameters_go_through_the_extended_protocol(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    found = await rows(conn, "SELECT branch_code FROM waybills WHERE waybill_no = %s LIMIT %s", ("BR002-1", 5))
+    assert found == []
+    found = await rows(conn, "SELECT branch_code FROM waybills WHERE waybill_no = %s LIMIT %s", ("BR001-1", 5))
+    assert found == [("BR001",)]
+    error = await refused(conn, "SELECT * FROM waybills WHERE status = %s", ("held",))
+    assert error.sqlstate == "42501"
+    await still_usable(conn)
+    await conn.close()
+
+
+async def test_a_refusal_inside_a_pipeline_arrives_in_order(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    async with conn.pipeline() as pipeline:
+        first = await conn.execute("SELECT id FROM waybills WHERE id > %s LIMIT %s", (0, 3))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT * FROM waybills WHERE id > %s", (0,))
+            await pipeline.sync()
+    assert len(await first.fetchall()) == 3
+    await still_usable(conn)
+    await conn.close()
+
+
+# --- metering on the wire ----------------------------------------------------------
+
+
+@pytest.fixture
+def srf_policy(policy_dir: Path) -> Path:
+    """The shipped policy, also allowing generate_series and pg_sleep (to build statements
+    the analyser bounds wrongly, and long ones to cancel)."""
+    tables = policy_dir / "tables.toml"
+    text = tables.read_text().replace("functions = []", 'functions = ["generate_series", "pg_sleep"]')
+    assert text != tables.read_text()
+    tables.write_text(text)
+    return policy_dir
+
+
+async def test_an_answer_over_its_weight_is_cut_mid_stream_with_53400_and_charged_what_was_sent(
+    make_broker: BrokerFactory, pg_database: str
+) -> None:
+    # The analyser bounds rows exactly (LIMIT), so what can still overflow is the weight of
+    # the rows: the wire meter counts bytes too, stops the statement at the server, and
+    # charges only the rows that were sent.
+    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres",
+                "max_result_bytes": 2048}  # fmt: skip
+    harness = await make_broker(postgres=settings)
+    conn = await connect(harness, "e1003")  # trainee: cap 20, quota 60 per shift
+    error = await refused(conn, "SELECT * FROM waybills ORDER BY id LIMIT 20")
+    assert error.sqlstate == "53400", str(error)
+    assert "upstream.too_many_records" in str(error) and "2048 bytes" in str(error)
+    assert error.diag.message_detail and "quota" in error.diag.message_detail
+    await still_usable(conn)
+    async with conn.transaction():
+        assert len(await rows(conn, "SELECT id FROM waybills LIMIT 20")) == 20
+    apg = await asyncpg_connect(harness, "e1003")
+    with pytest.raises(asyncpg.ConfigurationLimitExceededError):
+        await apg.fetch("SELECT * FROM waybills ORDER BY id LIMIT $1", 20)
+    assert await apg.fetchval("SELECT count(*) FROM waybills") == BRANCH_ROWS["BR001"]
+    await apg.close()
+    sent = [e for e in await harness.audit_events(at_least=3) if e.get("cut")]
+    assert sent and all(0 < e["records_returned"] < 20 for e in sent)
+    await conn.close()
+
+
+async def test_the_records_quota_runs_out_and_says_when_it_resets(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker, "e1003")  # trainee: cap 20, quota 60 per shift
+    for _ in range(3):
+        assert len(await rows(conn, "SELECT id FROM waybills LIMIT 20")) == 20
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 1")
+    assert error.sqlstate == "53400"
+    assert "quota.exceeded" in str(error)
+    assert error.diag.message_detail and "60 of 60" in error.diag.message_detail
+    await still_usable(conn)
+    await conn.close()
+
+
+async def test_copy_out_is_counted_and_scoped(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    lines = []
+    async with conn.cursor().copy("COPY (SELECT branch_code FROM waybills LIMIT 7) TO STDOUT") as copy:
+        async for chunk in copy:
+            lines.extend(bytes(chunk).decode().splitlines())
+    assert lines == ["BR001"] * 7
+    await conn.close()
+
+
+async def test_a_cancel_reaches_the_server_through_the_brokers_own_keys(
+    srf_policy: Path, make_broker: BrokerFactory, pg_database: str
+) -> None:
+    harness = await make_broker(postgres={"enabled": True, "port": 0, "server_database": pg_database,
+                                          "server_user": "postgres"})  # fmt: skip
+    conn = await asyncpg_connect(harness)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(asyncio.TimeoutError):
+        await conn.fetch("SELECT pg_sleep(20)", timeout=0.5)
+    assert await conn.fetchval("SELECT 1") == 1
+    assert loop.time() - started < 10
+    await conn.close()
+
+
+# --- transactions --------------------------------------------------------------------
+
+
+async def test_a_refusal_inside_a_transaction_aborts_it_until_rollback(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    await conn.execute("BEGIN")
+    assert len(await rows(conn, "SELECT id FROM waybills LIMIT 2")) == 2
+    error = await refused(conn, "SELECT * FROM waybills")
+    assert error.sqlstate == "42501"
+    error = await refused(conn, "SELECT 1")
+    assert error.sqlstate == "25P02"  # in_failed_sql_transaction, as PostgreSQL itself says
+    await conn.execute("ROLLBACK")
+    await still_usable(conn)
+    await conn.close()
+
+
+# --- audit ---------------------------------------------------------------------------
+
+
+async def test_every_statement_and_the_session_are_audited(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    await rows(conn, "SELECT id, sender_phone FROM waybills LIMIT 4")
+    await refused(conn, "SELECT * FROM waybills")
+    await conn.close()
+    events = await pg_broker.audit_events(at_least=4)
+    pg_events = [e for e in events if e.get("door") == "pg"]
+    login = next(e for e in pg_events if e.get("kind") == "pg.login")
+    assert login["employee"] == "e1001" and login["verdict"] == "allow"
+    read = next(e for e in pg_events if e.get("records_returned") == 4)
+    assert read["tables"] == ["waybills"] and read["statement"] and read["pii_columns"] == ["waybills.sender_phone"]
+    denied = next(e for e in pg_events if e.get("reason") == "bulk.unbounded")
+    assert denied["sqlstate"] == "42501"
+    await asyncio.sleep(0.2)
+    events = await pg_broker.audit_events(at_least=5)
+    session = next(e for e in events if e.get("kind") == "pg.session")
+    assert session["employee"] == "e1001" and session["records_returned"] == 4
+    assert "token" not in str(events) and pg_broker.token("e1001") not in str(events)

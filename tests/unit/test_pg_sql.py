@@ -1,0 +1,997 @@
+"""`analyse` and `scoped_sql`: what the PostgreSQL door runs, refuses, bounds and scopes.
+
+Statements are parsed with PostgreSQL's own grammar; every refusal carries a SQLSTATE,
+a message saying what was refused and a hint saying what is allowed. The branch
+rewrite is checked twice: its text (it re-parses, keeps $n, keeps aliases) here without a
+database, and its meaning against a real PostgreSQL at the end of this module.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pglast import parse_sql
+
+from broker.pg.sql import (
+    RowBound,
+    SqlRefused,
+    Statement,
+    TableUse,
+    analyse,
+    branch_values,
+    check_insert_branches,
+    row_bound,
+    scoped_sql,
+)
+from broker.policy.table import TableMap, parse_tables
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policies" / "tables.toml"
+MAP_TEXT = SHIPPED.read_text(encoding="utf-8") + '\n[[table]]\nname = "depots"\nresource = "depot"\n'
+
+
+def _tables(text: str) -> TableMap:
+    tables, problems = parse_tables("tables.toml", text.encode())
+    assert problems == []
+    assert tables is not None
+    return tables
+
+
+TABLES = _tables(MAP_TEXT)
+"""The shipped map plus an unscoped `depots` table."""
+CUSTOM = _tables(MAP_TEXT.replace("functions = []", 'functions = ["generate_series"]'))
+
+WAYBILL_PII = tuple(
+    sorted(
+        f"waybills.{c}"
+        for c in (
+            "sender_name",
+            "sender_phone",
+            "sender_address",
+            "recipient_name",
+            "recipient_phone",
+            "recipient_address",
+        )
+    )
+)
+READ_WAYBILLS = TableUse("waybills", "waybill", "read", "branch_code")
+WRITE_WAYBILLS = TableUse("waybills", "waybill", "write", "branch_code")
+READ_CUSTOMERS = TableUse("customers", "customer", "read", "branch_code")
+B1 = frozenset({"B1"})
+
+
+def one(sql: str, tables: TableMap = TABLES) -> Statement:
+    (statement,) = analyse(sql, tables)
+    return statement
+
+
+def refused(sql: str, sqlstate: str = "42501", tables: TableMap = TABLES) -> SqlRefused:
+    with pytest.raises(SqlRefused) as caught:
+        analyse(sql, tables)
+    assert caught.value.sqlstate == sqlstate
+    assert caught.value.message
+    assert caught.value.hint or sqlstate == "08P01"
+    return caught.value
+
+
+def scoped(sql: str, branches: frozenset[str] | None = B1) -> str:
+    text = scoped_sql(analyse(sql, TABLES), branches)
+    assert len(parse_sql(text)) == len(analyse(sql, TABLES))
+    return text
+
+
+# --- statement kinds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("SELECT 1", "select"),
+        ("select * from waybills w join customers c using (branch_code)", "select"),
+        ("select 1 union select 2 intersect select 3 except select 4", "select"),
+        ("values (1, 'a')", "select"),
+        ("select * from depots, lateral (select 1) x", "select"),
+        ("insert into depots (code) values ('x')", "insert"),
+        ("update depots set code = 'y'", "update"),
+        ("delete from depots", "delete"),
+        ("copy (select * from waybills) to stdout", "copy_out"),
+        ("copy waybills to stdout with (format csv)", "copy_out"),
+        ("begin", "transaction"),
+        ("start transaction isolation level serializable", "transaction"),
+        ("commit", "transaction"),
+        ("end", "transaction"),
+        ("rollback", "transaction"),
+        ("savepoint s", "transaction"),
+        ("release savepoint s", "transaction"),
+        ("rollback to savepoint s", "transaction"),
+        ("set statement_timeout = '5s'", "set"),
+        ("set local lock_timeout to 100", "set"),
+        ("reset statement_timeout", "set"),
+        ("set time zone 'Asia/Shanghai'", "set"),
+        ("set transaction read only", "set"),
+        ("set session characteristics as transaction isolation level repeatable read", "set"),
+        ("set client_encoding to 'UTF8'", "set"),
+        ("set names 'utf-8'", "set"),
+        ("show timezone", "show"),
+        ("deallocate all", "deallocate"),
+        ("deallocate prepare s1", "deallocate"),
+    ],
+)
+def test_allowed_kinds(sql: str, kind: str) -> None:
+    assert one(sql).kind == kind
+
+
+def test_statement_text_fingerprint_and_immutability() -> None:
+    statement = one("  SELECT id FROM waybills WHERE id = 1  ")
+    assert statement.sql == "SELECT id FROM waybills WHERE id = 1"
+    assert statement.fingerprint == one("select id from waybills where id = 2").fingerprint
+    assert statement.fingerprint != one("select id from customers where id = 2").fingerprint
+    with pytest.raises(AttributeError):
+        statement.kind = "delete"  # type: ignore[misc]
+    assert analyse("select 1", TABLES) == analyse("select 1", TABLES)
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "-- only a comment", "/* nothing */", ";", ";;"])
+def test_empty_strings_hold_no_statement(sql: str) -> None:
+    assert analyse(sql, TABLES) == []
+    assert scoped_sql([], B1) == ""
+
+
+def test_multi_statement_string_each_checked() -> None:
+    sql = "begin; select id from waybills limit 5; update waybills set status = 'x' where id = 1; commit"
+    statements = analyse(sql, TABLES)
+    assert [s.kind for s in statements] == ["transaction", "select", "update", "transaction"]
+    assert [s.sql for s in statements] == [
+        "begin",
+        "select id from waybills limit 5",
+        "update waybills set status = 'x' where id = 1",
+        "commit",
+    ]
+    assert statements[1].rows == RowBound(5, None)
+    text = scoped_sql(statements, B1)
+    assert text.startswith("begin; SELECT id FROM (SELECT * FROM public.waybills WHERE branch_code = ANY(")
+    assert text.endswith("; commit")
+    assert len(parse_sql(text)) == 4
+    assert scoped_sql(statements, None) == "; ".join(s.sql for s in statements)
+
+
+def test_trailing_line_comment_does_not_swallow_the_next_statement() -> None:
+    statements = analyse("select 1 -- one\n; select 2 /* two */; select id from waybills -- three", TABLES)
+    assert [s.sql for s in statements] == ["select 1 -- one", "select 2 /* two */", "select id from waybills -- three"]
+    for branches in (None, B1):
+        assert len(parse_sql(scoped_sql(statements, branches))) == 3
+
+
+def test_one_refused_statement_refuses_the_string() -> None:
+    assert "pg_authid" in refused("select 1; select * from pg_authid; select 2").message
+    assert "DO" in refused("select 1; do $$ begin end $$").message
+
+
+def test_multibyte_text_is_sliced_by_character() -> None:
+    first, second = analyse("select 'é€' as x; select id from waybills where status = 'ü'", TABLES)
+    assert first.sql == "select 'é€' as x"
+    assert second.sql == "select id from waybills where status = 'ü'"
+
+
+# --- syntax errors --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sql", ["SELEC * FRM waybills", "select * from", "select 'unterminated"])
+def test_syntax_errors_are_42601_with_pglast_message(sql: str) -> None:
+    error = refused(sql, "42601")
+    assert "syntax error" in error.message or "unterminated" in error.message
+
+
+def test_nul_is_refused() -> None:
+    assert "NUL" in refused("select 1\0; drop table waybills", "42601").message
+
+
+# --- refused statement kinds ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "words", "hint_words"),
+    [
+        ("do $$ begin perform 1; end $$", ["DO"], ["SELECT"]),
+        ("call refresh_things()", ["CALL"], ["SELECT"]),
+        ("create table x (a int)", ["schema"], ["platform team"]),
+        ("create temp table waybills (a int)", ["schema"], ["platform team"]),
+        ("create view v as select * from waybills", ["schema"], ["platform team"]),
+        ("create function f() returns int language sql as 'select 1'", ["schema"], ["platform team"]),
+        ("alter table waybills add column x int", ["schema"], ["platform team"]),
+        ("drop table waybills", ["schema"], ["platform team"]),
+        ("grant select on waybills to public", ["GRANT"], ["platform team"]),
+        ("revoke select on waybills from public", ["GRANT or REVOKE"], ["platform team"]),
+        ("grant admin to me", ["GRANT"], ["platform team"]),
+        ("truncate waybills", ["TRUNCATE"], ["platform team"]),
+        ("listen things", ["LISTEN"], ["notifications"]),
+        ("unlisten *", ["UNLISTEN"], ["notifications"]),
+        ("notify things, 'x'", ["NOTIFY"], ["notifications"]),
+        ("vacuum waybills", ["VACUUM"], ["maintenance"]),
+        ("analyze waybills", ["ANALYZE"], ["maintenance"]),
+        ("explain select * from waybills", ["EXPLAIN"], ["query plans"]),
+        ("explain analyze delete from waybills", ["EXPLAIN"], ["query plans"]),
+        ("lock table waybills", ["LOCK"], ["FOR UPDATE"]),
+        ("declare c cursor for select * from waybills", ["cursors"], ["LIMIT", "OFFSET"]),
+        ("fetch 100 from c", ["cursors"], ["LIMIT"]),
+        ("move forward 10 in c", ["cursors"], ["LIMIT"]),
+        ("close c", ["cursors"], ["LIMIT"]),
+        ("prepare q as select * from waybills", ["PREPARE"], ["driver"]),
+        ("execute q", ["EXECUTE"], ["driver"]),
+        ("discard all", ["DISCARD"], ["new connection"]),
+        ("merge into waybills w using depots d on true when matched then delete", ["MERGE"], ["UPDATE"]),
+        ("create table x as select * from waybills", ["CREATE TABLE AS"], ["platform team"]),
+        ("checkpoint", ["CheckPoint"], ["allowed"]),
+        ("load 'x'", ["Load"], ["allowed"]),
+        ("reindex table waybills", ["schema"], ["platform team"]),
+        ("comment on table waybills is 'x'", ["schema"], ["platform team"]),
+        ("prepare transaction 'x'", ["two-phase"], ["BEGIN"]),
+        ("commit prepared 'x'", ["two-phase"], ["BEGIN"]),
+        ("rollback prepared 'x'", ["two-phase"], ["BEGIN"]),
+    ],
+)
+def test_refused_statement_kinds(sql: str, words: list[str], hint_words: list[str]) -> None:
+    error = refused(sql)
+    for word in words:
+        assert word in error.message
+    for word in hint_words:
+        assert word in error.hint
+
+
+def test_select_into_is_refused() -> None:
+    error = refused("select * into copy_of_waybills from waybills")
+    assert "SELECT INTO" in error.message
+    assert "without INTO" in error.hint
+    assert "SELECT INTO" in refused("with x as (select 1) select * into t from x").message
+
+
+@pytest.mark.parametrize(
+    ("sql", "words"),
+    [
+        ("copy waybills from stdin", ["COPY ... FROM"]),
+        ("copy depots from stdin", ["COPY ... FROM"]),
+        ("copy waybills to '/tmp/x'", ["file or program"]),
+        ("copy (select 1) to '/tmp/x'", ["file or program"]),
+        ("copy waybills to program 'curl evil'", ["file or program"]),
+        ("copy (delete from waybills returning *) to stdout", ["data-changing"]),
+        ("copy pg_authid to stdout", ["pg_authid", "not open"]),
+    ],
+)
+def test_refused_copy(sql: str, words: list[str]) -> None:
+    error = refused(sql)
+    for word in words:
+        assert word in error.message
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "setting"),
+    [
+        ("set search_path = evil, public", "search_path"),
+        ("set schema 'evil'", "search_path"),
+        ('SET "Search_Path" TO evil', "search_path"),
+        ("set local search_path to default", "search_path"),
+        ("reset search_path", "search_path"),
+        ("set standard_conforming_strings = off", "standard_conforming_strings"),
+        ("set backslash_quote = on", "backslash_quote"),
+        ("set row_security = off", "row_security"),
+        ("set role postgres", "role"),
+        ("reset role", "role"),
+        ("set session authorization postgres", "session_authorization"),
+        ("set client_encoding = 'LATIN1'", "client_encoding"),
+        ("set names 'SQL_ASCII'", "client_encoding"),
+        ("reset client_encoding", "client_encoding"),
+        ("set app.branch = 'B2'", "app.branch"),
+        ("set local app.branch_id = 'B2'", "app.branch_id"),
+        ("reset app.branch", "app.branch"),
+        ('set "App.Branch" = 1', "app.branch"),
+    ],
+)
+def test_pinned_settings_are_refused(sql: str, setting: str) -> None:
+    error = refused(sql)
+    assert setting in error.message
+    assert "not" in error.message
+    assert error.hint
+
+
+def test_reset_all_is_refused() -> None:
+    error = refused("reset all")
+    assert "RESET ALL" in error.message
+    assert "one at a time" in error.hint
+
+
+# --- tables ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "shown"),
+    [
+        ("select * from pg_authid", "pg_authid"),
+        ("select * from pg_catalog.pg_class", "pg_catalog.pg_class"),
+        ("select * from information_schema.tables", "information_schema.tables"),
+        ("select * from other.waybills", "other.waybills"),
+        ("select * from db.public.waybills", "db.public.waybills"),
+        ('select * from "Waybills"', "Waybills"),
+        ("select * from waybills_view", "waybills_view"),
+        ("select * from waybills w join secret s on true", "secret"),
+        ("select (select count(*) from pg_user)", "pg_user"),
+        ("select * from waybills where id in (select id from archive)", "archive"),
+        ("with x as (select * from salaries) select * from x", "salaries"),
+        ("insert into audit_log (x) values (1)", "audit_log"),
+        ("update pg_settings set setting = 'x'", "pg_settings"),
+        ("delete from pg_temp.waybills", "pg_temp.waybills"),
+        ("select * from waybills for update of w", "waybills"),
+    ],
+)
+def test_tables_outside_the_map_are_refused(sql: str, shown: str) -> None:
+    if shown == "waybills":  # FOR UPDATE OF names a FROM entry, never a table: PostgreSQL decides
+        assert one(sql).uses == (READ_WAYBILLS,)
+        return
+    error = refused(sql)
+    assert error.message == f"table {shown} is not open through the broker"
+    assert "customers, depots, waybills" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("sql", "uses"),
+    [
+        ("select id from waybills", (READ_WAYBILLS,)),
+        ("select id from public.waybills", (READ_WAYBILLS,)),
+        ('select id from "waybills"', (READ_WAYBILLS,)),
+        ("select * from waybills a join waybills b on true join customers c on true", (READ_WAYBILLS, READ_CUSTOMERS)),
+        ("select (select name from customers limit 1) from waybills", (READ_WAYBILLS, READ_CUSTOMERS)),
+        ("update waybills set status = 'x'", (WRITE_WAYBILLS,)),
+        ("update waybills w set status = c.name from customers c where c.id = w.id", (WRITE_WAYBILLS, READ_CUSTOMERS)),
+        ("delete from waybills using customers c where c.id = waybills.id", (WRITE_WAYBILLS, READ_CUSTOMERS)),
+        ("delete from waybills returning id", (WRITE_WAYBILLS, READ_WAYBILLS)),
+        ("insert into waybills (id, branch_code) values (1, 'B1')", (WRITE_WAYBILLS,)),
+        ("insert into waybills (id, branch_code) values ((select max(id) from waybills), 'B1')",
+         (WRITE_WAYBILLS, READ_WAYBILLS)),
+        ("copy waybills to stdout", (READ_WAYBILLS,)),
+    ],
+)  # fmt: skip
+def test_table_uses_and_actions(sql: str, uses: tuple[TableUse, ...]) -> None:
+    assert one(sql).uses == uses
+
+
+def test_resources_helper() -> None:
+    statement = one("update waybills w set status = c.name from customers c, waybills x returning w.id")
+    assert statement.resources() == {
+        ("waybill", "write"): ("waybills",),
+        ("customer", "read"): ("customers",),
+        ("waybill", "read"): ("waybills",),
+    }
+
+
+# --- WITH scoping ---------------------------------------------------------------------
+
+
+def test_cte_reference_is_not_a_table() -> None:
+    statement = one("with recent as (select id from waybills) select * from recent")
+    assert statement.uses == (READ_WAYBILLS,)
+    assert one("with nothing as (select 1 as x) select * from nothing").uses == ()
+
+
+def test_cte_shadowing_a_table_name() -> None:
+    assert one("with waybills as (select 1 as id) select * from waybills").uses == ()
+    assert one("with pg_authid as (select 1 as id) select * from pg_authid").uses == ()
+    # the CTE body still sees the real table; only later references see the CTE
+    shadow = one("with waybills as (select * from waybills where id > 3) select * from waybills")
+    assert shadow.uses == (READ_WAYBILLS,)
+    assert scoped("with waybills as (select * from waybills) select * from waybills").count("public.waybills") == 1
+
+
+def test_cte_scope_ends_with_its_query() -> None:
+    # the CTE named pg_authid is visible in the subquery only; outside it is the catalog
+    assert "pg_authid" in refused("select (with pg_authid as (select 1) select 1) from pg_authid").message
+    # a qualified name is never a CTE
+    assert "pg_catalog.pg_authid" in refused("with pg_authid as (select 1) select * from pg_catalog.pg_authid").message
+
+
+def test_non_recursive_cte_does_not_see_itself_or_later_ctes() -> None:
+    assert "later" in refused("with a as (select * from later), later as (select 1) select * from a").message
+    assert one("with a as (select 1 as x), b as (select * from a) select * from b").uses == ()
+
+
+def test_recursive_cte_sees_itself_and_all_its_siblings() -> None:
+    sql = "with recursive r(n) as (select 1 union all select n + 1 from r where n < 5) select * from r"
+    assert one(sql).uses == ()
+    sql = "with recursive a as (select * from b), b as (select 1 as x) select * from a"
+    assert one(sql).uses == ()
+
+
+def test_cte_in_subquery_and_inner_with_shadowing() -> None:
+    sql = "with x as (select 1 as id) select * from waybills where id in (with y as (select id from x) table y)"
+    assert one(sql).uses == (READ_WAYBILLS,)
+
+
+def test_data_changing_cte_is_refused() -> None:
+    error = refused("with gone as (delete from waybills returning *) select * from gone")
+    assert "data-changing" in error.message
+    assert "statements of their own" in error.hint
+    refused("with x as (insert into depots (code) values ('a') returning *) select * from x")
+    refused("with x as (update depots set code = 'a' returning *) select 1")
+
+
+def test_cte_on_write_statements() -> None:
+    sql = "with ids as (select id from customers) delete from waybills where id in (select id from ids)"
+    assert one(sql).uses == (READ_CUSTOMERS, WRITE_WAYBILLS)
+    # the target of a write is always a table, never a CTE
+    assert "pg_authid" in refused("with pg_authid as (select 1) delete from pg_authid").message
+
+
+# --- functions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select count(*), sum(weight_kg), avg(pieces), min(created_at), max(created_at) from waybills",
+        "select lower(sender_name), upper(status), coalesce(status, 'x'), nullif(status, '') from waybills",
+        "select length(status), substr(status, 1, 2), substring(status from 1 for 2), trim(both ' ' from status)",
+        "select now(), date_trunc('day', created_at), extract(year from created_at), to_char(created_at, 'YYYY')",
+        "select round(weight_kg, 1), abs(pieces), floor(1.5), ceil(1.5), concat(status, '-'), left(status, 1)",
+        "select replace(status, 'a', 'b'), position('a' in status), age(created_at)",
+        "select overlay(status placing 'x' from 1) from waybills",
+        "select created_at at time zone 'UTC', greatest(1, 2), current_date, current_user from waybills",
+        "select row_number() over (order by id), count(*) over (partition by branch_code) from waybills",
+        "select pg_catalog.lower(status) from waybills",
+        "select status similar to 'a%' from waybills",
+    ],
+)  # fmt: skip
+def test_safe_functions(sql: str) -> None:
+    assert one(sql).kind == "select"
+
+
+@pytest.mark.parametrize(
+    ("sql", "function"),
+    [
+        ("select string_agg(sender_name, ',') from waybills", "string_agg"),
+        ("select array_agg(sender_phone) from waybills", "array_agg"),
+        ("select json_agg(w) from waybills w", "json_agg"),
+        ("select jsonb_agg(w) from waybills w", "jsonb_agg"),
+        ("select xmlagg(xmlelement(name x, id)) from waybills", "xmlagg"),
+        ("select query_to_xml('select * from waybills', true, true, '')", "query_to_xml"),
+        ("select dblink('host=evil', 'select 1')", "dblink"),
+        ("select set_config('app.branch', 'B2', false)", "set_config"),
+        ("select current_setting('app.branch')", "current_setting"),
+        ("select pg_read_file('/etc/passwd')", "pg_read_file"),
+        ("select lo_export(1, '/tmp/x')", "lo_export"),
+        ("select pg_sleep(10)", "pg_sleep"),
+        ("select * from generate_series(1, 10)", "generate_series"),
+        ("select public.lower(status) from waybills", "public.lower"),
+        ("select evil.count(*) from waybills", "evil.count"),
+        ('select "COUNT"(*) from waybills', "COUNT"),
+        ("select id from waybills where id = (select max(id) from waybills where pg_sleep(1) is null)", "pg_sleep"),
+        ("select 1 from waybills order by to_json(sender_name)", "to_json"),
+        ("update waybills set status = md5(status)", "md5"),
+        ("insert into depots (code) values (current_setting('x'))", "current_setting"),
+    ],
+)
+def test_other_functions_are_refused(sql: str, function: str) -> None:
+    error = refused(sql)
+    assert error.message == f"function {function} is not allowed through the broker"
+    assert "string_agg" in error.hint
+
+
+def test_table_map_can_allow_more_functions() -> None:
+    assert one("select * from generate_series(1, 3)", CUSTOM).kind == "select"
+
+
+@pytest.mark.parametrize(
+    ("sql", "node"),
+    [
+        ("select array(select sender_name from waybills)", "ARRAY(subquery)"),
+        ("select xmlelement(name x, 1)", "XmlExpr"),
+        ("select json_object('a': 1)", "JsonObjectConstructor"),
+        ("select json_arrayagg(sender_name) from waybills", "JsonArrayAgg"),
+        ("select * from waybills tablesample system (10)", "RangeTableSample"),
+        ("select * from xmltable('/x' passing '<x/>' columns a int)", "RangeTableFunc"),
+        ("update waybills set status = 'x' where current of c", "CurrentOfExpr"),
+    ],
+)
+def test_unknown_or_packing_syntax_is_refused(sql: str, node: str) -> None:
+    assert node in refused(sql).message
+
+
+# --- row bounds -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "bound"),
+    [
+        ("select * from waybills", RowBound(None, None)),
+        ("select * from waybills limit 10", RowBound(10, None)),
+        ("select * from waybills limit 10 offset 100000", RowBound(10, None)),
+        ("select * from waybills offset 5", RowBound(None, None)),
+        ("select * from waybills limit $1", RowBound(None, 1)),
+        ("select * from waybills where id = $1 limit $2 offset $3", RowBound(None, 2)),
+        ("select * from waybills limit $2::int", RowBound(None, 2)),
+        ("select * from waybills limit 9999999999", RowBound(9999999999, None)),
+        ("select * from waybills limit 0", RowBound(0, None)),
+        ("select * from waybills limit -1", RowBound(0, None)),
+        ("select * from waybills limit all", RowBound(None, None)),
+        ("select * from waybills limit null", RowBound(None, None)),
+        ("select * from waybills fetch first 7 rows only", RowBound(7, None)),
+        ("select * from waybills fetch first row only", RowBound(1, None)),
+        ("select * from waybills order by id fetch first 7 rows with ties", RowBound(None, None)),
+        ("select * from (select * from waybills limit 5) w", RowBound(None, None)),
+        ("select 1", RowBound(1, None)),
+        ("select 1, 'x', now()", RowBound(1, None)),
+        ("select (select count(*) from waybills)", RowBound(1, None)),
+        ("select 1 limit 0", RowBound(0, None)),
+        ("select count(*) from waybills", RowBound(1, None)),
+        ("select count(*) + 1, max(id) from waybills where status = 'x'", RowBound(1, None)),
+        ("select count(*) from waybills limit $1", RowBound(1, None)),
+        ("select branch_code, count(*) from waybills group by branch_code", RowBound(None, None)),
+        ("select count(*) over () from waybills", RowBound(None, None)),
+        ("select (select count(*) from customers) from waybills", RowBound(None, None)),
+        ("values (1), (2), (3)", RowBound(3, None)),
+        ("values (1), (2), (3) limit 2", RowBound(2, None)),
+        ("select * from waybills union all select * from waybills", RowBound(None, None)),
+        ("select * from waybills union all select * from waybills limit 20", RowBound(20, None)),
+        ("select 1 union select 2", RowBound(None, None)),
+        ("copy (select * from waybills limit 50) to stdout", RowBound(50, None)),
+        ("copy (select count(*) from waybills) to stdout", RowBound(1, None)),
+        ("copy waybills to stdout", RowBound(None, None)),
+        ("copy waybills (id) to stdout", RowBound(None, None)),
+        ("insert into depots (code) values ('a'), ('b')", RowBound(0, None)),
+        ("insert into depots (code) values ('a'), ('b') returning *", RowBound(2, None)),
+        ("insert into depots default values returning *", RowBound(1, None)),
+        ("insert into depots (code) select code from depots limit 4 returning code", RowBound(4, None)),
+        ("insert into depots (code) select code from depots returning code", RowBound(None, None)),
+        ("update waybills set status = 'x'", RowBound(0, None)),
+        ("update waybills set status = 'x' returning id", RowBound(None, None)),
+        ("delete from waybills where id = 1", RowBound(0, None)),
+        ("delete from waybills where id = 1 returning *", RowBound(None, None)),
+        ("begin", RowBound(0, None)),
+        ("set statement_timeout = 1", RowBound(0, None)),
+        ("show timezone", RowBound(1, None)),
+        ("show all", RowBound(None, None)),
+        ("deallocate all", RowBound(0, None)),
+    ],
+)
+def test_row_bounds(sql: str, bound: RowBound) -> None:
+    assert one(sql).rows == bound
+
+
+def test_set_returning_function_from_the_map_voids_the_one_row_rule() -> None:
+    assert one("select generate_series(1, 1000000)", CUSTOM).rows == RowBound(None, None)
+    assert one("select count(*), generate_series(1, 5) from waybills", CUSTOM).rows == RowBound(None, None)
+    assert one("select generate_series(1, 1000) limit 3", CUSTOM).rows == RowBound(3, None)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from waybills limit (select 10)",
+        "select * from waybills limit 5 + 5",
+        "select * from waybills limit 10.5",
+        "select * from waybills limit '10'",
+        "select * from waybills limit $1 + 0",
+        "select * from waybills limit $1::numeric",
+        "copy (select * from waybills limit (select 1)) to stdout",
+    ],
+)
+def test_limit_that_cannot_be_bounded(sql: str) -> None:
+    error = refused(sql)
+    assert "cannot bound this LIMIT" in error.message
+    assert "LIMIT $1" in error.hint
+
+
+# --- parameters at Bind ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "fmt", "expected"),
+    [
+        (b"10", 0, 10),
+        (b" 25 ", 0, 25),
+        (b"+3", 0, 3),
+        (b"-4", 0, 0),
+        (b"0", 0, 0),
+        (b"18446744073", 0, 18446744073),
+        (None, 0, None),
+        (None, 1, None),
+        (struct.pack(">q", 42), 1, 42),
+        (struct.pack(">i", 7), 1, 7),
+        (struct.pack(">h", 3), 1, 3),
+        (struct.pack(">q", -1), 1, 0),
+    ],
+)
+def test_row_bound_resolves_parameter(value: bytes | None, fmt: int, expected: int | None) -> None:
+    bound = one("select * from waybills where status = $1 limit $2").rows
+    assert row_bound(bound, [b"x", value], [0, fmt]) == expected
+    assert row_bound(bound, [b"x", value], [fmt]) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fmt"),
+    [
+        (b"ten", 0),
+        (b"1e3", 0),
+        (b"0x10", 0),
+        (b"1_000", 0),
+        (b"", 0),
+        (b"12.5", 0),
+        (b"\x00\x01\x02", 1),
+        (b"12345", 1),
+    ],
+)
+def test_row_bound_refuses_garbage(value: bytes, fmt: int) -> None:
+    bound = RowBound(None, 2)
+    with pytest.raises(SqlRefused) as caught:
+        row_bound(bound, [b"x", value], [fmt])
+    assert caught.value.sqlstate == "22023"
+    assert "$2" in caught.value.message
+    assert "LIMIT" in caught.value.message
+
+
+def test_row_bound_formats_follow_bind_rules() -> None:
+    bound = RowBound(None, 1)
+    assert row_bound(bound, [b"5"], []) == 5
+    assert row_bound(bound, [struct.pack(">q", 5), b"x"], [1, 0]) == 5
+    assert row_bound(RowBound(9, None), [], []) == 9
+    assert row_bound(RowBound(None, None), [], []) is None
+    for params, formats in (([b"5", b"x", b"y"], [0, 0]), ([b"5"], [2])):
+        with pytest.raises(SqlRefused) as caught:
+            row_bound(bound, params, formats)
+        assert caught.value.sqlstate == "08P01"
+    with pytest.raises(SqlRefused) as caught:
+        row_bound(RowBound(None, 3), [b"1"], [])
+    assert caught.value.sqlstate == "08P01"
+    assert "$3" in caught.value.message
+
+
+# --- PII ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "pii"),
+    [
+        ("select id, status from waybills", ()),
+        ("select sender_name from waybills", ("waybills.sender_name",)),
+        ("select w.recipient_phone from waybills w", ("waybills.recipient_phone",)),
+        ("select * from waybills", WAYBILL_PII),
+        ("select w.* from waybills w", WAYBILL_PII),
+        ("select count(*) from waybills", ()),
+        ("select id from waybills where sender_phone = $1", ("waybills.sender_phone",)),
+        ("select c.name from waybills w join customers c on c.id = w.id", ("customers.name",)),
+        ("select w.* from waybills w join customers c on true", WAYBILL_PII),
+        ("select name from depots", ()),
+        ("select * from (select id from waybills) s", ()),
+        ("select s.* from (select sender_name from waybills) s", ("waybills.sender_name",)),
+        ("select id from waybills w where exists (select 1 from customers c where c.phone = w.sender_phone)",
+         ("customers.phone", "waybills.sender_phone")),
+        ("with c as (select address from customers) select * from c", ("customers.address",)),
+        ("update customers set phone = $1 where id = 1", ("customers.phone",)),
+        ("insert into customers (id, branch_code, name) values (1, 'B1', 'x')", ("customers.name",)),
+        ("delete from customers returning *", ("customers.address", "customers.name", "customers.phone")),
+        ("copy waybills (id, sender_name) to stdout", ("waybills.sender_name",)),
+        ("copy waybills to stdout", WAYBILL_PII),
+        ("copy customers (id) to stdout", ()),
+    ],
+)  # fmt: skip
+def test_pii_columns_named(sql: str, pii: tuple[str, ...]) -> None:
+    assert one(sql).pii == pii
+
+
+# --- writes on branch-scoped tables ---------------------------------------------------
+
+
+def test_update_may_not_move_records_between_branches() -> None:
+    for sql in (
+        "update waybills set branch_code = 'B2' where id = 1",
+        "update waybills set status = 'x', branch_code = $1",
+        "update waybills set (status, branch_code) = ('x', 'B2')",
+    ):
+        error = refused(sql)
+        assert "branch_code" in error.message
+        assert "moved between branches" in error.message
+        assert "leave the branch column out" in error.hint
+    assert one("update depots set code = 'x'").kind == "update"
+
+
+def test_insert_must_name_the_branch_column() -> None:
+    error = refused("insert into waybills (id, status) values (1, 'x')")
+    assert "must name the branch_code column" in error.message
+    assert "branch_code" in error.hint
+    refused("insert into waybills values (1, 'B1')")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "insert into waybills (id, branch_code) select id, branch_code from waybills",
+        "insert into waybills (id, branch_code) values (1, 'B1') union select 2, 'B2'",
+        "insert into waybills default values",
+    ],
+)
+def test_insert_select_into_scoped_table_is_refused(sql: str) -> None:
+    error = refused(sql)
+    assert "INSERT ... VALUES" in error.message
+    assert "branch_code" in error.hint
+
+
+def test_insert_on_conflict_do_update_is_refused() -> None:
+    sql = "insert into waybills (id, branch_code) values (1, 'B1') on conflict (id) do update set status = 'x'"
+    error = refused(sql)
+    assert "ON CONFLICT DO UPDATE" in error.message
+    assert "DO NOTHING" in error.hint
+    sql = "insert into waybills (id, branch_code) values (1, 'B1') on conflict do nothing"
+    assert one(sql).branch_constants == ("B1",)
+    sql = "insert into depots (code) values ('x') on conflict (code) do update set code = excluded.code"
+    assert one(sql).kind == "insert"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["lower('B1')", "'B' || '1'", "'B1'::text", "(select 'B1')", "default", "null", "1"],
+)
+def test_insert_branch_must_be_a_literal_or_parameter(value: str) -> None:
+    error = refused(f"insert into waybills (id, branch_code) values (1, {value})")  # noqa: S608
+    if "function" in error.message:
+        return  # lower() is refused as a function first
+    assert "must be a string or a parameter" in error.message
+    assert "'B1'" in error.hint
+
+
+def test_insert_branch_constants_and_params_are_recorded() -> None:
+    statement = one("insert into waybills (branch_code, id) values ('B1', 1), ($2, $1), ('B2', 3), ($3, 4)")
+    assert statement.branch_constants == ("B1", "B2")
+    assert statement.branch_params == (2, 3)
+    assert branch_values(statement, [b"1", b"B1", b"B3"], []) == ["B1", "B2", "B1", "B3"]
+    assert one("insert into depots (code) values ($1)").branch_params == ()
+
+
+def test_insert_of_another_branch_is_refused_at_scoping() -> None:
+    statements = analyse("insert into waybills (id, branch_code) values (1, 'B1'), (2, 'B2')", TABLES)
+    assert scoped_sql(statements, None) == statements[0].sql
+    assert scoped_sql(statements, frozenset({"B1", "B2"})) == statements[0].sql
+    with pytest.raises(SqlRefused) as caught:
+        scoped_sql(statements, B1)
+    assert caught.value.sqlstate == "42501"
+    assert caught.value.message == "you may only insert waybill records of your branch (B1)"
+    assert "'B2'" in caught.value.hint
+    with pytest.raises(SqlRefused) as caught:
+        scoped_sql(statements, frozenset({"B1", "B3"}))
+    assert caught.value.message == "you may only insert waybill records of your branches (B1, B3)"
+    with pytest.raises(SqlRefused) as caught:
+        scoped_sql(statements, frozenset())
+    assert "hold no branch" in caught.value.message
+
+
+def test_check_insert_branches_at_bind() -> None:
+    statement = one("insert into customers (id, branch_code, name) values ($1, $2, $3)")
+    check_insert_branches(statement, B1, [b"1", b"B1", b"x"], [])
+    check_insert_branches(statement, None, [b"1", b"B9", b"x"], [])
+    check_insert_branches(statement, B1, [b"\x00\x00\x00\x01", b"B1", b"x"], [1, 0, 0])
+    with pytest.raises(SqlRefused) as caught:
+        check_insert_branches(statement, B1, [b"1", b"B2", b"x"], [])
+    assert caught.value.message == "you may only insert customer records of your branch (B1)"
+    with pytest.raises(SqlRefused) as caught:
+        check_insert_branches(statement, B1, [b"1", None, b"x"], [])
+    assert "NULL" in caught.value.message
+    with pytest.raises(SqlRefused) as caught:
+        check_insert_branches(statement, B1, [b"1", b"\xff", b"x"], [])
+    assert caught.value.sqlstate == "22021"
+    check_insert_branches(one("insert into depots (code) values ($1)"), B1, [b"anything"], [])
+
+
+# --- the rewrite as text --------------------------------------------------------------
+
+
+def test_no_rewrite_for_global_roles_or_unscoped_tables() -> None:
+    sql = "select * from waybills w where id = $1"
+    assert scoped(sql, None) == sql
+    assert scoped("select * from depots") == "select * from depots"
+    assert one("select * from depots").scoped_parts == ()
+
+
+def test_read_is_replaced_by_scoped_subselect_keeping_alias_and_columns() -> None:
+    text = scoped("select a, b from waybills as w (a, b) where a = $1 limit $2")
+    assert text == (
+        "SELECT a, b FROM (SELECT * FROM public.waybills WHERE branch_code = "
+        "ANY(CAST('{\"B1\"}' AS pg_catalog.text[]))) AS w (a, b) WHERE a = $1 LIMIT $2"
+    )
+
+
+def test_every_reference_is_scoped() -> None:
+    sql = (
+        "with c as (select * from waybills) "
+        "select * from waybills a join public.waybills b on a.id = b.id, lateral (select * from customers) l "
+        "where exists (select 1 from waybills x where x.id = a.id) "
+        "union all select * from c, waybills, customers, customers, customers"
+    )
+    text = scoped(sql)
+    references = sql.count("waybills") + sql.count("customers")
+    assert text.count("WHERE branch_code = ANY(") == references
+    assert " FROM waybills" not in text
+    assert " FROM customers" not in text
+
+
+def test_several_branches_and_none() -> None:
+    assert '\'{"B1","B2"}\'' in scoped("select 1 from waybills", frozenset({"B2", "B1"}))
+    assert "ANY(CAST('{}' AS pg_catalog.text[]))" in scoped("select 1 from waybills", frozenset())
+
+
+def test_branch_codes_are_quoted() -> None:
+    text = scoped("select id from waybills", frozenset({"it's", 'a"b', "back\\slash", "x,y}"}))
+    (statement,) = parse_sql(text)
+    array = statement.stmt.fromClause[0].subquery.whereClause.rexpr.arg.val.sval
+    assert array == '{"a\\"b","back\\\\slash","it\'s","x,y}"}'
+
+
+def test_update_and_delete_get_the_predicate_on_their_target() -> None:
+    assert scoped("update waybills w set status = 'x' where id = 1 or id = 2") == (
+        "UPDATE waybills AS w SET status = 'x' WHERE (id = 1 OR id = 2) AND "
+        "w.branch_code = ANY(CAST('{\"B1\"}' AS pg_catalog.text[]))"
+    )
+    assert scoped("delete from public.waybills") == (
+        "DELETE FROM public.waybills WHERE waybills.branch_code = ANY(CAST('{\"B1\"}' AS pg_catalog.text[]))"
+    )
+    text = scoped("update waybills set (status, note) = (select name, phone from customers limit 1) where id = $1")
+    assert text.count("branch_code = ANY(") == 2
+    assert "$1" in text
+
+
+def test_copy_table_of_scoped_table_becomes_copy_query() -> None:
+    assert scoped("copy waybills (id, status) to stdout with (format csv)") == (
+        "COPY (SELECT id, status FROM (SELECT * FROM ONLY public.waybills WHERE branch_code = "
+        "ANY(CAST('{\"B1\"}' AS pg_catalog.text[]))) AS waybills) TO STDOUT WITH (FORMAT csv)"
+    )
+    assert scoped("copy depots to stdout") == "copy depots to stdout"
+
+
+def test_statement_containing_the_marker_text_still_scopes() -> None:
+    sql = "select 'broker_branches_0' as a, 'broker_branches_1' as b, id from waybills"
+    text = scoped(sql)
+    assert "'broker_branches_0' AS a" in text
+    assert "'broker_branches_1' AS b" in text
+    assert "'{\"B1\"}'" in text
+
+
+def test_same_text_same_parts() -> None:
+    first = one("select * from waybills where id = 1")
+    assert first.scoped_parts == one("select * from waybills where id = 1").scoped_parts
+    assert len(first.scoped_parts) == 2
+
+
+# --- the rewrite against PostgreSQL ---------------------------------------------------
+
+SERVER = "host=127.0.0.1 port=5432 user=postgres"
+SEED = """
+create table waybills (id int primary key, branch_code text not null, sender_name text, status text,
+                       parent_id int);
+create table customers (id int primary key, branch_code text not null, name text, phone text, address text);
+insert into waybills values
+  (1, 'B1', 'Ann', 'new', null), (2, 'B2', 'Bob', 'new', 1), (3, 'B1', 'Cy', 'done', 1),
+  (4, 'B2', 'Di', 'done', 3), (5, 'B1', 'Ed', 'new', 3), (6, 'B3', 'Fay', 'new', 5);
+insert into customers values (1, 'B1', 'Ann', '1', 'a'), (2, 'B2', 'Bob', '2', 'b'), (3, 'B1', 'Cy', '3', 'c');
+"""
+
+# (query through the broker, the same answer written by hand on B1 rows only)
+SHAPES = [
+    (
+        "select a.id, b.id from waybills a join waybills b on a.parent_id = b.id",
+        "select a.id, b.id from waybills a join waybills b on a.parent_id = b.id "
+        "where a.branch_code = 'B1' and b.branch_code = 'B1'",
+    ),
+    (
+        "select id from waybills where parent_id in (select id from waybills where status = 'done')",
+        "select id from waybills where branch_code = 'B1' and parent_id in "
+        "(select id from waybills where status = 'done' and branch_code = 'B1')",
+    ),
+    (
+        "select id, (select count(*) from waybills x where x.parent_id = w.id) from waybills w",
+        "select id, (select count(*) from waybills x where x.parent_id = w.id and x.branch_code = 'B1') "
+        "from waybills w where branch_code = 'B1'",
+    ),
+    (
+        "with recent as (select * from waybills where status = 'new') select id, sender_name from recent",
+        "select id, sender_name from waybills where status = 'new' and branch_code = 'B1'",
+    ),
+    (
+        "with recursive tree(id) as (select 1 union all select w.id from waybills w join tree t on w.parent_id = t.id) "
+        "select id from tree",
+        "with recursive tree(id) as (select 1 union all select w.id from waybills w join tree t "
+        "on w.parent_id = t.id where w.branch_code = 'B1') select id from tree",
+    ),
+    (
+        "select id from waybills union all select id from customers",
+        "select id from waybills where branch_code = 'B1' union all select id from customers where branch_code = 'B1'",
+    ),
+    (
+        "select id from customers c where exists (select 1 from waybills w where w.sender_name = c.name)",
+        "select id from customers c where branch_code = 'B1' and exists "
+        "(select 1 from waybills w where w.sender_name = c.name and w.branch_code = 'B1')",
+    ),
+    (
+        "select c.id, l.id from customers c, lateral (select id from waybills w where w.id >= c.id limit 1) l",
+        "select c.id, l.id from customers c, lateral "
+        "(select id from waybills w where w.id >= c.id and w.branch_code = 'B1' order by id limit 1) l "
+        "where c.branch_code = 'B1'",
+    ),
+    (
+        "select n, b from waybills as w (n, b) where n > 0",
+        "select id, branch_code from waybills where id > 0 and branch_code = 'B1'",
+    ),
+    ("select id from public.waybills", "select id from waybills where branch_code = 'B1'"),
+    ('select id from "waybills"', "select id from waybills where branch_code = 'B1'"),
+    ("select count(*) from waybills", "select count(*) from waybills where branch_code = 'B1'"),
+    (
+        "select id from waybills where id = $1 or id = $2",
+        "select id from waybills where (id = 1 or id = 2) and branch_code = 'B1'",
+    ),
+    ("select w::text from waybills w", "select w::text from waybills w where branch_code = 'B1'"),
+    ("select id from waybills for update", "select id from waybills where branch_code = 'B1'"),
+]
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A private database seeded with rows of B1, B2 and B3; fails (not skips) without a server."""
+    name = f"broker_sqltest_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{SERVER} dbname=test", autocommit=True) as admin:
+        admin.execute(f"create database {name}")
+    try:
+        with psycopg.connect(f"{SERVER} dbname={name}", autocommit=True) as connection:
+            connection.execute(SEED)
+            yield connection
+    finally:
+        with psycopg.connect(f"{SERVER} dbname=test", autocommit=True) as admin:
+            admin.execute(f"drop database if exists {name} with (force)")
+
+
+def rows(connection: psycopg.Connection[tuple[object, ...]], sql: str) -> list[tuple[object, ...]]:
+    """The rows of `sql` exactly as written; $1 and $2 (if any) bound to 1 and 2 by the server."""
+    if "$1" not in sql:
+        return sorted(connection.execute(sql.encode()).fetchall(), key=repr)
+    connection.execute(b"prepare shape as " + sql.encode())
+    try:
+        return sorted(connection.execute(b"execute shape (1, 2)").fetchall(), key=repr)
+    finally:
+        connection.execute(b"deallocate shape")
+
+
+@pytest.mark.parametrize(("sql", "by_hand"), SHAPES)
+def test_rewrite_sees_only_the_branch_rows(
+    database: psycopg.Connection[tuple[object, ...]], sql: str, by_hand: str
+) -> None:
+    text = scoped_sql(analyse(sql, TABLES), B1)
+    expected = rows(database, by_hand)
+    assert expected, "a shape with no B1 rows would prove nothing"
+    assert rows(database, text) == expected
+    everything = rows(database, scoped_sql(analyse(sql, TABLES), None))
+    assert everything == rows(database, sql)
+    assert everything != expected, "the seed must make the branches differ for this shape"
+
+
+def test_rewrite_of_no_branch_sees_nothing(database: psycopg.Connection[tuple[object, ...]]) -> None:
+    assert rows(database, scoped_sql(analyse("select * from waybills", TABLES), frozenset())) == []
+
+
+def test_rewritten_writes_touch_only_the_branch(database: psycopg.Connection[tuple[object, ...]]) -> None:
+    with database.transaction(force_rollback=True):
+        database.execute(scoped_sql(analyse("update waybills set status = 'moved'", TABLES), B1).encode())
+        changed = database.execute("select branch_code from waybills where status = 'moved'").fetchall()
+        assert sorted(changed) == [("B1",), ("B1",), ("B1",)]
+        deleted = database.execute(
+            scoped_sql(analyse("delete from waybills w where w.id > 0 returning branch_code", TABLES), B1).encode()
+        ).fetchall()
+        assert set(deleted) == {("B1",)}
+        left = database.execute("select distinct branch_code from waybills order by 1").fetchall()
+        assert left == [("B2",), ("B3",)]
+
+
+def test_rewritten_copy_only_copies_the_branch(database: psycopg.Connection[tuple[object, ...]]) -> None:
+    text = scoped_sql(analyse("copy waybills (id, branch_code) to stdout", TABLES), B1)
+    with database.cursor() as cursor, cursor.copy(text.encode()) as copy:
+        lines = sorted(bytes(chunk).decode() for chunk in copy)
+    assert "".join(lines) == "1\tB1\n3\tB1\n5\tB1\n"

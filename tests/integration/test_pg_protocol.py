@@ -1,0 +1,234 @@
+"""The PostgreSQL door at the protocol level: start-up negotiation, TLS, cancel keys, the
+FunctionCall message and pipelined refusals, spoken byte by byte over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from broker.pg.wire import (
+    GSSENC_REQUEST,
+    PROTOCOL_3_0,
+    SSL_REQUEST,
+    MessageBuffer,
+    cstring,
+    error_fields,
+    execute,
+    message,
+    startup_message,
+)
+from tests.conftest import BrokerFactory
+from tests.harness import Harness
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class RawClient:
+    """Just enough of a frontend to send what drivers rarely do."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.buffer = MessageBuffer(1 << 24)
+        self.pending: list[tuple[bytes, bytes]] = []
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def login(self, harness: Harness, employee: str = "e1001") -> None:
+        database = harness.broker.settings.postgres.server_database
+        self.writer.write(startup_message({"user": employee, "database": database}))
+        assert (await self.next())[0] == b"R"  # cleartext password, please
+        self.writer.write(message(b"p", cstring(harness.token(employee))))
+        await self.until(b"Z")
+
+    async def next(self) -> tuple[bytes, bytes]:
+        while not self.pending:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            if not data:
+                raise ConnectionError("the broker closed the connection")
+            self.pending.extend(self.buffer.feed(data))
+        return self.pending.pop(0)
+
+    async def until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
+        seen = []
+        while True:
+            found = await self.next()
+            seen.append(found)
+            if found[0] == kind:
+                return seen
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def kinds(messages: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(kind for kind, _ in messages)
+
+
+def sqlstate(raw: bytes) -> str:
+    return error_fields(raw[5:]).get("C", "")
+
+
+async def test_gssenc_is_declined_and_the_startup_goes_on(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    client.writer.write(struct.pack("!II", 8, GSSENC_REQUEST))
+    assert await client.reader.readexactly(1) == b"N"
+    await client.login(pg_broker)
+    await client.close()
+
+
+async def test_ssl_is_declined_without_a_certificate(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    client.writer.write(struct.pack("!II", 8, SSL_REQUEST))
+    assert await client.reader.readexactly(1) == b"N"
+    await client.login(pg_broker)
+    await client.close()
+
+
+async def test_a_newer_protocol_minor_is_negotiated_down_to_3_0(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    database = pg_broker.broker.settings.postgres.server_database
+    packet = bytearray(startup_message({"user": "e1001", "database": database, "_pq_.future": "1"}))
+    packet[4:8] = struct.pack("!I", PROTOCOL_3_0 + 2)
+    client.writer.write(bytes(packet))
+    kind, raw = await client.next()
+    assert kind == b"v"
+    assert struct.unpack("!II", raw[5:13]) == (0, 1) and b"_pq_.future" in raw
+    assert (await client.next())[0] == b"R"
+    await client.close()
+
+
+async def test_the_function_call_message_is_refused_with_42501(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    client.writer.write(message(b"F", struct.pack("!IHHIH", 1247, 0, 0, 0, 0)))
+    answer = await client.until(b"Z")
+    assert kinds(answer) == b"EZ"
+    assert sqlstate(answer[0][1]) == "42501" and b"FunctionCall" in answer[0][1]
+    client.writer.write(message(b"Q", cstring("SELECT 1")))
+    assert kinds(await client.until(b"Z")) == b"TDCZ"
+    await client.close()
+
+
+async def test_a_refused_statement_in_a_pipeline_answers_in_order_and_skips_to_sync(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    allowed = "SELECT id FROM waybills LIMIT 2"
+    pipeline = [
+        message(b"P", cstring("ok") + cstring(allowed) + b"\x00\x00"),
+        message(b"B", cstring("") + cstring("ok") + b"\x00\x00\x00\x00\x00\x00"),
+        execute(""),
+        message(b"P", cstring("bulk") + cstring("SELECT * FROM waybills") + b"\x00\x00"),
+        message(b"B", cstring("") + cstring("bulk") + b"\x00\x00\x00\x00\x00\x00"),  # discarded
+        execute(""),  # discarded
+        message(b"S"),
+        message(b"Q", cstring("SELECT 1")),
+    ]
+    client.writer.write(b"".join(pipeline))
+    answer = await client.until(b"Z")
+    assert kinds(answer) == b"12DDCEZ"  # ParseComplete, BindComplete, 2 rows, done, our error, ready
+    assert sqlstate(answer[5][1]) == "42501" and b"bulk.unbounded" in answer[5][1]
+    assert kinds(await client.until(b"Z")) == b"TDCZ"
+    await client.close()
+
+
+async def test_an_unknown_cancel_key_is_ignored_and_each_session_gets_a_key_of_its_own(pg_broker: Harness) -> None:
+    stranger = await RawClient.open(pg_broker.pg_port)
+    stranger.writer.write(struct.pack("!IIII", 16, 80877102, 12345, 67890))
+    assert await stranger.reader.read() == b""  # closed without a word, like PostgreSQL
+    await stranger.close()
+    conn = await psycopg.AsyncConnection.connect(pg_broker.pg_dsn("e1001"), autocommit=True)
+    assert conn.info.backend_pid != 0  # the broker's own key, never the server's
+    other = await psycopg.AsyncConnection.connect(pg_broker.pg_dsn("e1001"), autocommit=True)
+    assert other.info.backend_pid != conn.info.backend_pid
+    await other.close()
+    await conn.close()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def _door(pg_database: str, **more: Any) -> dict[str, Any]:
+    return {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres", **more}
+
+
+async def test_tls_carries_the_token_when_a_certificate_is_configured(
+    make_broker: BrokerFactory, pg_database: str, tls_files: tuple[Path, Path]
+) -> None:
+    cert, key = tls_files
+    harness = await make_broker(postgres=_door(pg_database, tls_cert_file=cert, tls_key_file=key))
+    conn = await psycopg.AsyncConnection.connect(
+        harness.pg_dsn("e1001", sslmode="verify-full", sslrootcert=str(cert)), autocommit=True
+    )
+    assert conn.pgconn.ssl_in_use
+    cur = await conn.execute("SELECT branch_code FROM waybills LIMIT 1")
+    assert await cur.fetchall() == [("BR001",)]
+    await conn.close()
+
+
+async def test_bytes_sent_between_ssl_request_and_handshake_end_the_connection(
+    make_broker: BrokerFactory, pg_database: str, tls_files: tuple[Path, Path]
+) -> None:
+    cert, key = tls_files
+    harness = await make_broker(postgres=_door(pg_database, tls_cert_file=cert, tls_key_file=key))
+    client = await RawClient.open(harness.pg_port)
+    client.writer.write(struct.pack("!II", 8, SSL_REQUEST) + startup_message({"user": "e1001"}))
+    await asyncio.sleep(0.1)
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""  # no 'S', no plaintext startup either
+    await client.close()
+
+
+def _routable_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+async def test_without_tls_a_token_from_another_host_is_refused(make_broker: BrokerFactory, pg_database: str) -> None:
+    address = _routable_address()
+    if address is None:
+        pytest.fail("this test needs a non-loopback IPv4 address on the machine")
+    harness = await make_broker(postgres=_door(pg_database, host="0.0.0.0"))  # noqa: S104 - the point of the test
+    with pytest.raises(psycopg.OperationalError) as caught:
+        await psycopg.AsyncConnection.connect(harness.pg_dsn("e1001", host=address))
+    assert "only over TLS" in str(caught.value)

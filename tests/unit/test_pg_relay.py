@@ -1,0 +1,131 @@
+"""The relay without sockets: which server answer belongs to which request, where the
+broker's own errors go, and what is counted and cut."""
+
+from __future__ import annotations
+
+from broker.pg.relay import Expect, Metered, Pending, Relay
+from broker.pg.wire import MessageBuffer, cstring, error_response, message, ready_for_query
+
+OUR_ERROR = error_response("ERROR", "42501", "refused by the broker")
+SERVER_ERROR = error_response("ERROR", "34000", 'portal "x" does not exist')
+ROW = message(b"D", b"\x00\x01\x00\x00\x00\x01x")
+COMPLETE = message(b"C", cstring("SELECT 1"))
+DESCRIPTION = message(b"T", b"\x00\x00")
+
+
+def feed(relay: Relay, *messages: bytes) -> bytes:
+    for raw in messages:
+        relay.feed(raw[:1], raw)
+    return relay.take()
+
+
+def execution(limit: int = 10, max_bytes: int = 1 << 62) -> Metered:
+    return Metered(None, [], limit, 0.0, max_bytes=max_bytes)
+
+
+def test_the_brokers_error_replaces_the_servers_answer_to_the_poison() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.EXECUTE, replacement=OUR_ERROR))
+    relay.expect(Pending(Expect.SYNC))
+    out = feed(relay, SERVER_ERROR, ready_for_query(b"I"))
+    assert out == OUR_ERROR + ready_for_query(b"I")
+    assert relay.idle
+
+
+def test_after_a_server_error_the_rest_until_sync_is_skipped_like_the_server_does() -> None:
+    relay = Relay()
+    parse_error = error_response("ERROR", "42P01", "no such table")
+    relay.expect(Pending(Expect.REPLY))  # Parse: fails at the server
+    relay.expect(Pending(Expect.REPLY))  # Bind: skipped by the server
+    relay.expect(Pending(Expect.EXECUTE, replacement=OUR_ERROR))  # a later refusal: skipped too
+    relay.expect(Pending(Expect.SYNC))
+    out = feed(relay, parse_error, ready_for_query(b"I"))
+    assert out == parse_error + ready_for_query(b"I")
+    assert relay.idle
+
+
+def test_answers_pass_in_order_and_a_silent_abort_shows_nothing() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.EXECUTE, replacement=b"", silent=True))
+    relay.expect(Pending(Expect.SYNC, silent=True))
+    relay.expect(Pending(Expect.QUERY, [execution()]))
+    out = feed(relay, SERVER_ERROR, ready_for_query(b"E"), DESCRIPTION, ROW, COMPLETE, ready_for_query(b"E"))
+    assert out == DESCRIPTION + ROW + COMPLETE + ready_for_query(b"E")
+
+
+def test_rows_over_the_limit_are_cut_and_the_error_goes_where_the_completion_was() -> None:
+    relay = Relay()
+    counted = execution(limit=2)
+    relay.expect(Pending(Expect.QUERY, [counted]))
+    out = feed(relay, DESCRIPTION, ROW, ROW)
+    assert out == DESCRIPTION + ROW + ROW and relay.cut is None
+    relay.feed(b"D", ROW)
+    assert relay.cut is counted and counted.cut and counted.rows == 2
+    relay.cut_error = error_response("ERROR", "53400", "too many rows")
+    out = feed(relay, ROW, COMPLETE, ready_for_query(b"I"))
+    assert out == relay_error("too many rows") + ready_for_query(b"I")
+    assert counted.done and counted.sqlstate == "53400"
+    assert [f.rows for f in relay.finished] == [2]
+
+
+def test_a_cut_inside_a_transaction_shows_it_aborted_and_asks_to_abort_the_server() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.QUERY, [execution(limit=0)]))
+    relay.feed(b"T", DESCRIPTION)
+    relay.feed(b"D", ROW)
+    relay.cut_error = error_response("ERROR", "53400", "too many rows")
+    canceled = error_response("ERROR", "57014", "canceling statement due to user request")
+    out = feed(relay, canceled, ready_for_query(b"T"))
+    assert out.endswith(ready_for_query(b"E"))
+    assert b"57014" not in out and b"53400" in out
+    assert relay.needs_abort
+
+
+def test_bytes_are_counted_as_well_as_rows() -> None:
+    relay = Relay()
+    heavy = execution(limit=100, max_bytes=len(ROW) * 3)
+    relay.expect(Pending(Expect.EXECUTE, [heavy]))
+    feed(relay, ROW, ROW, ROW)
+    assert relay.cut is None
+    relay.feed(b"D", ROW)
+    assert relay.cut is heavy and heavy.rows == 3
+
+
+def test_each_statement_of_a_simple_query_is_counted_apart() -> None:
+    relay = Relay()
+    first, second = execution(), execution()
+    relay.expect(Pending(Expect.QUERY, [first, second]))
+    feed(relay, DESCRIPTION, ROW, COMPLETE, DESCRIPTION, ROW, ROW, COMPLETE, ready_for_query(b"I"))
+    assert (first.rows, second.rows) == (1, 2)
+    assert first.done and second.done
+
+
+def test_a_suspended_portal_keeps_counting_across_executes() -> None:
+    relay = Relay()
+    portal = execution(limit=3)
+    relay.expect(Pending(Expect.EXECUTE, [portal]))
+    relay.expect(Pending(Expect.EXECUTE, [portal]))
+    feed(relay, ROW, ROW, message(b"s"))
+    assert not portal.done and portal.rows == 2
+    feed(relay, ROW, COMPLETE)
+    assert portal.done and portal.rows == 3
+
+
+def test_notices_and_parameter_changes_pass_at_any_time() -> None:
+    relay = Relay()
+    notice = message(b"N", b"SNOTICE\x00Mhello\x00\x00")
+    status = message(b"S", cstring("TimeZone") + cstring("UTC"))
+    assert feed(relay, notice, status) == notice + status
+
+
+def test_the_message_buffer_splits_a_stream_at_any_byte() -> None:
+    stream = DESCRIPTION + ROW + COMPLETE + ready_for_query(b"I")
+    for cut in range(len(stream)):
+        buffer = MessageBuffer(1 << 20)
+        found = buffer.feed(stream[:cut]) + buffer.feed(stream[cut:])
+        assert b"".join(raw for _, raw in found) == stream
+        assert [kind for kind, _ in found] == [b"T", b"D", b"C", b"Z"]
+
+
+def relay_error(text: str) -> bytes:
+    return error_response("ERROR", "53400", text)

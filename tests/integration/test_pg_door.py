@@ -81,6 +81,28 @@ async def test_the_user_name_must_be_the_tokens_employee(pg_broker: Harness) -> 
     assert "identity.wrong_user" in str(caught.value)
 
 
+async def test_a_token_that_expires_mid_session_ends_the_session_with_28P01(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)  # the token lives an hour
+    assert len(await rows(conn, "SELECT id FROM waybills LIMIT 1")) == 1
+    pg_broker.clock.advance(3700)
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 1")
+    assert error.sqlstate == "28P01"
+    assert "expired" in str(error)
+    with pytest.raises(psycopg.OperationalError):  # the broker closed the session
+        await conn.execute("SELECT 1")
+    await conn.close()
+
+
+async def test_a_shift_that_ends_mid_session_refuses_reads_from_then_on(pg_broker: Harness) -> None:
+    long_lived = pg_broker.token("e1001", ttl_seconds=12 * 3600)
+    conn = await psycopg.AsyncConnection.connect(pg_broker.pg_dsn("e1001", long_lived), autocommit=True)
+    pg_broker.clock.advance(8.5 * 3600)  # 18:30: the day shift ended at 18:00
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 1")
+    assert error.sqlstate == "42501"
+    assert "shift.outside" in str(error)
+    await conn.close()
+
+
 @pytest.mark.parametrize(
     ("params", "sqlstate", "words"),
     [

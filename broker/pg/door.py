@@ -227,7 +227,13 @@ class PgDoor:
         greeting = [authentication(0)]
         greeting += [parameter_status(name, value) for name, value in backend.parameters.items()]
         greeting += [backend_key_data(pid, key), ready_for_query(b"I")]
-        await _send(client, b"".join(greeting))
+        try:
+            await _send(client, b"".join(greeting))
+        except BaseException:
+            self._sessions.pop((pid, key), None)
+            await backend.close()
+            raise
+        self._per_employee[request.user] += 1  # given back when the session ends (_serve)
         return session, login, request.user
 
     async def _negotiate(self, client: Client) -> dict[str, str] | None:
@@ -285,7 +291,6 @@ class PgDoor:
         self._audit_login(decision, client)
         if not decision.allowed:
             raise LoginRefused(decision_error(decision, fatal=True))
-        self._per_employee[request.user] += 1
         return decision
 
     def _audit_login(self, decision: Decision, client: Client) -> None:
@@ -298,7 +303,6 @@ class PgDoor:
         try:
             return await connect(self._address, parameters, self._settings.connect_timeout_seconds)
         except (BackendError, ProtocolViolation, OSError, TimeoutError) as exc:
-            self._per_employee[request.user] -= 1
             log.error("pg.backend_failed", error=str(exc))
             raise LoginRefused(
                 error_response(

@@ -183,12 +183,16 @@ class Session:
         for statement in statements:
             execution = await self._decided(statement, snapshot, _static_bound(statement), started, extended=False)
             if execution is None:
-                for earlier in executions:
-                    await self._finished(earlier)
+                await self._release(executions)
                 return
             executions.append(execution)
         branches = _branches(d for e in executions for d in e.decisions)
-        text = scoped_sql(statements, branches) if statements else sql
+        try:
+            text = scoped_sql(statements, branches) if statements else sql
+        except SqlRefused as exc:  # an INSERT of a row into another branch
+            await self._release(executions)
+            await self._refuse_sql(sql, exc, extended=False)
+            return
         self.statements += len(statements)
         self._forward(message(b"Q", cstring(text)), Pending(Expect.QUERY, executions))
 
@@ -210,7 +214,11 @@ class Session:
         if checked is None:
             return
         branches = _branches(checked.decisions)
-        text = scoped_sql([statement], branches) if statement else sql
+        try:
+            text = scoped_sql([statement], branches) if statement else sql
+        except SqlRefused as exc:
+            await self._refuse_sql(sql, exc, extended=True)
+            return
         self._prepared[name] = Prepared(statement, branches)
         self._forward(message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY))
 
@@ -413,6 +421,13 @@ class Session:
             await self.cancel()
         except (OSError, TimeoutError) as exc:
             log.warning("pg.cancel_failed", error=str(exc))
+
+    async def _release(self, executions: list[Metered]) -> None:
+        """Give back what was reserved for statements that will not run after all."""
+        for execution in executions:
+            for decision in execution.decisions:
+                if decision.allowed:
+                    await self._guard.settle(decision, 0)
 
     async def _finished(self, execution: Metered, *, metered: bool = True) -> None:
         """Charge what was sent and write the statement's audit event."""

@@ -103,6 +103,22 @@ async def test_a_shift_that_ends_mid_session_refuses_reads_from_then_on(pg_broke
     await conn.close()
 
 
+async def test_sessions_per_employee_are_limited_with_53300(make_broker: BrokerFactory, pg_database: str) -> None:
+    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres",
+                "max_sessions_per_employee": 1}  # fmt: skip
+    harness = await make_broker(postgres=settings)
+    first = await asyncpg_connect(harness)
+    with pytest.raises(asyncpg.TooManyConnectionsError) as caught:
+        await asyncpg_connect(harness)
+    assert caught.value.sqlstate == "53300"
+    other = await asyncpg_connect(harness, "e1004")  # another employee is not affected
+    await other.close()
+    await first.close()
+    await asyncio.sleep(0.1)  # the broker notices the goodbye
+    again = await asyncpg_connect(harness)
+    await again.close()
+
+
 @pytest.mark.parametrize(
     ("params", "sqlstate", "words"),
     [
@@ -252,6 +268,9 @@ async def test_writes_reach_only_the_own_branch(pg_broker: Harness, pg_database:
     error = await refused(conn, "INSERT INTO waybills (waybill_no, branch_code) VALUES (%s, %s)", ("X-1", "BR002"))
     assert error.sqlstate == "42501"
     await conn.execute("INSERT INTO waybills (waybill_no, branch_code) VALUES (%s, %s)", ("X-2", "BR001"))
+    error = await refused(conn, "INSERT INTO waybills (waybill_no, branch_code) VALUES ('X-3', 'BR002')")
+    assert error.sqlstate == "42501" and "BR001" in str(error)  # a literal, in the simple protocol
+    await still_usable(conn)
     error = await refused(conn, "UPDATE waybills SET branch_code = 'BR002' WHERE waybill_no = 'BR001-8'")
     assert error.sqlstate == "42501"
     await conn.close()

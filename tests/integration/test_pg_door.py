@@ -245,6 +245,36 @@ async def test_no_query_shape_returns_another_branchs_records(pg_broker: Harness
     await conn.close()
 
 
+async def test_a_view_mapped_as_branch_scoped_is_scoped_like_a_table(
+    policy_dir: Path, make_broker: BrokerFactory, pg_database: str
+) -> None:
+    tables = policy_dir / "tables.toml"
+    tables.write_text(
+        tables.read_text() + '\n[[table]]\nname = "all_waybills"\nresource = "waybill"\nbranch_column = "branch_code"\n'
+    )
+    harness = await make_broker(postgres={"enabled": True, "port": 0, "server_database": pg_database,
+                                          "server_user": "postgres"})  # fmt: skip
+    conn = await connect(harness)
+    found = await rows(conn, "SELECT DISTINCT branch_code FROM all_waybills LIMIT 10")
+    assert found == [("BR001",)]
+    await conn.close()
+
+
+async def test_psql_itself_reads_through_the_broker(pg_broker: Harness) -> None:
+    """The real psql binary: simple queries, its own start-up, its own error display."""
+    database = pg_broker.broker.settings.postgres.server_database
+    command = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=0", "-h", "127.0.0.1", "-p", str(pg_broker.pg_port),
+               "-U", "e1001", "-d", database, "-c", "SELECT count(*) FROM waybills",
+               "-c", "SELECT * FROM waybills", "-c", "SELECT DISTINCT branch_code FROM waybills LIMIT 5"]  # fmt: skip
+    env = {"PGPASSWORD": pg_broker.token("e1001"), "PATH": "/usr/bin:/bin", "PGSSLMODE": "prefer"}
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert out.decode().split() == [str(BRANCH_ROWS["BR001"]), "BR001"]
+    assert "bulk.unbounded" in err.decode() and "HINT:" in err.decode()
+
+
 async def test_counts_see_only_the_own_branch(pg_broker: Harness) -> None:
     conn = await connect(pg_broker)
     assert await rows(conn, "SELECT count(*) FROM waybills") == [(BRANCH_ROWS["BR001"],)]

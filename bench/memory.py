@@ -27,9 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.roster import people, write_policy_dir
+from broker.app import build_broker
+from broker.config import Settings
+from broker.core.access import Access
+from broker.core.clock import FakeClock, parse_instant
+from broker.identity.jwt_authenticator import mint_token
+from broker.meter.store import MemoryCounterStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECRET = "bench-memory-secret-0123456789abcdef0123456789"
+SECRET = "bench-memory-secret-0123456789abcdef0123456789"  # noqa: S105 - a bench-only dev secret
 NOW = "2026-12-02T15:00:00+08:00"  # a Wednesday afternoon: every generated shift is on
 
 
@@ -47,13 +53,6 @@ def settled_rss() -> float:
 
 async def child(size: int) -> dict[str, Any]:
     """One size, in this process: the numbers as JSON for the parent."""
-    from broker.app import build_broker
-    from broker.config import Settings
-    from broker.core.access import Access
-    from broker.core.clock import FakeClock, parse_instant
-    from broker.identity.jwt_authenticator import mint_token
-    from broker.meter.store import MemoryCounterStore
-
     baseline = settled_rss()
     staff = people(size)
     policy = write_policy_dir(Path(tempfile.mkdtemp(prefix=f"bench-memory-{size}-")) / "policies", staff)
@@ -132,7 +131,7 @@ def write_report(results: list[dict[str, Any]]) -> Path:
         "Command: `python -m bench.memory`. Each size in a fresh process; RSS after `gc.collect()`.",
         "",
         "Every employee made one metered decision (waybill read, 20 records), so each has a live quota",
-        "counter and a rate counter in the in-memory store (with `[meter] store = \"redis\"` the counters",
+        'counter and a rate counter in the in-memory store (with `[meter] store = "redis"` the counters',
         "live in Redis instead), plus its entries in the per-revision caches (principal, grant, limit).",
         "Verified tokens are cached up to `[identity] token_cache_size` (10,000 by default).",
         "",

@@ -151,12 +151,14 @@ class Fleet:
         self.workdir = workdir
         self.started: list[Started] = []
 
-    def start(self, name: str, command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, command: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         log_path = self.workdir / f"{name}.log"
         log_file = log_path.open("wb")
         proc = subprocess.Popen(
             list(command),
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -644,7 +646,14 @@ start = "{NOW_TEXT}"
 
 
 def start_everything(
-    workdir: Path, fleet: Fleet, jwks: JwksServer, callers: list[Caller], bare_loop: str, gc_stats: bool
+    workdir: Path,
+    fleet: Fleet,
+    jwks: JwksServer,
+    callers: list[Caller],
+    bare_loop: str,
+    gc_stats: bool,
+    baseline: Path | None = None,
+    only: str = "",
 ) -> Setup:
     python = sys.executable
     upstream_port = free_port()
@@ -693,19 +702,31 @@ def start_everything(
         Variant("D", "broker, 1 process", broker_port, [broker]),
         Variant("E", "broker, 2 processes (SO_REUSEPORT)", broker2_port, [broker_e1, broker_e2]),
     ]
+    audit_logs = {"D": workdir / "audit-D.log", "E": workdir / "audit-E.log"}
+    if baseline is not None:
+        # The same broker, but the code of another tree (e.g. `git archive <commit>`): before
+        # and after a change, measured side by side in the same run.
+        port = free_port()
+        config = broker_toml(workdir, "D0", port, upstream_port, jwks.url, reuse_port=False)
+        proc = fleet.start("broker-D0", [python, "-m", "broker", "run", "-c", str(config)], env=env, cwd=baseline)
+        variants.insert(3, Variant("D0", f"broker, 1 process, baseline code ({baseline.name})", port, [proc]))
+        audit_logs["D0"] = workdir / "audit-D0.log"
+    if only:
+        wanted = set(only.split(","))
+        variants = [v for v in variants if v.key in wanted]
+        audit_logs = {k: v for k, v in audit_logs.items() if k in wanted}
     sample = {"Authorization": f"Bearer {callers[0].token}"}
     for variant in variants:
         wait_until_up(fleet, variant.label, variant.url + callers[0].path, sample)
     # Both E processes must be serving before anything is measured: each must have bound
     # the port, which its log says; the kernel then spreads connections between them.
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    for proc in (broker_e1, broker_e2):
+    for proc in (broker_e1, broker_e2) if any(v.key == "E" for v in variants) else ():
         while "broker.listening" not in fleet.log_of(proc):
             fleet.check_alive()
             if time.monotonic() > deadline:
                 raise BenchError(f"broker pid {proc.pid} never logged broker.listening:\n{fleet.log_of(proc)}")
             time.sleep(0.1)
-    audit_logs = {"D": workdir / "audit-D.log", "E": workdir / "audit-E.log"}
     return Setup(workdir, fleet, upstream, upstream_port, variants, callers, audit_logs)
 
 
@@ -1315,6 +1336,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start D through a wrapper that times its garbage collections (no longer plain `broker run`)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, audit files)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also run variant D0: `broker run` from this source tree (e.g. `git archive HEAD | tar -x -C DIR`), "
+        "to compare code before and after a change in the same run",
+    )
+    parser.add_argument("--tag", default="", help="results go to bench/results/http-<date>-<tag>.*")
+    parser.add_argument(
+        "--variants", default="", help="measure only these variants, comma-separated (e.g. C,D0,D); default all"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3, 1
@@ -1332,7 +1364,8 @@ def run_profiles(setup: Setup, args: argparse.Namespace, script: Path, stamp: st
     svg = RESULTS / f"http-{stamp}-profile.svg"
     found = [
         profile
-        for key, image in (("D", svg), ("C", None))
+        for key, image in (("D", svg), ("D0", None), ("C", None))
+        if any(v.key == key for v in setup.variants)
         if (profile := profile_variant(setup, key, script, args, image)) is not None
     ]
     if not found:
@@ -1347,7 +1380,7 @@ def run_profiles(setup: Setup, args: argparse.Namespace, script: Path, stamp: st
 
 
 def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitStack, started: float) -> int:
-    workdir, stamp = fleet.workdir, date.today().isoformat()
+    workdir, stamp = fleet.workdir, date.today().isoformat() + (f"-{args.tag}" if args.tag else "")
     log(f"workdir {workdir}; roster of {ROSTER_SIZE:,}, tokens for up to {TOKEN_PEOPLE} employees ...")
     staff = people(ROSTER_SIZE)
     policy = write_policy_dir(workdir / "policies", staff)
@@ -1361,7 +1394,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
         )
     jwks = JwksServer(identity.jwks)
     cleanup.callback(jwks.close)
-    setup = start_everything(workdir, fleet, jwks, callers, args.bare_loop, args.gc_stats)
+    setup = start_everything(workdir, fleet, jwks, callers, args.bare_loop, args.gc_stats, args.baseline, args.variants)
     preflight(setup, identity)
     body_bytes = {v.key: check_answer(v, callers[0]) for v in setup.variants}
     log(f"all up after {time.monotonic() - started:.1f} s; sample answers (body bytes): {body_bytes}")
@@ -1404,7 +1437,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
         "idle_cpu_percent": idle,
         "audit": {k: dict(v) for k, v in audits.items()},
     }
-    (RESULTS / f"http-{stamp}.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    (RESULTS / f"http-{stamp}.json").write_text(json.dumps(raw, indent=1, default=str) + "\n", encoding="utf-8")
     print(text)
     if profile_text:
         print(profile_text)

@@ -11,6 +11,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram, Counter | None]] = {}
+        self._records: dict[str, Counter] = {}
         self.decisions = Counter(
             "broker_decisions_total",
             "Decisions by verdict and reason code",
@@ -69,6 +70,13 @@ class Metrics:
         children[1].observe(seconds)
         if children[2] is not None:
             children[2].inc()
+
+    def returned(self, resource: str, count: int) -> None:
+        """Count records passed on (label child cached, as in `decided`)."""
+        child = self._records.get(resource)
+        if child is None:
+            child = self._records[resource] = self.records.labels(resource)
+        child.inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.core.access import UNBOUNDED
-from broker.core.clock import iso
 from broker.core.decision import Decision
 
 
@@ -15,7 +16,7 @@ def decision_event(
     access, principal = decision.access, decision.principal
     quota = decision.quota
     event: dict[str, Any] = {
-        "time": iso(decision.started),
+        "time": utc_iso(decision.started),
         "decision_id": decision.id,
         "door": door,
         "employee": decision.employee,
@@ -26,8 +27,8 @@ def decision_event(
         "resource": access.resource or None,
         "action": access.action or None,
         "record_branch": access.branch,
-        "verdict": decision.verdict.value,
-        "reason": decision.reason.value,
+        "verdict": decision.verdict._value_,
+        "reason": decision.reason._value_,
         "detail": decision.detail or None,
         "rule": decision.rule or None,
         "policy_revision": decision.revision or None,
@@ -39,3 +40,28 @@ def decision_event(
         "latency_ms": round(latency * 1000, 3),
     }
     return event
+
+
+_last_second: tuple[int, str] = (-1, "")
+"""The last whole second rendered and its text up to the seconds (replaced in one
+assignment, so a reader on another thread never sees a half-updated pair)."""
+
+
+def utc_iso(when: float) -> str:
+    """`broker.core.clock.iso(when)` (UTC, `Z`, microseconds unless zero), character for
+    character, with the date and time rendered once per second instead of per event.
+
+    The fraction is rounded as `datetime.fromtimestamp` rounds it (half to even, on
+    the float's fractional part, carrying into the next second)."""
+    fraction, whole = math.modf(when)
+    micro, second = round(fraction * 1e6), int(whole)
+    if micro >= 1_000_000:
+        micro, second = micro - 1_000_000, second + 1
+    if micro < 0 or second < 0:  # before 1970: not a time a decision is made at
+        return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
+    global _last_second  # noqa: PLW0603 - a one-entry cache
+    cached_second, text = _last_second
+    if cached_second != second:
+        text = datetime.fromtimestamp(second, UTC).isoformat()[:-6]
+        _last_second = (second, text)
+    return f"{text}.{micro:06d}Z" if micro else f"{text}Z"

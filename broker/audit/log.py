@@ -1,8 +1,13 @@
 """Writing audit events without blocking the event loop, and without losing them.
 
-structlog renders each event to a JSON line on the loop (cheap); a writer thread takes
-the lines from a queue and appends them to the file in batches. Closing drains the
-queue, so every event accepted before shutdown reaches the file.
+Each event is rendered to a JSON line on the loop (one orjson call); a writer thread
+takes the lines from a queue and appends them to the file in batches. Closing drains
+the queue, so every event accepted before shutdown reaches the file.
+
+The line is what structlog's JSON rendering of `log.info("decision", **event)` gave:
+the event's fields in order, then `"event": "decision"`. Going through structlog's
+bound-logger chain for that cost ~5 µs an event (py-spy: ~25 µs a request under load)
+and could drop events if someone configured the global log level above INFO.
 """
 
 from __future__ import annotations
@@ -11,12 +16,10 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
-import structlog
 
 EVENT_NAME = "decision"
 LINGER_SECONDS = 0.02
@@ -28,20 +31,9 @@ class AuditSink(Protocol):
     def close(self) -> None: ...
 
 
-class _QueueLogger:
-    """The structlog 'logger' at the end of the chain: hands the rendered line over."""
-
-    def __init__(self, lines: queue.SimpleQueue[bytes | None]) -> None:
-        self._lines = lines
-
-    def msg(self, line: bytes) -> None:
-        self._lines.put(line)
-
-    info = msg
-
-
-def _render(_: Any, __: str, event: MutableMapping[str, Any]) -> bytes:
-    return orjson.dumps(event, default=str) + b"\n"
+def render(event: dict[str, Any]) -> bytes:
+    """One audit line: the event's fields, then the event name (as structlog had it)."""
+    return orjson.dumps({**event, "event": EVENT_NAME}, default=str) + b"\n"
 
 
 class FileAuditSink:
@@ -49,18 +41,14 @@ class FileAuditSink:
         self.path = path
         self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._stream = self._open(path)
-        self._logger = structlog.wrap_logger(
-            _QueueLogger(self._lines),
-            processors=[_render],
-            cache_logger_on_first_use=True,
-        )
+        self._put = self._lines.put
         self.written = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
         self._thread.start()
 
     def emit(self, event: dict[str, Any]) -> None:
-        self._logger.info(EVENT_NAME, **event)
+        self._put(render(event))
 
     def close(self) -> None:
         """Write out everything queued, then close the file."""

@@ -27,6 +27,7 @@ from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
 
 STREAM_CHUNK = 64 * 1024
+_NO_FIELDS: dict[str, object] = {}
 
 
 @dataclass(slots=True)
@@ -199,12 +200,10 @@ class ProxyHandler:
         self, request: web.Request, decision: Decision, outcome: Outcome, started: float, shadow: Decision | None
     ) -> None:
         elapsed = time.perf_counter() - started
-        extra: dict[str, object] = {}
-        if self._shadow is not None:
-            extra = await self._shadowed(shadow, outcome)
-        self._metrics.decided(decision.verdict.value, decision.reason.value, elapsed, decision.metered)
+        extra = await self._shadowed(shadow, outcome) if self._shadow is not None else _NO_FIELDS
+        self._metrics.decided(decision.verdict._value_, decision.reason._value_, elapsed, decision.metered)
         if outcome.returned and decision.access.resource:
-            self._metrics.records.labels(decision.access.resource).inc(outcome.returned)
+            self._metrics.returned(decision.access.resource, outcome.returned)
         self._audit.emit(
             decision_event(
                 decision,

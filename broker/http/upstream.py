@@ -31,6 +31,10 @@ class Upstream:
         self.settings = settings
         self._base = settings.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        dropped = HOP_BY_HOP | {"host", *FORWARDED_HEADERS}
+        self._dropped = dropped if settings.forward_authorization else dropped | {"authorization"}
+        """Request headers never passed on (lower case); names starting with
+        `x-broker-` neither: the broker sets its own."""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -64,13 +68,14 @@ class Upstream:
         return URL(self._base + raw_target, encoded=True)
 
     def request_headers(self, request: web.Request, employee: str, decision_id: str, inspect: bool) -> CIMultiDict[str]:
-        headers = _without_hop_by_hop(request.headers)
-        for name in list(headers):
+        source = request.headers
+        connection = source.getall("Connection", ())
+        drop = self._dropped.union(_listed(connection)) if connection else self._dropped
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in source.items():
             lower = name.lower()
-            if lower.startswith(BROKER_HEADER_PREFIX) or lower in FORWARDED_HEADERS or lower == "host":
-                del headers[name]
-        if not self.settings.forward_authorization:
-            headers.popall("Authorization", None)
+            if lower not in drop and not lower.startswith(BROKER_HEADER_PREFIX):
+                headers.add(name, value)
         if inspect:
             headers["Accept-Encoding"] = "identity"
         headers["X-Forwarded-For"] = request.remote or ""
@@ -82,20 +87,23 @@ class Upstream:
 
 
 def response_headers(upstream: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:
-    headers = _without_hop_by_hop(upstream)
-    if not keep_length:
-        headers.popall("Content-Length", None)
-    return headers
-
-
-def _without_hop_by_hop(source: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    connection = source.getall("Connection", ())
-    drop = HOP_BY_HOP.union(t.strip().lower() for v in connection for t in v.split(",")) if connection else HOP_BY_HOP
+    connection = upstream.getall("Connection", ())
+    drop = HOP_BY_HOP if keep_length else _HOP_BY_HOP_AND_LENGTH
+    if connection:
+        drop = drop.union(_listed(connection))
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in source.items():
+    for name, value in upstream.items():
         if name.lower() not in drop:
             headers.add(name, value)
     return headers
+
+
+_HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {"content-length"}
+
+
+def _listed(connection: list[str]) -> set[str]:
+    """The header names a Connection header lists (hop-by-hop too, RFC 9110 7.6.1)."""
+    return {t.strip().lower() for v in connection for t in v.split(",")}
 
 
 async def limited_body(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:

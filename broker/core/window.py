@@ -24,6 +24,9 @@ class Window:
 
 def current_shift(shifts: tuple[Shift, ...], now: float) -> Window | None:
     """The earliest-starting occurrence among the employee's shifts that covers `now`."""
+    if len(shifts) == 1:  # most employees work one shift
+        only = shifts[0].occurrence_at(now)
+        return Window(only.start, only.end) if only is not None else None
     found = [o for s in shifts if (o := s.occurrence_at(now)) is not None]
     if not found:
         return None

@@ -91,6 +91,9 @@ class Meter:
         self, resource: str, rate: RateAsk | None, quota: QuotaAsk | None, now: float
     ) -> tuple[RateOutcome | None, Reservation | None, Served]:
         """The rate check and quota reservation of one request, from the store that is up."""
+        if not self.shared:  # the in-memory store cannot fail: no breaker, no closures
+            outcome, booked = await self.store.admit(rate, quota, now)
+            return outcome, booked, Served.LOCAL
 
         def scaled(store: CounterStore) -> Awaitable[tuple[RateOutcome | None, Reservation | None]]:
             local_rate = dataclasses.replace(rate, limit=self._scaled(rate.limit)) if rate else None

@@ -13,10 +13,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from typing import Any, TypeVar
 
 from broker.policy.limit import RateLimit, RecordLimit, most_generous_rate, most_generous_records
 from broker.policy.rule import Rule
 from broker.policy.shift import Shift
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class Grant:
 
 
 NOT_GRANTED = Grant(frozenset(), "")
+_UNKNOWN = object()
+"""Not in a memo yet (None is a valid memoised answer: no limit)."""
 
 
 @dataclass(slots=True)
@@ -64,22 +69,38 @@ class PolicyIndex:
     """(resource, action) -> role -> the rule that grants it."""
     record_limits: dict[tuple[str, str], RecordLimit]
     rate_limits: dict[str, RateLimit]
-    _grant_cache: dict[tuple[str, str, str], Grant] = field(default_factory=dict)
-    _limit_cache: dict[tuple[str, str], RecordLimit | None] = field(default_factory=dict)
+    _grant_cache: dict[tuple[str, str], dict[str, Grant]] = field(default_factory=dict)
+    """(resource, action) -> employee id -> grant. Keyed by plain strings inside, and the
+    grants themselves shared between employees (`_shared`), so memoising a newcomer
+    leaves no new object for the cyclic GC to track (a 100,000-employee roster warming
+    up would otherwise trigger a collection every few dozen decisions)."""
+    _limit_cache: dict[str, dict[str, RecordLimit | None]] = field(default_factory=dict)
+    """resource -> employee id -> limit."""
     _rate_cache: dict[str, RateLimit | None] = field(default_factory=dict)
+    _shared: dict[object, Any] = field(default_factory=dict)
+    """One instance per distinct Grant / RecordLimit value."""
 
     def grant(self, employee: Employee, resource: str, action: str) -> Grant:
         """Branches `employee` may touch; memoised per policy revision (the index is
         rebuilt on every reload, so a stale entry cannot outlive its policy)."""
         if employee.from_claims:
             return self._grant_uncached(employee, resource, action)
-        key = (employee.id, resource, action)
-        cached = self._grant_cache.get(key)
+        memo = self._grant_cache.get((resource, action))
+        if memo is None:
+            memo = self._grant_cache[(resource, action)] = {}
+        cached = memo.get(employee.id)
         if cached is None:
-            cached = self._grant_uncached(employee, resource, action)
-            if len(self._grant_cache) < 200_000:
-                self._grant_cache[key] = cached
+            cached = self._one(self._grant_uncached(employee, resource, action))
+            if len(memo) < 200_000:
+                memo[employee.id] = cached
         return cached
+
+    def _one(self, value: T) -> T:
+        """The shared instance equal to `value` (value objects: Grant, RecordLimit)."""
+        if len(self._shared) >= 10_000:
+            return value
+        found: T = self._shared.setdefault(value, value)
+        return found
 
     def _grant_uncached(self, employee: Employee, resource: str, action: str) -> Grant:
         roles = self.grants.get((resource, action))
@@ -104,13 +125,19 @@ class PolicyIndex:
 
     def record_limit(self, employee: Employee, resource: str) -> RecordLimit | None:
         """The employee's limit for `resource` (memoised per revision, like grants)."""
-        key = (employee.id, resource)
-        if key in self._limit_cache and not employee.from_claims:
-            return self._limit_cache[key]
+        memo = self._limit_cache.get(resource)
+        if memo is None:
+            memo = self._limit_cache[resource] = {}
+        if not employee.from_claims:
+            cached = memo.get(employee.id, _UNKNOWN)
+            if cached is not _UNKNOWN:
+                return cached  # type: ignore[return-value]
         found = [self.record_limits[(r, resource)] for r in employee.roles if (r, resource) in self.record_limits]
         limit = most_generous_records(found)
-        if len(self._limit_cache) < 200_000 and not employee.from_claims:
-            self._limit_cache[key] = limit
+        if limit is not None:
+            limit = self._one(limit)
+        if len(memo) < 200_000 and not employee.from_claims:
+            memo[employee.id] = limit
         return limit
 
     def roles(self) -> frozenset[str]:
@@ -119,8 +146,10 @@ class PolicyIndex:
 
     def rate_limit(self, employee: Employee) -> RateLimit | None:
         """The employee's request rate (memoised per revision, like grants)."""
-        if employee.id in self._rate_cache and not employee.from_claims:
-            return self._rate_cache[employee.id]
+        if not employee.from_claims:
+            cached = self._rate_cache.get(employee.id, _UNKNOWN)
+            if cached is not _UNKNOWN:
+                return cached  # type: ignore[return-value]
         rate = most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])
         if len(self._rate_cache) < 200_000 and not employee.from_claims:
             self._rate_cache[employee.id] = rate

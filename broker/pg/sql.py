@@ -23,6 +23,7 @@ from pglast.parser import ParseError
 
 from broker.pg.sql_scope import (
     Found,
+    Source,
     SqlRefused,
     TableUse,
     children,
@@ -102,7 +103,7 @@ def analyse(sql: str, tables: TableMap) -> list[Statement]:
         raws = parse_sql(sql)
     except ParseError as exc:
         raise SqlRefused(str(exc), "check the statement's syntax", "42601") from None
-    return [_statement(_text_of(sql, raw), raw.stmt, tables) for raw in raws]
+    return [_statement(_source_of(sql, raw), raw.stmt, tables) for raw in raws]
 
 
 def scoped_sql(statements: Sequence[Statement], branches: frozenset[str] | None) -> str:
@@ -167,11 +168,12 @@ _Shape = tuple[StatementKind, RowBound, Found]
 _NOTHING = Found((), (), ())
 
 
-def _statement(text: str, node: Any, tables: TableMap) -> Statement:
+def _statement(source: Source, node: Any, tables: TableMap) -> Statement:
     handler = _HANDLERS.get(type(node))
     if handler is None:
         raise _refusal(node)
-    kind, rows, found = handler(node, tables)
+    text = source[0]
+    kind, rows, found = handler(node, tables, source)
     return Statement(
         sql=text,
         fingerprint=fingerprint(text),
@@ -185,36 +187,36 @@ def _statement(text: str, node: Any, tables: TableMap) -> Statement:
     )
 
 
-def _select(node: Any, tables: TableMap) -> _Shape:
+def _select(node: Any, tables: TableMap, source: Source) -> _Shape:
     limit = _limit_bound(node)
-    found = walk_select(node, tables)
-    return "select", _tighter(_natural_bound(node, found.custom_functions), limit), found
+    found = walk_select(node, tables, source)
+    return "select", _tighter(_natural_bound(node, found), limit), found
 
 
-def _insert(node: Any, tables: TableMap) -> _Shape:
-    source = node.selectStmt
+def _insert(node: Any, tables: TableMap, source: Source) -> _Shape:
+    select = node.selectStmt
     if node.returningClause is None:
         rows = NO_ROWS
-    elif source is None:
+    elif select is None:
         rows = ONE_ROW  # DEFAULT VALUES
     else:
-        rows = _tighter(_natural_bound(source, custom_functions=True), _limit_bound(source))
-    return "insert", rows, walk_insert(node, tables)
+        rows = _tighter(_natural_bound(select, _NOTHING, custom_functions=True), _limit_bound(select))
+    return "insert", rows, walk_insert(node, tables, source)
 
 
-def _update(node: Any, tables: TableMap) -> _Shape:
+def _update(node: Any, tables: TableMap, source: Source) -> _Shape:
     # UPDATE/DELETE ... RETURNING: as many rows as match, unknown in advance; clients
     # wanting a bound select the rows (with LIMIT) and change them by key
     rows = NO_ROWS if node.returningClause is None else UNBOUNDED
-    return "update", rows, walk_update(node, tables)
+    return "update", rows, walk_update(node, tables, source)
 
 
-def _delete(node: Any, tables: TableMap) -> _Shape:
+def _delete(node: Any, tables: TableMap, source: Source) -> _Shape:
     rows = NO_ROWS if node.returningClause is None else UNBOUNDED
-    return "delete", rows, walk_delete(node, tables)
+    return "delete", rows, walk_delete(node, tables, source)
 
 
-def _copy(node: Any, tables: TableMap) -> _Shape:
+def _copy(node: Any, tables: TableMap, source: Source) -> _Shape:
     if node.is_from:
         raise SqlRefused("the broker does not run COPY ... FROM", "insert rows with INSERT ... VALUES")
     if node.filename is not None or node.is_program:
@@ -222,10 +224,10 @@ def _copy(node: Any, tables: TableMap) -> _Shape:
             "the broker does not run COPY to a file or program on the database server", "use COPY ... TO STDOUT"
         )
     query = node.query  # walk_copy turns COPY table into COPY (query) when it scopes it
-    found = walk_copy(node, tables)
+    found = walk_copy(node, tables, source)
     if query is None:
         return "copy_out", UNBOUNDED, found  # COPY table TO STDOUT: the whole table
-    return "copy_out", _tighter(_natural_bound(query, found.custom_functions), _limit_bound(query)), found
+    return "copy_out", _tighter(_natural_bound(query, found), _limit_bound(query)), found
 
 
 _TRANSACTION_KINDS = frozenset({
@@ -236,7 +238,7 @@ _TRANSACTION_KINDS = frozenset({
 })  # fmt: skip
 
 
-def _transaction(node: Any, tables: TableMap) -> _Shape:
+def _transaction(node: Any, tables: TableMap, source: Source) -> _Shape:
     if node.kind not in _TRANSACTION_KINDS:
         raise SqlRefused(
             "the broker does not run two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED)",
@@ -258,7 +260,7 @@ _PINNED_SETTINGS = {
 _MULTI_SETTINGS = frozenset({"TRANSACTION", "SESSION CHARACTERISTICS"})
 
 
-def _set(node: Any, tables: TableMap) -> _Shape:
+def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
     """SET/RESET of ordinary settings; the ones the broker relies on stay as they are."""
     if node.kind == enums.VariableSetKind.VAR_SET_MULTI and node.name in _MULTI_SETTINGS:
         return "set", NO_ROWS, _NOTHING
@@ -284,15 +286,15 @@ def _is_utf8(node: Any) -> bool:
     return re.sub(r"[^a-z0-9]", "", text.lower()) in ("utf8", "unicode")
 
 
-def _show(node: Any, tables: TableMap) -> _Shape:
+def _show(node: Any, tables: TableMap, source: Source) -> _Shape:
     return "show", (UNBOUNDED if node.name == "all" else ONE_ROW), _NOTHING
 
 
-def _deallocate(node: Any, tables: TableMap) -> _Shape:
+def _deallocate(node: Any, tables: TableMap, source: Source) -> _Shape:
     return "deallocate", NO_ROWS, _NOTHING
 
 
-_HANDLERS: dict[type[ast.Node], Callable[[Any, TableMap], _Shape]] = {
+_HANDLERS: dict[type[ast.Node], Callable[[Any, TableMap, Source], _Shape]] = {
     ast.SelectStmt: _select,
     ast.InsertStmt: _insert,
     ast.UpdateStmt: _update,
@@ -384,15 +386,18 @@ def _without_integer_cast(node: Any) -> Any:
     return node.arg if names and names[-1].sval in _INTEGER_TYPES else node
 
 
-def _natural_bound(node: Any, custom_functions: bool) -> RowBound:
+def _natural_bound(node: Any, found: Found, custom_functions: bool = False) -> RowBound:
     """Rows a SELECT returns whatever its LIMIT: VALUES lists, no FROM, or an aggregate without GROUP BY.
 
     A function from the table map's own list might return a set: then no natural bound."""
     if node.valuesLists:
         return RowBound(len(node.valuesLists), None)
-    if node.op != enums.SetOperation.SETOP_NONE or custom_functions:
+    if node.op != enums.SetOperation.SETOP_NONE or custom_functions or found.custom_functions:
         return UNBOUNDED
-    if not node.fromClause or (not node.groupClause and _has_aggregate(node.targetList)):
+    if not node.fromClause:
+        return ONE_ROW
+    # the walk saw every function call: without an aggregate's name anywhere, none is at this level
+    if not node.groupClause and not _AGGREGATES.isdisjoint(found.function_names) and _has_aggregate(node.targetList):
         return ONE_ROW
     return UNBOUNDED
 
@@ -479,7 +484,10 @@ def _array_literal(branches: frozenset[str]) -> str:
     return "'" + literal.replace("'", "''") + "'"
 
 
-def _text_of(sql: str, raw: Any) -> str:
+def _source_of(sql: str, raw: Any) -> Source:
+    """The statement's text (stripped) and where that text starts in `sql`, in characters."""
     start = raw.stmt_location
     end = start + raw.stmt_len if raw.stmt_len else len(sql)
-    return sql[start:end].strip()
+    segment = sql[start:end]
+    text = segment.strip()
+    return text, start + (len(segment) - len(segment.lstrip()) if text else 0)

@@ -7,14 +7,17 @@ notes the personal-data columns the statement names, and replaces every read of 
 branch-scoped table with a sub-select that only sees the branches' rows. Unknown node
 types are refused: what the broker cannot follow, it does not run.
 
-The rewritten tree is printed once, with a marker where the branch list goes, and kept
-as text parts; the session joins them around each employee's branch list, so the
-per-statement cost of scoping is a string join.
+The scoped text is made once and kept as text parts split where the branch list goes;
+the session joins them around each employee's branch list, so the per-statement cost of
+scoping is a string join. When every change is a scoped read, the walk only notes the
+reads and they are spliced into the text as sent (sql_splice: printing a tree costs
+several times more than parsing it); otherwise (scoped UPDATE/DELETE/COPY targets, names
+the splice does not take) the walk rewrites the tree and it is printed with a marker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -22,6 +25,7 @@ from pglast import ast, enums
 from pglast.parser import ParseError, split
 from pglast.stream import RawStream
 
+from broker.pg.sql_splice import scoped_subselect, splice
 from broker.policy.table import TableMap, TableRule
 
 
@@ -116,31 +120,85 @@ class Found:
     branch_params: tuple[int, ...] = ()
     custom_functions: bool = False
     """A function from the table map's own list was called: it might return a set."""
+    function_names: frozenset[str] = frozenset()
+    """The (unqualified) names of every function called anywhere in the statement."""
 
 
-def walk_select(node: Any, tables: TableMap) -> Found:
-    walker = _Walker(tables)
-    walker.query(node, None)
-    return walker.finish(node)
+Source = tuple[str, int]
+"""A statement's text and where it starts in the string the parser saw (in characters)."""
 
 
-def walk_copy(node: Any, tables: TableMap) -> Found:
+def walk_select(node: Any, tables: TableMap, source: Source | None = None) -> Found:
+    return _walk(_select, node, tables, source)
+
+
+def walk_copy(node: Any, tables: TableMap, source: Source | None = None) -> Found:
     """COPY (query) TO STDOUT, or COPY table TO STDOUT (made a query when it must be scoped)."""
-    walker = _Walker(tables)
+    return _walk(_copy, node, tables, None if _scoped_target(node.relation, tables) else source)
+
+
+def walk_insert(node: Any, tables: TableMap, source: Source | None = None) -> Found:
+    return _walk(_insert, node, tables, source)
+
+
+def walk_update(node: Any, tables: TableMap, source: Source | None = None) -> Found:
+    return _walk(_update, node, tables, None if _scoped_target(node.relation, tables) else source)
+
+
+def walk_delete(node: Any, tables: TableMap, source: Source | None = None) -> Found:
+    return _walk(_delete, node, tables, None if _scoped_target(node.relation, tables) else source)
+
+
+class _NeedsTree(Exception):
+    """Raised by a walk that only notes scoped reads when the statement needs a change the
+    text cannot take by splicing: the walk is done again, rewriting the tree."""
+
+
+def _walk(walk: Callable[[_Walker, Any], None], node: Any, tables: TableMap, source: Source | None) -> Found:
+    """Walk `node` once noting the scoped reads and splice them into `source`; when that is
+    not possible (or `source` is None), walk it rewriting the tree and print the tree."""
+    if source is not None:
+        walker = _Walker(tables, source)
+        try:
+            walk(walker, node)
+        except _NeedsTree:
+            pass
+        else:
+            parts = walker.spliced()
+            if parts is not None:
+                return walker.found(parts)
+    walker = _Walker(tables, None)
+    walk(walker, node)
+    return walker.found(_template(node, walker.markers) if walker.markers else ())
+
+
+def _scoped_target(relation: Any, tables: TableMap) -> bool:
+    """The statement writes (or COPYs) a branch-scoped table: its tree is rewritten, never spliced."""
+    if relation is None or relation.catalogname is not None:
+        return False
+    rule = tables.rule(relation.schemaname, relation.relname)
+    return rule is not None and rule.branch_column is not None
+
+
+def _select(walker: _Walker, node: Any) -> None:
+    walker.query(node, None)
+
+
+def _copy(walker: _Walker, node: Any) -> None:
     if node.relation is not None:
         rule = walker.target(node.relation, "read")
         if rule.branch_column is not None:
+            if walker.source is not None:
+                raise _NeedsTree
             node.query, node.relation, node.attlist = _copy_query(node), None, None
         else:
             columns = tuple(c.sval for c in node.attlist or ())
             walker.named(rule, columns or tuple(rule.pii_columns))
     if node.query is not None:
         walker.query(node.query, None)
-    return walker.finish(node)
 
 
-def walk_insert(node: Any, tables: TableMap) -> Found:
-    walker = _Walker(tables)
+def _insert(walker: _Walker, node: Any) -> None:
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     columns = tuple(col.name for col in node.cols or ())
@@ -154,15 +212,13 @@ def walk_insert(node: Any, tables: TableMap) -> Found:
         walker.expr((node.onConflictClause.infer, node.onConflictClause.targetList), level)
         walker.expr(node.onConflictClause.whereClause, level)
     walker.returning(node.returningClause, rule, level)
-    return walker.finish(node)
 
 
-def walk_update(node: Any, tables: TableMap) -> Found:
-    walker = _Walker(tables)
+def _update(walker: _Walker, node: Any) -> None:
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
-    node.fromClause = walker.from_list(node.fromClause, level)
+    walker.from_clause(node, "fromClause", level)
     for target in node.targetList:
         if target.name == rule.branch_column:
             raise SqlRefused(
@@ -174,25 +230,25 @@ def walk_update(node: Any, tables: TableMap) -> Found:
         walker.expr((target.indirection, target.val), level)
     walker.expr(node.whereClause, level)
     walker.returning(node.returningClause, rule, level)
-    node.whereClause = walker.scope_write(node.relation, rule, node.whereClause)
-    return walker.finish(node)
+    walker.scope_write(node, rule)
 
 
-def walk_delete(node: Any, tables: TableMap) -> Found:
-    walker = _Walker(tables)
+def _delete(walker: _Walker, node: Any) -> None:
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
-    node.usingClause = walker.from_list(node.usingClause, level)
+    walker.from_clause(node, "usingClause", level)
     walker.expr(node.whereClause, level)
     walker.returning(node.returningClause, rule, level)
-    node.whereClause = walker.scope_write(node.relation, rule, node.whereClause)
-    return walker.finish(node)
+    walker.scope_write(node, rule)
 
 
 class _Walker:
-    def __init__(self, tables: TableMap) -> None:
+    def __init__(self, tables: TableMap, source: Source | None) -> None:
         self.tables = tables
+        self.source = source
+        """Set: only note the scoped reads, to splice them into this text; None: rewrite the tree."""
+        self.reads: list[tuple[Any, str]] = []
         self.allowed_functions = SAFE_FUNCTIONS | tables.functions
         self.uses: dict[tuple[str, str], TableUse] = {}
         self.pii: set[str] = set()
@@ -200,16 +256,29 @@ class _Walker:
         self.branch_constants: list[str] = []
         self.branch_params: list[int] = []
         self.custom_functions = False
+        self.function_names: set[str] = set()
 
-    def finish(self, root: Any) -> Found:
+    def found(self, parts: tuple[str, ...]) -> Found:
         return Found(
             uses=tuple(self.uses.values()),
             pii=tuple(sorted(self.pii)),
-            parts=_template(root, self.markers) if self.markers else (),
+            parts=parts,
             branch_constants=tuple(self.branch_constants),
             branch_params=tuple(self.branch_params),
             custom_functions=self.custom_functions,
+            function_names=frozenset(self.function_names),
         )
+
+    def spliced(self) -> tuple[str, ...] | None:
+        """The text with the scoped reads spliced in, split where the branch lists go;
+        () when nothing is scoped, None when the text cannot take them."""
+        if not self.reads:
+            return ()
+        if self.source is None:  # reads are only noted while splicing
+            return None
+        text, base = self.source
+        parts = splice(text, base, self.tables.schema, self.reads)
+        return parts if parts is not None and _single_statement("''".join(parts)) else None
 
     # --- queries and their FROM lists --------------------------------------------------
 
@@ -226,7 +295,7 @@ class _Walker:
             self.query(node.larg, level)
             self.query(node.rarg, level)
         else:
-            node.fromClause = self.from_list(node.fromClause, level)
+            self.from_clause(node, "fromClause", level)
             self.expr((node.valuesLists, node.targetList, node.whereClause, node.groupClause), level)
             self.expr((node.havingClause, node.windowClause, node.distinctClause), level)
         self.expr((node.sortClause, node.limitOffset, node.limitCount), level)
@@ -250,8 +319,14 @@ class _Walker:
             seen.add(cte.ctename)
         return visible | names
 
-    def from_list(self, items: tuple[Any, ...] | None, level: _Level) -> tuple[Any, ...] | None:
-        return None if items is None else tuple(self.from_item(item, level) for item in items)
+    def from_clause(self, node: Any, name: str, level: _Level) -> None:
+        """Walk the FROM list `node.<name>`, putting it back only if an entry was replaced."""
+        items = getattr(node, name)
+        if items is None:
+            return
+        kept = tuple(self.from_item(item, level) for item in items)
+        if any(new is not old for new, old in zip(kept, items, strict=True)):
+            setattr(node, name, kept)
 
     def from_item(self, item: Any, level: _Level) -> Any:
         """The FROM entry to keep: the same node, or a scoped sub-select in its place."""
@@ -260,8 +335,11 @@ class _Walker:
         if isinstance(item, ast.RangeSubselect):
             self.query(item.subquery, level)
         elif isinstance(item, ast.JoinExpr):
-            item.larg = self.from_item(item.larg, level)
-            item.rarg = self.from_item(item.rarg, level)
+            larg, rarg = self.from_item(item.larg, level), self.from_item(item.rarg, level)
+            if larg is not item.larg:
+                item.larg = larg
+            if rarg is not item.rarg:
+                item.rarg = rarg
             self.expr(item.quals, level)
         elif isinstance(item, ast.RangeFunction):
             self.expr((item.functions, item.coldeflist), level)
@@ -294,41 +372,43 @@ class _Walker:
 
     # --- branch scoping ----------------------------------------------------------------
 
-    def scoped_read(self, node: Any, column: str) -> ast.RangeSubselect:
-        """`(SELECT * FROM schema.table WHERE column = ANY(branches)) AS <alias or name>`."""
-        table = ast.RangeVar(schemaname=self.tables.schema, relname=node.relname, inh=node.inh, relpersistence="p")
-        inner = ast.SelectStmt(
-            targetList=(ast.ResTarget(val=ast.ColumnRef(fields=(ast.A_Star(),))),),
-            fromClause=(table,),
-            whereClause=self.branch_predicate(None, column),
-            limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
-            op=enums.SetOperation.SETOP_NONE,
-        )
+    def scoped_read(self, node: Any, column: str) -> Any:
+        """`(SELECT * FROM schema.table WHERE column = ANY(branches)) AS <alias or name>` in
+        place of `node`; while splicing, `node` itself, noted for the splice."""
+        if self.source is not None:
+            self.reads.append((node, column))
+            return node
+        marker = self.marker()
+        inner = scoped_subselect(self.tables.schema, node.relname, node.inh, column, marker)
         alias = node.alias if node.alias is not None else ast.Alias(aliasname=node.relname)
         return ast.RangeSubselect(lateral=False, subquery=inner, alias=alias)
 
-    def scope_write(self, node: Any, rule: TableRule, where: Any) -> Any:
+    def scope_write(self, node: Any, rule: TableRule) -> None:
         """UPDATE/DELETE: AND the branch predicate into the WHERE clause."""
         if rule.branch_column is None:
-            return where
-        predicate = self.branch_predicate(_refname(node), rule.branch_column)
-        if where is None:
-            return predicate
-        return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(where, predicate))
+            return
+        if self.source is not None:
+            raise _NeedsTree
+        predicate = self.branch_predicate(_refname(node.relation), rule.branch_column)
+        where = node.whereClause
+        node.whereClause = (
+            predicate if where is None else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(where, predicate))
+        )
 
-    def branch_predicate(self, qualifier: str | None, column: str) -> ast.A_Expr:
+    def marker(self) -> ast.String:
         marker = ast.String(sval=_MARKER.format(0))
         self.markers.append(marker)
-        fields = (
-            (ast.String(sval=column),) if qualifier is None else (ast.String(sval=qualifier), ast.String(sval=column))
-        )
+        return marker
+
+    def branch_predicate(self, qualifier: str, column: str) -> ast.A_Expr:
+        """`qualifier.column = ANY(CAST(branches AS pg_catalog.text[]))`."""
         text_array = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="text")),
                                   arrayBounds=(ast.Integer(ival=-1),), typemod=-1)  # fmt: skip
         return ast.A_Expr(
             kind=enums.A_Expr_Kind.AEXPR_OP_ANY,
             name=(ast.String(sval="="),),
-            lexpr=ast.ColumnRef(fields=fields),
-            rexpr=ast.TypeCast(arg=ast.A_Const(isnull=False, val=marker), typeName=text_array),
+            lexpr=ast.ColumnRef(fields=(ast.String(sval=qualifier), ast.String(sval=column))),
+            rexpr=ast.TypeCast(arg=ast.A_Const(isnull=False, val=self.marker()), typeName=text_array),
         )
 
     def insert_branches(self, node: Any, rule: TableRule, columns: tuple[str, ...]) -> None:
@@ -412,6 +492,7 @@ class _Walker:
                 "functions returning sets or lists of records (string_agg, array_agg, json_agg...) are refused",
             )
         self.custom_functions |= name not in SAFE_FUNCTIONS
+        self.function_names.add(name)
         self.expr((node.args, node.agg_order, node.agg_filter, node.over), level)
 
     def column(self, node: Any, level: _Level) -> None:
@@ -490,10 +571,30 @@ def _single_statement(text: str) -> bool:
 
 
 def children(node: Any) -> Iterator[Any]:
-    for name in type(node).__slots__:
+    kind = type(node)
+    names = _CHILD_SLOTS.get(kind)
+    if names is None:
+        names = _CHILD_SLOTS[kind] = _child_slots(kind)
+    for name in names:
         value = getattr(node, name)
         if isinstance(value, ast.Node | tuple):
             yield value
+
+
+_CHILD_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_slots(kind: type) -> tuple[str, ...]:
+    """The slots of a node type that may hold a node or a list (not locations, names, flags)."""
+    slots = getattr(kind, "__slots__", ())
+    if not isinstance(slots, dict):
+        return tuple(slots)
+    kept = []
+    for name, info in slots.items():
+        accepted = info.py_type if isinstance(info.py_type, tuple) else (info.py_type,)
+        if any(t is tuple or t is list or (isinstance(t, type) and issubclass(t, ast.Node)) for t in accepted):
+            kept.append(name)
+    return tuple(kept)
 
 
 def _refname(node: Any) -> str:

@@ -153,7 +153,7 @@ def test_multi_statement_string_each_checked() -> None:
     ]
     assert statements[1].rows == RowBound(5, None)
     text = scoped_sql(statements, B1)
-    assert text.startswith("begin; SELECT id FROM (SELECT * FROM public.waybills WHERE branch_code = ANY(")
+    assert text.startswith("begin; select id from (SELECT * FROM public.waybills WHERE branch_code = ANY(")
     assert text.endswith("; commit")
     assert len(parse_sql(text)) == 4
     assert scoped_sql(statements, None) == "; ".join(s.sql for s in statements)
@@ -797,8 +797,8 @@ def test_no_rewrite_for_global_roles_or_unscoped_tables() -> None:
 def test_read_is_replaced_by_scoped_subselect_keeping_alias_and_columns() -> None:
     text = scoped("select a, b from waybills as w (a, b) where a = $1 limit $2")
     assert text == (
-        "SELECT a, b FROM (SELECT * FROM public.waybills WHERE branch_code = "
-        "ANY(CAST('{\"B1\"}' AS pg_catalog.text[]))) AS w (a, b) WHERE a = $1 LIMIT $2"
+        "select a, b from (SELECT * FROM public.waybills WHERE branch_code = "
+        "ANY(CAST('{\"B1\"}' AS pg_catalog.text[]))) as w (a, b) where a = $1 limit $2"
     )
 
 
@@ -851,9 +851,14 @@ def test_copy_table_of_scoped_table_becomes_copy_query() -> None:
 
 def test_statement_containing_the_marker_text_still_scopes() -> None:
     sql = "select 'broker_branches_0' as a, 'broker_branches_1' as b, id from waybills"
-    text = scoped(sql)
-    assert "'broker_branches_0' AS a" in text
-    assert "'broker_branches_1' AS b" in text
+    text = scoped(sql)  # spliced: the text is split by position, not by a marker
+    assert "'broker_branches_0' as a" in text
+    assert "'broker_branches_1' as b" in text
+    assert "'{\"B1\"}'" in text
+    sql = "update waybills set status = 'broker_branches_0' where status = 'broker_branches_1' returning id"
+    text = scoped(sql)  # printed: the next free marker is used
+    assert "status = 'broker_branches_0'" in text
+    assert "status = 'broker_branches_1'" in text
     assert "'{\"B1\"}'" in text
 
 
@@ -931,6 +936,16 @@ SHAPES = [
     ),
     ("select w::text from waybills w", "select w::text from waybills w where branch_code = 'B1'"),
     ("select id from waybills for update", "select id from waybills where branch_code = 'B1'"),
+    (
+        "select id from PUBLIC . /* c */ \"waybills\" where sender_name <> 'é€😀'",
+        "select id from waybills where branch_code = 'B1'",
+    ),
+    (
+        "select '😀' as x, w.id from (waybills w join customers c on c.id = w.id)",
+        "select '😀' as x, w.id from waybills w join customers c on c.id = w.id "
+        "where w.branch_code = 'B1' and c.branch_code = 'B1'",
+    ),
+    ("table waybills", "select * from waybills where branch_code = 'B1'"),
 ]
 
 
@@ -995,3 +1010,106 @@ def test_rewritten_copy_only_copies_the_branch(database: psycopg.Connection[tupl
     with database.cursor() as cursor, cursor.copy(text.encode()) as copy:
         lines = sorted(bytes(chunk).decode() for chunk in copy)
     assert "".join(lines) == "1\tB1\n3\tB1\n5\tB1\n"
+
+
+# --- splicing the rewrite into the text as sent ----------------------------------------
+
+SPLICED = [
+    "select id from public.waybills",
+    'select id from "waybills"',
+    'select id from PUBLIC . /* between */ "waybills" as "W" where "W".id = 1',
+    "select id from WAYBILLS",
+    "  \n select id from waybills",
+    "select 'é€😀' as x, id from waybills w where sender_name = 'ü'",
+    "select '😀' || status from waybills join customers on true where name = '张三'",
+    "select * from ((waybills w join customers c on c.id = w.id) left join depots d on true)",
+    "select * from waybills natural join customers",
+    "select * from depots, waybills cross join customers",
+    "select a, b from waybills as w (a, b)",
+    "select 1 from waybills, waybills w2, public.waybills",
+    "select x.* from waybills x, lateral (select * from customers c where c.id = x.id) l",
+    "select id from waybills where id in (select id from customers where name like '%é%')",
+    "select (select count(*) from customers) from waybills limit $1",
+    "values (1) union all select id from waybills",
+    "with waybills as (select * from waybills) select * from waybills",
+    "select id from waybills for update of waybills",
+    "select id from waybills -- a trailing comment",
+    "select id from waybills\n-- a line of its own\nwhere id = 1",
+    "insert into depots (code) select status from waybills",
+    "insert into waybills (id, branch_code) values ((select max(id) from waybills), 'B1')",
+    "copy (select id from waybills w where w.status = 'é') to stdout",
+    "select '😀'; select id from waybills w; select 'ü' from customers",
+    "select * from waybills a join public.waybills b on a.id = b.id",
+    "with c as (select * from waybills) select * from c union all select * from c, customers",
+]
+"""Reads whose rewrite is spliced into the text as sent."""
+
+PRINTED = [
+    "select * from only waybills",
+    "select * from only public.waybills w where w.id > 0",
+    "select * from waybills *",
+    "table waybills",
+    'select * from U&"waybills"',
+    "copy waybills to stdout",
+    "update waybills set status = 'x' where id in (select id from customers)",
+    "delete from customers using waybills w where w.id = customers.id",
+]
+"""Shapes the splice leaves to the printer: ONLY, `t *`, TABLE t, U&"..." names, writes, COPY t."""
+
+
+def _printed(sql: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """scoped_sql as the printer alone would write it."""
+    with monkeypatch.context() as patch:
+        patch.setattr("broker.pg.sql_scope.splice", lambda *args: None)
+        return scoped_sql(analyse(sql, TABLES), B1)
+
+
+def _trees(text: str) -> list[object]:
+    return [raw.stmt for raw in parse_sql(text)]
+
+
+@pytest.mark.parametrize("sql", SPLICED + [shape for shape, _ in SHAPES if shape not in PRINTED])
+def test_spliced_text_parses_to_the_printed_tree(sql: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    statements = analyse(sql, TABLES)
+    text = scoped_sql(statements, B1)
+    printed = _printed(sql, monkeypatch)
+    assert _trees(text) == _trees(printed)  # pglast compares nodes without their locations
+    assert text != printed, "the splice was not used"
+    scoped_statements = [s for s in statements if s.scoped_parts]
+    assert scoped_statements
+    for statement in scoped_statements:
+        # the text as sent, up to the first scoped table, is kept byte for byte
+        assert statement.scoped_parts[0].startswith(statement.sql[:6])
+    assert text.count("branch_code = ANY(") == printed.count("branch_code = ANY(")
+    assert statements == analyse(sql, TABLES)  # and the result stays the same text after text
+
+
+@pytest.mark.parametrize("sql", PRINTED)
+def test_shapes_the_splice_leaves_to_the_printer(sql: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = scoped(sql)
+    assert text == _printed(sql, monkeypatch)
+    assert "branch_code = ANY(" in text
+
+
+def test_spliced_names_keep_their_spelling_and_get_the_alias() -> None:
+    text = scoped('select id from PUBLIC . /* between */ "waybills"')
+    assert text == (
+        "select id from (SELECT * FROM public.waybills WHERE branch_code = "
+        'ANY(CAST(\'{"B1"}\' AS pg_catalog.text[]))) AS "waybills"'
+    )
+    assert scoped("select id from waybills w").endswith("))) w")
+
+
+def test_spliced_trailing_comment_ends_its_line() -> None:
+    statements = analyse("select id from waybills -- note; select 1\n; select 2", TABLES)
+    assert statements[0].scoped_parts[-1].endswith("-- note; select 1\n")
+    assert len(parse_sql(scoped_sql(statements, B1))) == 2
+
+
+def test_locations_count_characters_not_bytes() -> None:
+    """pglast gives locations in characters of the str; a multi-byte character before the
+    table (in this statement or an earlier one) must not shift the splice."""
+    sql = "select '😀€é'; select '张三' as n, id from waybills where status = '😀'"
+    text = scoped_sql(analyse(sql, TABLES), B1)
+    assert text.startswith("select '😀€é'; select '张三' as n, id from (SELECT * FROM public.waybills WHERE ")
+    assert text.endswith(") AS waybills where status = '😀'")

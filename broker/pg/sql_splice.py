@@ -1,0 +1,116 @@
+"""Branch scoping of reads by splicing the statement's own text.
+
+Printing a whole rewritten parse tree costs far more than parsing it (pglast's printer
+walks every node in Python), and most statements an app sends are reads whose only
+change is that each branch-scoped table `t` in a FROM list becomes
+`(SELECT * FROM schema.t WHERE branch_column = ANY(<branches>)) AS t`. That change can
+be made in the text as sent: the parser gives each table reference's position, the
+scanner (PostgreSQL's own lexer) gives the exact span of its possibly qualified,
+possibly quoted name, and only that span is replaced, with the same sub-select the
+printer would print. The text keeps everything else byte for byte (literals, comments,
+$n), so its meaning is the printed tree's; tests re-parse both and compare the trees.
+
+Anything not plainly `FROM|JOIN|,|( [schema .] name [alias]` (ONLY, `name *`, TABLE t,
+names the scanner spells differently from the parser) returns None, and the caller
+prints the rewritten tree instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from pglast import ast, enums
+from pglast.parser import ParseError, scan
+from pglast.stream import RawStream
+
+_BEFORE = frozenset({"FROM", "JOIN", "ASCII_44", "ASCII_40"})  # FROM, [... ] JOIN, ',', '('
+_DOT = "ASCII_46"
+_NOT_AFTER = frozenset({"ASCII_42", _DOT})  # `t *` (inheritance), a longer dotted name
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+_PLACEHOLDER = "broker_branches_placeholder"
+
+
+def scoped_subselect(schema: str, relname: str, inh: bool, column: str, branches: ast.String) -> ast.SelectStmt:
+    """`SELECT * FROM schema.relname WHERE column = ANY(CAST(branches AS text[]))`."""
+    text_array = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="text")),
+                              arrayBounds=(ast.Integer(ival=-1),), typemod=-1)  # fmt: skip
+    return ast.SelectStmt(
+        targetList=(ast.ResTarget(val=ast.ColumnRef(fields=(ast.A_Star(),))),),
+        fromClause=(ast.RangeVar(schemaname=schema, relname=relname, inh=inh, relpersistence="p"),),
+        whereClause=ast.A_Expr(
+            kind=enums.A_Expr_Kind.AEXPR_OP_ANY,
+            name=(ast.String(sval="="),),
+            lexpr=ast.ColumnRef(fields=(ast.String(sval=column),)),
+            rexpr=ast.TypeCast(arg=ast.A_Const(isnull=False, val=branches), typeName=text_array),
+        ),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+
+
+@lru_cache(maxsize=1024)
+def _printed(schema: str, relname: str, column: str) -> tuple[str, str] | None:
+    """The printer's text of the scoped sub-select (in parentheses), split at the branch list."""
+    inner = scoped_subselect(schema, relname, True, column, ast.String(sval=_PLACEHOLDER))
+    text = "(" + RawStream()(inner) + ")"
+    pieces = text.split(f"'{_PLACEHOLDER}'")
+    return (pieces[0], pieces[1]) if len(pieces) == 2 else None
+
+
+def splice(text: str, base: int, schema: str, reads: Sequence[tuple[Any, str]]) -> tuple[str, ...] | None:
+    """`text` with every (RangeVar, branch column) in `reads` made a scoped sub-select, split
+    where the branch lists go; None when any of them is not a plain name in a FROM list.
+
+    `base` is where `text` starts in the string the parser saw (RangeVar locations count
+    from there, in characters)."""
+    try:
+        tokens = [token for token in scan(text) if token.name not in _COMMENTS]
+    except ParseError:
+        return None
+    at = {token.start: index for index, token in enumerate(tokens)}
+    parts: list[str] = []
+    cursor = 0
+    tail = ""
+    for node, column in sorted(reads, key=lambda read: int(read[0].location)):
+        start = node.location - base
+        index = at.get(start)
+        if index is None or index == 0 or start < cursor or not node.inh or node.catalogname is not None:
+            return None
+        if tokens[index - 1].name not in _BEFORE:
+            return None
+        names = (node.relname,) if node.schemaname is None else (node.schemaname, node.relname)
+        last = index + 2 * len(names) - 2
+        if last >= len(tokens):
+            return None
+        for offset, name in enumerate(names):
+            token = tokens[index + 2 * offset]
+            if _identifier(text[token.start : token.end + 1]) != name:
+                return None
+            if offset and tokens[index + 2 * offset - 1].name != _DOT:
+                return None
+        if last + 1 < len(tokens) and tokens[last + 1].name in _NOT_AFTER:
+            return None
+        printed = _printed(schema, node.relname, column)
+        if printed is None:
+            return None
+        end = tokens[last].end + 1
+        name_text = text[tokens[last].start : end]
+        parts.append(tail + text[cursor:start] + printed[0])
+        tail = printed[1] + ("" if node.alias is not None else " AS " + name_text)
+        cursor = end
+    last_part = tail + text[cursor:]
+    if "--" in last_part.rpartition("\n")[2]:
+        last_part += "\n"  # a trailing -- comment would swallow what the session appends
+    parts.append(last_part)
+    return tuple(parts)
+
+
+def _identifier(spelled: str) -> str | None:
+    """The name a spelled identifier stands for; None for spellings not worth decoding here."""
+    if spelled.startswith('"'):
+        return spelled[1:-1].replace('""', '"') if len(spelled) >= 2 and spelled.endswith('"') else None
+    if not spelled.isascii() or spelled[:2].upper() == "U&":
+        return None
+    return spelled.lower()  # PostgreSQL folds unquoted names' ASCII letters only

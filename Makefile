@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: setup demo test lint typecheck unit bench bench-decision clean
 
@@ -13,6 +14,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The benchmarks also draw plots (matplotlib, a pinned optional extra).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 ## Run the sample logistics API with the broker in front of it.
 demo: $(STAMP)
@@ -31,14 +37,19 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## Every benchmark, side by side with its baselines (about 8 minutes on 2 cores):
-## the decision core, the counter stores, and HTTP (direct, nginx, bare proxy, broker).
-bench: $(STAMP)
+## Every benchmark, side by side with its baselines (about 12 minutes on 2 cores): the
+## decision core, the counter stores, HTTP (direct, nginx, bare proxy, broker), PostgreSQL
+## (direct, PgBouncer, broker), SQL analysis, and memory. Needs wrk, nginx, pgbench and
+## pgbouncer (apt-get install -y wrk nginx postgresql-client pgbouncer).
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.decision
 	$(BIN)/python -m bench.meter
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.pg --seconds 5
+	$(BIN)/python -m bench.sql
+	$(BIN)/python -m bench.memory
 
-bench-decision: $(STAMP)
+bench-decision: $(BENCH_STAMP)
 	$(BIN)/python -m bench.decision
 
 clean:

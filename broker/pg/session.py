@@ -36,7 +36,6 @@ from broker.pg.wire import (
     cstring,
     error_response,
     message,
-    read_message,
 )
 from broker.policy.holder import PolicyHolder
 from broker.policy.snapshot import PolicySnapshot
@@ -98,6 +97,7 @@ class Session:
         self._discarding = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelling: asyncio.Task[None] | None = None
+        self._outbox: list[bytes] = []
         self._handlers: dict[bytes, Callable[[bytes], Awaitable[None]]] = {
             b"Q": self._query,
             b"P": self._parse,
@@ -138,18 +138,29 @@ class Session:
     # --- client to server ----------------------------------------------------------
 
     async def _pump_client(self) -> str:
+        """Messages the client sent together (Bind, Execute, Sync: one packet) reach the
+        server together too: one write per read, not one per message. On loopback each
+        write is a syscall that wakes the server, and it was most of the door's CPU."""
+        buffer = MessageBuffer(self._limit)
         while True:
             try:
-                kind, payload = await read_message(self._reader, self._limit)
-            except (asyncio.IncompleteReadError, ConnectionError):
+                data = await self._reader.read(READ_CHUNK)
+                messages = buffer.feed(data)
+            except ConnectionError:
                 return "client closed"
             except ProtocolViolation as exc:
                 await self._fatal("08P01", f"protocol violation: {exc}")
                 return "protocol violation"
-            if kind == b"X":
-                return "client terminated"
-            if not await self._on_client(kind, payload):
-                return "closed by the broker"
+            if not data:
+                return "client closed"
+            try:
+                for kind, raw in messages:
+                    if kind == b"X":
+                        return "client terminated"
+                    if not await self._on_client(kind, raw[5:]):
+                        return "closed by the broker"
+            finally:
+                self._flush()
             await self._backend.writer.drain()
 
     async def _on_client(self, kind: bytes, payload: bytes) -> bool:
@@ -163,7 +174,7 @@ class Session:
         if self._relay.needs_abort:
             self._abort_server_transaction()
         if kind in _PASSED_ON:  # Flush, and COPY FROM STDIN data: nothing to decide
-            self._backend.writer.write(message(kind, payload))
+            self._outbox.append(message(kind, payload))
             return True
         handler = self._handlers.get(kind)
         if handler is None:
@@ -366,8 +377,14 @@ class Session:
         self._forward(SYNC, Pending(Expect.SYNC, silent=True))
 
     def _forward(self, data: bytes, pending: Pending) -> None:
+        """Queue `data` for the server; its answer is expected from now on."""
         self._relay.expect(pending)
-        self._backend.writer.write(data)
+        self._outbox.append(data)
+
+    def _flush(self) -> None:
+        if self._outbox:
+            self._backend.writer.write(b"".join(self._outbox))
+            self._outbox.clear()
 
     # --- server to client ----------------------------------------------------------
 

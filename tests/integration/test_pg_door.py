@@ -472,3 +472,24 @@ async def test_every_statement_and_the_session_are_audited(pg_broker: Harness) -
     session = next(e for e in events if e.get("kind") == "pg.session")
     assert session["employee"] == "e1001" and session["records_returned"] == 4
     assert "token" not in str(events) and pg_broker.token("e1001") not in str(events)
+
+
+# --- policy reloads ------------------------------------------------------------------
+
+
+async def test_a_broken_table_map_edit_is_refused_and_the_last_good_one_keeps_serving(
+    pg_broker: Harness, policy_dir: Path
+) -> None:
+    conn = await connect(pg_broker)
+    tables = policy_dir / "tables.toml"
+    tables.write_text(tables.read_text().replace('resource = "waybill"', 'resource = "waybil"'))
+    assert not await pg_broker.broker.reload("test")
+    rejected = pg_broker.broker.policy.last_error
+    assert rejected is not None and "waybil" in str(rejected) and "tables.toml" in str(rejected)
+    assert len(await rows(conn, "SELECT id FROM waybills LIMIT 3")) == 3
+    tables.write_text(tables.read_text().replace('name = "waybills"', 'name = "parcels"'))
+    tables.write_text(tables.read_text().replace('resource = "waybil"', 'resource = "waybill"'))
+    assert await pg_broker.broker.reload("test")
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 3")  # the new map no longer opens it
+    assert error.sqlstate == "42501" and "waybills" in str(error)
+    await conn.close()

@@ -157,6 +157,9 @@ class PgDoor:
         except TimeoutError:
             await _send(client, error_response("FATAL", "08P01", "the login did not finish in time"))
             return
+        except ProtocolViolation as exc:
+            await _send(client, error_response("FATAL", "08P01", f"protocol violation: {exc}"))
+            return
         if opened is None:
             return
         session, login, employee = opened

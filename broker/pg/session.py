@@ -159,6 +159,9 @@ class Session:
                         return "client terminated"
                     if not await self._on_client(kind, raw[5:]):
                         return "closed by the broker"
+            except ProtocolViolation as exc:  # a malformed Bind, Parse, ...
+                await self._fatal("08P01", f"protocol violation: {exc}")
+                return "protocol violation"
             finally:
                 self._flush()
             await self._backend.writer.drain()

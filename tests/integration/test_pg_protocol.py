@@ -232,3 +232,34 @@ async def test_without_tls_a_token_from_another_host_is_refused(make_broker: Bro
     with pytest.raises(psycopg.OperationalError) as caught:
         await psycopg.AsyncConnection.connect(harness.pg_dsn("e1001", host=address))
     assert "only over TLS" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        struct.pack("!II", 8, 1234),  # an unknown protocol
+        struct.pack("!I", 9) + struct.pack("!I", PROTOCOL_3_0) + b"u",  # a name without NUL
+        struct.pack("!I", 13) + struct.pack("!I", PROTOCOL_3_0) + b"user\x00",  # a name without value
+        struct.pack("!I", 100_000) + struct.pack("!I", PROTOCOL_3_0),  # longer than PostgreSQL allows
+    ],
+)
+async def test_a_malformed_startup_gets_a_fatal_error_not_silence(pg_broker: Harness, packet: bytes) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    client.writer.write(packet)
+    kind, raw = await client.next()
+    assert kind == b"E"
+    assert error_fields(raw[5:])["S"] == "FATAL"
+    assert sqlstate(raw) in ("08P01", "0A000")
+    await client.close()
+
+
+async def test_a_malformed_bind_ends_the_session_with_08P01(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    client.writer.write(message(b"P", cstring("s") + cstring("SELECT 1") + b"\x00\x00"))
+    client.writer.write(message(b"B", cstring("") + cstring("s") + b"\x00\x05"))  # 5 formats, none sent
+    kind, raw = await client.next()
+    while kind != b"E":
+        kind, raw = await client.next()
+    assert sqlstate(raw) == "08P01" and b"protocol violation" in raw
+    await client.close()

@@ -493,3 +493,18 @@ async def test_a_broken_table_map_edit_is_refused_and_the_last_good_one_keeps_se
     error = await refused(conn, "SELECT id FROM waybills LIMIT 3")  # the new map no longer opens it
     assert error.sqlstate == "42501" and "waybills" in str(error)
     await conn.close()
+
+
+async def test_a_portal_read_in_chunks_is_counted_across_executes(pg_broker: Harness) -> None:
+    conn = await asyncpg_connect(pg_broker, "e1003")  # trainee: cap 20, quota 60
+    async with conn.transaction():
+        seen = [r["id"] async for r in conn.cursor("SELECT id FROM waybills ORDER BY id LIMIT 20", prefetch=7)]
+    assert len(seen) == 20
+    async with conn.transaction():
+        seen = [r["id"] async for r in conn.cursor("SELECT id FROM waybills ORDER BY id LIMIT 20", prefetch=3)]
+    assert len(seen) == 20
+    assert len(await conn.fetch("SELECT id FROM waybills LIMIT 20")) == 20  # 60 of 60 now
+    with pytest.raises(asyncpg.ConfigurationLimitExceededError) as caught:
+        await conn.fetch("SELECT id FROM waybills LIMIT 1")
+    assert "quota.exceeded" in str(caught.value)
+    await conn.close()

@@ -176,7 +176,8 @@ def _check(args: argparse.Namespace) -> int:
     index = snapshot.index
     print(
         f"policy {directory} OK: revision {snapshot.revision}, {len(index.employees)} employees, "
-        f"{sum(len(r) for r in index.grants.values())} grants, {len(snapshot.routes.routes)} routes"
+        f"{sum(len(r) for r in index.grants.values())} grants, {len(snapshot.routes.routes)} routes, "
+        f"{len(snapshot.tables.tables)} database tables"
     )
     return 0 if config_ok else EXIT_BAD_CONFIG
 

@@ -21,7 +21,7 @@ from broker.http.bearer import bearer_token
 from broker.http.classify import Refused, branch_from_body, classify
 from broker.http.inspect import inspect_records
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
-from broker.http.upstream import BodyTooLarge, Upstream, limited_body, read_bounded, response_headers
+from broker.http.upstream import BodyTooLarge, Upstream, answer_headers, limited_body, read_bounded
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
@@ -168,18 +168,18 @@ class ProxyHandler:
             decision.facts["records_in_answer"] = verdict.count
             return await self._fail(decision, outcome, verdict.violation, verdict.detail)
         await self._guard.settle(decision, verdict.count)
-        headers = response_headers(answer.headers, keep_length=False)
-        headers.update(limit_headers(decision, self._guard.clock.now()))
-        headers[DECISION_HEADER] = decision.id
+        own = limit_headers(decision, self._guard.clock.now())
+        own[DECISION_HEADER] = decision.id
+        headers = answer_headers(answer.headers, own, keep_length=False)
         outcome.status, outcome.returned = answer.status, verdict.count
         return web.Response(status=answer.status, body=body, headers=headers)
 
     async def _pass_streamed(
         self, request: web.Request, decision: Decision, answer: aiohttp.ClientResponse, outcome: Outcome
     ) -> web.StreamResponse:
-        headers = response_headers(answer.headers, keep_length=True)
-        headers.update(limit_headers(decision, self._guard.clock.now()))
-        headers[DECISION_HEADER] = decision.id
+        own = limit_headers(decision, self._guard.clock.now())
+        own[DECISION_HEADER] = decision.id
+        headers = answer_headers(answer.headers, own, keep_length=True)
         response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         await response.prepare(request)
         outcome.status = answer.status

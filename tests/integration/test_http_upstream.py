@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 
 import pytest
@@ -128,3 +130,35 @@ async def test_answer_too_large_to_count_is_not_passed_on(make_broker: BrokerFac
     assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
     assert "larger than 2000 bytes" in reply.json["detail"] and b"waybill_no" not in reply.body
     assert await me_used(broker) == 0
+
+
+async def test_no_client_headers_are_made_up_upstream(guarded: Harness) -> None:
+    """aiohttp's client adds User-Agent and Accept-Encoding on its own; the broker does not."""
+    token = guarded.token("e1001")
+    reply = await raw_request(
+        guarded.port, f"{LIST}?limit=2", {"Authorization": f"Bearer {token}", "X-Test-Mode": "echo"}
+    )
+    assert reply.status == 200, reply.body
+    seen = {k.lower(): v for k, v in reply.json["items"][0]["headers"].items()}
+    assert "user-agent" not in seen
+    assert seen["accept-encoding"] == "identity"  # the broker's own: answers it counts must be plain
+    assert seen["accept"] == "*/*"
+
+
+async def test_request_body_gets_no_made_up_content_type(guarded: Harness) -> None:
+    token = guarded.token("e1004")
+    body = b'{"branch_code": "BR001", "note": "n"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded.port)
+    head = (
+        f"POST /api/waybills HTTP/1.1\r\nHost: broker.test\r\nConnection: close\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    answer = json.loads(data.partition(b"\r\n\r\n")[2])
+    seen = {k.lower() for k in answer["received_headers"]}
+    assert answer["note"] == "n"
+    assert "content-type" not in seen and "user-agent" not in seen

@@ -35,6 +35,14 @@ def test_render_matches_the_structlog_line() -> None:
     assert render(event).endswith(b',"event":"decision"}\n')
 
 
+def test_render_edge_events_as_before() -> None:
+    def before(event: dict[str, object]) -> bytes:
+        return orjson.dumps({**event, "event": EVENT_NAME}, default=str) + b"\n"
+
+    for event in ({}, {"event": "other", "n": 1}, {"when": iso(0.0), "odd": {1, 2} and frozenset({3})}, {"k": "é\n"}):
+        assert render(event) == before(event), event
+
+
 def test_utc_iso_is_clock_iso() -> None:
     rng = random.Random(7)  # noqa: S311 - test data, not secrets
     edges = [1796191200 + k / 1e6 for k in range(-50, 50)] + [1796191200.9999995, 1796191200.0000005, 0.0, 0.25]

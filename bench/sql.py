@@ -5,7 +5,10 @@ statement text is new to the session's cache and is analysed from scratch. This 
 `broker.pg.sql.analyse` on a handful of representative statements (each call with a
 fresh literal, as an app would send it) side by side with the floor, pglast's
 `parse_sql` of the same text, in one run and interleaved (floor, analyse, floor,
-analyse, ...), and prints medians and p99 per statement.
+analyse, ...), and prints medians and p99 per statement. A third contender, "cache hit by shape", is
+`StatementCache.analyse` with the statement's shape already cached (one earlier text of it
+analysed, outside the timed loop): scanning the new text and making its Statement from the
+cached analysis (broker/pg/sql_shape.py); a statement not shaped falls back to analyse.
 
 With `--baseline REV` the analyser as committed at REV (broker/pg/sql.py and
 broker/pg/sql_scope.py, loaded from git into a private module) is timed in the same
@@ -33,6 +36,8 @@ from typing import Any
 from pglast.parser import parse_sql
 
 from broker.pg.sql import analyse
+from broker.pg.statement_cache import StatementCache
+from broker.policy.snapshot import PolicySnapshot
 from broker.policy.table import TableMap, parse_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,10 +105,14 @@ def run(calls: int, baseline: str | None) -> list[str]:
         old = _baseline(baseline)
         contenders.append((f"analyse @{baseline}", lambda sql: old(sql, tables)))
     contenders.append(("analyse (working tree)", lambda sql: analyse(sql, tables)))
+    none: Any = None
+    snapshot = PolicySnapshot("bench", ROOT, none, none, none, (), (), tables)
+    cache = StatementCache()
+    contenders.append(("cache hit by shape", lambda sql: cache.analyse(sql, snapshot)))
     warmup = 200
     times: dict[tuple[str, str], list[int]] = {(label, who): [] for label, _ in STATEMENTS for who, _ in contenders}
     texts = {label: [template.format(n=n) for n in range(calls + warmup)] for label, template in STATEMENTS}
-    for label, _ in STATEMENTS:  # every statement must be accepted by every contender
+    for label, _ in STATEMENTS:  # every statement must be accepted by every contender (this primes the shapes)
         for _who, call in contenders:
             call(texts[label][0])
     gc.collect()
@@ -117,7 +126,7 @@ def run(calls: int, baseline: str | None) -> list[str]:
                 elapsed = clock() - started
                 if n >= warmup:
                     times[(label, who)].append(elapsed)
-    header = "| statement | " + " | ".join(f"{who} median / p99 (µs)" for who, _ in contenders) + " | analyse / floor |"
+    header = "| statement | " + " | ".join(f"{who} median / p99 (µs)" for who, _ in contenders) + " | ... / floor |"
     lines = [header, "|" + " --- |" * (len(contenders) + 2)]
     for label, _ in STATEMENTS:
         cells = []
@@ -149,8 +158,9 @@ def _write(label: str, body: list[str], calls: int) -> Path:
         order.append(label)
     legend = (
         f"\n{calls} calls per statement and contender after 200 warm-up calls, interleaved; each call gets a "
-        "fresh literal, so nothing is cached between calls. Times are per call in µs; analyse / floor is analyse's "
-        "median over parse_sql's.\n\n"
+        "fresh literal, so no text repeats (the shape-cache contender has each statement's shape cached "
+        "before the timed calls). Times are per call in µs; ... / floor is each contender's median over "
+        "parse_sql's.\n\n"
     )
     sections[label] = legend + "\n".join(body) + "\n\n"
     path.write_text(title + "".join(f"\n## {name}\n{sections[name].lstrip(chr(10))}" for name in order))

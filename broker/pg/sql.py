@@ -33,6 +33,7 @@ from broker.pg.sql_scope import (
     walk_select,
     walk_update,
 )
+from broker.pg.sql_splice import Edit
 from broker.policy.table import TableMap
 
 __all__ = [
@@ -97,6 +98,23 @@ class Statement:
 def analyse(sql: str, tables: TableMap) -> list[Statement]:
     """Every statement in `sql` (a simple-query string may hold several), or SqlRefused
     for the first one the broker will not run. Syntax errors are SQLSTATE 42601."""
+    return [statement for statement, _ in analyse_with_literals(sql, tables)]
+
+
+@dataclass(frozen=True, slots=True)
+class Literals:
+    """How a Statement's fields that depend on its text were made (for sql_shape)."""
+
+    natural: RowBound | None
+    """The rows bound without the top-level LIMIT when `rows` is the tighter of that and a
+    literal LIMIT number; None: `rows` does not come from a literal."""
+    edits: tuple[Edit, ...] | None
+    """The splices that made scoped_parts from the statement's text (character spans of
+    it); None: the rewritten tree was printed."""
+
+
+def analyse_with_literals(sql: str, tables: TableMap) -> list[tuple[Statement, Literals]]:
+    """`analyse`, with where each statement's literal-dependent fields come from."""
     if "\0" in sql:
         raise SqlRefused("the statement contains a NUL character", "send the SQL text without NUL bytes", "42601")
     try:
@@ -164,17 +182,18 @@ def check_insert_branches(
 
 # --- statements ------------------------------------------------------------------------
 
-_Shape = tuple[StatementKind, RowBound, Found]
+_Shape = tuple[StatementKind, RowBound, Found, RowBound | None]
+"""kind, rows, what the walk found, and the bound without LIMIT when rows came from a literal LIMIT."""
 _NOTHING = Found((), (), ())
 
 
-def _statement(source: Source, node: Any, tables: TableMap) -> Statement:
+def _statement(source: Source, node: Any, tables: TableMap) -> tuple[Statement, Literals]:
     handler = _HANDLERS.get(type(node))
     if handler is None:
         raise _refusal(node)
     text = source[0]
-    kind, rows, found = handler(node, tables, source)
-    return Statement(
+    kind, rows, found, limit = handler(node, tables, source)
+    statement = Statement(
         sql=text,
         fingerprint=fingerprint(text),
         kind=kind,
@@ -185,35 +204,44 @@ def _statement(source: Source, node: Any, tables: TableMap) -> Statement:
         branch_constants=found.branch_constants,
         scoped_parts=found.parts,
     )
+    return statement, Literals(limit, found.edits)
 
 
 def _select(node: Any, tables: TableMap, source: Source) -> _Shape:
     limit = _limit_bound(node)
     found = walk_select(node, tables, source)
-    return "select", _tighter(_natural_bound(node, found), limit), found
+    rows, literal = _bounded(_natural_bound(node, found), limit)
+    return "select", rows, found, literal
+
+
+def _bounded(natural: RowBound, limit: RowBound) -> tuple[RowBound, RowBound | None]:
+    """The tighter bound, and `natural` when a literal LIMIT took part."""
+    return _tighter(natural, limit), (None if limit.constant is None else natural)
 
 
 def _insert(node: Any, tables: TableMap, source: Source) -> _Shape:
     select = node.selectStmt
+    literal = None
     if node.returningClause is None:
         rows = NO_ROWS
     elif select is None:
         rows = ONE_ROW  # DEFAULT VALUES
     else:
-        rows = _tighter(_natural_bound(select, _NOTHING, custom_functions=True), _limit_bound(select))
-    return "insert", rows, walk_insert(node, tables, source)
+        natural = _natural_bound(select, _NOTHING, custom_functions=True)
+        rows, literal = _bounded(natural, _limit_bound(select))
+    return "insert", rows, walk_insert(node, tables, source), literal
 
 
 def _update(node: Any, tables: TableMap, source: Source) -> _Shape:
     # UPDATE/DELETE ... RETURNING: as many rows as match, unknown in advance; clients
     # wanting a bound select the rows (with LIMIT) and change them by key
     rows = NO_ROWS if node.returningClause is None else UNBOUNDED
-    return "update", rows, walk_update(node, tables, source)
+    return "update", rows, walk_update(node, tables, source), None
 
 
 def _delete(node: Any, tables: TableMap, source: Source) -> _Shape:
     rows = NO_ROWS if node.returningClause is None else UNBOUNDED
-    return "delete", rows, walk_delete(node, tables, source)
+    return "delete", rows, walk_delete(node, tables, source), None
 
 
 def _copy(node: Any, tables: TableMap, source: Source) -> _Shape:
@@ -226,8 +254,9 @@ def _copy(node: Any, tables: TableMap, source: Source) -> _Shape:
     query = node.query  # walk_copy turns COPY table into COPY (query) when it scopes it
     found = walk_copy(node, tables, source)
     if query is None:
-        return "copy_out", UNBOUNDED, found  # COPY table TO STDOUT: the whole table
-    return "copy_out", _tighter(_natural_bound(query, found), _limit_bound(query)), found
+        return "copy_out", UNBOUNDED, found, None  # COPY table TO STDOUT: the whole table
+    rows, literal = _bounded(_natural_bound(query, found), _limit_bound(query))
+    return "copy_out", rows, found, literal
 
 
 _TRANSACTION_KINDS = frozenset({
@@ -244,7 +273,7 @@ def _transaction(node: Any, tables: TableMap, source: Source) -> _Shape:
             "the broker does not run two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED)",
             "use BEGIN and COMMIT",
         )
-    return "transaction", NO_ROWS, _NOTHING
+    return "transaction", NO_ROWS, _NOTHING, None
 
 
 _PINNED_SETTINGS = {
@@ -263,7 +292,7 @@ _MULTI_SETTINGS = frozenset({"TRANSACTION", "SESSION CHARACTERISTICS"})
 def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
     """SET/RESET of ordinary settings; the ones the broker relies on stay as they are."""
     if node.kind == enums.VariableSetKind.VAR_SET_MULTI and node.name in _MULTI_SETTINGS:
-        return "set", NO_ROWS, _NOTHING
+        return "set", NO_ROWS, _NOTHING, None
     if node.kind in (enums.VariableSetKind.VAR_RESET_ALL, enums.VariableSetKind.VAR_SET_MULTI):
         raise SqlRefused("the broker does not run RESET ALL or SET of several settings at once",
                          "set or reset settings one at a time, e.g. RESET statement_timeout")  # fmt: skip
@@ -275,7 +304,7 @@ def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
         )
     if name in _PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
         raise SqlRefused(f"setting {name} may not be changed through the broker", _PINNED_SETTINGS[name])
-    return "set", NO_ROWS, _NOTHING
+    return "set", NO_ROWS, _NOTHING, None
 
 
 def _is_utf8(node: Any) -> bool:
@@ -287,11 +316,11 @@ def _is_utf8(node: Any) -> bool:
 
 
 def _show(node: Any, tables: TableMap, source: Source) -> _Shape:
-    return "show", (UNBOUNDED if node.name == "all" else ONE_ROW), _NOTHING
+    return "show", (UNBOUNDED if node.name == "all" else ONE_ROW), _NOTHING, None
 
 
 def _deallocate(node: Any, tables: TableMap, source: Source) -> _Shape:
-    return "deallocate", NO_ROWS, _NOTHING
+    return "deallocate", NO_ROWS, _NOTHING, None
 
 
 _HANDLERS: dict[type[ast.Node], Callable[[Any, TableMap, Source], _Shape]] = {

@@ -25,7 +25,7 @@ from pglast import ast, enums
 from pglast.parser import ParseError, split
 from pglast.stream import RawStream
 
-from broker.pg.sql_splice import scoped_subselect, splice
+from broker.pg.sql_splice import Edit, apply_edits, scoped_subselect, splice_edits
 from broker.policy.table import TableMap, TableRule
 
 
@@ -122,6 +122,9 @@ class Found:
     """A function from the table map's own list was called: it might return a set."""
     function_names: frozenset[str] = frozenset()
     """The (unqualified) names of every function called anywhere in the statement."""
+    edits: tuple[Edit, ...] | None = ()
+    """How `parts` were made from the statement's text: its splices (() when nothing is
+    scoped); None when the tree was printed instead."""
 
 
 Source = tuple[str, int]
@@ -164,12 +167,14 @@ def _walk(walk: Callable[[_Walker, Any], None], node: Any, tables: TableMap, sou
         except _NeedsTree:
             pass
         else:
-            parts = walker.spliced()
-            if parts is not None:
-                return walker.found(parts)
+            spliced = walker.spliced()
+            if spliced is not None:
+                return walker.found(*spliced)
     walker = _Walker(tables, None)
     walk(walker, node)
-    return walker.found(_template(node, walker.markers) if walker.markers else ())
+    if walker.markers:
+        return walker.found(_template(node, walker.markers), None)
+    return walker.found((), ())
 
 
 def _scoped_target(relation: Any, tables: TableMap) -> bool:
@@ -258,7 +263,7 @@ class _Walker:
         self.custom_functions = False
         self.function_names: set[str] = set()
 
-    def found(self, parts: tuple[str, ...]) -> Found:
+    def found(self, parts: tuple[str, ...], edits: tuple[Edit, ...] | None) -> Found:
         return Found(
             uses=tuple(self.uses.values()),
             pii=tuple(sorted(self.pii)),
@@ -267,18 +272,22 @@ class _Walker:
             branch_params=tuple(self.branch_params),
             custom_functions=self.custom_functions,
             function_names=frozenset(self.function_names),
+            edits=edits,
         )
 
-    def spliced(self) -> tuple[str, ...] | None:
-        """The text with the scoped reads spliced in, split where the branch lists go;
-        () when nothing is scoped, None when the text cannot take them."""
+    def spliced(self) -> tuple[tuple[str, ...], tuple[Edit, ...]] | None:
+        """The text with the scoped reads spliced in, split where the branch lists go, and
+        the splices made; ((), ()) when nothing is scoped, None when the text cannot take them."""
         if not self.reads:
-            return ()
+            return (), ()
         if self.source is None:  # reads are only noted while splicing
             return None
         text, base = self.source
-        parts = splice(text, base, self.tables.schema, self.reads)
-        return parts if parts is not None and _single_statement("''".join(parts)) else None
+        edits = splice_edits(text, base, self.tables.schema, self.reads)
+        if edits is None:
+            return None
+        parts = apply_edits(text, edits)
+        return (parts, edits) if single_statement("''".join(parts)) else None
 
     # --- queries and their FROM lists --------------------------------------------------
 
@@ -557,12 +566,12 @@ def _template(root: Any, markers: list[ast.String]) -> tuple[str, ...]:
         for node in markers:
             node.sval = marker
         text = RawStream()(root)
-        if text.count(marker) == len(markers) and _single_statement(text):
+        if text.count(marker) == len(markers) and single_statement(text):
             return tuple(text.split(f"'{marker}'"))
     raise SqlRefused("the broker cannot scope this statement to your branches", NOT_ANALYSABLE)
 
 
-def _single_statement(text: str) -> bool:
+def single_statement(text: str) -> bool:
     """The printed statement re-parses as one statement (guards against printer surprises)."""
     try:
         return len(split(text)) == 1  # parses without building Python nodes: ~4 µs

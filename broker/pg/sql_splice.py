@@ -59,20 +59,29 @@ def _printed(schema: str, relname: str, column: str) -> tuple[str, str] | None:
     return (pieces[0], pieces[1]) if len(pieces) == 2 else None
 
 
+Edit = tuple[int, int, str, str]
+"""One splice: the name spanning text[start:end] becomes `before` <branch list> `after`."""
+
+
 def splice(text: str, base: int, schema: str, reads: Sequence[tuple[Any, str]]) -> tuple[str, ...] | None:
     """`text` with every (RangeVar, branch column) in `reads` made a scoped sub-select, split
     where the branch lists go; None when any of them is not a plain name in a FROM list.
 
     `base` is where `text` starts in the string the parser saw (RangeVar locations count
     from there, in characters)."""
+    edits = splice_edits(text, base, schema, reads)
+    return None if edits is None else apply_edits(text, edits)
+
+
+def splice_edits(text: str, base: int, schema: str, reads: Sequence[tuple[Any, str]]) -> tuple[Edit, ...] | None:
+    """The edits `splice` makes, in text order, with spans in characters of `text`."""
     try:
         tokens = [token for token in scan(text) if token.name not in _COMMENTS]
     except ParseError:
         return None
     at = {token.start: index for index, token in enumerate(tokens)}
-    parts: list[str] = []
+    edits: list[Edit] = []
     cursor = 0
-    tail = ""
     for node, column in sorted(reads, key=lambda read: int(read[0].location)):
         start = node.location - base
         index = at.get(start)
@@ -97,8 +106,19 @@ def splice(text: str, base: int, schema: str, reads: Sequence[tuple[Any, str]]) 
             return None
         end = tokens[last].end + 1
         name_text = text[tokens[last].start : end]
-        parts.append(tail + text[cursor:start] + printed[0])
-        tail = printed[1] + ("" if node.alias is not None else " AS " + name_text)
+        edits.append((start, end, printed[0], printed[1] + ("" if node.alias is not None else " AS " + name_text)))
+        cursor = end
+    return tuple(edits)
+
+
+def apply_edits(text: str, edits: Sequence[Edit]) -> tuple[str, ...]:
+    """`text` with `edits` made (in text order, not overlapping), split where the branch lists go."""
+    parts: list[str] = []
+    cursor = 0
+    tail = ""
+    for start, end, before, after in edits:
+        parts.append(tail + text[cursor:start] + before)
+        tail = after
         cursor = end
     last_part = tail + text[cursor:]
     if "--" in last_part.rpartition("\n")[2]:

@@ -1,13 +1,19 @@
-"""Analysed statements by their text, for the policy revision they were analysed under.
+"""Analysed statements by their text or their shape, for the policy revision they were analysed under.
 
 Applications send the same few statement texts over and over (prepared or not); parsing
 costs tens of microseconds, a dictionary lookup well under one. A refusal is cached too:
 the same text is refused the same way until the policy changes.
+
+Apps using the simple query protocol put values in the text, so most texts are new; a
+text whose shape (its tokens but for literal values, see sql_shape) was analysed and
+accepted before is made from that analysis, re-reading the values it depends on. Only
+accepted data statements are reused by shape; refusals are cached by exact text only.
 """
 
 from __future__ import annotations
 
-from broker.pg.sql import SqlRefused, Statement, analyse
+from broker.pg.sql import SqlRefused, Statement, analyse_with_literals
+from broker.pg.sql_shape import Key, Template, instantiate, scanned, template
 from broker.policy.snapshot import PolicySnapshot
 
 DEFAULT_ENTRIES = 4096
@@ -18,17 +24,32 @@ class StatementCache:
         self._entries = entries
         self._revision = ""
         self._known: dict[str, list[Statement] | SqlRefused] = {}
+        self._shapes: dict[Key, Template] = {}
 
     def analyse(self, sql: str, snapshot: PolicySnapshot) -> list[Statement]:
         """The statements in `sql`, or SqlRefused; the table map comes from `snapshot`."""
         if snapshot.revision != self._revision:
-            self._known, self._revision = {}, snapshot.revision
+            self._known, self._shapes, self._revision = {}, {}, snapshot.revision
         found = self._known.get(sql)
         if found is None:
+            shape = scanned(sql)
+            known = self._shapes.get(shape.key) if shape is not None else None
+            if shape is not None and known is not None:
+                made = instantiate(known, shape)
+                if made is not None:
+                    return [made]  # not kept by text: texts with inline values rarely repeat
             try:
-                found = analyse(sql, snapshot.tables)
+                analysed = analyse_with_literals(sql, snapshot.tables)
             except SqlRefused as exc:
                 found = exc
+            else:
+                found = [statement for statement, _ in analysed]
+                if shape is not None and known is None and len(analysed) == 1:
+                    made_template = template(shape, *analysed[0])
+                    if made_template is not None:
+                        if len(self._shapes) >= self._entries:
+                            self._shapes.clear()
+                        self._shapes[shape.key] = made_template
             if len(self._known) >= self._entries:
                 self._known.clear()  # texts are few in practice; a flood of unique ones just re-parses
             self._known[sql] = found

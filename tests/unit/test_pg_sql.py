@@ -1060,7 +1060,7 @@ PRINTED = [
 def _printed(sql: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """scoped_sql as the printer alone would write it."""
     with monkeypatch.context() as patch:
-        patch.setattr("broker.pg.sql_scope.splice", lambda *args: None)
+        patch.setattr("broker.pg.sql_scope.splice_edits", lambda *args: None)
         return scoped_sql(analyse(sql, TABLES), B1)
 
 

@@ -40,8 +40,11 @@ from broker.pg.sql_splice import apply_edits
 
 _LITERALS = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
-_UNSHAPED_TOKENS = frozenset({"ASCII_59", "UIDENT", "USCONST", "UESCAPE", "FLOAT_P"})
-"""`;` (several statements), U& names and strings, float(p)."""
+_UNSHAPED_TOKENS = frozenset({"UIDENT", "USCONST", "UESCAPE", "FLOAT_P"})
+"""U& names and strings, float(p)."""
+_SEMICOLON = "ASCII_59"
+"""Only as the very last token (drivers and pgbench end statements with it); anywhere
+else the string holds several statements, which are not shaped."""
 _REG_TYPES = frozenset({
     "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
     "regoperator", "regproc", "regprocedure", "regrole", "regtype",
@@ -83,13 +86,15 @@ def scanned(sql: str) -> Scanned | None:
         tokens = scan(text)
     except ParseError:
         return None
+    tokens = [token for token in tokens if token.name not in _COMMENTS]
+    if tokens and tokens[-1].name == _SEMICOLON:
+        text = text[: tokens[-1].start].rstrip(_SPACE)  # what analyse() keeps as the statement
+        tokens = tokens[:-1]
     kept = []
     key = []
     for token in tokens:
         name = token.name
-        if name in _COMMENTS:
-            continue
-        if name in _UNSHAPED_TOKENS:
+        if name in _UNSHAPED_TOKENS or name == _SEMICOLON:
             return None
         kept.append(token)
         if name in _LITERALS:

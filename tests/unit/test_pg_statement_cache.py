@@ -59,6 +59,10 @@ EXTRA = [
     "SELECT id FROM waybills WHERE flags = B'1010' OR flags = X'1F' AND weight > 1.25e3",
     "SELECT id FROM waybills w WHERE w.status = 'it''s -- not a comment'",
     "SELECT id FROM waybills WHERE status = 'x' -- 'trailing'",
+    "SELECT id FROM waybills WHERE id = 9 LIMIT 1;",
+    "SELECT id FROM waybills WHERE status = 'a;b' LIMIT 2 ; -- done",
+    "SELECT id FROM waybills WHERE id = 9 /* c */ LIMIT 3 /* d */;",
+    "INSERT INTO waybills (waybill_no, branch_code) VALUES ('x', 'B1');",
     "/* lead */ SELECT id FROM waybills WHERE id = 1 /* mid */ LIMIT 2 -- tail",
     "INSERT INTO waybills (waybill_no, branch_code, sender_name, status) VALUES ('x', 'B1', 'y', 'new')",
     "INSERT INTO waybills (waybill_no, branch_code) VALUES ('x', 'B1'), ('y', $1), ('z', 'B2')",
@@ -243,6 +247,8 @@ def test_refusals_are_never_served_by_shape(sql: str, monkeypatch: pytest.Monkey
         ("UPDATE waybills SET status = 'a' WHERE id = 1", "UPDATE waybills SET status = 'b' WHERE id = 2"),
         ("DELETE FROM waybills WHERE id = 1", "DELETE FROM waybills WHERE id = 2"),
         ("SELECT 1; SELECT id FROM waybills LIMIT 3", "SELECT 2; SELECT id FROM waybills LIMIT 4"),
+        ("SELECT 1; SELECT id FROM waybills LIMIT 3;", "SELECT 2; SELECT id FROM waybills LIMIT 4;"),
+        ("SELECT id FROM waybills LIMIT 3;;", "SELECT id FROM waybills LIMIT 4;;"),
         ("SELECT U&\"d!0069\" UESCAPE '!' FROM waybills", "SELECT U&\"d!0069\" UESCAPE '?' FROM waybills"),
         ("SELECT id FROM waybills LIMIT -5", "SELECT id FROM waybills LIMIT -6"),
         ("SELECT * FROM only waybills WHERE id = 1", "SELECT * FROM only waybills WHERE id = 2"),
@@ -278,6 +284,18 @@ def test_pgbench_select_is_served_by_shape_with_new_text(monkeypatch: pytest.Mon
     assert second.fingerprint == first[0].fingerprint
     assert second.rows.constant == 25
     assert "WHERE id = 7 LIMIT 25" in scoped_sql([second], frozenset({"B1"}))
+
+
+def test_a_trailing_semicolon_is_one_statement_and_is_shaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgbench and many drivers end statements with `;`: the common case must be reused."""
+    counting = _Counting(monkeypatch)
+    cache = StatementCache()
+    snapshot = _snapshot(MAP)
+    cache.analyse("SELECT id FROM waybills WHERE id = 48213 LIMIT 1;", snapshot)
+    (second,) = cache.analyse("SELECT id FROM waybills WHERE id = 7 LIMIT 25;", snapshot)
+    assert counting.served == 1
+    assert second.sql == "SELECT id FROM waybills WHERE id = 7 LIMIT 25"
+    assert second.rows.constant == 25
 
 
 def test_shapes_follow_the_policy_revision_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from broker.policy.problem import PolicyProblem
+from broker.policy.toml_lines import array_table_lines, line_of
 
 RecordShape = Literal["list", "one", "none"]
 BranchSource = Literal["path", "query", "body", ""]
@@ -62,12 +63,12 @@ def parse_routes(name: str, raw: bytes) -> tuple[RouteMap | None, list[PolicyPro
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         line = int(m[1]) if (m := re.search(r"line (\d+)", str(exc))) else 1
         return None, [PolicyProblem(name, line, f"not valid TOML: {exc}")]
-    lines = _route_lines(raw)
+    lines = array_table_lines(raw, "route")
     problems: list[PolicyProblem] = []
     settings = doc.get("settings", {})
     routes: list[Route] = []
     if not isinstance(settings, dict):
-        problems.append(PolicyProblem(name, _line_of(raw, b"settings"), "settings must be a [settings] table"))
+        problems.append(PolicyProblem(name, line_of(raw, b"settings", 1), "settings must be a [settings] table"))
         settings = {}
     entries = doc.get("route", [])
     if not isinstance(entries, list) or not entries:
@@ -82,7 +83,7 @@ def parse_routes(name: str, raw: bytes) -> tuple[RouteMap | None, list[PolicyPro
     try:
         route_map = _route_map(settings, tuple(routes), name)
     except ValueError as exc:
-        problems.append(PolicyProblem(name, _line_of(raw, b"[settings]"), str(exc)))
+        problems.append(PolicyProblem(name, line_of(raw, b"[settings]", 1), str(exc)))
         return None, problems
     return (None if problems else route_map), problems
 
@@ -178,15 +179,3 @@ def _branch(entry: dict[str, Any], segments: tuple[str, ...]) -> tuple[BranchSou
     if source == "path" and f"{{{name}}}" not in segments:
         raise ValueError(f"branch = {spec!r} names a path parameter the path does not have")
     return source, name  # type: ignore[return-value]
-
-
-_ROUTE_HEADER = re.compile(rb"\s*\[\[\s*route\s*\]\]\s*(#.*)?\Z")
-
-
-def _route_lines(raw: bytes) -> list[int]:
-    return [n for n, line in enumerate(raw.split(b"\n"), start=1) if _ROUTE_HEADER.match(line.rstrip(b"\r"))]
-
-
-def _line_of(raw: bytes, needle: bytes) -> int:
-    index = raw.find(needle)
-    return raw[:index].count(b"\n") + 1 if index >= 0 else 1

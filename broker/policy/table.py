@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from broker.policy.problem import PolicyProblem
+from broker.policy.toml_lines import array_table_lines, line_of
 
 _SETTINGS_KEYS = frozenset({"schema", "functions"})
 _TABLE_KEYS = frozenset({"name", "resource", "branch_column", "pii_columns"})
@@ -72,7 +73,7 @@ def parse_tables(name: str, raw: bytes) -> tuple[TableMap | None, list[PolicyPro
 
 
 def _settings(settings: Any, name: str, raw: bytes, problems: list[PolicyProblem]) -> tuple[str, frozenset[str]]:
-    line = _line_of(raw, b"[settings]")
+    line = line_of(raw, b"[settings]")
     try:
         if not isinstance(settings, dict):
             raise ValueError("settings must be a [settings] table")
@@ -91,7 +92,7 @@ def _tables(entries: Any, name: str, raw: bytes, problems: list[PolicyProblem]) 
     if not isinstance(entries, list):
         problems.append(PolicyProblem(name, 1, "table must be an array of [[table]] entries"))
         return {}
-    lines = _table_lines(raw)
+    lines = array_table_lines(raw, "table")
     tables: dict[str, TableRule] = {}
     for position, entry in enumerate(entries):
         line = lines[position] if position < len(lines) else 0
@@ -141,15 +142,3 @@ def _identifiers(table: dict[str, Any], key: str) -> frozenset[str]:
     if not isinstance(values, list):
         raise ValueError(f"{key} must be a list of strings")
     return frozenset(_identifier({key: value}, key, None) for value in values)
-
-
-_TABLE_HEADER = re.compile(rb"\s*\[\[\s*table\s*\]\]\s*(#.*)?\Z")
-
-
-def _table_lines(raw: bytes) -> list[int]:
-    return [n for n, line in enumerate(raw.split(b"\n"), start=1) if _TABLE_HEADER.match(line.rstrip(b"\r"))]
-
-
-def _line_of(raw: bytes, needle: bytes) -> int:
-    index = raw.find(needle)
-    return raw[:index].count(b"\n") + 1 if index >= 0 else 0

@@ -29,7 +29,7 @@ from broker.core.decision import Decision, Verdict
 from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
-from broker.pg.session import Session
+from broker.pg.session import Caller, DoorServices, Session
 from broker.pg.sqlstate import decision_error
 from broker.pg.startup import StartupRefused, StartupRequest, read_request
 from broker.pg.statement_cache import StatementCache
@@ -89,7 +89,15 @@ class PgDoor:
             settings.server_password,
         )
         self._tls = _tls_context(settings)
-        self._cache = StatementCache()
+        self._services = DoorServices(
+            self._address,
+            guard,
+            policy,
+            StatementCache(),
+            audit,
+            settings.max_message_bytes,
+            settings.max_result_bytes,
+        )
         self._sessions: dict[tuple[int, int], Session] = {}
         self._per_employee: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
@@ -212,20 +220,7 @@ class PgDoor:
         login = await self._login(client, request, token)
         backend = await self._backend(request)
         pid, key = self._new_cancel_key()
-        session = Session(
-            client=(client.reader, client.writer),
-            backend=backend,
-            address=self._address,
-            guard=self._guard,
-            policy=self._policy,
-            cache=self._cache,
-            audit=self._audit,
-            login=login,
-            credential=token,
-            peer=client.peer,
-            max_message_bytes=self._settings.max_message_bytes,
-            max_result_bytes=self._settings.max_result_bytes,
-        )
+        session = Session((client.reader, client.writer), backend, self._services, Caller(login, token, client.peer))
         self._sessions[(pid, key)] = session
         greeting = [authentication(0)]
         greeting += [parameter_status(name, value) for name, value in backend.parameters.items()]

@@ -62,35 +62,49 @@ class Bound:
     formats: list[int]
 
 
+@dataclass(frozen=True, slots=True)
+class DoorServices:
+    """What every session of the door shares."""
+
+    address: BackendAddress
+    guard: Guard
+    policy: PolicyHolder
+    cache: StatementCache
+    audit: AuditSink
+    max_message_bytes: int
+    max_result_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who this session is: the login decision, the token each statement is decided
+    with (it may expire mid-session), and where they connect from."""
+
+    login: Decision
+    credential: str
+    peer: str
+
+
 class Session:
     def __init__(
         self,
-        *,
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         backend: BackendSession,
-        address: BackendAddress,
-        guard: Guard,
-        policy: PolicyHolder,
-        cache: StatementCache,
-        audit: AuditSink,
-        login: Decision,
-        credential: str,
-        peer: str,
-        max_message_bytes: int,
-        max_result_bytes: int,
+        services: DoorServices,
+        caller: Caller,
     ) -> None:
         self._reader, self._writer = client
         self._backend = backend
-        self._address = address
-        self._guard = guard
-        self._policy = policy
-        self._cache = cache
-        self._audit = audit
-        self._login = login
-        self._credential = credential
-        self._peer = peer
-        self._limit = max_message_bytes
-        self._max_result_bytes = max_result_bytes
+        self._address = services.address
+        self._guard = services.guard
+        self._policy = services.policy
+        self._cache = services.cache
+        self._audit = services.audit
+        self._login = caller.login
+        self._credential = caller.credential
+        self._peer = caller.peer
+        self._limit = services.max_message_bytes
+        self._max_result_bytes = services.max_result_bytes
         self._relay = Relay()
         self._prepared: dict[str, Prepared] = {}
         self._portals: dict[str, Metered] = {}

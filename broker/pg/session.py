@@ -11,23 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
 
-from broker.audit.event import decision_event
 from broker.audit.log import AuditSink
 from broker.core.access import UNBOUNDED, Access, Refusal
-from broker.core.clock import iso
-from broker.core.decision import Decision, Verdict
-from broker.core.guard import Guard, new_decision_id
+from broker.core.decision import Decision
+from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
-from broker.pg.sqlstate import decision_error
+from broker.pg.sqlstate import decision_detail, decision_error
 from broker.pg.statement_cache import StatementCache
+from broker.pg.statement_event import statement_event
 from broker.pg.wire import (
     SYNC,
     Cursor,
@@ -36,6 +35,7 @@ from broker.pg.wire import (
     cstring,
     error_response,
     message,
+    read_bind,
 )
 from broker.policy.holder import PolicyHolder
 from broker.policy.snapshot import PolicySnapshot
@@ -50,16 +50,6 @@ _PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
 class Prepared:
     statement: Statement | None
     branches: frozenset[str] | None
-
-
-@dataclass(slots=True)
-class Bound:
-    """What a Bind message carries that the broker needs."""
-
-    portal: str
-    statement: str
-    params: list[bytes | None]
-    formats: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +241,7 @@ class Session:
         self._forward(message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY))
 
     async def _bind(self, payload: bytes) -> None:
-        bound = _read_bind(payload)
+        bound = read_bind(payload)
         prepared = self._prepared.get(bound.statement)
         if prepared is None:
             self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
@@ -446,7 +436,7 @@ class Session:
             "53400",
             f"The statement returned {what}, so the broker stopped it after sending {execution.rows} rows. "
             f"[{Reason.UPSTREAM_TOO_MANY_RECORDS.value}]",
-            detail=_quota_text(primary) if primary else "",
+            detail=decision_detail(primary) if primary else "",
             hint="Ask for fewer rows (LIMIT n) or fewer columns.",
         )
 
@@ -474,31 +464,7 @@ class Session:
         self._audit_statement(execution)
 
     def _audit_statement(self, execution: Metered, sql: str = "") -> None:
-        statement = execution.statement
-        decision = _primary(execution.decisions) or self._plain_decision(statement)
-        latency = time.perf_counter() - execution.started
-        event = decision_event(
-            decision,
-            door="pg",
-            status=0,
-            returned=execution.rows,
-            latency=latency,
-            sqlstate=execution.sqlstate,
-            statement=statement.fingerprint if statement else None,
-            statement_kind=statement.kind if statement else None,
-            tables=sorted({use.table for use in statement.uses}) if statement else [],
-            pii_columns=list(statement.pii) if statement else [],
-            cut=execution.cut or None,
-            refused_sql=sql[:200] or None,
-        )
-        self._audit.emit(event)
-
-    def _plain_decision(self, statement: Statement | None) -> Decision:
-        """Statements that touch no mapped table (BEGIN, SET, SELECT 1) are still audited."""
-        access = Access(None, self._peer, f"sql {statement.fingerprint if statement else ''}")
-        decision = Decision(new_decision_id(), Verdict.ALLOW, Reason.ALLOWED, "", access, self._login.revision, 0.0)
-        decision.principal, decision.started = self._login.principal, self._guard.clock.now()
-        return decision
+        self._audit.emit(statement_event(execution, self._login, self._peer, self._guard.clock.now(), sql))
 
     async def _fatal(self, sqlstate: str, text: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -528,31 +494,3 @@ def _branches(decisions: Iterable[Decision]) -> frozenset[str] | None:
             continue
         allowed = decision.allowed_branches if allowed is None else allowed & decision.allowed_branches
     return allowed
-
-
-def _primary(decisions: Sequence[Decision]) -> Decision | None:
-    for decision in decisions:
-        if not decision.allowed:
-            return decision
-    return decisions[0] if decisions else None
-
-
-def _quota_text(decision: Decision) -> str:
-    quota = decision.quota
-    if quota is None:
-        return f"decision {decision.id}"
-    return (
-        f"decision {decision.id}; {quota.name} quota: {quota.used} of {quota.limit} records used, "
-        f"{quota.remaining} left until {iso(quota.reset_at, quota.zone)}"
-    )
-
-
-def _read_bind(payload: bytes) -> Bound:
-    fields = Cursor(payload)
-    portal, statement = fields.cstring(), fields.cstring()
-    formats = [fields.int16() for _ in range(fields.int16())]
-    params: list[bytes | None] = []
-    for _ in range(fields.int16()):
-        size = fields.signed32()
-        params.append(None if size == -1 else fields.raw(size))
-    return Bound(portal, statement, params, formats)

@@ -70,13 +70,13 @@ def decision_error(decision: Decision, *, fatal: bool = False, hint: str = "") -
         "FATAL" if fatal else "ERROR",
         code,
         f"{decision.detail or 'Refused by the access broker.'} [{decision.reason.value}]",
-        detail=_detail(decision),
+        detail=decision_detail(decision),
         hint=hint or HINTS.get(decision.reason, ""),
         extra=extra,
     )
 
 
-def _detail(decision: Decision) -> str:
+def decision_detail(decision: Decision) -> str:
     """The numbers behind the denial: quota left and when it resets, rate, cap."""
     parts = [f"decision {decision.id}"] if decision.id else []
     if decision.quota is not None:

@@ -141,6 +141,27 @@ class Cursor:
         return int(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """What a Bind message carries that the broker needs."""
+
+    portal: str
+    statement: str
+    params: list[bytes | None]
+    formats: list[int]
+
+
+def read_bind(payload: bytes) -> Bind:
+    fields = Cursor(payload)
+    portal, statement = fields.cstring(), fields.cstring()
+    formats = [fields.int16() for _ in range(fields.int16())]
+    params: list[bytes | None] = []
+    for _ in range(fields.int16()):
+        size = fields.signed32()
+        params.append(None if size == -1 else fields.raw(size))
+    return Bind(portal, statement, params, formats)
+
+
 # --- messages the broker sends to clients -----------------------------------------
 
 

@@ -45,16 +45,12 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
-import types
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -64,12 +60,16 @@ from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import jwt  # noqa: TID251 - the benchmark plays the identity provider: it signs tokens, it does not check them
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench.audit import count_audit
+from bench.broker_config import common_sections
+from bench.cpu import CLK_TCK, all_ticks, children, children_cpu_seconds, cpu_model, cpu_ticks, host_ticks, others
 from bench.meter import GENEROUS_LIMITS
+from bench.process import BenchError, Fleet, free_port, log, run_benchmark
 from bench.roster import BRANCH_SHIFTS, HQ_SHIFT, Person, people, write_policy_dir
 from broker.core.clock import parse_instant
 from broker.demo.data import BRANCHES
@@ -97,7 +97,6 @@ TOKEN_TTL_SECONDS = 4 * 3600
 WARMUP_SECONDS = 2
 PROFILE_MIN_SECONDS = 10
 START_TIMEOUT_SECONDS = 90.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 INSTALL_HINT = "install them with: apt-get install -y wrk nginx"
 
 
@@ -125,92 +124,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Started:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-
-class Fleet:
-    """Every process this benchmark starts, each in its own session, stopped by its id."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[Started] = []
-
-    def start(
-        self, name: str, command: Sequence[str], env: dict[str, str] | None = None, cwd: Path = ROOT
-    ) -> subprocess.Popen[bytes]:
-        log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("wb")
-        proc = subprocess.Popen(
-            list(command),
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.started.append(Started(name, proc, log_path, log_file))
-        return proc
-
-    def check_alive(self) -> None:
-        for item in self.started:
-            if item.proc.poll() is not None:
-                raise BenchError(f"{item.name} (pid {item.proc.pid}) exited with {item.proc.returncode}:\n{tail(item)}")
-
-    def log_of(self, proc: subprocess.Popen[bytes], lines: int = 30) -> str:
-        return next((tail(item, lines) for item in self.started if item.proc is proc), "")
-
-    def stop_all(self) -> None:
-        """SIGTERM to each started process group (its workers too), SIGKILL after 10 s."""
-        running = [item for item in reversed(self.started) if item.proc.poll() is None]
-        for item in running:
-            _signal_group(item.proc, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for item in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                item.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for item in running:
-            if item.proc.poll() is None:
-                log(f"{item.name} (pid {item.proc.pid}) ignored SIGTERM; killing it")
-                _signal_group(item.proc, signal.SIGKILL)
-                item.proc.wait(timeout=5)
-        for item in self.started:
-            item.log_file.close()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    """The process group this benchmark created for `proc` (start_new_session): the process
-    and its own children, e.g. nginx's worker; nothing else."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signum)
-
-
-def tail(item: Started, lines: int = 30) -> str:
-    item.log_file.flush()
-    text = item.log_path.read_text(encoding="utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# --------------------------------------------------------------------------- HTTP
 
 
 def fetch(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -224,81 +138,19 @@ def fetch(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0)
 
 def wait_until_up(fleet: Fleet, name: str, url: str, headers: dict[str, str] | None = None) -> None:
     """Until `url` answers at all (any status), or the fleet lost a process, or time is up."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while True:
-        fleet.check_alive()
+
+    def answers() -> bool:
         try:
             fetch(url, headers, timeout=2.0)
-            return
         except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                raise BenchError(f"{name} did not answer {url} within {START_TIMEOUT_SECONDS:.0f} s") from None
-            time.sleep(0.1)
+            return False
+        return True
+
+    if not fleet.wait_for(answers, START_TIMEOUT_SECONDS):
+        raise BenchError(f"{name} did not answer {url} within {START_TIMEOUT_SECONDS:.0f} s")
 
 
-# --------------------------------------------------------------------------- CPU accounting
-
-
-def _stat_fields(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on; comm may hold spaces
-
-
-def cpu_ticks(pids: Sequence[int]) -> int:
-    """utime + stime of `pids`, all their threads included, in clock ticks."""
-    total = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int(_stat_fields(int(entry.name))[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def host_ticks() -> tuple[int, int, int]:
-    """(busy, steal, total) clock ticks of the whole machine, from /proc/stat. Steal is time
-    the hypervisor gave this VM's CPUs to someone else: a noisy neighbour, not us."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    idle, steal = values[3] + values[4], values[7]
-    return sum(values) - idle - steal, steal, sum(values)
-
-
-def all_ticks() -> dict[int, tuple[str, int]]:
-    """{pid: (name, utime + stime)} of every process on the machine."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                text = (entry / "stat").read_text()
-                fields = text[text.rindex(")") + 2 :].split()
-                found[int(entry.name)] = (
-                    text[text.index("(") + 1 : text.rindex(")")],
-                    int(fields[11]) + int(fields[12]),
-                )
-    return found
-
-
-def others(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], mine: set[int]) -> str:
-    """The three processes outside the measurement that used the most CPU meanwhile."""
-    used = [
-        (ticks - before.get(pid, (name, 0))[1], name, pid) for pid, (name, ticks) in after.items() if pid not in mine
-    ]
-    top = sorted((u for u in used if u[0] > 0), reverse=True)[:3]
-    return ", ".join(f"{name}[{pid}] {t / CLK_TCK:.2f} s" for t, name, pid in top) or "none"
-
-
-def children_cpu_seconds() -> float:
-    """CPU of this process's finished, reaped children (wrk, once it has exited)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+# --------------------------------------------------------------------------- CPU affinity
 
 
 def pin(pids: Sequence[int], cpus: set[int]) -> None:
@@ -554,9 +406,10 @@ def measure(
     result = wrk(variant.url, script, connections, seconds, wrk_cpu)
     wrk_used, everyone_after = children_cpu_seconds() - wrk_before, all_ticks()
     after, upstream_after, host_after = cpu_ticks(pids), cpu_ticks([upstream_pid]), host_ticks()
+    mine = {*pids, upstream_pid, os.getpid()}
     requests = max(1, int(result["requests"]))
     per_request = 1e6 / CLK_TCK / requests
-    busy, steal, total = (a - b for a, b in zip(host_after, host_before, strict=True))
+    busy, steal, total, _irq = host_after - host_before
     return Run(
         variant=variant.key,
         phase=phase,
@@ -579,7 +432,7 @@ def measure(
         host_others_percent=100
         * (busy - (after - before) - (upstream_after - upstream_before) - wrk_used * CLK_TCK)
         / max(1, total),
-        other_cpu=others(everyone_before, everyone_after, {*pids, upstream_pid, os.getpid()}),
+        other_cpu=others(everyone_before, everyone_after, mine, their_children=False).top(decimals=2),
     )
 
 
@@ -627,16 +480,7 @@ jwks_url = "{jwks_url}"
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 
-[policy]
-directory = "{workdir / "policies"}"
-watch = false
-
-[meter]
-store = "memory"
-
-[audit]
-path = "{workdir / f"audit-{name}.log"}"
-
+{common_sections(workdir / "policies", workdir / f"audit-{name}.log")}
 [clock]
 start = "{NOW_TEXT}"
 """
@@ -720,13 +564,14 @@ def start_everything(
         wait_until_up(fleet, variant.label, variant.url + callers[0].path, sample)
     # Both E processes must be serving before anything is measured: each must have bound
     # the port, which its log says; the kernel then spreads connections between them.
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    for proc in (broker_e1, broker_e2) if any(v.key == "E" for v in variants) else ():
-        while "broker.listening" not in fleet.log_of(proc):
-            fleet.check_alive()
-            if time.monotonic() > deadline:
-                raise BenchError(f"broker pid {proc.pid} never logged broker.listening:\n{fleet.log_of(proc)}")
-            time.sleep(0.1)
+    sharing = [broker_e1, broker_e2] if any(v.key == "E" for v in variants) else []
+
+    def silent() -> list[subprocess.Popen[bytes]]:
+        return [proc for proc in sharing if "broker.listening" not in fleet.log_of(proc)]
+
+    if not fleet.wait_for(lambda: not silent(), START_TIMEOUT_SECONDS):
+        proc = next(iter(silent()), sharing[0])
+        raise BenchError(f"broker pid {proc.pid} never logged broker.listening:\n{fleet.log_of(proc)}")
     return Setup(workdir, fleet, upstream, upstream_port, variants, callers, audit_logs)
 
 
@@ -784,9 +629,8 @@ def idle_cpu(setup: Setup, seconds: float = 2.0) -> dict[str, float]:
     time.sleep(seconds)
     found = {key: 100 * (cpu_ticks(pids) - before[key]) / CLK_TCK / seconds for key, pids in groups.items()}
     host_after = host_ticks()
-    found["whole machine, % of all CPUs"] = (
-        100 * (host_after[0] - host_before[0]) / max(1, host_after[2] - host_before[2])
-    )
+    spent = host_after - host_before
+    found["whole machine, % of all CPUs"] = 100 * spent.busy / max(1, spent.total)
     return found
 
 
@@ -971,19 +815,9 @@ def profile_report(profiles: Sequence[Profile], duration: int) -> str:
     return "\n".join(head + parts)
 
 
-def count_audit(path: Path) -> Counter[str]:
-    found: Counter[str] = Counter()
-    if not path.exists():
-        return found
-    with path.open("rb") as lines:
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                found["unparsable line"] += 1
-                continue
-            found[f"verdict={event.get('verdict')} reason={event.get('reason')} status={event.get('status')}"] += 1
-    return found
+def audit_kind(event: dict[str, Any]) -> str:
+    """An HTTP door audit event: its verdict, why, and the status sent back."""
+    return f"verdict={event.get('verdict')} reason={event.get('reason')} status={event.get('status')}"
 
 
 # --------------------------------------------------------------------------- report
@@ -1093,21 +927,13 @@ def noise_warning(runs: Sequence[Run]) -> list[str]:
 
 
 def versions() -> dict[str, str]:
-    cpu_model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "unknown",
-    )
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.splitlines()
     nginx_version = subprocess.run(
         [nginx_binary() or "nginx", "-v"], capture_output=True, text=True, check=False
     ).stderr.strip()
     found = {
         "nproc": str(os.cpu_count()),
-        "cpu": cpu_model,
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "wrk": wrk_version[0].split(" [")[0] if wrk_version else "?",
@@ -1355,10 +1181,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupted(signum: int, _frame: types.FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_profiles(setup: Setup, args: argparse.Namespace, script: Path, stamp: str) -> tuple[str | None, str]:
     """(the profile text, a sentence for the report) from py-spy on D and, to compare, C."""
     svg = RESULTS / f"http-{stamp}-profile.svg"
@@ -1422,7 +1244,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
     profile_note = profile_note or "not requested (`--profile`)"
 
     fleet.stop_all()  # the brokers drain their audit queues to the files on the way out
-    audits = {key: count_audit(path) for key, path in setup.audit_logs.items()}
+    audits = {key: count_audit(path, audit_kind) for key, path in setup.audit_logs.items()}
     plot_note = plot(RESULTS / f"http-{stamp}.png", setup.variants, closed, paced)
     text = report(
         args, setup, closed, paced, body_bytes, idle, audits, time.monotonic() - started, plot_note, profile_note
@@ -1449,25 +1271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools()
     started = time.monotonic()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job starts ignoring it
-        signal.signal(signum, _interrupted)
-    fleet = Fleet(Path(tempfile.mkdtemp(prefix="bench-http-")))
-    cleanup = contextlib.ExitStack()
-    try:
-        return benchmark(args, fleet, cleanup, started)
-    except BenchError as exc:
-        log(f"bench.http: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("bench.http: interrupted; stopping everything it started")
-        return 130
-    finally:
-        fleet.stop_all()
-        cleanup.close()
-        if args.keep:
-            log(f"kept {fleet.workdir}")
-        else:
-            shutil.rmtree(fleet.workdir, ignore_errors=True)
+    return run_benchmark("bench.http", lambda fleet, cleanup: benchmark(args, fleet, cleanup, started), keep=args.keep)
 
 
 if __name__ == "__main__":

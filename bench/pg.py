@@ -50,15 +50,10 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
-import types
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -66,8 +61,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import IO
+from typing import Any
 
+from bench.audit import count_audit
+from bench.broker_config import common_sections
+from bench.cpu import (
+    CLK_TCK,
+    all_ticks,
+    children_cpu_seconds,
+    cpu_model,
+    cpu_ticks,
+    host_ticks,
+    others,
+    stat_fields,
+    tree_ticks,
+)
 from bench.pg_report import (
     Row,
     Run,
@@ -78,6 +86,7 @@ from bench.pg_report import (
     round_table,
     summarise,
 )
+from bench.process import BenchError, Fleet, free_port, log, port_open, run_benchmark
 from broker import __version__ as broker_version
 from broker.identity.jwt_authenticator import mint_token
 
@@ -88,7 +97,6 @@ PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 SCALE = 10
 WARMUP_SECONDS = 2
 START_TIMEOUT = 60.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROLE, RESOURCE = "bencher", "account"
 HQ_EMPLOYEE, BRANCH_EMPLOYEE, BRANCH = "bench-hq", "bench-br", "BR001"
 CHECK_AID = 123_457
@@ -106,89 +114,7 @@ CLIENT_ENV = {"PGSSLMODE": "disable", "PGGSSENCMODE": "disable", "PGCONNECT_TIME
 """The same plain-TCP client settings for every target: no TLS or GSS negotiation anywhere."""
 
 
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Started:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-
-class Fleet:
-    """Every long-running process this benchmark starts, each in a session of its own,
-    stopped by its id (its process group) at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[Started] = []
-
-    def start(self, name: str, command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("wb")
-        proc = subprocess.Popen(
-            list(command),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.started.append(Started(name, proc, log_path, log_file))
-        return proc
-
-    def check_alive(self) -> None:
-        for item in self.started:
-            if item.proc.poll() is not None:
-                raise BenchError(f"{item.name} (pid {item.proc.pid}) exited with {item.proc.returncode}:\n{tail(item)}")
-
-    def stop_all(self) -> None:
-        """SIGTERM to each started process group, SIGKILL after 10 s."""
-        running = [item for item in reversed(self.started) if item.proc.poll() is None]
-        for item in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(item.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for item in running:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                item.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for item in running:
-            if item.proc.poll() is None:
-                log(f"{item.name} (pid {item.proc.pid}) ignored SIGTERM; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(item.proc.pid, signal.SIGKILL)
-                item.proc.wait(timeout=5)
-        for item in self.started:
-            item.log_file.close()
-
-
-def tail(item: Started, lines: int = 30) -> str:
-    item.log_file.flush()
-    text = item.log_path.read_text(encoding="utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+# --------------------------------------------------------------------------- HTTP
 
 
 def http_status(url: str) -> int | None:
@@ -199,80 +125,6 @@ def http_status(url: str) -> int | None:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return None
-
-
-# --------------------------------------------------------------------------- CPU accounting
-
-
-def _stat_fields(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()  # from the 3rd field (state) on; comm may hold spaces
-
-
-def cpu_ticks(pids: Sequence[int]) -> int:
-    """utime + stime of `pids`, every thread included, in clock ticks."""
-    total = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def tree_ticks(root: int) -> int:
-    """utime + stime of `root`, of its live children and of its finished, reaped ones
-    (cutime + cstime): PostgreSQL's backends come and go with the client connections."""
-    fields = _stat_fields(root)
-    total = sum(int(f) for f in fields[11:15])
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                child = _stat_fields(int(entry.name))
-                if int(child[1]) == root:
-                    total += int(child[11]) + int(child[12])
-    return total
-
-
-def host_ticks() -> tuple[int, int, int, int]:
-    """(busy, steal, total, irq) clock ticks of the whole machine, from /proc/stat; irq is
-    hard + soft interrupt time (loopback networking), busy but charged to no process."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    idle, steal = values[3] + values[4], values[7]
-    return sum(values) - idle - steal, steal, sum(values), values[5] + values[6]
-
-
-def all_ticks() -> dict[int, tuple[str, int, int]]:
-    """{pid: (name, parent pid, utime + stime)} of every process on the machine."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                text = (entry / "stat").read_text()
-                fields = text[text.rindex(")") + 2 :].split()
-                name = text[text.index("(") + 1 : text.rindex(")")]
-                found[int(entry.name)] = (name, int(fields[1]), int(fields[11]) + int(fields[12]))
-    return found
-
-
-def busiest_others(
-    before: dict[int, tuple[str, int, int]], after: dict[int, tuple[str, int, int]], mine: set[int]
-) -> tuple[int, str]:
-    """(ticks, the three busiest) of the processes outside the measurement (not the proxy,
-    PostgreSQL, pgbench or this script) over a run, among those alive at its end: a concurrent
-    job on a shared machine shows here."""
-    used = [
-        (ticks - before.get(pid, (name, parent, 0))[2], name, pid)
-        for pid, (name, parent, ticks) in after.items()
-        if pid not in mine and parent not in mine
-    ]
-    busy = sorted((u for u in used if u[0] > 0), reverse=True)
-    top = ", ".join(f"{name}[{pid}] {t / CLK_TCK:.1f} s" for t, name, pid in busy[:3])
-    return sum(u[0] for u in busy), top or "none"
-
-
-def children_cpu_seconds() -> float:
-    """CPU of this process's finished, reaped children (pgbench, once it has exited)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -307,7 +159,7 @@ def postmaster_pid() -> int | None:
         return None
     with contextlib.suppress(OSError, ValueError, IndexError):
         pid = int((Path(done.stdout.strip()) / "postmaster.pid").read_text().split()[0])
-        _stat_fields(pid)
+        stat_fields(pid)
         return pid
     return None
 
@@ -397,16 +249,7 @@ host = "127.0.0.1"
 port = {http_port}
 shutdown_timeout_seconds = 2.0
 
-[policy]
-directory = "{policy}"
-watch = false
-
-[meter]
-store = "memory"
-
-[audit]
-path = "{workdir / f"audit-{key}.log"}"
-
+{common_sections(policy, workdir / f"audit-{key}.log")}
 [postgres]
 enabled = true
 host = "127.0.0.1"
@@ -424,17 +267,14 @@ max_sessions_per_employee = {max(20, clients * 2)}
 
 def wait_ready(fleet: Fleet, target: Target, http_port: int | None = None) -> None:
     """The PG port accepts connections (and, for a broker, its /-/readyz says 200)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        fleet.check_alive()
-        ready = port_open(target.port)
-        if ready and http_port is not None:
-            ready = http_status(f"http://127.0.0.1:{http_port}/-/readyz") == 200
-        if ready:
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"{target.label} was not ready within {START_TIMEOUT:.0f} s")
-        time.sleep(0.1)
+
+    def ready() -> bool:
+        return port_open(target.port) and (
+            http_port is None or http_status(f"http://127.0.0.1:{http_port}/-/readyz") == 200
+        )
+
+    if not fleet.wait_for(ready, START_TIMEOUT):
+        raise BenchError(f"{target.label} was not ready within {START_TIMEOUT:.0f} s")
 
 
 @dataclass
@@ -568,13 +408,13 @@ def measure(
     pg_after = tree_ticks(setup.postmaster) if setup.postmaster else 0
     proxy_after, host_after = cpu_ticks(pids), host_ticks()
     mine = {*pids, os.getpid(), *([setup.postmaster] if setup.postmaster else [])}
-    others_ticks, others = busiest_others(everyone_before, all_ticks(), mine)
+    outside = others(everyone_before, all_ticks(), mine, their_children=True)
     fleet.check_alive()
     summary = parse_pgbench(done.stdout, done.stderr)
     latencies = read_latency_logs(sorted(logdir.glob("tx*")))
     shutil.rmtree(logdir, ignore_errors=True)
     transactions = max(1, summary.transactions)
-    busy, steal, total, irq = (a - b for a, b in zip(host_after, host_before, strict=True))
+    busy, steal, total, irq = host_after - host_before
     errors = error_lines(done.stderr) if done.returncode != 0 or summary.failed or summary.aborted else ""
     if done.returncode != 0:
         errors = f"pgbench exit {done.returncode}: {errors}"
@@ -597,9 +437,9 @@ def measure(
         pgbench_cpu_us_per_tx=bench_used * 1e6 / transactions,
         host_busy_percent=100 * busy / max(1, total),
         host_steal_percent=100 * steal / max(1, total),
-        host_others_percent=100 * others_ticks / max(1, total),
+        host_others_percent=100 * outside.ticks / max(1, total),
         host_irq_percent=100 * irq / max(1, total),
-        other_cpu=others,
+        other_cpu=outside.top(decimals=1),
         errors=errors,
     )
 
@@ -617,14 +457,7 @@ def warm_up(setup: Setup, target: Target, mode: str, args: argparse.Namespace, s
 
 
 def machine() -> dict[str, str]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "unknown",
-    )
+    cpu = cpu_model()
 
     def first_line(command: list[str]) -> str:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -654,24 +487,11 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def count_audit(path: Path | None) -> Counter[str]:
-    found: Counter[str] = Counter()
-    if path is None or not path.exists():
-        return found
-    with path.open("rb") as lines:
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                found["unparsable line"] += 1
-                continue
-            if "verdict" in event:
-                found[
-                    f"{event.get('kind') or 'statement'} verdict={event['verdict']} reason={event.get('reason')}"
-                ] += 1
-            else:
-                found[f"{event.get('kind', '?')} (summary)"] += 1
-    return found
+def audit_kind(event: dict[str, Any]) -> str:
+    """A PostgreSQL door audit event: a statement's verdict, or a session summary."""
+    if "verdict" in event:
+        return f"{event.get('kind') or 'statement'} verdict={event['verdict']} reason={event.get('reason')}"
+    return f"{event.get('kind', '?')} (summary)"
 
 
 def broker_log_summary(path: Path) -> Counter[str]:
@@ -905,10 +725,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupted(signum: int, _frame: types.FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitStack, started: float) -> int:
     workdir = fleet.workdir
     database = f"broker_bench_{secrets.token_hex(4)}"
@@ -964,7 +780,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
         if target.proc is not None:
             setup.notes.append(f"{target.label}: resident memory after the runs {rss_mib(target.proc.pid):.0f} MiB.")
     fleet.stop_all()  # the brokers flush their audit logs on the way out
-    audits = {t.key: count_audit(t.audit) for t in targets if t.audit is not None}
+    audits = {t.key: count_audit(t.audit, audit_kind) for t in targets if t.audit is not None}
     broker_logs = {t.key: broker_log_summary(workdir / f"{t.name}.log") for t in targets if t.audit is not None}
     stamp = date.today().isoformat()
     RESULTS.mkdir(exist_ok=True)
@@ -993,29 +809,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_tools()
     started = time.monotonic()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupted)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    workdir.chmod(0o755)  # PgBouncer runs as postgres and reads its ini from here
-    fleet = Fleet(workdir)
-    cleanup = contextlib.ExitStack()
-    try:
-        return benchmark(args, fleet, cleanup, started)
-    except BenchError as exc:
-        log(f"bench.pg: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("bench.pg: interrupted; stopping everything it started")
-        return 130
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # let the clean-up finish
-            signal.signal(signum, signal.SIG_IGN)
-        fleet.stop_all()
-        cleanup.close()
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return run_benchmark(
+        "bench.pg",
+        lambda fleet, cleanup: benchmark(args, fleet, cleanup, started),
+        keep=args.keep,
+        shared_workdir=True,  # PgBouncer runs as postgres and reads its ini from there
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from enum import Enum
 
 from broker.core.decision import Decision
 from broker.pg.sql import Statement
-from broker.pg.wire import error_fields, execute
+from broker.pg.wire import error_fields, error_response, execute
 
 REFUSAL_PORTAL = "\x01broker refused"
 """A portal name no client can create (drivers never put control characters in names)."""
@@ -174,7 +174,7 @@ class Relay:
             self.close = True
             self._emit(raw, head)
         else:
-            self._emit(raw, head)
+            self._emit(without_values(raw), head)
         current = _current(head)
         if current is not None and not current.done:
             current.sqlstate = current.sqlstate if current.cut else error_fields(raw[5:]).get("C", "XX000")
@@ -215,6 +215,27 @@ class Relay:
     def _finish(self, execution: Metered) -> None:
         execution.done = True
         self.finished.append(execution)
+
+
+_VALUE_BEARING = ("22", "23")
+"""Data exceptions and integrity violations: PostgreSQL quotes the offending value
+("invalid input syntax for type integer: "13800000001"", "Key (waybill_no)=(...) already
+exists"), and an error is a way out for data that is not counted as a row."""
+
+
+def without_values(raw: bytes) -> bytes:
+    """A server error as the client may see it: for the classes that quote values, the
+    message names only the condition, and the detail, context and query text are dropped."""
+    fields = error_fields(raw[5:])
+    code = fields.get("C", "")
+    if not code.startswith(_VALUE_BEARING):
+        return raw
+    return error_response(
+        fields.get("S", "ERROR"),
+        code,
+        f"the database refused a value (SQLSTATE {code}); the broker does not pass on the value itself",
+        hint="Check the values and types in the statement.",
+    )
 
 
 def _current(head: Pending) -> Metered | None:

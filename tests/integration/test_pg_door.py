@@ -508,3 +508,12 @@ async def test_a_portal_read_in_chunks_is_counted_across_executes(pg_broker: Har
         await conn.fetch("SELECT id FROM waybills LIMIT 1")
     assert "quota.exceeded" in str(caught.value)
     await conn.close()
+
+
+async def test_a_failing_cast_does_not_quote_the_value_it_failed_on(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, "SELECT id FROM waybills WHERE sender_phone::int = 5 LIMIT 1")
+    assert error.sqlstate is not None and error.sqlstate.startswith("22")  # out of range: 13800000001
+    assert "138" not in str(error) and not error.diag.message_detail
+    await still_usable(conn)
+    await conn.close()

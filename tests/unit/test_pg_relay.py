@@ -129,3 +129,18 @@ def test_the_message_buffer_splits_a_stream_at_any_byte() -> None:
 
 def relay_error(text: str) -> bytes:
     return error_response("ERROR", "53400", text)
+
+
+def test_server_errors_that_quote_values_reach_the_client_without_them() -> None:
+    """A failing cast quotes the value it could not convert: a way around the row count."""
+    relay = Relay()
+    relay.expect(Pending(Expect.QUERY, [execution()]))
+    leaky = error_response(
+        "ERROR", "22P02", 'invalid input syntax for type integer: "13800000042"', detail="row of another branch"
+    )
+    out = feed(relay, leaky, ready_for_query(b"I"))
+    assert b"13800000042" not in out and b"another branch" not in out
+    assert b"22P02" in out
+    harmless = error_response("ERROR", "42703", 'column "nope" does not exist')
+    relay.expect(Pending(Expect.QUERY, [execution()]))
+    assert feed(relay, harmless, ready_for_query(b"I")) == harmless + ready_for_query(b"I")

@@ -217,6 +217,11 @@ class Session:
     async def _parse(self, payload: bytes) -> None:
         fields = Cursor(payload)
         name, sql, rest = fields.cstring(), fields.cstring(), fields.rest()
+        if name and name in self._prepared:
+            # The server would refuse it too, and keep the old statement: the broker must
+            # never believe a statement is prepared that the server does not run.
+            self._refuse(error_response("ERROR", "42P05", f'prepared statement "{name}" already exists'))
+            return
         snapshot = self._policy.current
         started = time.perf_counter()
         statements = await self._analysed(sql, snapshot, extended=True)

@@ -265,3 +265,25 @@ async def test_a_malformed_bind_ends_the_session_with_08P01(pg_broker: Harness) 
         kind, raw = await client.next()
     assert sqlstate(raw) == "08P01" and b"protocol violation" in raw
     await client.close()
+
+
+async def test_a_prepared_name_cannot_be_reused_to_run_an_old_statement_under_a_new_check(
+    pg_broker: Harness,
+) -> None:
+    """Parse "r" (bounded by $1), then Parse "r" again with a table-less statement: the
+    server keeps the first (42P05), so the broker must not decide later Binds of "r" as the
+    second one — even with a Sync in between, where the server would run them."""
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    first = message(b"P", cstring("r") + cstring("SELECT id, sender_phone FROM waybills LIMIT $1") + b"\x00\x00")
+    client.writer.write(first + message(b"S"))
+    assert kinds(await client.until(b"Z")) == b"1Z"
+    again = message(b"P", cstring("r") + cstring("SELECT 1") + b"\x00\x00")
+    bind = message(b"B", cstring("") + cstring("r") + b"\x00\x00\x00\x01\x00\x00\x00\x071000000\x00\x00")
+    client.writer.write(again + message(b"S") + bind + execute("") + message(b"S"))
+    answer = await client.until(b"Z")
+    assert kinds(answer) == b"EZ" and sqlstate(answer[0][1]) == "42P05"
+    answer = await client.until(b"Z")
+    assert b"D" not in kinds(answer)  # no rows: the Bind was decided as "r" really is, over the cap
+    assert sqlstate(answer[0][1]) == "42501" and b"bulk.over_cap" in answer[0][1]
+    await client.close()

@@ -110,8 +110,11 @@ class PostgresSettings:
     """The largest message a client may send (a query, a COPY chunk)."""
     max_sessions_per_employee: int = 20
     max_result_bytes: int = 16 << 20
-    """What one statement's answer may weigh on the wire; over it the statement is cut
-    (one row can carry a whole table: string_agg, a concatenating recursive CTE)."""
+    """What one statement's answer may weigh on the wire at most; over it the statement is cut."""
+    bytes_per_record: int = 2048
+    """What one record may weigh on the wire. A statement allowed n records may send at
+    most n times this, and is charged max(rows, bytes / this): rows are not the only way
+    records travel (a row can hold many records' fields)."""
 
     def problems(self) -> list[str]:
         found = []
@@ -123,6 +126,8 @@ class PostgresSettings:
             found.append("[postgres] max_message_bytes must be at least 1024")
         if self.max_result_bytes < 1024:
             found.append("[postgres] max_result_bytes must be at least 1024")
+        if not 64 <= self.bytes_per_record <= self.max_result_bytes:
+            found.append("[postgres] bytes_per_record must be at least 64 and at most max_result_bytes")
         if self.max_sessions_per_employee < 1:
             found.append("[postgres] max_sessions_per_employee must be at least 1")
         return found

@@ -97,6 +97,7 @@ class PgDoor:
             audit,
             settings.max_message_bytes,
             settings.max_result_bytes,
+            settings.bytes_per_record,
         )
         self._sessions: dict[tuple[int, int], Session] = {}
         self._per_employee: Counter[str] = Counter()

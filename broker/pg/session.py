@@ -63,6 +63,7 @@ class DoorServices:
     audit: AuditSink
     max_message_bytes: int
     max_result_bytes: int
+    bytes_per_record: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Session:
         self._peer = caller.peer
         self._limit = services.max_message_bytes
         self._max_result_bytes = services.max_result_bytes
+        self._bytes_per_record = services.bytes_per_record
         self._relay = Relay()
         self._prepared: dict[str, Prepared] = {}
         self._portals: dict[str, Metered] = {}
@@ -354,7 +356,10 @@ class Session:
                 self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
                 return None
         limit = min((d.allowed_records for d in decisions), default=UNBOUNDED)
-        return Metered(statement, decisions, limit, started, max_bytes=self._max_result_bytes)
+        max_bytes = self._max_result_bytes
+        if limit < UNBOUNDED:
+            max_bytes = min(max_bytes, max(limit, 1) * self._bytes_per_record)
+        return Metered(statement, decisions, limit, started, max_bytes=max_bytes)
 
     def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
         target = statement.fingerprint if statement else ""
@@ -430,12 +435,12 @@ class Session:
         cancelling.add_done_callback(self._tasks.discard)
         self._cancelling = cancelling
         for decision in execution.decisions:
-            await self._guard.settle(decision, execution.rows)
+            await self._guard.settle(decision, self._charged(execution))
         primary = min(execution.decisions, key=lambda d: d.allowed_records, default=None)
         if execution.rows >= execution.limit:
             what = f"more rows than the {execution.limit} it was allowed"
         else:
-            what = f"more than the {self._max_result_bytes} bytes one answer may carry"
+            what = f"more than the {execution.max_bytes} bytes its answer may weigh"
         self._relay.cut_error = error_response(
             "ERROR",
             "53400",
@@ -451,6 +456,11 @@ class Session:
         except (OSError, TimeoutError) as exc:
             log.warning("pg.cancel_failed", error=str(exc))
 
+    def _charged(self, execution: Metered) -> int:
+        """Records charged: the rows, or what their weight says they carried if more."""
+        by_weight = -(-execution.sent_bytes // self._bytes_per_record)
+        return max(execution.rows, by_weight)
+
     async def _release(self, executions: list[Metered]) -> None:
         """Give back what was reserved for statements that will not run after all."""
         for execution in executions:
@@ -464,7 +474,7 @@ class Session:
         if metered and not execution.cut:
             for decision in execution.decisions:
                 if decision.allowed:
-                    await self._guard.settle(decision, execution.rows)
+                    await self._guard.settle(decision, self._charged(execution))
         self.rows += execution.rows
         self._audit_statement(execution)
 

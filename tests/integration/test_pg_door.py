@@ -517,3 +517,22 @@ async def test_a_failing_cast_does_not_quote_the_value_it_failed_on(pg_broker: H
     assert "138" not in str(error) and not error.diag.message_detail
     await still_usable(conn)
     await conn.close()
+
+
+async def test_records_are_charged_by_weight_when_rows_carry_more_than_one(
+    make_broker: BrokerFactory, pg_database: str
+) -> None:
+    """A row can hold many records' fields; at 200 bytes a record, a 1 kB row is charged 6."""
+    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres",
+                "bytes_per_record": 200}  # fmt: skip
+    harness = await make_broker(postgres=settings)
+    conn = await connect(harness, "e1003")  # trainee: cap 20, quota 60
+    error = await refused(conn, "SELECT lpad(sender_name, 1000, '*') FROM waybills ORDER BY id LIMIT 10")
+    assert error.sqlstate == "53400" and "2000 bytes" in str(error)  # 10 records x 200 bytes
+    assert error.diag.message_detail and "6 of 60 records used" in error.diag.message_detail
+    for _ in range(2):  # light rows are charged as rows: 6 + 20 + 20
+        assert len(await rows(conn, "SELECT id FROM waybills LIMIT 20")) == 20
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 20")  # 46 + 20 > 60
+    assert error.sqlstate == "53400" and "quota.exceeded" in str(error)
+    assert error.diag.message_detail and "46 of 60" in error.diag.message_detail
+    await conn.close()

@@ -87,6 +87,29 @@ _EXPRESSION_NODES: frozenset[type[ast.Node]] = frozenset({
 """Node types that only compute values from what is already in scope; anything else
 inside a statement (XML and JSON constructors, TABLESAMPLE, CURRENT OF...) is refused."""
 
+COUNTING_AGGREGATES = frozenset({
+    "count", "sum", "avg", "bool_and", "bool_or", "every",
+    "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp",
+})  # fmt: skip
+"""The aggregates a scalar subquery in a returned value may use over a mapped table: each
+folds many rows into a number or a boolean about them. Not min/max: each hands back one
+record's value, so a select list of such subqueries packs many records into one row."""
+
+_VALUE_SUBLINKS = frozenset({enums.SubLinkType.EXPR_SUBLINK, enums.SubLinkType.MULTIEXPR_SUBLINK})
+"""Sublinks whose value is the subquery's own (EXISTS, IN, ANY, ALL and row comparisons
+yield booleans)."""
+
+_COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
+_TESTS = frozenset({
+    enums.A_Expr_Kind.AEXPR_OP_ANY, enums.A_Expr_Kind.AEXPR_OP_ALL, enums.A_Expr_Kind.AEXPR_DISTINCT,
+    enums.A_Expr_Kind.AEXPR_NOT_DISTINCT, enums.A_Expr_Kind.AEXPR_IN, enums.A_Expr_Kind.AEXPR_LIKE,
+    enums.A_Expr_Kind.AEXPR_ILIKE, enums.A_Expr_Kind.AEXPR_SIMILAR, enums.A_Expr_Kind.AEXPR_BETWEEN,
+    enums.A_Expr_Kind.AEXPR_NOT_BETWEEN, enums.A_Expr_Kind.AEXPR_BETWEEN_SYM, enums.A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM,
+})  # fmt: skip
+"""Expressions yielding a boolean: their operands are compared, not returned."""
+
+_PACKED_HINT = "select the records as rows with a LIMIT; a subquery in the select list may only count or sum"
+
 _MARKER = "broker_branches_{}"
 _MAX_MARKER_TRIES = 20
 NOT_ANALYSABLE = "use plain SELECT features: joins, subqueries, WITH, UNION, common functions"
@@ -205,6 +228,7 @@ def _copy(walker: _Walker, node: Any) -> None:
 
 
 def _insert(walker: _Walker, node: Any) -> None:
+    walker.output = node.returningClause is not None  # what is written is only returned by RETURNING
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     columns = tuple(col.name for col in node.cols or ())
@@ -216,11 +240,12 @@ def _insert(walker: _Walker, node: Any) -> None:
     level.ranges.update({_refname(node.relation): rule, "excluded": rule})
     if node.onConflictClause is not None:
         walker.expr((node.onConflictClause.infer, node.onConflictClause.targetList), level)
-        walker.expr(node.onConflictClause.whereClause, level)
+        walker.expr_in(node.onConflictClause.whereClause, level, output=False)
     walker.returning(node.returningClause, rule, level)
 
 
 def _update(walker: _Walker, node: Any) -> None:
+    walker.output = node.returningClause is not None
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
@@ -234,17 +259,18 @@ def _update(walker: _Walker, node: Any) -> None:
             )
         walker.named(rule, (target.name,))
         walker.expr((target.indirection, target.val), level)
-    walker.expr(node.whereClause, level)
+    walker.expr_in(node.whereClause, level, output=False)
     walker.returning(node.returningClause, rule, level)
     walker.scope_write(node, rule)
 
 
 def _delete(walker: _Walker, node: Any) -> None:
+    walker.output = node.returningClause is not None
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
     walker.from_clause(node, "usingClause", level)
-    walker.expr(node.whereClause, level)
+    walker.expr_in(node.whereClause, level, output=False)
     walker.returning(node.returningClause, rule, level)
     walker.scope_write(node, rule)
 
@@ -263,6 +289,11 @@ class _Walker:
         self.branch_params: list[int] = []
         self.custom_functions = False
         self.function_names: set[str] = set()
+        self.output = True
+        """The expressions being walked may be returned to the client (a target list,
+        VALUES or RETURNING whose rows flow out); False in WHERE, JOIN ON, ORDER BY..."""
+        self.data_reads = 0
+        """FROM entries met so far that may hold mapped records (mapped tables, CTEs)."""
 
     def found(self, parts: tuple[str, ...], edits: tuple[Edit, ...] | None) -> Found:
         return Found(
@@ -300,15 +331,18 @@ class _Walker:
             )
         if node.intoClause is not None:
             raise SqlRefused("the broker does not run SELECT INTO (it creates a table)", "select the rows without INTO")
+        # CTEs, FROM entries and set-operation branches feed this query's rows: they are
+        # walked as returned when it is; WHERE, GROUP BY, ORDER BY... values are not returned
         level = _Level(self.with_clause(node.withClause, outer), parent=outer)
         if node.op != enums.SetOperation.SETOP_NONE:
             self.query(node.larg, level)
             self.query(node.rarg, level)
         else:
             self.from_clause(node, "fromClause", level)
-            self.expr((node.valuesLists, node.targetList, node.whereClause, node.groupClause), level)
-            self.expr((node.havingClause, node.windowClause, node.distinctClause), level)
-        self.expr((node.sortClause, node.limitOffset, node.limitCount), level)
+            self.expr((node.valuesLists, node.targetList), level)
+            self.expr_in((node.whereClause, node.groupClause, node.havingClause), level, output=False)
+            self.expr_in((node.windowClause, node.distinctClause), level, output=False)
+        self.expr_in((node.sortClause, node.limitOffset, node.limitCount), level, output=False)
         for locking in node.lockingClause or ():
             if not isinstance(locking, ast.LockingClause):
                 raise _not_analysable(locking)
@@ -357,7 +391,7 @@ class _Walker:
                 item.larg = larg
             if rarg is not item.rarg:
                 item.rarg = rarg
-            self.expr(item.quals, level)
+            self.expr_in(item.quals, level, output=False)
         elif isinstance(item, ast.RangeFunction):
             self.expr((item.functions, item.coldeflist), level)
         else:
@@ -367,6 +401,7 @@ class _Walker:
         return item
 
     def read_table(self, node: Any, level: _Level) -> Any:
+        self.data_reads += 1  # a CTE counts too: it may hold mapped records
         if node.schemaname is None and node.relname in level.ctes:
             level.ranges[_refname(node)] = None
             return node
@@ -465,6 +500,14 @@ class _Walker:
 
     # --- expressions -------------------------------------------------------------------
 
+    def expr_in(self, node: Any, level: _Level, *, output: bool) -> None:
+        """Walk `node` as returned to the client (output) or not."""
+        saved, self.output = self.output, output
+        try:
+            self.expr(node, level)
+        finally:
+            self.output = saved
+
     def expr(self, node: Any, level: _Level) -> None:
         if node is None:
             return
@@ -485,6 +528,9 @@ class _Walker:
             if node.colno == node.ncolumns:
                 self.expr(node.source, level)
         elif kind in _EXPRESSION_NODES:
+            if self.output and _is_test(node):
+                self.expr_in(tuple(children(node)), level, output=False)
+                return
             for child in children(node):
                 self.expr(child, level)
         else:
@@ -496,8 +542,62 @@ class _Walker:
                 "the broker does not run ARRAY(subquery): it packs many records into one row",
                 "select the rows themselves, with a LIMIT",
             )
-        self.expr(node.testexpr, level)
-        self.query(node.subselect, level)
+        returned = self.output and node.subLinkType in _VALUE_SUBLINKS
+        self.expr_in(node.testexpr, level, output=False)  # compared, yielding a boolean
+        reads = self.data_reads
+        saved, self.output = self.output, returned
+        try:
+            self.query(node.subselect, level)
+        finally:
+            self.output = saved
+        if returned and self.data_reads != reads:
+            self.counting_subquery(node.subselect)
+
+    def counting_subquery(self, node: Any) -> None:
+        """A subquery whose value is returned and that reads mapped records must count or
+        sum them: one that hands back a record's value lets one row carry as many records as
+        the select list has subqueries (`SELECT (SELECT phone ... OFFSET 0), (... OFFSET 1)`)."""
+        problem = None
+        if node.op != enums.SetOperation.SETOP_NONE or node.valuesLists:
+            problem = "is a UNION, INTERSECT, EXCEPT or VALUES"
+        elif node.groupClause or node.windowClause:
+            problem = "has GROUP BY or WINDOW"
+        else:
+            for target in node.targetList:
+                problem = self.counting_aggregate(target.val)
+                if problem is not None:
+                    break
+        if problem is not None:
+            raise SqlRefused(
+                "a subquery whose value is returned (in a select list, VALUES or RETURNING) may only count "
+                f"or sum the records it reads, and this one {problem}: one row would carry many records",
+                _PACKED_HINT,
+            )
+
+    def counting_aggregate(self, value: Any) -> str | None:
+        """What is wrong with `value` as a subquery's counting aggregate; None if nothing."""
+        if not isinstance(value, ast.FuncCall) or value.over is not None:
+            return "returns a value that is not an aggregate"
+        names = tuple(part.sval for part in cast(Any, value.funcname))
+        if names[:-1] not in ((), ("pg_catalog",)) or names[-1] not in COUNTING_AGGREGATES:
+            return f"returns {'.'.join(names)}(...), not count, sum, avg, bool_and/or, every, stddev or variance"
+        if names[-1] != "count" and self.names_pii(value.args):
+            # sum(sender_phone::bigint) over one record is that record's phone number
+            return f"returns {names[-1]}(...) of a personal-data column"
+        return None
+
+    def names_pii(self, node: Any) -> bool:
+        """`node` names a personal-data column of some mapped table (by its name alone)."""
+        if node is None:
+            return False
+        if isinstance(node, tuple):
+            return any(self.names_pii(item) for item in node)
+        if isinstance(node, ast.ColumnRef):
+            last = cast(Any, node.fields)[-1]
+            return isinstance(last, ast.A_Star) or any(
+                last.sval in rule.pii_columns for rule in self.tables.tables.values()
+            )
+        return any(self.names_pii(child) for child in children(node))
 
     def function(self, node: Any, level: _Level) -> None:
         names = tuple(part.sval for part in node.funcname)
@@ -548,7 +648,7 @@ class _Walker:
         for option in node.options or ():
             level.ranges[option.value] = rule
         level.ranges.update({"old": rule, "new": rule})
-        self.expr(node.exprs, level)
+        self.expr_in(node.exprs, level, output=True)
 
 
 def _copy_query(node: Any) -> ast.SelectStmt:
@@ -612,6 +712,16 @@ def _child_slots(kind: type) -> tuple[str, ...]:
         if any(t is tuple or t is list or (isinstance(t, type) and issubclass(t, ast.Node)) for t in accepted):
             kept.append(name)
     return tuple(kept)
+
+
+def _is_test(node: Any) -> bool:
+    """`node` yields a boolean from its operands (a comparison, IS NULL...), not their values."""
+    if isinstance(node, ast.A_Expr):
+        if node.kind == enums.A_Expr_Kind.AEXPR_OP:
+            name = node.name or ()
+            return len(name) == 1 and name[0].sval in _COMPARISONS
+        return node.kind in _TESTS
+    return isinstance(node, ast.NullTest | ast.BooleanTest)
 
 
 def _refname(node: Any) -> str:

@@ -25,7 +25,7 @@ from pglast import ast, enums
 from pglast.parser import ParseError, split
 from pglast.stream import RawStream
 
-from broker.pg.sql_splice import Edit, apply_edits, scoped_subselect, splice_edits
+from broker.pg.sql_splice import Edit, apply_edits, branch_filter, scoped_subselect, splice_edits
 from broker.policy.table import TableMap, TableRule
 
 
@@ -431,7 +431,7 @@ class _Walker:
             self.reads.append((node, column))
             return node
         marker = self.marker()
-        inner = scoped_subselect(self.tables.schema, node.relname, node.inh, column, marker)
+        inner = scoped_subselect(self.tables.schema, node.relname, node.inh, column, marker, self.marker())
         alias = node.alias if node.alias is not None else ast.Alias(aliasname=node.relname)
         return ast.RangeSubselect(lateral=False, subquery=inner, alias=alias)
 
@@ -443,8 +443,9 @@ class _Walker:
             raise _NeedsTree
         predicate = self.branch_predicate(_refname(node.relation), rule.branch_column)
         where = node.whereClause
+        # the branch filter first: of two conditions that cost the same, PostgreSQL runs the first first
         node.whereClause = (
-            predicate if where is None else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(where, predicate))
+            predicate if where is None else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(predicate, where))
         )
 
     def marker(self) -> ast.String:
@@ -452,16 +453,9 @@ class _Walker:
         self.markers.append(marker)
         return marker
 
-    def branch_predicate(self, qualifier: str, column: str) -> ast.A_Expr:
-        """`qualifier.column = ANY(CAST(branches AS pg_catalog.text[]))`."""
-        text_array = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="text")),
-                                  arrayBounds=(ast.Integer(ival=-1),), typemod=-1)  # fmt: skip
-        return ast.A_Expr(
-            kind=enums.A_Expr_Kind.AEXPR_OP_ANY,
-            name=(ast.String(sval="="),),
-            lexpr=ast.ColumnRef(fields=(ast.String(sval=qualifier), ast.String(sval=column))),
-            rexpr=ast.TypeCast(arg=ast.A_Const(isnull=False, val=self.marker()), typeName=text_array),
-        )
+    def branch_predicate(self, qualifier: str, column: str) -> ast.BoolExpr:
+        """The branch filter on `qualifier.column` (see sql_splice.branch_filter)."""
+        return branch_filter((qualifier, column), self.marker(), self.marker())
 
     def insert_branches(self, node: Any, rule: TableRule, columns: tuple[str, ...]) -> None:
         """Note each inserted row's branch (a constant or a $n), to check against the employee's."""

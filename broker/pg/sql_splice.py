@@ -32,19 +32,51 @@ _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _PLACEHOLDER = "broker_branches_placeholder"
 
 
-def scoped_subselect(schema: str, relname: str, inh: bool, column: str, branches: ast.String) -> ast.SelectStmt:
-    """`SELECT * FROM schema.relname WHERE column = ANY(CAST(branches AS text[]))`."""
-    text_array = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="text")),
-                              arrayBounds=(ast.Integer(ival=-1),), typemod=-1)  # fmt: skip
+SPLIT = "\x00"
+"""Marks a further place for the branch list inside an edit's text (SQL text never holds
+NUL: the analyser refuses it), so one edit can carry the list twice."""
+
+
+def branch_filter(column: tuple[str, ...], first: ast.String, second: ast.String) -> ast.BoolExpr:
+    """`array_position(CAST(first AS text[]), column) IS NOT NULL AND column = ANY(CAST(second AS text[]))`.
+
+    Both say the same. PostgreSQL runs a scan's conditions cheapest first, and `= ANY`
+    costs more the more branches it lists: with a few branches, a statement's own
+    condition (a division that fails on one row) would run first, on every branch's rows,
+    and its error would tell about them. array_position costs one function call, the least
+    any condition costs, and a tie keeps this filter first. `= ANY` stays for index scans."""
+
+    def text_array(value: ast.String) -> ast.TypeCast:
+        return ast.TypeCast(
+            arg=ast.A_Const(isnull=False, val=value),
+            typeName=ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="text")),
+                                  arrayBounds=(ast.Integer(ival=-1),), typemod=-1),
+        )  # fmt: skip
+
+    reference = ast.ColumnRef(fields=tuple(ast.String(sval=name) for name in column))
+    position = ast.FuncCall(
+        funcname=(ast.String(sval="pg_catalog"), ast.String(sval="array_position")),
+        args=(text_array(first), reference),
+        funcformat=enums.CoercionForm.COERCE_EXPLICIT_CALL,
+    )
+    return ast.BoolExpr(
+        boolop=enums.BoolExprType.AND_EXPR,
+        args=(
+            ast.NullTest(arg=position, nulltesttype=enums.NullTestType.IS_NOT_NULL),
+            ast.A_Expr(kind=enums.A_Expr_Kind.AEXPR_OP_ANY, name=(ast.String(sval="="),), lexpr=reference,
+                       rexpr=text_array(second)),
+        ),
+    )  # fmt: skip
+
+
+def scoped_subselect(
+    schema: str, relname: str, inh: bool, column: str, first: ast.String, second: ast.String
+) -> ast.SelectStmt:
+    """`SELECT * FROM schema.relname WHERE <branch_filter(column)>`."""
     return ast.SelectStmt(
         targetList=(ast.ResTarget(val=ast.ColumnRef(fields=(ast.A_Star(),))),),
         fromClause=(ast.RangeVar(schemaname=schema, relname=relname, inh=inh, relpersistence="p"),),
-        whereClause=ast.A_Expr(
-            kind=enums.A_Expr_Kind.AEXPR_OP_ANY,
-            name=(ast.String(sval="="),),
-            lexpr=ast.ColumnRef(fields=(ast.String(sval=column),)),
-            rexpr=ast.TypeCast(arg=ast.A_Const(isnull=False, val=branches), typeName=text_array),
-        ),
+        whereClause=branch_filter((column,), first, second),
         limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
         op=enums.SetOperation.SETOP_NONE,
     )
@@ -53,10 +85,11 @@ def scoped_subselect(schema: str, relname: str, inh: bool, column: str, branches
 @lru_cache(maxsize=1024)
 def _printed(schema: str, relname: str, column: str) -> tuple[str, str] | None:
     """The printer's text of the scoped sub-select (in parentheses), split at the branch list."""
-    inner = scoped_subselect(schema, relname, True, column, ast.String(sval=_PLACEHOLDER))
+    placeholders = (ast.String(sval=_PLACEHOLDER), ast.String(sval=_PLACEHOLDER))
+    inner = scoped_subselect(schema, relname, True, column, *placeholders)
     text = "(" + RawStream()(inner) + ")"
     pieces = text.split(f"'{_PLACEHOLDER}'")
-    return (pieces[0], pieces[1]) if len(pieces) == 2 else None
+    return (pieces[0], pieces[1] + SPLIT + pieces[2]) if len(pieces) == 3 else None
 
 
 Edit = tuple[int, int, str, str]
@@ -124,7 +157,7 @@ def apply_edits(text: str, edits: Sequence[Edit]) -> tuple[str, ...]:
     if "--" in last_part.rpartition("\n")[2]:
         last_part += "\n"  # a trailing -- comment would swallow what the session appends
     parts.append(last_part)
-    return tuple(parts)
+    return tuple(piece for part in parts for piece in part.split(SPLIT))
 
 
 def _identifier(spelled: str) -> str | None:

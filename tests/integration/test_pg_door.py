@@ -230,7 +230,7 @@ OTHER_BRANCH_SHAPES = [
     "WITH w AS (SELECT * FROM waybills) SELECT branch_code FROM w WHERE branch_code = 'BR002' LIMIT 50",
     "SELECT branch_code FROM waybills WHERE branch_code = 'BR002' "
     "UNION ALL SELECT branch_code FROM public.waybills WHERE branch_code = 'BR003' LIMIT 50",
-    "SELECT (SELECT max(branch_code) FROM waybills) LIMIT 1",
+    "SELECT max(branch_code) FROM waybills",
     "SELECT x.branch_code FROM (SELECT * FROM waybills ORDER BY branch_code DESC) AS x LIMIT 50",
     'SELECT branch_code FROM "waybills" w WHERE EXISTS (SELECT 1 FROM waybills v WHERE v.id = w.id) LIMIT 50',
     "SELECT count(*), max(branch_code) FROM waybills",
@@ -535,4 +535,31 @@ async def test_records_are_charged_by_weight_when_rows_carry_more_than_one(
     error = await refused(conn, "SELECT id FROM waybills LIMIT 20")  # 46 + 20 > 60
     assert error.sqlstate == "53400" and "quota.exceeded" in str(error)
     assert error.diag.message_detail and "46 of 60" in error.diag.message_detail
+    await conn.close()
+
+
+@pytest.mark.parametrize("extra_branches", [0, 2, 6, 12])
+async def test_no_condition_of_the_statement_runs_on_another_branchs_rows(
+    make_broker: BrokerFactory, pg_database: str, policy_dir: Path, extra_branches: int
+) -> None:
+    """If a statement's own condition ran before the branch filter, its errors would tell
+    about other branches' rows (a division by zero as a yes/no oracle). PostgreSQL orders a
+    scan's conditions by estimated cost, and `= ANY` costs more the more branches there are:
+    the broker's filter must come first however many branches an employee holds."""
+    roster = policy_dir / "roster.csv"
+    extra = "".join(f"g, e2001, manager, BR1{k:02d}\n" for k in range(extra_branches))
+    roster.write_text(roster.read_text() + extra)
+    harness = await make_broker(postgres={"enabled": True, "port": 0, "server_database": pg_database,
+                                          "server_user": "postgres"})  # fmt: skip
+    conn = await connect(harness, "e2001")  # BR003 (+ branches with no rows)
+    for probe in ("BR001-100", "BR002-5", "BR003-5"):
+        divide = f"1/(CASE WHEN waybill_no = '{probe}' THEN 0 ELSE 1 END)"
+        oracle = f"SELECT count(*) FROM waybills WHERE ({divide}) IS NULL"
+        if probe.startswith("BR003"):  # an own row: the division does fail, as it should
+            assert (await refused(conn, oracle)).sqlstate == "22012"
+        else:
+            assert await rows(conn, oracle) == [(0,)], probe
+        if not probe.startswith("BR003"):  # the same oracle in an UPDATE: must not fail either
+            update = f"UPDATE waybills SET status = status WHERE ({divide}) = 1"
+            assert (await conn.execute(update)).rowcount == BRANCH_ROWS["BR003"], probe
     await conn.close()

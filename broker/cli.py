@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="broker",
-        description="Policy-as-code access broker: branch, shift, bulk and quota checks in front of logistics APIs.",
+        description="Policy-as-code access broker: branch, shift, bulk and quota checks in front of logistics "
+        "HTTP APIs and PostgreSQL databases.",
     )
     parser.add_argument("--version", action="version", version=f"broker {__version__}")
     parser.add_argument(
@@ -56,7 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="serve: the reverse proxy plus /-/ admin endpoints")
+    run = commands.add_parser(
+        "run",
+        help="serve: the HTTP reverse proxy, /-/ admin endpoints, and the PostgreSQL door if [postgres] enabled",
+        description="Serve until SIGTERM/SIGINT; SIGHUP reloads the policy. The HTTP door listens on [server] "
+        "host:port; with [postgres] enabled = true the PostgreSQL door listens on [postgres] host:port "
+        "(employees log in with their employee id and their token as the password).",
+    )
     _config_option(run)
     run.set_defaults(func=_run)
 

@@ -74,7 +74,7 @@ def build_broker(
     guard = Guard(policy, authenticator, meter, clock)
     shadow = build_shadow(settings, authenticator, clock)
     audit = audit or FileAuditSink(settings.audit.path)
-    pg = PgDoor(settings.postgres, guard, policy, audit) if settings.postgres.enabled else None
+    pg = PgDoor(settings.postgres, guard, policy, audit, metrics) if settings.postgres.enabled else None
     return Broker(
         settings=settings,
         clock=clock,

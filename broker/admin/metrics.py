@@ -53,6 +53,26 @@ class Metrics:
             registry=self.registry,
         )
         self.policy_loaded = Gauge("broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry)
+        self.pg_sessions = Gauge(
+            "broker_pg_sessions", "Employee sessions open through the PostgreSQL door", registry=self.registry
+        )
+        self.pg_logins = Counter(
+            "broker_pg_logins_total",
+            "PostgreSQL door logins by verdict and reason code",
+            ["verdict", "reason"],
+            registry=self.registry,
+        )
+        self.pg_statements = Counter(
+            "broker_pg_statements_total",
+            "Statements through the PostgreSQL door by verdict and reason code (SQLSTATE class for server errors)",
+            ["verdict", "reason"],
+            registry=self.registry,
+        )
+        self.pg_cut = Counter(
+            "broker_pg_statements_cut_total",
+            "Statements stopped mid-stream for returning more rows or bytes than allowed",
+            registry=self.registry,
+        )
 
     def decided(self, verdict: str, reason: str, seconds: float, metered: str) -> None:
         """Count one decision. Label children are cached: `labels()` costs microseconds

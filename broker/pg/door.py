@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from broker.admin.metrics import Metrics
 from broker.audit.event import decision_event
 from broker.audit.log import AuditSink
 from broker.config import PostgresSettings
@@ -76,11 +77,14 @@ class Client:
 
 
 class PgDoor:
-    def __init__(self, settings: PostgresSettings, guard: Guard, policy: PolicyHolder, audit: AuditSink) -> None:
+    def __init__(
+        self, settings: PostgresSettings, guard: Guard, policy: PolicyHolder, audit: AuditSink, metrics: Metrics
+    ) -> None:
         self._settings = settings
         self._guard = guard
         self._policy = policy
         self._audit = audit
+        self._metrics = metrics
         self._address = BackendAddress(
             settings.server_host,
             settings.server_port,
@@ -98,6 +102,7 @@ class PgDoor:
             settings.max_message_bytes,
             settings.max_result_bytes,
             settings.bytes_per_record,
+            metrics,
         )
         self._sessions: dict[tuple[int, int], Session] = {}
         self._per_employee: Counter[str] = Counter()
@@ -178,6 +183,7 @@ class PgDoor:
             ended = await session.run()
         finally:
             self._per_employee[employee] -= 1
+            self._metrics.pg_sessions.dec()
             self._sessions = {k: s for k, s in self._sessions.items() if s is not session}
             self._audit_session(session, login, employee, client, ended, time.perf_counter() - started)
 
@@ -233,6 +239,7 @@ class PgDoor:
             await backend.close()
             raise
         self._per_employee[request.user] += 1  # given back when the session ends (_serve)
+        self._metrics.pg_sessions.inc()
         return session, login, request.user
 
     async def _negotiate(self, client: Client) -> dict[str, str] | None:
@@ -293,6 +300,7 @@ class PgDoor:
         return decision
 
     def _audit_login(self, decision: Decision, client: Client) -> None:
+        self._metrics.pg_logins.labels(decision.verdict.value, decision.reason.value).inc()
         self._audit.emit(decision_event(decision, door="pg", status=0, returned=0, latency=0.0, kind="pg.login"))
 
     async def _backend(self, request: StartupRequest) -> BackendSession:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from broker.admin.metrics import Metrics
 from broker.audit.log import AuditSink
 from broker.core.access import UNBOUNDED, Access, Refusal
 from broker.core.decision import Decision
@@ -64,6 +65,7 @@ class DoorServices:
     max_message_bytes: int
     max_result_bytes: int
     bytes_per_record: int
+    metrics: Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class Session:
         self._limit = services.max_message_bytes
         self._max_result_bytes = services.max_result_bytes
         self._bytes_per_record = services.bytes_per_record
+        self._metrics = services.metrics
         self._relay = Relay()
         self._prepared: dict[str, Prepared] = {}
         self._portals: dict[str, Metered] = {}
@@ -479,7 +482,11 @@ class Session:
         self._audit_statement(execution)
 
     def _audit_statement(self, execution: Metered, sql: str = "") -> None:
-        self._audit.emit(statement_event(execution, self._login, self._peer, self._guard.clock.now(), sql))
+        event = statement_event(execution, self._login, self._peer, self._guard.clock.now(), sql)
+        self._audit.emit(event)
+        self._metrics.pg_statements.labels(event["verdict"], event["reason"]).inc()
+        if execution.cut:
+            self._metrics.pg_cut.inc()
 
     async def _fatal(self, sqlstate: str, text: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

@@ -563,3 +563,20 @@ async def test_no_condition_of_the_statement_runs_on_another_branchs_rows(
             update = f"UPDATE waybills SET status = status WHERE ({divide}) = 1"
             assert (await conn.execute(update)).rowcount == BRANCH_ROWS["BR003"], probe
     await conn.close()
+
+
+async def test_metrics_show_the_doors_sessions_logins_and_statements(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)
+    await rows(conn, "SELECT id FROM waybills LIMIT 2")
+    await refused(conn, "SELECT * FROM waybills")
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+        await asyncpg_connect(pg_broker, "e1002")  # off shift
+    metrics = (await pg_broker.get("/-/metrics")).body.decode()
+    assert "broker_pg_sessions 1.0" in metrics
+    assert 'broker_pg_logins_total{reason="allow",verdict="allow"} 1.0' in metrics
+    assert 'broker_pg_logins_total{reason="shift.outside",verdict="deny"} 1.0' in metrics
+    assert 'broker_pg_statements_total{reason="allow",verdict="allow"} 1.0' in metrics
+    assert 'broker_pg_statements_total{reason="bulk.unbounded",verdict="deny"} 1.0' in metrics
+    await conn.close()
+    await asyncio.sleep(0.1)
+    assert "broker_pg_sessions 0.0" in (await pg_broker.get("/-/metrics")).body.decode()

@@ -217,6 +217,7 @@ class Session:
             await self._refuse_sql(sql, exc, extended=False)
             return
         self.statements += len(statements)
+        self._forget_deallocated(statements)
         self._forward(message(b"Q", cstring(text)), Pending(Expect.QUERY, executions))
 
     async def _parse(self, payload: bytes) -> None:
@@ -249,6 +250,15 @@ class Session:
             return
         self._prepared[name] = Prepared(statement, branches)
         self._forward(message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY))
+
+    def _forget_deallocated(self, statements: list[Statement]) -> None:
+        """SQL DEALLOCATE drops prepared statements at the server: the session forgets them
+        too (forgetting early is safe: a Bind of a forgotten name is refused)."""
+        for statement in statements:
+            if statement.deallocates == ():
+                self._prepared.clear()
+            elif statement.deallocates:
+                self._prepared.pop(statement.deallocates[0], None)
 
     async def _bind(self, payload: bytes) -> None:
         bound = read_bind(payload)

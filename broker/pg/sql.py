@@ -85,6 +85,9 @@ class Statement:
     """INSERT: the literal branches of inserted rows."""
     scoped_parts: tuple[str, ...] = ()
     """The rewritten text split where the branch list goes; () when nothing needs scoping."""
+    deallocates: tuple[str, ...] | None = None
+    """DEALLOCATE: the prepared statement it drops, () for ALL; None for other statements.
+    The session forgets them too, or it would refuse to prepare the name again."""
 
     def resources(self) -> dict[tuple[str, str], tuple[str, ...]]:
         """(resource, action) -> the tables through which the statement touches it."""
@@ -203,8 +206,15 @@ def _statement(source: Source, node: Any, tables: TableMap) -> tuple[Statement, 
         branch_params=found.branch_params,
         branch_constants=found.branch_constants,
         scoped_parts=found.parts,
+        deallocates=_deallocated(node),
     )
     return statement, Literals(limit, found.edits)
+
+
+def _deallocated(node: Any) -> tuple[str, ...] | None:
+    if not isinstance(node, ast.DeallocateStmt):
+        return None
+    return () if node.isall or node.name is None else (str(node.name),)
 
 
 def _select(node: Any, tables: TableMap, source: Source) -> _Shape:

@@ -287,3 +287,19 @@ async def test_a_prepared_name_cannot_be_reused_to_run_an_old_statement_under_a_
     assert b"D" not in kinds(answer)  # no rows: the Bind was decided as "r" really is, over the cap
     assert sqlstate(answer[0][1]) == "42501" and b"bulk.over_cap" in answer[0][1]
     await client.close()
+
+
+async def test_a_name_freed_by_deallocate_can_be_prepared_again(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    parse = message(b"P", cstring("r") + cstring("SELECT id FROM waybills LIMIT 1") + b"\x00\x00")
+    client.writer.write(parse + message(b"S"))
+    assert kinds(await client.until(b"Z")) == b"1Z"
+    client.writer.write(message(b"Q", cstring("DEALLOCATE r")))
+    assert kinds(await client.until(b"Z")) == b"CZ"
+    client.writer.write(parse + message(b"S"))
+    assert kinds(await client.until(b"Z")) == b"1Z"
+    client.writer.write(message(b"Q", cstring("DEALLOCATE ALL")) + parse + message(b"S"))
+    assert kinds(await client.until(b"Z")) == b"CZ"
+    assert kinds(await client.until(b"Z")) == b"1Z"
+    await client.close()

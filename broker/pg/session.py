@@ -132,8 +132,9 @@ class Session:
             for task in (client, server, *self._tasks):
                 task.cancel()
             await asyncio.gather(client, server, *self._tasks, return_exceptions=True)
-            for left in self._relay.abandon() + [p for p in self._portals.values() if not p.done]:
-                await self._finished(left)
+            left = {id(m): m for m in (*self._relay.abandon(), *self._portals.values()) if not m.done}
+            for execution in left.values():  # each once: a portal may also be awaiting its answer
+                await self._finished(execution)
             await self._backend.close()
 
     def shutdown(self) -> None:

@@ -49,8 +49,13 @@ _PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
+    """A statement as the server has it: what the client sent, and what the broker sent."""
+
+    sql: str
     statement: Statement | None
     branches: frozenset[str] | None
+    sent: str
+    revision: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +254,18 @@ class Session:
         except SqlRefused as exc:
             await self._refuse_sql(sql, exc, extended=True)
             return
-        self._prepared[name] = Prepared(statement, branches)
+        revision = snapshot.revision if snapshot else ""
+        self._prepared[name] = Prepared(sql, statement, branches, text, revision)
         self._forward(message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY))
+
+    async def _as_live_policy_reads(
+        self, prepared: Prepared, snapshot: PolicySnapshot | None
+    ) -> list[Statement] | None:
+        """The prepared statement as the live policy reads it (None after refusing it): a
+        reload may have changed the table map since Parse."""
+        if snapshot is None or snapshot.revision == prepared.revision:
+            return [prepared.statement] if prepared.statement else []
+        return await self._analysed(prepared.sql, snapshot, extended=True)
 
     def _forget_deallocated(self, statements: list[Statement]) -> None:
         """SQL DEALLOCATE drops prepared statements at the server: the session forgets them
@@ -267,7 +282,11 @@ class Session:
         if prepared is None:
             self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
             return
-        statement, started = prepared.statement, time.perf_counter()
+        started, snapshot = time.perf_counter(), self._policy.current
+        live = await self._as_live_policy_reads(prepared, snapshot)
+        if live is None:
+            return
+        statement = live[0] if live else None
         try:
             limit = row_bound(statement.rows, bound.params, bound.formats) if statement else 0
             if statement is not None and statement.kind == "insert" and prepared.branches is not None:
@@ -276,10 +295,11 @@ class Session:
             await self._refuse_sql(statement.sql if statement else "", exc, extended=True)
             return
         records = UNBOUNDED if limit is None else limit
-        execution = await self._decided(statement, self._policy.current, records, started, extended=True)
+        execution = await self._decided(statement, snapshot, records, started, extended=True)
         if execution is None:
             return
-        if _branches(execution.decisions) != prepared.branches:
+        if statement is not None and scoped_sql([statement], _branches(execution.decisions)) != prepared.sent:
+            # the policy changed what this statement may see since it was prepared
             await self._finished(execution)
             self._refuse(
                 error_response(

@@ -580,3 +580,28 @@ async def test_metrics_show_the_doors_sessions_logins_and_statements(pg_broker: 
     await conn.close()
     await asyncio.sleep(0.1)
     assert "broker_pg_sessions 0.0" in (await pg_broker.get("/-/metrics")).body.decode()
+
+
+async def test_prepared_statements_follow_policy_reloads(pg_broker: Harness, policy_dir: Path) -> None:
+    roster = policy_dir / "roster.csv"
+    roster.write_text(roster.read_text() + "\ng, e1005, clerk, BR001\ng2, e1005, day-cn\n")
+    assert await pg_broker.broker.reload("test")
+    conn = await asyncpg_connect(pg_broker, "e1005")
+    statement = await conn.prepare("SELECT branch_code FROM waybills LIMIT $1")
+    assert {r["branch_code"] for r in await statement.fetch(5)} == {"BR001"}
+    roster.write_text(roster.read_text() + "\n# a comment: a new revision, nothing else\n")
+    assert await pg_broker.broker.reload("test")
+    assert len(await statement.fetch(5)) == 5  # same meaning under the new revision: still runs
+    roster.write_text(roster.read_text().replace("g, e1005, clerk, BR001", "g, e1005, clerk, BR002"))
+    assert await pg_broker.broker.reload("test")
+    with pytest.raises(asyncpg.FeatureNotSupportedError) as caught:  # now it would see BR002
+        await statement.fetch(5)
+    assert "prepare" in str(caught.value).lower()
+    again = await conn.prepare("SELECT branch_code FROM waybills WHERE true LIMIT $1")
+    assert {r["branch_code"] for r in await again.fetch(5)} == {"BR002"}
+    tables = policy_dir / "tables.toml"
+    tables.write_text(tables.read_text().replace('name = "waybills"', 'name = "parcels"'))
+    assert await pg_broker.broker.reload("test")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no longer open at all
+        await again.fetch(5)
+    await conn.close()

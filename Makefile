@@ -37,7 +37,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## Every benchmark, side by side with its baselines (about 12 minutes on 2 cores): the
+## Every benchmark, side by side with its baselines (about 9 minutes on 2 cores): the
 ## decision core, the counter stores, HTTP (direct, nginx, bare proxy, broker), PostgreSQL
 ## (direct, PgBouncer, broker), SQL analysis, and memory. Needs wrk, nginx, pgbench and
 ## pgbouncer (apt-get install -y wrk nginx postgresql-client pgbouncer).

@@ -17,7 +17,7 @@ from broker.config import MeterSettings, Settings
 from broker.core.clock import FakeClock
 from broker.demo.upstream import build_upstream_app
 from broker.meter.store import CounterStore
-from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, rogue_upstream_app
+from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, door_settings, rogue_upstream_app
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.redis_fixtures", "tests.pg_fixtures"]
@@ -97,8 +97,7 @@ async def broker(make_broker: BrokerFactory) -> Harness:
 @pytest.fixture
 async def pg_broker(make_broker: BrokerFactory, pg_database: str) -> Harness:
     """The shipped policy with the PostgreSQL door open in front of the seeded database."""
-    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres"}
-    return await make_broker(postgres=settings)
+    return await make_broker(postgres=door_settings(pg_database))
 
 
 @pytest.fixture

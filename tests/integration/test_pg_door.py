@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.conftest import BrokerFactory
-from tests.harness import Harness
+from tests.harness import Harness, door_settings
 from tests.pg_fixtures import BRANCH_ROWS, direct
 
 pytestmark = pytest.mark.timeout(60)
@@ -104,9 +104,7 @@ async def test_a_shift_that_ends_mid_session_refuses_reads_from_then_on(pg_broke
 
 
 async def test_sessions_per_employee_are_limited_with_53300(make_broker: BrokerFactory, pg_database: str) -> None:
-    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres",
-                "max_sessions_per_employee": 1}  # fmt: skip
-    harness = await make_broker(postgres=settings)
+    harness = await make_broker(postgres=door_settings(pg_database, max_sessions_per_employee=1))
     first = await asyncpg_connect(harness)
     with pytest.raises(asyncpg.TooManyConnectionsError) as caught:
         await asyncpg_connect(harness)
@@ -252,8 +250,7 @@ async def test_a_view_mapped_as_branch_scoped_is_scoped_like_a_table(
     tables.write_text(
         tables.read_text() + '\n[[table]]\nname = "all_waybills"\nresource = "waybill"\nbranch_column = "branch_code"\n'
     )
-    harness = await make_broker(postgres={"enabled": True, "port": 0, "server_database": pg_database,
-                                          "server_user": "postgres"})  # fmt: skip
+    harness = await make_broker(postgres=door_settings(pg_database))
     conn = await connect(harness)
     found = await rows(conn, "SELECT DISTINCT branch_code FROM all_waybills LIMIT 10")
     assert found == [("BR001",)]
@@ -377,9 +374,7 @@ async def test_an_answer_over_its_weight_is_cut_mid_stream_with_53400_and_charge
     # The analyser bounds rows exactly (LIMIT), so what can still overflow is the weight of
     # the rows: the wire meter counts bytes too, stops the statement at the server, and
     # charges only the rows that were sent.
-    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres",
-                "max_result_bytes": 2048}  # fmt: skip
-    harness = await make_broker(postgres=settings)
+    harness = await make_broker(postgres=door_settings(pg_database, max_result_bytes=2048))
     conn = await connect(harness, "e1003")  # trainee: cap 20, quota 60 per shift
     error = await refused(conn, "SELECT * FROM waybills ORDER BY id LIMIT 20")
     assert error.sqlstate == "53400", str(error)
@@ -423,8 +418,7 @@ async def test_copy_out_is_counted_and_scoped(pg_broker: Harness) -> None:
 async def test_a_cancel_reaches_the_server_through_the_brokers_own_keys(
     srf_policy: Path, make_broker: BrokerFactory, pg_database: str
 ) -> None:
-    harness = await make_broker(postgres={"enabled": True, "port": 0, "server_database": pg_database,
-                                          "server_user": "postgres"})  # fmt: skip
+    harness = await make_broker(postgres=door_settings(pg_database))
     conn = await asyncpg_connect(harness)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -523,9 +517,7 @@ async def test_records_are_charged_by_weight_when_rows_carry_more_than_one(
     make_broker: BrokerFactory, pg_database: str
 ) -> None:
     """A row can hold many records' fields; at 200 bytes a record, a 1 kB row is charged 6."""
-    settings = {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres",
-                "bytes_per_record": 200}  # fmt: skip
-    harness = await make_broker(postgres=settings)
+    harness = await make_broker(postgres=door_settings(pg_database, bytes_per_record=200))
     conn = await connect(harness, "e1003")  # trainee: cap 20, quota 60
     error = await refused(conn, "SELECT lpad(sender_name, 1000, '*') FROM waybills ORDER BY id LIMIT 10")
     assert error.sqlstate == "53400" and "2000 bytes" in str(error)  # 10 records x 200 bytes
@@ -549,8 +541,7 @@ async def test_no_condition_of_the_statement_runs_on_another_branchs_rows(
     roster = policy_dir / "roster.csv"
     extra = "".join(f"g, e2001, manager, BR1{k:02d}\n" for k in range(extra_branches))
     roster.write_text(roster.read_text() + extra)
-    harness = await make_broker(postgres={"enabled": True, "port": 0, "server_database": pg_database,
-                                          "server_user": "postgres"})  # fmt: skip
+    harness = await make_broker(postgres=door_settings(pg_database))
     conn = await connect(harness, "e2001")  # BR003 (+ branches with no rows)
     for probe in ("BR001-100", "BR002-5", "BR003-5"):
         divide = f"1/(CASE WHEN waybill_no = '{probe}' THEN 0 ELSE 1 END)"

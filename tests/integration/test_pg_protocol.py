@@ -9,7 +9,6 @@ import ipaddress
 import socket
 import struct
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -30,7 +29,7 @@ from broker.pg.wire import (
     startup_message,
 )
 from tests.conftest import BrokerFactory
-from tests.harness import Harness
+from tests.harness import Harness, door_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,15 +182,11 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def _door(pg_database: str, **more: Any) -> dict[str, Any]:
-    return {"enabled": True, "port": 0, "server_database": pg_database, "server_user": "postgres", **more}
-
-
 async def test_tls_carries_the_token_when_a_certificate_is_configured(
     make_broker: BrokerFactory, pg_database: str, tls_files: tuple[Path, Path]
 ) -> None:
     cert, key = tls_files
-    harness = await make_broker(postgres=_door(pg_database, tls_cert_file=cert, tls_key_file=key))
+    harness = await make_broker(postgres=door_settings(pg_database, tls_cert_file=cert, tls_key_file=key))
     conn = await psycopg.AsyncConnection.connect(
         harness.pg_dsn("e1001", sslmode="verify-full", sslrootcert=str(cert)), autocommit=True
     )
@@ -205,7 +200,7 @@ async def test_bytes_sent_between_ssl_request_and_handshake_end_the_connection(
     make_broker: BrokerFactory, pg_database: str, tls_files: tuple[Path, Path]
 ) -> None:
     cert, key = tls_files
-    harness = await make_broker(postgres=_door(pg_database, tls_cert_file=cert, tls_key_file=key))
+    harness = await make_broker(postgres=door_settings(pg_database, tls_cert_file=cert, tls_key_file=key))
     client = await RawClient.open(harness.pg_port)
     client.writer.write(struct.pack("!II", 8, SSL_REQUEST) + startup_message({"user": "e1001"}))
     answer = await asyncio.wait_for(client.reader.read(), 5)  # everything, up to the close
@@ -230,7 +225,7 @@ async def test_without_tls_a_token_from_another_host_is_refused(make_broker: Bro
     address = _routable_address()
     if address is None:
         pytest.fail("this test needs a non-loopback IPv4 address on the machine")
-    harness = await make_broker(postgres=_door(pg_database, host="0.0.0.0"))  # noqa: S104 - the point of the test
+    harness = await make_broker(postgres=door_settings(pg_database, host="0.0.0.0"))  # noqa: S104 - the point of the test
     with pytest.raises(psycopg.OperationalError) as caught:
         await psycopg.AsyncConnection.connect(harness.pg_dsn("e1001", host=address))
     assert "only over TLS" in str(caught.value)

@@ -16,6 +16,7 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.IDENTITY_NOT_ON_ROSTER: "You are signed in, but not on the roster the broker uses. Ask your supervisor.",
     Reason.IDENTITY_BAD_CLAIMS: "Your sign-in names roles this broker's policy does not know. Ask your supervisor.",
     Reason.IDENTITY_WRONG_USER: "The database user name must be your own employee id, the one your token is for.",
+    Reason.SESSIONS_OVER_LIMIT: "You have as many database sessions open as you may; close one first.",
     Reason.REQUEST_BAD_PATH: "The address could be read in more than one way, so it was refused.",
     Reason.REQUEST_AMBIGUOUS_QUERY: "A query parameter was given twice or empty; give it once.",
     Reason.REQUEST_BAD_LIMIT: "The number of records asked for is not a whole number from 1 up.",

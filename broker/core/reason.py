@@ -24,6 +24,7 @@ class Reason(StrEnum):
     IDENTITY_NOT_ON_ROSTER = "identity.not_on_roster"
     IDENTITY_BAD_CLAIMS = "identity.bad_claims"
     IDENTITY_WRONG_USER = "identity.wrong_user"
+    SESSIONS_OVER_LIMIT = "sessions.over_limit"
 
     REQUEST_BAD_PATH = "request.bad_path"
     REQUEST_AMBIGUOUS_QUERY = "request.ambiguous_query"

@@ -33,6 +33,7 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.IDENTITY_NOT_ON_ROSTER: (403, "Employee is not on the roster"),
     Reason.IDENTITY_BAD_CLAIMS: (403, "The token's roles are unknown here"),
     Reason.IDENTITY_WRONG_USER: (403, "The user name is not the token's employee"),
+    Reason.SESSIONS_OVER_LIMIT: (429, "Too many sessions"),
     Reason.STATEMENT_REFUSED: (403, "The statement cannot be checked"),
     Reason.STATEMENT_BAD_SYNTAX: (400, "The statement is not valid SQL"),
     Reason.STATEMENT_BAD_PARAMETER: (400, "A statement parameter cannot be read"),

@@ -224,7 +224,16 @@ class PgDoor:
                 )
             )
         token = await _password(client)
-        login = await self._login(client, request, token)
+        login = await self._login(client, request, token)  # takes one of the employee's sessions
+        try:
+            return await self._start_session(client, request, login, token)
+        except BaseException:
+            self._per_employee[request.user] -= 1
+            raise
+
+    async def _start_session(
+        self, client: Client, request: StartupRequest, login: Decision, token: str
+    ) -> tuple[Session, Decision, str]:
         backend = await self._backend(request)
         pid, key = self._new_cancel_key()
         session = Session((client.reader, client.writer), backend, self._services, Caller(login, token, client.peer))
@@ -238,7 +247,6 @@ class PgDoor:
             self._sessions.pop((pid, key), None)
             await backend.close()
             raise
-        self._per_employee[request.user] += 1  # given back when the session ends (_serve)
         self._metrics.pg_sessions.inc()
         return session, login, request.user
 
@@ -246,7 +254,9 @@ class PgDoor:
         """SSLRequest, GSSENCRequest and CancelRequest come before the StartupMessage."""
         while True:
             startup = await read_startup(client.reader)
-            if startup.code == SSL_REQUEST and not client.tls:
+            if startup.code == SSL_REQUEST and client.tls:
+                raise ProtocolViolation("SSLRequest sent twice")
+            if startup.code == SSL_REQUEST:
                 await self._start_tls(client)
             elif startup.code == GSSENC_REQUEST:
                 await _send(client, b"N")
@@ -288,15 +298,15 @@ class PgDoor:
             decision.detail = (
                 f"The user name {request.user!r} is not the employee the token is for ({decision.employee})."
             )
-        if decision.allowed and self._per_employee[request.user] >= self._settings.max_sessions_per_employee:
-            limit = self._settings.max_sessions_per_employee
-            self._audit_login(decision, client)
-            raise LoginRefused(
-                error_response("FATAL", "53300", f"you already have {limit} sessions open through the broker")
-            )
+        limit = self._settings.max_sessions_per_employee
+        if decision.allowed and self._per_employee[request.user] >= limit:
+            decision.verdict, decision.reason = Verdict.DENY, Reason.SESSIONS_OVER_LIMIT
+            decision.detail = f"You already have {limit} sessions open through the broker."
         self._audit_login(decision, client)
         if not decision.allowed:
             raise LoginRefused(decision_error(decision, fatal=True))
+        # counted before any await, so logins racing each other cannot all pass the check
+        self._per_employee[request.user] += 1
         return decision
 
     def _audit_login(self, decision: Decision, client: Client) -> None:
@@ -342,9 +352,16 @@ async def _password(client: Client) -> str:
     if kind != b"p":
         raise LoginRefused(error_response("FATAL", "08P01", "expected a password message"))
     try:
-        return Cursor(payload).cstring()
+        token = Cursor(payload).cstring()
     except ProtocolViolation as exc:
         raise LoginRefused(error_response("FATAL", "28P01", "the password is not readable text")) from exc
+    if not token:
+        raise LoginRefused(
+            error_response(
+                "FATAL", "28P01", "no token was given as the password", hint="Connect with your JWT as the password."
+            )
+        )
+    return token
 
 
 async def _send(client: Client, data: bytes) -> None:

@@ -30,6 +30,7 @@ from broker.pg.statement_cache import StatementCache
 from broker.pg.statement_event import statement_event
 from broker.pg.wire import (
     SYNC,
+    Bind,
     Cursor,
     MessageBuffer,
     ProtocolViolation,
@@ -289,26 +290,12 @@ class Session:
         statement = live[0] if live else None
         try:
             limit = row_bound(statement.rows, bound.params, bound.formats) if statement else 0
-            if statement is not None and statement.kind == "insert" and prepared.branches is not None:
-                check_insert_branches(statement, prepared.branches, bound.params, bound.formats)
         except SqlRefused as exc:
             await self._refuse_sql(statement.sql if statement else "", exc, extended=True)
             return
         records = UNBOUNDED if limit is None else limit
         execution = await self._decided(statement, snapshot, records, started, extended=True)
-        if execution is None:
-            return
-        if statement is not None and scoped_sql([statement], _branches(execution.decisions)) != prepared.sent:
-            # the policy changed what this statement may see since it was prepared
-            await self._finished(execution)
-            self._refuse(
-                error_response(
-                    "ERROR",
-                    "0A000",
-                    "the policy changed since this statement was prepared",
-                    hint="Prepare the statement again.",
-                )
-            )
+        if execution is None or not await self._still_as_prepared(prepared, execution, bound):
             return
         old = self._portals.get(bound.portal)
         if old is not None and not old.done:
@@ -316,6 +303,32 @@ class Session:
         self._portals[bound.portal] = execution
         self.statements += 1
         self._forward(message(b"B", payload), Pending(Expect.REPLY))
+
+    async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
+        """Checks with the branches decided now, not at Parse (a reload may have taken one
+        away): the text the server holds must be what the policy would send today, and an
+        INSERT's rows must belong to the employee's branches. False after refusing."""
+        statement, branches = execution.statement, _branches(execution.decisions)
+        if statement is None:
+            return True
+        try:
+            sent = scoped_sql([statement], branches)
+            if statement.kind == "insert":
+                check_insert_branches(statement, branches, bound.params, bound.formats)
+        except SqlRefused as exc:
+            await self._release([execution])
+            await self._refuse_sql(statement.sql, exc, extended=True)
+            return False
+        if sent != prepared.sent:
+            await self._release([execution])
+            refused = SqlRefused(
+                "the policy changed what this prepared statement may see since it was prepared",
+                "Prepare the statement again.",
+                "0A000",
+            )
+            await self._refuse_sql(statement.sql, refused, extended=True)
+            return False
+        return True
 
     async def _execute(self, payload: bytes) -> None:
         portal = Cursor(payload).cstring()

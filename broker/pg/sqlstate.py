@@ -25,13 +25,14 @@ SQLSTATE: dict[Reason, str] = {
     Reason.IDENTITY_NOT_ON_ROSTER: "28000",
     Reason.IDENTITY_BAD_CLAIMS: "28000",
     Reason.IDENTITY_WRONG_USER: "28000",
+    Reason.SESSIONS_OVER_LIMIT: "53300",
     Reason.STATEMENT_REFUSED: "42501",
     Reason.STATEMENT_BAD_SYNTAX: "42601",
     Reason.STATEMENT_BAD_PARAMETER: "22023",
     Reason.PROTOCOL_UNSUPPORTED: "0A000",
     Reason.POLICY_NOT_PERMITTED: "42501",
     Reason.POLICY_OTHER_BRANCH: "42501",
-    Reason.POLICY_UNAVAILABLE: "42501",
+    Reason.POLICY_UNAVAILABLE: "57P03",
     Reason.SHIFT_OUTSIDE: "42501",
     Reason.BULK_OVER_CAP: "42501",
     Reason.BULK_UNBOUNDED: "42501",
@@ -44,8 +45,10 @@ SQLSTATE: dict[Reason, str] = {
     Reason.BROKER_ERROR: "58000",
 }
 
-LOGIN_SQLSTATE = {Reason.SHIFT_OUTSIDE: "28000", Reason.POLICY_UNAVAILABLE: "28000", Reason.BROKER_ERROR: "28000"}
-"""At login the SQLSTATE families differ: every refusal is an authorization failure."""
+LOGIN_SQLSTATE = {Reason.SHIFT_OUTSIDE: "28000"}
+"""At login an off-shift employee is an authorization failure (28000), not a statement's
+insufficient privilege; errors (no policy, the broker failing) keep their own codes: an
+error is not a denial, and drivers retry 57P03."""
 
 HINTS: dict[Reason, str] = {
     Reason.POLICY_NOT_PERMITTED: "Your roles list what you may read and write; ask your supervisor for more.",
@@ -58,6 +61,8 @@ HINTS: dict[Reason, str] = {
     Reason.UPSTREAM_TOO_MANY_RECORDS: "Ask for fewer rows with LIMIT; your quota is in the detail.",
     Reason.IDENTITY_EXPIRED: "Reconnect with a fresh token as the password.",
     Reason.IDENTITY_WRONG_USER: "Connect with user=<your employee id> and your token as the password.",
+    Reason.SESSIONS_OVER_LIMIT: "Close another session first.",
+    Reason.POLICY_UNAVAILABLE: "The broker has no valid policy loaded yet; retry shortly.",
 }
 
 

@@ -108,7 +108,7 @@ async def test_sessions_per_employee_are_limited_with_53300(make_broker: BrokerF
     first = await asyncpg_connect(harness)
     with pytest.raises(asyncpg.TooManyConnectionsError) as caught:
         await asyncpg_connect(harness)
-    assert caught.value.sqlstate == "53300"
+    assert caught.value.sqlstate == "53300" and "sessions.over_limit" in str(caught.value)
     other = await asyncpg_connect(harness, "e1004")  # another employee is not affected
     await other.close()
     await first.close()
@@ -573,13 +573,17 @@ async def test_metrics_show_the_doors_sessions_logins_and_statements(pg_broker: 
     assert "broker_pg_sessions 0.0" in (await pg_broker.get("/-/metrics")).body.decode()
 
 
-async def test_prepared_statements_follow_policy_reloads(pg_broker: Harness, policy_dir: Path) -> None:
+async def test_prepared_statements_follow_policy_reloads(
+    pg_broker: Harness, policy_dir: Path, pg_database: str
+) -> None:
     roster = policy_dir / "roster.csv"
     roster.write_text(roster.read_text() + "\ng, e1005, clerk, BR001\ng2, e1005, day-cn\n")
     assert await pg_broker.broker.reload("test")
     conn = await asyncpg_connect(pg_broker, "e1005")
     statement = await conn.prepare("SELECT branch_code FROM waybills LIMIT $1")
     assert {r["branch_code"] for r in await statement.fetch(5)} == {"BR001"}
+    insert = await conn.prepare("INSERT INTO waybills (waybill_no, branch_code) VALUES ($1, $2)")
+    await insert.fetch("R-1", "BR001")
     roster.write_text(roster.read_text() + "\n# a comment: a new revision, nothing else\n")
     assert await pg_broker.broker.reload("test")
     assert len(await statement.fetch(5)) == 5  # same meaning under the new revision: still runs
@@ -588,6 +592,11 @@ async def test_prepared_statements_follow_policy_reloads(pg_broker: Harness, pol
     with pytest.raises(asyncpg.FeatureNotSupportedError) as caught:  # now it would see BR002
         await statement.fetch(5)
     assert "prepare" in str(caught.value).lower()
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # BR001 is no longer theirs to write
+        await insert.fetch("R-2", "BR001")
+    with direct(pg_database) as admin:
+        assert admin.execute("SELECT waybill_no FROM waybills WHERE waybill_no LIKE 'R-%'").fetchall() == [("R-1",)]
+        admin.execute("DELETE FROM waybills WHERE waybill_no LIKE 'R-%'")
     again = await conn.prepare("SELECT branch_code FROM waybills WHERE true LIMIT $1")
     assert {r["branch_code"] for r in await again.fetch(5)} == {"BR002"}
     tables = policy_dir / "tables.toml"

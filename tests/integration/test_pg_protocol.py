@@ -298,3 +298,14 @@ async def test_a_name_freed_by_deallocate_can_be_prepared_again(pg_broker: Harne
     assert kinds(await client.until(b"Z")) == b"CZ"
     assert kinds(await client.until(b"Z")) == b"1Z"
     await client.close()
+
+
+async def test_an_empty_password_is_refused_as_a_missing_token(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    database = pg_broker.broker.settings.postgres.server_database
+    client.writer.write(startup_message({"user": "e1001", "database": database}))
+    assert (await client.next())[0] == b"R"
+    client.writer.write(message(b"p", cstring("")))
+    kind, raw = await client.next()
+    assert kind == b"E" and sqlstate(raw) == "28P01" and b"no token was given" in raw
+    await client.close()

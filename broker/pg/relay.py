@@ -24,6 +24,9 @@ REFUSAL_PORTAL = "\x01broker refused"
 """A portal name no client can create (drivers never put control characters in names)."""
 POISON = execute(REFUSAL_PORTAL)
 
+SKIPPED = "skipped"
+"""The audit's sqlstate for a statement the server never ran."""
+
 _ASYNC = frozenset((b"N", b"A", b"S"))
 """Notice, notification, parameter status: may arrive at any time, belong to nothing."""
 _ROWS = frozenset((b"D", b"d"))
@@ -190,7 +193,7 @@ class Relay:
         head = self._pending.popleft()
         for left in head.executions:
             if not left.done:
-                self._finish(left)
+                self._finish(left, skipped=True)  # after an error, the rest of a Query never ran
         self.status = raw[5:6]
         if self._cutting:
             self._show_cut_error()
@@ -210,10 +213,14 @@ class Relay:
         while self._pending and self._pending[0].expect not in (Expect.SYNC, Expect.QUERY):
             for left in self._pending.popleft().executions:
                 if not left.done:
-                    self._finish(left)
+                    self._finish(left, skipped=True)
 
-    def _finish(self, execution: Metered) -> None:
+    def _finish(self, execution: Metered, *, skipped: bool = False) -> None:
+        """Done with `execution`; `skipped` when the server never ran it (it skipped to
+        Sync after an error), so the audit trail does not call it a success."""
         execution.done = True
+        if skipped and execution.sqlstate == "00000":
+            execution.sqlstate = SKIPPED
         self.finished.append(execution)
 
 

@@ -2,7 +2,7 @@
 
 `analyse` turns a query string into Statements (kind, tables and actions, a bound on the
 rows it can return, PII columns named) or refuses it. It is pure and its results are
-immutable, so the session caches them per SQL text. `scoped_sql` puts each employee's
+immutable, so the door's StatementCache keeps them by text or by shape. `scoped_sql` puts each employee's
 branch list into the statements; `row_bound`, `branch_values` and
 `check_insert_branches` resolve what only the Bind message knows.
 

@@ -312,8 +312,7 @@ class _Walker:
         the splices made; ((), ()) when nothing is scoped, None when the text cannot take them."""
         if not self.reads:
             return (), ()
-        if self.source is None:  # reads are only noted while splicing
-            return None
+        assert self.source is not None  # reads are only noted while splicing
         text, base = self.source
         edits = splice_edits(text, base, self.tables.schema, self.reads)
         if edits is None:
@@ -363,8 +362,7 @@ class _Walker:
         names = frozenset(cte.ctename for cte in node.ctes)
         seen = set(visible)
         for cte in node.ctes:
-            # a recursive WITH sees all its names everywhere; a plain one only the earlier ones
-            sees = visible | names if node.recursive else frozenset(seen)
+            sees = frozenset(seen)  # a CTE sees only the ones before it
             self.query(cte.ctequery, _Level(sees, parent=outer))
             self.expr((cte.search_clause, cte.cycle_clause), _Level(sees, parent=outer))
             seen.add(cte.ctename)
@@ -425,8 +423,8 @@ class _Walker:
     # --- branch scoping ----------------------------------------------------------------
 
     def scoped_read(self, node: Any, column: str) -> Any:
-        """`(SELECT * FROM schema.table WHERE column = ANY(branches)) AS <alias or name>` in
-        place of `node`; while splicing, `node` itself, noted for the splice."""
+        """`(SELECT * FROM schema.table WHERE <branch filter>) AS <alias or name>` in place
+        of `node`; while splicing, `node` itself, noted for the splice."""
         if self.source is not None:
             self.reads.append((node, column))
             return node

@@ -3,7 +3,7 @@
 Printing a whole rewritten parse tree costs far more than parsing it (pglast's printer
 walks every node in Python), and most statements an app sends are reads whose only
 change is that each branch-scoped table `t` in a FROM list becomes
-`(SELECT * FROM schema.t WHERE branch_column = ANY(<branches>)) AS t`. That change can
+`(SELECT * FROM schema.t WHERE <branch filter>) AS t` (see `branch_filter`). That change can
 be made in the text as sent: the parser gives each table reference's position, the
 scanner (PostgreSQL's own lexer) gives the exact span of its possibly qualified,
 possibly quoted name, and only that span is replaced, with the same sub-select the
@@ -96,18 +96,11 @@ Edit = tuple[int, int, str, str]
 """One splice: the name spanning text[start:end] becomes `before` <branch list> `after`."""
 
 
-def splice(text: str, base: int, schema: str, reads: Sequence[tuple[Any, str]]) -> tuple[str, ...] | None:
-    """`text` with every (RangeVar, branch column) in `reads` made a scoped sub-select, split
-    where the branch lists go; None when any of them is not a plain name in a FROM list.
-
-    `base` is where `text` starts in the string the parser saw (RangeVar locations count
-    from there, in characters)."""
-    edits = splice_edits(text, base, schema, reads)
-    return None if edits is None else apply_edits(text, edits)
-
-
 def splice_edits(text: str, base: int, schema: str, reads: Sequence[tuple[Any, str]]) -> tuple[Edit, ...] | None:
-    """The edits `splice` makes, in text order, with spans in characters of `text`."""
+    """The edits that make every (RangeVar, branch column) in `reads` a scoped sub-select,
+    in text order, with spans in characters of `text`; None when any of them is not a
+    plain name in a FROM list. `base` is where `text` starts in the string the parser saw
+    (RangeVar locations count from there)."""
     try:
         tokens = [token for token in scan(text) if token.name not in _COMMENTS]
     except ParseError:

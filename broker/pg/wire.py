@@ -217,8 +217,9 @@ TERMINATE: Final = message(b"X")
 
 
 class MessageBuffer:
-    """Splits a byte stream into whole messages: the server's answers are read in large
-    chunks (one read per many DataRows), not one await per message."""
+    """Splits a peer's byte stream into whole messages: both directions are read in large
+    chunks (one read for many DataRows, or for a client's Bind, Execute and Sync), not
+    one await per message."""
 
     __slots__ = ("_buffer", "_limit")
 

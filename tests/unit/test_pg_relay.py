@@ -144,3 +144,18 @@ def test_server_errors_that_quote_values_reach_the_client_without_them() -> None
     harmless = error_response("ERROR", "42703", 'column "nope" does not exist')
     relay.expect(Pending(Expect.QUERY, [execution()]))
     assert feed(relay, harmless, ready_for_query(b"I")) == harmless + ready_for_query(b"I")
+
+
+def test_statements_the_server_skipped_are_not_audited_as_successes() -> None:
+    relay = Relay()
+    first, second = execution(), execution()
+    relay.expect(Pending(Expect.QUERY, [first, second]))
+    failed = error_response("ERROR", "42703", 'column "nope" does not exist')
+    feed(relay, failed, ready_for_query(b"I"))
+    assert (first.sqlstate, second.sqlstate) == ("42703", "skipped")
+    portal = execution()
+    relay.expect(Pending(Expect.REPLY))  # a Bind the server refuses
+    relay.expect(Pending(Expect.EXECUTE, [portal]))  # skipped to Sync
+    relay.expect(Pending(Expect.SYNC))
+    feed(relay, failed, ready_for_query(b"I"))
+    assert portal.done and portal.sqlstate == "skipped"

@@ -25,7 +25,7 @@ from broker.core.reason import Reason
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
-from broker.pg.sqlstate import decision_detail, decision_error
+from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
 from broker.pg.statement_cache import StatementCache
 from broker.pg.statement_event import statement_event
 from broker.pg.wire import (
@@ -46,6 +46,13 @@ log = structlog.get_logger("broker.pg")
 
 READ_CHUNK = 256 * 1024
 _PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
+_REFUSAL_REASONS = {
+    "42601": Reason.STATEMENT_BAD_SYNTAX,
+    "22023": Reason.STATEMENT_BAD_PARAMETER,  # a LIMIT parameter that is not a number
+    "22021": Reason.STATEMENT_BAD_PARAMETER,  # a branch parameter that is not UTF-8
+    "08P01": Reason.STATEMENT_BAD_PARAMETER,  # a parameter the Bind did not send
+}
+"""The audit's reason for a statement the analyser refused, by the SQLSTATE it chose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,9 +404,9 @@ class Session:
             decision = await self._guard.decide(access, snapshot, meter=meter)
             decisions.append(decision)
             if not decision.allowed:
-                execution = Metered(statement, decisions, 0, started, sqlstate="42501")
-                await self._finished(execution, metered=meter)
                 fatal = decision.reason.is_identity
+                execution = Metered(statement, decisions, 0, started, sqlstate=sqlstate_of(decision, fatal=fatal))
+                await self._finished(execution, metered=meter)
                 self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
                 return None
         limit = min((d.allowed_records for d in decisions), default=UNBOUNDED)
@@ -415,9 +422,7 @@ class Session:
     async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool) -> None:
         """A statement the broker will not run: decided (so identified and audited) as a
         refusal, shown with the analyser's SQLSTATE and hint."""
-        reason = Reason.STATEMENT_BAD_SYNTAX if refused.sqlstate == "42601" else Reason.STATEMENT_REFUSED
-        if refused.sqlstate == "22023":
-            reason = Reason.STATEMENT_BAD_PARAMETER
+        reason = _REFUSAL_REASONS.get(refused.sqlstate, Reason.STATEMENT_REFUSED)
         access = Access(self._credential, self._peer, "sql", refusal=Refusal(reason, refused.message))
         decision = await self._guard.decide(access)
         self._audit_statement(Metered(None, [decision], 0, time.perf_counter(), sqlstate=refused.sqlstate), sql=sql)

@@ -66,10 +66,15 @@ HINTS: dict[Reason, str] = {
 }
 
 
+def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
+    """The SQLSTATE a refused decision is shown with (and audited with)."""
+    table = LOGIN_SQLSTATE if fatal else {}
+    return table.get(decision.reason) or SQLSTATE.get(decision.reason, "42501")
+
+
 def decision_error(decision: Decision, *, fatal: bool = False, hint: str = "") -> bytes:
     """The ErrorResponse an employee's client shows for a refused decision."""
-    table = LOGIN_SQLSTATE if fatal else {}
-    code = table.get(decision.reason) or SQLSTATE.get(decision.reason, "42501")
+    code = sqlstate_of(decision, fatal=fatal)
     extra = [(b"W", f"broker decision {decision.id}")] if decision.id else []
     return error_response(
         "FATAL" if fatal else "ERROR",

@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 from pglast import ast, enums, fingerprint, parse_sql
 from pglast.parser import ParseError
 
+from broker.pg.setting import PINNED_SETTINGS
 from broker.pg.sql_scope import (
     Found,
     Source,
@@ -286,16 +287,6 @@ def _transaction(node: Any, tables: TableMap, source: Source) -> _Shape:
     return "transaction", NO_ROWS, _NOTHING, None
 
 
-_PINNED_SETTINGS = {
-    "search_path": "table names resolve in the broker's schema; qualify them with it instead",
-    "standard_conforming_strings": "the broker reads SQL with standard_conforming_strings on; use E'...' for escapes",
-    "backslash_quote": "the broker reads SQL with standard_conforming_strings on; use E'...' for escapes",
-    "row_security": "row-level security stays as the broker set it",
-    "role": "the broker connects as one database user; what you may do comes from the access policy",
-    "session_authorization": "the broker connects as one database user; what you may do comes from the access policy",
-    "session_replication_role": "triggers stay as the database has them",
-    "client_encoding": "the broker speaks UTF8; SET client_encoding TO 'UTF8' is the only change allowed",
-}
 _MULTI_SETTINGS = frozenset({"TRANSACTION", "SESSION CHARACTERISTICS"})
 
 
@@ -312,8 +303,8 @@ def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
             f"custom setting {name} may not be changed through the broker",
             "custom settings carry the broker's own context (such as the branch); they are not for clients",
         )
-    if name in _PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
-        raise SqlRefused(f"setting {name} may not be changed through the broker", _PINNED_SETTINGS[name])
+    if name in PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
+        raise SqlRefused(f"setting {name} may not be changed through the broker", PINNED_SETTINGS[name])
     return "set", NO_ROWS, _NOTHING, None
 
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-PROTECTED_SETTINGS = frozenset(
-    {"search_path", "standard_conforming_strings", "row_security", "role", "session_authorization", "client_encoding"}
-)
-"""Settings a client may not change, at startup or later with SET."""
+from broker.pg.setting import PINNED_SETTINGS
 
 PASSED_ON = frozenset(
     {"application_name", "datestyle", "timezone", "extra_float_digits", "intervalstyle", "lc_monetary",
@@ -75,10 +72,9 @@ def _options(options: str) -> Iterator[tuple[str, str]]:
             raise StartupRefused("42501", f"the startup option {word!r} is not accepted by the broker")
         name, value = word[2:].split("=", 1)
         name = name.replace("-", "_").lower()
-        if name in PROTECTED_SETTINGS or "." in name or name not in PASSED_ON:
-            raise StartupRefused(
-                "42501", f"the setting {name} cannot be set through the broker", "Leave it out of options."
-            )
+        if name not in PASSED_ON:  # pinned ones (and custom x.y settings) are never passed on
+            hint = PINNED_SETTINGS.get(name, "Leave it out of options, or SET it after connecting.")
+            raise StartupRefused("42501", f"the setting {name} cannot be set through the broker", hint)
         yield name, value
 
 

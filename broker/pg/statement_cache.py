@@ -13,7 +13,7 @@ accepted data statements are reused by shape; refusals are cached by exact text 
 from __future__ import annotations
 
 from broker.pg.sql import SqlRefused, Statement, analyse_with_literals
-from broker.pg.sql_shape import Key, Template, instantiate, scanned, template
+from broker.pg.sql_shape import Key, Scanned, Template, instantiate, scanned, template
 from broker.policy.snapshot import PolicySnapshot
 
 DEFAULT_ENTRIES = 4096
@@ -33,27 +33,39 @@ class StatementCache:
         found = self._known.get(sql)
         if found is None:
             shape = scanned(sql)
-            known = self._shapes.get(shape.key) if shape is not None else None
-            if shape is not None and known is not None:
-                made = instantiate(known, shape)
-                if made is not None:
-                    return [made]  # not kept by text: texts with inline values rarely repeat
-            try:
-                analysed = analyse_with_literals(sql, snapshot.tables)
-            except SqlRefused as exc:
-                found = exc
-            else:
-                found = [statement for statement, _ in analysed]
-                if shape is not None and known is None and len(analysed) == 1:
-                    made_template = template(shape, *analysed[0])
-                    if made_template is not None:
-                        if len(self._shapes) >= self._entries:
-                            self._shapes.clear()
-                        self._shapes[shape.key] = made_template
-            if len(self._known) >= self._entries:
-                self._known.clear()  # texts are few in practice; a flood of unique ones just re-parses
-            self._known[sql] = found
+            made = self._by_shape(shape)
+            if made is not None:
+                return [made]  # not kept by text: texts with inline values rarely repeat
+            found = self._fresh(sql, shape, snapshot)
         if isinstance(found, SqlRefused):
             # a fresh exception each time: re-raising one instance would grow its traceback
             raise SqlRefused(found.message, found.hint, found.sqlstate)
         return list(found)
+
+    def _by_shape(self, shape: Scanned | None) -> Statement | None:
+        """The statement made from an earlier analysis of the same shape, if there is one."""
+        known = self._shapes.get(shape.key) if shape is not None else None
+        return instantiate(known, shape) if shape is not None and known is not None else None
+
+    def _fresh(self, sql: str, shape: Scanned | None, snapshot: PolicySnapshot) -> list[Statement] | SqlRefused:
+        """Analyse `sql` and remember the outcome by text, and an accepted single
+        statement also by shape."""
+        try:
+            analysed = analyse_with_literals(sql, snapshot.tables)
+        except SqlRefused as exc:
+            found: list[Statement] | SqlRefused = exc
+        else:
+            found = [statement for statement, _ in analysed]
+            if shape is not None and shape.key not in self._shapes and len(analysed) == 1:
+                self._remember_shape(shape, template(shape, *analysed[0]))
+        if len(self._known) >= self._entries:
+            self._known.clear()  # texts are few in practice; a flood of unique ones just re-parses
+        self._known[sql] = found
+        return found
+
+    def _remember_shape(self, shape: Scanned, made: Template | None) -> None:
+        if made is None:
+            return
+        if len(self._shapes) >= self._entries:
+            self._shapes.clear()
+        self._shapes[shape.key] = made

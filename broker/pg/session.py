@@ -92,6 +92,9 @@ class Caller:
 
 
 class Session:
+    """One login's session: reads the client's messages, decides and forwards them (the
+    client-to-server half), and runs the Relay over the server's answers (the other)."""
+
     def __init__(
         self,
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from broker.policy.problem import PolicyProblem
-from broker.policy.toml_lines import array_table_lines, line_of
+from broker.policy.toml_lines import array_table_lines, line_of, table_line
 
 RecordShape = Literal["list", "one", "none"]
 BranchSource = Literal["path", "query", "body", ""]
@@ -83,7 +83,7 @@ def parse_routes(name: str, raw: bytes) -> tuple[RouteMap | None, list[PolicyPro
     try:
         route_map = _route_map(settings, tuple(routes), name)
     except ValueError as exc:
-        problems.append(PolicyProblem(name, line_of(raw, b"[settings]", 1), str(exc)))
+        problems.append(PolicyProblem(name, table_line(raw, "settings"), str(exc)))
         return None, problems
     return (None if problems else route_map), problems
 

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from broker.policy.problem import PolicyProblem
-from broker.policy.toml_lines import array_table_lines, line_of
+from broker.policy.toml_lines import array_table_lines, table_line
 
 _SETTINGS_KEYS = frozenset({"schema", "functions"})
 _TABLE_KEYS = frozenset({"name", "resource", "branch_column", "pii_columns"})
@@ -73,7 +73,7 @@ def parse_tables(name: str, raw: bytes) -> tuple[TableMap | None, list[PolicyPro
 
 
 def _settings(settings: Any, name: str, raw: bytes, problems: list[PolicyProblem]) -> tuple[str, frozenset[str]]:
-    line = line_of(raw, b"[settings]")
+    line = table_line(raw, "settings")
     try:
         if not isinstance(settings, dict):
             raise ValueError("settings must be a [settings] table")

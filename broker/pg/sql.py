@@ -34,7 +34,7 @@ from broker.pg.sql_scope import (
     walk_select,
     walk_update,
 )
-from broker.pg.sql_splice import Edit
+from broker.pg.sql_splice import Edit, ended
 from broker.policy.table import TableMap
 
 __all__ = [
@@ -137,15 +137,10 @@ def scoped_sql(statements: Sequence[Statement], branches: frozenset[str] | None)
         if branches is not None and statement.branch_constants:
             _check_branches(statement, branches, statement.branch_constants)
         if branches is None or not statement.scoped_parts:
-            texts.append(_ended(statement.sql))
+            texts.append(ended(statement.sql))
         else:
             texts.append(_array_literal(branches).join(statement.scoped_parts))
     return "; ".join(texts)
-
-
-def _ended(text: str) -> str:
-    """A statement ending in a -- comment gets a newline, or the comment would swallow the next one."""
-    return text + "\n" if "--" in text.rpartition("\n")[2] else text
 
 
 def row_bound(bound: RowBound, params: Sequence[bytes | None], formats: Sequence[int]) -> int | None:

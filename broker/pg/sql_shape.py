@@ -36,10 +36,9 @@ from pglast.parser import ParseError, parse_sql_json, scan
 
 from broker.pg.sql import Literals, RowBound, Statement, _tighter
 from broker.pg.sql_scope import single_statement
-from broker.pg.sql_splice import apply_edits
+from broker.pg.sql_splice import COMMENT_TOKENS, apply_edits
 
 _LITERALS = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
-_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _UNSHAPED_TOKENS = frozenset({"UIDENT", "USCONST", "UESCAPE", "FLOAT_P"})
 """U& names and strings, float(p)."""
 _SEMICOLON = "ASCII_59"
@@ -86,7 +85,7 @@ def scanned(sql: str) -> Scanned | None:
         tokens = scan(text)
     except ParseError:
         return None
-    tokens = [token for token in tokens if token.name not in _COMMENTS]
+    tokens = [token for token in tokens if token.name not in COMMENT_TOKENS]
     if tokens and tokens[-1].name == _SEMICOLON:
         text = text[: tokens[-1].start].rstrip(_SPACE)  # what analyse() keeps as the statement
         tokens = tokens[:-1]

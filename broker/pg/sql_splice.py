@@ -28,7 +28,8 @@ from pglast.stream import RawStream
 _BEFORE = frozenset({"FROM", "JOIN", "ASCII_44", "ASCII_40"})  # FROM, [... ] JOIN, ',', '('
 _DOT = "ASCII_46"
 _NOT_AFTER = frozenset({"ASCII_42", _DOT})  # `t *` (inheritance), a longer dotted name
-_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+"""The scanner's names for comments, which carry no meaning for the parser."""
 _PLACEHOLDER = "broker_branches_placeholder"
 
 
@@ -102,7 +103,7 @@ def splice_edits(text: str, base: int, schema: str, reads: Sequence[tuple[Any, s
     plain name in a FROM list. `base` is where `text` starts in the string the parser saw
     (RangeVar locations count from there)."""
     try:
-        tokens = [token for token in scan(text) if token.name not in _COMMENTS]
+        tokens = [token for token in scan(text) if token.name not in COMMENT_TOKENS]
     except ParseError:
         return None
     at = {token.start: index for index, token in enumerate(tokens)}
@@ -137,6 +138,11 @@ def splice_edits(text: str, base: int, schema: str, reads: Sequence[tuple[Any, s
     return tuple(edits)
 
 
+def ended(text: str) -> str:
+    """`text` safe to append to: a trailing -- comment would swallow what comes after it."""
+    return text + "\n" if "--" in text.rpartition("\n")[2] else text
+
+
 def apply_edits(text: str, edits: Sequence[Edit]) -> tuple[str, ...]:
     """`text` with `edits` made (in text order, not overlapping), split where the branch lists go."""
     parts: list[str] = []
@@ -147,9 +153,7 @@ def apply_edits(text: str, edits: Sequence[Edit]) -> tuple[str, ...]:
         tail = after
         cursor = end
     last_part = tail + text[cursor:]
-    if "--" in last_part.rpartition("\n")[2]:
-        last_part += "\n"  # a trailing -- comment would swallow what the session appends
-    parts.append(last_part)
+    parts.append(ended(last_part))
     return tuple(piece for part in parts for piece in part.split(SPLIT))
 
 

@@ -168,19 +168,20 @@ class Relay:
             self._pending.popleft()
 
     def _on_error(self, head: Pending, raw: bytes) -> None:
+        fields = error_fields(raw[5:])
         if head.replacement is not None:
             self._emit(head.replacement, head)
             self.close = self.close or head.fatal
         elif self._cutting:
             self._show_cut_error()
-        elif error_fields(raw[5:]).get("S") in ("FATAL", "PANIC"):
+        elif fields.get("S") in ("FATAL", "PANIC"):
             self.close = True
             self._emit(raw, head)
         else:
-            self._emit(without_values(raw), head)
+            self._emit(without_values(raw, fields), head)
         current = _current(head)
         if current is not None and not current.done:
-            current.sqlstate = current.sqlstate if current.cut else error_fields(raw[5:]).get("C", "XX000")
+            current.sqlstate = current.sqlstate if current.cut else fields.get("C", "XX000")
             self._finish(current)
         if head.expect is not Expect.QUERY:
             self._skip_to_sync()
@@ -230,10 +231,10 @@ _VALUE_BEARING = ("22", "23")
 exists"), and an error is a way out for data that is not counted as a row."""
 
 
-def without_values(raw: bytes) -> bytes:
-    """A server error as the client may see it: for the classes that quote values, the
-    message names only the condition, and the detail, context and query text are dropped."""
-    fields = error_fields(raw[5:])
+def without_values(raw: bytes, fields: dict[str, str]) -> bytes:
+    """A server error (`raw`, its `fields` read) as the client may see it: for the classes
+    that quote values, the message names only the condition, and the detail, context and
+    query text are dropped."""
     code = fields.get("C", "")
     if not code.startswith(_VALUE_BEARING):
         return raw

@@ -104,18 +104,9 @@ class Session:
     ) -> None:
         self._reader, self._writer = client
         self._backend = backend
-        self._address = services.address
-        self._guard = services.guard
-        self._policy = services.policy
-        self._cache = services.cache
-        self._audit = services.audit
-        self._login = caller.login
-        self._credential = caller.credential
-        self._peer = caller.peer
-        self._limit = services.max_message_bytes
-        self._max_result_bytes = services.max_result_bytes
-        self._bytes_per_record = services.bytes_per_record
-        self._metrics = services.metrics
+        self._services = services
+        self._caller = caller
+        self._guard = services.guard  # the one used on every statement, kept at hand
         self._relay = Relay()
         self._prepared: dict[str, Prepared] = {}
         self._portals: dict[str, Metered] = {}
@@ -159,7 +150,7 @@ class Session:
 
     async def cancel(self) -> None:
         """A CancelRequest carrying this session's key: pass it on to the server."""
-        await send_cancel(self._address, self._backend.pid, self._backend.key, 5.0)
+        await send_cancel(self._services.address, self._backend.pid, self._backend.key, 5.0)
 
     # --- client to server ----------------------------------------------------------
 
@@ -167,7 +158,7 @@ class Session:
         """Messages the client sent together (Bind, Execute, Sync: one packet) reach the
         server together too: one write per read, not one per message. On loopback each
         write is a syscall that wakes the server, and it was most of the door's CPU."""
-        buffer = MessageBuffer(self._limit)
+        buffer = MessageBuffer(self._services.max_message_bytes)
         while True:
             try:
                 data = await self._reader.read(READ_CHUNK)
@@ -214,7 +205,7 @@ class Session:
 
     async def _query(self, payload: bytes) -> None:
         sql = Cursor(payload).cstring()
-        snapshot = self._policy.current
+        snapshot = self._services.policy.current
         started = time.perf_counter()
         statements = await self._analysed(sql, snapshot, extended=False)
         if statements is None:
@@ -245,7 +236,7 @@ class Session:
             # never believe a statement is prepared that the server does not run.
             self._refuse(error_response("ERROR", "42P05", f'prepared statement "{name}" already exists'))
             return
-        snapshot = self._policy.current
+        snapshot = self._services.policy.current
         started = time.perf_counter()
         statements = await self._analysed(sql, snapshot, extended=True)
         if statements is None:
@@ -293,7 +284,7 @@ class Session:
         if prepared is None:
             self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
             return
-        started, snapshot = time.perf_counter(), self._policy.current
+        started, snapshot = time.perf_counter(), self._services.policy.current
         live = await self._as_live_policy_reads(prepared, snapshot)
         if live is None:
             return
@@ -384,7 +375,7 @@ class Session:
             await self._refuse_sql(sql, SqlRefused("no valid policy is loaded", "Retry shortly."), extended=extended)
             return None
         try:
-            return self._cache.analyse(sql, snapshot)
+            return self._services.cache.analyse(sql, snapshot)
         except SqlRefused as exc:
             await self._refuse_sql(sql, exc, extended=extended)
             return None
@@ -413,20 +404,20 @@ class Session:
                 self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
                 return None
         limit = min((d.allowed_records for d in decisions), default=UNBOUNDED)
-        max_bytes = self._max_result_bytes
+        max_bytes = self._services.max_result_bytes
         if limit < UNBOUNDED:
-            max_bytes = min(max_bytes, max(limit, 1) * self._bytes_per_record)
+            max_bytes = min(max_bytes, max(limit, 1) * self._services.bytes_per_record)
         return Metered(statement, decisions, limit, started, max_bytes=max_bytes)
 
     def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
         target = statement.fingerprint if statement else ""
-        return Access(self._credential, self._peer, f"sql {target}", resource, action, None, records)
+        return Access(self._caller.credential, self._caller.peer, f"sql {target}", resource, action, None, records)
 
     async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool) -> None:
         """A statement the broker will not run: decided (so identified and audited) as a
         refusal, shown with the analyser's SQLSTATE and hint."""
         reason = _REFUSAL_REASONS.get(refused.sqlstate, Reason.STATEMENT_REFUSED)
-        access = Access(self._credential, self._peer, "sql", refusal=Refusal(reason, refused.message))
+        access = Access(self._caller.credential, self._caller.peer, "sql", refusal=Refusal(reason, refused.message))
         decision = await self._guard.decide(access)
         self._audit_statement(Metered(None, [decision], 0, time.perf_counter(), sqlstate=refused.sqlstate), sql=sql)
         if decision.reason is reason:
@@ -513,7 +504,7 @@ class Session:
 
     def _charged(self, execution: Metered) -> int:
         """Records charged: the rows, or what their weight says they carried if more."""
-        by_weight = -(-execution.sent_bytes // self._bytes_per_record)
+        by_weight = -(-execution.sent_bytes // self._services.bytes_per_record)
         return max(execution.rows, by_weight)
 
     async def _release(self, executions: list[Metered]) -> None:
@@ -534,11 +525,11 @@ class Session:
         self._audit_statement(execution)
 
     def _audit_statement(self, execution: Metered, sql: str = "") -> None:
-        event = statement_event(execution, self._login, self._peer, self._guard.clock.now(), sql)
-        self._audit.emit(event)
-        self._metrics.pg_statements.labels(event["verdict"], event["reason"]).inc()
+        event = statement_event(execution, self._caller.login, self._caller.peer, self._guard.clock.now(), sql)
+        self._services.audit.emit(event)
+        self._services.metrics.pg_statements.labels(event["verdict"], event["reason"]).inc()
         if execution.cut:
-            self._metrics.pg_cut.inc()
+            self._services.metrics.pg_cut.inc()
 
     async def _fatal(self, sqlstate: str, text: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

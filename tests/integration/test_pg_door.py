@@ -11,9 +11,11 @@ import asyncpg
 import psycopg
 import pytest
 
+from broker.config import MeterSettings
 from tests.conftest import BrokerFactory
 from tests.harness import Harness, door_settings
 from tests.pg_fixtures import BRANCH_ROWS, direct
+from tests.redis_fixtures import RedisProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -604,4 +606,18 @@ async def test_prepared_statements_follow_policy_reloads(
     assert await pg_broker.broker.reload("test")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no longer open at all
         await again.fetch(5)
+    await conn.close()
+
+
+async def test_quota_counters_out_of_reach_refuse_reads_with_53400_and_the_session_goes_on(
+    make_broker: BrokerFactory, pg_database: str, redis_process: RedisProcess
+) -> None:
+    meter = MeterSettings(store="redis", redis_url=redis_process.url, timeout_seconds=0.2)
+    harness = await make_broker(postgres=door_settings(pg_database), meter=meter)
+    conn = await connect(harness)
+    assert len(await rows(conn, "SELECT id FROM waybills LIMIT 2")) == 2
+    redis_process.stop()
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 2")
+    assert error.sqlstate == "53400" and "meter.unavailable" in str(error)
+    await still_usable(conn)  # no records, no counting: the session itself is fine
     await conn.close()

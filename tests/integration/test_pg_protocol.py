@@ -309,3 +309,38 @@ async def test_an_empty_password_is_refused_as_a_missing_token(pg_broker: Harnes
     kind, raw = await client.next()
     assert kind == b"E" and sqlstate(raw) == "28P01" and b"no token was given" in raw
     await client.close()
+
+
+async def test_a_bind_of_an_unknown_statement_and_an_execute_of_an_unknown_portal_are_refused(
+    pg_broker: Harness,
+) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    bind = message(b"B", cstring("") + cstring("nosuch") + b"\x00\x00\x00\x00\x00\x00")
+    client.writer.write(bind + execute("") + message(b"S"))
+    answer = await client.until(b"Z")
+    assert kinds(answer) == b"EZ" and sqlstate(answer[0][1]) == "26000"
+    client.writer.write(execute("nope") + message(b"S"))
+    answer = await client.until(b"Z")
+    assert kinds(answer) == b"EZ" and sqlstate(answer[0][1]) == "34000"
+    client.writer.write(message(b"Q", cstring("SELECT 1")))
+    assert kinds(await client.until(b"Z")) == b"TDCZ"
+    await client.close()
+
+
+async def test_a_database_that_cannot_be_reached_fails_the_login_with_08006(
+    make_broker: BrokerFactory, pg_database: str
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    harness = await make_broker(postgres=door_settings(pg_database, server_port=closed_port))
+    client = await RawClient.open(harness.pg_port)
+    database = harness.broker.settings.postgres.server_database
+    client.writer.write(startup_message({"user": "e1001", "database": database}))
+    assert (await client.next())[0] == b"R"
+    client.writer.write(message(b"p", cstring(harness.token("e1001"))))
+    kind, raw = await client.next()
+    assert kind == b"E" and sqlstate(raw) == "08006" and b"database behind the broker is unavailable" in raw
+    assert error_fields(raw[5:])["S"] == "FATAL"
+    await client.close()

@@ -88,7 +88,10 @@ async def test_two_replicas_share_one_quota_and_charge_what_was_returned(
 
         statuses = await asyncio.gather(*(one(i) for i in range(100)))
     assert set(statuses) <= {200, 429}
-    assert statuses.count(200) >= 50  # 499 records left after the probe, 10 or 3 per request
+    # 499 records are left after the probe. Each request reserves the 10 it asks for and is
+    # settled to what came back, so even when every reservation lands before any settlement
+    # 49 of them fit: fewer would mean a refusal with room left.
+    assert statuses.count(200) >= 49
 
     events = []
     for audit in (audit_a, audit_b):

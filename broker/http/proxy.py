@@ -6,7 +6,6 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from broker.admin.metrics import Metrics
@@ -20,13 +19,13 @@ from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
 from broker.http.classify import Refused, branch_from_body, classify
 from broker.http.inspect import inspect_records
+from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
-from broker.http.upstream import BodyTooLarge, Upstream, answer_headers, limited_body, read_bounded
+from broker.http.upstream import BodyTooLarge, Upstream, answer_headers, limited_body
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
 
-STREAM_CHUNK = 64 * 1024
 _NO_FIELDS: dict[str, object] = {}
 
 
@@ -113,17 +112,16 @@ class ProxyHandler:
             else (limited_body(request.content, self._max_body) if request.body_exists else None)
         )
         try:
-            async with self._upstream.session.request(
-                request.method,
-                self._upstream.url_for(request.raw_path),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-            ) as answer:
+            answer = await self._upstream.pool.send(
+                request.method, request.raw_path, headers, data, body_length=request.content_length
+            )
+            try:
                 if inspect and 200 <= answer.status < 300:
                     return await self._pass_inspected(decision, route, answer, outcome)
                 await self._guard.settle(decision, 0)
                 return await self._pass_streamed(request, decision, answer, outcome)
+            finally:
+                answer.release()
         except BodyTooLarge:
             return await self._fail(
                 decision,
@@ -132,21 +130,20 @@ class ProxyHandler:
                 f"The request body is over {self._max_body} bytes.",
             )
         except TimeoutError:
-            self._metrics.upstream_errors.labels("timeout").inc()
-            return await self._fail(decision, outcome, Reason.UPSTREAM_TIMEOUT, "The service did not answer in time.")
-        except (aiohttp.ClientError, OSError) as exc:
             if outcome.status:  # headers already sent: nothing to do but drop the connection
                 raise
+            self._metrics.upstream_errors.labels("timeout").inc()
+            return await self._fail(decision, outcome, Reason.UPSTREAM_TIMEOUT, "The service did not answer in time.")
+        except OSError as exc:
+            if outcome.status:
+                raise
             self._metrics.upstream_errors.labels("connection").inc()
-            return await self._fail(
-                decision,
-                outcome,
-                Reason.UPSTREAM_UNAVAILABLE,
-                f"The service is unreachable ({type(exc).__name__}).",
-            )
+            unreachable = f"The service is unreachable ({type(exc).__name__})."
+            detail = str(exc) if isinstance(exc, UpstreamError) else unreachable
+            return await self._fail(decision, outcome, Reason.UPSTREAM_UNAVAILABLE, detail)
 
     async def _pass_inspected(
-        self, decision: Decision, route: Route, answer: aiohttp.ClientResponse, outcome: Outcome
+        self, decision: Decision, route: Route, answer: Answer, outcome: Outcome
     ) -> web.StreamResponse:
         encoding = answer.headers.get("Content-Encoding", "identity").lower()
         if encoding not in ("", "identity"):
@@ -157,7 +154,7 @@ class ProxyHandler:
                 f"The answer is {encoding}-encoded and cannot be counted.",
             )
         limit = self._upstream.settings.max_response_inspect_bytes
-        body = await read_bounded(answer, limit)
+        body = await answer.read(limit)
         if body is None:
             return await self._fail(
                 decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is larger than {limit} bytes."
@@ -175,7 +172,7 @@ class ProxyHandler:
         return web.Response(status=answer.status, body=body, headers=headers)
 
     async def _pass_streamed(
-        self, request: web.Request, decision: Decision, answer: aiohttp.ClientResponse, outcome: Outcome
+        self, request: web.Request, decision: Decision, answer: Answer, outcome: Outcome
     ) -> web.StreamResponse:
         own = limit_headers(decision, self._guard.clock.now())
         own[DECISION_HEADER] = decision.id
@@ -183,7 +180,7 @@ class ProxyHandler:
         response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         await response.prepare(request)
         outcome.status = answer.status
-        async for chunk in answer.content.iter_chunked(STREAM_CHUNK):
+        async for chunk in answer.iter_chunks():
             await response.write(chunk)
         await response.write_eof()
         return response

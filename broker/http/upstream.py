@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from broker.config import UpstreamSettings
+from broker.http.pool import UpstreamPool
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -20,93 +20,73 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 BROKER_HEADER_PREFIX = "x-broker-"
 FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded")
-
-
-SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Content-Type")
-"""Headers aiohttp's client would make up when the client did not send them: the broker
-passes on what the client sent (and sets Accept-Encoding itself where it counts records)."""
+FRAMING = frozenset({"content-length", "expect"})
+"""Set by the pool for the body it sends; `Expect: 100-continue` was answered by the broker."""
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-class _ProxyRequest(aiohttp.ClientRequest):
-    """aiohttp's client request with its automatic headers decided once, not per request.
-
-    With `skip_auto_headers`, aiohttp builds a CIMultiDict of the skipped names and a copy
-    of the request's headers for every request (py-spy: ~5 us a request). The outcome is
-    the same as there: the default `Accept: */*` unless the client sent one, no made-up
-    User-Agent or Accept-Encoding, and (read later by aiohttp from `_skip_auto_headers`)
-    no made-up Content-Type for a body."""
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        self._skip_auto_headers = _SKIPPED
-        if hdrs.ACCEPT not in self.headers:
-            self.headers[hdrs.ACCEPT] = "*/*"
-
-
-_SKIPPED: CIMultiDict[None] = CIMultiDict((name, None) for name in SKIP_AUTO_HEADERS)
-
-
 class Upstream:
+    """The upstream API: its connection pool and the headers that cross to it."""
+
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
-        self._base = settings.url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-        dropped = HOP_BY_HOP | {"host", *FORWARDED_HEADERS}
+        self._pool: UpstreamPool | None = None
+        dropped = HOP_BY_HOP | FRAMING | {"host", *FORWARDED_HEADERS}
         self._dropped = dropped if settings.forward_authorization else dropped | {"authorization"}
         """Request headers never passed on (lower case); names starting with
         `x-broker-` neither: the broker sets its own."""
+        self._dropped_when_counting = self._dropped | {"accept-encoding"}
+        """Answers the broker counts must come plain: it sets Accept-Encoding itself."""
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
             raise RuntimeError("upstream pool used before start()")
-        return self._session
+        return self._pool
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self.settings.connect_timeout_seconds,
-            sock_read=self.settings.read_timeout_seconds,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            request_class=_ProxyRequest,
+        self._pool = UpstreamPool(
+            self.settings.url,
+            limit=self.settings.max_connections,
+            connect_timeout=self.settings.connect_timeout_seconds,
+            read_timeout=self.settings.read_timeout_seconds,
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
-    def url_for(self, raw_target: str) -> URL:
-        """The upstream URL carrying the client's raw path and query byte for byte."""
-        return URL(self._base + raw_target, encoded=True)
+    def request_headers(
+        self, request: web.Request, employee: str, decision_id: str, inspect: bool
+    ) -> list[tuple[str, str]]:
+        """The client's headers minus hop-by-hop, framing and forwarding ones, plus the broker's.
 
-    def request_headers(self, request: web.Request, employee: str, decision_id: str, inspect: bool) -> CIMultiDict[str]:
+        Nothing is made up for the client (no User-Agent, no Content-Type) except
+        `Accept: */*` when it sent none, as any HTTP client would."""
         source = request.headers
         connection = source.getall("Connection", ())
-        drop = self._dropped.union(_listed(connection)) if connection else self._dropped
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in source.items():
-            lower = name.lower()
-            if lower not in drop and not lower.startswith(BROKER_HEADER_PREFIX):
-                headers.add(name, value)
+        drop = self._dropped_when_counting if inspect else self._dropped
+        if connection:
+            drop = drop.union(_listed(connection))
+        headers = [
+            (name, value)
+            for name, value in source.items()
+            if (lower := name.lower()) not in drop and not lower.startswith(BROKER_HEADER_PREFIX)
+        ]
         if inspect:
-            headers["Accept-Encoding"] = "identity"
-        headers["X-Forwarded-For"] = request.remote or ""
-        headers["X-Forwarded-Proto"] = request.scheme
-        headers["X-Forwarded-Host"] = request.host
-        headers["X-Broker-Employee"] = employee
-        headers["X-Broker-Decision"] = decision_id
+            headers.append(("Accept-Encoding", "identity"))
+        if "Accept" not in source:
+            headers.append(("Accept", "*/*"))
+        headers += (
+            ("X-Forwarded-For", request.remote or ""),
+            ("X-Forwarded-Proto", request.scheme),
+            ("X-Forwarded-Host", request.host),
+            ("X-Broker-Employee", employee),
+            ("X-Broker-Decision", decision_id),
+        )
         return headers
 
 
@@ -164,17 +144,3 @@ async def limited_body(content: aiohttp.StreamReader, limit: int) -> AsyncIterat
         if seen > limit:
             raise BodyTooLarge
         yield chunk
-
-
-async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole upstream body, or None when it is larger than `limit`."""
-    declared = response.content_length
-    if declared is not None and declared <= limit:
-        return await response.read()  # the parser stops at Content-Length: already bounded
-    chunks, size = [], 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

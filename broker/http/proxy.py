@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -69,7 +70,15 @@ class ProxyHandler:
                 return response
             return await self._forward(request, decision, route, body, outcome)
         finally:
-            await self._finish(request, decision, outcome, started, shadow)
+            if self._shadow is None:
+                # Recorded right after aiohttp has written the answer (this task's next
+                # step): the audit line and the metrics stay off the caller's wait.
+                asyncio.get_running_loop().call_soon(
+                    self._record, request.method, request.raw_path, decision, outcome, started, _NO_FIELDS
+                )
+            else:
+                extra = await self._shadowed(shadow, outcome)
+                self._record(request.method, request.raw_path, decision, outcome, started, extra)
 
     async def _classify(
         self, request: web.Request, snapshot: PolicySnapshot | None
@@ -193,11 +202,12 @@ class ProxyHandler:
         outcome.status = response.status
         return response
 
-    async def _finish(
-        self, request: web.Request, decision: Decision, outcome: Outcome, started: float, shadow: Decision | None
+    def _record(
+        self, method: str, path: str, decision: Decision, outcome: Outcome, started: float, extra: dict[str, object]
     ) -> None:
+        """The decision's metrics and audit event; `latency_ms` runs until the answer was
+        handed to the connection (or the handler ended)."""
         elapsed = time.perf_counter() - started
-        extra = await self._shadowed(shadow, outcome) if self._shadow is not None else _NO_FIELDS
         self._metrics.decided(decision.verdict._value_, decision.reason._value_, elapsed, decision.metered)
         if outcome.returned and decision.access.resource:
             self._metrics.returned(decision.access.resource, outcome.returned)
@@ -208,8 +218,8 @@ class ProxyHandler:
                 status=outcome.status or 499,
                 returned=outcome.returned,
                 latency=elapsed,
-                method=request.method,
-                path=request.raw_path,
+                method=method,
+                path=path,
                 **extra,
             )
         )

@@ -56,7 +56,7 @@ class Answer:
     Hand it back with `release()` when done: a fully read answer returns its connection to
     the pool, anything else closes it."""
 
-    __slots__ = ("_connection", "content_length", "headers", "reason", "status")
+    __slots__ = ("_connection", "_released", "content_length", "headers", "reason", "status")
 
     def __init__(self, connection: _Connection, status: int, reason: str, headers: CIMultiDictProxy[str]) -> None:
         self.status = status
@@ -65,19 +65,29 @@ class Answer:
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self._connection = connection
+        self._released = False
 
     async def read(self, limit: int) -> bytes | None:
         """The whole body, or None as soon as it is known to be larger than `limit` bytes."""
+        self._check()
         return await self._connection.read_body(limit)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body in pieces, as the upstream sends them."""
+        self._check()
         connection = self._connection
         while (chunk := await connection.next_chunk()) is not None:
             yield chunk
 
     def release(self) -> None:
-        self._connection.release()
+        """Done with this answer (once: its connection may already carry another)."""
+        if not self._released:
+            self._released = True
+            self._connection.release()
+
+    def _check(self) -> None:
+        if self._released:
+            raise RuntimeError("an upstream answer read after it was released")
 
 
 class _Connection(asyncio.Protocol):
@@ -89,10 +99,20 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self._closed_by_us = False
         self.reused = False
         self.idle_since = 0.0
         self._busy = False
-        self._head = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._begin(is_head=False)
+        self._busy = False
+
+    def _begin(self, *, is_head: bool) -> None:
+        """Everything one exchange learns, cleared: nothing carries over to the next."""
+        self._busy = True
+        self._head = is_head
         self._got_bytes = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -104,10 +124,8 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._until_close = False
         self._keep_alive = False
+        self._request_cut = False
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
-        self._drain: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -122,25 +140,42 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(MalformedAnswer(f"The service's answer is not valid HTTP ({_cause(exc)})."))
+            own = exc.__context__  # raised by one of the callbacks below
+            self._fail(
+                own
+                if isinstance(own, MalformedAnswer)
+                else MalformedAnswer(f"The service's answer is not valid HTTP ({exc}).")
+            )
             self.close()
         self._wake()
 
     def eof_received(self) -> bool:
-        return False  # close the transport; connection_lost settles the exchange
+        self._end_of_stream()
+        return False  # close the transport; connection_lost settles the rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None:
+            self._end_of_stream()
         if self._busy and not self._complete:
-            if self._until_close and self._answer is not None and exc is None:
-                self._complete = True  # the end of a read-until-close body
-            else:
-                self._fail(UpstreamError("The service closed the connection before it finished answering."))
+            self._fail(UpstreamError("The service closed the connection before it finished answering."))
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
         self._wake()
         self._pool.forget(self)
+
+    def _end_of_stream(self) -> None:
+        """The upstream closed cleanly: that ends an answer framed as running to the close,
+        unless the broker itself gave up on it (timeout, bad bytes)."""
+        if (
+            self._busy
+            and self._until_close
+            and self._answer is not None
+            and self._error is None
+            and not self._closed_by_us
+        ):
+            self._complete = True
 
     def pause_writing(self) -> None:
         self._drain = self._loop.create_future()
@@ -170,22 +205,25 @@ class _Connection(asyncio.Protocol):
             if status == 101:
                 raise MalformedAnswer("The service switched protocols without being asked to.")
             self._interim = True  # 103 Early Hints and the like: the real answer follows
+            self._raw_headers = []
             return
         headers = CIMultiDict(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             for name, value in self._raw_headers
         )
+        codings = [c.strip().lower() for v in headers.getall("Transfer-Encoding", ()) for c in v.split(",")]
+        if any(coding != "chunked" for coding in codings):
+            # Transfer codings are hop-by-hop: passing the body on without them would hand
+            # the client gzip (say) it was never told about.
+            listed = ", ".join(codings)
+            raise MalformedAnswer(f"The service used a transfer coding the broker does not undo ({listed}).")
         self._answer = Answer(self, status, self._reason.decode("latin-1"), CIMultiDictProxy(headers))
         if self._head:
-            # The parser would wait for the body a Content-Length announces: a HEAD answer
-            # ends here, and the connection is not reused rather than risk misframing.
+            # A HEAD answer ends with its headers, but the parser cannot be told so and would
+            # take the next answer for this one's body: the connection is not reused.
             self._complete = True
             return
-        self._until_close = (
-            status not in (204, 304)
-            and "Content-Length" not in headers
-            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
-        )
+        self._until_close = status not in (204, 304) and not codings and "Content-Length" not in headers
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
@@ -199,7 +237,6 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
-            self._raw_headers = []
             return
         if self._complete:  # a HEAD answer, already finished
             return
@@ -212,9 +249,10 @@ class _Connection(asyncio.Protocol):
         self, head: bytes, body: bytes | AsyncIterable[bytes] | None, *, is_head: bool, chunked: bool
     ) -> Answer:
         """Send a request (its head already framed) and wait for the answer's headers."""
+        self._begin(is_head=is_head)
         transport = self._transport
-        assert transport is not None
-        self._busy, self._head = True, is_head
+        if transport is None or not self.usable:
+            raise UpstreamError("The service closed the connection before the request was sent.")
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
         else:
@@ -230,14 +268,30 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         async for chunk in body:
-            if self.closed:
-                raise self._error or UpstreamError("The service closed the connection while the request was sent.")
+            if self._answer is not None or self._error is not None or self.closed:
+                # The service answered, failed or hung up before the body was all sent:
+                # stop sending. The request is cut short, so the connection is not reused.
+                self._request_cut = True
+                return
             if chunk:
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             if self._drain is not None:
-                await self._drain
+                await self._drained()
         if chunked:
             transport.write(b"0\r\n\r\n")
+
+    async def _drained(self) -> None:
+        """Wait until the upstream takes more of the body; as long as the read timeout at most."""
+        drain = self._drain
+        if drain is None:
+            return
+        timer = self._loop.call_later(self._pool.read_timeout, self._time_out, drain, "stopped reading the request")
+        try:
+            await asyncio.shield(drain)
+        finally:
+            timer.cancel()
+        if self._error is not None:
+            raise self._error
 
     async def read_body(self, limit: int) -> bytes | None:
         parts: list[bytes] = []
@@ -248,10 +302,10 @@ class _Connection(asyncio.Protocol):
                 parts += self._take()
                 if size > limit:
                     return None
-            if self._complete:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
             if self._error is not None:
                 raise self._error
+            if self._complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
             await self._next_event()
 
     async def next_chunk(self) -> bytes | None:
@@ -259,10 +313,10 @@ class _Connection(asyncio.Protocol):
             if self._chunks:
                 parts = self._take()
                 return parts[0] if len(parts) == 1 else b"".join(parts)
-            if self._complete:
-                return None
             if self._error is not None:
                 raise self._error
+            if self._complete:
+                return None
             await self._next_event()
 
     def _take(self) -> list[bytes]:
@@ -275,17 +329,18 @@ class _Connection(asyncio.Protocol):
     async def _next_event(self) -> None:
         """Wait for more of the answer; the read timeout counts from now."""
         waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self._pool.read_timeout, self._time_out, waiter)
+        timer = self._loop.call_later(self._pool.read_timeout, self._time_out, waiter, "did not answer")
         try:
             await waiter
         finally:
             timer.cancel()
             self._waiter = None
 
-    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+    def _time_out(self, waiter: asyncio.Future[None], what: str) -> None:
         if not waiter.done():
-            self._fail(UpstreamTimeout("The service did not answer in time."))
+            self._fail(UpstreamTimeout(f"The service {what} in time."))
             self.close()
+            waiter.set_result(None)
             self._wake()
 
     def _wake(self) -> None:
@@ -299,17 +354,23 @@ class _Connection(asyncio.Protocol):
 
     def release(self) -> None:
         """Back to the pool when the answer was read to its end and may be followed by another."""
-        if not (self._complete and self._keep_alive and not self._chunks and not self._surplus and not self.closed):
+        reusable = (
+            self._complete
+            and self._keep_alive
+            and self._error is None
+            and not (self._chunks or self._surplus or self._request_cut or self.closed)
+        )
+        self._busy = False
+        self._answer = None  # the answer and its connection no longer hold each other
+        if not reusable:
             self.close()
             return
-        self._busy = self._got_bytes = self._complete = False
-        self._answer, self._raw_headers, self._reason = None, [], b""
         self.reused = True
         self._pool.put(self)
 
     def close(self) -> None:
         if not self.closed:
-            self.closed = True
+            self.closed = self._closed_by_us = True
             if self._transport is not None:
                 self._transport.close()
             self._pool.forget(self)
@@ -352,8 +413,15 @@ class UpstreamPool:
         self._keepalive = keepalive_seconds
         self._idle: deque[_Connection] = deque()
         self._open: set[_Connection] = set()
+        self._promised = 0
+        """Places freed for a waiting request that has not yet opened its connection:
+        counted against the limit, so nobody else takes them meanwhile."""
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
 
     async def send(
         self,
@@ -429,19 +497,24 @@ class UpstreamPool:
             if connection.usable and now - connection.idle_since < self._keepalive:
                 return connection
             connection.close()
-        if len(self._open) >= self._limit:
-            waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(self.read_timeout):
-                    handed = await waiter
-            except TimeoutError:
+        if len(self._open) + self._promised < self._limit:
+            return await self._connect()
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                handed = await waiter
+        except BaseException as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._give_back(waiter.result())  # handed over just as this request gave up
+            if isinstance(exc, TimeoutError):
                 raise UpstreamTimeout(f"All {self._limit} connections to the service stayed busy.") from None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-            if handed is not None:
-                return handed
+            raise
+        if handed is not None:
+            return handed
+        self._promised -= 1
         return await self._connect()
 
     async def _connect(self) -> _Connection:
@@ -457,14 +530,13 @@ class UpstreamPool:
                     server_hostname=self._host if self._ssl else None,
                 )
         except TimeoutError:
-            self.forget(connection)
+            connection.close()
             raise UpstreamTimeout("The service did not accept a connection in time.") from None
         except OSError as exc:
-            self.forget(connection)
+            connection.close()
             raise UpstreamError(f"The service is unreachable ({exc.strerror or type(exc).__name__}).") from exc
         except BaseException:
             connection.close()
-            self.forget(connection)
             raise
         return connection
 
@@ -488,23 +560,35 @@ class UpstreamPool:
         self._open.discard(connection)
         with contextlib.suppress(ValueError):
             self._idle.remove(connection)
-        while self._waiters:
+        self._offer_place()
+
+    def _give_back(self, handed: _Connection | None) -> None:
+        if handed is not None:
+            self.put(handed)
+        else:
+            self._promised -= 1
+            self._offer_place()
+
+    def _offer_place(self) -> None:
+        while self._waiters and not self._closed:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._promised += 1
                 waiter.set_result(None)  # the waiter opens a connection of its own
                 return
 
     async def close(self) -> None:
+        """Refuse new requests, fail the waiting ones and close idle connections; busy ones
+        close when their answer is released."""
         self._closed = True
-        for connection in list(self._open):
-            if connection in self._idle:
-                connection.close()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamError("The broker is shutting down."))
+        for connection in list(self._idle):
+            connection.close()
         self._idle.clear()
 
 
 def _is_stream(body: object) -> bool:
     return body is not None and not isinstance(body, bytes)
-
-
-def _cause(exc: httptools.HttpParserError) -> str:
-    return str(exc.__context__ or exc) or type(exc).__name__

@@ -151,8 +151,10 @@ async def test_chunked_answer_and_bodies_sent_with_the_right_framing(scripted: S
 
 
 async def test_answer_without_length_is_read_to_the_close_and_not_reused(scripted: Start) -> None:
-    upstream = await scripted(lambda head, body, n: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
-    pool = pool_for(upstream)
+    upstream = await scripted(
+        lambda head, body, n: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", close_after_answer=True
+    )
+    pool = pool_for(upstream, read_timeout=1.0)
     assert await read_all(await pool.send("GET", "/", [], None)) == b"until the end"
     assert await read_all(await pool.send("GET", "/", [], None)) == b"until the end"
     assert upstream.connections == 2
@@ -293,3 +295,175 @@ async def test_line_breaks_in_headers_are_refused_before_sending(scripted: Start
         await pool.send("GET", "/", [("X-Broker-Employee", "e1\r\nX-Admin: yes")], None)
     assert upstream.requests == []
     await pool.close()
+
+
+# --- found by a review of the client; each failed before its fix --------------------------
+
+
+async def test_head_on_a_reused_connection_does_not_eat_the_next_answer(scripted: Start) -> None:
+    def answer(head: bytes, body: bytes, n: int) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + head.split()[1][-5:]
+
+    upstream = await scripted(answer)
+    pool = pool_for(upstream, limit=1)
+    assert await read_all(await pool.send("GET", "/aaaa", [], None)) == b"/aaaa"
+    head = await pool.send("HEAD", "/", [], None)  # on the kept-alive connection
+    assert head.status == 200 and await read_all(head) == b""
+    assert await read_all(await pool.send("GET", "/bbbb", [], None)) == b"/bbbb"
+    assert upstream.connections == 2  # the HEAD's connection was not reused
+    await pool.close()
+
+
+async def test_answer_running_to_the_close_that_stalls_is_an_error_not_a_short_body(scripted: Start) -> None:
+    upstream = await scripted(lambda head, body, n: b"HTTP/1.1 200 OK\r\n\r\n[1,2,3,")
+    pool = pool_for(upstream, read_timeout=0.3)
+    answer = await pool.send("GET", "/", [], None)
+    with pytest.raises(UpstreamTimeout):
+        await answer.read(1 << 20)
+    answer.release()
+    answer = await pool.send("GET", "/", [], None)
+    pieces = []
+    with pytest.raises(UpstreamTimeout):
+        async for chunk in answer.iter_chunks():
+            pieces.append(chunk)
+    answer.release()
+    assert pieces == [b"[1,2,3,"]
+    await pool.close()
+
+
+async def test_a_connection_handed_to_a_request_that_just_gave_up_stays_in_the_pool(scripted: Start) -> None:
+    upstream = await scripted(lambda head, body, n: JSON_OK)
+    pool = pool_for(upstream, limit=1)
+    first = await pool.send("GET", "/1", [], None)
+    await first.read(100)
+    waiting = asyncio.create_task(pool.send("GET", "/2", [], None))
+    await asyncio.sleep(0.05)
+    first.release()  # hands the connection to the waiting request...
+    waiting.cancel()  # ...whose client went away in the same step
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert pool.open_connections == 1
+    assert await read_all(await pool.send("GET", "/3", [], None)) == b'{"ok": 42}\n'
+    assert upstream.connections == 1
+    await pool.close()
+
+
+async def test_a_freed_place_goes_to_the_waiting_request_and_the_limit_holds(scripted: Start) -> None:
+    live = peak = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            live -= 1
+            writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=1, connect_timeout=2.0, read_timeout=2.0)
+    first = await pool.send("GET", "/a", [], None)
+    waiting = asyncio.create_task(pool.send("GET", "/b", [], None))
+    await asyncio.sleep(0.01)
+    newcomer = asyncio.create_task(pool.send("GET", "/c", [], None))
+    first.release()  # unread: its connection closes, and its place goes to /b
+    for task in (waiting, newcomer):
+        assert await read_all(await task) == b"ok"
+    assert peak == 1
+    await pool.close()
+    server.close()
+
+
+async def test_upstream_that_stops_reading_a_streamed_body_times_out(scripted: Start) -> None:
+    stalled = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await stalled.wait()  # never reads the body
+        writer.close()
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=1, connect_timeout=2.0, read_timeout=0.3)
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(4096):  # 256 MiB at most: far more than the sockets buffer
+            yield b"x" * 65536
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamTimeout, match="stopped reading the request"):
+        await pool.send("POST", "/", [], endless())
+    assert asyncio.get_running_loop().time() - started < 5
+    assert pool.open_connections == 0
+    stalled.set()
+    server.close()
+
+
+async def test_an_early_answer_is_passed_on_while_the_body_was_still_being_sent(scripted: Start) -> None:
+    async def refuses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbig!")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuses, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(f"http://127.0.0.1:{port}", limit=1, connect_timeout=2.0, read_timeout=1.0)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            yield b"x" * 1000
+
+    answer = await pool.send("POST", "/", [], trickle())
+    assert answer.status == 413 and await read_all(answer) == b"big!"
+    await pool.close()
+    server.close()
+
+
+async def test_transfer_codings_other_than_chunked_are_refused(scripted: Start) -> None:
+    gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    upstream = await scripted(lambda head, body, n: gzip, close_after_answer=True)
+    pool = pool_for(upstream)
+    with pytest.raises(MalformedAnswer, match=r"transfer coding the broker does not undo \(gzip, chunked\)"):
+        await pool.send("GET", "/", [], None)
+    await pool.close()
+
+
+async def test_an_answer_released_twice_leaves_the_next_request_alone(scripted: Start) -> None:
+    upstream = await scripted(lambda head, body, n: JSON_OK)
+    pool = pool_for(upstream, limit=1)
+    first = await pool.send("GET", "/", [], None)
+    assert await read_all(first) == b'{"ok": 42}\n'
+    second = await pool.send("GET", "/", [], None)  # the same connection
+    first.release()  # again: must not close the connection the second answer is on
+    assert await read_all(second) == b'{"ok": 42}\n'
+    with pytest.raises(RuntimeError, match="after it was released"):
+        await first.read(10)
+    assert upstream.connections == 1
+    await pool.close()
+
+
+async def test_closing_the_pool_fails_the_waiting_requests(scripted: Start) -> None:
+    upstream = await scripted(lambda head, body, n: JSON_OK)
+    pool = pool_for(upstream, limit=1)
+    held = await pool.send("GET", "/", [], None)
+    waiting = asyncio.create_task(pool.send("GET", "/", [], None))
+    await asyncio.sleep(0.02)
+    await pool.close()
+    with pytest.raises(UpstreamError, match="shutting down"):
+        await waiting
+    with pytest.raises(UpstreamError, match="shutting down"):
+        await pool.send("GET", "/", [], None)
+    held.release()
+    assert pool.open_connections == 0

@@ -8,10 +8,11 @@ request is written as one bytes string and the answer is parsed by httptools (ll
 parser uvicorn and Node.js use); only the pooling and framing below are the broker's own.
 
 What it keeps of a full client: a bounded pool (waiting for a free connection is bounded
-too), connect and read timeouts, TLS to an `https://` upstream, chunked and
-read-until-close answers, 1xx interim answers skipped, streamed request bodies with back
-pressure, reading paused while a slow client drains an answer, and one retry of an
-idempotent request whose reused connection turned out to be closed before it answered.
+too), connect and read timeouts, TLS to an `https://` upstream, chunked, read-until-close
+and HEAD answers, 1xx interim answers skipped, streamed request bodies with back pressure
+(and an early answer taken while the body is still going out), reading paused while a slow
+client drains an answer, and one retry of an idempotent request whose reused connection
+turned out to be closed before it answered.
 """
 
 from __future__ import annotations
@@ -106,12 +107,10 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._drain: asyncio.Future[None] | None = None
-        self._begin(is_head=False)
-        self._busy = False
+        self._forget_exchange(is_head=False)
 
-    def _begin(self, *, is_head: bool) -> None:
+    def _forget_exchange(self, *, is_head: bool) -> None:
         """Everything one exchange learns, cleared: nothing carries over to the next."""
-        self._busy = True
         self._head = is_head
         self._got_bytes = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -249,7 +248,8 @@ class _Connection(asyncio.Protocol):
         self, head: bytes, body: bytes | AsyncIterable[bytes] | None, *, is_head: bool, chunked: bool
     ) -> Answer:
         """Send a request (its head already framed) and wait for the answer's headers."""
-        self._begin(is_head=is_head)
+        self._forget_exchange(is_head=is_head)
+        self._busy = True
         transport = self._transport
         if transport is None or not self.usable:
             raise UpstreamError("The service closed the connection before the request was sent.")

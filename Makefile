@@ -37,14 +37,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## Every benchmark, side by side with its baselines (about 9 minutes on 2 cores): the
+## Every benchmark, side by side with its baselines (about 10 minutes on 2 cores): the
 ## decision core, the counter stores, HTTP (direct, nginx, bare proxy, broker), PostgreSQL
 ## (direct, PgBouncer, broker), SQL analysis, and memory. Needs wrk, nginx, pgbench and
 ## pgbouncer (apt-get install -y wrk nginx postgresql-client pgbouncer).
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.decision
 	$(BIN)/python -m bench.meter
-	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.http --duration 6
 	$(BIN)/python -m bench.pg --seconds 5
 	$(BIN)/python -m bench.sql
 	$(BIN)/python -m bench.memory

@@ -20,7 +20,8 @@ every variant gets the same requests.
 Each round runs every variant in turn (A B C D E, A B C D E, ...): `wrk -t1 -c32 -d8s`,
 then CPU per request from /proc/<pid>/stat of the variant's own processes (not the
 upstream's, which is reported apart). Medians across rounds. Then the same again at a
-fixed, moderate request rate (250 req/s: latency when nobody is saturated), and with
+fixed, moderate request rate (250 req/s: latency when nobody is saturated), then the
+closed loop for C and D alone, each pinned to a CPU of its own (the steadier ratio), and with
 --profile a py-spy recording of the one-process broker (and of the bare proxy, to compare)
 under load, each pinned to a CPU of its own.
 
@@ -655,6 +656,38 @@ def run_phase(setup: Setup, script: Path, args: argparse.Namespace, phase: str, 
     return runs
 
 
+PINNED_VARIANTS = ("C", "D0", "D")
+"""The one-process proxies: each gets a CPU of its own in the pinned phase (E's two
+processes would share that one CPU, A and B are not Python)."""
+
+
+def run_pinned_phase(setup: Setup, script: Path, args: argparse.Namespace, seconds: int, rounds: int) -> list[Run]:
+    """The closed loop again for the one-process proxies, each pinned to CPU 1 with wrk and
+    the upstream on CPU 0: the proxy no longer competes with them for a CPU, so the ratio
+    shows its own cost per request without the scheduling noise of three busy processes
+    on two CPUs (the unpinned table is still the one the targets are read from)."""
+    everything = set(range(os.cpu_count() or 1))
+    variants = [v for v in setup.variants if v.key in PINNED_VARIANTS]
+    runs: list[Run] = []
+    for round_no in range(1, rounds + 1):
+        for variant in variants:
+            setup.fleet.check_alive()
+            check_answer(variant, setup.callers[round_no % len(setup.callers)])
+            pin(variant.pids(), {1})
+            pin([setup.upstream.pid], {0})
+            try:
+                run = measure(variant, setup.upstream.pid, script, args.connections, seconds, "pinned", round_no, 0)
+            finally:
+                pin([*variant.pids(), setup.upstream.pid], everything)
+            cpu = f"{run.cpu_us_per_request:.0f}" if run.cpu_us_per_request is not None else "-"
+            log(
+                f"  pinned round {round_no} {variant.label:<40} {run.rate:>8,.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+                f"p99 {run.p99_ms:6.2f} ms  cpu {cpu:>4} µs/req  steal {run.host_steal_percent:.0f}%"
+            )
+            runs.append(run)
+    return runs
+
+
 @dataclass
 class Profile:
     variant: str
@@ -952,6 +985,7 @@ def report(
     setup: Setup,
     closed: list[Run],
     paced: list[Run],
+    pinned: list[Run],
     body_bytes: dict[str, int],
     idle: dict[str, float],
     audits: dict[str, Counter[str]],
@@ -1042,6 +1076,21 @@ def report(
         ]
     else:
         lines += ["", "Fixed-rate runs skipped (`--paced-rate 0`)."]
+    if pinned:
+        lines += [
+            "",
+            "## Closed loop, each one-process proxy on a CPU of its own",
+            "",
+            "The closed loop again for C and D (and D0), each pinned to CPU 1 with wrk and the upstream on CPU 0, "
+            f"{args.pinned_rounds} round(s) of {args.duration} s, interleaved, after the phases above. Unpinned, "
+            "the proxy, the upstream and wrk are three busy processes on two CPUs and each run's ratio depends "
+            "on how the scheduler interleaves them; pinned, the proxy is the bottleneck on a CPU of its own and "
+            "the ratio is its cost per request against the bare proxy's. The targets are read from the unpinned "
+            "table above; this one is the steadier yardstick for judging a change.",
+            "",
+            *markdown_table(summarise(setup.variants, pinned), paced=False),
+            *noise_warning(pinned),
+        ]
     lines += ["", "## Checks", ""]
     lines += [f"- **Note**: {note}" for note in setup.notes]
     lines.append(
@@ -1056,7 +1105,11 @@ def report(
     for key, found in audits.items():
         summary = ", ".join(f"{n:,} {what}" for what, n in found.most_common()) or "no audit file"
         lines.append(f"- Audit log of {key} (warm-up, checks and runs included): {summary}.")
-    flagged = [r.variant for r in [*rows, *summarise(setup.variants, paced)] if r.status_errors or r.socket_errors]
+    flagged = [
+        r.variant
+        for r in [*rows, *summarise(setup.variants, paced), *summarise(setup.variants, pinned)]
+        if r.status_errors or r.socket_errors
+    ]
     lines.append(
         "- Variants with errors: "
         + (", ".join(sorted(set(flagged))) if flagged else "none (0 non-2xx, 0 socket errors).")
@@ -1154,6 +1207,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="event loop of the bare proxy (default uvloop, as `broker run`; asyncio = bench/bare_proxy.py as is)",
     )
     parser.add_argument(
+        "--pinned-rounds",
+        type=int,
+        default=None,
+        help="rounds of the pinned phase (C and D, each on a CPU of its own; default --rounds, 0 skips it)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy the one-process broker and the bare proxy, one more run each"
     )
     parser.add_argument(
@@ -1176,8 +1235,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3, 1
-    if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.paced_rate < 0:
-        parser.error("--duration, --rounds and --connections must be at least 1, --paced-rate at least 0")
+    if args.pinned_rounds is None:
+        args.pinned_rounds = args.rounds
+    if (os.cpu_count() or 1) < 2:
+        args.pinned_rounds = 0  # nothing to pin apart on one CPU
+    if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.paced_rate < 0 or args.pinned_rounds < 0:
+        parser.error(
+            "--duration, --rounds and --connections must be at least 1, --paced-rate and --pinned-rounds at least 0"
+        )
     return args
 
 
@@ -1235,6 +1300,10 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
         paced_script = write_lua(workdir / "paced.lua", callers, args.connections * 1000 / args.paced_rate)
         log(f"fixed rate {args.paced_rate} req/s: {args.rounds} round(s) ...")
         paced = run_phase(setup, paced_script, args, "paced", args.duration, args.rounds)
+    pinned: list[Run] = []
+    if args.pinned_rounds and any(v.key in PINNED_VARIANTS for v in setup.variants):
+        log(f"pinned closed loop: {args.pinned_rounds} round(s), C and D each on a CPU of its own ...")
+        pinned = run_pinned_phase(setup, closed_script, args, args.duration, args.pinned_rounds)
     if gc_before is not None:
         setup.notes.append(gc_note(gc_before, gc_totals(setup), sum(r.variant == "D" for r in [*closed, *paced])))
         log(setup.notes[-1])
@@ -1246,15 +1315,15 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
     fleet.stop_all()  # the brokers drain their audit queues to the files on the way out
     audits = {key: count_audit(path, audit_kind) for key, path in setup.audit_logs.items()}
     plot_note = plot(RESULTS / f"http-{stamp}.png", setup.variants, closed, paced)
-    text = report(
-        args, setup, closed, paced, body_bytes, idle, audits, time.monotonic() - started, plot_note, profile_note
-    )
+    elapsed = time.monotonic() - started
+    text = report(args, setup, closed, paced, pinned, body_bytes, idle, audits, elapsed, plot_note, profile_note)
     (RESULTS / f"http-{stamp}.md").write_text(text, encoding="utf-8")
     raw = {
         "args": vars(args),
         "machine": versions(),
         "closed": [asdict(r) for r in closed],
         "paced": [asdict(r) for r in paced],
+        "pinned": [asdict(r) for r in pinned],
         "body_bytes": body_bytes,
         "idle_cpu_percent": idle,
         "audit": {k: dict(v) for k, v in audits.items()},

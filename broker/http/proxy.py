@@ -55,6 +55,16 @@ class ProxyHandler:
         self._audit = audit
         self._shadow = shadow
         self._max_body = upstream.settings.max_request_body_bytes
+        self._running_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: `asyncio.get_running_loop()` makes a getpid()
+        system call each time (CPython checks for a fork)."""
+        loop = self._running_loop
+        if loop is None:
+            loop = self._running_loop = asyncio.get_running_loop()
+        return loop
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -73,7 +83,7 @@ class ProxyHandler:
             if self._shadow is None:
                 # Recorded right after aiohttp has written the answer (this task's next
                 # step): the audit line and the metrics stay off the caller's wait.
-                asyncio.get_running_loop().call_soon(
+                self._loop.call_soon(
                     self._record, request.method, request.raw_path, decision, outcome, started, _NO_FIELDS
                 )
             else:

@@ -21,7 +21,7 @@ Each round runs every variant in turn (A B C D E, A B C D E, ...): `wrk -t1 -c32
 then CPU per request from /proc/<pid>/stat of the variant's own processes (not the
 upstream's, which is reported apart). Medians across rounds. Then the same again at a
 fixed, moderate request rate (250 req/s: latency when nobody is saturated), then the
-closed loop for C and D alone, each pinned to a CPU of its own (the steadier ratio), and with
+closed loop for C and D alone, each pinned to a CPU of its own (no scheduler interleaving), and with
 --profile a py-spy recording of the one-process broker (and of the bare proxy, to compare)
 under load, each pinned to a CPU of its own.
 
@@ -664,8 +664,9 @@ processes would share that one CPU, A and B are not Python)."""
 def run_pinned_phase(setup: Setup, script: Path, args: argparse.Namespace, seconds: int, rounds: int) -> list[Run]:
     """The closed loop again for the one-process proxies, each pinned to CPU 1 with wrk and
     the upstream on CPU 0: the proxy no longer competes with them for a CPU, so the ratio
-    shows its own cost per request without the scheduling noise of three busy processes
-    on two CPUs (the unpinned table is still the one the targets are read from)."""
+    shows its own cost per request without the scheduler interleaving three busy processes
+    on two CPUs (a hypervisor's steal still moves it; the unpinned table is still the one
+    the targets are read from)."""
     everything = set(range(os.cpu_count() or 1))
     variants = [v for v in setup.variants if v.key in PINNED_VARIANTS]
     runs: list[Run] = []
@@ -1086,7 +1087,7 @@ def report(
             "the proxy, the upstream and wrk are three busy processes on two CPUs and each run's ratio depends "
             "on how the scheduler interleaves them; pinned, the proxy is the bottleneck on a CPU of its own and "
             "the ratio is its cost per request against the bare proxy's. The targets are read from the unpinned "
-            "table above; this one is the steadier yardstick for judging a change.",
+            "table above; this one leaves out the scheduler's interleaving, not a hypervisor's steal (see steal).",
             "",
             *markdown_table(summarise(setup.variants, pinned), paced=False),
             *noise_warning(pinned),

@@ -635,13 +635,35 @@ def idle_cpu(setup: Setup, seconds: float = 2.0) -> dict[str, float]:
     return found
 
 
-def run_phase(setup: Setup, script: Path, args: argparse.Namespace, phase: str, seconds: int, rounds: int) -> list[Run]:
+PINNED_VARIANTS = ("C", "D0", "D")
+"""The one-process proxies: each gets a CPU of its own in the pinned phase (E's two
+processes would share that one CPU, A and B are not Python)."""
+
+
+def run_phase(
+    setup: Setup, script: Path, args: argparse.Namespace, phase: str, seconds: int, rounds: int, pinned: bool = False
+) -> list[Run]:
+    """`rounds` of every variant in turn. `pinned`: only the one-process proxies, each on
+    CPU 1 with wrk and the upstream on CPU 0, so the proxy no longer competes with them for
+    a CPU and the ratio shows its own cost per request without the scheduler interleaving
+    three busy processes on two CPUs (a hypervisor's steal still moves it; the unpinned
+    table is the one the targets are read from)."""
+    everything = set(range(os.cpu_count() or 1))
+    variants = [v for v in setup.variants if v.key in PINNED_VARIANTS] if pinned else setup.variants
     runs: list[Run] = []
     for round_no in range(1, rounds + 1):
-        for variant in setup.variants:
+        for variant in variants:
             setup.fleet.check_alive()
             check_answer(variant, setup.callers[round_no % len(setup.callers)])
-            run = measure(variant, setup.upstream.pid, script, args.connections, seconds, phase, round_no)
+            if pinned:
+                pin(variant.pids(), {1})
+                pin([setup.upstream.pid], {0})
+            wrk_cpu = 0 if pinned else None
+            try:
+                run = measure(variant, setup.upstream.pid, script, args.connections, seconds, phase, round_no, wrk_cpu)
+            finally:
+                if pinned:
+                    pin([*variant.pids(), setup.upstream.pid], everything)
             flag = "  <-- ERRORS" if run.status_errors or run.socket_errors else ""
             cpu = f"{run.cpu_us_per_request:.0f}" if run.cpu_us_per_request is not None else "-"
             log(
@@ -651,39 +673,6 @@ def run_phase(setup: Setup, script: Path, args: argparse.Namespace, phase: str, 
                 f"(others {run.host_others_percent:.0f}%, steal {run.host_steal_percent:.0f}%)  "
                 f"non-2xx {run.status_errors} "
                 f"sock {run.socket_errors}{flag}  others: {run.other_cpu}"
-            )
-            runs.append(run)
-    return runs
-
-
-PINNED_VARIANTS = ("C", "D0", "D")
-"""The one-process proxies: each gets a CPU of its own in the pinned phase (E's two
-processes would share that one CPU, A and B are not Python)."""
-
-
-def run_pinned_phase(setup: Setup, script: Path, args: argparse.Namespace, seconds: int, rounds: int) -> list[Run]:
-    """The closed loop again for the one-process proxies, each pinned to CPU 1 with wrk and
-    the upstream on CPU 0: the proxy no longer competes with them for a CPU, so the ratio
-    shows its own cost per request without the scheduler interleaving three busy processes
-    on two CPUs (a hypervisor's steal still moves it; the unpinned table is still the one
-    the targets are read from)."""
-    everything = set(range(os.cpu_count() or 1))
-    variants = [v for v in setup.variants if v.key in PINNED_VARIANTS]
-    runs: list[Run] = []
-    for round_no in range(1, rounds + 1):
-        for variant in variants:
-            setup.fleet.check_alive()
-            check_answer(variant, setup.callers[round_no % len(setup.callers)])
-            pin(variant.pids(), {1})
-            pin([setup.upstream.pid], {0})
-            try:
-                run = measure(variant, setup.upstream.pid, script, args.connections, seconds, "pinned", round_no, 0)
-            finally:
-                pin([*variant.pids(), setup.upstream.pid], everything)
-            cpu = f"{run.cpu_us_per_request:.0f}" if run.cpu_us_per_request is not None else "-"
-            log(
-                f"  pinned round {round_no} {variant.label:<40} {run.rate:>8,.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
-                f"p99 {run.p99_ms:6.2f} ms  cpu {cpu:>4} µs/req  steal {run.host_steal_percent:.0f}%"
             )
             runs.append(run)
     return runs
@@ -1304,7 +1293,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
     pinned: list[Run] = []
     if args.pinned_rounds and any(v.key in PINNED_VARIANTS for v in setup.variants):
         log(f"pinned closed loop: {args.pinned_rounds} round(s), C and D each on a CPU of its own ...")
-        pinned = run_pinned_phase(setup, closed_script, args, args.duration, args.pinned_rounds)
+        pinned = run_phase(setup, closed_script, args, "pinned", args.duration, args.pinned_rounds, pinned=True)
     if gc_before is not None:
         setup.notes.append(gc_note(gc_before, gc_totals(setup), sum(r.variant == "D" for r in [*closed, *paced])))
         log(setup.notes[-1])

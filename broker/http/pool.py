@@ -69,8 +69,11 @@ class Answer:
         self._released = False
 
     async def read(self, limit: int) -> bytes | None:
-        """The whole body, or None as soon as it is known to be larger than `limit` bytes."""
+        """The whole body, or None as soon as it is known to be larger than `limit` bytes
+        (at once when its Content-Length says so)."""
         self._check()
+        if self.content_length is not None and self.content_length > limit:
+            return None
         return await self._connection.read_body(limit)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:

@@ -162,3 +162,56 @@ async def test_request_body_gets_no_made_up_content_type(guarded: Harness) -> No
     seen = {k.lower() for k in answer["received_headers"]}
     assert answer["note"] == "n"
     assert "content-type" not in seen and "user-agent" not in seen
+
+
+WAYBILL_JSON = (
+    b'{"items":[{"waybill_no":"SF1","branch_code":"BR001","recipient":{"phone":"13800000042"}}],'
+    b'"total":1,"limit":5,"offset":0}'
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason", "words"),
+    [
+        (b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\n{}", "upstream.unavailable", "not valid HTTP"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+            % (len(WAYBILL_JSON) + 50, WAYBILL_JSON),
+            "upstream.unavailable",
+            "closed the connection before it finished answering",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "upstream.unavailable",
+            "transfer coding the broker does not undo",
+        ),
+    ],
+    ids=["malformed", "cut-short", "gzip-transfer-coding"],
+)
+async def test_broken_upstream_answers_are_refused_uncharged_and_pass_nothing_on(
+    make_broker: BrokerFactory, answer: bytes, reason: str, words: str
+) -> None:
+    """An upstream speaking broken HTTP, seen from the client's side: a 502 naming what
+    broke, none of the answer's bytes, nothing charged."""
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        broker = await make_broker(f"http://127.0.0.1:{port}")
+        reply = await broker.get(f"{LIST}?limit=5", "e1001")
+        assert reply.status == 502, reply.body
+        assert reply.json["reason"] == reason and words in reply.json["detail"]
+        assert b"SF1" not in reply.body and b"13800000042" not in reply.body
+        metrics = (await broker.get("/-/metrics")).body.decode()
+        assert 'broker_upstream_errors_total{kind="connection"} 1.0' in metrics
+    finally:
+        server.close()
+    assert await me_used(broker) == 0

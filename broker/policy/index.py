@@ -33,15 +33,32 @@ class Employee:
     from_claims: bool = False
     """Branch and roles came from the token (IdP authoritative), not the roster: such an
     employee is never memoised, since the next token may say otherwise."""
+    roles: frozenset[str] = field(init=False, compare=False)
+    """Every role held, in any branch or globally: what limits and rates depend on. One
+    shared set per distinct combination, so it also keys the limit memos (a roster of
+    100,000 holds a few dozen combinations, not 100,000 entries per memo)."""
 
-    @property
-    def roles(self) -> frozenset[str]:
-        return self.global_roles.union(*self.roles_by_branch.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", role_set(self.global_roles.union(*self.roles_by_branch.values())))
 
     @property
     def zone(self) -> tzinfo:
         """The time zone times are shown in to this employee: their first shift's."""
         return self.shifts[0].zone if self.shifts else UTC
+
+
+_ROLE_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def role_set(roles: frozenset[str]) -> frozenset[str]:
+    """The one shared instance of this set of roles: saves a set per employee, and its
+    hash is computed once. Bounded: past 10,000 combinations, sets are not shared."""
+    found = _ROLE_SETS.get(roles)
+    if found is None:
+        if len(_ROLE_SETS) >= 10_000:
+            return roles
+        found = _ROLE_SETS[roles] = roles
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +91,12 @@ class PolicyIndex:
     grants themselves shared between employees (`_shared`), so memoising a newcomer
     leaves no new object for the cyclic GC to track (a 100,000-employee roster warming
     up would otherwise trigger a collection every few dozen decisions)."""
-    _limit_cache: dict[str, dict[str, RecordLimit | None]] = field(default_factory=dict)
-    """resource -> employee id -> limit."""
-    _rate_cache: dict[str, RateLimit | None] = field(default_factory=dict)
+    _limit_cache: dict[frozenset[str], dict[str, RecordLimit | None]] = field(default_factory=dict)
+    """role set -> resource -> limit: limits depend on the roles held, not on who holds them."""
+    _rate_cache: dict[frozenset[str], RateLimit | None] = field(default_factory=dict)
+    """role set -> rate."""
     _shared: dict[object, Any] = field(default_factory=dict)
-    """One instance per distinct Grant / RecordLimit value."""
+    """One instance per distinct Grant value."""
 
     def grant(self, employee: Employee, resource: str, action: str) -> Grant:
         """Branches `employee` may touch; memoised per policy revision (the index is
@@ -96,7 +114,7 @@ class PolicyIndex:
         return cached
 
     def _one(self, value: T) -> T:
-        """The shared instance equal to `value` (value objects: Grant, RecordLimit)."""
+        """The shared instance equal to `value` (a Grant)."""
         if len(self._shared) >= 10_000:
             return value
         found: T = self._shared.setdefault(value, value)
@@ -124,20 +142,18 @@ class PolicyIndex:
         return grant.branches is None or branch in grant.branches
 
     def record_limit(self, employee: Employee, resource: str) -> RecordLimit | None:
-        """The employee's limit for `resource` (memoised per revision, like grants)."""
-        memo = self._limit_cache.get(resource)
+        """The employee's limit for `resource`, memoised per role set and policy revision
+        (the index is rebuilt on every reload)."""
+        memo = self._limit_cache.get(employee.roles)
         if memo is None:
-            memo = self._limit_cache[resource] = {}
-        if not employee.from_claims:
-            cached = memo.get(employee.id, _UNKNOWN)
-            if cached is not _UNKNOWN:
-                return cached  # type: ignore[return-value]
+            memo = {}
+            if len(self._limit_cache) < 10_000:
+                self._limit_cache[employee.roles] = memo
+        cached = memo.get(resource, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached  # type: ignore[return-value]
         found = [self.record_limits[(r, resource)] for r in employee.roles if (r, resource) in self.record_limits]
-        limit = most_generous_records(found)
-        if limit is not None:
-            limit = self._one(limit)
-        if len(memo) < 200_000 and not employee.from_claims:
-            memo[employee.id] = limit
+        limit = memo[resource] = most_generous_records(found)
         return limit
 
     def roles(self) -> frozenset[str]:
@@ -145,14 +161,13 @@ class PolicyIndex:
         return frozenset(role for granted in self.grants.values() for role in granted)
 
     def rate_limit(self, employee: Employee) -> RateLimit | None:
-        """The employee's request rate (memoised per revision, like grants)."""
-        if not employee.from_claims:
-            cached = self._rate_cache.get(employee.id, _UNKNOWN)
-            if cached is not _UNKNOWN:
-                return cached  # type: ignore[return-value]
+        """The employee's request rate, memoised per role set like the record limits."""
+        cached = self._rate_cache.get(employee.roles, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached  # type: ignore[return-value]
         rate = most_generous_rate([self.rate_limits[r] for r in employee.roles if r in self.rate_limits])
-        if len(self._rate_cache) < 200_000 and not employee.from_claims:
-            self._rate_cache[employee.id] = rate
+        if len(self._rate_cache) < 10_000:
+            self._rate_cache[employee.roles] = rate
         return rate
 
 
@@ -178,8 +193,8 @@ def build_index(
     employees = {
         emp: Employee(
             emp,
-            {b: frozenset(r) for b, r in by_branch.get(emp, {}).items()},
-            frozenset(global_roles.get(emp, ())),
+            {b: role_set(frozenset(r)) for b, r in by_branch.get(emp, {}).items()},
+            role_set(frozenset(global_roles.get(emp, ()))),
             tuple(shifts_of.get(emp, ())),
         )
         for emp in by_branch.keys() | global_roles.keys()

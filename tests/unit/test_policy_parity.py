@@ -316,6 +316,35 @@ def test_unlimited_beats_any_number(policies: Path) -> None:
     assert (limit.cap, limit.quota) == (None, None)
 
 
+def test_limits_are_memoised_per_role_set_not_per_first_asker(policies: Path) -> None:
+    """Limits depend on the roles held only, so they are memoised per role set: two
+    couriers share one answer, a courier who is also a manager elsewhere gets the
+    manager's, and an identity provider's roles for the same person count, not the
+    roster's."""
+    append(policies, "roster.csv", ["g, e3001, courier, BR001", "g, e3001, manager, BR002"])
+    snapshot = load_snapshot(policies)
+    index = snapshot.index
+    courier, other_courier, both = (employee(snapshot, e) for e in ("e1001", "e1002", "e3001"))
+    assert courier.roles == other_courier.roles == frozenset({"courier"})
+    assert courier.roles is other_courier.roles  # one shared set keys the memo
+    first = index.record_limit(courier, "waybill")
+    assert first is not None
+    assert (first.cap, first.quota) == (50, 500)
+    assert index.record_limit(other_courier, "waybill") is first
+    mixed = index.record_limit(both, "waybill")
+    assert mixed is not None
+    assert (mixed.cap, mixed.quota) == (200, 5000)
+    rate, mixed_rate = index.rate_limit(courier), index.rate_limit(both)
+    assert rate is not None
+    assert mixed_rate is not None
+    assert (rate.requests, mixed_rate.requests) == (120, 300)
+    as_manager = Employee("e1001", {"BR001": frozenset({"manager"})}, frozenset(), courier.shifts, True)
+    claimed = index.record_limit(as_manager, "waybill")
+    assert claimed is not None
+    assert (claimed.cap, claimed.quota) == (200, 5000)
+    assert index.record_limit(courier, "waybill") is first  # the roster's courier is unchanged
+
+
 def test_rate_is_compared_per_second_not_by_raw_count(policies: Path) -> None:
     append(policies, "roles.csv", ["p, ops, waybill, read"])
     append(policies, "limits.csv", ["p3, ops, waybill, 10, 100, 1d", "p4, ops, 600, 1h"])

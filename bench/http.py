@@ -20,7 +20,8 @@ every variant gets the same requests.
 Each round runs every variant in turn (A B C D E, A B C D E, ...): `wrk -t1 -c32 -d8s`,
 then CPU per request from /proc/<pid>/stat of the variant's own processes (not the
 upstream's, which is reported apart). Medians across rounds. Then the same again at a
-fixed, moderate request rate (250 req/s: latency when nobody is saturated), then the
+fixed, moderate request rate (250 req/s: latency when nobody is saturated; 5 rounds, as
+its p99 rests on few samples per run), then the
 closed loop for C and D alone, each pinned to a CPU of its own (no scheduler interleaving), and with
 --profile a py-spy recording of the one-process broker (and of the bare proxy, to compare)
 under load, each pinned to a CPU of its own.
@@ -931,6 +932,18 @@ NOISY_STEAL_PERCENT = 5.0
 NOISY_OTHERS_PERCENT = 10.0
 
 
+def spread(rows: Sequence[Row]) -> str:
+    """The lowest and highest throughput and p99 per variant across the rounds of a phase."""
+    return (
+        "Run-to-run spread (min-max across rounds): "
+        + "; ".join(
+            f"{r.variant.split()[0]} {r.rate_min:,.0f}-{r.rate_max:,.0f} req/s, p99 {r.p99_min:.2f}-{r.p99_max:.2f} ms"
+            for r in rows
+        )
+        + "."
+    )
+
+
 def noise_warning(runs: Sequence[Run]) -> list[str]:
     """A warning line when runs of this phase shared the machine with other work."""
     noisy = [
@@ -1041,12 +1054,7 @@ def report(
         *markdown_table(rows, paced=False),
         *noise_warning(closed),
         "",
-        "Run-to-run spread (min-max across rounds): "
-        + "; ".join(
-            f"{r.variant.split()[0]} {r.rate_min:,.0f}-{r.rate_max:,.0f} req/s, p99 {r.p99_min:.2f}-{r.p99_max:.2f} ms"
-            for r in rows
-        )
-        + ".",
+        spread(rows),
     ]
     if paced:
         paced_rows = summarise(setup.variants, paced)
@@ -1058,11 +1066,15 @@ def report(
             f"pause (mean {args.connections * 1000 / args.paced_rate:.0f} ms) between its requests, about "
             f"{args.paced_rate:,} req/s in all, below every variant's capacity, so latency is not queueing "
             "behind a saturated proxy. Still closed per connection (wrk, not wrk2): no coordinated-omission "
-            f"correction, and a variant that falls behind serves less than offered. {args.rounds} round(s) "
-            f"of {args.duration} s, interleaved, after the closed-loop rounds.",
+            f"correction, and a variant that falls behind serves less than offered. {args.paced_rounds} round(s) "
+            f"of {args.duration} s, interleaved, after the closed-loop rounds (more rounds than the closed "
+            "loop's: a run at this rate holds few samples, and its p99 is the most run-to-run noise of the "
+            "table).",
             "",
             *markdown_table(paced_rows, paced=True),
             *noise_warning(paced),
+            "",
+            spread(paced_rows),
         ]
     else:
         lines += ["", "Fixed-rate runs skipped (`--paced-rate 0`)."]
@@ -1191,6 +1203,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="offered req/s of the fixed-rate phase; 0 skips it (default 250)",
     )
     parser.add_argument(
+        "--paced-rounds",
+        type=int,
+        default=5,
+        help="rounds of the fixed-rate phase (default 5: its p99 needs more samples than a closed-loop run's)",
+    )
+    parser.add_argument(
         "--bare-loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -1224,14 +1242,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.rounds = 3, 1
+        args.duration, args.rounds, args.paced_rounds = 3, 1, 1
     if args.pinned_rounds is None:
         args.pinned_rounds = args.rounds
     if (os.cpu_count() or 1) < 2:
         args.pinned_rounds = 0  # nothing to pin apart on one CPU
-    if args.duration < 1 or args.rounds < 1 or args.connections < 1 or args.paced_rate < 0 or args.pinned_rounds < 0:
+    if (
+        min(args.duration, args.rounds, args.connections, args.paced_rounds) < 1
+        or args.paced_rate < 0
+        or args.pinned_rounds < 0
+    ):
         parser.error(
-            "--duration, --rounds and --connections must be at least 1, --paced-rate and --pinned-rounds at least 0"
+            "--duration, --rounds, --paced-rounds and --connections must be at least 1, "
+            "--paced-rate and --pinned-rounds at least 0"
         )
     return args
 
@@ -1288,8 +1311,8 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
     paced: list[Run] = []
     if args.paced_rate:
         paced_script = write_lua(workdir / "paced.lua", callers, args.connections * 1000 / args.paced_rate)
-        log(f"fixed rate {args.paced_rate} req/s: {args.rounds} round(s) ...")
-        paced = run_phase(setup, paced_script, args, "paced", args.duration, args.rounds)
+        log(f"fixed rate {args.paced_rate} req/s: {args.paced_rounds} round(s) ...")
+        paced = run_phase(setup, paced_script, args, "paced", args.duration, args.paced_rounds)
     pinned: list[Run] = []
     if args.pinned_rounds and any(v.key in PINNED_VARIANTS for v in setup.variants):
         log(f"pinned closed loop: {args.pinned_rounds} round(s), C and D each on a CPU of its own ...")

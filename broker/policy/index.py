@@ -31,15 +31,22 @@ class Employee:
     global_roles: frozenset[str]
     shifts: tuple[Shift, ...]
     from_claims: bool = False
-    """Branch and roles came from the token (IdP authoritative), not the roster: such an
-    employee is never memoised, since the next token may say otherwise."""
+    """Branch and roles came from the token (IdP authoritative), not the roster: nothing
+    is memoised under such an employee's id, since the next token may say otherwise
+    (grants, limits and rates are memoised by roles, so they follow what the token claims)."""
     roles: frozenset[str] = field(init=False, compare=False)
     """Every role held, in any branch or globally: what limits and rates depend on. One
     shared set per distinct combination, so it also keys the limit memos (a roster of
     100,000 holds a few dozen combinations, not 100,000 entries per memo)."""
+    assignment: Assignment = field(init=False, compare=False)
+    """Roles per branch and global roles, as one shared value: what grants depend on. It
+    keys the grant memo, so a newcomer whose colleagues in the same branch and roles were
+    decided before finds their grants memoised (~2,000 combinations in 100,000)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "roles", role_set(self.global_roles.union(*self.roles_by_branch.values())))
+        roles = self.global_roles.union(*self.roles_by_branch.values())
+        object.__setattr__(self, "roles", interned(roles))
+        object.__setattr__(self, "assignment", interned((frozenset(self.roles_by_branch.items()), self.global_roles)))
 
     @property
     def zone(self) -> tzinfo:
@@ -47,17 +54,24 @@ class Employee:
         return self.shifts[0].zone if self.shifts else UTC
 
 
-_ROLE_SETS: dict[frozenset[str], frozenset[str]] = {}
+Assignment = tuple[frozenset[tuple[str, frozenset[str]]], frozenset[str]]
+"""(roles per branch, global roles) as a hashable value."""
+
+_INTERNED: dict[object, Any] = {}
+"""Emptied by every `build_index`, so it holds the current policy's role sets and
+assignments (and those identity-provider tokens claimed since), not every policy's."""
 
 
-def role_set(roles: frozenset[str]) -> frozenset[str]:
-    """The one shared instance of this set of roles: saves a set per employee, and its
-    hash is computed once. Bounded: past 10,000 combinations, sets are not shared."""
-    found = _ROLE_SETS.get(roles)
+def interned(value: T) -> T:
+    """The one shared instance of this role set or assignment: saves one per employee,
+    and its hash is computed once. Bounded: past 20,000 values, new ones are not shared
+    (still correct: the memos compare by value). Called from the policy loader's thread
+    and the event loop alike; under the GIL a race can only cost a value's sharing."""
+    found: T | None = _INTERNED.get(value)
     if found is None:
-        if len(_ROLE_SETS) >= 10_000:
-            return roles
-        found = _ROLE_SETS[roles] = roles
+        if len(_INTERNED) >= 20_000:
+            return value
+        found = _INTERNED[value] = value
     return found
 
 
@@ -86,11 +100,10 @@ class PolicyIndex:
     """(resource, action) -> role -> the rule that grants it."""
     record_limits: dict[tuple[str, str], RecordLimit]
     rate_limits: dict[str, RateLimit]
-    _grant_cache: dict[tuple[str, str], dict[str, Grant]] = field(default_factory=dict)
-    """(resource, action) -> employee id -> grant. Keyed by plain strings inside, and the
-    grants themselves shared between employees (`_shared`), so memoising a newcomer
-    leaves no new object for the cyclic GC to track (a 100,000-employee roster warming
-    up would otherwise trigger a collection every few dozen decisions)."""
+    _grant_cache: dict[tuple[str, str], dict[Assignment, Grant]] = field(default_factory=dict)
+    """(resource, action) -> assignment -> grant. Grants depend on the roles held in each
+    branch, not on who holds them; the grants themselves are shared (`_shared`), so a
+    newcomer adds no object for the cyclic GC to track."""
     _limit_cache: dict[frozenset[str], dict[str, RecordLimit | None]] = field(default_factory=dict)
     """role set -> resource -> limit: limits depend on the roles held, not on who holds them."""
     _rate_cache: dict[frozenset[str], RateLimit | None] = field(default_factory=dict)
@@ -99,18 +112,16 @@ class PolicyIndex:
     """One instance per distinct Grant value."""
 
     def grant(self, employee: Employee, resource: str, action: str) -> Grant:
-        """Branches `employee` may touch; memoised per policy revision (the index is
-        rebuilt on every reload, so a stale entry cannot outlive its policy)."""
-        if employee.from_claims:
-            return self._grant_uncached(employee, resource, action)
+        """Branches `employee` may touch; memoised per assignment and policy revision (the
+        index is rebuilt on every reload, so a stale entry cannot outlive its policy)."""
         memo = self._grant_cache.get((resource, action))
         if memo is None:
             memo = self._grant_cache[(resource, action)] = {}
-        cached = memo.get(employee.id)
+        cached = memo.get(employee.assignment)
         if cached is None:
             cached = self._one(self._grant_uncached(employee, resource, action))
             if len(memo) < 200_000:
-                memo[employee.id] = cached
+                memo[employee.assignment] = cached
         return cached
 
     def _one(self, value: T) -> T:
@@ -180,6 +191,7 @@ def build_index(
     record_limits: dict[tuple[str, str], RecordLimit],
     rate_limits: dict[str, RateLimit],
 ) -> PolicyIndex:
+    _INTERNED.clear()
     by_branch: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for rule in roster:
         employee, role, branch = rule.fields
@@ -193,8 +205,8 @@ def build_index(
     employees = {
         emp: Employee(
             emp,
-            {b: role_set(frozenset(r)) for b, r in by_branch.get(emp, {}).items()},
-            role_set(frozenset(global_roles.get(emp, ()))),
+            {b: interned(frozenset(r)) for b, r in by_branch.get(emp, {}).items()},
+            interned(frozenset(global_roles.get(emp, ()))),
             tuple(shifts_of.get(emp, ())),
         )
         for emp in by_branch.keys() | global_roles.keys()

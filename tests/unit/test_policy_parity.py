@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.policy import index as index_module
 from broker.policy.index import NOT_GRANTED, Employee
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import PolicySnapshot, first_disagreement, load_snapshot
@@ -339,10 +340,40 @@ def test_limits_are_memoised_per_role_set_not_per_first_asker(policies: Path) ->
     assert mixed_rate is not None
     assert (rate.requests, mixed_rate.requests) == (120, 300)
     as_manager = Employee("e1001", {"BR001": frozenset({"manager"})}, frozenset(), courier.shifts, True)
-    claimed = index.record_limit(as_manager, "waybill")
+    claimed, claimed_rate = index.record_limit(as_manager, "waybill"), index.rate_limit(as_manager)
     assert claimed is not None
-    assert (claimed.cap, claimed.quota) == (200, 5000)
+    assert claimed_rate is not None
+    assert (claimed.cap, claimed.quota, claimed_rate.requests) == (200, 5000, 300)
     assert index.record_limit(courier, "waybill") is first  # the roster's courier is unchanged
+    assert index.rate_limit(courier) is rate
+
+
+def test_grants_are_memoised_per_branch_and_roles_not_per_first_asker(shipped: PolicySnapshot) -> None:
+    """Two couriers of different branches share roles but not grants; an identity
+    provider's branch for the same person counts, not the roster's."""
+    index = shipped.index
+    br001, br002 = employee(shipped, "e1001"), employee(shipped, "e1002")
+    assert br001.roles is br002.roles
+    assert br001.assignment != br002.assignment
+    assert index.grant(br001, "waybill", "read").branches == frozenset({"BR001"})
+    assert index.grant(br002, "waybill", "read").branches == frozenset({"BR002"})
+    moved = Employee("e1001", {"BR002": frozenset({"courier"})}, frozenset(), br001.shifts, True)
+    assert moved.assignment == br002.assignment
+    assert index.grant(moved, "waybill", "read").branches == frozenset({"BR002"})
+    assert index.grant(br001, "waybill", "read").branches == frozenset({"BR001"})
+
+
+def test_role_sets_past_the_sharing_bound_still_key_the_memos(policies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the intern table is full, new role sets are equal but not shared: the memos
+    must still answer by value."""
+    snapshot = load_snapshot(policies)
+    courier = employee(snapshot, "e1001")
+    expected = snapshot.index.record_limit(courier, "waybill")
+    monkeypatch.setattr(index_module, "_INTERNED", {frozenset({f"r{n}"}): frozenset() for n in range(20_000)})
+    unshared = Employee("e1001", {"BR001": frozenset({"courier"})}, frozenset(), courier.shifts, True)
+    assert unshared.roles == courier.roles
+    assert unshared.roles is not courier.roles
+    assert snapshot.index.record_limit(unshared, "waybill") is expected
 
 
 def test_rate_is_compared_per_second_not_by_raw_count(policies: Path) -> None:

@@ -342,7 +342,7 @@ async def guard_phase(
     gc.freeze()
     first_pass: list[int] = []
     reasons, first_allowed = await bench.run(first_pass)
-    first, repeat = split_first_decisions(first_pass, requests)
+    first = first_decisions(first_pass, requests)
     warm: list[int] = []
     reasons, guard_allowed = await bench.run(warm)
     started = time.perf_counter()
@@ -357,7 +357,6 @@ async def guard_phase(
         "guard": summary(warm),
         "guard_first": summary(first),
         "guard_rate": guard_rate,
-        "guard_first_pass_repeat": summary(repeat),
         "verify_cold": summary(verify),
         "guard_cold_token": summary(cold_decide),
         "reasons": dict(reasons.most_common()),
@@ -368,15 +367,16 @@ async def guard_phase(
     }, stats
 
 
-def split_first_decisions(took: list[int], requests: list[Request]) -> tuple[list[int], list[int]]:
-    """The first pass's times, split into each employee's first decision (their principal,
-    limits and counters not yet memoised for this policy revision) and the rest."""
+def first_decisions(took: list[int], requests: list[Request]) -> list[int]:
+    """The first pass's times of each employee's first decision (their principal, grants,
+    limits and counters not yet memoised for this policy revision)."""
     seen: set[str] = set()
-    first, repeat = [], []
+    first = []
     for ns, request in zip(took, requests, strict=True):
-        (repeat if request[0] in seen else first).append(ns)
-        seen.add(request[0])
-    return first, repeat
+        if request[0] not in seen:
+            first.append(ns)
+            seen.add(request[0])
+    return first
 
 
 ProfileRow = tuple[int, int, float, float, Any]
@@ -657,8 +657,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "door's own `classify()`, every token verified once beforehand (those verifies are the 'cold' row), and",
         "the loaded policy frozen out of the cyclic GC (`gc.freeze()`, as `broker run` does). The guard goes",
         "through the request list twice (and a third time for decisions per second): 'first decision' is the",
-        "first pass's decisions that were an employee's",
-        "first under this policy revision (principal, grants, limits and counter keys not yet memoised: the",
+        "first pass's decisions that were an employee's first under this policy revision (principal, grants,",
+        "limits and counter keys not yet memoised: the",
         "index's memos are emptied before it; a large roster makes most of a 50,000-request list such), 'steady",
         "state' is the whole second pass (every employee decided before: what a roster at work costs per",
         "request, and what the < 50 µs p99 target is read from). The token cache is sized to hold every token",

@@ -36,8 +36,8 @@ class Employee:
     (grants, limits and rates are memoised by roles, so they follow what the token claims)."""
     roles: frozenset[str] = field(init=False, compare=False)
     """Every role held, in any branch or globally: what limits and rates depend on. One
-    shared set per distinct combination, so it also keys the limit memos (a roster of
-    100,000 holds a few dozen combinations, not 100,000 entries per memo)."""
+    shared set per distinct combination, so it also keys the limit memos (the bench's
+    roster of 100,000 holds 11 combinations: 11 memo entries, not 100,000)."""
     assignment: Assignment = field(init=False, compare=False)
     """Roles per branch and global roles, as one shared value: what grants depend on. It
     keys the grant memo, so a newcomer whose colleagues in the same branch and roles were

@@ -54,3 +54,22 @@ async def test_unknown_or_missing_claims_are_refused(make_broker: BrokerFactory)
     missing = await broker.get("/api/branches/BR001/waybills", headers=bearer(broker, "e1001", branch="BR001"))
     assert missing.status == 401 and missing.json["reason"] == "identity.malformed"
     assert "'roles' claim" in missing.json["detail"]
+
+
+async def test_limits_follow_the_claimed_roles_token_by_token(make_broker: BrokerFactory) -> None:
+    """Limits are memoised per set of roles, never per employee: the same person's next
+    token with other roles gets that token's cap and quota, and back again."""
+    broker = await make_broker(identity=CLAIMS)
+    as_courier = bearer(broker, "e1001", branch="BR001", roles=["courier"])
+    as_manager = bearer(broker, "e1001", branch="BR001", roles=["manager"])
+    over_courier_cap = "/api/branches/BR001/waybills?limit=60"
+    refused = await broker.get(over_courier_cap, headers=as_courier)
+    assert refused.status == 403 and refused.json["reason"] == "bulk.over_cap"
+    assert "at most 50 per request" in refused.json["detail"]
+    allowed = await broker.get(over_courier_cap, headers=as_manager)
+    assert allowed.status == 200
+    assert '"waybill";q=5000' in allowed.headers["RateLimit-Policy"]
+    again = await broker.get(over_courier_cap, headers=as_courier)
+    assert again.status == 403 and again.json["reason"] == "bulk.over_cap"
+    small = await broker.get("/api/branches/BR001/waybills?limit=5", headers=as_courier)
+    assert small.status == 200 and '"waybill";q=500' in small.headers["RateLimit-Policy"]

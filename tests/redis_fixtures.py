@@ -10,10 +10,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+
+from broker.meter.redis_store import RedisCounterStore
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -86,3 +89,34 @@ async def shared_redis() -> AsyncIterator[tuple[str, str]]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+class RedisOpener:
+    """Opens Redis clients and counter stores for a test and closes every one of them at
+    teardown, whether the test passed or not (a leaked connection is a ResourceWarning,
+    which fails whichever test happens to be running when it is collected)."""
+
+    def __init__(self) -> None:
+        self._clients: list[aioredis.Redis] = []
+        self._stores: list[RedisCounterStore] = []
+
+    def client(self, url: str) -> aioredis.Redis:
+        self._clients.append(aioredis.from_url(url))
+        return self._clients[-1]
+
+    def store(self, url: str, **options: Any) -> RedisCounterStore:
+        self._stores.append(RedisCounterStore(url, **options))
+        return self._stores[-1]
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+        for store in self._stores:
+            await store.close()
+
+
+@pytest.fixture
+async def redis_opener() -> AsyncIterator[RedisOpener]:
+    opener = RedisOpener()
+    yield opener
+    await opener.close()

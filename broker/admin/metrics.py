@@ -52,6 +52,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.store_persistent = Gauge(
+            "broker_meter_store_persistent",
+            "1 when the shared counter store keeps its counts across its own restart (Redis appendonly), "
+            "0 when it does not or would not say (a restart would hand out fresh quotas); unset in memory",
+            registry=self.registry,
+        )
         self.policy_loaded = Gauge("broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry)
         self.pg_sessions = Gauge(
             "broker_pg_sessions", "Employee sessions open through the PostgreSQL door", registry=self.registry

@@ -63,17 +63,25 @@ class AdminRoutes:
             return _json({"ready": False, "why": "no valid policy loaded"}, 503)
         return _json({"ready": True, "policy_revision": snapshot.revision, "counter_store": self._store_state()})
 
-    def _store_state(self) -> dict[str, str]:
+    def _store_state(self) -> dict[str, str | bool | None]:
         """Readiness reports the shared store but does not fail on it: every replica shares
         it, so pulling them all would turn a Redis outage into a total one. Requests apply
         the configured failure mode instead."""
         if not self._meter.shared:
             return {"backend": "memory", "state": "ok"}
         state = "ok" if self._meter.state is BreakerState.CLOSED else "unavailable"
-        return {"backend": "redis", "state": state, "breaker": self._meter.state.value}
+        found: dict[str, str | bool | None] = {"backend": "redis", "state": state, "breaker": self._meter.state.value}
+        persistence = self._meter.persistence
+        if persistence is not None:
+            found["persistent"] = persistence.durable
+            if persistence.durable is not True:
+                found["warning"] = persistence.detail
+        return found
 
     async def metrics(self, _: web.Request) -> web.Response:
         self._metrics.policy_loaded.set(1 if self._policy.current else 0)
+        if self._meter.persistence is not None:
+            self._metrics.store_persistent.set(1 if self._meter.persistence.durable else 0)
         return web.Response(body=self._metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def policy(self, _: web.Request) -> web.Response:

@@ -20,7 +20,9 @@ import structlog
 from broker.meter.breaker import BreakerState, CircuitBreaker
 from broker.meter.store import (
     CounterStore,
+    ExpiredWindow,
     MemoryCounterStore,
+    Persistence,
     QuotaAsk,
     RateAsk,
     RateOutcome,
@@ -82,6 +84,8 @@ class Meter:
         self._failure = failure or FailurePolicy()
         self._breaker = breaker or CircuitBreaker(clock)
         self._fallback = MemoryCounterStore()
+        self.persistence: Persistence | None = None
+        """The shared store's persistence as read at start (None before, or in memory)."""
 
     @property
     def state(self) -> BreakerState:
@@ -91,6 +95,9 @@ class Meter:
         self, resource: str, rate: RateAsk | None, quota: QuotaAsk | None, now: float
     ) -> tuple[RateOutcome | None, Reservation | None, Served]:
         """The rate check and quota reservation of one request, from the store that is up."""
+        if quota is not None and quota.expires_at <= now:
+            log.error("meter.window_already_ended", key=quota.key, window_end=quota.expires_at, now=now)
+            raise ExpiredWindow(f"quota window of {quota.key} ended {now - quota.expires_at:.3f} s ago")
         if not self.shared:  # the in-memory store cannot fail: no breaker, no closures
             outcome, booked = await self.store.admit(rate, quota, now)
             return outcome, booked, Served.LOCAL
@@ -105,7 +112,13 @@ class Meter:
 
     async def settle(self, served: Served, key: str, delta: int, expires_at: float, now: float) -> int | None:
         """Correct a reservation where it was made. If the shared store has gone away
-        meanwhile, the reservation stays charged: the error is on the safe side."""
+        meanwhile, the reservation stays charged: the error is on the safe side.
+
+        An answer that finishes after its quota window ended settles nothing: the next
+        window has a key of its own, and the old one must not be written again."""
+        if expires_at <= now:
+            log.info("meter.settle_after_window", key=key, delta=delta)
+            return None
         store = self._fallback if served is Served.FALLBACK else self.store
         try:
             return await store.add(key, delta, expires_at, now)
@@ -129,6 +142,9 @@ class Meter:
         except StoreUnavailable as exc:
             self._breaker.failed()
             log.error("meter.store_unreachable_at_start", error=str(exc))
+        self.persistence = await self.store.persistence()
+        if self.persistence.durable is not True:
+            log.warning("meter.store_not_persistent", detail=self.persistence.detail)
 
     async def close(self) -> None:
         await self.store.close()

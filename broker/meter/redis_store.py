@@ -1,9 +1,26 @@
 """Counters in Redis, shared by every replica of the broker.
 
 Each operation is one Lua script, so a check and its charge are one atomic round trip:
-two replicas cannot both squeeze the last records of a quota. Keys expire with their
-window. Every call is bounded by a short timeout and no retries, so a sick Redis costs
-a request milliseconds, never a hang; the Meter above decides what a failure means.
+two replicas cannot both squeeze the last records of a quota. Every call is bounded by a
+short timeout and no retries, so a sick Redis costs a request milliseconds, never a
+hang; the Meter above decides what a failure means.
+
+Keys expire with their window, and the expiry is sent as a *relative* TTL (`PEXPIRE`:
+the window's end minus the broker's own now, plus slack), never as an absolute instant.
+A quota window is a calendar fact the broker computes (a shift ends at 06:00 branch
+time), so the broker's clock must decide which window a request falls in; but how long
+Redis keeps the key is a duration, and a duration means the same on both machines
+whatever their clocks say. With `PEXPIREAT` a broker whose clock ran behind Redis's (or
+a demo clock pinned to a past day) wrote keys Redis deleted at once: every employee had
+an endless quota. Using Redis's `TIME` for everything instead would move the window
+arithmetic into Lua and make the in-memory and Redis stores disagree on which window a
+request is in. A TTL that comes out not positive means the caller asked to charge a
+window that has already ended: that is a bug, refused here (`ExpiredWindow`) rather
+than written as a key that vanishes.
+
+The rate limiter's theoretical arrival time is stored as the broker's epoch seconds, so
+replicas sharing one Redis assume their clocks agree to well within a rate period (NTP);
+its key's lifetime is relative too.
 """
 
 from __future__ import annotations
@@ -19,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation, StoreUnavailable
+from broker.meter.store import ExpiredWindow, Persistence, QuotaAsk, RateAsk, RateOutcome, Reservation, StoreUnavailable
 
 EXPIRY_SLACK_MS = 60_000
 """Keys outlive their window a little so a clock skew between replicas cannot drop one early."""
@@ -30,7 +47,7 @@ if used < 0 then
   redis.call('SET', KEYS[1], 0)
   used = 0
 end
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return used
 """
 
@@ -40,7 +57,7 @@ return used
 # digits of an epoch timestamp. KEYS[1] is the rate
 # key, KEYS[2] the quota key (both carry the employee as a hash tag, so they live on
 # one shard of a cluster). ARGV: now, rate?, period, rate limit, quota?, amount, quota
-# limit, quota expiry (ms). Reply: allowed, retry, reset, remaining, granted, used
+# limit, quota time to live (ms, relative). Reply: allowed, retry, reset, remaining, granted, used
 # (granted -1: no reservation was attempted).
 _ADMIT = """
 local now = tonumber(ARGV[1])
@@ -67,7 +84,7 @@ if used + amount > tonumber(ARGV[7]) then
   return {allowed, retry, reset, remaining, '0', string.format('%d', used)}
 end
 used = redis.call('INCRBY', KEYS[2], amount)
-redis.call('PEXPIREAT', KEYS[2], ARGV[8])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
 return {allowed, retry, reset, remaining, '1', string.format('%d', used)}
 """
 
@@ -105,7 +122,7 @@ class RedisCounterStore:
             "1" if quota else "0",
             quota.amount if quota else 0,
             quota.limit if quota else 0,
-            _expiry_ms(quota.expires_at) if quota else 0,
+            _ttl_ms(quota.expires_at, now) if quota else 0,
         ]
         allowed, retry, reset, remaining, granted, used = await self._run(self._admit(keys=keys, args=args))
         outcome = None
@@ -121,7 +138,7 @@ class RedisCounterStore:
         return booked
 
     async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
-        return int(await self._call(self._add, key, delta, _expiry_ms(expires_at)))
+        return int(await self._call(self._add, key, delta, _ttl_ms(expires_at, now)))
 
     async def get(self, key: str, now: float) -> int:
         value = await self._run(self._client.get(self._prefix + key))
@@ -134,6 +151,30 @@ class RedisCounterStore:
 
     async def ping(self) -> None:
         await self._run(self._client.ping())
+
+    async def persistence(self) -> Persistence:
+        """Read Redis's own persistence settings. Append-only file on: durable. RDB
+        snapshots alone lose every count since the last snapshot (up to a shift's worth),
+        so they are reported as not durable too."""
+        try:
+            appendonly = await self._run(self._client.config_get("appendonly"))
+            save = await self._run(self._client.config_get("save"))
+        except StoreUnavailable as exc:
+            detail = f"could not read Redis's persistence settings ({exc}); make sure it keeps its data"
+            return Persistence(None, detail)
+        aof = _text(appendonly.get("appendonly")).lower() == "yes"
+        snapshots = _text(save.get("save")).strip()
+        if aof:
+            return Persistence(True, "Redis writes an append-only file (appendonly yes)")
+        if snapshots:
+            return Persistence(
+                False,
+                f"Redis keeps only RDB snapshots (save {snapshots!r}): a restart forgets every count since the last "
+                "one and hands employees fresh quotas; set appendonly yes",
+            )
+        return Persistence(
+            False, "Redis keeps nothing on disk (appendonly no, save ''): a restart hands every employee a fresh quota"
+        )
 
     async def close(self) -> None:
         await self._client.aclose(close_connection_pool=True)
@@ -149,5 +190,14 @@ class RedisCounterStore:
             raise StoreUnavailable(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
 
 
-def _expiry_ms(expires_at: float) -> int:
-    return math.ceil(expires_at * 1000) + EXPIRY_SLACK_MS
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _ttl_ms(expires_at: float, now: float) -> int:
+    """How long Redis keeps a key of a window ending at `expires_at`, from `now` on the
+    broker's clock: a duration, so Redis's clock never has to agree with ours."""
+    remaining_ms = math.ceil((expires_at - now) * 1000)
+    if remaining_ms <= 0:
+        raise ExpiredWindow(f"quota window ended {-remaining_ms} ms before now; refusing to write an expired key")
+    return remaining_ms + EXPIRY_SLACK_MS

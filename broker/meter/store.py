@@ -14,6 +14,22 @@ class StoreUnavailable(Exception):
     """The counter store could not answer in time; the meter applies the failure mode."""
 
 
+class ExpiredWindow(ValueError):
+    """A charge against a quota window that has already ended. Written, its key would
+    expire at once and the quota would be free; so it is never written, and the request
+    is refused (the caller has a bug). Not a StoreUnavailable: no fallback may grant it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Persistence:
+    """Whether the store's counters outlive a restart of the store. A store that forgets
+    them hands every employee a fresh quota when it restarts."""
+
+    durable: bool | None
+    """None: the store would not say (e.g. CONFIG is disabled on a managed Redis)."""
+    detail: str
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     granted: bool
@@ -60,6 +76,10 @@ class CounterStore(Protocol):
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot be reached (opens a connection)."""
+        ...
+
+    async def persistence(self) -> Persistence:
+        """Whether the counters survive a restart of the store itself."""
         ...
 
     async def close(self) -> None: ...
@@ -121,6 +141,9 @@ class MemoryCounterStore:
 
     async def ping(self) -> None:
         return None
+
+    async def persistence(self) -> Persistence:
+        return Persistence(False, "counters live in the broker process: a broker restart resets every quota")
 
     async def close(self) -> None:
         self._counts.clear()

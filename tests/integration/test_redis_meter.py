@@ -5,38 +5,34 @@ from __future__ import annotations
 import asyncio
 import time
 
-import redis.asyncio as aioredis
-
 from broker.config import MeterSettings
-from broker.meter.redis_store import RedisCounterStore
 from broker.meter.store import MemoryCounterStore, QuotaAsk, RateAsk, Reservation
 from tests.conftest import BrokerFactory
-from tests.redis_fixtures import RedisProcess
+from tests.redis_fixtures import RedisOpener, RedisProcess
 
 LIST = "/api/branches/BR001/waybills"
 CUSTOMERS = "/api/branches/BR003/customers"
 
 
-async def test_reserve_is_atomic_under_concurrency(shared_redis: tuple[str, str]) -> None:
+async def test_reserve_is_atomic_under_concurrency(shared_redis: tuple[str, str], redis_opener: RedisOpener) -> None:
     url, prefix = shared_redis
     # a generous timeout: 200 calls queue for 64 pooled connections on a busy machine;
     # this test is about atomicity, not latency
-    store = RedisCounterStore(url, prefix=prefix, timeout=3.0)
+    store = redis_opener.store(url, prefix=prefix, timeout=3.0)
     now = time.time()
     results = await asyncio.gather(*(store.reserve("q", 1, 50, now + 60, now) for _ in range(200)))
     assert sum(r.granted for r in results) == 50
     assert await store.get("q", now) == 50
     assert await store.add("q", -80, now + 60, now) == 0  # never below zero
-    client = aioredis.from_url(url)
-    ttl_ms = await client.pttl(f"{prefix}q")
+    ttl_ms = await redis_opener.client(url).pttl(f"{prefix}q")
     assert 60_000 < ttl_ms <= 121_000  # the window plus slack
-    await client.aclose()
-    await store.close()
 
 
-async def test_rate_limits_agree_with_the_memory_store(shared_redis: tuple[str, str]) -> None:
+async def test_rate_limits_agree_with_the_memory_store(
+    shared_redis: tuple[str, str], redis_opener: RedisOpener
+) -> None:
     url, prefix = shared_redis
-    shared, local = RedisCounterStore(url, prefix=prefix), MemoryCounterStore()
+    shared, local = redis_opener.store(url, prefix=prefix), MemoryCounterStore()
     start = 1_800_000_000.0
     offsets = [0, 0, 0, 0, 0.1, 0.2, 2.0, 2.0, 2.0, 12.0, 12.1, 30.0, 30.0, 30.0, 30.0]
     for offset in offsets:
@@ -44,30 +40,27 @@ async def test_rate_limits_agree_with_the_memory_store(shared_redis: tuple[str, 
         b = await local.hit_rate("r", 5, 10, start + offset)
         assert (a.allowed, a.remaining) == (b.allowed, b.remaining), offset
         assert abs(a.retry_after - b.retry_after) < 1e-3 and abs(a.reset_after - b.reset_after) < 1e-3
-    await shared.close()
 
 
-async def test_burst_at_a_window_edge_cannot_double_the_rate(shared_redis: tuple[str, str]) -> None:
+async def test_burst_at_a_window_edge_cannot_double_the_rate(
+    shared_redis: tuple[str, str], redis_opener: RedisOpener
+) -> None:
     url, prefix = shared_redis
-    store = RedisCounterStore(url, prefix=prefix)
+    store = redis_opener.store(url, prefix=prefix)
     edge = 1_800_000_059.9
     before = [await store.hit_rate("r", 10, 60, edge) for _ in range(10)]
     after = [await store.hit_rate("r", 10, 60, edge + 0.2) for _ in range(10)]
     assert all(r.allowed for r in before)
     assert sum(r.allowed for r in after) == 0  # a fixed window would have allowed 10 more
-    await store.close()
 
 
-async def test_scripts_survive_a_script_cache_flush(shared_redis: tuple[str, str]) -> None:
+async def test_scripts_survive_a_script_cache_flush(shared_redis: tuple[str, str], redis_opener: RedisOpener) -> None:
     url, prefix = shared_redis
-    store = RedisCounterStore(url, prefix=prefix)
+    store = redis_opener.store(url, prefix=prefix)
     now = time.time()
     await store.reserve("q", 1, 5, now + 60, now)
-    client = aioredis.from_url(url)
-    await client.script_flush()
-    await client.aclose()
+    await redis_opener.client(url).script_flush()
     assert (await store.reserve("q", 1, 5, now + 60, now)).used == 2
-    await store.close()
 
 
 async def test_broker_meters_in_redis(make_broker: BrokerFactory, shared_redis: tuple[str, str]) -> None:
@@ -79,7 +72,11 @@ async def test_broker_meters_in_redis(make_broker: BrokerFactory, shared_redis: 
     events = await broker.audit_events()
     assert events[-1]["meter"] == "shared"
     ready = (await broker.get("/-/readyz")).json
-    assert ready["counter_store"] == {"backend": "redis", "state": "ok", "breaker": "closed"}
+    assert {k: ready["counter_store"][k] for k in ("backend", "state", "breaker")} == {
+        "backend": "redis",
+        "state": "ok",
+        "breaker": "closed",
+    }
 
 
 async def test_redis_down_fails_closed_fast_then_recovers(
@@ -129,9 +126,11 @@ async def test_fail_open_resource_uses_local_fallback_limits(
     assert denied.status == 429 and denied.json["quota"]["limit"] == 100
 
 
-async def test_slow_redis_is_bounded_by_the_timeout(make_broker: BrokerFactory, redis_process: RedisProcess) -> None:
+async def test_slow_redis_is_bounded_by_the_timeout(
+    make_broker: BrokerFactory, redis_process: RedisProcess, redis_opener: RedisOpener
+) -> None:
     broker = await make_broker(meter=MeterSettings(store="redis", redis_url=redis_process.url, timeout_seconds=0.2))
-    client = aioredis.from_url(redis_process.url)
+    client = redis_opener.client(redis_process.url)
     sleeper = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "2"))
     await asyncio.sleep(0.1)
     started = time.monotonic()
@@ -140,12 +139,11 @@ async def test_slow_redis_is_bounded_by_the_timeout(make_broker: BrokerFactory, 
     assert reply.status == 503 and reply.json["reason"] == "meter.unavailable"
     assert elapsed < 1.0, f"a stalled Redis held the request for {elapsed:.2f}s"
     await sleeper
-    await client.aclose()
 
 
-async def test_admit_agrees_with_the_memory_store(shared_redis: tuple[str, str]) -> None:
+async def test_admit_agrees_with_the_memory_store(shared_redis: tuple[str, str], redis_opener: RedisOpener) -> None:
     url, prefix = shared_redis
-    shared, local = RedisCounterStore(url, prefix=prefix), MemoryCounterStore()
+    shared, local = redis_opener.store(url, prefix=prefix), MemoryCounterStore()
     start = 1_800_000_000.0
     steps = [(0.0, 4), (0.0, 4), (0.1, 4), (0.2, 4), (0.3, 1), (5.0, 4), (5.0, 3), (20.0, 9), (20.0, 1)]
     for offset, amount in steps:
@@ -159,4 +157,3 @@ async def test_admit_agrees_with_the_memory_store(shared_redis: tuple[str, str])
     assert only_quota == (None, Reservation(True, 2))
     only_rate = await shared.admit(RateAsk("r:{e2}", 1, 60), None, start)
     assert only_rate[0] is not None and only_rate[0].allowed and only_rate[1] is None
-    await shared.close()

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from broker.identity.jwt_authenticator import mint_token
 from tests.harness import SECRET, TUESDAY_10_SHANGHAI
-from tests.redis_fixtures import free_port
+from tests.redis_fixtures import RedisOpener, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLOCK = "2026-12-01T10:00:00+08:00"
@@ -67,7 +66,7 @@ async def replicas(
 
 
 async def test_two_replicas_share_one_quota_and_charge_what_was_returned(
-    replicas: list[tuple[int, Path]], shared_redis: tuple[str, str]
+    replicas: list[tuple[int, Path]], shared_redis: tuple[str, str], redis_opener: RedisOpener
 ) -> None:
     token = mint_token(SECRET, "e1001", now=TUESDAY_10_SHANGHAI)
     headers = {"Authorization": f"Bearer {token}"}
@@ -109,10 +108,9 @@ async def test_two_replicas_share_one_quota_and_charge_what_was_returned(
     assert sum(1 for e in events if e["reason"] == "quota.exceeded") == statuses.count(429)
 
     url, prefix = shared_redis
-    client = aioredis.from_url(url)
+    client = redis_opener.client(url)
     keys = [key async for key in client.scan_iter(match=f"{prefix}q:{{e1001}}:waybill:*")]
     assert len(keys) == 1
     charged = int(await client.get(keys[0]))
-    await client.aclose()
     assert charged == returned
     assert charged <= 500

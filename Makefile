@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: setup demo test lint typecheck unit bench bench-decision clean
+.PHONY: setup demo test test-moved-clock lint typecheck unit bench bench-decision clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+## The whole suite again with this process's clock moved (a year ahead by default), so a
+## test or a feature that only works near today's date fails here, not on a user's clone.
+## Servers the tests start keep the real clock; Redis and PostgreSQL are other machines.
+## Needs libfaketime (apt-get install -y faketime).
+CLOCK_SHIFT ?= +365d
+FAKETIME_LIB ?= $(firstword $(wildcard /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1))
+test-moved-clock: $(STAMP)
+	@test -n "$(FAKETIME_LIB)" || { echo "libfaketime is missing: apt-get install -y faketime" >&2; exit 1; }
+	REAL_NOW=$$(date +%s) LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/python -c \
+	  'import os, sys, time; moved = time.time() - int(os.environ["REAL_NOW"]); \
+	   print(f"tests under a clock moved by {moved / 86400:+.1f} days"); sys.exit(abs(moved) < 3600)'
+	LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/pytest
 
 ## Every benchmark, side by side with its baselines (about 10 minutes on 2 cores): the
 ## decision core, the counter stores, HTTP (direct, nginx, bare proxy, broker), PostgreSQL

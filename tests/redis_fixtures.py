@@ -3,6 +3,7 @@ private redis-server the tests may stop and restart."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def real_clock_environment() -> dict[str, str]:
+    """This environment without libfaketime: CI runs the suite a second time with the
+    test process's clock a year ahead, and a server we start stands for another machine,
+    whose clock is the real one (redis-server also does not start under libfaketime)."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
+
+
 class RedisProcess:
     """A redis-server of our own, so a test can kill and restart it."""
 
@@ -49,6 +57,7 @@ class RedisProcess:
              "--dir", str(self.directory), "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=real_clock_environment(),
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -57,6 +66,7 @@ class RedisProcess:
                     return
             except redis.RedisError:
                 time.sleep(0.05)
+        self.stop()
         pytest.fail(f"redis-server on port {self.port} did not start")
 
     def stop(self) -> None:

@@ -116,17 +116,19 @@ def running_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], in
     process = subprocess.Popen(
         [sys.executable, "-m", "broker", "run", "-c", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield process, port, policies
-    process.terminate()
-    process.wait(timeout=15)
-    log.close()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except ConnectionError:
+                time.sleep(0.1)
+        yield process, port, policies
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
 
 
 async def test_run_serves_reloads_on_sighup_and_stops_cleanly(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -114,6 +115,22 @@ def build_meter(settings: MeterSettings, clock: Clock, store: CounterStore | Non
         store = RedisCounterStore(settings.redis_url, prefix=settings.key_prefix, timeout=settings.timeout_seconds)
     shared = settings.store == "redis"
     return Meter(store or MemoryCounterStore(), clock.now, shared=shared, failure=failure, breaker=breaker)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How aiohttp's server must read client requests, for every way the broker is served
+    (`broker run`, `broker demo`, the tests). `auto_decompress` off: a compressed request
+    body reaches the handler as the client framed it and is refused there (415), rather
+    than being decoded behind the broker's back and forwarded under the client's length."""
+    server = settings.server
+    return {
+        "auto_decompress": False,
+        "keepalive_timeout": server.idle_timeout_seconds,
+        "max_line_size": server.max_header_bytes,
+        "max_field_size": server.max_header_bytes,
+        "max_headers": server.max_headers,
+        "lingering_time": 1.0,
+    }
 
 
 def build_app(broker: Broker) -> web.Application:

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from broker import __version__
-from broker.app import BROKER_KEY, build_app, build_broker
+from broker.app import BROKER_KEY, build_app, build_broker, server_options
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
@@ -310,6 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         shutdown_timeout=settings.server.shutdown_timeout_seconds,
         reuse_port=settings.server.reuse_port or None,
         access_log=None,
+        **server_options(settings),
         print=lambda text: structlog.get_logger("broker").info("broker.listening", detail=text.strip()),
     )
     return 0

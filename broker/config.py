@@ -31,6 +31,12 @@ class ServerSettings:
     reuse_port: bool = False
     """Let several `broker run` processes share the port (SO_REUSEPORT); quotas are then
     per process unless [meter] store = "redis"."""
+    idle_timeout_seconds: float = 30.0
+    """A kept-alive client connection with no request for this long is closed."""
+    max_header_bytes: int = 8190
+    """The longest request line or header line (name and value) a client may send."""
+    max_headers: int = 100
+    """The most header lines in one request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,9 @@ class UpstreamSettings:
     read_timeout_seconds: float = 30.0
     max_connections: int = 200
     max_request_body_bytes: int = 1 << 20
+    request_body_timeout_seconds: float = 10.0
+    """A request body is read whole, within this time, before a connection to the
+    upstream is taken: a client trickling its body holds no upstream connection."""
     max_response_inspect_bytes: int = 32 << 20
     """Responses carrying records are held and counted before they leave; larger ones
     than this are refused rather than passed on unchecked."""

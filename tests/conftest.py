@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from broker.app import build_app, build_broker
+from broker.app import build_app, build_broker, server_options
 from broker.config import MeterSettings, Settings
 from broker.core.clock import FakeClock
 from broker.demo.upstream import build_upstream_app
@@ -20,7 +20,7 @@ from broker.meter.store import CounterStore
 from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, door_settings, rogue_upstream_app
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.redis_fixtures", "tests.pg_fixtures"]
+pytest_plugins = ["tests.redis_fixtures", "tests.pg_fixtures", "tests.raw_upstream"]
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ async def make_broker(
             postgres=replace(settings.postgres, **postgres) if postgres else settings.postgres,
         )
         broker = build_broker(settings, clock=clock, store=store)
-        server = TestServer(build_app(broker), host="127.0.0.1")
+        server = TestServer(build_app(broker), host="127.0.0.1", **server_options(settings))
         await server.start_server()
         harness = Harness(broker, server, clock, Path(settings.audit.path), aiohttp.ClientSession())
         started.append(harness)

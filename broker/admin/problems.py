@@ -22,6 +22,9 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.REQUEST_BAD_LIMIT: "The number of records asked for is not a whole number from 1 up.",
     Reason.REQUEST_BAD_BODY: "The request body does not say, in the expected field, which branch it is for.",
     Reason.REQUEST_TOO_LARGE: "The request body is larger than the broker accepts.",
+    Reason.REQUEST_ENCODED_BODY: "The request body was compressed (Content-Encoding) or sent with a transfer coding "
+    "other than chunked. The broker checks and forwards only plain bodies; send it uncompressed.",
+    Reason.REQUEST_SLOW_BODY: "The request body did not arrive in time. Check the network and send it again.",
     Reason.ROUTE_UNKNOWN: "This part of the system is not open through the broker.",
     Reason.STATEMENT_REFUSED: "The broker runs only SQL it can check: reads and writes of the mapped tables, "
     "with a LIMIT on reads. The error's hint says what is allowed.",
@@ -40,7 +43,12 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.UPSTREAM_UNAVAILABLE: "The system behind the broker is down. Retry later.",
     Reason.UPSTREAM_TIMEOUT: "The system behind the broker is too slow to answer. Retry later.",
     Reason.UPSTREAM_TOO_MANY_RECORDS: "The system answered with more records than allowed, so nothing was passed on.",
-    Reason.UPSTREAM_OTHER_BRANCH: "The system answered with another branch's records, so nothing was passed on.",
+    Reason.UPSTREAM_OTHER_BRANCH: "The system's answer held records you may not see, so nothing was passed on. "
+    "Ask only for your own branch's records.",
+    Reason.UPSTREAM_REFUSED: "The system behind the broker did not answer this request with records (for example, "
+    "not found or an error). Its own message is not passed on; the status code says what kind of answer it was. "
+    "Refusals like this count towards your records quota.",
+    Reason.UPSTREAM_BUSY: "The broker is holding as many answers as its memory budget allows. Retry shortly.",
     Reason.UPSTREAM_UNINSPECTABLE: "The answer could not be checked, so it was not passed on.",
     Reason.BROKER_ERROR: "The broker failed to decide and refused to be safe. Retry; report the decision id.",
 }

@@ -34,6 +34,7 @@ def decision_event(
         "policy_revision": decision.revision or None,
         "records_requested": "unbounded" if access.records >= UNBOUNDED else access.records,
         "records_returned": returned,
+        "records_charged": decision.reserved if decision.quota_key else 0,
         "quota_left": quota.remaining if quota else None,
         "meter": decision.metered or None,
         "status": status,

@@ -31,6 +31,8 @@ class Reason(StrEnum):
     REQUEST_BAD_LIMIT = "request.bad_limit"
     REQUEST_BAD_BODY = "request.bad_body"
     REQUEST_TOO_LARGE = "request.too_large"
+    REQUEST_ENCODED_BODY = "request.encoded_body"
+    REQUEST_SLOW_BODY = "request.slow_body"
     ROUTE_UNKNOWN = "route.unknown"
     STATEMENT_REFUSED = "statement.refused"
     STATEMENT_BAD_SYNTAX = "statement.bad_syntax"
@@ -52,6 +54,8 @@ class Reason(StrEnum):
     UPSTREAM_TOO_MANY_RECORDS = "upstream.too_many_records"
     UPSTREAM_OTHER_BRANCH = "upstream.other_branch"
     UPSTREAM_UNINSPECTABLE = "upstream.uninspectable"
+    UPSTREAM_REFUSED = "upstream.refused"
+    UPSTREAM_BUSY = "upstream.busy"
 
     BROKER_ERROR = "broker.error"
 

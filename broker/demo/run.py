@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from broker.app import build_app, build_broker
+from broker.app import build_app, build_broker, server_options
 from broker.config import Settings
 from broker.core.clock import OffsetClock, SystemClock, iso, parse_instant
 from broker.demo.upstream import build_upstream_app
@@ -58,7 +58,7 @@ async def _serve(broker: object, settings: Settings, args: argparse.Namespace, s
     upstream = web.AppRunner(build_upstream_app())
     await upstream.setup()
     await web.TCPSite(upstream, "127.0.0.1", args.upstream_port).start()
-    runner = web.AppRunner(build_app(broker), access_log=None)  # type: ignore[arg-type]
+    runner = web.AppRunner(build_app(broker), access_log=None, **server_options(settings))  # type: ignore[arg-type]
     await runner.setup()
     await web.TCPSite(runner, settings.server.host, settings.server.port).start()
     print(_banner(settings, args, secret, now), flush=True)

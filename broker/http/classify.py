@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
-import orjson
 from multidict import MultiMapping
 
 from broker.core.access import UNBOUNDED, Access, Refusal
@@ -127,11 +128,29 @@ def _records(route: Route, query: MultiMapping[str], routes: RouteMap) -> int:
     return int(raw)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(key)
+        document[key] = value
+    return document
+
+
 def branch_from_body(route: Route, body: bytes) -> str:
-    """The record's branch named in a JSON request body (for writes)."""
+    """The record's branch named in a JSON request body (for writes).
+
+    A key given twice anywhere in the body is refused: the broker would decide on one
+    value and the upstream's parser might read the other."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        document = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise Refused(Reason.REQUEST_BAD_BODY, f"The request body gives the key {str(exc)!r} twice.") from None
+    except (ValueError, RecursionError):
         raise Refused(Reason.REQUEST_BAD_BODY, "The request body is not valid JSON.") from None
     value = document.get(route.branch_name) if isinstance(document, dict) else None
     if not isinstance(value, str) or not value:

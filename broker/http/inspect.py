@@ -3,10 +3,24 @@
 Answers carrying records are held until counted: a record of another branch, or more
 records than the decision allowed, must never leave the building, and a cut-off
 stream would already have leaked the part before the cut.
+
+A record is *any* JSON object in the answer that carries the route's branch field
+(`branch_field`, a dotted path such as `org.branch_code`), wherever it sits: in the list
+the route map names, nested inside another record (`related: [...]`), beside the list,
+or at the top level. Every such object is counted against the allowance and checked
+against the employee's branches. The place the route map names is checked too: a list
+answer must have its list there, each element a record; a one-record answer must be a
+record. So an API that grows a field, or an upstream that smuggles records somewhere
+unexpected, cannot carry records past the count.
+
+Refusal details say what the employee did, never what the answer held: no branch codes,
+no counts (an employee could otherwise learn, for free, which branch a waybill belongs
+to or how many records a phone number has).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +28,11 @@ import orjson
 
 from broker.core.reason import Reason
 from broker.policy.route import Route
+
+MAX_DEPTH = 64
+"""Objects nested deeper than this are not inspected: the answer is refused instead."""
+
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,48 +42,109 @@ class Counted:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    count: int
+    foreign: bool
+    unlabelled: bool
+    too_deep: bool
+
+
 def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset[str] | None) -> Counted:
+    """The records in a held answer, or the reason it must not be passed on."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with invalid JSON.")
-    records = _records(route, document)
-    if records is None:
-        where = ".".join(route.response_items) or "the top level"
-        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, f"The answer had no list of records at {where}.")
-    if len(records) > allowed:
+        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with something other than JSON.")
+    if not _in_expected_place(route, document):
+        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, _misplaced(route))
+    scan = scan_records(document, route.branch_path, branches)
+    if scan.too_deep:
+        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The answer is nested too deeply to be checked.")
+    if scan.unlabelled:
         return Counted(
-            len(records),
-            Reason.UPSTREAM_TOO_MANY_RECORDS,
-            f"The service returned {len(records)} records where {allowed} were allowed; nothing was passed on.",
+            0,
+            Reason.UPSTREAM_UNINSPECTABLE,
+            f"A record in the answer has no usable {route.branch_field!r}, so it cannot be checked.",
         )
-    return _check_branches(route, records, branches)
+    if scan.foreign:
+        return Counted(
+            scan.count,
+            Reason.UPSTREAM_OTHER_BRANCH,
+            "The answer held records you may not see; nothing was passed on. Ask only for your own branch's records.",
+        )
+    if scan.count > allowed:
+        return Counted(
+            scan.count,
+            Reason.UPSTREAM_TOO_MANY_RECORDS,
+            f"This request may return at most {allowed} records and the answer held more; nothing was passed on. "
+            "Ask for fewer.",
+        )
+    return Counted(scan.count)
 
 
-def _records(route: Route, document: Any) -> list[Any] | None:
+def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether a JSON answer on a route mapped as carrying no records holds an object
+    with any branch field the route map knows (or cannot be fully checked)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    for path in branch_paths:
+        scan = scan_records(document, path, None)
+        if scan.count or scan.too_deep:
+            return True
+    return False
+
+
+def scan_records(document: Any, branch_path: tuple[str, ...], branches: frozenset[str] | None) -> _Scan:
+    """Every object carrying `branch_path`, anywhere in `document` (iteratively: a deep
+    answer cannot exhaust the stack)."""
+    count, foreign, unlabelled = 0, False, False
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return _Scan(count, foreign, unlabelled, True)
+        if type(node) is dict:
+            branch = _resolve(node, branch_path)
+            if branch is not _MISSING:
+                count += 1
+                if type(branch) is not str or not branch:
+                    unlabelled = True
+                elif branches is not None and branch not in branches:
+                    foreign = True
+            children: Iterable[Any] = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
+    return _Scan(count, foreign, unlabelled, False)
+
+
+def _resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = node
+    for key in path:
+        if type(value) is not dict:
+            return _MISSING
+        value = value.get(key, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def _in_expected_place(route: Route, document: Any) -> bool:
+    found = _resolve(document, route.response_items) if route.response_items else document
     if route.records == "one":
-        return [document] if isinstance(document, dict) else None
-    for key in route.response_items:
-        if not isinstance(document, dict):
-            return None
-        document = document.get(key)
-    return document if isinstance(document, list) else None
+        return type(found) is dict and _resolve(found, route.branch_path) is not _MISSING
+    if type(found) is not list:
+        return False
+    return all(type(item) is dict and _resolve(item, route.branch_path) is not _MISSING for item in found)
 
 
-def _check_branches(route: Route, records: list[Any], branches: frozenset[str] | None) -> Counted:
-    field = route.branch_field
-    for record in records:
-        branch = record.get(field) if isinstance(record, dict) else None
-        if not isinstance(branch, str):
-            return Counted(
-                len(records),
-                Reason.UPSTREAM_UNINSPECTABLE,
-                f"A record in the answer has no {field!r} field, so its branch cannot be checked.",
-            )
-        if branches is not None and branch not in branches:
-            return Counted(
-                len(records),
-                Reason.UPSTREAM_OTHER_BRANCH,
-                f"The answer held a record of branch {branch}; nothing was passed on.",
-            )
-    return Counted(len(records))
+def _misplaced(route: Route) -> str:
+    where = ".".join(route.response_items) or "the top level"
+    if route.records == "one":
+        return f"The answer is not one record with {route.branch_field!r} at {where}, as the route map says."
+    return f"The answer has no list of records with {route.branch_field!r} at {where}, as the route map says."

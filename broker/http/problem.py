@@ -43,6 +43,8 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.REQUEST_BAD_LIMIT: (400, "Record limit is not a number"),
     Reason.REQUEST_BAD_BODY: (400, "Request body cannot be checked"),
     Reason.REQUEST_TOO_LARGE: (413, "Request body is too large"),
+    Reason.REQUEST_ENCODED_BODY: (415, "Request body is compressed or transfer-coded"),
+    Reason.REQUEST_SLOW_BODY: (408, "Request body arrived too slowly"),
     Reason.ROUTE_UNKNOWN: (403, "This API path is not open through the broker"),
     Reason.POLICY_NOT_PERMITTED: (403, "Your role does not allow this"),
     Reason.POLICY_OTHER_BRANCH: (403, "Record belongs to another branch"),
@@ -55,9 +57,11 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.METER_UNAVAILABLE: (503, "Quotas cannot be checked right now"),
     Reason.UPSTREAM_UNAVAILABLE: (502, "The service behind the broker is unavailable"),
     Reason.UPSTREAM_TIMEOUT: (504, "The service behind the broker did not answer in time"),
-    Reason.UPSTREAM_TOO_MANY_RECORDS: (403, "The answer held more records than allowed"),
-    Reason.UPSTREAM_OTHER_BRANCH: (403, "The answer held records of another branch"),
+    Reason.UPSTREAM_TOO_MANY_RECORDS: (403, "The answer held more records than this request may return"),
+    Reason.UPSTREAM_OTHER_BRANCH: (403, "The answer held records you may not see"),
     Reason.UPSTREAM_UNINSPECTABLE: (502, "The answer could not be checked"),
+    Reason.UPSTREAM_REFUSED: (502, "The service behind the broker refused the request"),
+    Reason.UPSTREAM_BUSY: (503, "The broker is holding too many answers right now"),
     Reason.BROKER_ERROR: (503, "The broker could not decide"),
 }
 
@@ -66,9 +70,10 @@ def problem_type(reason: Reason) -> str:
     return f"/-/problems/{reason.value}"
 
 
-def problem_response(decision: Decision) -> web.Response:
-    """The denial as the employee's app receives it."""
-    status, title = STATUS_AND_TITLE.get(decision.reason, (403, "Denied"))
+def problem_response(decision: Decision, status: int | None = None) -> web.Response:
+    """The denial as the employee's app receives it (`status` overrides the reason's)."""
+    default_status, title = STATUS_AND_TITLE.get(decision.reason, (403, "Denied"))
+    status = status or default_status
     body: dict[str, Any] = {
         "type": problem_type(decision.reason),
         "title": title,

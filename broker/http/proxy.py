@@ -7,6 +7,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
+import structlog
 from aiohttp import web
 
 from broker.admin.metrics import Metrics
@@ -19,15 +20,22 @@ from broker.core.reason import Reason
 from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
 from broker.http.classify import Refused, branch_from_body, classify
-from broker.http.inspect import inspect_records
+from broker.http.inspect import holds_records, inspect_records
 from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
-from broker.http.upstream import BodyTooLarge, Upstream, answer_headers, limited_body
+from broker.http.request_body import read_body, unframeable
+from broker.http.upstream import Upstream, answer_headers
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
 
 _NO_FIELDS: dict[str, object] = {}
+log = structlog.get_logger("broker.http")
+
+
+def _is_json(answer: Answer) -> bool:
+    kind = answer.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return kind == "application/json" or kind.endswith("+json")
 
 
 @dataclass(slots=True)
@@ -55,6 +63,7 @@ class ProxyHandler:
         self._audit = audit
         self._shadow = shadow
         self._max_body = upstream.settings.max_request_body_bytes
+        self._body_timeout = upstream.settings.request_body_timeout_seconds
         self._running_loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -100,9 +109,9 @@ class ProxyHandler:
         access, route = classify(snapshot.routes, request.method, request.raw_path, request.query, credential, client)
         if route is None:
             return access, None, None
-        if request.content_length is not None and request.content_length > self._max_body:
-            detail = f"The request body is {request.content_length} bytes; the limit is {self._max_body}."
-            return dataclasses.replace(access, refusal=Refusal(Reason.REQUEST_TOO_LARGE, detail)), None, None
+        refusal = unframeable(request, self._max_body)
+        if refusal is not None:
+            return dataclasses.replace(access, refusal=refusal), None, None
         if route.branch_from != "body":
             return access, route, None
         return await self._branch_from_body(request, access, route)
@@ -110,84 +119,127 @@ class ProxyHandler:
     async def _branch_from_body(
         self, request: web.Request, access: Access, route: Route
     ) -> tuple[Access, Route | None, bytes | None]:
+        body = await read_body(request, self._max_body, self._body_timeout)
+        if isinstance(body, Refusal):
+            return dataclasses.replace(access, refusal=body), None, None
         try:
-            body = await request.read()
             return dataclasses.replace(access, branch=branch_from_body(route, body)), route, body
-        except web.HTTPRequestEntityTooLarge:
-            refusal = Refusal(Reason.REQUEST_TOO_LARGE, f"The request body is over {self._max_body} bytes.")
         except Refused as exc:
-            refusal = Refusal(exc.reason, exc.detail)
-        return dataclasses.replace(access, refusal=refusal), None, None
+            return dataclasses.replace(access, refusal=Refusal(exc.reason, exc.detail)), None, None
 
     async def _forward(
         self, request: web.Request, decision: Decision, route: Route, body: bytes | None, outcome: Outcome
     ) -> web.StreamResponse:
+        """Send the request upstream framed by the broker: the body is read whole first
+        (bounded in size and time) and goes with the broker's own Content-Length, so what
+        the upstream parses is exactly what was decided on."""
+        if body is None and request.body_exists:
+            read = await read_body(request, self._max_body, self._body_timeout)
+            if isinstance(read, Refusal):
+                await self._guard.settle(decision, 0)
+                return self._refuse(decision, outcome, read.reason, read.detail)
+            body = read
         inspect = route.records != "none"
         employee = decision.employee or ""
         headers = self._upstream.request_headers(request, employee, decision.id, inspect)
-        data = (
-            body
-            if body is not None
-            else (limited_body(request.content, self._max_body) if request.body_exists else None)
-        )
         try:
-            answer = await self._upstream.pool.send(
-                request.method, request.raw_path, headers, data, body_length=request.content_length
-            )
+            answer = await self._upstream.pool.send(request.method, request.raw_path, headers, body)
             try:
-                if inspect and 200 <= answer.status < 300:
-                    return await self._pass_inspected(decision, route, answer, outcome)
-                await self._guard.settle(decision, 0)
-                return await self._pass_streamed(request, decision, answer, outcome)
+                return await self._answer(request, decision, route, answer, outcome)
             finally:
                 answer.release()
-        except BodyTooLarge:
-            return await self._fail(
-                decision,
-                outcome,
-                Reason.REQUEST_TOO_LARGE,
-                f"The request body is over {self._max_body} bytes.",
-            )
         except TimeoutError:
             if outcome.status:  # headers already sent: nothing to do but drop the connection
                 raise
             self._metrics.upstream_errors.labels("timeout").inc()
-            return await self._fail(decision, outcome, Reason.UPSTREAM_TIMEOUT, "The service did not answer in time.")
+            await self._guard.settle(decision, 0)
+            return self._refuse(decision, outcome, Reason.UPSTREAM_TIMEOUT, "The service did not answer in time.")
         except OSError as exc:
             if outcome.status:
                 raise
             self._metrics.upstream_errors.labels("connection").inc()
             unreachable = f"The service is unreachable ({type(exc).__name__})."
             detail = str(exc) if isinstance(exc, UpstreamError) else unreachable
-            return await self._fail(decision, outcome, Reason.UPSTREAM_UNAVAILABLE, detail)
+            await self._guard.settle(decision, 0)
+            return self._refuse(decision, outcome, Reason.UPSTREAM_UNAVAILABLE, detail)
+
+    async def _answer(
+        self, request: web.Request, decision: Decision, route: Route, answer: Answer, outcome: Outcome
+    ) -> web.StreamResponse:
+        """Which way an answer goes: on a record route only a 2xx answer can carry records
+        to the employee, and it is held and counted; any other status becomes a problem of
+        the broker's own (the upstream's body never reaches the client). Refusals after the
+        upstream answered keep their reservation when the employee's request caused them
+        (another branch's records, too many, a 4xx such as not found): probing is metered
+        like reading. The service's own failures (5xx, answers it cannot check) are not."""
+        if route.records != "none":
+            if 200 <= answer.status < 300:
+                return await self._pass_inspected(request, decision, route, answer, outcome)
+            self._metrics.upstream_errors.labels("status").inc()
+            status = answer.status if 400 <= answer.status < 500 else 502
+            if status == 502:  # the service's failure, not the employee's probe
+                await self._guard.settle(decision, 0)
+            detail = f"The service answered {answer.status} to this request; its own answer is not passed on."
+            return self._refuse(decision, outcome, Reason.UPSTREAM_REFUSED, detail, status)
+        if _is_json(answer) and (answer.content_length or 0) <= self._upstream.settings.max_response_inspect_bytes:
+            return await self._pass_checked_unmapped(request, decision, answer, outcome)
+        await self._guard.settle(decision, 0)
+        return await self._pass_streamed(request, decision, answer, outcome)
 
     async def _pass_inspected(
-        self, decision: Decision, route: Route, answer: Answer, outcome: Outcome
+        self, request: web.Request, decision: Decision, route: Route, answer: Answer, outcome: Outcome
     ) -> web.StreamResponse:
         encoding = answer.headers.get("Content-Encoding", "identity").lower()
         if encoding not in ("", "identity"):
-            return await self._fail(
-                decision,
-                outcome,
-                Reason.UPSTREAM_UNINSPECTABLE,
-                f"The answer is {encoding}-encoded and cannot be counted.",
-            )
+            self._metrics.upstream_errors.labels(Reason.UPSTREAM_UNINSPECTABLE.value).inc()
+            await self._guard.settle(decision, 0)
+            detail = "The service sent a compressed answer, which cannot be counted."
+            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
         limit = self._upstream.settings.max_response_inspect_bytes
         body = await answer.read(limit)
         if body is None:
-            return await self._fail(
-                decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, f"The answer is larger than {limit} bytes."
-            )
-        verdict = inspect_records(route, body, decision.allowed_records, decision.allowed_branches)
-        if verdict.violation is not None:
-            self._metrics.upstream_errors.labels(verdict.violation.value).inc()
-            decision.facts["records_in_answer"] = verdict.count
-            return await self._fail(decision, outcome, verdict.violation, verdict.detail)
-        await self._guard.settle(decision, verdict.count)
+            self._metrics.upstream_errors.labels(Reason.UPSTREAM_UNINSPECTABLE.value).inc()
+            await self._guard.settle(decision, 0)
+            detail = f"The answer is larger than the {limit} bytes the broker can check; ask for fewer records."
+            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
+        if not body and (request.method == "HEAD" or answer.status in (204, 205)):
+            count = 0
+        else:
+            verdict = inspect_records(route, body, decision.allowed_records, decision.allowed_branches)
+            if verdict.violation is not None:
+                self._metrics.upstream_errors.labels(verdict.violation.value).inc()
+                if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault
+                    await self._guard.settle(decision, 0)
+                return self._refuse(decision, outcome, verdict.violation, verdict.detail)
+            count = verdict.count
+        await self._guard.settle(decision, count)
+        return self._held_answer(decision, answer, body, outcome, count)
+
+    async def _pass_checked_unmapped(
+        self, request: web.Request, decision: Decision, answer: Answer, outcome: Outcome
+    ) -> web.StreamResponse:
+        """A JSON answer on a route the map says carries no records is held and scanned
+        for any branch field the map knows: a mis-mapped route is caught the first time an
+        answer with records comes through it, not after a shift of unmetered reads."""
+        body = await answer.read(self._upstream.settings.max_response_inspect_bytes)
+        snapshot = self._policy.current
+        fields = snapshot.routes.branch_paths if snapshot is not None else ()
+        if body is None or holds_records(body, fields):
+            self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
+            log.error("http.records_on_route_mapped_without_records", route=decision.access.target)
+            await self._guard.settle(decision, 0)
+            detail = "The answer held records on a path mapped as carrying none; it was not passed on."
+            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
+        await self._guard.settle(decision, 0)
+        return self._held_answer(decision, answer, body, outcome, 0)
+
+    def _held_answer(
+        self, decision: Decision, answer: Answer, body: bytes, outcome: Outcome, count: int
+    ) -> web.StreamResponse:
         own = limit_headers(decision, self._guard.clock.now())
         own[DECISION_HEADER] = decision.id
         headers = answer_headers(answer.headers, own, keep_length=False)
-        outcome.status, outcome.returned = answer.status, verdict.count
+        outcome.status, outcome.returned = answer.status, count
         return web.Response(status=answer.status, body=body, headers=headers)
 
     async def _pass_streamed(
@@ -204,11 +256,13 @@ class ProxyHandler:
         await response.write_eof()
         return response
 
-    async def _fail(self, decision: Decision, outcome: Outcome, reason: Reason, detail: str) -> web.Response:
-        """Turn an allow into a denial after the fact: nothing was passed on, nothing charged."""
-        await self._guard.settle(decision, 0)
+    def _refuse(
+        self, decision: Decision, outcome: Outcome, reason: Reason, detail: str, status: int | None = None
+    ) -> web.Response:
+        """Turn an allow into a denial after the fact: nothing is passed on. The caller
+        settles the reservation (zero before the upstream answered; kept after)."""
         decision.verdict, decision.reason, decision.detail = Verdict.DENY, reason, detail
-        response = problem_response(decision)
+        response = problem_response(decision, status)
         outcome.status = response.status
         return response
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -22,10 +21,6 @@ BROKER_HEADER_PREFIX = "x-broker-"
 FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded")
 FRAMING = frozenset({"content-length", "expect"})
 """Set by the pool for the body it sends; `Expect: 100-continue` was answered by the broker."""
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class Upstream:
@@ -134,13 +129,3 @@ def answer_headers(
 def _listed(connection: list[str]) -> set[str]:
     """The header names a Connection header lists (hop-by-hop too, RFC 9110 7.6.1)."""
     return {t.strip().lower() for v in connection for t in v.split(",")}
-
-
-async def limited_body(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    """The request body streamed through, refused once it passes `limit` bytes."""
-    seen = 0
-    async for chunk in content.iter_any():
-        seen += len(chunk)
-        if seen > limit:
-            raise BodyTooLarge
-        yield chunk

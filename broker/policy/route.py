@@ -40,7 +40,11 @@ class Route:
     default_limit: int | None
     """What the upstream returns when no limit is given; None: everything (unbounded)."""
     response_items: tuple[str, ...]
+    """Where the answer's list (or one record) sits: a dotted path of object keys."""
     branch_field: str
+    """The field of a record naming its branch, as written (may be dotted: `org.code`)."""
+    branch_path: tuple[str, ...]
+    """`branch_field` split into keys."""
     line: int
 
     @property
@@ -55,6 +59,11 @@ class RouteMap:
     case_sensitive: bool
     repeated_params: Literal["refuse", "first", "last"]
     file: str
+
+    @property
+    def branch_paths(self) -> tuple[tuple[str, ...], ...]:
+        """Every distinct branch field the map names: what marks a record in any answer."""
+        return tuple(dict.fromkeys(r.branch_path for r in self.routes if r.branch_path))
 
 
 def parse_routes(name: str, raw: bytes) -> tuple[RouteMap | None, list[PolicyProblem]]:
@@ -133,8 +142,9 @@ def _route(entry: Any, line: int) -> Route:
         records=records,  # type: ignore[arg-type]
         limit_param=_text(entry, "limit_param", "limit" if records == "list" else ""),
         default_limit=default_limit,
-        response_items=tuple(p for p in _text(entry, "response_items", "").split(".") if p),
+        response_items=_dotted(entry, "response_items"),
         branch_field=_text(entry, "branch_field", ""),
+        branch_path=_dotted(entry, "branch_field"),
         line=line,
     )
 
@@ -144,6 +154,17 @@ def _text(entry: dict[str, Any], key: str, default: str | None = None) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{key} is required and must be a string" if value is None else f"{key} must be a string")
     return value
+
+
+def _dotted(entry: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A dotted path of JSON object keys (`result.records`, `org.branch_code`); "" is the top."""
+    text = _text(entry, key, "")
+    if not text:
+        return ()
+    keys = tuple(text.split("."))
+    if any(not k or k != k.strip() for k in keys):
+        raise ValueError(f"{key} = {text!r} must be object keys joined by dots, e.g. result.records")
+    return keys
 
 
 def _methods(value: Any) -> frozenset[str]:

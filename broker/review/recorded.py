@@ -40,6 +40,9 @@ class Recorded:
     branches: tuple[str, ...] = ()
     """The employee's branches on the roster of the day."""
     policy_revision: str = ""
+    records_charged: int | None = None
+    """What the quota was charged (a refused answer keeps its reservation: probing is
+    metered); None in logs written before the field existed."""
 
     @property
     def request(self) -> str:
@@ -104,6 +107,9 @@ def _recorded(line: int, event: dict[str, Any]) -> Recorded:
     returned = event.get("records_returned", 0)
     if not _count(returned):
         raise ValueError(f"records_returned {returned!r} is not a count")
+    charged = event.get("records_charged")
+    if charged is not None and not _count(charged):
+        raise ValueError(f"records_charged {charged!r} is not a count")
     verdict = _text(event, "verdict")
     if verdict not in _VERDICTS:
         raise ValueError(f"verdict {verdict!r} is not one of {', '.join(sorted(_VERDICTS))}")
@@ -129,6 +135,7 @@ def _recorded(line: int, event: dict[str, Any]) -> Recorded:
         records_returned=returned,
         branches=tuple(branches),
         policy_revision=_optional_text(event, "policy_revision") or "",
+        records_charged=charged,
     )
 
 

@@ -14,7 +14,8 @@ What the log cannot tell is taken as it was:
 * The upstream's answer is not replayed. An allowed decision is settled with the records
   the original response returned. An original that the Guard allowed but the door then
   denied (`upstream.*`: too many or other-branch records, unreachable, too slow) is
-  assumed to end the same way again when the new policy allows it.
+  assumed to end the same way again when the new policy allows it, charging what the
+  original was charged (`records_charged`: a probe keeps its reservation).
 * Originals that were no policy decision at all (`meter.unavailable`,
   `policy.unavailable`, `broker.error`) are not replayed; they are counted apart.
 
@@ -99,7 +100,10 @@ async def replay(snapshot: PolicySnapshot, events: Iterable[Recorded], *, keep: 
             if event.verdict == Verdict.ALLOW.value:
                 await guard.settle(decision, min(event.records_returned, decision.allowed_records))
             elif event.reason.startswith(_UPSTREAM):
-                await guard.settle(decision, 0)  # the door refused the answer again: nothing left
+                # the door refuses the answer again and charges what it charged then
+                # (a probe keeps its reservation; the service's own failures cost nothing)
+                charged = event.records_charged or 0
+                await guard.settle(decision, min(charged, decision.allowed_records))
             # else: the reservation (records_requested) stays charged; see the docstring
         _compare(impact, snapshot, event, decision, route, keep)
     return impact

@@ -35,24 +35,28 @@ async def test_quota_is_charged_with_records_actually_returned(guarded: Harness)
 
 
 @pytest.mark.parametrize(
-    ("mode", "status", "reason"),
+    ("mode", "status", "reason", "charged"),
     [
-        ("too_many", 403, "upstream.too_many_records"),
-        ("other_branch", 403, "upstream.other_branch"),
-        ("no_branch_field", 502, "upstream.uninspectable"),
-        ("invalid_json", 502, "upstream.uninspectable"),
-        ("gzip", 502, "upstream.uninspectable"),
+        # the employee's request drew records they may not have: metered like a read
+        ("too_many", 403, "upstream.too_many_records", 10),
+        ("other_branch", 403, "upstream.other_branch", 10),
+        # the service's own failure: nothing charged
+        ("no_branch_field", 502, "upstream.uninspectable", 0),
+        ("invalid_json", 502, "upstream.uninspectable", 0),
+        ("gzip", 502, "upstream.uninspectable", 0),
     ],
 )
-async def test_bad_answers_are_not_passed_on_and_not_charged(
-    guarded: Harness, mode: str, status: int, reason: str
+async def test_bad_answers_are_not_passed_on(
+    guarded: Harness, mode: str, status: int, reason: str, charged: int
 ) -> None:
     reply = await guarded.get(f"{LIST}?limit=10", "e1001", headers={"X-Test-Mode": mode})
     assert reply.status == status, reply.body
     body = reply.json
     assert body["reason"] == reason
     assert b"SF-leak" not in reply.body and b"SF0" not in reply.body
-    assert await me_used(guarded) == 0
+    # no oracle: nothing of the answer (branch codes, counts) is in the refusal
+    assert b"BR999" not in reply.body and b"records_in_answer" not in reply.body and b"13" not in reply.body
+    assert await me_used(guarded) == charged
     events = await guarded.audit_events()
     assert events[-1]["verdict"] == "deny" and events[-1]["reason"] == reason
     assert events[-1]["records_returned"] == 0
@@ -118,17 +122,19 @@ async def test_request_body_is_forwarded_and_limited(make_broker: BrokerFactory,
     assert big.status == 413 and big.json["reason"] == "request.too_large"
 
 
-async def test_error_answers_stream_through_uncharged(broker: Harness) -> None:
+async def test_error_answers_on_record_routes_are_the_brokers_own_and_metered(broker: Harness) -> None:
     reply = await broker.get("/api/waybills/SF0000000000", "e1001")
-    assert reply.status == 404  # the upstream's own answer
-    assert await me_used(broker) == 0
+    assert reply.status == 404 and reply.headers["Content-Type"] == "application/problem+json"
+    assert reply.json["reason"] == "upstream.refused" and "404" in reply.json["detail"]
+    assert b"not found" not in reply.body.lower() or b"answered 404" in reply.body
+    assert await me_used(broker) == 1  # a not-found probe costs what a read of one record costs
 
 
 async def test_answer_too_large_to_count_is_not_passed_on(make_broker: BrokerFactory) -> None:
     broker = await make_broker(max_response_inspect_bytes=2000)
     reply = await broker.get("/api/branches/BR001/waybills?limit=20", "e1001")  # ~10 KB of records
     assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
-    assert "larger than 2000 bytes" in reply.json["detail"] and b"waybill_no" not in reply.body
+    assert "larger than the 2000 bytes" in reply.json["detail"] and b"waybill_no" not in reply.body
     assert await me_used(broker) == 0
 
 

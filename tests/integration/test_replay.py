@@ -28,8 +28,10 @@ def shanghai(text: str) -> float:
 async def drive_day(broker: Harness) -> int:
     """A known Tuesday through the broker; returns how many requests were audited.
 
-    Courier e1001 (day shift, quota 500) asks for 50 waybills every half hour from 10:00
-    to 15:30: the first ten are served, the 11th and 12th are 429 quota.exceeded.
+    Courier e1001 (day shift, quota 500) asks for 48 waybills every half hour from 10:00
+    to 15:30, and once at 13:45 searches 20 without naming a branch (refused by the door,
+    charged as a probe): the ten reads and the probe take exactly 500, the 11th and 12th
+    reads are 429 quota.exceeded.
     """
     sent = 0
 
@@ -49,7 +51,7 @@ async def drive_day(broker: Harness) -> int:
     await expect("10:03", "POST", "/api/waybills", "e1004", 403, json={"branch_code": "BR002", **NEW_WAYBILL})
     for n in range(12):
         at = f"{10 + n // 2:02d}:{30 * (n % 2):02d}"
-        await expect(at, "GET", f"{LIST_BR001}?limit=50", "e1001", 200 if n < 10 else 429)
+        await expect(at, "GET", f"{LIST_BR001}?limit=48", "e1001", 200 if n < 10 else 429)
         if n == 7:  # 13:45, after 400 records: a search without a branch, refused by the door
             await expect("13:45", "GET", "/api/waybills?limit=20", "e1001", 403)
     await expect("14:00", "GET", f"{LIST_BR001}?limit=20", "e1003", 200)
@@ -101,14 +103,14 @@ async def test_a_tighter_quota_flips_exactly_the_decisions_past_it(
         f"2026-12-01T{t}:00+08:00" for t in ("12:00", "12:30", "13:00", "13:30", "14:00", "14:30")
     ]
     first = examples[0]
-    assert first.request == f"GET {LIST_BR001}?limit=50" and first.employee == "e1001"
+    assert first.request == f"GET {LIST_BR001}?limit=48" and first.employee == "e1001"
     assert (first.old_verdict, first.old_reason, first.new_verdict, first.new_reason) == (
         "allow",
         "allow",
         "deny",
         "quota.exceeded",
     )
-    assert "0 of 200 records left" in first.new_detail
+    assert "8 of 200 records left" in first.new_detail
     assert impact.recorded_revisions == {load_snapshot(policy_dir).revision: sent - 1}
 
 
@@ -119,7 +121,7 @@ async def test_a_looser_quota_lets_the_first_429_through_and_charges_what_it_ask
     events, _ = read_audit(broker.audit_path)
     looser = with_courier_quota(policy_dir, tmp_path, 550)
     impact = await replay(looser, events)
-    # The 11th (15:00) now fits: 500 + 50 <= 550. It is charged the 50 it asked for (nothing
+    # The 11th (15:00) now fits: 500 + 48 <= 550. It is charged the 48 it asked for (nothing
     # came back originally, so that is the best guess), so the 12th (15:30) is still refused.
     assert (impact.allow_to_deny, impact.deny_to_allow, impact.reason_changed) == (0, 1, 0)
     group = impact.groups["reason"]["allow (was quota.exceeded)"]
@@ -149,7 +151,7 @@ async def test_the_report_for_ci_and_for_tools(broker: Harness, policy_dir: Path
         assert lines[at].split()[-2:] == ["allow→deny", "deny→allow"]
         assert lines[at + 1].split() == [*key.split(), "6", "0"]
     assert any(line.strip().startswith("deny upstream.other_branch → deny quota.exceeded") for line in lines)
-    shown = [line for line in lines if f"e1001  GET {LIST_BR001}?limit=50" in line]
+    shown = [line for line in lines if f"e1001  GET {LIST_BR001}?limit=48" in line]
     assert len(shown) == 2 and shown[0].strip().startswith("2026-12-01T12:00:00+08:00")
     assert "allow (allow) → deny (quota.exceeded): Your waybill quota" in text
 

@@ -1,0 +1,250 @@
+"""The HTTP door decides on what crosses the wire (issue #12): a raw-socket upstream records
+every byte it receives, so a smuggled request, an unchecked record or a leaked answer shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import BrokerFactory
+from tests.harness import Harness, Reply
+from tests.raw_upstream import RawUpstream
+
+SMUGGLED = (
+    b'{"branch_code": "BR001"}'
+    b"\r\n\r\nPOST /api/waybills HTTP/1.1\r\nHost: upstream\r\nContent-Length: 26\r\n\r\n"
+    b'{"branch_code": "BR002"} '
+)
+EXTRA_ROUTES = """
+[[route]]
+name = "nested records"
+method = "GET"
+path = "/v2/parcels"
+resource = "waybill"
+action = "read"
+branch = "query:branch"
+records = "list"
+default_limit = 20
+response_items = "result.records"
+branch_field = "org.branch_code"
+
+[[route]]
+name = "health, mapped as carrying no records"
+method = "GET"
+path = "/api/status"
+resource = "waybill"
+action = "read"
+records = "none"
+"""
+
+
+async def send_raw(port: int, data: bytes) -> Reply:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines if ": " in line)
+    return Reply(int(status_line.split()[1]), headers, body)
+
+
+def post(broker: Harness, employee: str, body: bytes, *headers: str) -> bytes:
+    head = [
+        "POST /api/waybills HTTP/1.1",
+        "Host: broker.test",
+        "Connection: close",
+        f"Authorization: Bearer {broker.token(employee)}",
+        "Content-Type: application/json",
+        *headers,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+async def wired(make_broker: BrokerFactory, raw_upstream: RawUpstream, policy_dir: Path) -> Harness:
+    routes = policy_dir / "routes.toml"
+    routes.write_text(routes.read_text() + EXTRA_ROUTES)
+    return await make_broker(raw_upstream.url)
+
+
+def own(n: int, branch: str = "BR001", **more: Any) -> dict[str, Any]:
+    return {"waybill_no": f"SF{n}", "branch_code": branch, **more}
+
+
+# -- framing: the broker frames every byte it sends --------------------------------------
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "gzip, identity"])
+async def test_a_compressed_request_body_is_refused_and_nothing_reaches_the_upstream(
+    wired: Harness, raw_upstream: RawUpstream, coding: str
+) -> None:
+    packed = gzip.compress(SMUGGLED) if coding.startswith("gzip") else zlib.compress(SMUGGLED)
+    data = post(wired, "e1004", packed, f"Content-Encoding: {coding}", f"Content-Length: {len(packed)}")
+    reply = await send_raw(wired.port, data)
+    assert raw_upstream.raw == b"" and raw_upstream.requests == []
+    if coding == "br":  # aiohttp's own parser refuses a coding it cannot decode, before the broker
+        assert reply.status == 400, reply.body
+        return
+    assert reply.status == 415, reply.body
+    assert b"request.encoded_body" in reply.body
+    events = await wired.audit_events()
+    assert events[-1]["reason"] == "request.encoded_body" and events[-1]["employee"] == "e1004"
+
+
+async def test_a_transfer_coding_the_broker_does_not_produce_is_refused(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    chunk = gzip.compress(SMUGGLED)
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)
+    reply = await send_raw(wired.port, post(wired, "e1004", body, "Transfer-Encoding: gzip, chunked"))
+    assert reply.status in (400, 415), reply.body
+    assert raw_upstream.raw == b""
+
+
+async def test_a_chunked_body_goes_upstream_with_the_brokers_own_length(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.answer("/api/waybills", own(1), status=201)
+    document = b'{"branch_code": "BR001", "note": "hello"}'
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (document[:10], document[10:])) + b"0\r\n\r\n"
+    reply = await send_raw(wired.port, post(wired, "e1004", chunked, "Transfer-Encoding: chunked"))
+    assert reply.status == 201, reply.body
+    [received] = raw_upstream.requests
+    names = {k.lower(): v for k, v in received.headers}
+    assert "transfer-encoding" not in names and names["content-length"] == str(len(document))
+    assert received.body == document
+    assert raw_upstream.raw.count(b"HTTP/1.1\r\n") == 1
+
+
+async def test_a_body_that_trickles_is_cut_off_and_holds_no_upstream_connection(
+    make_broker: BrokerFactory, raw_upstream: RawUpstream
+) -> None:
+    broker = await make_broker(raw_upstream.url, request_body_timeout_seconds=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(post(broker, "e1004", b'{"branch', "Content-Length: 40"))
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    writer.close()
+    await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"request.slow_body" in body
+    assert raw_upstream.raw == b""
+
+
+async def test_duplicate_keys_in_a_body_the_decision_reads_are_refused(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    body = b'{"branch_code": "BR001", "branch_code": "BR002"}'
+    reply = await send_raw(wired.port, post(wired, "e1004", body, f"Content-Length: {len(body)}"))
+    assert reply.status == 400 and b"request.bad_body" in reply.body and b"twice" in reply.body
+    nested = b'{"branch_code": "BR001", "meta": {"a": 1, "a": 2}}'
+    reply = await send_raw(wired.port, post(wired, "e1004", nested, f"Content-Length: {len(nested)}"))
+    assert reply.status == 400
+    assert raw_upstream.raw == b""
+
+
+# -- answers: every record, whatever the status, wherever it sits ------------------------
+
+
+@pytest.mark.parametrize("status", [201, 302, 400, 404, 409, 500, 503, 600])
+async def test_an_answer_of_any_status_on_a_record_route_passes_nothing_unchecked(
+    wired: Harness, raw_upstream: RawUpstream, status: int
+) -> None:
+    leak = {"items": [own(1, "BR002", phone="13900000000")], "error": "see items"}
+    raw_upstream.answer("/api/branches/BR001/waybills", leak, status=status)
+    reply = await wired.get("/api/branches/BR001/waybills?limit=5", "e1001")
+    assert b"13900000000" not in reply.body and b"BR002" not in reply.body and b"see items" not in reply.body
+    assert reply.headers["Content-Type"] == "application/problem+json"
+    assert reply.status == (status if 400 <= status < 500 else 403 if status < 300 else 502)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"items": [own(1, related=[own(2, "BR002")])]},  # nested in an item
+        {"items": [own(1)], "also": [own(2, "BR002")]},  # beside the list
+        {"items": [own(1)], "meta": {"deep": {"deeper": [own(2, "BR002")]}}},  # deep beside it
+        {"items": [own(1)], "waybill_no": "SF9", "branch_code": "BR002"},  # at the top level
+        {"items": [own(1, sender={"branch_code": "BR003"})]},  # a nested object carrying a branch
+    ],
+)
+async def test_records_outside_the_expected_place_are_checked(
+    wired: Harness, raw_upstream: RawUpstream, answer: dict[str, Any]
+) -> None:
+    raw_upstream.answer("/api/branches/BR001/waybills", answer)
+    reply = await wired.get("/api/branches/BR001/waybills?limit=5", "e1001")
+    assert reply.status == 403 and reply.json["reason"] == "upstream.other_branch"
+    assert b"BR002" not in reply.body and b"BR003" not in reply.body
+
+
+async def test_a_one_record_answer_carrying_another_record_is_checked(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.answer("/api/waybills/SF1", own(1, previous=own(0, "BR002")))
+    reply = await wired.get("/api/waybills/SF1", "e1001")
+    assert reply.status == 403 and reply.json["reason"] == "upstream.other_branch"
+    raw_upstream.answer("/api/waybills/SF1", own(1, previous=own(0)))
+    reply = await wired.get("/api/waybills/SF1", "e1001")
+    assert reply.status == 403 and reply.json["reason"] == "upstream.too_many_records"  # two records, one allowed
+    assert "2" not in reply.json["detail"]
+
+
+async def test_nested_records_count_against_the_cap(wired: Harness, raw_upstream: RawUpstream) -> None:
+    items = [own(n, related=[own(100 + n), own(200 + n)]) for n in range(4)]  # 12 records in 4 items
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": items})
+    refused = await wired.get("/api/branches/BR001/waybills?limit=10", "e1001")
+    assert refused.status == 403 and refused.json["reason"] == "upstream.too_many_records"
+    assert "12" not in refused.json["detail"]  # the answer's count is not told
+    allowed = await wired.get("/api/branches/BR001/waybills?limit=12", "e1001")
+    assert allowed.status == 200
+    events = await wired.audit_events(at_least=2)
+    assert events[-1]["records_returned"] == 12
+
+
+async def test_a_nested_branch_field_and_list_path_can_be_mapped(wired: Harness, raw_upstream: RawUpstream) -> None:
+    def parcel(n: int, branch: str) -> dict[str, Any]:
+        return {"id": n, "org": {"branch_code": branch, "name": "x"}}
+
+    raw_upstream.answer("/v2/parcels", {"result": {"records": [parcel(1, "BR001"), parcel(2, "BR001")]}})
+    ok = await wired.get("/v2/parcels?branch=BR001&limit=5", "e1001")
+    assert ok.status == 200 and len(ok.json["result"]["records"]) == 2
+    raw_upstream.answer("/v2/parcels", {"result": {"records": [parcel(1, "BR001"), parcel(2, "BR002")]}})
+    refused = await wired.get("/v2/parcels?branch=BR001&limit=5", "e1001")
+    assert refused.status == 403 and refused.json["reason"] == "upstream.other_branch"
+    raw_upstream.answer("/v2/parcels", {"result": {"rows": [parcel(1, "BR001")]}})
+    moved = await wired.get("/v2/parcels?branch=BR001&limit=5", "e1001")
+    assert moved.status == 502 and moved.json["reason"] == "upstream.uninspectable"
+    assert "result.records" in moved.json["detail"]
+
+
+async def test_a_route_mapped_without_records_is_caught_when_records_come_through(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.answer("/api/status", {"ok": True})
+    assert (await wired.get("/api/status", "e1001")).status == 200
+    raw_upstream.answer("/api/status", {"ok": True, "recent": [own(1), own(2, "BR002")]})
+    caught = await wired.get("/api/status", "e1001")
+    assert caught.status == 502 and caught.json["reason"] == "upstream.uninspectable"
+    assert b"SF1" not in caught.body
+    metrics = (await wired.get("/-/metrics")).body.decode()
+    assert 'broker_upstream_errors_total{kind="records_on_unmapped_route"} 1.0' in metrics
+
+
+async def test_probing_with_refused_answers_costs_quota(wired: Harness, raw_upstream: RawUpstream) -> None:
+    raw_upstream.answer("/api/waybills/SF1", own(1, "BR002"))
+    for _ in range(3):
+        assert (await wired.get("/api/waybills/SF1", "e1001")).status == 403
+    assert (await wired.get("/api/waybills/SF404", "e1001")).status == 404  # the upstream's not-found
+    me = (await wired.get("/-/me", "e1001")).json
+    assert me["quotas"][0]["used"] == 4

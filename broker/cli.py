@@ -129,15 +129,24 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="broker.toml (default: embedded defaults)")
 
 
+TRACEBACKS_WITHOUT_LOCALS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+"""Tracebacks as structured data, without each frame's local variables: structlog's
+`dict_tracebacks` shows locals, and a frame of the token check holds the signing secret."""
+
+
 def configure_logging(style: str) -> None:
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False) if style == "console" else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+        if style == "console"
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
+            TRACEBACKS_WITHOUT_LOCALS,
             renderer,
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

@@ -53,6 +53,9 @@ class UpstreamSettings:
     """Responses carrying records are held and counted before they leave; larger ones
     than this are refused rather than passed on unchecked."""
     forward_authorization: bool = True
+    strip_headers: tuple[str, ...] = ()
+    """More request headers never passed on, beyond the built-in lists of method/URL
+    override and client identity headers (see the README)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.REQUEST_TOO_LARGE: "The request body is larger than the broker accepts.",
     Reason.REQUEST_ENCODED_BODY: "The request body was compressed (Content-Encoding) or sent with a transfer coding "
     "other than chunked. The broker checks and forwards only plain bodies; send it uncompressed.",
+    Reason.REQUEST_METHOD_OVERRIDE: "The request asked the system to treat it as another method (_method). "
+    "Send the real method instead: the broker decides on the method it sees.",
     Reason.REQUEST_SLOW_BODY: "The request body did not arrive in time. Check the network and send it again.",
     Reason.ROUTE_UNKNOWN: "This part of the system is not open through the broker.",
     Reason.STATEMENT_REFUSED: "The broker runs only SQL it can check: reads and writes of the mapped tables, "

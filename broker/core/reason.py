@@ -33,6 +33,7 @@ class Reason(StrEnum):
     REQUEST_TOO_LARGE = "request.too_large"
     REQUEST_ENCODED_BODY = "request.encoded_body"
     REQUEST_SLOW_BODY = "request.slow_body"
+    REQUEST_METHOD_OVERRIDE = "request.method_override"
     ROUTE_UNKNOWN = "route.unknown"
     STATEMENT_REFUSED = "statement.refused"
     STATEMENT_BAD_SYNTAX = "statement.bad_syntax"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from multidict import MultiMapping
 
@@ -14,6 +16,9 @@ from broker.http.path import PathError, path_segments, split_target
 from broker.policy.route import Route, RouteMap
 
 MAX_LIMIT_DIGITS = 9
+METHOD_OVERRIDE_PARAMS = frozenset({"_method", "x-http-method-override", "_httpmethod", "x-method-override"})
+"""Parameters frameworks (Rails, Laravel, Symfony, Express's method-override) read as the
+request's real method: the upstream would act on a method other than the one decided."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ def classify(
     try:
         raw_path, _ = split_target(raw_target)
         segments = path_segments(raw_path, keep_trailing_slash=routes.trailing_slash_matters)
+        _refuse_method_override(query.keys())
         route, params = match_route(routes, method, segments)
         branch = _branch(route, params, query, routes) if route.branch_from in ("path", "query") else None
         records = _records(route, query, routes)
@@ -85,6 +91,27 @@ def classify(
     except Refused as exc:
         return Access(credential, client, target, refusal=Refusal(exc.reason, exc.detail)), None
     return Access(credential, client, target, route.resource, route.action, branch, records), route
+
+
+def _refuse_method_override(names: Iterable[str]) -> None:
+    for name in names:
+        if name.lower() in METHOD_OVERRIDE_PARAMS:
+            raise Refused(
+                Reason.REQUEST_METHOD_OVERRIDE,
+                f"The parameter {name[:40]!r} would change the request's method upstream; send the method itself.",
+            )
+
+
+def form_method_override(content_type: str, body: bytes) -> Refusal | None:
+    """A form body carrying a method override parameter, refused like one in the query."""
+    if content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
+        return None
+    names = (unquote_plus(pair.partition("=")[0]) for pair in body.decode("latin-1").split("&"))
+    try:
+        _refuse_method_override(names)
+    except Refused as exc:
+        return Refusal(exc.reason, exc.detail)
+    return None
 
 
 def _single(query: MultiMapping[str], name: str, routes: RouteMap) -> str | None:

@@ -23,6 +23,7 @@ from broker.http.classify import Refused, branch_from_body, classify
 from broker.http.inspect import holds_records, inspect_records
 from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
+from broker.http.redact import redacted_target
 from broker.http.request_body import read_body, unframeable
 from broker.http.upstream import Upstream, answer_headers
 from broker.policy.holder import PolicyHolder
@@ -93,11 +94,12 @@ class ProxyHandler:
                 # Recorded right after aiohttp has written the answer (this task's next
                 # step): the audit line and the metrics stay off the caller's wait.
                 self._loop.call_soon(
-                    self._record, request.method, request.raw_path, decision, outcome, started, _NO_FIELDS
-                )
+                    self._record, request.method, redacted_target(request.raw_path), decision, outcome, started,
+                    _NO_FIELDS,
+                )  # fmt: skip
             else:
                 extra = await self._shadowed(shadow, outcome)
-                self._record(request.method, request.raw_path, decision, outcome, started, extra)
+                self._record(request.method, redacted_target(request.raw_path), decision, outcome, started, extra)
 
     async def _classify(
         self, request: web.Request, snapshot: PolicySnapshot | None
@@ -226,7 +228,7 @@ class ProxyHandler:
         fields = snapshot.routes.branch_paths if snapshot is not None else ()
         if body is None or holds_records(body, fields):
             self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
-            log.error("http.records_on_route_mapped_without_records", route=decision.access.target)
+            log.error("http.records_on_route_mapped_without_records", target=redacted_target(decision.access.target))
             await self._guard.settle(decision, 0)
             detail = "The answer held records on a path mapped as carrying none; it was not passed on."
             return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)

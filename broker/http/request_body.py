@@ -16,6 +16,7 @@ from aiohttp import web
 
 from broker.core.access import Refusal
 from broker.core.reason import Reason
+from broker.http.classify import form_method_override
 
 
 def unframeable(request: web.Request, limit: int) -> Refusal | None:
@@ -47,8 +48,9 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes | 
         return refusal
     try:
         async with asyncio.timeout(within):
-            return await request.read()
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return Refusal(Reason.REQUEST_TOO_LARGE, f"The request body is over {limit} bytes.")
     except TimeoutError:
         return Refusal(Reason.REQUEST_SLOW_BODY, f"The request body did not arrive within {within:g} seconds.")
+    return form_method_override(request.headers.get("Content-Type", ""), body) or body

@@ -19,6 +19,20 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 BROKER_HEADER_PREFIX = "x-broker-"
 FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded")
+OVERRIDE_HEADERS = (
+    "x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
+    "x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-uri", "x-forwarded-path",
+    "x-forwarded-prefix", "x-original-host", "x-forwarded-server", "x-forwarded-port", "x-forwarded-scheme",
+)  # fmt: skip
+"""Headers some frameworks and gateways read as the request's real method or URL: the
+upstream would act on a request other than the one decided."""
+IDENTITY_HEADERS = (
+    "x-real-ip", "x-client-ip", "true-client-ip", "x-cluster-client-ip", "client-ip", "cf-connecting-ip",
+    "x-forwarded-user", "x-forwarded-email", "x-forwarded-preferred-username", "x-forwarded-groups",
+    "x-remote-user", "remote-user", "x-user", "x-user-id", "x-auth-user", "x-auth-request-user",
+    "x-auth-request-email", "x-auth-request-groups", "x-employee", "x-employee-id",
+)  # fmt: skip
+"""Headers an upstream may take as who is asking or from where: only the broker says that."""
 FRAMING = frozenset({"content-length", "expect"})
 """Set by the pool for the body it sends; `Expect: 100-continue` was answered by the broker."""
 
@@ -29,10 +43,12 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self._pool: UpstreamPool | None = None
-        dropped = HOP_BY_HOP | FRAMING | {"host", *FORWARDED_HEADERS}
+        extra = {_header_key(h) for h in settings.strip_headers}
+        dropped = HOP_BY_HOP | FRAMING | {"host", *FORWARDED_HEADERS, *OVERRIDE_HEADERS, *IDENTITY_HEADERS} | extra
         self._dropped = dropped if settings.forward_authorization else dropped | {"authorization"}
-        """Request headers never passed on (lower case); names starting with
-        `x-broker-` neither: the broker sets its own."""
+        """Request headers never passed on (lower case, `_` read as `-`: many servers treat
+        `X_Real_IP` as `X-Real-IP`); names starting with `x-broker-` neither: the broker
+        sets its own."""
         self._dropped_when_counting = self._dropped | {"accept-encoding"}
         """Answers the broker counts must come plain: it sets Accept-Encoding itself."""
 
@@ -69,7 +85,7 @@ class Upstream:
         headers = [
             (name, value)
             for name, value in source.items()
-            if (lower := name.lower()) not in drop and not lower.startswith(BROKER_HEADER_PREFIX)
+            if (key := _header_key(name)) not in drop and not key.startswith(BROKER_HEADER_PREFIX)
         ]
         if inspect:
             headers.append(("Accept-Encoding", "identity"))
@@ -124,6 +140,10 @@ def answer_headers(
             pairs.append((name, value))
     pairs.extend(own.items())
     return pairs
+
+
+def _header_key(name: str) -> str:
+    return name.lower().replace("_", "-") if "_" in name else name.lower()
 
 
 def _listed(connection: list[str]) -> set[str]:

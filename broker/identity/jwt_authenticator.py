@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -298,11 +297,17 @@ def _decode(token: str, key: VerificationKey, algorithm: str) -> dict[str, Any]:
         raise _malformed("the token's claims could not be decoded") from None
 
 
+MAX_INSTANT = 253_402_300_799
+"""9999-12-31T23:59:59Z: a time claim beyond it is not a time (`exp` of 10**400 would
+overflow a float and crash the check; it is a malformed token instead)."""
+
+
 def _instant(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # NaN and infinities fail the range check too; a huge int is compared, never converted
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -MAX_INSTANT <= value <= MAX_INSTANT:
         raise _malformed(f"the token's {name} claim is not a time in seconds")
     return float(value)
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 
+from broker.cli import configure_logging
 from broker.core.clock import FakeClock
 from broker.identity.jwt_authenticator import JwtAuthenticator, mint_token
 from broker.identity.settings import IdentitySettings
@@ -275,3 +277,17 @@ def test_claims_settings_come_in_pairs(tmp_path: Path) -> None:
     result = broker_cli("check", "-c", str(config), "--policies", str(REPO / "policies"))
     assert result.returncode == 2
     assert "branch_claim and roles_claim are set together or not at all" in result.stderr
+
+
+def test_logged_tracebacks_carry_no_local_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    try:
+        hs256_secret = "do-not-log-this-secret"  # a frame's local, as in the token check
+        raise OverflowError(f"cannot convert ({len(hs256_secret)})")
+    except OverflowError:
+        structlog.get_logger("test").exception("decision failed")
+    finally:
+        structlog.reset_defaults()
+    logged = capsys.readouterr().err
+    assert "decision failed" in logged and "OverflowError" in logged
+    assert "do-not-log-this-secret" not in logged

@@ -248,3 +248,70 @@ async def test_probing_with_refused_answers_costs_quota(wired: Harness, raw_upst
     assert (await wired.get("/api/waybills/SF404", "e1001")).status == 404  # the upstream's not-found
     me = (await wired.get("/-/me", "e1001")).json
     assert me["quotas"][0]["used"] == 4
+
+
+# -- what crosses besides the body ---------------------------------------------------------
+
+SPOOFED = {
+    "X-HTTP-Method-Override": "DELETE",
+    "X-Original-URL": "/api/branches/BR002/waybills",
+    "X-Rewrite-URL": "/admin",
+    "X-Real-IP": "10.0.0.1",
+    "X-Forwarded-User": "e9001",
+    "X-Remote-User": "e9001",
+    "X_Broker_Employee": "e9001",
+    "X-Broker_Decision": "forged",
+    "X_Real_IP": "10.0.0.2",
+    "X-Custom-Trust": "yes",
+}
+
+
+async def test_override_and_identity_headers_never_reach_the_upstream(
+    make_broker: BrokerFactory, raw_upstream: RawUpstream
+) -> None:
+    broker = await make_broker(raw_upstream.url, strip_headers=("X-Custom-Trust",))
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [own(1)]})
+    reply = await broker.get("/api/branches/BR001/waybills?limit=5", "e1001", headers=SPOOFED | {"X-Kept": "1"})
+    assert reply.status == 200
+    [received] = raw_upstream.requests
+    names = {name.lower().replace("_", "-"): value for name, value in received.headers}
+    for spoofed, value in SPOOFED.items():
+        key = spoofed.lower().replace("_", "-")
+        assert key not in names or names[key] != value, spoofed
+    assert names["x-broker-employee"] == "e1001" and names["x-kept"] == "1"
+    assert b"e9001" not in raw_upstream.raw and b"forged" not in raw_upstream.raw
+
+
+@pytest.mark.parametrize("target", ["/api/branches/BR001/waybills?limit=5&_method=DELETE", "/api/waybills?_METHOD=put"])
+async def test_a_method_override_in_the_query_is_refused(
+    wired: Harness, raw_upstream: RawUpstream, target: str
+) -> None:
+    reply = await wired.get(target, "e1004")
+    assert reply.status == 400 and reply.json["reason"] == "request.method_override"
+    assert raw_upstream.raw == b""
+
+
+async def test_a_method_override_in_a_form_body_is_refused(wired: Harness, raw_upstream: RawUpstream) -> None:
+    body = b"branch_code=BR001&_method=DELETE"
+    reply = await send_raw(
+        wired.port,
+        post(wired, "e1004", body, f"Content-Length: {len(body)}").replace(
+            b"Content-Type: application/json", b"Content-Type: application/x-www-form-urlencoded"
+        ),
+    )
+    assert reply.status == 400, reply.body
+    assert raw_upstream.raw == b""
+
+
+async def test_a_token_in_the_query_string_is_not_written_to_the_audit(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    token = wired.token("e1001")
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [own(1)]})
+    await wired.get(f"/api/branches/BR001/waybills?limit=5&access_token={token}", "e1001")
+    await wired.get(f"/api/branches/BR001/waybills?limit=5&x={token}", "e1001")
+    events = await wired.audit_events(at_least=2)
+    audit = wired.audit_path.read_text()
+    assert token not in audit and token.split(".")[1] not in audit
+    assert events[-2]["path"] == "/api/branches/BR001/waybills?limit=5&access_token=REDACTED"
+    assert events[-1]["path"] == "/api/branches/BR001/waybills?limit=5&x=REDACTED"

@@ -55,6 +55,7 @@ class UpstreamStore:
         self.customers: dict[str, bytes] = {}
         self.customer_lists: dict[str, list[bytes]] = {code: [] for code in self.branch_codes}
         self._next_serial = WAYBILL_SERIAL_HIGH
+        self.scans: dict[str, list[str]] = {}
         for waybill in waybills:
             self.add_waybill(waybill)
         for customer in customers:
@@ -67,6 +68,17 @@ class UpstreamStore:
         self.waybills[str(record["waybill_no"])] = encoded
         for key in ((None, None), (branch, None), (None, status), (branch, status)):
             self.waybill_lists[key].append(encoded)
+
+    def scan(self, waybill_no: str, status: str) -> _Record | None:
+        """Record a depot scan; the waybill with its scans so far, or None if unknown."""
+        encoded = self.waybills.get(waybill_no)
+        if encoded is None:
+            return None
+        scans = self.scans.setdefault(waybill_no, [])
+        scans.append(status)
+        record: _Record = orjson.loads(encoded)
+        record["scans"] = list(scans)
+        return record
 
     def mint_waybill_no(self) -> str:
         """A fresh number above every generated one, so it can never collide."""
@@ -91,6 +103,7 @@ def build_upstream_app(waybill_count: int = 36_000, seed: int = 7) -> web.Applic
     app.router.add_get("/api/waybills", _list_waybills)
     app.router.add_post("/api/waybills", _create_waybill)
     app.router.add_get("/api/waybills/{waybill_no}", _get_waybill)
+    app.router.add_post("/api/waybills/{waybill_no}/scans", _scan_waybill)
     app.router.add_get("/api/branches/{branch}/waybills", _list_branch_waybills)
     app.router.add_get("/api/branches/{branch}/customers", _list_branch_customers)
     app.router.add_get("/api/customers/{customer_id}", _get_customer)
@@ -143,6 +156,26 @@ async def _create_waybill(request: web.Request) -> web.Response:
         raise _error(web.HTTPBadRequest, "invalid_json", str(exc)) from None
     record = _new_waybill(body, store)
     store.add_waybill(record)
+    return _json_bytes(orjson.dumps(record), status=201)
+
+
+SCAN_STATUSES = ("arrived", "sorted", "out_for_delivery", "delivered")
+
+
+async def _scan_waybill(request: web.Request) -> web.Response:
+    """A scan at a depot: the waybill's status changes. The body names no branch (as in
+    the legacy API): the broker looks the waybill up to learn whose it is."""
+    store = request.app[UPSTREAM_STORE]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise _error(web.HTTPBadRequest, "invalid_json", str(exc)) from None
+    status = body.get("status") if isinstance(body, dict) else None
+    if status not in SCAN_STATUSES:
+        raise _invalid(f"status must be one of {', '.join(SCAN_STATUSES)}")
+    record = store.scan(request.match_info["waybill_no"], status)
+    if record is None:
+        raise _error(web.HTTPNotFound, "not_found", "no such waybill")
     return _json_bytes(orjson.dumps(record), status=201)
 
 

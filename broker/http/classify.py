@@ -186,3 +186,13 @@ def branch_from_body(route: Route, body: bytes) -> str:
             f"The request body must be a JSON object with a non-empty string field {route.branch_name!r}.",
         )
     return value
+
+
+def owner_target(route: Route, raw_target: str) -> str:
+    """The GET target of the record a request changes: `route.owner` with the route's
+    path parameters taken from the request's raw path, as the client encoded them (the
+    path was already checked unambiguous when the request was classified)."""
+    raw_path, _ = split_target(raw_target)
+    raw_segments = raw_path.strip("/").split("/")
+    values = {want: have for want, have in zip(route.segments, raw_segments, strict=False) if want.startswith("{")}
+    return "/" + "/".join(values.get(segment, segment) for segment in route.owner)

@@ -97,9 +97,26 @@ def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> boo
     return False
 
 
-def scan_records(document: Any, branch_path: tuple[str, ...], branches: frozenset[str] | None) -> _Scan:
+def record_branches(body: bytes, branch_path: tuple[str, ...]) -> frozenset[str] | None:
+    """The branches of every record in a JSON answer (a record looked up to learn whose it
+    is); None when the answer cannot say: not JSON, too deep, no record, or a record
+    without a usable branch."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found: set[str] = set()
+    scan = scan_records(document, branch_path, None, found)
+    if scan.too_deep or scan.unlabelled or not scan.count:
+        return None
+    return frozenset(found)
+
+
+def scan_records(
+    document: Any, branch_path: tuple[str, ...], branches: frozenset[str] | None, seen: set[str] | None = None
+) -> _Scan:
     """Every object carrying `branch_path`, anywhere in `document` (iteratively: a deep
-    answer cannot exhaust the stack)."""
+    answer cannot exhaust the stack); their branches are added to `seen` when given."""
     count, foreign, unlabelled = 0, False, False
     stack: list[tuple[Any, int]] = [(document, 0)]
     while stack:
@@ -114,6 +131,8 @@ def scan_records(document: Any, branch_path: tuple[str, ...], branches: frozense
                     unlabelled = True
                 elif branches is not None and branch not in branches:
                     foreign = True
+                if seen is not None and type(branch) is str:
+                    seen.add(branch)
             children: Iterable[Any] = node.values()
         elif type(node) is list:
             children = node

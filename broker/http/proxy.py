@@ -19,8 +19,8 @@ from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
-from broker.http.classify import Refused, branch_from_body, classify
-from broker.http.inspect import holds_records, inspect_records
+from broker.http.classify import Refused, branch_from_body, classify, owner_target
+from broker.http.inspect import holds_records, inspect_records, record_branches
 from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.redact import redacted_target
@@ -145,6 +145,10 @@ class ProxyHandler:
         employee = decision.employee or ""
         headers = self._upstream.request_headers(request, employee, decision.id, inspect)
         try:
+            if route.owner:
+                refused = await self._check_owner(request, decision, route, outcome)
+                if refused is not None:
+                    return refused
             answer = await self._upstream.pool.send(request.method, request.raw_path, headers, body)
             try:
                 return await self._answer(request, decision, route, answer, outcome)
@@ -164,6 +168,41 @@ class ProxyHandler:
             detail = str(exc) if isinstance(exc, UpstreamError) else unreachable
             await self._guard.settle(decision, 0)
             return self._refuse(decision, outcome, Reason.UPSTREAM_UNAVAILABLE, detail)
+
+    async def _check_owner(
+        self, request: web.Request, decision: Decision, route: Route, outcome: Outcome
+    ) -> web.Response | None:
+        """For a request that does not name its record's branch: read the record (a GET of
+        `route.owner` as this employee) and decide on the branch it belongs to. The write's
+        reservation is kept when it is refused here, so looking records up this way costs
+        what reading them would."""
+        target = owner_target(route, request.raw_path)
+        headers = self._upstream.request_headers(request, decision.employee or "", decision.id, True)
+        lookup = await self._upstream.pool.send("GET", target, headers, None)
+        try:
+            if not 200 <= lookup.status < 300:
+                self._metrics.upstream_errors.labels("owner_status").inc()
+                status = lookup.status if 400 <= lookup.status < 500 else 502
+                if status == 502:  # the service's failure, not the employee's probe
+                    await self._guard.settle(decision, 0)
+                detail = f"The record this request changes could not be read (the service answered {lookup.status})."
+                return self._refuse(decision, outcome, Reason.UPSTREAM_REFUSED, detail, status)
+            body = await lookup.read(self._upstream.settings.max_response_inspect_bytes)
+        finally:
+            lookup.release()
+        branches = record_branches(body, route.branch_path) if body is not None else None
+        if branches is None or len(branches) != 1:
+            self._metrics.upstream_errors.labels("owner_uninspectable").inc()
+            await self._guard.settle(decision, 0)
+            detail = "The record this request changes could not be read to learn whose it is."
+            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
+        [branch] = branches
+        decision.access = dataclasses.replace(decision.access, branch=branch)
+        allowed = decision.allowed_branches
+        if allowed is not None and branch not in allowed:
+            detail = f"This record is not one of your branch's; you may not {route.action} it."
+            return self._refuse(decision, outcome, Reason.POLICY_OTHER_BRANCH, detail)
+        return None
 
     async def _answer(
         self, request: web.Request, decision: Decision, route: Route, answer: Answer, outcome: Outcome

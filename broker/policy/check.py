@@ -60,6 +60,16 @@ def check_routes(checked: CheckedRules, routes: RouteMap) -> None:
                     "fix the spelling, or add a p line granting it to a role",
                 )
             )
+        if route.action != "read" and not route.branch_from and not route.owner:
+            checked.problems.append(
+                PolicyProblem(
+                    routes.file,
+                    route.line,
+                    f"route {route.label} lets employees {route.action} records but says no way to know whose",
+                    "name where the request carries the branch (branch = path:NAME, query:NAME or body:FIELD), "
+                    "or how to look the record up (owner = the GET path of the record)",
+                )
+            )
         if route.records != "none" and not route.branch_field:
             checked.problems.append(
                 PolicyProblem(

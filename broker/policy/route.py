@@ -21,7 +21,7 @@ _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}\Z")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _ROUTE_KEYS = {
     "name", "method", "path", "resource", "action", "branch", "records",
-    "limit_param", "default_limit", "response_items", "branch_field",
+    "limit_param", "default_limit", "response_items", "branch_field", "owner",
 }  # fmt: skip
 
 
@@ -46,6 +46,10 @@ class Route:
     branch_path: tuple[str, ...]
     """`branch_field` split into keys."""
     line: int
+    owner: tuple[str, ...] = ()
+    """Segments of a GET path that returns the record this request changes (parameters
+    from this route's path), for requests that do not name the record's branch: the
+    broker reads the record first and decides on the branch it belongs to."""
 
     @property
     def label(self) -> str:
@@ -128,6 +132,7 @@ def _route(entry: Any, line: int) -> Route:
     if records not in ("list", "one", "none"):
         raise ValueError(f"records = {records!r} must be list, one or none")
     branch_from, branch_name = _branch(entry, segments)
+    owner = _owner(entry, segments, branch_from)
     default_limit = entry.get("default_limit")
     if default_limit is not None and (type(default_limit) is not int or default_limit < 1):
         raise ValueError("default_limit must be a positive integer (leave it out if unbounded)")
@@ -146,6 +151,7 @@ def _route(entry: Any, line: int) -> Route:
         branch_field=_text(entry, "branch_field", ""),
         branch_path=_dotted(entry, "branch_field"),
         line=line,
+        owner=owner,
     )
 
 
@@ -154,6 +160,21 @@ def _text(entry: dict[str, Any], key: str, default: str | None = None) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{key} is required and must be a string" if value is None else f"{key} must be a string")
     return value
+
+
+def _owner(entry: dict[str, Any], segments: tuple[str, ...], branch_from: str) -> tuple[str, ...]:
+    path = _text(entry, "owner", "")
+    if not path:
+        return ()
+    if branch_from:
+        raise ValueError("owner and branch cannot both be set: the branch is either in the request or looked up")
+    if not _text(entry, "branch_field", ""):
+        raise ValueError("owner needs branch_field: the field of the looked-up record naming its branch")
+    owner = _segments(path)
+    missing = [s for s in owner if s.startswith("{") and s not in segments]
+    if missing:
+        raise ValueError(f"owner = {path!r} uses {', '.join(missing)}, which the route's path does not have")
+    return owner
 
 
 def _dotted(entry: dict[str, Any], key: str) -> tuple[str, ...]:

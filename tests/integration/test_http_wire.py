@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -315,3 +318,46 @@ async def test_a_token_in_the_query_string_is_not_written_to_the_audit(
     assert token not in audit and token.split(".")[1] not in audit
     assert events[-2]["path"] == "/api/branches/BR001/waybills?limit=5&access_token=REDACTED"
     assert events[-1]["path"] == "/api/branches/BR001/waybills?limit=5&x=REDACTED"
+
+
+# -- requests that do not name their record's branch ---------------------------------------
+
+
+async def test_a_write_by_record_number_is_decided_on_the_records_branch(broker: Harness) -> None:
+    own_no = (await broker.get("/api/branches/BR001/waybills?limit=1", "e9001")).json["items"][0]["waybill_no"]
+    other_no = (await broker.get("/api/branches/BR002/waybills?limit=1", "e9001")).json["items"][0]["waybill_no"]
+    scanned = await broker.request("POST", f"/api/waybills/{own_no}/scans", "e1004", json={"status": "sorted"})
+    assert scanned.status == 201 and scanned.json["scans"] == ["sorted"]
+    refused = await broker.request("POST", f"/api/waybills/{other_no}/scans", "e1004", json={"status": "sorted"})
+    assert refused.status == 403 and refused.json["reason"] == "policy.other_branch"
+    assert b"BR002" not in refused.body  # the record's branch is not told
+    # the other branch's waybill was not changed: a later scan by its own clerk is its first
+    again = await broker.request("POST", f"/api/waybills/{own_no}/scans", "e1004", json={"status": "arrived"})
+    assert again.json["scans"] == ["sorted", "arrived"]
+    unknown = await broker.request("POST", "/api/waybills/SF0000000000/scans", "e1004", json={"status": "sorted"})
+    assert unknown.status == 404 and unknown.json["reason"] == "upstream.refused"
+    events = await broker.audit_events(at_least=5)
+    assert [e["record_branch"] for e in events[-3:-1]] == ["BR002", "BR001"]
+
+
+async def test_looking_records_up_through_writes_costs_quota(broker: Harness) -> None:
+    other_no = (await broker.get("/api/branches/BR002/waybills?limit=1", "e9001")).json["items"][0]["waybill_no"]
+    for _ in range(3):
+        reply = await broker.request("POST", f"/api/waybills/{other_no}/scans", "e1004", json={"status": "sorted"})
+        assert reply.status == 403
+    me = (await broker.get("/-/me", "e1004")).json
+    assert me["quotas"][0]["used"] == 3
+
+
+def test_a_write_route_with_no_way_to_know_its_branch_is_a_check_error(policy_dir: Path) -> None:
+    routes = policy_dir / "routes.toml"
+    routes.write_text(routes.read_text().replace('owner = "/api/waybills/{waybill_no}"', ""))
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "check", "--policies", str(policy_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "BROKER_DEV_SECRET": "x" * 40},
+    )
+    assert result.returncode != 0
+    assert "says no way to know whose" in result.stdout + result.stderr

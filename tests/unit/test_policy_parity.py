@@ -166,7 +166,8 @@ def generate_policy(rng: random.Random, directory: Path) -> Generated:
     (directory / "shifts.csv").write_text("".join(f"{line}\n" for line in shifts), encoding="utf-8")
     resource, action = grants[roles[0]][0]
     (directory / "routes.toml").write_text(
-        f'[[route]]\npath = "/api/x"\nresource = "{resource}"\naction = "{action}"\nrecords = "none"\n',
+        f'[[route]]\npath = "/api/x"\nresource = "{resource}"\naction = "{action}"\nrecords = "none"\n'
+        'branch = "query:branch"\n',
         encoding="utf-8",
     )
     return Generated(ids, branches, kinds)

@@ -88,7 +88,7 @@ def test_shipped_policy_loads(policies: Path) -> None:
     expected = ("limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv", "tables.toml")
     assert snapshot.files == expected
     assert snapshot.directory == policies
-    assert len(snapshot.routes.routes) == 6
+    assert len(snapshot.routes.routes) == 7
     assert {"e1001", "e2001", "e9001"} <= set(snapshot.index.employees)
     assert snapshot.index.allows("e1001", "BR001", "waybill", "read")
     assert not snapshot.index.allows("e1001", "BR002", "waybill", "read")
@@ -518,7 +518,8 @@ def test_routes_list_without_branch_field(policies: Path) -> None:
 
 
 def test_routes_resource_action_that_no_p_line_grants(policies: Path) -> None:
-    replace(policies, "routes.toml", 'action = "write"', 'action = "update"')
+    create = 'path = "/api/waybills"\nresource = "waybill"\naction = "write"'
+    replace(policies, "routes.toml", create, create.replace("write", "update"))
     problem = only_problem(policies)
     assert_at(
         problem,
@@ -529,7 +530,8 @@ def test_routes_resource_action_that_no_p_line_grants(policies: Path) -> None:
 
 
 def test_routes_resource_misspelt(policies: Path) -> None:
-    replace(policies, "routes.toml", 'resource = "waybill"\naction = "write"', 'resource = "waybil"\naction = "write"')
+    create = 'path = "/api/waybills"\nresource = "waybill"\naction = "write"'
+    replace(policies, "routes.toml", create, create.replace('waybill"', 'waybil"'))
     assert_at(
         only_problem(policies),
         "routes.toml",

@@ -52,6 +52,9 @@ class UpstreamSettings:
     max_response_inspect_bytes: int = 32 << 20
     """Responses carrying records are held and counted before they leave; larger ones
     than this are refused rather than passed on unchecked."""
+    held_answers_budget_bytes: int = 256 << 20
+    """All answers held at once (read, not yet written to their clients) stay under this;
+    an answer that does not fit is refused with 503 upstream.busy and Retry-After."""
     forward_authorization: bool = True
     strip_headers: tuple[str, ...] = ()
     """More request headers never passed on, beyond the built-in lists of method/URL

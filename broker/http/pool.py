@@ -38,6 +38,10 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 READ_HIGH_WATER = 256 * 1024
 """Bytes of an answer held before reading from the upstream pauses until they are taken."""
 
+MAX_HEADER_BYTES = 64 * 1024
+"""The most an answer's status line and headers may take: an upstream sending megabytes
+of headers would otherwise be buffered whole, per request."""
+
 
 class UpstreamError(ConnectionError):
     """The upstream could not be reached or broke the exchange; the message says how."""
@@ -117,6 +121,7 @@ class _Connection(asyncio.Protocol):
         self._head = is_head
         self._got_bytes = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
         self._reason = b""
         self._interim = False
         self._surplus = False
@@ -139,8 +144,16 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        if self._answer is None:
+            self._header_bytes += len(data)
         try:
             self._parser.feed_data(data)
+            if self._answer is None and self._header_bytes > self._pool.max_header_bytes:
+                limit = self._pool.max_header_bytes
+                raise MalformedAnswer(f"The service's answer headers run past {limit} bytes.")
+        except MalformedAnswer as exc:
+            self._fail(exc)
+            self.close()
         except httptools.HttpParserError as exc:
             own = exc.__context__  # raised by one of the callbacks below
             self._fail(
@@ -194,7 +207,7 @@ class _Connection(asyncio.Protocol):
             self._surplus = True
 
     def on_status(self, status: bytes) -> None:
-        self._reason = status
+        self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
@@ -202,12 +215,16 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self._surplus:
             return
+        size = len(self._reason) + sum(len(name) + len(value) for name, value in self._raw_headers)
+        if size > self._pool.max_header_bytes:
+            raise MalformedAnswer(f"The service's answer headers run past {self._pool.max_header_bytes} bytes.")
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:
                 raise MalformedAnswer("The service switched protocols without being asked to.")
             self._interim = True  # 103 Early Hints and the like: the real answer follows
             self._raw_headers = []
+            self._reason = b""
             return
         headers = CIMultiDict(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
@@ -398,12 +415,14 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         keepalive_seconds: float = 30.0,
+        max_header_bytes: int = MAX_HEADER_BYTES,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{base_url!r} is not an http:// or https:// URL")
         self.loop = asyncio.get_running_loop()
         self.read_timeout = read_timeout
+        self.max_header_bytes = max_header_bytes
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None

@@ -19,6 +19,7 @@ from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
+from broker.http.budget import AnswerBudget
 from broker.http.classify import Refused, branch_from_body, classify, owner_target
 from broker.http.inspect import holds_records, inspect_records, record_branches
 from broker.http.pool import Answer, UpstreamError
@@ -32,6 +33,10 @@ from broker.policy.snapshot import PolicySnapshot
 
 _NO_FIELDS: dict[str, object] = {}
 log = structlog.get_logger("broker.http")
+
+
+def _too_large(limit: int) -> str:
+    return f"The answer is larger than the {limit} bytes the broker can check; ask for fewer records."
 
 
 def _is_json(answer: Answer) -> bool:
@@ -65,6 +70,7 @@ class ProxyHandler:
         self._shadow = shadow
         self._max_body = upstream.settings.max_request_body_bytes
         self._body_timeout = upstream.settings.request_body_timeout_seconds
+        self._budget = AnswerBudget(upstream.settings.held_answers_budget_bytes)
         self._running_loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -236,25 +242,60 @@ class ProxyHandler:
             await self._guard.settle(decision, 0)
             detail = "The service sent a compressed answer, which cannot be counted."
             return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
+        held = await self._hold(decision, answer, outcome)
+        if not isinstance(held, bytes):
+            return held
+        try:
+            if not held and (request.method == "HEAD" or answer.status in (204, 205)):
+                count = 0
+            else:
+                verdict = inspect_records(route, held, decision.allowed_records, decision.allowed_branches)
+                if verdict.violation is not None:
+                    self._metrics.upstream_errors.labels(verdict.violation.value).inc()
+                    if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault
+                        await self._guard.settle(decision, 0)
+                    return self._refuse(decision, outcome, verdict.violation, verdict.detail)
+                count = verdict.count
+            await self._guard.settle(decision, count)
+            return await self._write_held(request, decision, answer, held, outcome, count)
+        finally:
+            self._budget.give(len(held))
+
+    async def _hold(self, decision: Decision, answer: Answer, outcome: Outcome) -> bytes | web.Response:
+        """The whole answer, read within the inspection limit and taken piece by piece from
+        the held-answers budget; or the refusal when it does not fit. The caller gives the
+        bytes back once the answer is written or refused."""
         limit = self._upstream.settings.max_response_inspect_bytes
-        body = await answer.read(limit)
-        if body is None:
-            self._metrics.upstream_errors.labels(Reason.UPSTREAM_UNINSPECTABLE.value).inc()
-            await self._guard.settle(decision, 0)
-            detail = f"The answer is larger than the {limit} bytes the broker can check; ask for fewer records."
-            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
-        if not body and (request.method == "HEAD" or answer.status in (204, 205)):
-            count = 0
-        else:
-            verdict = inspect_records(route, body, decision.allowed_records, decision.allowed_branches)
-            if verdict.violation is not None:
-                self._metrics.upstream_errors.labels(verdict.violation.value).inc()
-                if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault
-                    await self._guard.settle(decision, 0)
-                return self._refuse(decision, outcome, verdict.violation, verdict.detail)
-            count = verdict.count
-        await self._guard.settle(decision, count)
-        return self._held_answer(decision, answer, body, outcome, count)
+        parts: list[bytes] = []
+        held = 0
+        try:
+            if answer.content_length is not None and answer.content_length > limit:
+                return await self._refuse_unheld(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, _too_large(limit))
+            async for chunk in answer.iter_chunks():
+                if held + len(chunk) > limit:
+                    return await self._refuse_unheld(
+                        decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, _too_large(limit), held
+                    )
+                if not self._budget.take(len(chunk)):
+                    decision.retry_after = 1.0
+                    detail = "The broker is holding as many answers as it may right now; retry in a moment."
+                    return await self._refuse_unheld(decision, outcome, Reason.UPSTREAM_BUSY, detail, held)
+                held += len(chunk)
+                parts.append(chunk)
+        except BaseException:
+            self._budget.give(held)
+            raise
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _refuse_unheld(
+        self, decision: Decision, outcome: Outcome, reason: Reason, detail: str, held: int = 0
+    ) -> web.Response:
+        """An answer that cannot be held is the service's or the broker's limit, not the
+        employee's doing: nothing is charged."""
+        self._budget.give(held)
+        self._metrics.upstream_errors.labels(reason.value).inc()
+        await self._guard.settle(decision, 0)
+        return self._refuse(decision, outcome, reason, detail)
 
     async def _pass_checked_unmapped(
         self, request: web.Request, decision: Decision, answer: Answer, outcome: Outcome
@@ -262,26 +303,39 @@ class ProxyHandler:
         """A JSON answer on a route the map says carries no records is held and scanned
         for any branch field the map knows: a mis-mapped route is caught the first time an
         answer with records comes through it, not after a shift of unmetered reads."""
-        body = await answer.read(self._upstream.settings.max_response_inspect_bytes)
-        snapshot = self._policy.current
-        fields = snapshot.routes.branch_paths if snapshot is not None else ()
-        if body is None or holds_records(body, fields):
-            self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
-            log.error("http.records_on_route_mapped_without_records", target=redacted_target(decision.access.target))
+        held = await self._hold(decision, answer, outcome)
+        if not isinstance(held, bytes):
+            return held
+        try:
+            snapshot = self._policy.current
+            fields = snapshot.routes.branch_paths if snapshot is not None else ()
+            if holds_records(held, fields):
+                self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
+                target = redacted_target(decision.access.target)
+                log.error("http.records_on_route_mapped_without_records", target=target)
+                await self._guard.settle(decision, 0)
+                detail = "The answer held records on a path mapped as carrying none; it was not passed on."
+                return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
             await self._guard.settle(decision, 0)
-            detail = "The answer held records on a path mapped as carrying none; it was not passed on."
-            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
-        await self._guard.settle(decision, 0)
-        return self._held_answer(decision, answer, body, outcome, 0)
+            return await self._write_held(request, decision, answer, held, outcome, 0)
+        finally:
+            self._budget.give(len(held))
 
-    def _held_answer(
-        self, decision: Decision, answer: Answer, body: bytes, outcome: Outcome, count: int
+    async def _write_held(
+        self, request: web.Request, decision: Decision, answer: Answer, body: bytes, outcome: Outcome, count: int
     ) -> web.StreamResponse:
+        """Write a held answer and wait until the connection has taken it: until then it
+        counts against the held-answers budget (a client that does not read holds it)."""
         own = limit_headers(decision, self._guard.clock.now())
         own[DECISION_HEADER] = decision.id
         headers = answer_headers(answer.headers, own, keep_length=False)
         outcome.status, outcome.returned = answer.status, count
-        return web.Response(status=answer.status, body=body, headers=headers)
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        return response
 
     async def _pass_streamed(
         self, request: web.Request, decision: Decision, answer: Answer, outcome: Outcome

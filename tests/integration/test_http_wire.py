@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import socket
 import subprocess
 import sys
 import zlib
@@ -361,3 +362,52 @@ def test_a_write_route_with_no_way_to_know_its_branch_is_a_check_error(policy_di
     )
     assert result.returncode != 0
     assert "says no way to know whose" in result.stdout + result.stderr
+
+
+# -- bounds ----------------------------------------------------------------------------------
+
+
+async def test_an_upstream_header_block_past_the_bound_is_refused(wired: Harness, raw_upstream: RawUpstream) -> None:
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [own(1)]}, extra=[("X-Pad", "p" * 100_000)])
+    reply = await wired.get("/api/branches/BR001/waybills?limit=5", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.unavailable"
+    assert "headers" in reply.json["detail"] and b"ppppp" not in reply.body
+
+
+async def test_an_answer_over_the_held_answers_budget_is_refused_with_retry_after(
+    make_broker: BrokerFactory, raw_upstream: RawUpstream
+) -> None:
+    broker = await make_broker(raw_upstream.url, held_answers_budget_bytes=10_000)
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [own(n, note="x" * 1000) for n in range(15)]})
+    reply = await broker.get("/api/branches/BR001/waybills?limit=20", "e1001")
+    assert reply.status == 503 and reply.json["reason"] == "upstream.busy"
+    assert reply.headers["Retry-After"] == "1" and b"xxxx" not in reply.body
+    me = (await broker.get("/-/me", "e1001")).json
+    assert me["quotas"][0]["used"] == 0
+
+
+async def test_a_client_that_does_not_read_holds_its_answer_against_the_budget(
+    make_broker: BrokerFactory, raw_upstream: RawUpstream
+) -> None:
+    broker = await make_broker(raw_upstream.url, held_answers_budget_bytes=10 << 20)
+    big = {"items": [own(n, note="x" * 160_000) for n in range(50)]}  # about 8 MB
+    raw_upstream.answer("/api/branches/BR001/waybills", big)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", broker.port))
+    reader, writer = await asyncio.open_connection(sock=slow)
+    token = broker.token("e1001")
+    writer.write(
+        b"GET /api/branches/BR001/waybills?limit=50 HTTP/1.1\r\nHost: b\r\n"
+        + f"Authorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(1.0)  # the broker has read and checked the answer; the client reads nothing
+    refused = await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")
+    assert refused.status == 503 and refused.json["reason"] == "upstream.busy"
+    received = await asyncio.wait_for(reader.read(), 20)  # the first client reads at last
+    writer.close()
+    await writer.wait_closed()
+    assert received.startswith(b"HTTP/1.1 200") and len(received) > 8_000_000
+    assert (await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")).status == 200

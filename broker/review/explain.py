@@ -125,12 +125,12 @@ def _facts(
     asked = "unbounded" if access.records >= UNBOUNDED else str(access.records)
     facts["route"] = (
         f"{route.name!r} (routes.toml:{route.line}): {access.resource}/{access.action}, "
-        f"branch {access.branch or 'from each returned record'}, records asked {asked}"
+        f"records asked {asked}; {answer_check(route)}"
     )
     grant = snapshot.index.grant(employee, access.resource, access.action)
     facts["permission"] = f"granted by {grant.rule}" if grant.permitted else "no role of theirs grants it"
     mine = "every branch" if grant.branches is None else ", ".join(sorted(grant.branches)) or "none"
-    facts["branch"] = f"record branch {access.branch or '(checked per returned record)'}; theirs: {mine}"
+    facts["branch"] = f"record branch {_branch_source(route, access.branch)}; theirs: {mine}"
     shift = current_shift(employee.shifts, now)
     upcoming = next_shift_start(employee.shifts, now)
     facts["shift"] = (
@@ -150,3 +150,28 @@ def _facts(
         window = "shift" if limit.per_shift else f"{limit.window} s"
         facts["quota"] = "unlimited" if limit.quota is None else f"{limit.quota} per {window} ({limit.rule})"
     return facts
+
+
+def answer_check(route: Route) -> str:
+    """What the HTTP door does with this route's answers, as it really does it."""
+    if route.records == "none":
+        return (
+            "answer not counted (mapped as carrying no records); a JSON answer holding an object "
+            "with any branch field the route map knows is refused"
+        )
+    where = ".".join(route.response_items) or "the top level"
+    shape = "a list of records" if route.records == "list" else "one record"
+    return (
+        f"answer held until counted: only a 2xx answer passes, it must have {shape} at {where}, and "
+        f"every object carrying {route.branch_field!r} anywhere in it is counted and must be of their branches"
+    )
+
+
+def _branch_source(route: Route, branch: str | None) -> str:
+    if branch is not None:
+        return f"{branch} (from the request's {route.branch_from})"
+    if route.owner:
+        return f"(read first from GET /{'/'.join(route.owner)}; decided on the record's own branch)"
+    if route.records != "none":
+        return "(not in the request: checked on every record in the answer)"
+    return "(not checked: the route names no branch and carries no records)"

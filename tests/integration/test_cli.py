@@ -291,3 +291,24 @@ def test_logged_tracebacks_carry_no_local_variables(capsys: pytest.CaptureFixtur
     logged = capsys.readouterr().err
     assert "decision failed" in logged and "OverflowError" in logged
     assert "do-not-log-this-secret" not in logged
+
+
+@pytest.mark.parametrize(
+    ("request_line", "branch_says", "route_says"),
+    [
+        ("GET /api/waybills?limit=5", "checked on every record in the answer", "anywhere in it is counted"),
+        ("GET /api/branches/BR001/waybills?limit=5", "BR001 (from the request's path)", "only a 2xx answer passes"),
+        ("POST /api/waybills/SF1/scans", "read first from GET /api/waybills/{waybill_no}", "one record"),
+    ],
+)
+def test_explain_says_what_the_door_really_checks_for_each_route_kind(
+    request_line: str, branch_says: str, route_says: str
+) -> None:
+    result = broker_cli(
+        "explain", "--policies", str(REPO / "policies"), "--employee", "e1004",
+        "--request", request_line, "--at", "2026-12-01T10:00:00+08:00", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    steps = {step["check"]: step["detail"] for step in json.loads(result.stdout)["steps"]}
+    assert branch_says in steps["branch"] and route_says in steps["route"]
+    assert "checked per returned record" not in result.stdout

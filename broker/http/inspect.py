@@ -20,19 +20,13 @@ to or how many records a phone number has).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from broker.core.reason import Reason
+from broker.policy.record_scan import in_expected_place, misplaced, scan_records
 from broker.policy.route import Route
-
-MAX_DEPTH = 64
-"""Objects nested deeper than this are not inspected: the answer is refused instead."""
-
-_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +34,8 @@ class Counted:
     count: int
     violation: Reason | None = None
     detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Scan:
-    count: int
-    foreign: bool
-    unlabelled: bool
-    too_deep: bool
+    misfit: bool = False
+    """The answer does not have its records where the route map says: the map is wrong."""
 
 
 def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset[str] | None) -> Counted:
@@ -56,8 +44,8 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with something other than JSON.")
-    if not _in_expected_place(route, document):
-        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, _misplaced(route))
+    if not in_expected_place(route, document):
+        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, misplaced(route), misfit=True)
     scan = scan_records(document, route.branch_path, branches)
     if scan.too_deep:
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The answer is nested too deeply to be checked.")
@@ -110,60 +98,3 @@ def record_branches(body: bytes, branch_path: tuple[str, ...]) -> frozenset[str]
     if scan.too_deep or scan.unlabelled or not scan.count:
         return None
     return frozenset(found)
-
-
-def scan_records(
-    document: Any, branch_path: tuple[str, ...], branches: frozenset[str] | None, seen: set[str] | None = None
-) -> _Scan:
-    """Every object carrying `branch_path`, anywhere in `document` (iteratively: a deep
-    answer cannot exhaust the stack); their branches are added to `seen` when given."""
-    count, foreign, unlabelled = 0, False, False
-    stack: list[tuple[Any, int]] = [(document, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return _Scan(count, foreign, unlabelled, True)
-        if type(node) is dict:
-            branch = _resolve(node, branch_path)
-            if branch is not _MISSING:
-                count += 1
-                if type(branch) is not str or not branch:
-                    unlabelled = True
-                elif branches is not None and branch not in branches:
-                    foreign = True
-                if seen is not None and type(branch) is str:
-                    seen.add(branch)
-            children: Iterable[Any] = node.values()
-        elif type(node) is list:
-            children = node
-        else:
-            continue
-        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
-    return _Scan(count, foreign, unlabelled, False)
-
-
-def _resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = node
-    for key in path:
-        if type(value) is not dict:
-            return _MISSING
-        value = value.get(key, _MISSING)
-        if value is _MISSING:
-            return _MISSING
-    return value
-
-
-def _in_expected_place(route: Route, document: Any) -> bool:
-    found = _resolve(document, route.response_items) if route.response_items else document
-    if route.records == "one":
-        return type(found) is dict and _resolve(found, route.branch_path) is not _MISSING
-    if type(found) is not list:
-        return False
-    return all(type(item) is dict and _resolve(item, route.branch_path) is not _MISSING for item in found)
-
-
-def _misplaced(route: Route) -> str:
-    where = ".".join(route.response_items) or "the top level"
-    if route.records == "one":
-        return f"The answer is not one record with {route.branch_field!r} at {where}, as the route map says."
-    return f"The answer has no list of records with {route.branch_field!r} at {where}, as the route map says."

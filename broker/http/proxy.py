@@ -250,6 +250,9 @@ class ProxyHandler:
                 count = 0
             else:
                 verdict = inspect_records(route, held, decision.allowed_records, decision.allowed_branches)
+                if verdict.misfit:  # loudly: every answer on this route will be refused
+                    self._metrics.upstream_errors.labels("route_map_misfit").inc()
+                    log.error("http.route_map_does_not_fit_the_answer", route=route.name, detail=verdict.detail)
                 if verdict.violation is not None:
                     self._metrics.upstream_errors.labels(verdict.violation.value).inc()
                     if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from broker.policy.limit import RateLimit, RecordLimit, build_rate_limit, build_record_limit
 from broker.policy.problem import PolicyProblem
+from broker.policy.record_scan import example_problem
 from broker.policy.route import RouteMap
 from broker.policy.rule import Rule
 from broker.policy.shift import Shift, build_shift
@@ -79,6 +80,23 @@ def check_routes(checked: CheckedRules, routes: RouteMap) -> None:
                     "set branch_field to the record field holding its branch, so the broker can check it",
                 )
             )
+
+
+def check_examples(checked: CheckedRules, routes: RouteMap) -> None:
+    """Each route's example answer, read as the HTTP door reads a real one."""
+    for route in routes.routes:
+        if route.example and (route.branch_field or route.records == "none"):  # else reported already
+            problem = example_problem(route, routes.branch_paths)
+            if problem:
+                checked.problems.append(
+                    PolicyProblem(
+                        routes.file,
+                        route.line,
+                        f"route {route.label}: its example answer {problem}",
+                        "fix response_items / branch_field (dotted paths, e.g. result.records, org.branch_code), "
+                        "or the example, so they describe the API's real answers",
+                    )
+                )
 
 
 def check_tables(checked: CheckedRules, tables: TableMap) -> None:

@@ -21,7 +21,7 @@ _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}\Z")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _ROUTE_KEYS = {
     "name", "method", "path", "resource", "action", "branch", "records",
-    "limit_param", "default_limit", "response_items", "branch_field", "owner",
+    "limit_param", "default_limit", "response_items", "branch_field", "owner", "example",
 }  # fmt: skip
 
 
@@ -46,6 +46,9 @@ class Route:
     branch_path: tuple[str, ...]
     """`branch_field` split into keys."""
     line: int
+    example: str = ""
+    """A sample answer (JSON text) `broker check` inspects as the door would: a route map
+    whose paths do not fit the API's real answers fails the check, not every request."""
     owner: tuple[str, ...] = ()
     """Segments of a GET path that returns the record this request changes (parameters
     from this route's path), for requests that do not name the record's branch: the
@@ -152,6 +155,7 @@ def _route(entry: Any, line: int) -> Route:
         branch_path=_dotted(entry, "branch_field"),
         line=line,
         owner=owner,
+        example=_text(entry, "example", ""),
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import casbin
 from casbin.persist.adapter import Adapter
 
-from broker.policy.check import CheckedRules, check_routes, check_rules, check_tables
+from broker.policy.check import CheckedRules, check_examples, check_routes, check_rules, check_tables
 from broker.policy.index import PolicyIndex, build_index
 from broker.policy.model import load_model, matcher_line
 from broker.policy.problem import PolicyError, PolicyProblem
@@ -80,6 +80,7 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     checked = check_rules(rules)
     if routes is not None:
         check_routes(checked, routes)
+        check_examples(checked, routes)
     if tables is not None:
         check_tables(checked, tables)
     problems += checked.problems

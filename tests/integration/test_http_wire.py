@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import BrokerFactory
 from tests.harness import Harness, Reply
@@ -227,9 +228,13 @@ async def test_a_nested_branch_field_and_list_path_can_be_mapped(wired: Harness,
     refused = await wired.get("/v2/parcels?branch=BR001&limit=5", "e1001")
     assert refused.status == 403 and refused.json["reason"] == "upstream.other_branch"
     raw_upstream.answer("/v2/parcels", {"result": {"rows": [parcel(1, "BR001")]}})
-    moved = await wired.get("/v2/parcels?branch=BR001&limit=5", "e1001")
+    with capture_logs() as logs:
+        moved = await wired.get("/v2/parcels?branch=BR001&limit=5", "e1001")
     assert moved.status == 502 and moved.json["reason"] == "upstream.uninspectable"
     assert "result.records" in moved.json["detail"]
+    assert [e["route"] for e in logs if e["event"] == "http.route_map_does_not_fit_the_answer"] == ["nested records"]
+    metrics = (await wired.get("/-/metrics")).body.decode()
+    assert 'broker_upstream_errors_total{kind="route_map_misfit"} 1.0' in metrics
 
 
 async def test_a_route_mapped_without_records_is_caught_when_records_come_through(

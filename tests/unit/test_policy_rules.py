@@ -504,8 +504,8 @@ def test_routes_list_without_branch_field(policies: Path) -> None:
     replace(
         policies,
         "routes.toml",
-        'branch_field = "branch_code"\n\n[[route]]\nname = "waybill search"',
-        '\n[[route]]\nname = "waybill search"',
+        'response_items = "items"\nbranch_field = "branch_code"\nexample',
+        'response_items = "items"\nexample',
     )
     problem = only_problem(policies)
     assert_at(
@@ -610,3 +610,37 @@ def test_zone_naming_a_region_directory_is_reported_on_its_line(policies: Path) 
     pytest.importorskip("tzdata", reason="the crash needs the tzdata package (the system zoneinfo path is safe)")
     line = append(policies, "shifts.csv", "p2, swing, 12:00, 18:00, Mon-Fri, America/Indiana\n")
     assert_at(only_problem(policies), "shifts.csv", line, "time zone 'America/Indiana' is unknown")
+
+
+# --- a route's example answer -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ('response_items = "items"\nbranch_field = "branch_code"\nexample', 'response_items = "records"\n'
+         'branch_field = "branch_code"\nexample', "no list of records with 'branch_code' at records"),
+        ('response_items = "items"\nbranch_field = "branch_code"\nexample', 'response_items = "items"\n'
+         'branch_field = "org.branch_code"\nexample', "no list of records with 'org.branch_code'"),
+        ('"branch_code": "BR001", "status": "created"}],', '"branch_code": 7, "status": "created"}],',
+         "is not a branch code"),
+        ('"total": 1, "limit": 20', '"total": 1,, "limit": 20', "is not JSON"),
+    ],
+)  # fmt: skip
+def test_a_route_whose_paths_do_not_fit_its_example_answer_is_refused(
+    policies: Path, old: str, new: str, fragment: str
+) -> None:
+    replace(policies, "routes.toml", old, new)
+    problem = only_problem(policies)
+    assert_at(problem, "routes.toml", route_line(policies, "waybills of one branch"), fragment)
+    assert "its example answer" in problem.message
+
+
+def test_an_example_with_records_on_a_route_mapped_without_them_is_refused(policies: Path) -> None:
+    append(
+        policies,
+        "routes.toml",
+        '\n[[route]]\nname = "status"\npath = "/api/status"\nresource = "waybill"\naction = "read"\n'
+        'records = "none"\nexample = \'{"recent": [{"waybill_no": "SF1", "branch_code": "BR001"}]}\'\n',
+    )
+    assert "holds records, but the route is mapped as carrying none" in only_problem(policies).message

@@ -1,0 +1,105 @@
+"""Where records are in an answer, by the route map's own definition: any JSON object
+carrying the route's branch field, wherever it sits, and the place the route names.
+
+Pure functions over parsed JSON, shared by the HTTP door (every held answer) and
+`broker check` (a route's example answer), so both apply one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from broker.policy.route import Route
+
+MAX_DEPTH = 64
+"""Objects nested deeper than this are not inspected: the answer is refused instead."""
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    count: int
+    foreign: bool
+    unlabelled: bool
+    too_deep: bool
+
+
+def scan_records(
+    document: Any, branch_path: tuple[str, ...], branches: frozenset[str] | None, seen: set[str] | None = None
+) -> Scan:
+    """Every object carrying `branch_path`, anywhere in `document` (iteratively: a deep
+    answer cannot exhaust the stack); their branches are added to `seen` when given."""
+    count, foreign, unlabelled = 0, False, False
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return Scan(count, foreign, unlabelled, True)
+        if type(node) is dict:
+            branch = resolve(node, branch_path)
+            if branch is not _MISSING:
+                count += 1
+                if type(branch) is not str or not branch:
+                    unlabelled = True
+                elif branches is not None and branch not in branches:
+                    foreign = True
+                if seen is not None and type(branch) is str:
+                    seen.add(branch)
+            children: Iterable[Any] = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
+    return Scan(count, foreign, unlabelled, False)
+
+
+def resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = node
+    for key in path:
+        if type(value) is not dict:
+            return _MISSING
+        value = value.get(key, _MISSING)
+        if value is _MISSING:
+            return _MISSING
+    return value
+
+
+def in_expected_place(route: Route, document: Any) -> bool:
+    found = resolve(document, route.response_items) if route.response_items else document
+    if route.records == "one":
+        return type(found) is dict and resolve(found, route.branch_path) is not _MISSING
+    if type(found) is not list:
+        return False
+    return all(type(item) is dict and resolve(item, route.branch_path) is not _MISSING for item in found)
+
+
+def misplaced(route: Route) -> str:
+    where = ".".join(route.response_items) or "the top level"
+    if route.records == "one":
+        return f"The answer is not one record with {route.branch_field!r} at {where}, as the route map says."
+    return f"The answer has no list of records with {route.branch_field!r} at {where}, as the route map says."
+
+
+def example_problem(route: Route, known: tuple[tuple[str, ...], ...]) -> str:
+    """What is wrong with a route's example answer as the door would read it ("" if nothing)."""
+    try:
+        document = orjson.loads(route.example)
+    except orjson.JSONDecodeError as exc:
+        return f"is not JSON ({exc})"
+    if route.records == "none":
+        holding = any(scan_records(document, path, None).count for path in known)
+        return "holds records, but the route is mapped as carrying none" if holding else ""
+    if not in_expected_place(route, document):
+        return f"does not fit: {misplaced(route)[len('The answer ') :]}"
+    scan = scan_records(document, route.branch_path, None)
+    if scan.too_deep:
+        return f"is nested more than {MAX_DEPTH} levels deep"
+    if scan.unlabelled:
+        return f"has a record whose {route.branch_field!r} is not a branch code"
+    return "" if scan.count else f"holds no record carrying {route.branch_field!r}"

@@ -57,18 +57,18 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
         )
     if scan.foreign:
         return Counted(
-            scan.count,
+            scan.records,
             Reason.UPSTREAM_OTHER_BRANCH,
             "The answer held records you may not see; nothing was passed on. Ask only for your own branch's records.",
         )
-    if scan.count > allowed:
+    if scan.records > allowed:
         return Counted(
-            scan.count,
+            scan.records,
             Reason.UPSTREAM_TOO_MANY_RECORDS,
             f"This request may return at most {allowed} records and the answer held more; nothing was passed on. "
             "Ask for fewer.",
         )
-    return Counted(scan.count)
+    return Counted(scan.records)
 
 
 def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool:
@@ -80,7 +80,7 @@ def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> boo
         return False
     for path in branch_paths:
         scan = scan_records(document, path, None)
-        if scan.count or scan.too_deep:
+        if scan.records or scan.too_deep:
             return True
     return False
 
@@ -95,6 +95,6 @@ def record_branches(body: bytes, branch_path: tuple[str, ...]) -> frozenset[str]
         return None
     found: set[str] = set()
     scan = scan_records(document, branch_path, None, found)
-    if scan.too_deep or scan.unlabelled or not scan.count:
+    if scan.too_deep or scan.unlabelled or not scan.records:
         return None
     return frozenset(found)

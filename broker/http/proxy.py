@@ -272,8 +272,8 @@ class ProxyHandler:
         parts: list[bytes] = []
         held = 0
         try:
-            if answer.content_length is not None and answer.content_length > limit:
-                return await self._refuse_unheld(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, _too_large(limit))
+            if answer.content_length is not None:  # the common case: the size is known up front
+                return await self._hold_sized(decision, answer, outcome, answer.content_length, limit)
             async for chunk in answer.iter_chunks():
                 if held + len(chunk) > limit:
                     return await self._refuse_unheld(
@@ -289,6 +289,24 @@ class ProxyHandler:
             self._budget.give(held)
             raise
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _hold_sized(
+        self, decision: Decision, answer: Answer, outcome: Outcome, size: int, limit: int
+    ) -> bytes | web.Response:
+        if size > limit:
+            return await self._refuse_unheld(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, _too_large(limit))
+        if not self._budget.take(size):
+            decision.retry_after = 1.0
+            detail = "The broker is holding as many answers as it may right now; retry in a moment."
+            return await self._refuse_unheld(decision, outcome, Reason.UPSTREAM_BUSY, detail)
+        try:
+            body = await answer.read(size)
+        except BaseException:
+            self._budget.give(size)
+            raise
+        if body is None or len(body) != size:  # framing said otherwise: the pool refuses first
+            return await self._refuse_unheld(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, _too_large(limit), size)
+        return body
 
     async def _refuse_unheld(
         self, decision: Decision, outcome: Outcome, reason: Reason, detail: str, held: int = 0
@@ -333,10 +351,11 @@ class ProxyHandler:
         own[DECISION_HEADER] = decision.id
         headers = answer_headers(answer.headers, own, keep_length=False)
         outcome.status, outcome.returned = answer.status, count
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        response.content_length = len(body)
+        # web.Response, prepared and finished here rather than by aiohttp after the handler
+        # returns: headers and body still go out in one write, and this handler (which
+        # holds the budget) ends only once the connection has taken them
+        response = web.Response(status=answer.status, body=body, headers=headers)
         await response.prepare(request)
-        await response.write(body)
         await response.write_eof()
         return response
 

@@ -26,13 +26,15 @@ def redacted_target(target: str) -> str:
     path, mark, query = target.partition("?")
     if not mark:
         return target
-    return f"{path}?{'&'.join(_redacted_pair(pair) for pair in query.split('&'))}"
+    pairs = query.split("&")
+    redacted = [_redacted_pair(pair) for pair in pairs]
+    return target if redacted == pairs else f"{path}?{'&'.join(redacted)}"
 
 
 def _redacted_pair(pair: str) -> str:
     name, equals, value = pair.partition("=")
     if not equals:
         return pair
-    if name.lower().replace("-", "_") in SECRET_PARAMS or _JWT_SHAPED.search(value):
+    if name.lower().replace("-", "_") in SECRET_PARAMS or ("eyJ" in value and _JWT_SHAPED.search(value)):
         return f"{name}={REDACTED}"
     return pair

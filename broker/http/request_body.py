@@ -21,6 +21,11 @@ from broker.http.classify import form_method_override
 
 def unframeable(request: web.Request, limit: int) -> Refusal | None:
     """Why this request's body cannot be checked and re-framed, or None when it can."""
+    headers = request.headers
+    if "Content-Encoding" not in headers and "Transfer-Encoding" not in headers:  # nearly every request
+        length = request.content_length
+        if length is None or length <= limit:
+            return None
     encodings = [v.strip().lower() for v in request.headers.getall("Content-Encoding", ()) for v in v.split(",")]
     if any(e not in ("", "identity") for e in encodings):
         return Refusal(

@@ -85,7 +85,8 @@ class Upstream:
         headers = [
             (name, value)
             for name, value in source.items()
-            if (key := _header_key(name)) not in drop and not key.startswith(BROKER_HEADER_PREFIX)
+            if (key := name.lower() if "_" not in name else _header_key(name)) not in drop
+            and not key.startswith(BROKER_HEADER_PREFIX)
         ]
         if inspect:
             headers.append(("Accept-Encoding", "identity"))

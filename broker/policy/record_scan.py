@@ -7,9 +7,7 @@ Pure functions over parsed JSON, shared by the HTTP door (every held answer) and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -21,9 +19,10 @@ MAX_DEPTH = 64
 _MISSING = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Scan:
-    count: int
+class Scan(NamedTuple):
+    """What a walk over an answer found (a tuple: built on every answer, and cheap to build)."""
+
+    records: int
     foreign: bool
     unlabelled: bool
     too_deep: bool
@@ -32,31 +31,35 @@ class Scan:
 def scan_records(
     document: Any, branch_path: tuple[str, ...], branches: frozenset[str] | None, seen: set[str] | None = None
 ) -> Scan:
-    """Every object carrying `branch_path`, anywhere in `document` (iteratively: a deep
-    answer cannot exhaust the stack); their branches are added to `seen` when given."""
+    """Every object carrying `branch_path`, anywhere in `document`, their branches added to
+    `seen` when given. Walked level by level (no recursion: a deep answer cannot exhaust
+    the stack; no per-node tuples or generators: this runs on every answer)."""
     count, foreign, unlabelled = 0, False, False
-    stack: list[tuple[Any, int]] = [(document, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return Scan(count, foreign, unlabelled, True)
-        if type(node) is dict:
-            branch = resolve(node, branch_path)
-            if branch is not _MISSING:
-                count += 1
-                if type(branch) is not str or not branch:
-                    unlabelled = True
-                elif branches is not None and branch not in branches:
-                    foreign = True
-                if seen is not None and type(branch) is str:
-                    seen.add(branch)
-            children: Iterable[Any] = node.values()
-        elif type(node) is list:
-            children = node
-        else:
-            continue
-        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
-    return Scan(count, foreign, unlabelled, False)
+    single = branch_path[0] if len(branch_path) == 1 else None
+    level = [document] if type(document) is dict or type(document) is list else []
+    for _depth in range(MAX_DEPTH + 1):
+        if not level:
+            return Scan(count, foreign, unlabelled, False)
+        nested: list[Any] = []
+        node: Any
+        for node in level:
+            if type(node) is dict:
+                branch = node.get(single, _MISSING) if single is not None else resolve(node, branch_path)
+                if branch is not _MISSING:
+                    count += 1
+                    if type(branch) is not str or not branch:
+                        unlabelled = True
+                    else:
+                        if branches is not None and branch not in branches:
+                            foreign = True
+                        if seen is not None:
+                            seen.add(branch)
+                node = node.values()  # noqa: PLW2901 - the children, walked below
+            for child in node:
+                if type(child) is dict or type(child) is list:
+                    nested.append(child)
+        level = nested
+    return Scan(count, foreign, unlabelled, bool(level))
 
 
 def resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -93,7 +96,7 @@ def example_problem(route: Route, known: tuple[tuple[str, ...], ...]) -> str:
     except orjson.JSONDecodeError as exc:
         return f"is not JSON ({exc})"
     if route.records == "none":
-        holding = any(scan_records(document, path, None).count for path in known)
+        holding = any(scan_records(document, path, None).records for path in known)
         return "holds records, but the route is mapped as carrying none" if holding else ""
     if not in_expected_place(route, document):
         return f"does not fit: {misplaced(route)[len('The answer ') :]}"
@@ -102,4 +105,4 @@ def example_problem(route: Route, known: tuple[tuple[str, ...], ...]) -> str:
         return f"is nested more than {MAX_DEPTH} levels deep"
     if scan.unlabelled:
         return f"has a record whose {route.branch_field!r} is not a branch code"
-    return "" if scan.count else f"holds no record carrying {route.branch_field!r}"
+    return "" if scan.records else f"holds no record carrying {route.branch_field!r}"

@@ -215,9 +215,13 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self._surplus:
             return
-        size = len(self._reason) + sum(len(name) + len(value) for name, value in self._raw_headers)
-        if size > self._pool.max_header_bytes:
-            raise MalformedAnswer(f"The service's answer headers run past {self._pool.max_header_bytes} bytes.")
+        limit = self._pool.max_header_bytes
+        # Everything received so far is under the limit for nearly every answer: then so are its headers
+        if (
+            self._header_bytes > limit
+            and len(self._reason) + sum(len(n) + len(v) for n, v in self._raw_headers) > limit
+        ):
+            raise MalformedAnswer(f"The service's answer headers run past {limit} bytes.")
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:
@@ -610,6 +614,10 @@ class UpstreamPool:
         for connection in list(self._idle):
             connection.close()
         self._idle.clear()
+
+
+def _header_size(reason: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    return len(reason) + sum(len(name) + len(value) for name, value in headers)
 
 
 def _is_stream(body: object) -> bool:

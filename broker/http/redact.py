@@ -9,6 +9,7 @@ replaced with `REDACTED` (the parameter name stays, so the request is still read
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 REDACTED = "REDACTED"
 SECRET_PARAMS = frozenset(
@@ -18,6 +19,8 @@ SECRET_PARAMS = frozenset(
         "code", "client_secret",
     }
 )  # fmt: skip
+_NAME_HINTS = ("token", "auth", "bearer", "jwt", "key", "pass", "secret", "session", "code")
+"""Substrings of every name in SECRET_PARAMS: a query without any of them has none."""
 _JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_\-]*(?:%2[Ee]|\.)[A-Za-z0-9_\-]*(?:%2[Ee]|\.)?")
 
 
@@ -25,6 +28,9 @@ def redacted_target(target: str) -> str:
     """`target` (path and query, as sent) with credentials in its query replaced."""
     path, mark, query = target.partition("?")
     if not mark:
+        return target
+    folded = query.lower()
+    if "eyj" not in folded and not any(hint in folded for hint in _NAME_HINTS):  # the common case, fast
         return target
     pairs = query.split("&")
     redacted = [_redacted_pair(pair) for pair in pairs]
@@ -35,6 +41,6 @@ def _redacted_pair(pair: str) -> str:
     name, equals, value = pair.partition("=")
     if not equals:
         return pair
-    if name.lower().replace("-", "_") in SECRET_PARAMS or ("eyJ" in value and _JWT_SHAPED.search(value)):
+    if unquote_plus(name).lower().replace("-", "_") in SECRET_PARAMS or ("eyJ" in value and _JWT_SHAPED.search(value)):
         return f"{name}={REDACTED}"
     return pair

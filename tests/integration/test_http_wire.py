@@ -416,3 +416,9 @@ async def test_a_client_that_does_not_read_holds_its_answer_against_the_budget(
     await writer.wait_closed()
     assert received.startswith(b"HTTP/1.1 200") and len(received) > 8_000_000
     assert (await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")).status == 200
+
+
+async def test_a_percent_encoded_method_override_is_refused_too(wired: Harness, raw_upstream: RawUpstream) -> None:
+    reply = await wired.get("/api/branches/BR001/waybills?limit=5&_m%65thod=DELETE", "e1004")
+    assert reply.status == 400 and reply.json["reason"] == "request.method_override"
+    assert raw_upstream.raw == b""

@@ -124,6 +124,12 @@ class PostgresSettings:
     max_message_bytes: int = 64 << 20
     """The largest message a client may send (a query, a COPY chunk)."""
     max_sessions_per_employee: int = 20
+    max_statement_bytes: int = 256 << 10
+    """The longest SQL text the door analyses (longer: 54000); analysis runs in a worker
+    process within analysis_timeout_seconds (past it, or on a parser crash: 54001)."""
+    analysis_timeout_seconds: float = 2.0
+    analysis_workers: int = 2
+    """Worker processes analysing new statements: one slow statement leaves the others free."""
     max_result_bytes: int = 16 << 20
     """What one statement's answer may weigh on the wire at most; over it the statement is cut."""
     bytes_per_record: int = 2048
@@ -143,6 +149,10 @@ class PostgresSettings:
             found.append("[postgres] max_result_bytes must be at least 1024")
         if not 64 <= self.bytes_per_record <= self.max_result_bytes:
             found.append("[postgres] bytes_per_record must be at least 64 and at most max_result_bytes")
+        if self.max_statement_bytes < 64:
+            found.append("[postgres] max_statement_bytes must be at least 64")
+        if not 0 < self.analysis_timeout_seconds <= 60 or not 1 <= self.analysis_workers <= 16:
+            found.append("[postgres] analysis_timeout_seconds must be above 0 and at most 60, analysis_workers 1 to 16")
         if self.max_sessions_per_employee < 1:
             found.append("[postgres] max_sessions_per_employee must be at least 1")
         return found

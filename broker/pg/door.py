@@ -29,6 +29,7 @@ from broker.core.clock import iso
 from broker.core.decision import Decision, Verdict
 from broker.core.guard import Guard
 from broker.core.reason import Reason
+from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
 from broker.pg.session import Caller, DoorServices, Session
 from broker.pg.sqlstate import decision_error
@@ -93,13 +94,15 @@ class PgDoor:
             settings.server_password,
         )
         self._tls = _tls_context(settings)
+        self._analyser = SqlAnalyser(settings.analysis_workers, settings.analysis_timeout_seconds)
         self._services = DoorServices(
             self._address,
             guard,
             policy,
-            StatementCache(),
+            StatementCache(self._analyser),
             audit,
             settings.max_message_bytes,
+            settings.max_statement_bytes,
             settings.max_result_bytes,
             settings.bytes_per_record,
             metrics,
@@ -115,7 +118,16 @@ class PgDoor:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def analyser(self) -> SqlAnalyser:
+        return self._analyser
+
+    @property
+    def services(self) -> DoorServices:
+        return self._services
+
     async def start(self) -> None:
+        self._analyser.start()
         self._server = await asyncio.start_server(self._accept, self._settings.host, self._settings.port)
         if self._tls is None:
             log.warning(
@@ -139,6 +151,7 @@ class PgDoor:
         await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self._analyser.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -76,6 +76,7 @@ class DoorServices:
     cache: StatementCache
     audit: AuditSink
     max_message_bytes: int
+    max_statement_bytes: int
     max_result_bytes: int
     bytes_per_record: int
     metrics: Metrics
@@ -231,6 +232,8 @@ class Session:
     async def _parse(self, payload: bytes) -> None:
         fields = Cursor(payload)
         name, sql, rest = fields.cstring(), fields.cstring(), fields.rest()
+        if self._reserved(name):
+            return
         if name and name in self._prepared:
             # The server would refuse it too, and keep the old statement: the broker must
             # never believe a statement is prepared that the server does not run.
@@ -280,6 +283,8 @@ class Session:
 
     async def _bind(self, payload: bytes) -> None:
         bound = read_bind(payload)
+        if self._reserved(bound.portal) or self._reserved(bound.statement):
+            return
         prepared = self._prepared.get(bound.statement)
         if prepared is None:
             self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
@@ -333,6 +338,8 @@ class Session:
 
     async def _execute(self, payload: bytes) -> None:
         portal = Cursor(payload).cstring()
+        if self._reserved(portal):
+            return
         execution = self._portals.get(portal)
         if execution is None or execution.done:
             self._refuse(error_response("ERROR", "34000", f'portal "{portal}" does not exist'))
@@ -340,11 +347,17 @@ class Session:
         self._forward(message(b"E", payload), Pending(Expect.EXECUTE, [execution]))
 
     async def _describe(self, payload: bytes) -> None:
+        fields = Cursor(payload)
+        fields.byte()
+        if self._reserved(fields.cstring()):
+            return
         self._forward(message(b"D", payload), Pending(Expect.DESCRIBE))
 
     async def _close(self, payload: bytes) -> None:
         fields = Cursor(payload)
         what, name = fields.byte(), fields.cstring()
+        if self._reserved(name):
+            return
         if what == b"S":
             self._prepared.pop(name, None)
         else:
@@ -352,6 +365,21 @@ class Session:
             if portal is not None and not portal.done:
                 await self._finished(portal)
         self._forward(message(b"C", payload), Pending(Expect.REPLY))
+
+    def _reserved(self, name: str) -> bool:
+        """Names with control characters belong to the broker (its refusal portal is one):
+        a client that could name it would make the broker's refusals run its own query."""
+        if name.isprintable() or not name:
+            return False
+        self._refuse(
+            error_response(
+                "ERROR",
+                "42602",
+                "statement and portal names with control characters are reserved by the access broker",
+                hint="Use printable names.",
+            )
+        )
+        return True
 
     async def _sync(self, payload: bytes) -> None:
         self._discarding = False
@@ -375,7 +403,14 @@ class Session:
             await self._refuse_sql(sql, SqlRefused("no valid policy is loaded", "Retry shortly."), extended=extended)
             return None
         try:
-            return self._services.cache.analyse(sql, snapshot)
+            if len(sql) > self._services.max_statement_bytes:
+                raise SqlRefused(
+                    f"the statement is {len(sql)} characters long; the broker checks at most "
+                    f"{self._services.max_statement_bytes}",
+                    "Split it into smaller statements.",
+                    "54000",
+                )
+            return await self._services.cache.analyse(sql, snapshot)
         except SqlRefused as exc:
             await self._refuse_sql(sql, exc, extended=extended)
             return None

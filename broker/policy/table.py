@@ -45,6 +45,11 @@ class TableMap:
     """SQL functions allowed beyond the broker's built-in safe list."""
     file: str
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Picklable (the PostgreSQL door sends it to its analysis worker): the read-only
+        view of the tables goes as a plain dict and comes back read-only."""
+        return _table_map, (self.schema, dict(self.tables), self.functions, self.file)
+
     @classmethod
     def empty(cls) -> TableMap:
         """No table map: no table is open, so only table-less statements pass."""
@@ -55,6 +60,10 @@ class TableMap:
         if schema is not None and schema != self.schema:
             return None
         return self.tables.get(name)
+
+
+def _table_map(schema: str, tables: dict[str, TableRule], functions: frozenset[str], file: str) -> TableMap:
+    return TableMap(schema, MappingProxyType(tables), functions, file)
 
 
 def parse_tables(name: str, raw: bytes) -> tuple[TableMap | None, list[PolicyProblem]]:

@@ -344,3 +344,27 @@ async def test_a_database_that_cannot_be_reached_fails_the_login_with_08006(
     assert kind == b"E" and sqlstate(raw) == "08006" and b"database behind the broker is unavailable" in raw
     assert error_fields(raw[5:])["S"] == "FATAL"
     await client.close()
+
+
+@pytest.mark.parametrize("name", ["\x01broker refused", "\x01", "a\x02b"])
+async def test_a_client_cannot_name_the_brokers_own_portal(pg_broker: Harness, name: str) -> None:
+    """Were a client able to bind the broker's refusal portal, the broker's refusals would
+    execute the client's query instead: refused statements returned rows, uncharged."""
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    client.writer.write(
+        message(b"P", cstring("s") + cstring("SELECT id FROM waybills ORDER BY id LIMIT 5") + b"\x00\x00")
+        + message(b"B", cstring(name) + cstring("s") + b"\x00\x00\x00\x00\x00\x00")
+        + execute(name)
+        + message(b"S")
+    )
+    seen = await client.until(b"Z")
+    assert b"D" not in kinds(seen)  # no row reached the client
+    errors = [error_fields(payload) for kind, payload in seen if kind == b"E"]
+    assert errors and errors[0]["C"] == "42602" and "reserved by the access broker" in errors[0]["M"]
+    # and a refused statement afterwards is still the broker's refusal, not a row source
+    client.writer.write(message(b"Q", cstring("SELECT * FROM waybills")))
+    seen = await client.until(b"Z")
+    assert b"D" not in kinds(seen)
+    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["42501"]
+    await client.close()

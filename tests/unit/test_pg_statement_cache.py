@@ -18,6 +18,7 @@ import pytest
 from pglast.parser import scan
 
 from broker.pg import statement_cache
+from broker.pg.analyser import InlineAnalyser, run_now
 from broker.pg.sql import SqlRefused, Statement, analyse, scoped_sql
 from broker.pg.statement_cache import StatementCache
 from broker.policy.snapshot import PolicySnapshot
@@ -163,6 +164,19 @@ def _fields(statement: Statement) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+class SyncCache:
+    """The cache with analysis in this process, called without an event loop."""
+
+    def __init__(self, **options: Any) -> None:
+        self.inner = StatementCache(InlineAnalyser(), **options)
+
+    def analyse(self, sql: str, snapshot: PolicySnapshot) -> list[Statement]:
+        return run_now(self.inner.analyse(sql, snapshot))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class _Counting:
     """Counts statements served from the shape cache."""
 
@@ -178,7 +192,7 @@ class _Counting:
         monkeypatch.setattr(statement_cache, "instantiate", counted)
 
 
-def _check_same(cache: StatementCache, snapshot: PolicySnapshot, sql: str) -> None:
+def _check_same(cache: SyncCache, snapshot: PolicySnapshot, sql: str) -> None:
     got = _outcome(lambda: cache.analyse(sql, snapshot))
     want = _outcome(lambda: analyse(sql, snapshot.tables))
     if want[0] == "refused" or got[0] == "refused":
@@ -197,13 +211,13 @@ def test_shape_hits_equal_a_fresh_analyse(monkeypatch: pytest.MonkeyPatch) -> No
     snapshot = _snapshot(MAP)
     checked = 0
     for sql in CORPUS:
-        cache = StatementCache()
+        cache = SyncCache()
         _check_same(cache, snapshot, sql)  # the analysis the others are made from
         for _ in range(60):
             _check_same(cache, snapshot, _variant(sql, rng))
             checked += 1
         # and texts whose values were already turned into others' templates
-        cache = StatementCache()
+        cache = SyncCache()
         for _ in range(20):
             _check_same(cache, snapshot, _variant(sql, rng))
             checked += 1
@@ -223,7 +237,7 @@ def test_shape_hits_equal_a_fresh_analyse(monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_refusals_are_never_served_by_shape(sql: str, monkeypatch: pytest.MonkeyPatch) -> None:
     counting = _Counting(monkeypatch)
-    cache = StatementCache()
+    cache = SyncCache()
     snapshot = _snapshot(MAP)
     rng = random.Random(sql)  # noqa: S311
     for text in [sql] + [_variant(sql, rng) for _ in range(30)]:
@@ -256,7 +270,7 @@ def test_refusals_are_never_served_by_shape(sql: str, monkeypatch: pytest.Monkey
 )
 def test_unsafe_classes_are_not_shaped(first: str, second: str, monkeypatch: pytest.MonkeyPatch) -> None:
     counting = _Counting(monkeypatch)
-    cache = StatementCache()
+    cache = SyncCache()
     snapshot = _snapshot(MAP)
     _check_same(cache, snapshot, first)
     _check_same(cache, snapshot, second)
@@ -266,7 +280,7 @@ def test_unsafe_classes_are_not_shaped(first: str, second: str, monkeypatch: pyt
 
 def test_float_precision_checked_by_the_grammar_is_not_reused() -> None:
     """float(p) is the grammar's one check of a literal's value: float(0) is a syntax error."""
-    cache = StatementCache()
+    cache = SyncCache()
     snapshot = _snapshot(MAP)
     cache.analyse("SELECT weight::float(10) FROM waybills", snapshot)
     with pytest.raises(SqlRefused):
@@ -275,7 +289,7 @@ def test_float_precision_checked_by_the_grammar_is_not_reused() -> None:
 
 def test_pgbench_select_is_served_by_shape_with_new_text(monkeypatch: pytest.MonkeyPatch) -> None:
     counting = _Counting(monkeypatch)
-    cache = StatementCache()
+    cache = SyncCache()
     snapshot = _snapshot(MAP)
     first = cache.analyse("SELECT id FROM waybills WHERE id = 48213 LIMIT 1", snapshot)
     (second,) = cache.analyse("SELECT id FROM waybills  WHERE id = 7 LIMIT 25", snapshot)
@@ -289,7 +303,7 @@ def test_pgbench_select_is_served_by_shape_with_new_text(monkeypatch: pytest.Mon
 def test_a_trailing_semicolon_is_one_statement_and_is_shaped(monkeypatch: pytest.MonkeyPatch) -> None:
     """pgbench and many drivers end statements with `;`: the common case must be reused."""
     counting = _Counting(monkeypatch)
-    cache = StatementCache()
+    cache = SyncCache()
     snapshot = _snapshot(MAP)
     cache.analyse("SELECT id FROM waybills WHERE id = 48213 LIMIT 1;", snapshot)
     (second,) = cache.analyse("SELECT id FROM waybills WHERE id = 7 LIMIT 25;", snapshot)
@@ -300,7 +314,7 @@ def test_a_trailing_semicolon_is_one_statement_and_is_shaped(monkeypatch: pytest
 
 def test_shapes_follow_the_policy_revision_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     counting = _Counting(monkeypatch)
-    cache = StatementCache(entries=3)
+    cache = SyncCache(entries=3)
     cache.analyse("SELECT id FROM waybills WHERE id = 1", _snapshot(MAP, "r1"))
     cache.analyse("SELECT id FROM waybills WHERE id = 2", _snapshot(MAP, "r2"))
     assert counting.served == 0  # a new revision starts empty

@@ -13,6 +13,7 @@ extended protocol) and the relay shows the client the broker's error in its plac
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -74,6 +75,9 @@ class Pending:
     silent: bool = False
     """Sent by the broker for itself (aborting a transaction): nothing reaches the client."""
     position: int = 0
+    failed: Callable[[], None] | None = None
+    """Called when the server refused or skipped this message: what the session assumed
+    when it forwarded it (a statement prepared under a name) did not happen."""
 
 
 _COMPLETES = {
@@ -169,6 +173,8 @@ class Relay:
 
     def _on_error(self, head: Pending, raw: bytes) -> None:
         fields = error_fields(raw[5:])
+        if head.failed is not None:
+            head.failed()
         if head.replacement is not None:
             self._emit(head.replacement, head)
             self.close = self.close or head.fatal
@@ -212,7 +218,10 @@ class Relay:
 
     def _skip_to_sync(self) -> None:
         while self._pending and self._pending[0].expect not in (Expect.SYNC, Expect.QUERY):
-            for left in self._pending.popleft().executions:
+            skipped = self._pending.popleft()
+            if skipped.failed is not None:
+                skipped.failed()
+            for left in skipped.executions:
                 if not left.done:
                     self._finish(left, skipped=True)
 

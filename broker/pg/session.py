@@ -260,8 +260,19 @@ class Session:
             await self._refuse_sql(sql, exc, extended=True)
             return
         revision = snapshot.revision if snapshot else ""
-        self._prepared[name] = Prepared(sql, statement, branches, text, revision)
-        self._forward(message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY))
+        # Known at once, for a Bind pipelined behind it; forgotten again unless the server
+        # confirms it (ParseComplete): were the server to refuse it (the name is still
+        # taken there, say after a DEALLOCATE it skipped), the broker would otherwise
+        # decide Binds on a statement other than the one the server runs.
+        prepared = self._prepared[name] = Prepared(sql, statement, branches, text, revision)
+
+        def refused_by_server() -> None:
+            if self._prepared.get(name) is prepared:
+                del self._prepared[name]
+
+        self._forward(
+            message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY, failed=refused_by_server)
+        )
 
     async def _as_live_policy_reads(
         self, prepared: Prepared, snapshot: PolicySnapshot | None
@@ -428,21 +439,36 @@ class Session:
         """The statement's decisions (one per resource and action it touches), or None
         after refusing it; every reservation made before a refusal is released."""
         decisions: list[Decision] = []
-        for resource, action in _touched(statement):
+        touched = _touched(statement)
+        for resource, action in touched:
             access = self._access(statement, resource, action, records)
             decision = await self._guard.decide(access, snapshot, meter=meter)
             decisions.append(decision)
             if not decision.allowed:
-                fatal = decision.reason.is_identity
-                execution = Metered(statement, decisions, 0, started, sqlstate=sqlstate_of(decision, fatal=fatal))
-                await self._finished(execution, metered=meter)
-                self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
+                await self._denied(statement, decisions, started, extended=extended, metered=meter)
                 return None
-        limit = min((d.allowed_records for d in decisions), default=UNBOUNDED)
+        if not touched:
+            # A statement that touches no mapped table is still decided: the token may have
+            # expired, the shift ended or the employee left the roster since the login.
+            decisions.append(await self._guard.decide_login(self._access(statement, "", "", 0)))
+            if not decisions[-1].allowed:
+                await self._denied(statement, decisions, started, extended=extended, metered=meter)
+                return None
+        limit = min((d.allowed_records for d in decisions if d.access.resource), default=UNBOUNDED)
         max_bytes = self._services.max_result_bytes
         if limit < UNBOUNDED:
             max_bytes = min(max_bytes, max(limit, 1) * self._services.bytes_per_record)
         return Metered(statement, decisions, limit, started, max_bytes=max_bytes)
+
+    async def _denied(
+        self, statement: Statement | None, decisions: list[Decision], started: float, *, extended: bool, metered: bool
+    ) -> None:
+        """Refuse a statement whose last decision denied it (earlier reservations released)."""
+        decision = decisions[-1]
+        fatal = decision.reason.is_identity
+        execution = Metered(statement, decisions, 0, started, sqlstate=sqlstate_of(decision, fatal=fatal))
+        await self._finished(execution, metered=metered)
+        self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
 
     def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
         target = statement.fingerprint if statement else ""
@@ -590,7 +616,7 @@ def _branches(decisions: Iterable[Decision]) -> frozenset[str] | None:
     statement touching two resources sees only what both allow."""
     allowed: frozenset[str] | None = None
     for decision in decisions:
-        if decision.allowed_branches is None:
+        if decision.allowed_branches is None or not decision.access.resource:  # a table-free statement's check
             continue
         allowed = decision.allowed_branches if allowed is None else allowed & decision.allowed_branches
     return allowed

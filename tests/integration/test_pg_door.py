@@ -621,3 +621,30 @@ async def test_quota_counters_out_of_reach_refuse_reads_with_53400_and_the_sessi
     assert error.sqlstate == "53400" and "meter.unavailable" in str(error)
     await still_usable(conn)  # no records, no counting: the session itself is fine
     await conn.close()
+
+
+async def test_a_statement_touching_no_table_is_still_decided(pg_broker: Harness) -> None:
+    """Issue #13: a statement believed table-less got no decision at all, so it ran after
+    the token expired or the shift ended."""
+    long_lived = pg_broker.token("e1001", ttl_seconds=12 * 3600)
+    conn = await psycopg.AsyncConnection.connect(pg_broker.pg_dsn("e1001", long_lived), autocommit=True)
+    assert await rows(conn, "SELECT 1") == [(1,)]
+    pg_broker.clock.advance(9 * 3600)  # 19:00 in Shanghai: the day shift is over
+    error = await refused(conn, "SELECT 2")
+    assert error.sqlstate == "42501" and "outside your shift" in str(error)
+    for _ in range(50):
+        events = await pg_broker.audit_events()
+        if any(e["reason"] == "shift.outside" for e in events):
+            break
+        await asyncio.sleep(0.05)
+    assert [e.get("statement_kind") for e in events if e["reason"] == "shift.outside"] == ["select"]
+    await conn.close()
+
+
+async def test_a_table_free_statement_after_the_token_expired_ends_the_session(pg_broker: Harness) -> None:
+    conn = await connect(pg_broker)  # the token lives an hour
+    assert await rows(conn, "SELECT 1") == [(1,)]
+    pg_broker.clock.advance(3700)
+    error = await refused(conn, "SELECT 1")
+    assert error.sqlstate == "28P01" and "expired" in str(error)
+    await conn.close()

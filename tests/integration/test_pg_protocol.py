@@ -368,3 +368,58 @@ async def test_a_client_cannot_name_the_brokers_own_portal(pg_broker: Harness, n
     assert b"D" not in kinds(seen)
     assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["42501"]
     await client.close()
+
+
+def parse(name: str, sql: str) -> bytes:
+    return message(b"P", cstring(name) + cstring(sql) + b"\x00\x00")
+
+
+def bind(portal: str, statement: str, *params: str) -> bytes:
+    values = b"".join(struct.pack("!I", len(p.encode())) + p.encode() for p in params)
+    return message(
+        b"B", cstring(portal) + cstring(statement) + b"\x00\x00" + struct.pack("!H", len(params)) + values + b"\x00\x00"
+    )
+
+
+async def test_a_statement_the_server_still_holds_cannot_be_swapped_for_a_tablefree_one(pg_broker: Harness) -> None:
+    """Issue #13, finding 1: the server keeps d1 (its DEALLOCATE ran after an error and was
+    skipped) and refuses the new Parse of d1 (42P05); a broker that believed d1 was now
+    `SELECT 1` let Bind(d1, 100000) return 600 rows undecided and uncharged."""
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    client.writer.write(parse("d1", "SELECT id, branch_code FROM waybills ORDER BY id LIMIT $1") + message(b"S"))
+    assert b"1" in kinds(await client.until(b"Z"))  # ParseComplete
+    client.writer.write(message(b"Q", cstring("SELECT 1/0; DEALLOCATE d1")))
+    seen = await client.until(b"Z")
+    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["22012"]  # division by zero; d1 stays
+    client.writer.write(parse("d1", "SELECT 1") + message(b"S"))
+    seen = await client.until(b"Z")
+    assert b"1" not in kinds(seen)  # no ParseComplete: the server refused it
+    client.writer.write(bind("", "d1", "100000") + execute("") + message(b"S"))
+    seen = await client.until(b"Z")
+    assert b"D" not in kinds(seen), f"{kinds(seen).count(b'D')} rows of an undecided statement reached the client"
+    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["26000"]  # the broker no longer knows d1
+    me = (await pg_broker.get("/-/me", "e1001")).json
+    assert me["quotas"][0]["used"] == 0
+    await client.close()
+
+
+async def test_a_close_the_server_skips_cannot_swap_a_statement_either(pg_broker: Harness) -> None:
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker)
+    client.writer.write(
+        parse("d1", "SELECT id, branch_code FROM waybills ORDER BY id LIMIT $1")
+        + parse("boom", "SELECT 1/0")
+        + message(b"S")
+    )
+    await client.until(b"Z")
+    # the Execute fails at the server, which then skips the Close up to the Sync: d1 stays
+    client.writer.write(bind("", "boom") + execute("") + message(b"C", b"S" + cstring("d1")) + message(b"S"))
+    assert [error_fields(p)["C"] for k, p in await client.until(b"Z") if k == b"E"] == ["22012"]
+    client.writer.write(parse("d1", "SELECT 1") + message(b"S"))
+    assert b"1" not in kinds(await client.until(b"Z"))  # refused by the server: d1 is still its old self
+    client.writer.write(bind("", "d1", "100000") + execute("") + message(b"S"))
+    seen = await client.until(b"Z")
+    assert b"D" not in kinds(seen)
+    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["26000"]
+    await client.close()

@@ -32,6 +32,7 @@ from broker.core.reason import Reason
 from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
 from broker.pg.session import Caller, DoorServices, Session
+from broker.pg.setting import MAX_STATEMENT_TIMEOUT_MS
 from broker.pg.sqlstate import decision_error
 from broker.pg.startup import StartupRefused, StartupRequest, read_request
 from broker.pg.statement_cache import StatementCache
@@ -329,7 +330,9 @@ class PgDoor:
     async def _backend(self, request: StartupRequest) -> BackendSession:
         snapshot = self._policy.current
         schema = snapshot.tables.schema if snapshot is not None else "public"
-        parameters = {**request.passed_on, **_PINNED, "search_path": schema}
+        # statement_timeout: the client's own (checked at start-up to be under the limit) or the limit
+        bounded = {"statement_timeout": str(MAX_STATEMENT_TIMEOUT_MS)}
+        parameters = {**bounded, **request.passed_on, **_PINNED, "search_path": schema}
         try:
             return await connect(self._address, parameters, self._settings.connect_timeout_seconds)
         except (BackendError, ProtocolViolation, OSError, TimeoutError) as exc:

@@ -3,7 +3,30 @@
 search_path decides which table a name means, standard_conforming_strings how a literal
 is lexed; row security and roles are the database's second line of defence. A client may
 change none of them, neither in its start-up `options` nor later with SET.
+
+statement_timeout is bounded rather than pinned: a client may shorten it, never lift it
+(0 means no limit: a 600^4-row cross join would run for hours on the broker's login).
 """
+
+import re
+
+MAX_STATEMENT_TIMEOUT_MS = 60_000
+"""The longest a statement may run through the broker; also every session's default."""
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*\Z")
+_UNIT_MS = {"us": 0.001, "ms": 1, None: 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def timeout_refusal(value: str) -> str | None:
+    """Why a statement_timeout value is not accepted (None: it is), as PostgreSQL reads it:
+    a number of milliseconds or a number with a unit."""
+    match = _DURATION.match(value)
+    if match is None:
+        return f"statement_timeout {value[:40]!r} is not a duration the broker can read"
+    milliseconds = float(match[1]) * _UNIT_MS[match[2]]
+    if milliseconds <= 0 or milliseconds > MAX_STATEMENT_TIMEOUT_MS:
+        return f"statement_timeout must be above 0 and at most {MAX_STATEMENT_TIMEOUT_MS} ms through the broker"
+    return None
+
 
 PINNED_SETTINGS: dict[str, str] = {
     "search_path": "table names resolve in the broker's schema; qualify them with it instead",

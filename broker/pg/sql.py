@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 from pglast import ast, enums, fingerprint, parse_sql
 from pglast.parser import ParseError
 
-from broker.pg.setting import PINNED_SETTINGS
+from broker.pg.setting import PINNED_SETTINGS, timeout_refusal
 from broker.pg.sql_scope import (
     Found,
     Source,
@@ -300,7 +300,22 @@ def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
         )
     if name in PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
         raise SqlRefused(f"setting {name} may not be changed through the broker", PINNED_SETTINGS[name])
+    if name == "statement_timeout" and node.kind == enums.VariableSetKind.VAR_SET_VALUE:
+        refusal = timeout_refusal(_setting_text(node))
+        if refusal is not None:
+            raise SqlRefused(refusal, "RESET statement_timeout restores the broker's limit", "22023")
     return "set", NO_ROWS, _NOTHING, None
+
+
+def _setting_text(node: Any) -> str:
+    """The one value of a SET, as text ("" when it is not one plain constant)."""
+    if len(node.args or ()) != 1 or not isinstance(node.args[0], ast.A_Const):
+        return ""
+    value = node.args[0].val
+    for kind, attribute in ((ast.String, "sval"), (ast.Integer, "ival"), (ast.Float, "fval")):
+        if isinstance(value, kind):
+            return str(getattr(value, attribute))
+    return ""
 
 
 def _is_utf8(node: Any) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from broker.pg.setting import PINNED_SETTINGS
+from broker.pg.setting import PINNED_SETTINGS, timeout_refusal
 
 PASSED_ON = frozenset(
     {"application_name", "datestyle", "timezone", "extra_float_digits", "intervalstyle", "lc_monetary",
@@ -75,6 +75,8 @@ def _options(options: str) -> Iterator[tuple[str, str]]:
         if name not in PASSED_ON:  # pinned ones (and custom x.y settings) are never passed on
             hint = PINNED_SETTINGS.get(name, "Leave it out of options, or SET it after connecting.")
             raise StartupRefused("42501", f"the setting {name} cannot be set through the broker", hint)
+        if name == "statement_timeout" and (refusal := timeout_refusal(value)) is not None:
+            raise StartupRefused("22023", refusal, "Leave it out: every session gets the broker's limit.")
         yield name, value
 
 

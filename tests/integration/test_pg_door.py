@@ -648,3 +648,28 @@ async def test_a_table_free_statement_after_the_token_expired_ends_the_session(p
     error = await refused(conn, "SELECT 1")
     assert error.sqlstate == "28P01" and "expired" in str(error)
     await conn.close()
+
+
+async def test_statement_timeout_is_bounded_never_lifted(pg_broker: Harness) -> None:
+    """Issue #13: a client could SET statement_timeout = 0 and run a 600^4-row cross join
+    on the broker's login for as long as it liked."""
+    conn = await connect(pg_broker)
+    assert await rows(conn, "SHOW statement_timeout") == [("1min",)]  # every session's default
+    for value in ("0", "'0'", "'2min'", "600000", "'forever'"):
+        error = await refused(conn, f"SET statement_timeout = {value}")
+        assert error.sqlstate == "22023" and "statement_timeout" in str(error), value
+        await still_usable(conn)
+    await conn.execute("SET statement_timeout = '5s'")
+    assert await rows(conn, "SHOW statement_timeout") == [("5s",)]
+    await conn.execute("RESET statement_timeout")
+    assert await rows(conn, "SHOW statement_timeout") == [("1min",)]
+    await conn.close()
+
+
+async def test_statement_timeout_in_startup_options_is_bounded(pg_broker: Harness) -> None:
+    with pytest.raises(psycopg.OperationalError) as caught:
+        await connect(pg_broker, options="-c statement_timeout=0")
+    assert "statement_timeout must be above 0" in str(caught.value)
+    conn = await connect(pg_broker, options="-c statement_timeout=3s")
+    assert await rows(conn, "SHOW statement_timeout") == [("3s",)]
+    await conn.close()

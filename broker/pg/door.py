@@ -32,7 +32,7 @@ from broker.core.reason import Reason
 from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
 from broker.pg.session import Caller, DoorServices, Session
-from broker.pg.setting import MAX_STATEMENT_TIMEOUT_MS
+from broker.pg.setting import MAX_STATEMENT_TIMEOUT_MS, SHOWN_SETTINGS
 from broker.pg.sqlstate import decision_error
 from broker.pg.startup import StartupRefused, StartupRequest, read_request
 from broker.pg.statement_cache import StatementCache
@@ -253,7 +253,11 @@ class PgDoor:
         session = Session((client.reader, client.writer), backend, self._services, Caller(login, token, client.peer))
         self._sessions[(pid, key)] = session
         greeting = [authentication(0)]
-        greeting += [parameter_status(name, value) for name, value in backend.parameters.items()]
+        greeting += [
+            parameter_status(name, value)
+            for name, value in backend.parameters.items()
+            if name.lower() in SHOWN_SETTINGS  # not is_superuser, session_authorization, ...
+        ]
         greeting += [backend_key_data(pid, key), ready_for_query(b"I")]
         try:
             await _send(client, b"".join(greeting))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from broker.core.decision import Decision
+from broker.pg.setting import SHOWN_SETTINGS
 from broker.pg.sql import Statement
 from broker.pg.wire import error_fields, error_response, execute
 
@@ -114,7 +115,8 @@ class Relay:
     def feed(self, kind: bytes, raw: bytes) -> None:
         """One message from the server, header included."""
         if kind in _ASYNC:
-            self._emit(raw)
+            if kind != b"S" or _shown(raw):
+                self._emit(raw)
             return
         if not self._pending:
             self._emit(raw)  # a FATAL on shutdown, say: the client should see it
@@ -253,6 +255,12 @@ def without_values(raw: bytes, fields: dict[str, str]) -> bytes:
         f"the database refused a value (SQLSTATE {code}); the broker does not pass on the value itself",
         hint="Check the values and types in the statement.",
     )
+
+
+def _shown(raw: bytes) -> bool:
+    """A ParameterStatus the client may see (see SHOWN_SETTINGS)."""
+    name = raw[5 : raw.find(b"\0", 5)].decode("utf-8", "replace").lower()
+    return name in SHOWN_SETTINGS
 
 
 def _current(head: Pending) -> Metered | None:

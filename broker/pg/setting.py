@@ -39,3 +39,18 @@ PINNED_SETTINGS: dict[str, str] = {
     "client_encoding": "the broker speaks UTF8; SET client_encoding TO 'UTF8' is the only change allowed",
 }
 """Each pinned setting, with the hint a refusal gives."""
+
+
+SHOWN_SETTINGS = frozenset(
+    {
+        "application_name", "client_encoding", "datestyle", "intervalstyle", "timezone", "extra_float_digits",
+        "lc_monetary", "lc_numeric", "lc_time", "statement_timeout", "lock_timeout",
+        "idle_in_transaction_session_timeout", "bytea_output", "search_path", "standard_conforming_strings",
+        "server_version", "server_version_num", "server_encoding", "integer_datetimes",
+        "transaction_isolation", "transaction_read_only", "default_transaction_read_only", "in_hot_standby",
+        "scram_iterations", "max_identifier_length",
+    }
+)  # fmt: skip
+"""Settings a client may read (SHOW) or be told of (ParameterStatus), lower case: what
+drivers need. Not the others: `is_superuser` and `session_authorization` describe the
+broker's own database login, `data_directory` and the like the server's machine."""

@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 from pglast import ast, enums, fingerprint, parse_sql
 from pglast.parser import ParseError
 
-from broker.pg.setting import PINNED_SETTINGS, timeout_refusal
+from broker.pg.setting import PINNED_SETTINGS, SHOWN_SETTINGS, timeout_refusal
 from broker.pg.sql_scope import (
     Found,
     Source,
@@ -327,7 +327,13 @@ def _is_utf8(node: Any) -> bool:
 
 
 def _show(node: Any, tables: TableMap, source: Source) -> _Shape:
-    return "show", (UNBOUNDED if node.name == "all" else ONE_ROW), _NOTHING, None
+    name = (node.name or "").lower()
+    if name not in SHOWN_SETTINGS:
+        raise SqlRefused(
+            f"SHOW {name[:60]} is not answered through the broker",
+            "SHOW answers the client settings a driver needs, such as SHOW statement_timeout or SHOW TimeZone",
+        )
+    return "show", ONE_ROW, _NOTHING, None
 
 
 def _deallocate(node: Any, tables: TableMap, source: Source) -> _Shape:

@@ -673,3 +673,22 @@ async def test_statement_timeout_in_startup_options_is_bounded(pg_broker: Harnes
     conn = await connect(pg_broker, options="-c statement_timeout=3s")
     assert await rows(conn, "SHOW statement_timeout") == [("3s",)]
     await conn.close()
+
+
+@pytest.mark.parametrize("setting", ["ALL", "data_directory", "config_file", "hba_file", "is_superuser", "port"])
+async def test_server_facts_are_not_shown(pg_broker: Harness, setting: str) -> None:
+    conn = await connect(pg_broker)
+    error = await refused(conn, f"SHOW {setting}")
+    assert error.sqlstate == "42501" and "not answered through the broker" in str(error)
+    await still_usable(conn)
+    await conn.close()
+
+
+async def test_the_brokers_own_login_is_not_described_to_clients(pg_broker: Harness) -> None:
+    """The broker logs in as the tests' superuser; clients must not be told so."""
+    conn = await connect(pg_broker)
+    assert conn.info.parameter_status("is_superuser") is None
+    assert conn.info.parameter_status("session_authorization") is None
+    assert conn.info.parameter_status("server_version") is not None  # drivers need this one
+    assert conn.info.parameter_status("client_encoding") == "UTF8"
+    await conn.close()

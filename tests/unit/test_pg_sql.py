@@ -311,6 +311,37 @@ def test_pinned_settings_are_refused(sql: str, setting: str) -> None:
     assert error.hint
 
 
+@pytest.mark.parametrize(
+    "sql", ["show all", "show data_directory", "show is_superuser", 'show "Port"', "show hba_file"]
+)
+def test_show_of_server_facts_is_refused(sql: str) -> None:
+    error = refused(sql)
+    assert "not answered through the broker" in error.message and "SHOW statement_timeout" in error.hint
+
+
+@pytest.mark.parametrize(
+    ("sql", "words"),
+    [
+        ("set statement_timeout = 0", "above 0"),
+        ("set local statement_timeout = '0'", "above 0"),
+        ("set statement_timeout = 86400000", "at most"),
+        ("set statement_timeout to '2h'", "at most"),
+        ("set statement_timeout = 'never'", "not a duration"),
+    ],
+)
+def test_statement_timeout_cannot_be_lifted(sql: str, words: str) -> None:
+    assert words in refused(sql, "22023").message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["set statement_timeout = 5000", "set statement_timeout = '30s'", "reset statement_timeout",
+     "set statement_timeout to default"],
+)  # fmt: skip
+def test_statement_timeout_may_be_shortened_or_reset(sql: str) -> None:
+    assert analyse(sql, TABLES)[0].kind == "set"
+
+
 def test_reset_all_is_refused() -> None:
     error = refused("reset all")
     assert "RESET ALL" in error.message
@@ -666,7 +697,6 @@ def test_unknown_or_packing_syntax_is_refused(sql: str, node: str) -> None:
         ("begin", RowBound(0, None)),
         ("set statement_timeout = 1", RowBound(0, None)),
         ("show timezone", RowBound(1, None)),
-        ("show all", RowBound(None, None)),
         ("deallocate all", RowBound(0, None)),
     ],
 )

@@ -258,6 +258,7 @@ server_host = "{PG_HOST}"
 server_port = {PG_PORT}
 server_database = "{database}"
 server_user = "{PG_USER}"
+allow_superuser = true   # the bench logs in as the machine's superuser, like pgbench and PgBouncer
 max_sessions_per_employee = {max(20, clients * 2)}
 """,
         encoding="utf-8",

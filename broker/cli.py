@@ -20,6 +20,7 @@ from broker.app import BROKER_KEY, build_app, build_broker, server_options
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
+from broker.pg.privilege import LoginTooPowerful
 from broker.policy.lint import lint
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
@@ -312,16 +313,20 @@ def _run(args: argparse.Namespace) -> int:
     app = build_app(broker)
     app.on_startup.append(_install_sighup)
     _use_uvloop()
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        shutdown_timeout=settings.server.shutdown_timeout_seconds,
-        reuse_port=settings.server.reuse_port or None,
-        access_log=None,
-        **server_options(settings),
-        print=lambda text: structlog.get_logger("broker").info("broker.listening", detail=text.strip()),
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            shutdown_timeout=settings.server.shutdown_timeout_seconds,
+            reuse_port=settings.server.reuse_port or None,
+            access_log=None,
+            **server_options(settings),
+            print=lambda text: structlog.get_logger("broker").info("broker.listening", detail=text.strip()),
+        )
+    except LoginTooPowerful as exc:
+        print(f"broker: [postgres] {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     return 0
 
 

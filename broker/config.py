@@ -124,6 +124,9 @@ class PostgresSettings:
     max_message_bytes: int = 64 << 20
     """The largest message a client may send (a query, a COPY chunk)."""
     max_sessions_per_employee: int = 20
+    allow_superuser: bool = False
+    """Open the door even when server_user is a superuser, has BYPASSRLS or owns a mapped
+    table (tests, a laptop); logged loudly. Never in production."""
     max_statement_bytes: int = 256 << 10
     """The longest SQL text the door analyses (longer: 54000); analysis runs in a worker
     process within analysis_timeout_seconds (past it, or on a parser crash: 54001)."""

@@ -24,7 +24,9 @@ TUESDAY_10_SHANGHAI = parse_instant("2026-12-01T10:00:00+08:00")
 def door_settings(database: str, **more: Any) -> dict[str, Any]:
     """[postgres] settings opening the broker's PostgreSQL door, on a free port, in front of
     `database` on the machine's PostgreSQL."""
-    return {"enabled": True, "port": 0, "server_database": database, "server_user": "postgres", **more}
+    # the tests' database login is the machine's superuser: allowed here, refused by default
+    settings = {"enabled": True, "port": 0, "server_database": database, "server_user": "postgres"}
+    return {**settings, "allow_superuser": True, **more}
 
 
 @dataclass

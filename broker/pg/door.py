@@ -31,6 +31,7 @@ from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
+from broker.pg.privilege import LoginTooPowerful, login_problems
 from broker.pg.session import Caller, DoorServices, Session
 from broker.pg.setting import MAX_STATEMENT_TIMEOUT_MS, SHOWN_SETTINGS
 from broker.pg.sqlstate import decision_error
@@ -54,6 +55,7 @@ from broker.pg.wire import (
     startup_parameters,
 )
 from broker.policy.holder import PolicyHolder
+from broker.policy.table import TableMap
 
 log = structlog.get_logger("broker.pg")
 
@@ -95,6 +97,7 @@ class PgDoor:
             settings.server_password,
         )
         self._tls = _tls_context(settings)
+        self._login_checked = False
         self._analyser = SqlAnalyser(settings.analysis_workers, settings.analysis_timeout_seconds)
         self._services = DoorServices(
             self._address,
@@ -128,6 +131,7 @@ class PgDoor:
         return self._services
 
     async def start(self) -> None:
+        await self._check_login()
         self._analyser.start()
         self._server = await asyncio.start_server(self._accept, self._settings.host, self._settings.port)
         if self._tls is None:
@@ -137,6 +141,27 @@ class PgDoor:
                 "in clear text. Configure tls_cert_file and tls_key_file before serving other hosts.",
             )
         log.info("pg.listening", host=self._settings.host, port=self.port, database=self._address.database)
+
+    async def _check_login(self) -> None:
+        """Refuse to open with a database login more powerful than the broker (see
+        broker.pg.privilege). A database that cannot be reached now is checked later, at
+        the first session, before anything is run on it."""
+        snapshot = self._policy.current
+        tables = snapshot.tables if snapshot is not None else TableMap.empty()
+        try:
+            problems = await login_problems(self._address, tables, self._settings.connect_timeout_seconds)
+        except (BackendError, ProtocolViolation, OSError, TimeoutError) as exc:
+            log.error("pg.login_check_failed", error=str(exc))
+            return
+        self._login_checked = True
+        if not problems:
+            return
+        if not self._settings.allow_superuser:
+            raise LoginTooPowerful(
+                "; ".join(problems) + ". Give [postgres] server_user an ordinary role with rights on the mapped "
+                "tables only (or set allow_superuser = true, never in production)."
+            )
+        log.warning("pg.login_too_powerful", problems=problems, detail="allowed by [postgres] allow_superuser")
 
     async def close(self, grace: float = 3.0) -> None:
         """Stop accepting, end every session (each settles, audits and says goodbye to the
@@ -337,6 +362,16 @@ class PgDoor:
         # statement_timeout: the client's own (checked at start-up to be under the limit) or the limit
         bounded = {"statement_timeout": str(MAX_STATEMENT_TIMEOUT_MS)}
         parameters = {**bounded, **request.passed_on, **_PINNED, "search_path": schema}
+        if not self._login_checked:  # the database was away when the door opened
+            try:
+                await self._check_login()
+            except LoginTooPowerful as exc:
+                log.error("pg.login_too_powerful", detail=str(exc))
+                raise LoginRefused(error_response("FATAL", "28000", f"the access broker cannot serve: {exc}")) from None
+            if not self._login_checked:
+                raise LoginRefused(
+                    error_response("FATAL", "08006", "the database behind the broker is unavailable", hint="Retry.")
+                )
         try:
             return await connect(self._address, parameters, self._settings.connect_timeout_seconds)
         except (BackendError, ProtocolViolation, OSError, TimeoutError) as exc:

@@ -90,6 +90,7 @@ def _door(port: int, password: str) -> dict[str, object]:
         "server_database": "postgres",
         "server_user": "postgres",
         "server_password": password,
+        "allow_superuser": True,  # the private server's only login is its superuser
     }
 
 

@@ -105,15 +105,20 @@ class Harness:
 
 async def raw_request(port: int, target: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
     """Send a request target byte for byte (aiohttp's client would normalise it)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"{method} {target} HTTP/1.1", "Host: broker.test", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    return await raw_exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+
+async def raw_exchange(port: int, data: bytes) -> Reply:
+    """Send `data` as it is and read the answer until the broker closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
     await writer.drain()
-    data = await reader.read()
+    answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parsed = dict(line.split(": ", 1) for line in header_lines if ": " in line)
     return Reply(int(status_line.split()[1]), parsed, body)

@@ -187,12 +187,8 @@ class ProxyHandler:
         lookup = await self._upstream.pool.send("GET", target, headers, None)
         try:
             if not 200 <= lookup.status < 300:
-                self._metrics.upstream_errors.labels("owner_status").inc()
-                status = lookup.status if 400 <= lookup.status < 500 else 502
-                if status == 502:  # the service's failure, not the employee's probe
-                    await self._guard.settle(decision, 0)
                 detail = f"The record this request changes could not be read (the service answered {lookup.status})."
-                return self._refuse(decision, outcome, Reason.UPSTREAM_REFUSED, detail, status)
+                return await self._refuse_status(decision, outcome, lookup.status, detail, "owner_status")
             body = await lookup.read(self._upstream.settings.max_response_inspect_bytes)
         finally:
             lookup.release()
@@ -222,12 +218,8 @@ class ProxyHandler:
         if route.records != "none":
             if 200 <= answer.status < 300:
                 return await self._pass_inspected(request, decision, route, answer, outcome)
-            self._metrics.upstream_errors.labels("status").inc()
-            status = answer.status if 400 <= answer.status < 500 else 502
-            if status == 502:  # the service's failure, not the employee's probe
-                await self._guard.settle(decision, 0)
             detail = f"The service answered {answer.status} to this request; its own answer is not passed on."
-            return self._refuse(decision, outcome, Reason.UPSTREAM_REFUSED, detail, status)
+            return await self._refuse_status(decision, outcome, answer.status, detail, "status")
         if _is_json(answer) and (answer.content_length or 0) <= self._upstream.settings.max_response_inspect_bytes:
             return await self._pass_checked_unmapped(request, decision, answer, outcome)
         await self._guard.settle(decision, 0)
@@ -372,6 +364,18 @@ class ProxyHandler:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+    async def _refuse_status(
+        self, decision: Decision, outcome: Outcome, upstream_status: int, detail: str, kind: str
+    ) -> web.Response:
+        """An upstream answer that is not a 2xx where records were expected: the broker's
+        own problem with the same 4xx (charged: a not-found probe costs like a read), or
+        502 for anything else (the service's failure: nothing charged)."""
+        self._metrics.upstream_errors.labels(kind).inc()
+        status = upstream_status if 400 <= upstream_status < 500 else 502
+        if status == 502:
+            await self._guard.settle(decision, 0)
+        return self._refuse(decision, outcome, Reason.UPSTREAM_REFUSED, detail, status)
 
     def _refuse(
         self, decision: Decision, outcome: Outcome, reason: Reason, detail: str, status: int | None = None

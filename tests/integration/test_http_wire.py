@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import BrokerFactory
-from tests.harness import Harness, Reply
+from tests.harness import Harness, raw_exchange
 from tests.raw_upstream import RawUpstream
 
 SMUGGLED = (
@@ -47,19 +47,6 @@ resource = "waybill"
 action = "read"
 records = "none"
 """
-
-
-async def send_raw(port: int, data: bytes) -> Reply:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines if ": " in line)
-    return Reply(int(status_line.split()[1]), headers, body)
 
 
 def post(broker: Harness, employee: str, body: bytes, *headers: str) -> bytes:
@@ -94,7 +81,7 @@ async def test_a_compressed_request_body_is_refused_and_nothing_reaches_the_upst
 ) -> None:
     packed = gzip.compress(SMUGGLED) if coding.startswith("gzip") else zlib.compress(SMUGGLED)
     data = post(wired, "e1004", packed, f"Content-Encoding: {coding}", f"Content-Length: {len(packed)}")
-    reply = await send_raw(wired.port, data)
+    reply = await raw_exchange(wired.port, data)
     assert raw_upstream.raw == b"" and raw_upstream.requests == []
     if coding == "br":  # aiohttp's own parser refuses a coding it cannot decode, before the broker
         assert reply.status == 400, reply.body
@@ -110,7 +97,7 @@ async def test_a_transfer_coding_the_broker_does_not_produce_is_refused(
 ) -> None:
     chunk = gzip.compress(SMUGGLED)
     body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)
-    reply = await send_raw(wired.port, post(wired, "e1004", body, "Transfer-Encoding: gzip, chunked"))
+    reply = await raw_exchange(wired.port, post(wired, "e1004", body, "Transfer-Encoding: gzip, chunked"))
     assert reply.status in (400, 415), reply.body
     assert raw_upstream.raw == b""
 
@@ -121,7 +108,7 @@ async def test_a_chunked_body_goes_upstream_with_the_brokers_own_length(
     raw_upstream.answer("/api/waybills", own(1), status=201)
     document = b'{"branch_code": "BR001", "note": "hello"}'
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (document[:10], document[10:])) + b"0\r\n\r\n"
-    reply = await send_raw(wired.port, post(wired, "e1004", chunked, "Transfer-Encoding: chunked"))
+    reply = await raw_exchange(wired.port, post(wired, "e1004", chunked, "Transfer-Encoding: chunked"))
     assert reply.status == 201, reply.body
     [received] = raw_upstream.requests
     names = {k.lower(): v for k, v in received.headers}
@@ -151,10 +138,10 @@ async def test_duplicate_keys_in_a_body_the_decision_reads_are_refused(
     wired: Harness, raw_upstream: RawUpstream
 ) -> None:
     body = b'{"branch_code": "BR001", "branch_code": "BR002"}'
-    reply = await send_raw(wired.port, post(wired, "e1004", body, f"Content-Length: {len(body)}"))
+    reply = await raw_exchange(wired.port, post(wired, "e1004", body, f"Content-Length: {len(body)}"))
     assert reply.status == 400 and b"request.bad_body" in reply.body and b"twice" in reply.body
     nested = b'{"branch_code": "BR001", "meta": {"a": 1, "a": 2}}'
-    reply = await send_raw(wired.port, post(wired, "e1004", nested, f"Content-Length: {len(nested)}"))
+    reply = await raw_exchange(wired.port, post(wired, "e1004", nested, f"Content-Length: {len(nested)}"))
     assert reply.status == 400
     assert raw_upstream.raw == b""
 
@@ -302,7 +289,7 @@ async def test_a_method_override_in_the_query_is_refused(
 
 async def test_a_method_override_in_a_form_body_is_refused(wired: Harness, raw_upstream: RawUpstream) -> None:
     body = b"branch_code=BR001&_method=DELETE"
-    reply = await send_raw(
+    reply = await raw_exchange(
         wired.port,
         post(wired, "e1004", body, f"Content-Length: {len(body)}").replace(
             b"Content-Type: application/json", b"Content-Type: application/x-www-form-urlencoded"

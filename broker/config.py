@@ -128,7 +128,7 @@ class PostgresSettings:
     """Open the door even when server_user is a superuser, has BYPASSRLS or owns a mapped
     table (tests, a laptop); logged loudly. Never in production."""
     max_statement_bytes: int = 256 << 10
-    """The longest SQL text the door analyses (longer: 54000); analysis runs in a worker
+    """The longest SQL text the door analyses, in characters (longer: 54000); analysis runs in a worker
     process within analysis_timeout_seconds (past it, or on a parser crash: 54001)."""
     analysis_timeout_seconds: float = 2.0
     analysis_workers: int = 2
@@ -192,7 +192,19 @@ class Settings:
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:
             found.append(f"[server] port {self.server.port} is not a TCP port")
+        found += _positive("server", self.server, "idle_timeout_seconds", "max_header_bytes", "max_headers")
+        found += _positive(
+            "upstream", self.upstream, "request_body_timeout_seconds", "max_request_body_bytes",
+            "max_response_inspect_bytes", "held_answers_budget_bytes",
+        )  # fmt: skip
+        if self.upstream.held_answers_budget_bytes < self.upstream.max_response_inspect_bytes:
+            found.append("[upstream] held_answers_budget_bytes must be at least max_response_inspect_bytes")
         return found
+
+
+def _positive(section: str, settings: object, *names: str) -> list[str]:
+    """Problems for each of `names` that is not above 0 (a 0 timeout or budget refuses all)."""
+    return [f"[{section}] {name} must be above 0" for name in names if not getattr(settings, name) > 0]
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -39,9 +39,12 @@ def _too_large(limit: int) -> str:
     return f"The answer is larger than the {limit} bytes the broker can check; ask for fewer records."
 
 
-def _is_json(answer: Answer) -> bool:
+def _may_be_json(answer: Answer) -> bool:
+    """Whether an answer could be JSON a client would read: labelled so (any *json* type,
+    `text/json` and vendor types included) or not labelled at all. Held and scanned on
+    routes mapped as carrying no records, since the label is the upstream's, not ours."""
     kind = answer.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    return kind == "application/json" or kind.endswith("+json")
+    return not kind or "json" in kind
 
 
 @dataclass(slots=True)
@@ -189,10 +192,15 @@ class ProxyHandler:
             if not 200 <= lookup.status < 300:
                 detail = f"The record this request changes could not be read (the service answered {lookup.status})."
                 return await self._refuse_status(decision, outcome, lookup.status, detail, "owner_status")
-            body = await lookup.read(self._upstream.settings.max_response_inspect_bytes)
+            held = await self._hold(decision, lookup, outcome)
         finally:
             lookup.release()
-        branches = record_branches(body, route.branch_path) if body is not None else None
+        if not isinstance(held, bytes):
+            return held
+        try:
+            branches = record_branches(held, route.branch_path)
+        finally:
+            self._budget.give(len(held))
         if branches is None or len(branches) != 1:
             self._metrics.upstream_errors.labels("owner_uninspectable").inc()
             await self._guard.settle(decision, 0)
@@ -216,11 +224,11 @@ class ProxyHandler:
         (another branch's records, too many, a 4xx such as not found): probing is metered
         like reading. The service's own failures (5xx, answers it cannot check) are not."""
         if route.records != "none":
-            if 200 <= answer.status < 300:
+            if 200 <= answer.status < 300 or answer.status == 304:  # 304: the client's cached copy stands
                 return await self._pass_inspected(request, decision, route, answer, outcome)
             detail = f"The service answered {answer.status} to this request; its own answer is not passed on."
             return await self._refuse_status(decision, outcome, answer.status, detail, "status")
-        if _is_json(answer) and (answer.content_length or 0) <= self._upstream.settings.max_response_inspect_bytes:
+        if _may_be_json(answer) and request.method != "HEAD":
             return await self._pass_checked_unmapped(request, decision, answer, outcome)
         await self._guard.settle(decision, 0)
         return await self._pass_streamed(request, decision, answer, outcome)
@@ -234,23 +242,23 @@ class ProxyHandler:
             await self._guard.settle(decision, 0)
             detail = "The service sent a compressed answer, which cannot be counted."
             return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
+        if request.method == "HEAD" or answer.status in (204, 205, 304):  # answers HTTP gives no body
+            await self._guard.settle(decision, 0)
+            return await self._write_held(request, decision, answer, b"", outcome, 0)
         held = await self._hold(decision, answer, outcome)
         if not isinstance(held, bytes):
             return held
         try:
-            if not held and (request.method == "HEAD" or answer.status in (204, 205)):
-                count = 0
-            else:
-                verdict = inspect_records(route, held, decision.allowed_records, decision.allowed_branches)
-                if verdict.misfit:  # loudly: every answer on this route will be refused
-                    self._metrics.upstream_errors.labels("route_map_misfit").inc()
-                    log.error("http.route_map_does_not_fit_the_answer", route=route.name, detail=verdict.detail)
-                if verdict.violation is not None:
-                    self._metrics.upstream_errors.labels(verdict.violation.value).inc()
-                    if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault
-                        await self._guard.settle(decision, 0)
-                    return self._refuse(decision, outcome, verdict.violation, verdict.detail)
-                count = verdict.count
+            verdict = inspect_records(route, held, decision.allowed_records, decision.allowed_branches)
+            if verdict.misfit:  # loudly: every answer on this route will be refused
+                self._metrics.upstream_errors.labels("route_map_misfit").inc()
+                log.error("http.route_map_does_not_fit_the_answer", route=route.name, detail=verdict.detail)
+            if verdict.violation is not None:
+                self._metrics.upstream_errors.labels(verdict.violation.value).inc()
+                if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault
+                    await self._guard.settle(decision, 0)
+                return self._refuse(decision, outcome, verdict.violation, verdict.detail)
+            count = verdict.count
             await self._guard.settle(decision, count)
             return await self._write_held(request, decision, answer, held, outcome, count)
         finally:
@@ -322,7 +330,7 @@ class ProxyHandler:
         try:
             snapshot = self._policy.current
             fields = snapshot.routes.branch_paths if snapshot is not None else ()
-            if holds_records(held, fields):
+            if held and holds_records(held, fields):
                 self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
                 target = redacted_target(decision.access.target)
                 log.error("http.records_on_route_mapped_without_records", target=target)

@@ -30,7 +30,8 @@ def redacted_target(target: str) -> str:
     if not mark:
         return target
     folded = query.lower()
-    if "eyj" not in folded and not any(hint in folded for hint in _NAME_HINTS):  # the common case, fast
+    # the common case, fast; anything percent-encoded is decoded below before it is judged
+    if "%" not in folded and "eyj" not in folded and not any(hint in folded for hint in _NAME_HINTS):
         return target
     pairs = query.split("&")
     redacted = [_redacted_pair(pair) for pair in pairs]
@@ -41,6 +42,7 @@ def _redacted_pair(pair: str) -> str:
     name, equals, value = pair.partition("=")
     if not equals:
         return pair
+    value = unquote_plus(value)
     if unquote_plus(name).lower().replace("-", "_") in SECRET_PARAMS or ("eyJ" in value and _JWT_SHAPED.search(value)):
         return f"{name}={REDACTED}"
     return pair

@@ -312,3 +312,20 @@ def test_explain_says_what_the_door_really_checks_for_each_route_kind(
     steps = {step["check"]: step["detail"] for step in json.loads(result.stdout)["steps"]}
     assert branch_says in steps["branch"] and route_says in steps["route"]
     assert "checked per returned record" not in result.stdout
+
+
+def test_check_names_new_limits_that_would_refuse_everything(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        "[server]\nidle_timeout_seconds = 0.0\nmax_headers = 0\n"
+        "[upstream]\nrequest_body_timeout_seconds = -1.0\nheld_answers_budget_bytes = 1000\n"
+    )
+    result = broker_cli("check", "-c", str(config), "--policies", str(REPO / "policies"))
+    assert result.returncode == 2
+    for problem in (
+        "[server] idle_timeout_seconds must be above 0",
+        "[server] max_headers must be above 0",
+        "[upstream] request_body_timeout_seconds must be above 0",
+        "[upstream] held_answers_budget_bytes must be at least max_response_inspect_bytes",
+    ):
+        assert problem in result.stderr, problem

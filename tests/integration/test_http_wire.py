@@ -11,15 +11,17 @@ import socket
 import subprocess
 import sys
 import zlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import BrokerFactory
-from tests.harness import Harness, raw_exchange
-from tests.raw_upstream import RawUpstream
+from tests.harness import Harness, raw_exchange, raw_request
+from tests.raw_upstream import Canned, RawUpstream
 
 SMUGGLED = (
     b'{"branch_code": "BR001"}'
@@ -38,6 +40,25 @@ records = "list"
 default_limit = 20
 response_items = "result.records"
 branch_field = "org.branch_code"
+
+[[route]]
+name = "scan by number against the raw upstream"
+method = "POST"
+path = "/v2/parcels/{no}/scans"
+resource = "waybill"
+action = "write"
+owner = "/v2/parcels/{no}"
+records = "one"
+branch_field = "branch_code"
+
+[[route]]
+name = "a one-record route a client may HEAD"
+method = ["GET", "HEAD"]
+path = "/v2/one/{no}"
+resource = "waybill"
+action = "read"
+records = "one"
+branch_field = "branch_code"
 
 [[route]]
 name = "health, mapped as carrying no records"
@@ -61,11 +82,24 @@ def post(broker: Harness, employee: str, body: bytes, *headers: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+WiredFactory = Callable[..., Awaitable[Harness]]
+
+
 @pytest.fixture
-async def wired(make_broker: BrokerFactory, raw_upstream: RawUpstream, policy_dir: Path) -> Harness:
-    routes = policy_dir / "routes.toml"
-    routes.write_text(routes.read_text() + EXTRA_ROUTES)
-    return await make_broker(raw_upstream.url)
+def make_wired(make_broker: BrokerFactory, raw_upstream: RawUpstream, policy_dir: Path) -> WiredFactory:
+    """A broker in front of the raw upstream, with the extra routes, and `settings` for [upstream]."""
+
+    async def make(**settings: Any) -> Harness:
+        routes = policy_dir / "routes.toml"
+        routes.write_text(routes.read_text() + EXTRA_ROUTES)
+        return await make_broker(raw_upstream.url, **settings)
+
+    return make
+
+
+@pytest.fixture
+async def wired(make_wired: WiredFactory) -> Harness:
+    return await make_wired()
 
 
 def own(n: int, branch: str = "BR001", **more: Any) -> dict[str, Any]:
@@ -409,3 +443,83 @@ async def test_a_percent_encoded_method_override_is_refused_too(wired: Harness, 
     reply = await wired.get("/api/branches/BR001/waybills?limit=5&_m%65thod=DELETE", "e1004")
     assert reply.status == 400 and reply.json["reason"] == "request.method_override"
     assert raw_upstream.raw == b""
+
+
+@pytest.mark.parametrize(
+    ("lookup_status", "lookup", "status", "reason", "charged"),
+    [
+        (500, {"error": "down"}, 502, "upstream.refused", 0),  # the service's failure
+        (410, {"error": "gone"}, 410, "upstream.refused", 1),  # a probe: charged like a read
+        (200, {"items": [own(1), own(2, "BR002")]}, 502, "upstream.uninspectable", 0),  # two branches: whose?
+        (200, {"waybill_no": "SF1"}, 502, "upstream.uninspectable", 0),  # no branch at all
+    ],
+)
+async def test_a_write_whose_owner_cannot_be_read_is_not_forwarded(
+    wired: Harness, raw_upstream: RawUpstream, lookup_status: int, lookup: Any, status: int, reason: str, charged: int
+) -> None:
+    raw_upstream.answer("/v2/parcels/SF1", lookup, status=lookup_status)
+    raw_upstream.answer("/v2/parcels/SF1/scans", own(1), status=201)
+    reply = await wired.request("POST", "/v2/parcels/SF1/scans", "e1004", json={"status": "sorted"})
+    assert reply.status == status and reply.json["reason"] == reason
+    assert b"BR002" not in reply.body and b"gone" not in reply.body and b"down" not in reply.body
+    assert [r.method for r in raw_upstream.requests] == ["GET"]  # the write itself never went out
+    me = (await wired.get("/-/me", "e1004")).json
+    assert me["quotas"][0]["used"] == charged
+
+
+async def test_an_owner_lookup_counts_against_the_held_answers_budget(
+    make_wired: WiredFactory, raw_upstream: RawUpstream
+) -> None:
+    broker = await make_wired(held_answers_budget_bytes=1000)
+    raw_upstream.answer("/v2/parcels/SF1", own(1, note="x" * 5000))
+    reply = await broker.request("POST", "/v2/parcels/SF1/scans", "e1004", json={"status": "sorted"})
+    assert reply.status == 503 and reply.json["reason"] == "upstream.busy"
+    assert [r.method for r in raw_upstream.requests] == ["GET"]
+
+
+@pytest.mark.parametrize("content_type", ["text/json", "application/vnd.api+json", "", "application/x-json-stream"])
+async def test_a_route_without_records_is_scanned_whatever_json_label_the_answer_has(
+    wired: Harness, raw_upstream: RawUpstream, content_type: str
+) -> None:
+    raw_upstream.answers["/api/status"] = Canned(
+        200, orjson.dumps({"recent": [own(1), own(2, "BR002")]}), content_type=content_type
+    )
+    reply = await wired.get("/api/status", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
+    assert b"BR002" not in reply.body
+
+
+async def test_a_json_answer_on_a_route_without_records_too_large_to_scan_is_refused(
+    make_wired: WiredFactory, raw_upstream: RawUpstream
+) -> None:
+    broker = await make_wired(max_response_inspect_bytes=2000)
+    raw_upstream.answer("/api/status", {"recent": [own(n, "BR002") for n in range(100)]})
+    reply = await broker.get("/api/status", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
+    assert b"BR002" not in reply.body
+
+
+async def test_head_on_a_record_route_answers_without_a_body(wired: Harness, raw_upstream: RawUpstream) -> None:
+    raw_upstream.answer("/v2/one/SF1", own(1))
+    reply = await wired.request("HEAD", "/v2/one/SF1", "e1001")
+    assert reply.status == 200 and reply.body == b""
+
+
+async def test_not_modified_passes_without_a_body(wired: Harness, raw_upstream: RawUpstream) -> None:
+    """A 304 cannot carry records (HTTP gives it no body): an app's cache revalidation works."""
+    raw_upstream.answers["/v2/one/SF1"] = Canned(304, b"", extra=[("ETag", '"v1"')])
+    reply = await wired.get("/v2/one/SF1", "e1001", headers={"If-None-Match": '"v1"'})
+    assert reply.status == 304 and reply.body == b"", reply.headers
+    assert {name.lower(): value for name, value in reply.headers.items()}["etag"] == '"v1"'
+
+
+async def test_a_percent_encoded_token_in_the_query_is_redacted_too(wired: Harness, raw_upstream: RawUpstream) -> None:
+    token = wired.token("e1001")
+    encoded = "".join(f"%{ord(c):02X}" for c in token[:3]) + token[3:]  # %65%79%4A... = eyJ...
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [own(1)]})
+    auth = {"Authorization": f"Bearer {token}"}
+    await raw_request(wired.port, f"/api/branches/BR001/waybills?limit=5&t={encoded}", auth)
+    await raw_request(wired.port, "/api/branches/BR001/waybills?limit=5&%74oken=hunter2", auth)
+    events = await wired.audit_events(at_least=2)
+    assert events[-2]["path"].endswith("&t=REDACTED") and events[-1]["path"].endswith("&%74oken=REDACTED")
+    assert "hunter2" not in wired.audit_path.read_text()

@@ -42,6 +42,12 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.RATE_EXCEEDED: "Too many requests in a short time; wait for the time in Retry-After.",
     Reason.METER_UNAVAILABLE: "The service that counts quotas is unreachable; access is paused. Retry shortly.",
     Reason.QUOTA_EXCEEDED: "You have used your records quota for this window; it resets at the time given.",
+    Reason.PROBE_EXCEEDED: (
+        "Too many of your record requests in this window were refused after the service answered: records "
+        "of another branch, more records than your cap, or record numbers that do not exist. Record requests "
+        "are refused until the time given. If you were looking up numbers from a list, check the list with "
+        "your supervisor."
+    ),
     Reason.UPSTREAM_UNAVAILABLE: "The system behind the broker is down. Retry later.",
     Reason.UPSTREAM_TIMEOUT: "The system behind the broker is too slow to answer. Retry later.",
     Reason.UPSTREAM_TOO_MANY_RECORDS: "The system answered with more records than allowed, so nothing was passed on.",

@@ -36,6 +36,7 @@ def decision_event(
         "records_returned": returned,
         "records_charged": decision.reserved if decision.quota_key else 0,
         "quota_left": quota.remaining if quota else None,
+        "probe": decision.probed,
         "meter": decision.metered or None,
         "status": status,
         "latency_ms": round(latency * 1000, 3),

@@ -67,6 +67,11 @@ class Decision:
     metered: str = ""
     """Which counters served: shared (Redis), local (in memory), fallback or refused."""
     retry_after: float | None = None
+    probe_key: str = ""
+    """Where this employee's refusals-after-answer are counted; "" when they have no budget."""
+    probe_window_end: float = 0.0
+    probed: bool = False
+    """The request was refused after the service answered and counted as a probe."""
     facts: dict[str, Any] = field(default_factory=dict)
     """Numbers the denial should show the employee (cap, requested, next shift)."""
 

@@ -19,12 +19,12 @@ from broker.core.access import UNBOUNDED, Access, Principal
 from broker.core.clock import Clock, iso
 from broker.core.decision import Decision, QuotaState, RateState, Verdict
 from broker.core.reason import Reason
-from broker.core.window import Window, current_shift, next_shift_start, quota_key, quota_window
+from broker.core.window import Window, current_shift, next_shift_start, probe_key, quota_key, quota_window
 from broker.identity.error import Identity, IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
-from broker.meter.store import QuotaAsk, RateAsk, RateOutcome, Reservation
+from broker.meter.store import ProbeAsk, QuotaAsk, RateAsk, RateOutcome, Reservation
 from broker.policy.index import Employee, Grant
-from broker.policy.limit import RateLimit, RecordLimit
+from broker.policy.limit import ProbeLimit, RateLimit, RecordLimit
 from broker.policy.snapshot import PolicySnapshot
 
 log = structlog.get_logger("broker.guard")
@@ -192,7 +192,9 @@ class Guard:
                 d, Reason.BULK_UNBOUNDED, "This request has no record limit, so it cannot be metered; add one."
             )
         try:
-            if meter and not await self._admit(d, employee, limit, snapshot.index.rate_limit(employee), shift, now):
+            index = snapshot.index
+            probes = index.probe_limit(employee)
+            if meter and not await self._admit(d, employee, limit, index.rate_limit(employee), probes, shift, now):
                 return None
         except MeterUnavailable as exc:
             d.metered, d.retry_after = Served.REFUSED._value_, exc.retry_after
@@ -269,25 +271,66 @@ class Guard:
         return False
 
     async def _admit(
-        self, d: Decision, employee: Employee, limit: RecordLimit, rate: RateLimit | None, shift: Window, now: float
+        self,
+        d: Decision,
+        employee: Employee,
+        limit: RecordLimit,
+        rate: RateLimit | None,
+        probes: ProbeLimit | None,
+        shift: Window,
+        now: float,
     ) -> bool:
-        """Rate check and quota reservation in one meter call (one round trip to Redis)."""
+        """Probe budget, rate check and quota reservation in one meter call (one round
+        trip to Redis)."""
         access = d.access
+        probe_ask = None
+        if probes is not None:
+            probe_window = quota_window(probes, shift, employee.zone, now)
+            d.probe_key, d.probe_window_end = probe_key(employee.id, probe_window.start), probe_window.end
+            probe_ask = ProbeAsk(d.probe_key, probes.probes)
         window = quota_window(limit, shift, employee.zone, now) if limit.quota is not None else None
         quota_ask = None
         if window is not None and limit.quota is not None:
             key = quota_key(employee.id, access.resource, window.start)
             quota_ask = QuotaAsk(key, access.records, limit.quota, window.end)
         rate_ask = RateAsk(f"r:{{{employee.id}}}", rate.requests, rate.period) if rate else None
-        if rate_ask is None and quota_ask is None:
+        if rate_ask is None and quota_ask is None and probe_ask is None:
             return True
-        outcome, booked, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now)
+        admission, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now, probe_ask)
         d.metered = served._value_
+        if admission.probes_used is not None and probes is not None:
+            return self._probes_spent(d, employee, probes, admission.probes_used, served, now)
+        outcome, booked = admission.rate, admission.quota
         if rate is not None and outcome is not None and not self._within_rate(d, rate, outcome, served):
             return False
         if window is None or quota_ask is None or booked is None:
             return True
         return self._reserved(d, employee, limit, window, quota_ask, booked, served, now)
+
+    def _probes_spent(
+        self, d: Decision, employee: Employee, probes: ProbeLimit, used: int, served: Served, now: float
+    ) -> bool:
+        budget = self._meter.effective(probes.probes, served)
+        d.rule, d.retry_after = probes.rule, d.probe_window_end - now
+        d.facts.update(probes=budget)
+        _deny(
+            d,
+            Reason.PROBE_EXCEEDED,
+            f"{used} of your requests in this window were refused after the service answered (records of "
+            f"other branches, more records than allowed, or records that do not exist); at most {budget} are "
+            f"allowed, so record requests are refused until {iso(d.probe_window_end, employee.zone)}.",
+        )
+        return False
+
+    async def probed(self, decision: Decision) -> None:
+        """Count a refusal the employee caused after the service answered against their
+        probe budget. Written where the admission was checked; if the store has gone away
+        meanwhile the probe goes uncounted (logged by the meter), never the request."""
+        decision.probed = True
+        if not decision.probe_key:
+            return
+        served = Served(decision.metered) if decision.metered else Served.LOCAL
+        await self._meter.settle(served, decision.probe_key, 1, decision.probe_window_end, self._clock.now())
 
     def _within_rate(self, d: Decision, rate: RateLimit, outcome: RateOutcome, served: Served) -> bool:
         requests = self._meter.effective(rate.requests, served)

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     RATE_EXCEEDED = "rate.exceeded"
     METER_UNAVAILABLE = "meter.unavailable"
     QUOTA_EXCEEDED = "quota.exceeded"
+    PROBE_EXCEEDED = "probe.exceeded"
 
     UPSTREAM_UNAVAILABLE = "upstream.unavailable"
     UPSTREAM_TIMEOUT = "upstream.timeout"

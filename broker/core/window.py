@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Protocol
 
-from broker.policy.limit import RecordLimit
 from broker.policy.shift import Shift
 
 FALLBACK_WINDOW = 86_400
@@ -44,7 +44,21 @@ def quota_key(employee: str, resource: str, window_start: float) -> str:
     return f"q:{{{employee}}}:{resource}:{int(window_start)}"
 
 
-def quota_window(limit: RecordLimit, shift: Window | None, zone: tzinfo, now: float) -> Window:
+class Windowed(Protocol):
+    """A limit counted per window: a records quota or a probe budget."""
+
+    @property
+    def window(self) -> int: ...
+
+    @property
+    def per_shift(self) -> bool: ...
+
+
+def probe_key(employee: str, window_start: float) -> str:
+    return f"p:{{{employee}}}:{int(window_start)}"
+
+
+def quota_window(limit: Windowed, shift: Window | None, zone: tzinfo, now: float) -> Window:
     """The current shift for per-shift quotas; otherwise a fixed window aligned to local
     midnight in `zone`, so a `1d` quota resets when the employee's day starts."""
     if limit.per_shift and shift is not None:

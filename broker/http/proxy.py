@@ -210,6 +210,7 @@ class ProxyHandler:
         decision.access = dataclasses.replace(decision.access, branch=branch)
         allowed = decision.allowed_branches
         if allowed is not None and branch not in allowed:
+            await self._guard.probed(decision)
             detail = f"This record is not one of your branch's; you may not {route.action} it."
             return self._refuse(decision, outcome, Reason.POLICY_OTHER_BRANCH, detail)
         return None
@@ -257,6 +258,8 @@ class ProxyHandler:
                 self._metrics.upstream_errors.labels(verdict.violation.value).inc()
                 if verdict.violation is Reason.UPSTREAM_UNINSPECTABLE:  # the service's fault
                     await self._guard.settle(decision, 0)
+                else:  # the answer told the employee something: the request was a probe
+                    await self._guard.probed(decision)
                 return self._refuse(decision, outcome, verdict.violation, verdict.detail)
             count = verdict.count
             await self._guard.settle(decision, count)
@@ -377,12 +380,14 @@ class ProxyHandler:
         self, decision: Decision, outcome: Outcome, upstream_status: int, detail: str, kind: str
     ) -> web.Response:
         """An upstream answer that is not a 2xx where records were expected: the broker's
-        own problem with the same 4xx (charged: a not-found probe costs like a read), or
-        502 for anything else (the service's failure: nothing charged)."""
+        own problem with the same 4xx (charged: a not-found costs like a read, and counts
+        as a probe), or 502 for anything else (the service's failure: nothing charged)."""
         self._metrics.upstream_errors.labels(kind).inc()
         status = upstream_status if 400 <= upstream_status < 500 else 502
         if status == 502:
             await self._guard.settle(decision, 0)
+        else:
+            await self._guard.probed(decision)
         return self._refuse(decision, outcome, Reason.UPSTREAM_REFUSED, detail, status)
 
     def _refuse(

@@ -19,14 +19,14 @@ import structlog
 
 from broker.meter.breaker import BreakerState, CircuitBreaker
 from broker.meter.store import (
+    Admission,
     CounterStore,
     ExpiredWindow,
     MemoryCounterStore,
     Persistence,
+    ProbeAsk,
     QuotaAsk,
     RateAsk,
-    RateOutcome,
-    Reservation,
     StoreUnavailable,
 )
 
@@ -92,23 +92,23 @@ class Meter:
         return self._breaker.state
 
     async def admit(
-        self, resource: str, rate: RateAsk | None, quota: QuotaAsk | None, now: float
-    ) -> tuple[RateOutcome | None, Reservation | None, Served]:
-        """The rate check and quota reservation of one request, from the store that is up."""
+        self, resource: str, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+    ) -> tuple[Admission, Served]:
+        """The probe-budget check, rate check and quota reservation of one request, from
+        the store that is up."""
         if quota is not None and quota.expires_at <= now:
             log.error("meter.window_already_ended", key=quota.key, window_end=quota.expires_at, now=now)
             raise ExpiredWindow(f"quota window of {quota.key} ended {now - quota.expires_at:.3f} s ago")
         if not self.shared:  # the in-memory store cannot fail: no breaker, no closures
-            outcome, booked = await self.store.admit(rate, quota, now)
-            return outcome, booked, Served.LOCAL
+            return await self.store.admit(rate, quota, now, probe), Served.LOCAL
 
-        def scaled(store: CounterStore) -> Awaitable[tuple[RateOutcome | None, Reservation | None]]:
+        def scaled(store: CounterStore) -> Awaitable[Admission]:
             local_rate = dataclasses.replace(rate, limit=self._scaled(rate.limit)) if rate else None
             local_quota = dataclasses.replace(quota, limit=self._scaled(quota.limit)) if quota else None
-            return store.admit(local_rate, local_quota, now)
+            local_probe = dataclasses.replace(probe, limit=self._scaled(probe.limit)) if probe else None
+            return store.admit(local_rate, local_quota, now, local_probe)
 
-        (outcome, booked), served = await self._metered(resource, lambda store: store.admit(rate, quota, now), scaled)
-        return outcome, booked, served
+        return await self._metered(resource, lambda store: store.admit(rate, quota, now, probe), scaled)
 
     async def settle(self, served: Served, key: str, delta: int, expires_at: float, now: float) -> int | None:
         """Correct a reservation where it was made. If the shared store has gone away

@@ -36,7 +36,17 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from broker.meter.store import ExpiredWindow, Persistence, QuotaAsk, RateAsk, RateOutcome, Reservation, StoreUnavailable
+from broker.meter.store import (
+    Admission,
+    ExpiredWindow,
+    Persistence,
+    ProbeAsk,
+    QuotaAsk,
+    RateAsk,
+    RateOutcome,
+    Reservation,
+    StoreUnavailable,
+)
 
 EXPIRY_SLACK_MS = 60_000
 """Keys outlive their window a little so a clock skew between replicas cannot drop one early."""
@@ -51,17 +61,24 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return used
 """
 
-# A request's rate check (GCRA: the key holds the theoretical arrival time) and quota
-# reservation in one round trip. Floats travel as strings with microsecond precision:
+# A request's probe-budget check, rate check (GCRA: the key holds the theoretical
+# arrival time) and quota reservation in one round trip. Floats travel as strings with microsecond precision:
 # Redis truncates Lua numbers to integers in replies, and Lua's tostring() keeps only 14
 # digits of an epoch timestamp. KEYS[1] is the rate
-# key, KEYS[2] the quota key (both carry the employee as a hash tag, so they live on
-# one shard of a cluster). ARGV: now, rate?, period, rate limit, quota?, amount, quota
-# limit, quota time to live (ms, relative). Reply: allowed, retry, reset, remaining, granted, used
-# (granted -1: no reservation was attempted).
+# key, KEYS[2] the quota key, KEYS[3] the probe key (all carry the employee as a hash
+# tag, so they live on one shard of a cluster). ARGV: now, rate?, period, rate limit,
+# quota?, amount, quota limit, quota time to live (ms, relative), probe?, probe limit.
+# Reply: allowed, retry, reset, remaining, granted, used, probes used (granted -1: no
+# reservation was attempted; probes used -1: the budget is not spent).
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local allowed, retry, reset, remaining = '1', '0', '0', '-1'
+if ARGV[9] == '1' then
+  local probes = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if probes >= tonumber(ARGV[10]) then
+    return {'1', '0', '0', '-1', '-1', '0', string.format('%d', probes)}
+  end
+end
 if ARGV[2] == '1' then
   local period = tonumber(ARGV[3])
   local interval = period / tonumber(ARGV[4])
@@ -69,23 +86,24 @@ if ARGV[2] == '1' then
   if tat < now then tat = now end
   local new_tat = tat + interval
   if new_tat - now > period + 1e-6 then
-    return {'0', string.format('%.6f', tat + interval - period - now), string.format('%.6f', tat - now), '0', '-1', '0'}
+    local wait = string.format('%.6f', tat + interval - period - now)
+    return {'0', wait, string.format('%.6f', tat - now), '0', '-1', '0', '-1'}
   end
   redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
   reset = string.format('%.6f', new_tat - now)
   remaining = string.format('%d', math.floor((period - (new_tat - now)) / interval + 1e-6))
 end
 if ARGV[5] ~= '1' then
-  return {allowed, retry, reset, remaining, '-1', '0'}
+  return {allowed, retry, reset, remaining, '-1', '0', '-1'}
 end
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local amount = tonumber(ARGV[6])
 if used + amount > tonumber(ARGV[7]) then
-  return {allowed, retry, reset, remaining, '0', string.format('%d', used)}
+  return {allowed, retry, reset, remaining, '0', string.format('%d', used), '-1'}
 end
 used = redis.call('INCRBY', KEYS[2], amount)
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-return {allowed, retry, reset, remaining, '1', string.format('%d', used)}
+return {allowed, retry, reset, remaining, '1', string.format('%d', used), '-1'}
 """
 
 
@@ -110,10 +128,11 @@ class RedisCounterStore:
         self._admit = self._client.register_script(_ADMIT)
 
     async def admit(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
-    ) -> tuple[RateOutcome | None, Reservation | None]:
-        keys = [self._prefix + (rate.key if rate else quota.key if quota else "none")]
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+    ) -> Admission:
+        keys = [self._prefix + (rate.key if rate else quota.key if quota else probe.key if probe else "none")]
         keys.append(self._prefix + quota.key if quota else keys[0])
+        keys.append(self._prefix + probe.key if probe else keys[0])
         args = [
             repr(now),
             "1" if rate else "0",
@@ -123,17 +142,22 @@ class RedisCounterStore:
             quota.amount if quota else 0,
             quota.limit if quota else 0,
             _ttl_ms(quota.expires_at, now) if quota else 0,
+            "1" if probe else "0",
+            probe.limit if probe else 0,
         ]
-        allowed, retry, reset, remaining, granted, used = await self._run(self._admit(keys=keys, args=args))
+        reply = await self._run(self._admit(keys=keys, args=args))
+        allowed, retry, reset, remaining, granted, used, probes = reply
+        if probes != b"-1":
+            return Admission(None, None, int(probes))
         outcome = None
         if rate is not None:
             ok = allowed == b"1"
             outcome = RateOutcome(ok, int(remaining), float(reset), 0.0 if ok else max(float(retry), 0.001))
         booked = None if granted == b"-1" else Reservation(granted == b"1", int(used))
-        return outcome, booked
+        return Admission(outcome, booked)
 
     async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
-        _, booked = await self.admit(None, QuotaAsk(key, amount, limit, expires_at), now)
+        booked = (await self.admit(None, QuotaAsk(key, amount, limit, expires_at), now)).quota
         assert booked is not None
         return booked
 
@@ -145,7 +169,7 @@ class RedisCounterStore:
         return int(value or 0)
 
     async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
-        outcome, _ = await self.admit(RateAsk(key, limit, period), None, now)
+        outcome = (await self.admit(RateAsk(key, limit, period), None, now)).rate
         assert outcome is not None
         return outcome
 

@@ -60,12 +60,32 @@ class QuotaAsk:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeAsk:
+    """A budget the request must not have spent already: checked at admission, charged
+    later (`add`) only when the request turns out to be a probe."""
+
+    key: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What admitting one request found. `probes_used` is set only when the probe budget
+    is spent, in which case neither the rate nor the quota was checked or charged."""
+
+    rate: RateOutcome | None
+    quota: Reservation | None
+    probes_used: int | None = None
+
+
 class CounterStore(Protocol):
     async def admit(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
-    ) -> tuple[RateOutcome | None, Reservation | None]:
-        """A request's rate check and, if it passes, its quota reservation, together
-        (one round trip for a remote store). A refused rate check reserves nothing."""
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+    ) -> Admission:
+        """A request's probe-budget check, rate check and, if both pass, its quota
+        reservation, together (one round trip for a remote store). A refused check
+        charges nothing after it."""
         ...
 
     async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
@@ -108,22 +128,24 @@ class MemoryCounterStore:
         """`admit` may skip the two coroutines: no subclass (a test's failing store) wraps them."""
 
     async def admit(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
-    ) -> tuple[RateOutcome | None, Reservation | None]:
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+    ) -> Admission:
+        if probe is not None:
+            probes = self._current(probe.key, now)
+            if probes >= probe.limit:
+                return Admission(None, None, probes)
         if not self._direct:
             return await self._admit_via_methods(rate, quota, now)
         outcome = self._hit_rate(rate.key, rate.limit, rate.period, now) if rate is not None else None
         if quota is None or (outcome is not None and not outcome.allowed):
-            return outcome, None
-        return outcome, self._reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now)
+            return Admission(outcome, None)
+        return Admission(outcome, self._reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now))
 
-    async def _admit_via_methods(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float
-    ) -> tuple[RateOutcome | None, Reservation | None]:
+    async def _admit_via_methods(self, rate: RateAsk | None, quota: QuotaAsk | None, now: float) -> Admission:
         outcome = await self.hit_rate(rate.key, rate.limit, rate.period, now) if rate else None
         if quota is None or (outcome is not None and not outcome.allowed):
-            return outcome, None
-        return outcome, await self.reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now)
+            return Admission(outcome, None)
+        return Admission(outcome, await self.reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now))
 
     async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
         return self._reserve(key, amount, limit, expires_at, now)

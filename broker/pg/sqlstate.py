@@ -38,6 +38,7 @@ SQLSTATE: dict[Reason, str] = {
     Reason.BULK_UNBOUNDED: "42501",
     Reason.RATE_EXCEEDED: "53400",
     Reason.QUOTA_EXCEEDED: "53400",
+    Reason.PROBE_EXCEEDED: "53400",
     Reason.METER_UNAVAILABLE: "53400",
     Reason.UPSTREAM_TOO_MANY_RECORDS: "53400",
     Reason.UPSTREAM_TIMEOUT: "57014",

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from broker.policy.limit import RateLimit, RecordLimit, build_rate_limit, build_record_limit
+from broker.policy.limit import (
+    ProbeLimit,
+    RateLimit,
+    RecordLimit,
+    build_probe_limit,
+    build_rate_limit,
+    build_record_limit,
+)
 from broker.policy.problem import PolicyProblem
 from broker.policy.record_scan import example_problem
 from broker.policy.route import RouteMap
@@ -24,6 +31,7 @@ class CheckedRules:
     shifts: dict[str, Shift] = field(default_factory=dict)
     record_limits: dict[tuple[str, str], RecordLimit] = field(default_factory=dict)
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
+    probe_limits: dict[str, ProbeLimit] = field(default_factory=dict)
     problems: list[PolicyProblem] = field(default_factory=list)
 
     def of(self, ptype: str) -> list[Rule]:
@@ -44,6 +52,9 @@ def check_rules(rules: list[Rule]) -> CheckedRules:
     )
     checked.rate_limits = _build_named(
         checked, "p4", lambda r: r.fields[0], lambda r: build_rate_limit(r.fields[1], r.fields[2], rule=_cite(r))
+    )
+    checked.probe_limits = _build_named(
+        checked, "p5", lambda r: r.fields[0], lambda r: build_probe_limit(r.fields[1], r.fields[2], rule=_cite(r))
     )
     _check_references(checked)
     return checked
@@ -157,7 +168,7 @@ def _check_references(checked: CheckedRules) -> None:
             f"employee id {rule.fields[0]!r} is also a role name",
             "Casbin keeps employees and roles in one graph: the employee would inherit that role; rename one",
         )
-    for rule in checked.of("p3") + checked.of("p4"):
+    for rule in checked.of("p3") + checked.of("p4") + checked.of("p5"):
         _require(checked, rule, rule.fields[0] in roles, f"limit for unknown role {rule.fields[0]!r}", role_hint)
     shift_hint = f"defined shifts: {', '.join(sorted(checked.shifts)) or 'none'}"
     for rule in checked.of("g2"):

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from typing import Any, TypeVar
 
-from broker.policy.limit import RateLimit, RecordLimit, most_generous_rate, most_generous_records
+from broker.policy.limit import (
+    ProbeLimit,
+    RateLimit,
+    RecordLimit,
+    most_generous_probes,
+    most_generous_rate,
+    most_generous_records,
+)
 from broker.policy.rule import Rule
 from broker.policy.shift import Shift
 
@@ -100,6 +107,7 @@ class PolicyIndex:
     """(resource, action) -> role -> the rule that grants it."""
     record_limits: dict[tuple[str, str], RecordLimit]
     rate_limits: dict[str, RateLimit]
+    probe_limits: dict[str, ProbeLimit] = field(default_factory=dict)
     _grant_cache: dict[tuple[str, str], dict[Assignment, Grant]] = field(default_factory=dict)
     """(resource, action) -> assignment -> grant. Grants depend on the roles held in each
     branch, not on who holds them; the grants themselves are shared (`_shared`), so a
@@ -108,6 +116,8 @@ class PolicyIndex:
     """role set -> resource -> limit: limits depend on the roles held, not on who holds them."""
     _rate_cache: dict[frozenset[str], RateLimit | None] = field(default_factory=dict)
     """role set -> rate."""
+    _probe_cache: dict[frozenset[str], ProbeLimit | None] = field(default_factory=dict)
+    """role set -> probe budget."""
     _shared: dict[object, Any] = field(default_factory=dict)
     """One instance per distinct Grant value."""
 
@@ -181,6 +191,16 @@ class PolicyIndex:
             self._rate_cache[employee.roles] = rate
         return rate
 
+    def probe_limit(self, employee: Employee) -> ProbeLimit | None:
+        """The employee's probe budget, memoised per role set like the rate."""
+        cached = self._probe_cache.get(employee.roles, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached  # type: ignore[return-value]
+        probe = most_generous_probes([self.probe_limits[r] for r in employee.roles if r in self.probe_limits])
+        if len(self._probe_cache) < 10_000:
+            self._probe_cache[employee.roles] = probe
+        return probe
+
 
 def build_index(
     grants: Iterable[Rule],
@@ -190,6 +210,7 @@ def build_index(
     shifts: dict[str, Shift],
     record_limits: dict[tuple[str, str], RecordLimit],
     rate_limits: dict[str, RateLimit],
+    probe_limits: dict[str, ProbeLimit] | None = None,
 ) -> PolicyIndex:
     _INTERNED.clear()
     by_branch: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -215,4 +236,4 @@ def build_index(
     for rule in grants:
         role, resource, action = rule.fields
         granted[(resource, action)].setdefault(role, f"{rule} ({rule.where})")
-    return PolicyIndex(employees, dict(granted), record_limits, rate_limits)
+    return PolicyIndex(employees, dict(granted), record_limits, rate_limits, probe_limits or {})

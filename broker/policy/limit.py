@@ -1,4 +1,5 @@
-"""Per-role record caps, records quotas and request rates, as written in `p3`/`p4` lines."""
+"""Per-role record caps, records quotas, request rates and probe budgets, as written in
+`p3`/`p4`/`p5` lines."""
 
 from __future__ import annotations
 
@@ -36,6 +37,26 @@ class RateLimit:
     rule: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeLimit:
+    """How many refusals an employee may cause per window on routes that return records.
+
+    A refusal after the upstream answered (another branch's record, more records than
+    the cap, the service's not-found) tells the employee something about the data even
+    though no record left. Counted apart from the records quota so that a few thousand
+    uncharged yes/no answers a shift cannot map which branch owns which waybill. A window
+    of 0 seconds means "the current shift", as for quotas.
+    """
+
+    probes: int
+    window: int
+    rule: str
+
+    @property
+    def per_shift(self) -> bool:
+        return self.window == 0
+
+
 def parse_duration(text: str) -> int:
     match = _DURATION.match(text)
     if not match:
@@ -61,6 +82,14 @@ def build_rate_limit(requests: str, per: str, rule: str) -> RateLimit:
     if amount is None:
         raise ValueError("a rate line must give a number of requests; leave the line out instead")
     return RateLimit(amount, parse_duration(per), rule)
+
+
+def build_probe_limit(probes: str, window: str, rule: str) -> ProbeLimit:
+    amount = parse_amount(probes, "probes")
+    if amount is None:
+        raise ValueError("a probe line must give a number of refusals; leave the line out for no budget")
+    seconds = 0 if window == SHIFT_WINDOW else parse_duration(window)
+    return ProbeLimit(amount, seconds, rule)
 
 
 def most_generous_records(limits: list[RecordLimit]) -> RecordLimit | None:
@@ -91,3 +120,10 @@ def most_generous_rate(limits: list[RateLimit]) -> RateLimit | None:
     if not limits:
         return None
     return max(limits, key=lambda rate: rate.requests / rate.period)
+
+
+def most_generous_probes(limits: list[ProbeLimit]) -> ProbeLimit | None:
+    """Like quotas: the budget allowing the most refusals per second of window."""
+    if not limits:
+        return None
+    return max(limits, key=lambda probe: probe.probes / (probe.window or NOMINAL_SHIFT_SECONDS))

@@ -27,7 +27,31 @@ def lint(snapshot: PolicySnapshot) -> list[PolicyProblem]:
         *_overlapping_shifts(rules, snapshot),
         *_roles_nobody_holds(rules),
         *_routes_that_never_match(snapshot.routes),
+        *_roles_without_probe_budget(rules, snapshot.routes),
     ]
+
+
+def _roles_without_probe_budget(rules: list[Rule], routes: RouteMap) -> list[PolicyProblem]:
+    """A role that reads through a route returning records, with no `p5` line, may ask
+    the service yes/no questions (whose waybill is this? how many match this phone?) as
+    often as its rate allows: each refusal costs records quota but nothing caps them."""
+    budgeted = {r.fields[0] for r in rules if r.ptype == "p5"}
+    served = {(route.resource, route.action) for route in routes.routes if route.records != "none" or route.owner}
+    found = []
+    for rule in rules:
+        role = rule.fields[0]
+        if rule.ptype != "p" or role in budgeted or (rule.fields[1], rule.fields[2]) not in served:
+            continue
+        budgeted.add(role)  # one warning per role
+        found.append(
+            PolicyProblem(
+                rule.file,
+                rule.line,
+                f"role {role} reads records over HTTP but has no probe budget",
+                f"add e.g. p5, {role}, 30, shift to limits.csv (refusals after the service answered, per window)",
+            )
+        )
+    return found
 
 
 def _employees_in_two_branches(rules: list[Rule]) -> list[PolicyProblem]:

@@ -19,6 +19,7 @@ LINE_TYPES: dict[str, tuple[str, ...]] = {
     "p2": ("shift", "start", "end", "days", "time_zone"),
     "p3": ("role", "resource", "cap", "quota", "window"),
     "p4": ("role", "requests", "per"),
+    "p5": ("role", "probes", "per"),
     "g": ("employee", "role", "branch"),
     "g2": ("employee", "shift"),
     "g3": ("employee", "role"),

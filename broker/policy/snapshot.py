@@ -130,6 +130,7 @@ def _compile(
         checked.shifts,
         checked.record_limits,
         checked.rate_limits,
+        checked.probe_limits,
     )
     disagreement = first_disagreement(enforcer, index, _sample(index, sample))
     if disagreement:

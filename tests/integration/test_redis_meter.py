@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from broker.config import MeterSettings
-from broker.meter.store import MemoryCounterStore, QuotaAsk, RateAsk, Reservation
+from broker.meter.store import Admission, MemoryCounterStore, ProbeAsk, QuotaAsk, RateAsk, Reservation
 from tests.conftest import BrokerFactory
 from tests.redis_fixtures import RedisOpener, RedisProcess
 
@@ -151,9 +151,27 @@ async def test_admit_agrees_with_the_memory_store(shared_redis: tuple[str, str],
         quota = QuotaAsk("q:{e1}:waybill:0", amount, 12, start + 3600)
         a = await shared.admit(rate, quota, start + offset)
         b = await local.admit(rate, quota, start + offset)
-        assert (a[0] and (a[0].allowed, a[0].remaining)) == (b[0] and (b[0].allowed, b[0].remaining)), offset
-        assert a[1] == b[1], (offset, a[1], b[1])
+        assert (a.rate and (a.rate.allowed, a.rate.remaining)) == (b.rate and (b.rate.allowed, b.rate.remaining))
+        assert a.quota == b.quota, (offset, a.quota, b.quota)
     only_quota = await shared.admit(None, QuotaAsk("q:{e2}:x:0", 2, 3, start + 60), start)
-    assert only_quota == (None, Reservation(True, 2))
+    assert only_quota == Admission(None, Reservation(True, 2))
     only_rate = await shared.admit(RateAsk("r:{e2}", 1, 60), None, start)
-    assert only_rate[0] is not None and only_rate[0].allowed and only_rate[1] is None
+    assert only_rate.rate is not None and only_rate.rate.allowed and only_rate.quota is None
+
+
+async def test_a_spent_probe_budget_admits_nothing_on_either_store(
+    shared_redis: tuple[str, str], redis_opener: RedisOpener
+) -> None:
+    url, prefix = shared_redis
+    shared, local = redis_opener.store(url, prefix=prefix), MemoryCounterStore()
+    start = 1_800_000_000.0
+    probe = ProbeAsk("p:{e3}:0", 2)
+    rate, quota = RateAsk("r:{e3}", 100, 60), QuotaAsk("q:{e3}:waybill:0", 5, 100, start + 3600)
+    for store in (shared, local):
+        assert (await store.admit(rate, quota, start, probe)).probes_used is None
+        await store.add(probe.key, 1, start + 3600, start)
+        assert (await store.admit(rate, quota, start, probe)).quota == Reservation(True, 10)
+        await store.add(probe.key, 1, start + 3600, start)
+        spent = await store.admit(rate, quota, start, probe)
+        assert spent == Admission(None, None, 2)
+        assert await store.get(quota.key, start) == 10  # the refused admission charged nothing

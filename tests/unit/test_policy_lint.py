@@ -46,7 +46,7 @@ def test_overlapping_shifts(policies: Path) -> None:
 
 def test_role_nobody_holds(policies: Path) -> None:
     line = append(policies, "roles.csv", "p, dispatcher, waybill, read\n")
-    append(policies, "limits.csv", "p3, dispatcher, waybill, 10, 10, shift\n")
+    append(policies, "limits.csv", "p3, dispatcher, waybill, 10, 10, shift\np5, dispatcher, 5, shift\n")
     [warning] = lint(load_snapshot(policies))
     assert (warning.file, warning.line) == ("roles.csv", line)
     assert "no employee holds role 'dispatcher'" in warning.message

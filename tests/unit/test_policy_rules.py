@@ -160,7 +160,7 @@ def test_typod_line_type(policies: Path, name: str, old: str, new: str, ptype: s
     line = replace(policies, name, old, new)
     problem = only_problem(policies)
     assert_at(problem, name, line, f"unknown line type {ptype!r}")
-    assert "line types are case-sensitive: p, p2, p3, p4, g, g2, g3" in problem.hint
+    assert "line types are case-sensitive: p, p2, p3, p4, p5, g, g2, g3" in problem.hint
 
 
 def test_typod_p_line_also_orphans_what_depended_on_it(policies: Path) -> None:

@@ -61,6 +61,7 @@ async def make_broker(
         shadow: Path | None = None,
         identity: dict[str, Any] | None = None,
         postgres: dict[str, Any] | None = None,
+        server: dict[str, Any] | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
@@ -74,10 +75,13 @@ async def make_broker(
             audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
             meter=meter or settings.meter,
             postgres=replace(settings.postgres, **postgres) if postgres else settings.postgres,
+            server=replace(settings.server, **server) if server else settings.server,
         )
         broker = build_broker(settings, clock=clock, store=store)
-        server = TestServer(build_app(broker), host="127.0.0.1", **server_options(settings))
-        await server.start_server()
+        server = TestServer(build_app(broker), host="127.0.0.1")
+        # TestServer's constructor ignores server options; start_server hands them to
+        # the runner, so the tests read requests exactly as `broker run` does
+        await server.start_server(**server_options(settings))
         harness = Harness(broker, server, clock, Path(settings.audit.path), aiohttp.ClientSession())
         started.append(harness)
         return harness

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 from multidict import MultiMapping
 
@@ -102,11 +103,30 @@ def _refuse_method_override(names: Iterable[str]) -> None:
             )
 
 
+_PART_NAME = re.compile(rb'(?im)^content-disposition:[^\r\n]*?;\s*name\*?=\s*(?:"([^"]*)"|([^;\s\r\n]+))')
+"""The field name of each part of a multipart body. Searched over the whole body, not
+split at the boundary: a name line inside a part's data is refused too (rare, and
+the safe way to be wrong), and a client cannot hide a part behind a boundary the
+broker and the upstream read differently."""
+
+
+def _part_name(raw: bytes) -> str:
+    """A part's field name as a framework would read it: percent-decoded, and without the
+    charset and language of an RFC 5987 `name*=UTF-8''...` value."""
+    text = unquote(raw.decode("latin-1"))
+    return text.split("''", 1)[1] if "''" in text else text
+
+
 def form_method_override(content_type: str, body: bytes) -> Refusal | None:
-    """A form body carrying a method override parameter, refused like one in the query."""
-    if content_type.split(";", 1)[0].strip().lower() != "application/x-www-form-urlencoded":
+    """A form body (urlencoded or multipart) carrying a method override parameter,
+    refused like one in the query."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        names: Iterable[str] = (unquote_plus(pair.partition("=")[0]) for pair in body.decode("latin-1").split("&"))
+    elif kind == "multipart/form-data":
+        names = (_part_name(quoted or bare) for quoted, bare in _PART_NAME.findall(body))
+    else:
         return None
-    names = (unquote_plus(pair.partition("=")[0]) for pair in body.decode("latin-1").split("&"))
     try:
         _refuse_method_override(names)
     except Refused as exc:

@@ -331,6 +331,40 @@ async def test_a_method_override_in_a_form_body_is_refused(wired: Harness, raw_u
     assert raw_upstream.raw == b""
 
 
+def multipart(*parts: tuple[str, bytes]) -> tuple[str, bytes]:
+    body = b"".join(b"--XyZ\r\n%s\r\n\r\n%s\r\n" % (head.encode(), data) for head, data in parts) + b"--XyZ--\r\n"
+    return "multipart/form-data; boundary=XyZ", body
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        'Content-Disposition: form-data; name="_method"',
+        "content-disposition: form-data; name=_METHOD",
+        'Content-Disposition: form-data; name="x-http-method-override"',
+        "Content-Disposition: form-data; name*=UTF-8''%5Fmethod",
+        'Content-Disposition: form-data; name="_m%65thod"',
+    ],
+)
+async def test_a_method_override_in_a_multipart_body_is_refused(
+    wired: Harness, raw_upstream: RawUpstream, disposition: str
+) -> None:
+    raw_upstream.answer("/v2/parcels/SF1", own(1))
+    kind, body = multipart(('Content-Disposition: form-data; name="status"', b"sorted"), (disposition, b"DELETE"))
+    reply = await wired.request("POST", "/v2/parcels/SF1/scans", "e1004", data=body, headers={"Content-Type": kind})
+    assert reply.status == 400 and reply.json["reason"] == "request.method_override", reply.body
+    assert raw_upstream.requests == []
+
+
+async def test_an_honest_multipart_body_is_forwarded_as_sent(wired: Harness, raw_upstream: RawUpstream) -> None:
+    raw_upstream.answer("/v2/parcels/SF1", own(1))
+    raw_upstream.answer("/v2/parcels/SF1/scans", own(1), status=201)
+    kind, body = multipart(('Content-Disposition: form-data; name="status"', b"sorted"))
+    reply = await wired.request("POST", "/v2/parcels/SF1/scans", "e1004", data=body, headers={"Content-Type": kind})
+    assert reply.status == 201, reply.body
+    assert raw_upstream.requests[-1].body == body
+
+
 async def test_a_token_in_the_query_string_is_not_written_to_the_audit(
     wired: Harness, raw_upstream: RawUpstream
 ) -> None:

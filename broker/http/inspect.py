@@ -85,6 +85,27 @@ def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> boo
     return False
 
 
+def names_a_branch_field(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether a text answer (CSV, XML, plain text, HTML) names a branch field the route
+    map knows, as a whole word: an export's header row (`waybill_no,branch_code,...`) or
+    an element (`<branch_code>`). Such an answer cannot be counted record by record, so
+    on a route mapped as carrying no records it is refused rather than guessed about."""
+    names = {path[-1].encode().lower() for path in branch_paths if path}
+    if not names:
+        return False
+    lowered = body.lower()
+    for name in names:
+        start = lowered.find(name)
+        while start != -1:
+            end = start + len(name)
+            before = lowered[start - 1 : start] if start else b""
+            after = lowered[end : end + 1]
+            if not (before.isalnum() or before == b"_") and not (after.isalnum() or after == b"_"):
+                return True
+            start = lowered.find(name, end)
+    return False
+
+
 def record_branches(body: bytes, branch_path: tuple[str, ...]) -> frozenset[str] | None:
     """The branches of every record in a JSON answer (a record looked up to learn whose it
     is); None when the answer cannot say: not JSON, too deep, no record, or a record

@@ -21,7 +21,7 @@ from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
 from broker.http.budget import AnswerBudget
 from broker.http.classify import Refused, branch_from_body, classify, owner_target
-from broker.http.inspect import holds_records, inspect_records, record_branches
+from broker.http.inspect import holds_records, inspect_records, names_a_branch_field, record_branches
 from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.redact import redacted_target
@@ -39,12 +39,17 @@ def _too_large(limit: int) -> str:
     return f"The answer is larger than the {limit} bytes the broker can check; ask for fewer records."
 
 
-def _may_be_json(answer: Answer) -> bool:
-    """Whether an answer could be JSON a client would read: labelled so (any *json* type,
-    `text/json` and vendor types included) or not labelled at all. Held and scanned on
-    routes mapped as carrying no records, since the label is the upstream's, not ours."""
+def _answer_kind(answer: Answer) -> str:
+    """How an answer on a route mapped as carrying no records can be checked for records
+    anyway: "json" (any *json* type, `text/json` and vendor types included, or no label
+    at all: the label is the upstream's, not ours), "text" (text/*, XML, CSV, YAML: held
+    and searched for a branch field's name) or "other" (binary: passed on as it comes)."""
     kind = answer.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    return not kind or "json" in kind
+    if not kind or "json" in kind:
+        return "json"
+    if kind.startswith("text/") or any(word in kind for word in ("xml", "csv", "yaml", "x-www-form-urlencoded")):
+        return "text"
+    return "other"
 
 
 @dataclass(slots=True)
@@ -150,9 +155,8 @@ class ProxyHandler:
                 await self._guard.settle(decision, 0)
                 return self._refuse(decision, outcome, read.reason, read.detail)
             body = read
-        inspect = route.records != "none"
-        employee = decision.employee or ""
-        headers = self._upstream.request_headers(request, employee, decision.id, inspect)
+        # every answer comes plain: those on routes without records are scanned too
+        headers = self._upstream.request_headers(request, decision.employee or "", decision.id)
         try:
             if route.owner:
                 refused = await self._check_owner(request, decision, route, outcome)
@@ -186,7 +190,7 @@ class ProxyHandler:
         reservation is kept when it is refused here, so looking records up this way costs
         what reading them would."""
         target = owner_target(route, request.raw_path)
-        headers = self._upstream.request_headers(request, decision.employee or "", decision.id, True)
+        headers = self._upstream.request_headers(request, decision.employee or "", decision.id)
         lookup = await self._upstream.pool.send("GET", target, headers, None)
         try:
             if not 200 <= lookup.status < 300:
@@ -229,8 +233,9 @@ class ProxyHandler:
                 return await self._pass_inspected(request, decision, route, answer, outcome)
             detail = f"The service answered {answer.status} to this request; its own answer is not passed on."
             return await self._refuse_status(decision, outcome, answer.status, detail, "status")
-        if _may_be_json(answer) and request.method != "HEAD":
-            return await self._pass_checked_unmapped(request, decision, answer, outcome)
+        kind = _answer_kind(answer)
+        if kind != "other" and request.method != "HEAD" and answer.status not in (204, 205, 304):
+            return await self._pass_checked_unmapped(request, decision, answer, outcome, kind)
         await self._guard.settle(decision, 0)
         return await self._pass_streamed(request, decision, answer, outcome)
 
@@ -322,18 +327,27 @@ class ProxyHandler:
         return self._refuse(decision, outcome, reason, detail)
 
     async def _pass_checked_unmapped(
-        self, request: web.Request, decision: Decision, answer: Answer, outcome: Outcome
+        self, request: web.Request, decision: Decision, answer: Answer, outcome: Outcome, kind: str
     ) -> web.StreamResponse:
-        """A JSON answer on a route the map says carries no records is held and scanned
-        for any branch field the map knows: a mis-mapped route is caught the first time an
-        answer with records comes through it, not after a shift of unmetered reads."""
+        """A JSON or text answer on a route the map says carries no records is held and
+        scanned for any branch field the map knows (JSON: an object carrying it; text: its
+        name as a word, e.g. a CSV header): a mis-mapped route is caught the first time an
+        answer with records comes through it, not after a shift of unmetered reads. One
+        the broker cannot read (compressed) is refused: it cannot be checked."""
+        encoding = answer.headers.get("Content-Encoding", "identity").lower()
+        if encoding not in ("", "identity"):
+            self._metrics.upstream_errors.labels(Reason.UPSTREAM_UNINSPECTABLE.value).inc()
+            await self._guard.settle(decision, 0)
+            detail = "The service sent a compressed answer, which cannot be checked."
+            return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
         held = await self._hold(decision, answer, outcome)
         if not isinstance(held, bytes):
             return held
         try:
             snapshot = self._policy.current
             fields = snapshot.routes.branch_paths if snapshot is not None else ()
-            if held and holds_records(held, fields):
+            scan = holds_records if kind == "json" else names_a_branch_field
+            if held and scan(held, fields):
                 self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
                 target = redacted_target(decision.access.target)
                 log.error("http.records_on_route_mapped_without_records", target=target)

@@ -45,12 +45,11 @@ class Upstream:
         self._pool: UpstreamPool | None = None
         extra = {_header_key(h) for h in settings.strip_headers}
         dropped = HOP_BY_HOP | FRAMING | {"host", *FORWARDED_HEADERS, *OVERRIDE_HEADERS, *IDENTITY_HEADERS} | extra
+        dropped |= {"accept-encoding"}  # every answer is checked, so it must come plain
         self._dropped = dropped if settings.forward_authorization else dropped | {"authorization"}
         """Request headers never passed on (lower case, `_` read as `-`: many servers treat
         `X_Real_IP` as `X-Real-IP`); names starting with `x-broker-` neither: the broker
-        sets its own."""
-        self._dropped_when_counting = self._dropped | {"accept-encoding"}
-        """Answers the broker counts must come plain: it sets Accept-Encoding itself."""
+        sets its own, and Accept-Encoding (identity: answers are read before they pass)."""
 
     @property
     def pool(self) -> UpstreamPool:
@@ -70,16 +69,14 @@ class Upstream:
         if self._pool is not None:
             await self._pool.close()
 
-    def request_headers(
-        self, request: web.Request, employee: str, decision_id: str, inspect: bool
-    ) -> list[tuple[str, str]]:
+    def request_headers(self, request: web.Request, employee: str, decision_id: str) -> list[tuple[str, str]]:
         """The client's headers minus hop-by-hop, framing and forwarding ones, plus the broker's.
 
         Nothing is made up for the client (no User-Agent, no Content-Type) except
         `Accept: */*` when it sent none, as any HTTP client would."""
         source = request.headers
         connection = source.getall("Connection", ())
-        drop = self._dropped_when_counting if inspect else self._dropped
+        drop = self._dropped
         if connection:
             drop = drop.union(_listed(connection))
         headers = [
@@ -88,8 +85,7 @@ class Upstream:
             if (key := name.lower() if "_" not in name else _header_key(name)) not in drop
             and not key.startswith(BROKER_HEADER_PREFIX)
         ]
-        if inspect:
-            headers.append(("Accept-Encoding", "identity"))
+        headers.append(("Accept-Encoding", "identity"))
         if "Accept" not in source:
             headers.append(("Accept", "*/*"))
         headers += (

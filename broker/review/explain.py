@@ -157,7 +157,8 @@ def answer_check(route: Route) -> str:
     if route.records == "none":
         return (
             "answer not counted (mapped as carrying no records); a JSON answer holding an object "
-            "with any branch field the route map knows is refused"
+            "with any branch field the route map knows, a text answer (CSV, XML, HTML, plain) naming one, "
+            "or a compressed JSON or text answer is refused; other (binary) answers pass unchecked"
         )
     where = ".".join(route.response_items) or "the top level"
     shape = "a list of records" if route.records == "list" else "one record"

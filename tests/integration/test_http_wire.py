@@ -604,3 +604,50 @@ async def test_a_percent_encoded_token_in_the_query_is_redacted_too(wired: Harne
     events = await wired.audit_events(at_least=2)
     assert events[-2]["path"].endswith("&t=REDACTED") and events[-1]["path"].endswith("&%74oken=REDACTED")
     assert "hunter2" not in wired.audit_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/csv", b"waybill_no,branch_code,recipient_phone\r\nSF1,BR002,13800000000\r\n"),
+        ("text/plain; charset=utf-8", b"waybill_no\tBranch_Code\nSF1\tBR002\n"),
+        ("application/xml", b"<waybills><waybill><branch_code>BR002</branch_code></waybill></waybills>"),
+        ("text/html", b"<table><tr><th>branch_code</th></tr><tr><td>BR002</td></tr></table>"),
+    ],
+)
+async def test_a_text_export_on_a_route_mapped_without_records_is_refused(
+    wired: Harness, raw_upstream: RawUpstream, content_type: str, body: bytes
+) -> None:
+    raw_upstream.answers["/api/status"] = Canned(200, body, content_type)
+    reply = await wired.get("/api/status", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
+    assert b"BR002" not in reply.body and b"13800000000" not in reply.body
+    metrics = (await wired.get("/-/metrics")).body.decode()
+    assert 'broker_upstream_errors_total{kind="records_on_unmapped_route"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b"ok: all branches up (branch_codes are listed elsewhere)"),  # another word
+        ("text/csv", b"service,state\r\nsorting,up\r\n"),
+        ("image/png", b"\x89PNG\r\n\x1a\nbranch_code"),  # binary passes as it comes
+    ],
+)
+async def test_text_without_a_branch_field_passes_on_a_route_mapped_without_records(
+    wired: Harness, raw_upstream: RawUpstream, content_type: str, body: bytes
+) -> None:
+    raw_upstream.answers["/api/status"] = Canned(200, body, content_type)
+    reply = await wired.get("/api/status", "e1001")
+    assert reply.status == 200 and reply.body == body
+
+
+async def test_a_compressed_answer_on_a_route_mapped_without_records_is_refused(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    packed = gzip.compress(orjson.dumps({"items": [own(1, "BR002")]}))
+    raw_upstream.answers["/api/status"] = Canned(200, packed, "application/json", [("Content-Encoding", "gzip")])
+    reply = await wired.get("/api/status", "e1001", headers={"Accept-Encoding": "gzip"})
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
+    sent = {name.lower(): value for name, value in raw_upstream.requests[-1].headers}
+    assert sent["accept-encoding"] == "identity"  # the broker never asks for a compressed answer

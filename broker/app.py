@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -13,8 +14,9 @@ from aiohttp import web
 
 from broker.admin.metrics import Metrics
 from broker.admin.routes import AdminRoutes
+from broker.audit.checkpoint import AuditKeyError, Signer, load_signer
 from broker.audit.log import AuditSink, FileAuditSink
-from broker.config import MeterSettings, Settings
+from broker.config import AuditSettings, MeterSettings, Settings
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
 from broker.core.shadow import Shadow
@@ -72,9 +74,10 @@ def build_broker(
     authenticator = JwtAuthenticator(settings.identity, clock)
     meter = build_meter(settings.meter, clock, store)
     metrics = Metrics()
-    guard = Guard(policy, authenticator, meter, clock)
+    audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
+    guard = Guard(policy, authenticator, meter, clock, audit=audit)
+    metrics.watch_audit(audit)
     shadow = build_shadow(settings, authenticator, clock)
-    audit = audit or FileAuditSink(settings.audit.path)
     pg = PgDoor(settings.postgres, guard, policy, audit, metrics) if settings.postgres.enabled else None
     return Broker(
         settings=settings,
@@ -86,10 +89,23 @@ def build_broker(
         metrics=metrics,
         upstream=Upstream(settings.upstream),
         guard=guard,
-        admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter),
+        admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter, audit),
         shadow=shadow,
         pg=pg,
     )
+
+
+def audit_signer(settings: AuditSettings) -> Signer | None:
+    """The checkpoint signer from `[audit] signing_key`; unsigned (with a warning) when
+    none is set: a chain without signatures proves nothing against someone who can
+    rewrite the whole file."""
+    if not settings.signing_key:
+        log.warning("audit.unsigned", detail="set [audit] signing_key (broker audit keygen) to sign checkpoints")
+        return None
+    try:
+        return load_signer(Path(settings.signing_key))
+    except AuditKeyError as exc:
+        raise ValueError(f"[audit] signing_key: {exc}") from exc
 
 
 def build_shadow(settings: Settings, authenticator: JwtAuthenticator, clock: Clock) -> Shadow | None:

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from aiohttp import web
 
 from broker import __version__
 from broker.app import BROKER_KEY, build_app, build_broker, server_options
+from broker.audit.checkpoint import AuditKeyError, load_public_key, write_key_pair
+from broker.audit.verify import checkpoint_age
+from broker.audit.verify import verify as verify_audit
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
@@ -102,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="machine-readable output")
     replay.set_defaults(func=_replay)
 
+    _add_audit_commands(commands)
+
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)
     token.add_argument("--sub", required=True, help="the employee id (the token's subject)")
@@ -124,6 +130,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     return parser
+
+
+def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="the audit trail: prove files unaltered, make a signing key")
+    audit_commands = audit.add_subparsers(title="audit commands", required=True, metavar="AUDIT_COMMAND")
+    verify = audit_commands.add_parser(
+        "verify",
+        help="prove audit files complete and unaltered up to their last signed checkpoint; exit 1 naming "
+        "the first bad line otherwise",
+    )
+    verify.add_argument("files", type=Path, nargs="+", help="the files of one chain, oldest first (rotated, then live)")
+    verify.add_argument("--key", type=Path, help="the Ed25519 public key (PEM) that signs the checkpoints")
+    verify.add_argument(
+        "--max-age",
+        type=float,
+        help="fail unless the last signed checkpoint is at most this many seconds old (a cut-off tail shows)",
+    )
+    verify.set_defaults(func=_audit_verify)
+    keygen = audit_commands.add_parser("keygen", help="write a new Ed25519 key pair for [audit] signing_key")
+    keygen.add_argument("--private", type=Path, required=True, help="where to write the private key (must not exist)")
+    keygen.add_argument("--public", type=Path, required=True, help="where to write the public key, for verify --key")
+    keygen.set_defaults(func=_audit_keygen)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +296,47 @@ def _replay(args: argparse.Namespace) -> int:
         print(json.dumps(impact_json(impact), indent=2))
     else:
         print(impact_text(impact, examples=args.examples), end="")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    key = None
+    if args.key is not None:
+        try:
+            key = load_public_key(args.key)
+        except AuditKeyError as exc:
+            print(f"broker audit verify: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
+    verdict = verify_audit(args.files, key)
+    for problem in verdict.problems:
+        print(f"bad: {problem}")
+    print(
+        f"{verdict.lines} line(s): {verdict.events} event(s), {verdict.checkpoints} valid checkpoint(s)"
+        + (f"; proven through {verdict.proven_through} ({verdict.last_checkpoint_time})" if verdict.checkpoints else "")
+        + (f"; {verdict.unproven} line(s) after the last checkpoint are not proven yet" if verdict.unproven else "")
+    )
+    if key is None:
+        print("unsigned check: without --key this proves only that the lines link up, not who wrote them")
+    failed = not verdict.ok or (key is not None and not verdict.checkpoints)
+    if args.max_age is not None:
+        age = checkpoint_age(verdict, time.time())
+        if age is None or age > args.max_age:
+            shown = "no checkpoint" if age is None else f"the last checkpoint is {age:.0f} s old"
+            print(f"bad: {shown}, more than --max-age {args.max_age:g} s: the end of the trail may have been cut off")
+            failed = True
+    return 1 if failed else 0
+
+
+def _audit_keygen(args: argparse.Namespace) -> int:
+    try:
+        key_id = write_key_pair(args.private, args.public)
+    except FileExistsError:
+        print(f"broker audit keygen: {args.private} exists; refusing to overwrite a key", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except OSError as exc:
+        print(f"broker audit keygen: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"wrote {args.private} (private: set [audit] signing_key to it) and {args.public} (key id {key_id})")
     return 0
 
 

@@ -164,7 +164,42 @@ class PostgresSettings:
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
     path: str = "-"
-    """A file to append JSON lines to, or "-" for standard output."""
+    """A file to append JSON lines to, or "-" for standard output. One file per replica:
+    each broker process keeps a chain of its own."""
+    signing_key: str = ""
+    """An Ed25519 private key (PEM, `broker audit keygen`) that signs the checkpoints;
+    empty: checkpoints are unsigned and prove nothing against someone who can rewrite
+    the file (a warning is logged at start)."""
+    checkpoint_seconds: float = 60.0
+    """How often a checkpoint is written, requests or not: the most a cut-off tail can hide."""
+    fsync: str = "batch"
+    """When written lines are forced to disk: "batch" (every write, at most every 50 ms),
+    "interval" (every fsync_interval_seconds) or "off" (the OS decides; a power loss can
+    lose what the OS had not written)."""
+    fsync_interval_seconds: float = 1.0
+    max_backlog_bytes: int = 64 << 20
+    """Unwritten events past this size (the file cannot be written): requests that would
+    return records are refused (audit.unavailable) until the backlog drains."""
+    max_backlog_seconds: float = 10.0
+    """...or when the oldest unwritten event is this old."""
+    rotate_bytes: int = 0
+    """Start a new file when the current one passes this size (0: never). The old file
+    is renamed `<path>.<UTC time>`; the chain continues in the new file."""
+    rotate_seconds: float = 0.0
+    """Start a new file after this long (0: never)."""
+    shutdown_timeout_seconds: float = 5.0
+    """How long stopping waits for unwritten events before it gives up and says how many."""
+
+    def problems(self) -> list[str]:
+        found = _positive("audit", self, "checkpoint_seconds", "fsync_interval_seconds", "max_backlog_bytes")
+        found += _positive("audit", self, "max_backlog_seconds", "shutdown_timeout_seconds")
+        if self.fsync not in ("batch", "interval", "off"):
+            found.append(f"[audit] fsync {self.fsync!r} must be batch, interval or off")
+        if self.rotate_bytes < 0 or self.rotate_seconds < 0:
+            found.append("[audit] rotate_bytes and rotate_seconds must be 0 (never) or above")
+        if self.path == "-" and (self.rotate_bytes or self.rotate_seconds):
+            found.append("[audit] rotation needs a file path, not standard output")
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +222,7 @@ class Settings:
 
     def problems(self) -> list[str]:
         found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
-        found += self.postgres.problems()
+        found += self.postgres.problems() + self.audit.problems()
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:

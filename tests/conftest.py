@@ -62,6 +62,7 @@ async def make_broker(
         identity: dict[str, Any] | None = None,
         postgres: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
+        audit: dict[str, Any] | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
@@ -72,7 +73,7 @@ async def make_broker(
             ),
             identity=replace(settings.identity, hs256_secret=SECRET, **(identity or {})),
             policy=replace(settings.policy, directory=policy_dir, watch=watch, shadow_directory=shadow),
-            audit=replace(settings.audit, path=str(tmp_path / f"audit-{len(started)}.log")),
+            audit=replace(settings.audit, **{"path": str(tmp_path / f"audit-{len(started)}.log"), **(audit or {})}),
             meter=meter or settings.meter,
             postgres=replace(settings.postgres, **postgres) if postgres else settings.postgres,
             server=replace(settings.server, **server) if server else settings.server,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -104,5 +106,35 @@ class Metrics:
             child = self._records[resource] = self.records.labels(resource)
         child.inc(count)
 
+    def watch_audit(self, sink: object) -> None:
+        """Audit backlog figures, read from the sink at each scrape (no work per event)."""
+        backlog = getattr(sink, "backlog", None)
+        if backlog is None:
+            return
+        accepting = Gauge(
+            "broker_audit_accepting",
+            "1 while the audit log is being written; 0 while its backlog is past the bounds and records are refused",
+            registry=self.registry,
+        )
+        accepting.set_function(lambda: 1.0 if getattr(sink, "accepting", True) else 0.0)
+        figures = {
+            "broker_audit_backlog_bytes": ("Audit events handed to the writer and not yet written, in bytes", "bytes"),
+            "broker_audit_backlog_events": ("Audit events handed to the writer and not yet written", "events"),
+            "broker_audit_dropped": (
+                "Audit events dropped since start: the backlog was past twice its bound",
+                "dropped",
+            ),
+            "broker_audit_write_failures": (
+                "Failed writes to the audit log since start (each retried)",
+                "write_failures",
+            ),
+        }
+        for name, (text, field) in figures.items():
+            Gauge(name, text, registry=self.registry).set_function(_reader(backlog, field))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _reader(source: object, field: str) -> Callable[[], float]:
+    return lambda: float(getattr(source, field))

@@ -42,6 +42,11 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.RATE_EXCEEDED: "Too many requests in a short time; wait for the time in Retry-After.",
     Reason.METER_UNAVAILABLE: "The service that counts quotas is unreachable; access is paused. Retry shortly.",
     Reason.QUOTA_EXCEEDED: "You have used your records quota for this window; it resets at the time given.",
+    Reason.AUDIT_UNAVAILABLE: (
+        "The broker cannot write its audit log (a full or failing disk), so it serves no records until it can: "
+        "every record that leaves must be on the record. Retry in a moment; operators see audit.backlog in "
+        "/-/readyz and broker_audit_backlog_bytes."
+    ),
     Reason.PROBE_EXCEEDED: (
         "Too many of your record requests in this window were refused after the service answered: records "
         "of another branch, more records than your cap, or record numbers that do not exist. Record requests "

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from broker.admin.metrics import Metrics
 from broker.admin.problems import EXPLANATIONS
+from broker.audit.log import AuditSink
 from broker.core.clock import iso
 from broker.core.guard import Guard, employee_for
 from broker.core.reason import Reason
@@ -36,7 +37,9 @@ class AdminRoutes:
         metrics: Metrics,
         identify: Callable[[str | None], Awaitable[Identity]],
         meter: Meter,
+        audit: AuditSink | None = None,
     ) -> None:
+        self._audit = audit
         self._guard = guard
         self._policy = policy
         self._metrics = metrics
@@ -61,7 +64,26 @@ class AdminRoutes:
             return _json({"ready": False, "why": "shutting down"}, 503)
         if snapshot is None:
             return _json({"ready": False, "why": "no valid policy loaded"}, 503)
-        return _json({"ready": True, "policy_revision": snapshot.revision, "counter_store": self._store_state()})
+        audit = self._audit_state()
+        if audit is not None and not audit["accepting"]:
+            why = "the audit log cannot be written; records are refused until it can"
+            return _json({"ready": False, "why": why, "audit": audit}, 503)
+        found = {"ready": True, "policy_revision": snapshot.revision, "counter_store": self._store_state()}
+        if audit is not None:
+            found["audit"] = audit
+        return _json(found)
+
+    def _audit_state(self) -> dict[str, Any] | None:
+        backlog = getattr(self._audit, "backlog", None)
+        if self._audit is None or backlog is None:
+            return None
+        return {
+            "accepting": self._audit.accepting,
+            "backlog_bytes": backlog.bytes,
+            "backlog_events": backlog.events,
+            "dropped": backlog.dropped,
+            "last_error": backlog.last_error or None,
+        }
 
     def _store_state(self) -> dict[str, str | bool | None]:
         """Readiness reports the shared store but does not fail on it: every replica shares

@@ -1,31 +1,48 @@
-"""Writing audit events without blocking the event loop, and without losing them.
+"""Writing audit events without blocking the event loop, without losing them quietly,
+and so that a changed, removed or cut-off line shows.
 
 Each event is rendered to a JSON line on the loop (one orjson call) and kept in a batch
-on the loop; a timer hands the whole batch to a writer thread (one queue put) that
-appends it to the file. Closing hands over what is pending and drains the queue, so
-every event accepted before shutdown reaches the file.
+on the loop; a timer hands the whole batch to a writer thread (one queue put). The
+batch lives on the loop, not in the queue, because every line the writer thread took
+from the queue cost the event loop a GIL hand-off (py-spy under load: 10-28 µs a
+request); now the thread wakes once per batch.
 
-The batch lives on the loop, not in the queue, because every line the writer thread
-took from the queue cost the event loop a GIL hand-off (py-spy under load: the writer's
-drain loop was 10-28 µs a request); now the thread wakes once per batch.
+The writer thread chains each line (`chain.py`), adds a signed checkpoint every
+`checkpoint_seconds` even when idle (`checkpoint.py`), and appends with `os.write` on a
+file opened for appending: a failed write is retried from the first byte not written,
+so a full disk never leaves a line twice, and lines are whole unless the process dies
+in the middle of one (the verifier then names the torn line).
+
+While the file cannot be written, events wait in memory. Past `max_backlog_bytes` or
+`max_backlog_seconds` of them the sink stops *accepting*: the decision core refuses
+everything that would return records (`audit.unavailable`, readiness off, a metric),
+while refusals keep working and keep being queued, up to twice the byte bound; past
+that, new events are dropped and counted (metric and standard error). Stopping waits
+`shutdown_timeout_seconds` at most and says what could not be written.
 
 The line is what structlog's JSON rendering of `log.info("decision", **event)` gave:
-the event's fields in order, then `"event": "decision"`. Going through structlog's
-bound-logger chain for that cost ~5 µs an event (py-spy: ~25 µs a request under load)
-and could drop events if someone configured the global log level above INFO.
+the event's fields in order, then `"event": "decision"`, then the chain's `seq` and
+`prev`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
+
+from broker.audit.chain import Chain, resume
+from broker.audit.checkpoint import CHECKPOINT_EVENT, Signer
+from broker.config import AuditSettings
 
 EVENT_NAME = "decision"
 LINGER_SECONDS = 0.05
@@ -39,6 +56,12 @@ MAX_BATCH_LINES = 4096
 
 class AuditSink(Protocol):
     def emit(self, event: dict[str, Any]) -> None: ...
+
+    @property
+    def accepting(self) -> bool:
+        """False while unwritten events are past the backlog bounds: nothing that returns
+        records may be allowed, since its event might never be written."""
+        ...
 
     def close(self) -> None: ...
 
@@ -56,21 +79,49 @@ def render(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, default=str)[:-1] + _EVENT_TAIL
 
 
+@dataclass(slots=True)
+class Backlog:
+    """Events handed to the writer and not yet on disk (guarded by the sink's lock)."""
+
+    bytes: int = 0
+    events: int = 0
+    oldest: float = 0.0
+    """time.monotonic() when the oldest unwritten batch was handed over (0: none)."""
+    dropped: int = 0
+    write_failures: int = 0
+    last_error: str = ""
+
+
 class FileAuditSink:
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, settings: AuditSettings | str, signer: Signer | None = None) -> None:
+        self.settings = settings if isinstance(settings, AuditSettings) else AuditSettings(path=settings)
+        self.path = self.settings.path
+        self._signer = signer
         self._batches: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
-        self._stream = self._open(path)
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._lock = threading.Lock()
+        self.backlog = Backlog()
         self.written = 0
-        self.failures = 0
+        self._fd, self._chain = self._open()
+        self._opened_at = time.monotonic()
+        self._synced_at = time.monotonic()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
         self._thread.start()
 
+    # -- on the event loop -------------------------------------------------------------
+
     def emit(self, event: dict[str, Any]) -> None:
+        line = render(event)
+        backlog = self.backlog
+        if backlog.bytes + self._pending_bytes > 2 * self.settings.max_backlog_bytes:
+            self._drop()
+            return
         pending = self._pending
-        pending.append(render(event))
+        pending.append(line)
+        self._pending_bytes += len(line)
         if len(pending) >= MAX_BATCH_LINES:
             self._hand_over()
         elif self._timer is None:
@@ -79,48 +130,166 @@ class FileAuditSink:
             except RuntimeError:  # no loop in this thread (a command-line tool): write now
                 self._hand_over()
 
+    @property
+    def accepting(self) -> bool:
+        backlog = self.backlog
+        if backlog.bytes > self.settings.max_backlog_bytes:
+            return False
+        oldest = backlog.oldest
+        return not oldest or time.monotonic() - oldest <= self.settings.max_backlog_seconds
+
     def close(self) -> None:
-        """Write out everything pending and queued, then close the file."""
+        """Write out everything pending and queued, within the shutdown timeout; say on
+        standard error what could not be written. Then close the file."""
         self._hand_over()
         self._batches.put(None)
-        self._thread.join()
-        if self._stream is not sys.stdout.buffer:
-            self._stream.close()
+        self._thread.join(self.settings.shutdown_timeout_seconds)
+        if self._thread.is_alive():
+            self._stopping.set()
+            self._thread.join(1.0)
+            with self._lock:
+                lost = self.backlog.events
+            print(
+                f"broker: audit log {self.path}: stopped with {lost} event(s) not written "
+                f"({self.backlog.last_error or 'the writer did not finish in time'})",
+                file=sys.stderr,
+            )
+            return
+        if self._fd > 2:
+            os.close(self._fd)
 
     def _hand_over(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._pending:
-            batch, self._pending = self._pending, []
+            batch, size = self._pending, self._pending_bytes
+            self._pending, self._pending_bytes = [], 0
+            with self._lock:
+                backlog = self.backlog
+                backlog.bytes += size
+                backlog.events += len(batch)
+                if not backlog.oldest:
+                    backlog.oldest = time.monotonic()
             self._batches.put(batch)
 
-    @staticmethod
-    def _open(path: str) -> IO[bytes]:
-        if path == "-":
-            return sys.stdout.buffer
-        target = Path(path)
+    def _drop(self) -> None:
+        with self._lock:
+            self.backlog.dropped += 1
+            dropped = self.backlog.dropped
+        if dropped == 1 or dropped % 1000 == 0:
+            print(
+                f"broker: audit log {self.path}: {dropped} event(s) dropped: "
+                f"{self.backlog.bytes} bytes are waiting to be written ({self.backlog.last_error})",
+                file=sys.stderr,
+            )
+
+    # -- in the writer thread -------------------------------------------------------------
+
+    def _open(self) -> tuple[int, Chain]:
+        if self.path == "-":
+            return sys.stdout.fileno(), Chain()
+        target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        return target.open("ab")
+        chain, torn = resume(target) if target.is_file() else (self._resume_rotated(target), False)
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if torn:  # a crash cut the last line: the next one starts on a line of its own
+            os.write(fd, b"\n")
+        return fd, chain
+
+    @staticmethod
+    def _resume_rotated(target: Path) -> Chain:
+        """After a rotation the current file is new: the chain goes on from the newest
+        rotated file."""
+        rotated = sorted(target.parent.glob(target.name + ".*"))
+        return resume(rotated[-1])[0] if rotated else Chain()
 
     def _drain(self) -> None:
+        every = self.settings.checkpoint_seconds
+        last_checkpoint = time.monotonic()
         while True:
-            batch = self._batches.get()
-            if batch is None:
-                return
-            self._write(b"".join(batch))
-            self.written += len(batch)
-
-    def _write(self, data: bytes) -> None:
-        """Append `data`, retrying while the disk refuses: events are kept, not dropped."""
-        delay = 0.1
-        while True:
+            wait = max(0.0, every - (time.monotonic() - last_checkpoint))
             try:
-                self._stream.write(data)
-                self._stream.flush()
+                batch = self._batches.get(timeout=wait)
+            except queue.Empty:
+                batch = []
+            final = batch is None
+            lines = [self._chain.link(line) for line in batch or ()]
+            if final or time.monotonic() - last_checkpoint >= every:
+                lines.append(self._checkpoint())
+                last_checkpoint = time.monotonic()
+            events = len(batch or ())
+            if lines and not self._write(b"".join(lines), events):
+                return  # stopping: what is left was reported by close()
+            if final:
                 return
+            self._rotate_if_due()
+
+    def _checkpoint(self) -> bytes:
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        covers, head = self._chain.seq, self._chain.head
+        event: dict[str, Any] = {
+            "time": now,
+            "event": CHECKPOINT_EVENT,
+            "covers": covers,
+            "head": head,
+            "key_id": self._signer.key_id if self._signer else None,
+            "signature": self._signer.sign(covers, head, now) if self._signer else None,
+        }
+        return self._chain.link(orjson.dumps(event) + b"\n")
+
+    def _write(self, data: bytes, events: int) -> bool:
+        """Append `data`, retrying from the first unwritten byte while the disk refuses;
+        False if the sink is stopping before it could."""
+        view, delay = memoryview(data), 0.05
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
             except OSError as exc:
-                self.failures += 1
-                print(f"broker: audit log {self.path}: {exc}; retrying in {delay:.1f} s", file=sys.stderr)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                with self._lock:
+                    self.backlog.write_failures += 1
+                    self.backlog.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+                if self.backlog.write_failures in (1, 10) or self.backlog.write_failures % 100 == 0:
+                    print(f"broker: audit log {self.path}: {exc}; retrying", file=sys.stderr)
+                if self._stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, 2.0)
+        self._sync()
+        with self._lock:
+            backlog = self.backlog
+            backlog.bytes = max(0, backlog.bytes - len(data))
+            backlog.events = max(0, backlog.events - events)
+            backlog.oldest = time.monotonic() if backlog.events else 0.0
+            backlog.last_error = ""
+        self.written += events
+        return True
+
+    def _sync(self) -> None:
+        mode = self.settings.fsync
+        if mode == "off" or self._fd <= 2:
+            return
+        now = time.monotonic()
+        if mode == "batch" or now - self._synced_at >= self.settings.fsync_interval_seconds:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.backlog.last_error = f"fsync: {exc.strerror or exc}"
+            self._synced_at = now
+
+    def _rotate_if_due(self) -> None:
+        if self.path == "-":
+            return
+        settings = self.settings
+        size_due = settings.rotate_bytes and os.fstat(self._fd).st_size >= settings.rotate_bytes
+        time_due = settings.rotate_seconds and time.monotonic() - self._opened_at >= settings.rotate_seconds
+        if not (size_due or time_due):
+            return
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        try:
+            os.rename(self.path, f"{self.path}.{stamp}")
+        except OSError as exc:
+            print(f"broker: audit log {self.path}: cannot rotate: {exc}", file=sys.stderr)
+            return
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._opened_at = time.monotonic()

@@ -34,6 +34,11 @@ class Authenticator(Protocol):
     async def identify(self, credential: str | None) -> Identity: ...
 
 
+class AuditGate(Protocol):
+    @property
+    def accepting(self) -> bool: ...
+
+
 class PolicySource(Protocol):
     @property
     def current(self) -> PolicySnapshot | None: ...
@@ -57,7 +62,9 @@ class Guard:
         meter: Meter,
         clock: Clock,
         decision_id: Callable[[], str] = new_decision_id,
+        audit: AuditGate | None = None,
     ) -> None:
+        self._audit = audit
         self._policy = policy
         self._auth = authenticator
         self._meter = meter
@@ -190,6 +197,13 @@ class Guard:
         if limit.quota is not None and access.records >= UNBOUNDED:
             return _deny(
                 d, Reason.BULK_UNBOUNDED, "This request has no record limit, so it cannot be metered; add one."
+            )
+        if self._audit is not None and not self._audit.accepting:
+            d.retry_after = 5.0
+            return _deny(
+                d,
+                Reason.AUDIT_UNAVAILABLE,
+                "The broker cannot write its audit log right now, so it serves no records. Retry in a moment.",
             )
         try:
             index = snapshot.index

@@ -50,6 +50,7 @@ class Reason(StrEnum):
     METER_UNAVAILABLE = "meter.unavailable"
     QUOTA_EXCEEDED = "quota.exceeded"
     PROBE_EXCEEDED = "probe.exceeded"
+    AUDIT_UNAVAILABLE = "audit.unavailable"
 
     UPSTREAM_UNAVAILABLE = "upstream.unavailable"
     UPSTREAM_TIMEOUT = "upstream.timeout"

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from broker.audit.checkpoint import CHECKPOINT_EVENT
 from broker.core.decision import Verdict
 
 HTTP_DOOR = "http"
@@ -72,6 +73,8 @@ def read_audit(path: Path) -> tuple[list[Recorded], list[str]]:
                 continue
             if not isinstance(document, dict):
                 notes.append(f"line {number}: not a JSON object")
+                continue
+            if document.get("event") == CHECKPOINT_EVENT:  # the chain's signatures, not a decision
                 continue
             door = document.get("door")
             if not isinstance(door, str):

@@ -61,6 +61,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.pg --seconds 5
 	$(BIN)/python -m bench.sql
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.audit_writer --events 100000
 
 bench-decision: $(BENCH_STAMP)
 	$(BIN)/python -m bench.decision

@@ -265,3 +265,38 @@ def test_keygen_refuses_to_overwrite_a_key(tmp_path: Path) -> None:
     assert os.stat(tmp_path / "k").st_mode & 0o077 == 0  # the private key is its owner's alone
     again = cli("audit", "keygen", "--private", str(tmp_path / "k"), "--public", str(tmp_path / "k.pub"))
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
+def test_sigkill_loses_at_most_the_last_moments_of_events(tmp_path: Path) -> None:
+    """Events handed over more than the linger time before a SIGKILL are on disk: 20
+    refusals, a pause longer than the 50 ms batch time, then the kill."""
+    port, log = free_port(), tmp_path / "audit.log"
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f'[server]\nport = {port}\n[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n'
+        f'[audit]\npath = "{log}"\n'
+    )
+    env = {**os.environ, "BROKER_DEV_SECRET": "s" * 32}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker", "run", "-c", str(config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        for n in range(20):  # no token: each is refused and audited
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(f"GET /api/waybills/SF{n} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+                assert client.recv(100).startswith(b"HTTP/1.1 401")
+        time.sleep(0.5)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    events = [orjson.loads(line) for line in lines_of(log)]
+    assert [e["reason"] for e in events if e.get("event") == "decision"] == ["identity.missing"] * 20
+    assert verify(log).returncode == 0

@@ -164,8 +164,12 @@ class PostgresSettings:
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
     path: str = "-"
-    """A file to append JSON lines to, or "-" for standard output. One file per replica:
-    each broker process keeps a chain of its own."""
+    """A file to append JSON lines to, "-" for standard output, or an http(s):// URL of a
+    collector that takes each batch as a POST (application/x-ndjson). One file per
+    replica: each broker process keeps a chain of its own."""
+    chain_state: str = ""
+    """Where a broker writing to standard output or a collector keeps its chain's last
+    seq and hash, so a restart continues the chain (a file continues from its own end)."""
     signing_key: str = ""
     """An Ed25519 private key (PEM, `broker audit keygen`) that signs the checkpoints;
     empty: checkpoints are unsigned and prove nothing against someone who can rewrite
@@ -197,8 +201,10 @@ class AuditSettings:
             found.append(f"[audit] fsync {self.fsync!r} must be batch, interval or off")
         if self.rotate_bytes < 0 or self.rotate_seconds < 0:
             found.append("[audit] rotate_bytes and rotate_seconds must be 0 (never) or above")
-        if self.path == "-" and (self.rotate_bytes or self.rotate_seconds):
-            found.append("[audit] rotation needs a file path, not standard output")
+        if (self.path == "-" or self.path.startswith(("http://", "https://"))) and (
+            self.rotate_bytes or self.rotate_seconds
+        ):
+            found.append("[audit] rotation needs a file path, not standard output or a collector")
         return found
 
 

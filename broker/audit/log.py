@@ -28,7 +28,6 @@ the event's fields in order, then `"event": "decision"`, then the chain's `seq` 
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import sys
 import threading
@@ -40,8 +39,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from broker.audit.chain import Chain, resume
 from broker.audit.checkpoint import CHECKPOINT_EVENT, Signer
+from broker.audit.destination import open_destination, save_state
 from broker.config import AuditSettings
 
 EVENT_NAME = "decision"
@@ -104,7 +103,9 @@ class FileAuditSink:
         self._lock = threading.Lock()
         self.backlog = Backlog()
         self.written = 0
-        self._fd, self._chain = self._open()
+        self._destination = open_destination(self.path, self.settings.chain_state)
+        self._chain = self._destination.chain
+        self._state = Path(self.settings.chain_state) if self.settings.chain_state else None
         self._opened_at = time.monotonic()
         self._synced_at = time.monotonic()
         self._stopping = threading.Event()
@@ -155,8 +156,7 @@ class FileAuditSink:
                 file=sys.stderr,
             )
             return
-        if self._fd > 2:
-            os.close(self._fd)
+        self._destination.close()
 
     def _hand_over(self) -> None:
         if self._timer is not None:
@@ -185,24 +185,6 @@ class FileAuditSink:
             )
 
     # -- in the writer thread -------------------------------------------------------------
-
-    def _open(self) -> tuple[int, Chain]:
-        if self.path == "-":
-            return sys.stdout.fileno(), Chain()
-        target = Path(self.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        chain, torn = resume(target) if target.is_file() else (self._resume_rotated(target), False)
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        if torn:  # a crash cut the last line: the next one starts on a line of its own
-            os.write(fd, b"\n")
-        return fd, chain
-
-    @staticmethod
-    def _resume_rotated(target: Path) -> Chain:
-        """After a rotation the current file is new: the chain goes on from the newest
-        rotated file."""
-        rotated = sorted(target.parent.glob(target.name + ".*"))
-        return resume(rotated[-1])[0] if rotated else Chain()
 
     def _drain(self) -> None:
         every = self.settings.checkpoint_seconds
@@ -244,7 +226,7 @@ class FileAuditSink:
         view, delay = memoryview(data), 0.05
         while view:
             try:
-                view = view[os.write(self._fd, view) :]
+                view = view[self._destination.write(view) :]
             except OSError as exc:
                 with self._lock:
                     self.backlog.write_failures += 1
@@ -255,6 +237,8 @@ class FileAuditSink:
                     return False
                 delay = min(delay * 2, 2.0)
         self._sync()
+        if self._state is not None:
+            save_state(self._state, self._chain)
         with self._lock:
             backlog = self.backlog
             backlog.bytes = max(0, backlog.bytes - len(data))
@@ -266,30 +250,18 @@ class FileAuditSink:
 
     def _sync(self) -> None:
         mode = self.settings.fsync
-        if mode == "off" or self._fd <= 2:
+        if mode == "off":
             return
         now = time.monotonic()
         if mode == "batch" or now - self._synced_at >= self.settings.fsync_interval_seconds:
             try:
-                os.fsync(self._fd)
+                self._destination.sync()
             except OSError as exc:
                 self.backlog.last_error = f"fsync: {exc.strerror or exc}"
             self._synced_at = now
 
     def _rotate_if_due(self) -> None:
-        if self.path == "-":
-            return
         settings = self.settings
-        size_due = settings.rotate_bytes and os.fstat(self._fd).st_size >= settings.rotate_bytes
-        time_due = settings.rotate_seconds and time.monotonic() - self._opened_at >= settings.rotate_seconds
-        if not (size_due or time_due):
-            return
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        try:
-            os.rename(self.path, f"{self.path}.{stamp}")
-        except OSError as exc:
-            print(f"broker: audit log {self.path}: cannot rotate: {exc}", file=sys.stderr)
-            return
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._opened_at = time.monotonic()
+        opened = time.monotonic() - self._opened_at
+        if self._destination.maybe_rotate(settings.rotate_bytes, opened, settings.rotate_seconds):
+            self._opened_at = time.monotonic()

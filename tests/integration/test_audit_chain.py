@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiohttp import web
 
 from broker.audit.checkpoint import load_signer, write_key_pair
 from broker.audit.log import FileAuditSink
@@ -300,3 +301,54 @@ def test_sigkill_loses_at_most_the_last_moments_of_events(tmp_path: Path) -> Non
     events = [orjson.loads(line) for line in lines_of(log)]
     assert [e["reason"] for e in events if e.get("event") == "decision"] == ["identity.missing"] * 20
     assert verify(log).returncode == 0
+
+
+class CollectorServer:
+    """An HTTP collector on a real socket: stores each POSTed batch, keeps the first
+    line of each seq (batches may come twice), and fails the first `failures` POSTs."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.posts = 0
+        self.lines: dict[int, bytes] = {}
+
+    async def take(self, request: web.Request) -> web.Response:
+        self.posts += 1
+        if self.posts <= self.failures:
+            return web.Response(status=503)
+        for line in (await request.read()).splitlines(keepends=True):
+            self.lines.setdefault(orjson.loads(line)["seq"], line)
+        return web.Response(status=204)
+
+    def stored(self) -> bytes:
+        return b"".join(self.lines[seq] for seq in sorted(self.lines))
+
+
+async def test_a_collector_gets_the_chain_at_least_once_and_across_restarts(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    collector = CollectorServer(failures=2)
+    app = web.Application()
+    app.router.add_post("/ingest", collector.take)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url, state = f"http://127.0.0.1:{port}/ingest", tmp_path / "chain.state"
+    try:
+        for run in range(2):  # the second run continues the first one's chain from the state file
+            settings = AuditSettings(path=url, chain_state=str(state), checkpoint_seconds=30)
+            sink = FileAuditSink(settings, load_signer(keys[0]))
+            for n in range(5):
+                sink.emit({"decision_id": f"run{run}-{n}", "verdict": "allow"})
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(sink.close)
+    finally:
+        await runner.cleanup()
+    assert collector.posts > 2  # the refused batches were sent again
+    stored = tmp_path / "collected.log"
+    stored.write_bytes(collector.stored())
+    result = verify(stored, key=keys[1])
+    assert result.returncode == 0, result.stdout
+    assert "10 event(s), 2 valid checkpoint(s)" in result.stdout

@@ -173,14 +173,17 @@ def test_a_restarted_broker_continues_the_chain_after_a_torn_line(tmp_path: Path
     ]
 
 
-def test_the_chain_continues_across_rotation(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("rotation", [{"rotate_bytes": 2_000}, {"rotate_seconds": 0.1}])
+def test_the_chain_continues_across_rotation(
+    tmp_path: Path, keys: tuple[Path, Path], rotation: dict[str, float]
+) -> None:
     log = tmp_path / "audit.log"
     signer = load_signer(keys[0])
-    sink = FileAuditSink(AuditSettings(path=str(log), rotate_bytes=2_000), signer)
+    sink = FileAuditSink(AuditSettings(path=str(log), **rotation), signer)  # type: ignore[arg-type]
     for round_ in range(6):
         for n in range(10):
             sink.emit({"decision_id": f"d{round_}-{n}", "verdict": "allow", "pad": "x" * 50})
-        time.sleep(0.05)
+        time.sleep(0.06)
     sink.close()
     files = [*sorted(tmp_path.glob("audit.log.*")), log]
     assert len(files) >= 3

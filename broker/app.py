@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,43 @@ def build_app(broker: Broker) -> web.Application:
     proxy = ProxyHandler(broker.guard, broker.policy, broker.upstream, broker.metrics, broker.audit, broker.shadow)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_lifecycle)
+    admin = broker.admin
+
+    async def close_while_draining(_: web.Request, response: web.StreamResponse) -> None:
+        # while draining, every answer ends its connection: a kept-alive client opens a
+        # new one (to another replica once readiness is off) instead of sending its next
+        # request down a connection about to be closed under it
+        if admin.draining:
+            response.force_close()
+            response.headers["Connection"] = "close"  # the hook runs after aiohttp chose the header
+
+    app.on_response_prepare.append(close_while_draining)
     return app
+
+
+async def serve(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: readiness off and every answer closing
+    its connection for `drain_seconds` while the listener stays open, then the listener
+    closes and in-flight requests get `shutdown_timeout_seconds` to finish."""
+    server = settings.server
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=server.shutdown_timeout_seconds, **server_options(settings)
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=server.reuse_port or None)
+        await site.start()
+        log.info("broker.listening", detail=f"http://{server.host}:{server.port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        app[BROKER_KEY].admin.draining = True
+        log.info("broker.draining", seconds=server.drain_seconds)
+        await asyncio.sleep(server.drain_seconds)
+    finally:
+        await runner.cleanup()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from broker import __version__
-from broker.app import BROKER_KEY, build_app, build_broker, server_options
+from broker.app import BROKER_KEY, build_app, build_broker, serve
 from broker.audit.checkpoint import AuditKeyError, load_public_key, write_key_pair
 from broker.audit.verify import checkpoint_age
 from broker.audit.verify import verify as verify_audit
@@ -383,16 +383,7 @@ def _run(args: argparse.Namespace) -> int:
     app.on_startup.append(_install_sighup)
     _use_uvloop()
     try:
-        web.run_app(
-            app,
-            host=settings.server.host,
-            port=settings.server.port,
-            shutdown_timeout=settings.server.shutdown_timeout_seconds,
-            reuse_port=settings.server.reuse_port or None,
-            access_log=None,
-            **server_options(settings),
-            print=lambda text: structlog.get_logger("broker").info("broker.listening", detail=text.strip()),
-        )
+        asyncio.run(serve(app, settings))
     except LoginTooPowerful as exc:
         print(f"broker: [postgres] {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -63,6 +63,7 @@ class Upstream:
             limit=self.settings.max_connections,
             connect_timeout=self.settings.connect_timeout_seconds,
             read_timeout=self.settings.read_timeout_seconds,
+            keepalive_seconds=self.settings.keepalive_seconds,
         )
 
     async def close(self) -> None:

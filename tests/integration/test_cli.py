@@ -110,7 +110,7 @@ def running_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], in
     port = free_port()
     config = tmp_path / "broker.toml"
     config.write_text(
-        f'[server]\nport = {port}\n[upstream]\nurl = "http://127.0.0.1:{free_port()}"\n'
+        f'[server]\nport = {port}\ndrain_seconds = 0.5\n[upstream]\nurl = "http://127.0.0.1:{free_port()}"\n'
         f'[policy]\ndirectory = "{policies}"\nwatch = false\n[audit]\npath = "{tmp_path / "audit.log"}"\n'
     )
     env = {**os.environ, "BROKER_DEV_SECRET": SECRET, "BROKER_CLOCK": "2026-12-01T10:00:00+08:00"}

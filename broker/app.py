@@ -31,6 +31,9 @@ from broker.meter.store import CounterStore, MemoryCounterStore
 from broker.pg.door import PgDoor
 from broker.policy.holder import PolicyHolder
 from broker.review.cases import verify_with_own_tests
+from broker.signals.act import SignalActions
+from broker.signals.rules import SignalRules
+from broker.signals.watch import SignalWatcher
 
 log = structlog.get_logger("broker")
 
@@ -49,6 +52,7 @@ class Broker:
     admin: AdminRoutes
     shadow: Shadow | None = None
     pg: PgDoor | None = None
+    signals: SignalActions | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -78,6 +82,7 @@ def build_broker(
     audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
     guard = Guard(policy, authenticator, meter, clock, audit=audit)
     metrics.watch_audit(audit)
+    signals = watch_for_rented_logins(policy, meter, audit, metrics, clock)
     shadow = build_shadow(settings, authenticator, clock)
     pg = PgDoor(settings.postgres, guard, policy, audit, metrics) if settings.postgres.enabled else None
     return Broker(
@@ -93,7 +98,32 @@ def build_broker(
         admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter, audit),
         shadow=shadow,
         pg=pg,
+        signals=signals,
     )
+
+
+def watch_for_rented_logins(
+    policy: PolicyHolder, meter: Meter, audit: AuditSink, metrics: Metrics, clock: Clock
+) -> SignalActions | None:
+    """Every audit event goes past the signals of `signals.toml` (of the live policy) as
+    it is written; a flag is audited, counted, alerted and, when so configured, freezes
+    the employee. Needs a sink that takes observers (the file sink does)."""
+    observers = getattr(audit, "observers", None)
+    if observers is None:
+        return None
+    actions = SignalActions(
+        meter,
+        audit.emit,
+        metrics.signal_counted,
+        lambda: policy.current.signals.webhook if policy.current else "",
+    )
+
+    def rules() -> SignalRules | None:
+        snapshot = policy.current
+        return snapshot.signals if snapshot is not None else None
+
+    observers.append(SignalWatcher(rules, clock.now, actions.flagged).observe)
+    return actions
 
 
 def audit_signer(settings: AuditSettings) -> Signer | None:
@@ -224,5 +254,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await task
     await broker.upstream.close()
     await broker.authenticator.close()
+    if broker.signals is not None:
+        await broker.signals.close()
     await broker.meter.close()
     broker.audit.close()

@@ -17,13 +17,14 @@ import structlog
 from aiohttp import web
 
 from broker import __version__
-from broker.app import BROKER_KEY, build_app, build_broker, serve
+from broker.app import BROKER_KEY, build_app, build_broker, build_meter, serve
 from broker.audit.checkpoint import AuditKeyError, load_public_key, write_key_pair
 from broker.audit.verify import checkpoint_age
 from broker.audit.verify import verify as verify_audit
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
+from broker.meter.store import StoreUnavailable
 from broker.pg.privilege import LoginTooPowerful
 from broker.policy.lint import lint
 from broker.policy.problem import PolicyError
@@ -32,6 +33,7 @@ from broker.review.cases import TESTS_DIR, case_files, load_cases, report_text, 
 from broker.review.explain import explain
 from broker.review.offline import Question, decide_offline, parse_request
 from broker.review.replay import impact_json, impact_text, read_audit, replay
+from broker.signals.act import set_frozen
 
 EXIT_BAD_CONFIG = 2
 EXIT_BAD_POLICY = 1
@@ -107,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_replay)
 
     _add_audit_commands(commands)
+    for name, text in (
+        ("freeze", "refuse an employee everywhere (every replica, through the shared Redis store) until unfrozen"),
+        ("unfreeze", "lift a freeze set by a signal or by `broker freeze`"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _config_option(command)
+        command.add_argument("employee", help="the employee id")
+        command.set_defaults(func=_freeze, frozen=name == "freeze")
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)
@@ -296,6 +306,38 @@ def _replay(args: argparse.Namespace) -> int:
         print(json.dumps(impact_json(impact), indent=2))
     else:
         print(impact_text(impact, examples=args.examples), end="")
+    return 0
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    verb = "freeze" if args.frozen else "unfreeze"
+    for problem in settings.meter.problems():  # only the store matters here, not the key source
+        print(f"broker {verb}: {settings.source}: {problem}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if settings.meter.store != "redis":
+        print(
+            f'broker {verb}: needs [meter] store = "redis": with the in-memory store each broker keeps its own '
+            "freezes, and a restart lifts them",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    clock = clock_from(settings.clock.start)
+    meter = build_meter(settings.meter, clock)
+
+    async def apply() -> None:
+        try:
+            await set_frozen(meter, args.employee, args.frozen, clock.now())
+        finally:
+            await meter.close()
+
+    try:
+        asyncio.run(apply())
+    except StoreUnavailable as exc:
+        print(f"broker {verb}: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    state = "frozen: refused everywhere until unfrozen" if args.frozen else "unfrozen"
+    print(f"{args.employee} is {state} (store {settings.meter.redis_url}, prefix {settings.meter.key_prefix!r})")
     return 0
 
 

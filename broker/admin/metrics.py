@@ -60,6 +60,12 @@ class Metrics:
             "0 when it does not or would not say (a restart would hand out fresh quotas); unset in memory",
             registry=self.registry,
         )
+        self.signals = Counter(
+            "broker_signals_total",
+            "Signals of a rented login raised, by signal and action (flag or freeze)",
+            ["signal", "action"],
+            registry=self.registry,
+        )
         self.policy_loaded = Gauge("broker_policy_loaded", "1 while a valid policy is loaded", registry=self.registry)
         self.pg_sessions = Gauge(
             "broker_pg_sessions", "Employee sessions open through the PostgreSQL door", registry=self.registry
@@ -105,6 +111,9 @@ class Metrics:
         if child is None:
             child = self._records[resource] = self.records.labels(resource)
         child.inc(count)
+
+    def signal_counted(self, signal: str, action: str) -> None:
+        self.signals.labels(signal, action).inc()
 
     def watch_audit(self, sink: object) -> None:
         """Audit backlog figures, read from the sink at each scrape (no work per event)."""

@@ -42,6 +42,11 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.RATE_EXCEEDED: "Too many requests in a short time; wait for the time in Retry-After.",
     Reason.METER_UNAVAILABLE: "The service that counts quotas is unreachable; access is paused. Retry shortly.",
     Reason.QUOTA_EXCEEDED: "You have used your records quota for this window; it resets at the time given.",
+    Reason.IDENTITY_SUSPENDED: (
+        "Your login is suspended everywhere (every door, every replica): the broker saw it used in a way that "
+        "looks like someone else is using it (several places at once, walking record numbers, many refusals). "
+        "Call the help desk: a person checks it and lifts the suspension (broker unfreeze)."
+    ),
     Reason.AUDIT_UNAVAILABLE: (
         "The broker cannot write its audit log (a full or failing disk), so it serves no records until it can: "
         "every record that leaves must be on the record. Retry in a moment; operators see audit.backlog in "

@@ -32,6 +32,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,12 +70,15 @@ _EVENT_TAIL = b',"event":"' + EVENT_NAME.encode() + b'"}\n'
 
 
 def render(event: dict[str, Any]) -> bytes:
-    """One audit line: the event's fields, then the event name (as structlog had it).
+    """One audit line: the event's fields, then the event name (as structlog had it):
+    "decision" unless the event names itself (a signal raised on an employee).
 
     The name is appended to the rendered object rather than to a copy of the event
     (a ~25-field dict copied per request)."""
-    if not event or "event" in event:
-        return orjson.dumps({**event, "event": EVENT_NAME}, default=str) + b"\n"
+    if "event" in event:
+        return orjson.dumps(event, default=str) + b"\n"
+    if not event:
+        return orjson.dumps({"event": EVENT_NAME}) + b"\n"
     return orjson.dumps(event, default=str)[:-1] + _EVENT_TAIL
 
 
@@ -109,13 +113,22 @@ class FileAuditSink:
         self._opened_at = time.monotonic()
         self._synced_at = time.monotonic()
         self._stopping = threading.Event()
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        """Called with every event after it is queued (the rented-login signals)."""
         self._thread = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
         self._thread.start()
 
     # -- on the event loop -------------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> None:
-        line = render(event)
+        self._queue_line(render(event))
+        for observe in self.observers:
+            try:
+                observe(event)
+            except Exception:  # an observer's bug must not cost the audit or the answer
+                print(f"broker: audit observer {observe!r} failed", file=sys.stderr)
+
+    def _queue_line(self, line: bytes) -> None:
         backlog = self.backlog
         if backlog.bytes + self._pending_bytes > 2 * self.settings.max_backlog_bytes:
             self._drop()

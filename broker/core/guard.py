@@ -19,10 +19,18 @@ from broker.core.access import UNBOUNDED, Access, Principal
 from broker.core.clock import Clock, iso
 from broker.core.decision import Decision, QuotaState, RateState, Verdict
 from broker.core.reason import Reason
-from broker.core.window import Window, current_shift, next_shift_start, probe_key, quota_key, quota_window
+from broker.core.window import (
+    Window,
+    current_shift,
+    freeze_key,
+    next_shift_start,
+    probe_key,
+    quota_key,
+    quota_window,
+)
 from broker.identity.error import Identity, IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
-from broker.meter.store import ProbeAsk, QuotaAsk, RateAsk, RateOutcome, Reservation
+from broker.meter.store import Gate, QuotaAsk, RateAsk, RateOutcome, Reservation
 from broker.policy.index import Employee, Grant
 from broker.policy.limit import ProbeLimit, RateLimit, RecordLimit
 from broker.policy.snapshot import PolicySnapshot
@@ -297,23 +305,30 @@ class Guard:
         """Probe budget, rate check and quota reservation in one meter call (one round
         trip to Redis)."""
         access = d.access
-        probe_ask = None
+        gates: tuple[Gate, ...] = (Gate(freeze_key(employee.id), 1),)
         if probes is not None:
             probe_window = quota_window(probes, shift, employee.zone, now)
             d.probe_key, d.probe_window_end = probe_key(employee.id, probe_window.start), probe_window.end
-            probe_ask = ProbeAsk(d.probe_key, probes.probes)
+            gates += (Gate(d.probe_key, probes.probes),)
         window = quota_window(limit, shift, employee.zone, now) if limit.quota is not None else None
         quota_ask = None
         if window is not None and limit.quota is not None:
             key = quota_key(employee.id, access.resource, window.start)
             quota_ask = QuotaAsk(key, access.records, limit.quota, window.end)
         rate_ask = RateAsk(f"r:{{{employee.id}}}", rate.requests, rate.period) if rate else None
-        if rate_ask is None and quota_ask is None and probe_ask is None:
-            return True
-        admission, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now, probe_ask)
+        admission, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now, gates)
         d.metered = served._value_
-        if admission.probes_used is not None and probes is not None:
-            return self._probes_spent(d, employee, probes, admission.probes_used, served, now)
+        if admission.closed_gate == 0:
+            d.facts["suspended"] = True
+            _deny(
+                d,
+                Reason.IDENTITY_SUSPENDED,
+                "Your access is suspended: this login was used in a way that looks like someone else is using it. "
+                "Call the help desk to have it checked and restored.",
+            )
+            return False
+        if admission.closed_gate == 1 and probes is not None:
+            return self._probes_spent(d, employee, probes, admission.gate_used, served, now)
         outcome, booked = admission.rate, admission.quota
         if rate is not None and outcome is not None and not self._within_rate(d, rate, outcome, served):
             return False

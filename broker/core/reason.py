@@ -21,6 +21,7 @@ class Reason(StrEnum):
     IDENTITY_UNKNOWN_KEY = "identity.unknown_key"
     IDENTITY_BAD_ALGORITHM = "identity.bad_algorithm"
     IDENTITY_KEYS_UNAVAILABLE = "identity.keys_unavailable"
+    IDENTITY_SUSPENDED = "identity.suspended"
     IDENTITY_NOT_ON_ROSTER = "identity.not_on_roster"
     IDENTITY_BAD_CLAIMS = "identity.bad_claims"
     IDENTITY_WRONG_USER = "identity.wrong_user"

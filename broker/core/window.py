@@ -54,6 +54,11 @@ class Windowed(Protocol):
     def per_shift(self) -> bool: ...
 
 
+def freeze_key(employee: str) -> str:
+    """Set (1) while the employee is frozen: refused everywhere until a person unfreezes them."""
+    return f"f:{{{employee}}}"
+
+
 def probe_key(employee: str, window_start: float) -> str:
     return f"p:{{{employee}}}:{int(window_start)}"
 

@@ -57,6 +57,7 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.QUOTA_EXCEEDED: (429, "Records quota used up"),
     Reason.PROBE_EXCEEDED: (429, "Too many refused record requests"),
     Reason.AUDIT_UNAVAILABLE: (503, "Audit log cannot be written"),
+    Reason.IDENTITY_SUSPENDED: (403, "Access suspended"),
     Reason.METER_UNAVAILABLE: (503, "Quotas cannot be checked right now"),
     Reason.UPSTREAM_UNAVAILABLE: (502, "The service behind the broker is unavailable"),
     Reason.UPSTREAM_TIMEOUT: (504, "The service behind the broker did not answer in time"),

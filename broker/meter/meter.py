@@ -22,9 +22,9 @@ from broker.meter.store import (
     Admission,
     CounterStore,
     ExpiredWindow,
+    Gate,
     MemoryCounterStore,
     Persistence,
-    ProbeAsk,
     QuotaAsk,
     RateAsk,
     StoreUnavailable,
@@ -88,27 +88,36 @@ class Meter:
         """The shared store's persistence as read at start (None before, or in memory)."""
 
     @property
+    def fallback(self) -> CounterStore:
+        """The in-memory store used while the shared one is away (failing open)."""
+        return self._fallback
+
+    @property
     def state(self) -> BreakerState:
         return self._breaker.state
 
     async def admit(
-        self, resource: str, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+        self,
+        resource: str,
+        rate: RateAsk | None,
+        quota: QuotaAsk | None,
+        now: float,
+        gates: tuple[Gate, ...] = (),
     ) -> tuple[Admission, Served]:
-        """The probe-budget check, rate check and quota reservation of one request, from
-        the store that is up."""
+        """The gates, rate check and quota reservation of one request, from the store
+        that is up. Gates are not scaled while failing open: a freeze is a freeze."""
         if quota is not None and quota.expires_at <= now:
             log.error("meter.window_already_ended", key=quota.key, window_end=quota.expires_at, now=now)
             raise ExpiredWindow(f"quota window of {quota.key} ended {now - quota.expires_at:.3f} s ago")
         if not self.shared:  # the in-memory store cannot fail: no breaker, no closures
-            return await self.store.admit(rate, quota, now, probe), Served.LOCAL
+            return await self.store.admit(rate, quota, now, gates), Served.LOCAL
 
         def scaled(store: CounterStore) -> Awaitable[Admission]:
             local_rate = dataclasses.replace(rate, limit=self._scaled(rate.limit)) if rate else None
             local_quota = dataclasses.replace(quota, limit=self._scaled(quota.limit)) if quota else None
-            local_probe = dataclasses.replace(probe, limit=self._scaled(probe.limit)) if probe else None
-            return store.admit(local_rate, local_quota, now, local_probe)
+            return store.admit(local_rate, local_quota, now, gates)
 
-        return await self._metered(resource, lambda store: store.admit(rate, quota, now, probe), scaled)
+        return await self._metered(resource, lambda store: store.admit(rate, quota, now, gates), scaled)
 
     async def settle(self, served: Served, key: str, delta: int, expires_at: float, now: float) -> int | None:
         """Correct a reservation where it was made. If the shared store has gone away

@@ -39,8 +39,8 @@ from redis.exceptions import RedisError
 from broker.meter.store import (
     Admission,
     ExpiredWindow,
+    Gate,
     Persistence,
-    ProbeAsk,
     QuotaAsk,
     RateAsk,
     RateOutcome,
@@ -65,18 +65,19 @@ return used
 # arrival time) and quota reservation in one round trip. Floats travel as strings with microsecond precision:
 # Redis truncates Lua numbers to integers in replies, and Lua's tostring() keeps only 14
 # digits of an epoch timestamp. KEYS[1] is the rate
-# key, KEYS[2] the quota key, KEYS[3] the probe key (all carry the employee as a hash
-# tag, so they live on one shard of a cluster). ARGV: now, rate?, period, rate limit,
-# quota?, amount, quota limit, quota time to live (ms, relative), probe?, probe limit.
-# Reply: allowed, retry, reset, remaining, granted, used, probes used (granted -1: no
-# reservation was attempted; probes used -1: the budget is not spent).
+# key, KEYS[2] the quota key, KEYS[3..] the gates' keys (all carry the employee as a
+# hash tag, so they live on one shard of a cluster). ARGV: now, rate?, period, rate
+# limit, quota?, amount, quota limit, quota time to live (ms, relative), number of
+# gates, then each gate's limit. Reply: allowed, retry, reset, remaining, granted, used,
+# closed gate (1-based), its counter (granted -1: no reservation was attempted; closed
+# gate 0: every gate open).
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local allowed, retry, reset, remaining = '1', '0', '0', '-1'
-if ARGV[9] == '1' then
-  local probes = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if probes >= tonumber(ARGV[10]) then
-    return {'1', '0', '0', '-1', '-1', '0', string.format('%d', probes)}
+for i = 1, tonumber(ARGV[9]) do
+  local used = tonumber(redis.call('GET', KEYS[2 + i]) or '0')
+  if used >= tonumber(ARGV[9 + i]) then
+    return {'1', '0', '0', '-1', '-1', '0', string.format('%d', i), string.format('%d', used)}
   end
 end
 if ARGV[2] == '1' then
@@ -87,23 +88,23 @@ if ARGV[2] == '1' then
   local new_tat = tat + interval
   if new_tat - now > period + 1e-6 then
     local wait = string.format('%.6f', tat + interval - period - now)
-    return {'0', wait, string.format('%.6f', tat - now), '0', '-1', '0', '-1'}
+    return {'0', wait, string.format('%.6f', tat - now), '0', '-1', '0', '0', '0'}
   end
   redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
   reset = string.format('%.6f', new_tat - now)
   remaining = string.format('%d', math.floor((period - (new_tat - now)) / interval + 1e-6))
 end
 if ARGV[5] ~= '1' then
-  return {allowed, retry, reset, remaining, '-1', '0', '-1'}
+  return {allowed, retry, reset, remaining, '-1', '0', '0', '0'}
 end
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local amount = tonumber(ARGV[6])
 if used + amount > tonumber(ARGV[7]) then
-  return {allowed, retry, reset, remaining, '0', string.format('%d', used), '-1'}
+  return {allowed, retry, reset, remaining, '0', string.format('%d', used), '0', '0'}
 end
 used = redis.call('INCRBY', KEYS[2], amount)
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-return {allowed, retry, reset, remaining, '1', string.format('%d', used), '-1'}
+return {allowed, retry, reset, remaining, '1', string.format('%d', used), '0', '0'}
 """
 
 
@@ -128,11 +129,12 @@ class RedisCounterStore:
         self._admit = self._client.register_script(_ADMIT)
 
     async def admit(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, gates: tuple[Gate, ...] = ()
     ) -> Admission:
-        keys = [self._prefix + (rate.key if rate else quota.key if quota else probe.key if probe else "none")]
+        first = rate.key if rate else quota.key if quota else gates[0].key if gates else "none"
+        keys = [self._prefix + first]
         keys.append(self._prefix + quota.key if quota else keys[0])
-        keys.append(self._prefix + probe.key if probe else keys[0])
+        keys += [self._prefix + gate.key for gate in gates]
         args = [
             repr(now),
             "1" if rate else "0",
@@ -142,13 +144,13 @@ class RedisCounterStore:
             quota.amount if quota else 0,
             quota.limit if quota else 0,
             _ttl_ms(quota.expires_at, now) if quota else 0,
-            "1" if probe else "0",
-            probe.limit if probe else 0,
+            len(gates),
+            *(gate.limit for gate in gates),
         ]
         reply = await self._run(self._admit(keys=keys, args=args))
-        allowed, retry, reset, remaining, granted, used, probes = reply
-        if probes != b"-1":
-            return Admission(None, None, int(probes))
+        allowed, retry, reset, remaining, granted, used, closed, closed_used = reply
+        if closed != b"0":
+            return Admission(None, None, int(closed) - 1, int(closed_used))
         outcome = None
         if rate is not None:
             ok = allowed == b"1"

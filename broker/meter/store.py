@@ -61,9 +61,10 @@ class QuotaAsk:
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeAsk:
-    """A budget the request must not have spent already: checked at admission, charged
-    later (`add`) only when the request turns out to be a probe."""
+class Gate:
+    """A counter that must be below `limit` for the request to be admitted: checked at
+    admission, written elsewhere (`add`): a probe budget charged when a request turns out
+    to be a probe, a freeze set by a person or a signal."""
 
     key: str
     limit: int
@@ -71,20 +72,22 @@ class ProbeAsk:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What admitting one request found. `probes_used` is set only when the probe budget
-    is spent, in which case neither the rate nor the quota was checked or charged."""
+    """What admitting one request found. `closed_gate` is the index of the first gate
+    found closed (its counter in `gate_used`), in which case neither the rate nor the
+    quota was checked or charged."""
 
     rate: RateOutcome | None
     quota: Reservation | None
-    probes_used: int | None = None
+    closed_gate: int | None = None
+    gate_used: int = 0
 
 
 class CounterStore(Protocol):
     async def admit(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, gates: tuple[Gate, ...] = ()
     ) -> Admission:
-        """A request's probe-budget check, rate check and, if both pass, its quota
-        reservation, together (one round trip for a remote store). A refused check
+        """A request's gates (freeze, probe budget), rate check and, if all pass, its
+        quota reservation, together (one round trip for a remote store). A refused check
         charges nothing after it."""
         ...
 
@@ -128,12 +131,12 @@ class MemoryCounterStore:
         """`admit` may skip the two coroutines: no subclass (a test's failing store) wraps them."""
 
     async def admit(
-        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, probe: ProbeAsk | None = None
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, gates: tuple[Gate, ...] = ()
     ) -> Admission:
-        if probe is not None:
-            probes = self._current(probe.key, now)
-            if probes >= probe.limit:
-                return Admission(None, None, probes)
+        for index, gate in enumerate(gates):
+            used = self._current(gate.key, now)
+            if used >= gate.limit:
+                return Admission(None, None, index, used)
         if not self._direct:
             return await self._admit_via_methods(rate, quota, now)
         outcome = self._hit_rate(rate.key, rate.limit, rate.period, now) if rate is not None else None

@@ -24,11 +24,14 @@ from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.route import RouteMap, parse_routes
 from broker.policy.rule import Rule, parse_rules
 from broker.policy.table import TableMap, parse_tables
+from broker.signals.rules import SignalRules, parse_signals
 
 MODEL_FILE = "model.conf"
 ROUTES_FILE = "routes.toml"
 TABLES_FILE = "tables.toml"
 """Optional: which database tables the PostgreSQL door opens, and their branch columns."""
+SIGNALS_FILE = "signals.toml"
+"""Optional: when a login looks rented and what to do (defaults apply without it)."""
 RULE_GLOB = "*.csv"
 PARITY_SAMPLE = 64
 """Employees whose every decision is re-checked against `enforce()` on each load."""
@@ -45,6 +48,7 @@ class PolicySnapshot:
     rules: tuple[Rule, ...]
     files: tuple[str, ...]
     tables: TableMap = field(default_factory=TableMap.empty)
+    signals: SignalRules = field(default_factory=SignalRules)
 
 
 class _RuleAdapter(Adapter):  # type: ignore[misc]
@@ -72,6 +76,10 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     if TABLES_FILE in files:
         tables, found = parse_tables(TABLES_FILE, files.pop(TABLES_FILE))
         problems += found
+    signals: SignalRules | None = SignalRules()
+    if SIGNALS_FILE in files:
+        signals, found = parse_signals(SIGNALS_FILE, files.pop(SIGNALS_FILE))
+        problems += found
     rules: list[Rule] = []
     for name in sorted(files):
         parsed, found = parse_rules(name, files[name])
@@ -84,11 +92,13 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     if tables is not None:
         check_tables(checked, tables)
     problems += checked.problems
-    if problems or model is None or routes is None or tables is None:
+    if problems or model is None or routes is None or tables is None or signals is None:
         raise PolicyError(problems)
     snapshot = _compile(directory, revision, model, routes, rules, checked, parity_sample, matcher_line(model_raw))
     if tables.file:
         snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
+    if signals.file:
+        snapshot = dataclasses.replace(snapshot, signals=signals, files=tuple(sorted({*snapshot.files, SIGNALS_FILE})))
     return snapshot
 
 
@@ -100,7 +110,7 @@ def _read_files(directory: Path) -> dict[str, bytes]:
         path = directory / required
         if not path.is_file():
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
-    optional = [directory / TABLES_FILE] if (directory / TABLES_FILE).is_file() else []
+    optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE) if (directory / name).is_file()]
     for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:
         try:
             files[path.name] = path.read_bytes()

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from broker.config import MeterSettings
-from broker.meter.store import Admission, MemoryCounterStore, ProbeAsk, QuotaAsk, RateAsk, Reservation
+from broker.meter.store import Admission, Gate, MemoryCounterStore, QuotaAsk, RateAsk, Reservation
 from tests.conftest import BrokerFactory
 from tests.redis_fixtures import RedisOpener, RedisProcess
 
@@ -159,19 +159,22 @@ async def test_admit_agrees_with_the_memory_store(shared_redis: tuple[str, str],
     assert only_rate.rate is not None and only_rate.rate.allowed and only_rate.quota is None
 
 
-async def test_a_spent_probe_budget_admits_nothing_on_either_store(
+async def test_a_closed_gate_admits_nothing_on_either_store(
     shared_redis: tuple[str, str], redis_opener: RedisOpener
 ) -> None:
     url, prefix = shared_redis
     shared, local = redis_opener.store(url, prefix=prefix), MemoryCounterStore()
     start = 1_800_000_000.0
-    probe = ProbeAsk("p:{e3}:0", 2)
+    frozen, probe = Gate("f:{e3}", 1), Gate("p:{e3}:0", 2)
     rate, quota = RateAsk("r:{e3}", 100, 60), QuotaAsk("q:{e3}:waybill:0", 5, 100, start + 3600)
     for store in (shared, local):
-        assert (await store.admit(rate, quota, start, probe)).probes_used is None
+        assert (await store.admit(rate, quota, start, (frozen, probe))).closed_gate is None
         await store.add(probe.key, 1, start + 3600, start)
-        assert (await store.admit(rate, quota, start, probe)).quota == Reservation(True, 10)
+        assert (await store.admit(rate, quota, start, (frozen, probe))).quota == Reservation(True, 10)
         await store.add(probe.key, 1, start + 3600, start)
-        spent = await store.admit(rate, quota, start, probe)
-        assert spent == Admission(None, None, 2)
-        assert await store.get(quota.key, start) == 10  # the refused admission charged nothing
+        assert await store.admit(rate, quota, start, (frozen, probe)) == Admission(None, None, 1, 2)
+        await store.add(frozen.key, 1, start + 3600, start)
+        assert await store.admit(rate, quota, start, (frozen, probe)) == Admission(None, None, 0, 1)
+        assert await store.get(quota.key, start) == 10  # the refused admissions charged nothing
+        await store.add(frozen.key, -(1 << 40), start + 3600, start)  # unfrozen: back to the probe gate
+        assert (await store.admit(rate, quota, start, (frozen, probe))).closed_gate == 1

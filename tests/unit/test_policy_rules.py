@@ -85,7 +85,10 @@ def assert_at(problem: PolicyProblem, file: str, line: int, fragment: str) -> No
 def test_shipped_policy_loads(policies: Path) -> None:
     snapshot = load_snapshot(policies)
     assert re.fullmatch(r"[0-9a-f]{12}", snapshot.revision)
-    expected = ("limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv", "tables.toml")
+    expected = (
+        "limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv",
+        "signals.toml", "tables.toml",
+    )  # fmt: skip
     assert snapshot.files == expected
     assert snapshot.directory == policies
     assert len(snapshot.routes.routes) == 7

@@ -1,0 +1,177 @@
+"""Reading the audit stream for the marks of a rented login, as it is written.
+
+Every audit event (both doors, allow and deny) passes `observe` on the event loop, after
+the answer was sent: a few dictionary operations per event, state bounded per employee
+and in the number of employees. A signal fires once per employee per window, with its
+evidence (addresses, record numbers, reasons, decision ids), and is handed to `on_flag`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.signals.rules import Action, SignalRules
+
+MAX_EMPLOYEES = 50_000
+"""Employees whose recent activity is kept; the least recently seen are forgotten first."""
+EVIDENCE_IDS = 10
+PROBING_REASONS = frozenset(
+    {
+        "policy.other_branch", "policy.not_permitted", "route.unknown", "shift.outside", "bulk.over_cap",
+        "bulk.unbounded", "upstream.other_branch", "upstream.too_many_records", "upstream.refused",
+        "probe.exceeded", "statement.refused",
+    }
+)  # fmt: skip
+"""Refusals that test what the policy allows or what the data holds: a person doing their
+job meets a few a shift, a script probing meets them by the dozen. Not the quota or the
+request rate: an honest app retrying on 429 would trip them."""
+_RECORD_NUMBER = re.compile(r"/([A-Za-z]*)(\d{4,})/?(?:\?|$)")
+"""A one-record path ending in a record number (`/api/waybills/SF1000000042`): its letters
+prefix and digits."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    signal: str
+    employee: str
+    action: Action
+    detail: str
+    evidence: dict[str, Any]
+    at: float
+
+
+@dataclass(slots=True)
+class _Recent:
+    addresses: dict[str, float] = field(default_factory=dict)
+    refusals: deque[tuple[float, str, str]] = field(default_factory=deque)
+    records: dict[str, float] = field(default_factory=dict)
+    fired: dict[str, float] = field(default_factory=dict)
+    """signal -> until when it stays quiet (one flag per window)."""
+
+
+class SignalWatcher:
+    def __init__(
+        self, rules: Callable[[], SignalRules | None], now: Callable[[], float], on_flag: Callable[[Flag], None]
+    ) -> None:
+        self._rules = rules
+        self._now = now
+        self._on_flag = on_flag
+        self._recent: OrderedDict[str, _Recent] = OrderedDict()
+
+    def observe(self, event: dict[str, Any]) -> None:
+        employee = event.get("employee")
+        rules = self._rules()
+        if not employee or rules is None or event.get("event") not in (None, "decision"):
+            return
+        recent = self._recent.get(employee)
+        if recent is None:
+            recent = self._recent[employee] = _Recent()
+            if len(self._recent) > MAX_EMPLOYEES:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(employee)
+        now = self._now()
+        if rules.shared_login is not None and event.get("client"):
+            self._shared_login(rules, employee, recent, event, now)
+        if rules.probing is not None and event.get("verdict") != "allow" and event.get("reason") in PROBING_REASONS:
+            self._probing(rules, employee, recent, event, now)
+        if rules.enumeration is not None and event.get("verdict") == "allow" and event.get("door") == "http":
+            self._enumeration(rules, employee, recent, event, now)
+
+    def forget(self, employee: str) -> None:
+        """Start afresh for someone a person has just unfrozen."""
+        self._recent.pop(employee, None)
+
+    def _shared_login(
+        self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float
+    ) -> None:
+        rule = rules.shared_login
+        assert rule is not None
+        addresses = recent.addresses
+        addresses[str(event["client"])] = now
+        for address, seen in list(addresses.items()):
+            if now - seen > rule.window:
+                del addresses[address]
+        allowed = max([rule.addresses, *(rule.branches.get(b, 0) for b in event.get("branches") or ())])
+        if len(addresses) > allowed:
+            evidence = {"addresses": sorted(addresses), "allowed": allowed, "window_seconds": rule.window}
+            detail = f"{employee} used from {len(addresses)} addresses within {rule.window} s (allowed {allowed})"
+            self._fire("shared_login", rule.action, rule.window, employee, recent, detail, evidence, event, now)
+
+    def _probing(self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float) -> None:
+        rule = rules.probing
+        assert rule is not None
+        refusals = recent.refusals
+        refusals.append((now, str(event.get("reason")), str(event.get("decision_id", ""))))
+        while refusals and now - refusals[0][0] > rule.window:
+            refusals.popleft()
+        while len(refusals) > rule.refusals + 1:
+            refusals.popleft()
+        if len(refusals) > rule.refusals:
+            reasons: dict[str, int] = {}
+            for _, reason, _ in refusals:
+                reasons[reason] = reasons.get(reason, 0) + 1
+            evidence = {
+                "refusals": len(refusals),
+                "reasons": reasons,
+                "decision_ids": [d for _, _, d in list(refusals)[-EVIDENCE_IDS:]],
+                "window_seconds": rule.window,
+            }
+            detail = f"{employee} was refused {len(refusals)} times within {rule.window} s"
+            self._fire("probing", rule.action, rule.window, employee, recent, detail, evidence, event, now)
+
+    def _enumeration(
+        self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float
+    ) -> None:
+        rule = rules.enumeration
+        assert rule is not None
+        match = _RECORD_NUMBER.search(str(event.get("path", "")))
+        if match is None:
+            return
+        records = recent.records
+        records[match[1] + match[2]] = now
+        if len(records) > rule.records:
+            for number, seen in list(records.items()):
+                if now - seen > rule.window:
+                    del records[number]
+        if len(records) > rule.records:
+            evidence = {"distinct_records": len(records), "window_seconds": rule.window, **_run_of(records)}
+            detail = f"{employee} asked for {len(records)} distinct records one by one within {rule.window} s"
+            self._fire("enumeration", rule.action, rule.window, employee, recent, detail, evidence, event, now)
+            records.clear()
+
+    def _fire(
+        self,
+        signal: str,
+        action: Action,
+        window: int,
+        employee: str,
+        recent: _Recent,
+        detail: str,
+        evidence: dict[str, Any],
+        event: dict[str, Any],
+        now: float,
+    ) -> None:
+        if recent.fired.get(signal, 0.0) > now:
+            return
+        recent.fired[signal] = now + window
+        evidence["last_decision_id"] = event.get("decision_id")
+        self._on_flag(Flag(signal, employee, action, detail, evidence, now))
+
+
+def _run_of(records: dict[str, float]) -> dict[str, Any]:
+    """The longest run of consecutive numbers among the records (same letters prefix)."""
+    numbers = sorted({(re.sub(r"\d+$", "", r), int(re.sub(r"^\D*", "", r))) for r in records})
+    best = current = 1
+    best_end = numbers[0] if numbers else ("", 0)
+    for before, after in itertools.pairwise(numbers):
+        current = current + 1 if after[0] == before[0] and after[1] == before[1] + 1 else 1
+        if current > best:
+            best, best_end = current, after
+    prefix, end = best_end
+    return {"longest_run": best, "run": f"{prefix}{end - best + 1}..{prefix}{end}" if numbers else ""}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from broker.config_env import EnvError, apply_env
 from broker.identity.settings import IdentitySettings
 
 SECRET_ENV = "BROKER_DEV_SECRET"  # noqa: S105 - the variable name, not a secret
@@ -260,8 +261,13 @@ def _positive(section: str, settings: object, *names: str) -> list[str]:
 
 
 def load_settings(path: Path | None) -> Settings:
-    """Settings from `path` (or the embedded defaults), then the environment."""
+    """Settings from `path` (or the embedded defaults), then the environment
+    (`BROKER_<SECTION>_<KEY>`, `..._FILE` for secrets; see broker/config_env.py)."""
     settings = Settings() if path is None else _from_file(path)
+    try:
+        settings = apply_env(settings)
+    except EnvError as exc:
+        raise ConfigError(f"environment: {exc}") from exc
     secret = os.environ.get(SECRET_ENV)
     if secret:
         settings = replace(settings, identity=replace(settings.identity, hs256_secret=secret))

@@ -21,8 +21,9 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 ## Run the sample logistics API with the broker in front of it.
+## Options pass through: make demo ARGS="--port 9080 --upstream-port 9081"
 demo: $(STAMP)
-	$(BIN)/broker --log-format console demo
+	$(BIN)/broker --log-format console demo $(ARGS)
 
 ## Lint, type-check and run every test; what CI runs.
 test: lint typecheck unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from broker.app import build_app, build_broker, server_options
-from broker.config import Settings
+from broker.config import SECRET_ENV, Settings
 from broker.core.clock import OffsetClock, SystemClock, iso, parse_instant
 from broker.demo.upstream import build_upstream_app
 from broker.identity.jwt_authenticator import mint_token
@@ -31,7 +32,9 @@ DEMO_PEOPLE = (
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    secret = secrets.token_urlsafe(32)
+    # BROKER_DEV_SECRET, when set, lets a newcomer mint tokens for employees they add
+    # (`broker token --sub ...`); otherwise a fresh one, printed in the banner
+    secret = os.environ.get(SECRET_ENV) or secrets.token_urlsafe(32)
     settings = Settings(source="broker demo")
     settings = replace(
         settings,
@@ -48,8 +51,15 @@ def run_demo(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"broker demo: policy problem: {args.policies}/{problem}")
         return 1
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(broker, settings, args, secret, clock.now()))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(broker, settings, args, secret, clock.now()))
+    except OSError as exc:  # a port already in use, most often
+        print(
+            f"broker demo: cannot listen: {exc.strerror or exc} (ports {args.port} and {args.upstream_port}; "
+            "choose others with --port / --upstream-port, e.g. make demo ARGS='--port 9080 --upstream-port 9081')"
+        )
+        return 1
     return 0
 
 
@@ -79,6 +89,8 @@ def _banner(settings: Settings, args: argparse.Namespace, secret: str, now: floa
         "clock: real time"
         if args.real_time
         else f"clock: starts at {DEMO_START} ({iso(now)}) so shifts are predictable",
+        "",
+        f"dev secret (mint more tokens: BROKER_DEV_SECRET=... broker token --sub EMPLOYEE): {secret}",
         "",
         "Employees (tokens valid 12 h):",
     ]

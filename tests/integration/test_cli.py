@@ -329,3 +329,16 @@ def test_check_names_new_limits_that_would_refuse_everything(tmp_path: Path) -> 
         "[upstream] held_answers_budget_bytes must be at least max_response_inspect_bytes",
     ):
         assert problem in result.stderr, problem
+
+
+def test_demo_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = broker_cli(
+            "demo", "--port", str(free_port()), "--upstream-port", str(port), "--audit", str(tmp_path / "a.log")
+        )
+    assert result.returncode == 1
+    assert "broker demo: cannot listen" in result.stdout and "--upstream-port" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

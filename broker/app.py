@@ -17,7 +17,7 @@ from broker.admin.metrics import Metrics
 from broker.admin.routes import AdminRoutes
 from broker.audit.checkpoint import AuditKeyError, Signer, load_signer
 from broker.audit.log import AuditSink, FileAuditSink
-from broker.config import AuditSettings, MeterSettings, Settings
+from broker.config import AuditSettings, ConfigError, MeterSettings, Settings
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
 from broker.core.shadow import Shadow
@@ -136,7 +136,7 @@ def audit_signer(settings: AuditSettings) -> Signer | None:
     try:
         return load_signer(Path(settings.signing_key))
     except AuditKeyError as exc:
-        raise ValueError(f"[audit] signing_key: {exc}") from exc
+        raise ConfigError(f"[audit] signing_key: {exc}") from exc
 
 
 def build_shadow(settings: Settings, authenticator: JwtAuthenticator, clock: Clock) -> Shadow | None:

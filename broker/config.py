@@ -65,6 +65,10 @@ class UpstreamSettings:
     """All answers held at once (read, not yet written to their clients) stay under this;
     an answer that does not fit is refused with 503 upstream.busy and Retry-After."""
     forward_authorization: bool = True
+    assertion_key_file: str = ""
+    """An Ed25519 or RSA private key (PEM): each forwarded request then carries a JWT of
+    the decision in X-Broker-Assertion that the upstream can verify (empty: none)."""
+    assertion_ttl_seconds: float = 30.0
     strip_headers: tuple[str, ...] = ()
     """More request headers never passed on, beyond the built-in lists of method/URL
     override and client identity headers (see the README)."""

@@ -156,7 +156,7 @@ class ProxyHandler:
                 return self._refuse(decision, outcome, read.reason, read.detail)
             body = read
         # every answer comes plain: those on routes without records are scanned too
-        headers = self._upstream.request_headers(request, decision.employee or "", decision.id)
+        headers = self._upstream.request_headers(request, decision)
         try:
             if route.owner:
                 refused = await self._check_owner(request, decision, route, outcome)
@@ -190,7 +190,7 @@ class ProxyHandler:
         reservation is kept when it is refused here, so looking records up this way costs
         what reading them would."""
         target = owner_target(route, request.raw_path)
-        headers = self._upstream.request_headers(request, decision.employee or "", decision.id)
+        headers = self._upstream.request_headers(request, decision)
         lookup = await self._upstream.pool.send("GET", target, headers, None)
         try:
             if not 200 <= lookup.status < 300:

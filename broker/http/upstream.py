@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from broker.config import UpstreamSettings
+from broker.config import ConfigError, UpstreamSettings
+from broker.core.decision import Decision
+from broker.http.assertion import ASSERTION_HEADER, Asserter, AssertionKeyError
 from broker.http.pool import UpstreamPool
 
 HOP_BY_HOP = frozenset(
@@ -43,6 +46,14 @@ class Upstream:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self._pool: UpstreamPool | None = None
+        self._asserter: Asserter | None = None
+        if settings.assertion_key_file:
+            try:
+                self._asserter = Asserter(
+                    Path(settings.assertion_key_file), settings.assertion_ttl_seconds, settings.url
+                )
+            except AssertionKeyError as exc:
+                raise ConfigError(f"[upstream] assertion_key_file: {exc}") from exc
         extra = {_header_key(h) for h in settings.strip_headers}
         dropped = HOP_BY_HOP | FRAMING | {"host", *FORWARDED_HEADERS, *OVERRIDE_HEADERS, *IDENTITY_HEADERS} | extra
         dropped |= {"accept-encoding"}  # every answer is checked, so it must come plain
@@ -70,7 +81,7 @@ class Upstream:
         if self._pool is not None:
             await self._pool.close()
 
-    def request_headers(self, request: web.Request, employee: str, decision_id: str) -> list[tuple[str, str]]:
+    def request_headers(self, request: web.Request, decision: Decision) -> list[tuple[str, str]]:
         """The client's headers minus hop-by-hop, framing and forwarding ones, plus the broker's.
 
         Nothing is made up for the client (no User-Agent, no Content-Type) except
@@ -93,9 +104,11 @@ class Upstream:
             ("X-Forwarded-For", request.remote or ""),
             ("X-Forwarded-Proto", request.scheme),
             ("X-Forwarded-Host", request.host),
-            ("X-Broker-Employee", employee),
-            ("X-Broker-Decision", decision_id),
+            ("X-Broker-Employee", decision.employee or ""),
+            ("X-Broker-Decision", decision.id),
         )
+        if self._asserter is not None:
+            headers.append((ASSERTION_HEADER, self._asserter.token(decision)))
         return headers
 
 

@@ -16,10 +16,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import jwt as pyjwt  # noqa: TID251 - the test plays the upstream, which checks the assertion
 import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from structlog.testing import capture_logs
 
+from broker.config import ConfigError
 from tests.conftest import BrokerFactory
 from tests.harness import Harness, raw_exchange, raw_request
 from tests.raw_upstream import Canned, RawUpstream
@@ -651,3 +655,38 @@ async def test_a_compressed_answer_on_a_route_mapped_without_records_is_refused(
     assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable"
     sent = {name.lower(): value for name, value in raw_upstream.requests[-1].headers}
     assert sent["accept-encoding"] == "identity"  # the broker never asks for a compressed answer
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa"])
+async def test_the_upstream_gets_a_signed_assertion_of_the_decision_and_never_the_clients(
+    make_broker: BrokerFactory, raw_upstream: RawUpstream, tmp_path: Path, kind: str
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else rsa.generate_private_key(65537, 2048)
+    key_file = tmp_path / "assertion.pem"
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    broker = await make_broker(raw_upstream.url, assertion_key_file=str(key_file))
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [own(1)]})
+    forged = pyjwt.encode(
+        {"sub": "e9001", "roles": ["auditor"]}, "a-guessed-secret-of-thirty-two-bytes", algorithm="HS256"
+    )
+    reply = await broker.get("/api/branches/BR001/waybills?limit=5", "e1001", headers={"X-Broker-Assertion": forged})
+    assert reply.status == 200
+    sent = [value for name, value in raw_upstream.requests[-1].headers if name.lower() == "x-broker-assertion"]
+    assert len(sent) == 1 and sent[0] != forged
+    claims = pyjwt.decode(
+        sent[0], key.public_key(), algorithms=["EdDSA" if kind == "ed25519" else "RS256"], audience=raw_upstream.url
+    )
+    assert claims["sub"] == "e1001" and claims["roles"] == ["courier"] and claims["branches"] == ["BR001"]
+    assert (claims["resource"], claims["action"], claims["record_branch"]) == ("waybill", "read", "BR001")
+    assert claims["jti"] == reply.headers["X-Broker-Decision"] and claims["exp"] - claims["iat"] == 30
+
+
+async def test_an_unusable_assertion_key_stops_the_broker_naming_the_setting(
+    make_broker: BrokerFactory, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key")
+    with pytest.raises(ConfigError, match=r"\[upstream\] assertion_key_file: .*not an unencrypted PEM private key"):
+        await make_broker(assertion_key_file=str(bad))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,7 +184,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def build_app(broker: Broker) -> web.Application:
     app = web.Application(client_max_size=broker.settings.upstream.max_request_body_bytes)
     app[BROKER_KEY] = broker
-    broker.admin.register(app)
+    broker.admin.register(app, operations=not broker.settings.server.admin_port)
     proxy = ProxyHandler(broker.guard, broker.policy, broker.upstream, broker.metrics, broker.audit, broker.shadow)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_lifecycle)
@@ -210,10 +211,19 @@ async def serve(app: web.Application, settings: Settings) -> None:
         app, access_log=None, shutdown_timeout=server.shutdown_timeout_seconds, **server_options(settings)
     )
     await runner.setup()
+    admin: web.AppRunner | None = None
     try:
-        site = web.TCPSite(runner, server.host, server.port, reuse_port=server.reuse_port or None)
+        tls = _tls_context(server.tls_cert_file, server.tls_key_file)
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=server.reuse_port or None, ssl_context=tls)
         await site.start()
-        log.info("broker.listening", detail=f"http://{server.host}:{server.port}")
+        log.info("broker.listening", detail=f"{'https' if tls else 'http'}://{server.host}:{server.port}")
+        if server.admin_port:
+            operations = web.Application()
+            app[BROKER_KEY].admin.register_operations(operations)
+            admin = web.AppRunner(operations, access_log=None)
+            await admin.setup()
+            await web.TCPSite(admin, server.admin_host, server.admin_port).start()
+            log.info("broker.admin_listening", detail=f"http://{server.admin_host}:{server.admin_port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -224,6 +234,21 @@ async def serve(app: web.Application, settings: Settings) -> None:
         await asyncio.sleep(server.drain_seconds)
     finally:
         await runner.cleanup()
+        if admin is not None:
+            await admin.cleanup()
+
+
+def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
+    """HTTPS for the proxy port; a certificate that cannot be loaded stops the broker."""
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[server] tls_cert_file/tls_key_file: cannot load {cert_file}: {exc}") from exc
+    return context
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

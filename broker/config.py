@@ -38,6 +38,14 @@ class ServerSettings:
     """The longest request line or header line (name and value) a client may send."""
     max_headers: int = 100
     """The most header lines in one request."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    """A listener of its own for /-/healthz, /-/readyz, /-/metrics and /-/policy, so the
+    proxy port serves only proxied traffic (and the employee's /-/me and /-/problems);
+    0 keeps them on the proxy port."""
+    tls_cert_file: str = ""
+    """PEM certificate chain for HTTPS on the proxy port (with tls_key_file); empty: HTTP."""
+    tls_key_file: str = ""
     drain_seconds: float = 5.0
     """On SIGTERM/SIGINT: how long the broker keeps serving with `/-/readyz` at 503 and
     every answer closing its connection, so load balancers and kept-alive clients move
@@ -248,6 +256,10 @@ class Settings:
             found.append(f"[server] port {self.server.port} is not a TCP port")
         found += _positive("server", self.server, "idle_timeout_seconds", "max_header_bytes", "max_headers")
         found += _positive("upstream", self.upstream, "keepalive_seconds")
+        if bool(self.server.tls_cert_file) != bool(self.server.tls_key_file):
+            found.append("[server] tls_cert_file and tls_key_file go together")
+        if not 0 <= self.server.admin_port < 65536 or self.server.admin_port == self.server.port:
+            found.append(f"[server] admin_port {self.server.admin_port} must be 0 or a TCP port other than port")
         if self.server.drain_seconds < 0:
             found.append("[server] drain_seconds must be 0 or above")
         found += _positive(

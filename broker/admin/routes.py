@@ -47,13 +47,20 @@ class AdminRoutes:
         self._meter = meter
         self.draining = False
 
-    def register(self, app: web.Application) -> None:
+    def register(self, app: web.Application, *, operations: bool = True) -> None:
+        """The employee-facing endpoints (`/-/me`, `/-/problems/...`) and, unless they
+        have a listener of their own, the operators' ones."""
+        if operations:
+            self.register_operations(app)
+        app.router.add_get("/-/me", self.me)
+        app.router.add_get("/-/problems/{code}", self.problem)
+
+    def register_operations(self, app: web.Application) -> None:
+        """Health, readiness, metrics and the policy state: for probes and operators."""
         app.router.add_get("/-/healthz", self.healthz)
         app.router.add_get("/-/readyz", self.readyz)
         app.router.add_get("/-/metrics", self.metrics)
         app.router.add_get("/-/policy", self.policy)
-        app.router.add_get("/-/me", self.me)
-        app.router.add_get("/-/problems/{code}", self.problem)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return _json({"status": "ok"})

@@ -210,7 +210,9 @@ class RedisCounterStore:
 
     async def _run(self, call: Awaitable[Any]) -> Any:
         try:
-            async with asyncio.timeout(self._timeout * 2):
+            # the whole call, waiting for a pooled connection included: what the README
+            # promises (the socket and pool timeouts alone could add up to twice this)
+            async with asyncio.timeout(self._timeout):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from broker.config import MeterSettings
-from broker.meter.store import Admission, Gate, MemoryCounterStore, QuotaAsk, RateAsk, Reservation
+from broker.meter.redis_store import RedisCounterStore
+from broker.meter.store import Admission, Gate, MemoryCounterStore, QuotaAsk, RateAsk, Reservation, StoreUnavailable
 from tests.conftest import BrokerFactory
 from tests.redis_fixtures import RedisOpener, RedisProcess
 
@@ -178,3 +181,23 @@ async def test_a_closed_gate_admits_nothing_on_either_store(
         assert await store.get(quota.key, start) == 10  # the refused admissions charged nothing
         await store.add(frozen.key, -(1 << 40), start + 3600, start)  # unfrozen: back to the probe gate
         assert (await store.admit(rate, quota, start, (frozen, probe))).closed_gate == 1
+
+
+async def test_a_redis_call_takes_at_most_the_timeout_even_waiting_for_a_connection(
+    redis_process: RedisProcess, redis_opener: RedisOpener
+) -> None:
+    """One pooled connection, held by a stalled call: the next call waits for it and
+    then would wait on its socket; the whole of it is bounded by `timeout`."""
+    store = RedisCounterStore(redis_process.url, prefix="t:", timeout=0.3, connections=1)
+    client = redis_opener.client(redis_process.url)
+    sleeper = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "2"))
+    await asyncio.sleep(0.1)
+    first = asyncio.create_task(store.get("k", 0.0))
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.get("k", 0.0)
+    assert time.monotonic() - started < 0.45
+    with pytest.raises(StoreUnavailable):
+        await first
+    await store.close()
+    await sleeper

@@ -298,3 +298,18 @@ def _error(kind: type[web.HTTPException], code: str, detail: str) -> web.HTTPExc
 
 def _json_bytes(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type=_JSON)
+
+
+def main() -> None:
+    """The sample API alone (deploy/compose.yaml runs it as its own service)."""
+    import argparse  # noqa: PLC0415 - only when run as a program
+
+    parser = argparse.ArgumentParser(description="the sample logistics API behind the broker in the demo")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args()
+    web.run_app(build_upstream_app(), host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The deployment files are checked, not just present: the Kubernetes base and the compose
+file parse, point at what exists, and agree with the broker's own settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.config import load_settings
+from broker.config_env import apply_env
+
+REPO = Path(__file__).resolve().parents[2]
+KUBE = REPO / "deploy" / "kubernetes"
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def broker_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [found] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "broker"]
+    return found
+
+
+def test_the_kustomization_names_files_that_exist_and_generates_what_the_pod_mounts() -> None:
+    kustomization = documents(KUBE / "kustomization.yaml")[0]
+    for resource in kustomization["resources"]:
+        assert (KUBE / resource).is_file(), resource
+    generated = {g["name"] for g in kustomization["configMapGenerator"] + kustomization["secretGenerator"]}
+    for generator in kustomization["configMapGenerator"] + kustomization["secretGenerator"]:
+        for entry in generator["files"]:
+            assert (KUBE / entry.split("=", 1)[-1]).is_file(), entry
+    [deployment] = documents(KUBE / "deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in broker_container(deployment)["volumeMounts"]:
+        assert mount["name"] in volumes, mount
+    referenced = {v.get("configMap", {}).get("name") or v.get("secret", {}).get("secretName") for v in volumes.values()}
+    assert referenced - {None} <= generated
+    shipped = {p.name for p in (REPO / "policies").iterdir() if p.suffix in (".csv", ".conf", ".toml")}
+    listed = {
+        Path(f).name for g in kustomization["configMapGenerator"] if g["name"] == "broker-policies" for f in g["files"]
+    }
+    assert shipped == listed, "every policy file ships in the ConfigMap"
+
+
+def test_the_sidecar_probes_and_grace_period_match_its_settings() -> None:
+    settings = load_settings(KUBE / "broker.toml")
+    assert settings.problems() == []
+    [deployment] = documents(KUBE / "deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    broker = broker_container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in broker["ports"]}
+    assert ports == {"proxy": settings.server.port, "admin": settings.server.admin_port}
+    for probe, path in (("readinessProbe", "/-/readyz"), ("livenessProbe", "/-/healthz")):
+        assert broker[probe]["httpGet"] == {"path": path, "port": "admin"}
+    grace = settings.server.drain_seconds + settings.server.shutdown_timeout_seconds
+    assert pod["terminationGracePeriodSeconds"] > grace
+    assert broker["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"]
+    assert broker["resources"]["requests"] and broker["resources"]["limits"]["memory"]
+    mounted = {m["mountPath"] for m in broker["volumeMounts"]}
+    assert str(settings.policy.directory) in mounted
+    assert str(Path(settings.audit.signing_key).parent) in mounted
+    assert str(Path(settings.audit.chain_state).parent) in mounted
+    env = {e["name"] for e in broker["env"]}
+    assert "BROKER_METER_REDIS_URL_FILE" in env  # the Redis password comes from the Secret
+    [service] = documents(KUBE / "service.yaml")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["proxy"]  # the admin port stays inside
+    [pdb] = documents(KUBE / "pdb.yaml")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_the_compose_stack_configures_the_broker_from_the_environment() -> None:
+    [compose] = documents(REPO / "deploy" / "compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"sample", "redis", "postgres", "broker"}
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    broker = services["broker"]
+    assert set(broker["depends_on"]) == {"sample", "redis", "postgres"}
+    environment = {
+        k: str(v)
+        for k, v in broker["environment"].items()
+        if k.startswith("BROKER_") and k not in {"BROKER_DEV_SECRET", "BROKER_PG_PASSWORD"}
+    }
+    settings = apply_env(load_settings(REPO / "deploy" / "broker.toml"), environment)
+    assert settings.upstream.url == "http://sample:8081" and settings.meter.store == "redis"
+    assert settings.server.admin_port == 9090 and "9090" in " ".join(broker["healthcheck"]["test"])
+    assert [p for p in settings.problems() if "key source" not in p] == []
+    assert services["sample"]["entrypoint"][:3] == ["python", "-m", "broker.demo.upstream"]

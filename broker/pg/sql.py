@@ -22,10 +22,10 @@ from pglast import ast, enums, fingerprint, parse_sql
 from pglast.parser import ParseError
 
 from broker.pg.setting import PINNED_SETTINGS, SHOWN_SETTINGS, timeout_refusal
+from broker.pg.sql_refused import SqlRefused
 from broker.pg.sql_scope import (
     Found,
     Source,
-    SqlRefused,
     TableUse,
     children,
     walk_copy,

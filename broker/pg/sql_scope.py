@@ -25,18 +25,23 @@ from pglast import ast, enums
 from pglast.parser import ParseError, split
 from pglast.stream import RawStream
 
+from broker.pg.sql_carry import (
+    Carried,
+    Carrier,
+    aggregate_refusal,
+    carried,
+    check_one_record_per_table,
+    is_aggregate,
+    output_name,
+    renamed,
+    subquery_refusal,
+    whole_row_refusal,
+    window_refusal,
+)
+from broker.pg.sql_fact import check_type, check_value_function
+from broker.pg.sql_refused import SqlRefused
 from broker.pg.sql_splice import Edit, apply_edits, branch_filter, scoped_subselect, splice_edits
 from broker.policy.table import TableMap, TableRule
-
-
-class SqlRefused(Exception):
-    """The broker will not run this statement; rendered as SQLSTATE 42501 (or the given code)."""
-
-    def __init__(self, message: str, hint: str, sqlstate: str = "42501") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.sqlstate = sqlstate
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +127,23 @@ class _Level:
     ctes: frozenset[str]
     ranges: dict[str, TableRule | None] = field(default_factory=dict)
     parent: _Level | None = None
+    carriers: dict[str, Carrier] = field(default_factory=dict)
+    """The FROM entries named in it that may hold personal data (see sql_carry)."""
 
     def find(self, refname: str) -> TableRule | None:
+        level = self.holding(refname)
+        return None if level is None else level.ranges[refname]
+
+    def carrier(self, refname: str) -> Carrier | None:
+        level = self.holding(refname)
+        return None if level is None else level.carriers.get(refname)
+
+    def holding(self, refname: str) -> _Level | None:
+        """The innermost level naming `refname` in its FROM list."""
         level: _Level | None = self
         while level is not None:
             if refname in level.ranges:
-                return level.ranges[refname]
+                return level
             level = level.parent
         return None
 
@@ -238,10 +254,12 @@ def _insert(walker: _Walker, node: Any) -> None:
     if node.selectStmt is not None:
         walker.query(node.selectStmt, level)
     level.ranges.update({_refname(node.relation): rule, "excluded": rule})
+    target = walker.table_carrier(rule)
+    level.carriers.update({_refname(node.relation): target, "excluded": target})
     if node.onConflictClause is not None:
         walker.expr((node.onConflictClause.infer, node.onConflictClause.targetList), level)
         walker.expr_in(node.onConflictClause.whereClause, level, output=False)
-    walker.returning(node.returningClause, rule, level)
+    walker.returning(node.returningClause, rule, level, _refname(node.relation))
 
 
 def _update(walker: _Walker, node: Any) -> None:
@@ -249,6 +267,7 @@ def _update(walker: _Walker, node: Any) -> None:
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
+    level.carriers[_refname(node.relation)] = walker.table_carrier(rule)
     walker.from_clause(node, "fromClause", level)
     for target in node.targetList:
         if target.name == rule.branch_column:
@@ -260,7 +279,7 @@ def _update(walker: _Walker, node: Any) -> None:
         walker.named(rule, (target.name,))
         walker.expr((target.indirection, target.val), level)
     walker.expr_in(node.whereClause, level, output=False)
-    walker.returning(node.returningClause, rule, level)
+    walker.returning(node.returningClause, rule, level, _refname(node.relation))
     walker.scope_write(node, rule)
 
 
@@ -269,9 +288,10 @@ def _delete(walker: _Walker, node: Any) -> None:
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
+    level.carriers[_refname(node.relation)] = walker.table_carrier(rule)
     walker.from_clause(node, "usingClause", level)
     walker.expr_in(node.whereClause, level, output=False)
-    walker.returning(node.returningClause, rule, level)
+    walker.returning(node.returningClause, rule, level, _refname(node.relation))
     walker.scope_write(node, rule)
 
 
@@ -294,6 +314,15 @@ class _Walker:
         VALUES or RETURNING whose rows flow out); False in WHERE, JOIN ON, ORDER BY..."""
         self.data_reads = 0
         """FROM entries met so far that may hold mapped records (mapped tables, CTEs)."""
+        self.reached: list[Carrier] = []
+        """Every reference to a column that may hold personal data, by its FROM entry, in
+        walk order: a walk of part of the tree reached personal data if this grew."""
+        self.instances = 0
+        self.in_target = False
+        """Walking a select list, VALUES or RETURNING: what is met there is returned."""
+        self.star_ok = False
+        """Walking a select-list entry that is `*` or `t.*` (columns, not a row value)."""
+        self.cte_carried: dict[str, Carried] = {}
 
     def found(self, parts: tuple[str, ...], edits: tuple[Edit, ...] | None) -> Found:
         return Found(
@@ -322,7 +351,7 @@ class _Walker:
 
     # --- queries and their FROM lists --------------------------------------------------
 
-    def query(self, node: Any, outer: _Level | None) -> None:
+    def query(self, node: Any, outer: _Level | None) -> Carried | None:
         if not isinstance(node, ast.SelectStmt):
             raise SqlRefused(
                 "the broker does not run data-changing statements inside WITH, COPY or other statements",
@@ -333,19 +362,63 @@ class _Walker:
         # CTEs, FROM entries and set-operation branches feed this query's rows: they are
         # walked as returned when it is; WHERE, GROUP BY, ORDER BY... values are not returned
         level = _Level(self.with_clause(node.withClause, outer), parent=outer)
-        if node.op != enums.SetOperation.SETOP_NONE:
-            self.query(node.larg, level)
-            self.query(node.rarg, level)
-        else:
-            self.from_clause(node, "fromClause", level)
-            self.expr((node.valuesLists, node.targetList), level)
-            self.expr_in((node.whereClause, node.groupClause, node.havingClause), level, output=False)
-            self.expr_in((node.windowClause, node.distinctClause), level, output=False)
+        in_target, self.in_target = self.in_target, False
+        try:
+            found = self.query_body(node, level)
+        finally:
+            self.in_target = in_target
         self.expr_in((node.sortClause, node.limitOffset, node.limitCount), level, output=False)
         for locking in node.lockingClause or ():
             if not isinstance(locking, ast.LockingClause):
                 raise _not_analysable(locking)
             # lockedRels name FROM entries of this query (aliases), not tables: nothing to resolve
+        return found
+
+    def query_body(self, node: Any, level: _Level) -> Carried | None:
+        """Walk a query but for its ORDER BY and LIMIT; what its output carries."""
+        if node.op != enums.SetOperation.SETOP_NONE:
+            left, right = self.query(node.larg, level), self.query(node.rarg, level)
+            # a branch's columns are named by the first branch: any column may carry
+            both = [found for found in (left, right) if found is not None]
+            return Carried(frozenset().union(*(found.tables for found in both)), None) if both else None
+        self.from_clause(node, "fromClause", level)
+        found = self.targets(node.targetList, level, rows=node.valuesLists)
+        self.expr_in((node.whereClause, node.groupClause, node.havingClause), level, output=False)
+        reached = len(self.reached)
+        self.expr_in(node.windowClause, level, output=False)
+        if len(self.reached) > reached:
+            raise window_refusal()
+        self.expr_in(node.distinctClause, level, output=False)
+        return found
+
+    def targets(self, items: Any, level: _Level, rows: Any = None) -> Carried | None:
+        """Walk a select list (or RETURNING) and VALUES rows as returned: refuse a row that
+        would carry personal data of two records of one table; what the output carries."""
+        self.in_target = True
+        reached: list[Carrier] = []
+        columns: set[str] | None = set()
+        try:
+            for target in items or ():
+                mark = len(self.reached)
+                self.star_ok = _is_star_target(target)
+                try:
+                    self.expr(target, level)
+                finally:
+                    self.star_ok = False
+                new = self.reached[mark:]
+                reached += new
+                if new and columns is not None:
+                    columns = _carrying_columns(target, new, columns)
+            for row in rows or ():
+                mark = len(self.reached)
+                self.expr(row, level)
+                if len(self.reached) > mark:
+                    reached += self.reached[mark:]
+                    columns = None  # VALUES columns are column1, column2...
+        finally:
+            self.in_target = False
+        check_one_record_per_table(reached)
+        return carried(reached, None if columns is None else frozenset(columns))
 
     def with_clause(self, node: Any, outer: _Level | None) -> frozenset[str]:
         """The CTE names visible after `node`, each CTE's body walked with the names it sees."""
@@ -363,7 +436,9 @@ class _Walker:
         seen = set(visible)
         for cte in node.ctes:
             sees = frozenset(seen)  # a CTE sees only the ones before it
-            self.query(cte.ctequery, _Level(sees, parent=outer))
+            found = self.query(cte.ctequery, _Level(sees, parent=outer))
+            if found is not None:
+                self.carry_cte(cte.ctename, Carried(found.tables, None) if cte.aliascolnames else found)
             self.expr((cte.search_clause, cte.cycle_clause), _Level(sees, parent=outer))
             seen.add(cte.ctename)
         return visible | names
@@ -381,31 +456,64 @@ class _Walker:
         """The FROM entry to keep: the same node, or a scoped sub-select in its place."""
         if isinstance(item, ast.RangeVar):
             return self.read_table(item, level)
+        found: Carried | None = None
         if isinstance(item, ast.RangeSubselect):
-            self.query(item.subquery, level)
+            found = renamed(self.query(item.subquery, level), item.alias)
         elif isinstance(item, ast.JoinExpr):
+            before = len(level.carriers)
             larg, rarg = self.from_item(item.larg, level), self.from_item(item.rarg, level)
             if larg is not item.larg:
                 item.larg = larg
             if rarg is not item.rarg:
                 item.rarg = rarg
             self.expr_in(item.quals, level, output=False)
+            if item.alias is not None and len(level.carriers) > before:
+                raise SqlRefused(
+                    "the broker does not follow personal data through a join alias (JOIN ... AS j)",
+                    "give the joined tables their own aliases and leave the join itself unnamed",
+                )
         elif isinstance(item, ast.RangeFunction):
+            mark = len(self.reached)
             self.expr((item.functions, item.coldeflist), level)
+            found = carried(self.reached[mark:], None)
         else:
             raise _not_analysable(item)
         if item.alias is not None:
             level.ranges[item.alias.aliasname] = None
+            if found is not None:
+                level.carriers[item.alias.aliasname] = self.carrier_of(found)
         return item
 
     def read_table(self, node: Any, level: _Level) -> Any:
         self.data_reads += 1  # a CTE counts too: it may hold mapped records
         if node.schemaname is None and node.relname in level.ctes:
             level.ranges[_refname(node)] = None
+            found = self.cte_carried.get(node.relname)
+            if found is not None:  # each reference is one more instance of its records
+                level.carriers[_refname(node)] = self.carrier_of(renamed(found, node.alias) or found)
             return node
         rule = self.target(node, "read")
         level.ranges[_refname(node)] = rule
+        level.carriers[_refname(node)] = self.table_carrier(rule)
         return node if rule.branch_column is None else self.scoped_read(node, rule.branch_column)
+
+    def table_carrier(self, rule: TableRule) -> Carrier:
+        self.instances += 1
+        # by resource, not table: two mapped names for one set of records (a table and a
+        # view of it) are still two records of that resource in one row
+        return Carrier(self.instances, frozenset({rule.resource}), rule.pii_columns)
+
+    def carrier_of(self, found: Carried) -> Carrier:
+        self.instances += 1
+        return Carrier(self.instances, found.tables, found.columns)
+
+    def carry_cte(self, name: str, found: Carried) -> None:
+        """Note what a CTE's output carries (merged with a CTE of the same name elsewhere)."""
+        known = self.cte_carried.get(name)
+        if known is not None:
+            columns = None if known.columns is None or found.columns is None else known.columns | found.columns
+            found = Carried(known.tables | found.tables, columns)
+        self.cte_carried[name] = found
 
     def target(self, node: Any, action: Literal["read", "write"]) -> TableRule:
         """The rule of a real table (never a CTE: INSERT/UPDATE/DELETE/COPY targets are tables)."""
@@ -520,6 +628,10 @@ class _Walker:
             if node.colno == node.ncolumns:
                 self.expr(node.source, level)
         elif kind in _EXPRESSION_NODES:
+            if kind is ast.SQLValueFunction:
+                check_value_function(node)
+            elif kind is ast.TypeName:
+                check_type(node)
             if self.output and _is_test(node):
                 self.expr_in(tuple(children(node)), level, output=False)
                 return
@@ -535,6 +647,7 @@ class _Walker:
                 "select the rows themselves, with a LIMIT",
             )
         returned = self.output and node.subLinkType in _VALUE_SUBLINKS
+        in_target, mark = self.in_target, len(self.reached)
         self.expr_in(node.testexpr, level, output=False)  # compared, yielding a boolean
         reads = self.data_reads
         saved, self.output = self.output, returned
@@ -542,6 +655,8 @@ class _Walker:
             self.query(node.subselect, level)
         finally:
             self.output = saved
+        if in_target and len(self.reached) > mark:
+            raise subquery_refusal()
         if returned and self.data_reads != reads:
             self.counting_subquery(node.subselect)
 
@@ -602,22 +717,48 @@ class _Walker:
             )
         self.custom_functions |= name not in SAFE_FUNCTIONS
         self.function_names.add(name)
+        mark = len(self.reached)
         self.expr((node.args, node.agg_order, node.agg_filter, node.over), level)
+        if len(self.reached) > mark and is_aggregate(node, name):
+            raise aggregate_refusal(name)
 
     def column(self, node: Any, level: _Level) -> None:
         """Note the PII columns named; `*` names every PII column of the tables it covers."""
         fields = node.fields
         last = fields[-1]
         qualifier = fields[-2].sval if len(fields) > 1 and isinstance(fields[-2], ast.String) else None
+        star = isinstance(last, ast.A_Star)
         if qualifier is not None:
             rule = level.find(qualifier)
             if rule is not None:
-                self.named(rule, tuple(rule.pii_columns) if isinstance(last, ast.A_Star) else (last.sval,))
-        elif isinstance(last, ast.A_Star):
+                self.named(rule, tuple(rule.pii_columns) if star else (last.sval,))
+            carrier = level.carrier(qualifier)
+            if carrier is not None and (star or carrier.carries(last.sval)):
+                if star and not self.star_ok:
+                    raise whole_row_refusal(qualifier)
+                self.reached.append(carrier)
+        elif star:
             for rule in filter(None, level.ranges.values()):
                 self.named(rule, tuple(rule.pii_columns))
+            if level.carriers and not self.star_ok:
+                raise whole_row_refusal("*")
+            self.reached += level.carriers.values()
         else:
             self.unqualified(last.sval, level)
+            self.reach(last.sval, level)
+
+    def reach(self, column: str, level: _Level) -> None:
+        """An unqualified name: a whole row if it names a FROM entry that may hold personal
+        data; else every entry of the innermost level that may carry such a column."""
+        if level.carrier(column) is not None:
+            raise whole_row_refusal(column)
+        scope: _Level | None = level
+        while scope is not None:
+            carriers = [carrier for carrier in scope.carriers.values() if carrier.carries(column)]
+            if carriers:
+                self.reached += carriers
+                return
+            scope = scope.parent
 
     def unqualified(self, column: str, level: _Level | None) -> None:
         """The innermost level with a table having `column` as PII (over-approximates on purpose)."""
@@ -632,7 +773,7 @@ class _Walker:
     def named(self, rule: TableRule, columns: tuple[str, ...]) -> None:
         self.pii.update(f"{rule.name}.{column}" for column in columns if column in rule.pii_columns)
 
-    def returning(self, node: Any, rule: TableRule, level: _Level) -> None:
+    def returning(self, node: Any, rule: TableRule, level: _Level, name: str) -> None:
         """RETURNING hands records back: it reads the target as well as writing it."""
         if node is None:
             return
@@ -640,7 +781,15 @@ class _Walker:
         for option in node.options or ():
             level.ranges[option.value] = rule
         level.ranges.update({"old": rule, "new": rule})
-        self.expr_in(node.exprs, level, output=True)
+        target = level.carriers[name]
+        for option in node.options or ():
+            level.carriers[option.value] = target
+        level.carriers.update({"old": target, "new": target})
+        saved, self.output = self.output, True
+        try:
+            self.targets(node.exprs, level)
+        finally:
+            self.output = saved
 
 
 def _copy_query(node: Any) -> ast.SelectStmt:
@@ -714,6 +863,26 @@ def _is_test(node: Any) -> bool:
             return len(name) == 1 and name[0].sval in _COMPARISONS
         return node.kind in _TESTS
     return isinstance(node, ast.NullTest | ast.BooleanTest)
+
+
+def _is_star_target(target: Any) -> bool:
+    value = getattr(target, "val", None)
+    return isinstance(value, ast.ColumnRef) and isinstance(cast(Any, value.fields)[-1], ast.A_Star)
+
+
+def _carrying_columns(target: Any, reached: list[Carrier], columns: set[str]) -> set[str] | None:
+    """`columns` with the output column(s) `target` carries personal data in; None: unknown."""
+    if _is_star_target(target):
+        for carrier in reached:
+            if carrier.columns is None:
+                return None
+            columns |= carrier.columns
+        return columns
+    name = target.name or output_name(target.val)
+    if name is None:
+        return None
+    columns.add(name)
+    return columns
 
 
 def _refname(node: Any) -> str:

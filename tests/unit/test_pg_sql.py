@@ -54,7 +54,7 @@ def _tables(text: str) -> TableMap:
 
 TABLES = _tables(MAP_TEXT)
 """The shipped map plus an unscoped `depots` table."""
-CUSTOM = _tables(MAP_TEXT.replace("functions = []", 'functions = ["generate_series"]'))
+CUSTOM = _tables(MAP_TEXT.replace("functions = []", 'functions = ["regexp_split_to_table"]'))
 
 WAYBILL_PII = tuple(
     sorted(
@@ -386,8 +386,11 @@ def test_tables_outside_the_map_are_refused(sql: str, shown: str) -> None:
         ("select id from waybills", (READ_WAYBILLS,)),
         ("select id from public.waybills", (READ_WAYBILLS,)),
         ('select id from "waybills"', (READ_WAYBILLS,)),
-        ("select * from waybills a join waybills b on true join customers c on true", (READ_WAYBILLS, READ_CUSTOMERS)),
-        ("select (select count(name) from customers) from waybills", (READ_WAYBILLS, READ_CUSTOMERS)),
+        (
+            "select a.*, b.id, c.* from waybills a join waybills b on true join customers c on true",
+            (READ_WAYBILLS, READ_CUSTOMERS),
+        ),
+        ("select (select count(id) from customers) from waybills", (READ_WAYBILLS, READ_CUSTOMERS)),
         ("update waybills set status = 'x'", (WRITE_WAYBILLS,)),
         ("update waybills w set status = c.name from customers c where c.id = w.id", (WRITE_WAYBILLS, READ_CUSTOMERS)),
         ("delete from waybills using customers c where c.id = waybills.id", (WRITE_WAYBILLS, READ_CUSTOMERS)),
@@ -487,6 +490,13 @@ def _phones(sql: str) -> str:
         "delete from depots returning concat(@0, @1)",
         "insert into depots (code) values (@0) returning code",
         "update depots set code = @0 returning code",
+        # aggregates of personal data, and subqueries in the select list that look at it (sql_carry)
+        "select (select count(distinct sender_phone) from waybills)",
+        "select (select count(*) filter (where sender_phone like '555%') from waybills)",
+        "select max(sender_phone), min(sender_name) from waybills",
+        "select exists @0",
+        "select id, sender_phone = @0, @1 is null, id in (@2::int) from waybills limit 5",
+        "insert into depots (code) values (@0)",
         # a CTE may hold mapped records
         "with c as (select sender_phone from waybills) select (select sender_phone from c limit 1)",
         # min/max hand back one record's value; other shapes that are no count
@@ -505,8 +515,9 @@ def _phones(sql: str) -> str:
 )
 def test_subqueries_returning_a_records_value_are_refused_because_they_pack_records_into_a_row(sql: str) -> None:
     error = refused(_phones(sql))
-    assert "may only count or sum" in error.message
-    assert "LIMIT" in error.hint and "count or sum" in error.hint
+    if "personal data" not in error.message:  # the subquery reads no personal data, or is refused before it is read
+        assert "may only count or sum" in error.message
+        assert "LIMIT" in error.hint and "count or sum" in error.hint
 
 
 @pytest.mark.parametrize(
@@ -515,8 +526,6 @@ def test_subqueries_returning_a_records_value_are_refused_because_they_pack_reco
         "select id, (select count(*) from waybills x where x.parent_id = w.id) from waybills w",
         "select (select count(*) from waybills), (select sum(id) from waybills where status = 'new')",
         "select (select avg(id) from waybills), (select bool_and(status = 'done') from waybills)",
-        "select (select count(distinct sender_phone) from waybills)",
-        "select (select count(*) filter (where sender_phone like '555%') from waybills)",
         "select (select stddev(id) from waybills), (select var_samp(id) from waybills)",
         "select concat_ws(',', (select count(*) from waybills), (select every(id > 0) from waybills))",
         "select (select count(*) from waybills having count(*) > 1)",
@@ -527,15 +536,11 @@ def test_subqueries_returning_a_records_value_are_refused_because_they_pack_reco
         "select id from waybills where sender_phone = @0",
         "select id from waybills w join depots d on d.code = @1 limit 5",
         "select id from waybills order by @0 limit 5 offset (select count(*) from waybills)",
-        "select exists @0, 1 in (select id from waybills), (1, '') = (select id, status from waybills)",
-        "select id, sender_phone = @0, @1 is null, id in (@2::int) from waybills limit 5",
+        "select 1 in (select id from waybills), (1, '') = (select id, status from waybills)",
         "select count(*) from waybills group by status having max(id) > length(@0)",
         "select id, sender_phone from waybills where id in (select id from waybills where @3 > '')",
         "update depots set code = @0",
-        "insert into depots (code) values (@0)",
         "delete from depots where code = @0 returning code",
-        # min/max stay ordinary aggregates at the top: one row, one record
-        "select max(sender_phone), min(sender_name) from waybills",
     ],
 )
 def test_counting_subqueries_and_subqueries_outside_the_returned_values_are_accepted(sql: str) -> None:
@@ -583,7 +588,7 @@ def test_cte_on_write_statements() -> None:
         "select round(weight_kg, 1), abs(pieces), floor(1.5), ceil(1.5), concat(status, '-'), left(status, 1)",
         "select replace(status, 'a', 'b'), position('a' in status), age(created_at)",
         "select overlay(status placing 'x' from 1) from waybills",
-        "select created_at at time zone 'UTC', greatest(1, 2), current_date, current_user from waybills",
+        "select created_at at time zone 'UTC', greatest(1, 2), current_date, localtimestamp from waybills",
         "select row_number() over (order by id), count(*) over (partition by branch_code) from waybills",
         "select pg_catalog.lower(status) from waybills",
         "select status similar to 'a%' from waybills",
@@ -625,7 +630,7 @@ def test_other_functions_are_refused(sql: str, function: str) -> None:
 
 
 def test_table_map_can_allow_more_functions() -> None:
-    assert one("select * from generate_series(1, 3)", CUSTOM).kind == "select"
+    assert one("select * from regexp_split_to_table('a b', ' ')", CUSTOM).kind == "select"
 
 
 @pytest.mark.parametrize(
@@ -705,9 +710,9 @@ def test_row_bounds(sql: str, bound: RowBound) -> None:
 
 
 def test_set_returning_function_from_the_map_voids_the_one_row_rule() -> None:
-    assert one("select generate_series(1, 1000000)", CUSTOM).rows == RowBound(None, None)
-    assert one("select count(*), generate_series(1, 5) from waybills", CUSTOM).rows == RowBound(None, None)
-    assert one("select generate_series(1, 1000) limit 3", CUSTOM).rows == RowBound(3, None)
+    assert one("select regexp_split_to_table('a b', ' ')", CUSTOM).rows == RowBound(None, None)
+    assert one("select count(*), regexp_split_to_table('a b', ' ') from waybills", CUSTOM).rows == RowBound(None, None)
+    assert one("select regexp_split_to_table('a b', ' ') limit 3", CUSTOM).rows == RowBound(3, None)
 
 
 @pytest.mark.parametrize(
@@ -947,9 +952,10 @@ def test_read_is_replaced_by_scoped_subselect_keeping_alias_and_columns() -> Non
 def test_every_reference_is_scoped() -> None:
     sql = (
         "with c as (select * from waybills) "
-        "select * from waybills a join public.waybills b on a.id = b.id, lateral (select * from customers) l "
+        "select a.*, b.id, l.* from waybills a join public.waybills b on a.id = b.id, "
+        "lateral (select * from customers) l "
         "where exists (select 1 from waybills x where x.id = a.id) "
-        "union all select * from c, waybills, customers, customers, customers"
+        "union all select c.* from c, waybills, customers, customers, customers"
     )
     text = scoped(sql)
     references = sql.count("waybills") + sql.count("customers")
@@ -1072,7 +1078,7 @@ SHAPES = [
         "select id from waybills where id = $1 or id = $2",
         "select id from waybills where (id = 1 or id = 2) and branch_code = 'B1'",
     ),
-    ("select w::text from waybills w", "select w::text from waybills w where branch_code = 'B1'"),
+    ("select w.* from waybills w", "select w.* from waybills w where branch_code = 'B1'"),
     ("select id from waybills for update", "select id from waybills where branch_code = 'B1'"),
     (
         "select id from PUBLIC . /* c */ \"waybills\" where sender_name <> 'é€😀'",
@@ -1177,7 +1183,7 @@ SPLICED = [
     "insert into waybills (id, branch_code) values ((select max(id) from waybills), 'B1')",
     "copy (select id from waybills w where w.status = 'é') to stdout",
     "select '😀'; select id from waybills w; select 'ü' from customers",
-    "select * from waybills a join public.waybills b on a.id = b.id",
+    "select a.*, b.id from waybills a join public.waybills b on a.id = b.id",
     "with c as (select * from waybills) select * from c union all select * from c, customers",
 ]
 """Reads whose rewrite is spliced into the text as sent."""

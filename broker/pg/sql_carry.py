@@ -52,9 +52,15 @@ from pglast import ast
 from broker.pg.sql_refused import SqlRefused
 
 AGGREGATES = frozenset({
-    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every",
+    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "any_value",
     "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop", "var_samp",
+    "bit_and", "bit_or", "bit_xor", "corr", "covar_pop", "covar_samp", "regr_avgx", "regr_avgy",
+    "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy", "regr_syy",
+    "mode", "percentile_cont", "percentile_disc", "range_agg", "range_intersect_agg",
+    "string_agg", "array_agg", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+    "xmlagg",
 })  # fmt: skip
+"""PostgreSQL's built-in aggregates: a name tables.toml might allow is still known as one."""
 
 _ONE_RECORD = (
     "Select the records themselves, one per row, with a LIMIT: the broker counts each row as one record. "
@@ -114,8 +120,8 @@ def window_refusal() -> SqlRefused:
 
 def subquery_refusal() -> SqlRefused:
     return SqlRefused(
-        "a subquery in the select list reads personal data (a column such as a phone number or a name): "
-        "one row would carry facts about other records",
+        "a subquery in the select list (or in VALUES, SET or RETURNING) reads personal data (a column such as "
+        "a phone number or a name): one row would carry facts about other records",
         "Join the table instead and select its records as rows, with a LIMIT; a subquery in the select "
         "list may count or sum records, not look at their personal data.",
     )

@@ -17,6 +17,7 @@ the splice does not take) the walk rewrites the tree and it is printed with a ma
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -41,6 +42,7 @@ from broker.pg.sql_carry import (
 from broker.pg.sql_fact import check_type, check_value_function
 from broker.pg.sql_refused import SqlRefused
 from broker.pg.sql_splice import Edit, apply_edits, branch_filter, scoped_subselect, splice_edits
+from broker.pg.sql_write_cap import CAP_MARKER, and_guard, capped_select, check_volatile, guard
 from broker.policy.table import TableMap, TableRule
 
 
@@ -165,6 +167,11 @@ class Found:
     edits: tuple[Edit, ...] | None = ()
     """How `parts` were made from the statement's text: its splices (() when nothing is
     scoped); None when the tree was printed instead."""
+    cap_marker: str | None = None
+    """UPDATE/DELETE of a mapped table: the quoted literal in `parts` (and `capped_sql`)
+    where the employee's row cap goes (see sql_write_cap)."""
+    capped_sql: str | None = None
+    """The statement with its cap guard but no branch filter, for employees of every branch."""
 
 
 Source = tuple[str, int]
@@ -212,6 +219,9 @@ def _walk(walk: Callable[[_Walker, Any], None], node: Any, tables: TableMap, sou
                 return walker.found(*spliced)
     walker = _Walker(tables, None)
     walk(walker, node)
+    if walker.cap_markers:
+        parts, cap_marker, capped = _capped_template(node, walker)
+        return walker.found(parts, None, cap_marker, capped)
     if walker.markers:
         return walker.found(_template(node, walker.markers), None)
     return walker.found((), ())
@@ -244,6 +254,7 @@ def _copy(walker: _Walker, node: Any) -> None:
 
 
 def _insert(walker: _Walker, node: Any) -> None:
+    pristine = walker.pristine(node)
     walker.output = node.returningClause is not None  # what is written is only returned by RETURNING
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
@@ -260,9 +271,12 @@ def _insert(walker: _Walker, node: Any) -> None:
         walker.expr((node.onConflictClause.infer, node.onConflictClause.targetList), level)
         walker.expr_in(node.onConflictClause.whereClause, level, output=False)
     walker.returning(node.returningClause, rule, level, _refname(node.relation))
+    if node.selectStmt is not None and not node.selectStmt.valuesLists:
+        walker.cap_insert(node, pristine)
 
 
 def _update(walker: _Walker, node: Any) -> None:
+    pristine = walker.pristine(node)
     walker.output = node.returningClause is not None
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
@@ -277,13 +291,15 @@ def _update(walker: _Walker, node: Any) -> None:
                 "leave the branch column out of SET; ask the branch that should own the record to re-create it",
             )
         walker.named(rule, (target.name,))
-        walker.expr((target.indirection, target.val), level)
+    walker.written(node.targetList, level, level.carriers[_refname(node.relation)])
     walker.expr_in(node.whereClause, level, output=False)
     walker.returning(node.returningClause, rule, level, _refname(node.relation))
     walker.scope_write(node, rule)
+    walker.cap_write(node, pristine, "fromClause")
 
 
 def _delete(walker: _Walker, node: Any) -> None:
+    pristine = walker.pristine(node)
     walker.output = node.returningClause is not None
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
@@ -293,6 +309,7 @@ def _delete(walker: _Walker, node: Any) -> None:
     walker.expr_in(node.whereClause, level, output=False)
     walker.returning(node.returningClause, rule, level, _refname(node.relation))
     walker.scope_write(node, rule)
+    walker.cap_write(node, pristine, "usingClause")
 
 
 class _Walker:
@@ -323,9 +340,22 @@ class _Walker:
         self.star_ok = False
         """Walking a select-list entry that is `*` or `t.*` (columns, not a row value)."""
         self.cte_carried: dict[str, Carried] = {}
+        self.cap_markers: list[ast.String] = []
+        """Where a write's row cap goes in the rewritten tree (sql_write_cap)."""
+        self.unscoped: Any = None
+        """The write as sent plus its cap guard, for employees of every branch."""
+        self.unscoped_caps: list[ast.String] = []
 
-    def found(self, parts: tuple[str, ...], edits: tuple[Edit, ...] | None) -> Found:
+    def found(
+        self,
+        parts: tuple[str, ...],
+        edits: tuple[Edit, ...] | None,
+        cap_marker: str | None = None,
+        capped_sql: str | None = None,
+    ) -> Found:
         return Found(
+            cap_marker=cap_marker,
+            capped_sql=capped_sql,
             uses=tuple(self.uses.values()),
             pii=tuple(sorted(self.pii)),
             parts=parts,
@@ -390,6 +420,15 @@ class _Walker:
             raise window_refusal()
         self.expr_in(node.distinctClause, level, output=False)
         return found
+
+    def written(self, items: Any, level: _Level, target: Carrier) -> None:
+        """UPDATE SET: what is written into a row is returned by every later read of it, as
+        one record. So it may carry personal data of that record only: not another
+        instance's (`SET sender_name = x.sender_phone FROM waybills x`), nor a subquery's
+        reading personal data (each such UPDATE would fold one more record into the row)."""
+        mark = len(self.reached)
+        self.targets(items, level)
+        check_one_record_per_table([target, *self.reached[mark:]])
 
     def targets(self, items: Any, level: _Level, rows: Any = None) -> Carried | None:
         """Walk a select list (or RETURNING) and VALUES rows as returned: refuse a row that
@@ -553,6 +592,43 @@ class _Walker:
         node.whereClause = (
             predicate if where is None else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(predicate, where))
         )
+
+    def pristine(self, node: Any) -> Any:
+        """A copy of a write before the walk changes it (None while splicing: a capped
+        write is always printed from the tree)."""
+        return None if self.source is not None else copy.deepcopy(node)
+
+    def cap_write(self, node: Any, pristine: Any, items: str) -> None:
+        """UPDATE/DELETE: AND the row cap guard into the WHERE clause of the scoped write
+        (built on copies of its FROM/USING and WHERE, branch filters included) and of the
+        write as sent (for employees of every branch)."""
+        if self.source is not None:
+            raise _NeedsTree
+        check_volatile(frozenset(self.function_names))
+        memo: dict[int, Any] = {}
+        copied = copy.deepcopy((node.relation, getattr(node, items), node.whereClause), memo)
+        # the copies' branch lists are filled in like the originals'
+        self.markers += [memo[id(marker)] for marker in list(self.markers) if id(marker) in memo]
+        condition, caps = guard(*copied)
+        node.whereClause = and_guard(node.whereClause, condition)
+        self.cap_markers += caps
+        plain = copy.deepcopy((pristine.relation, getattr(pristine, items), pristine.whereClause))
+        condition, caps = guard(*plain)
+        pristine.whereClause = and_guard(pristine.whereClause, condition)
+        self.unscoped, self.unscoped_caps = pristine, caps
+
+    def cap_insert(self, node: Any, pristine: Any) -> None:
+        """INSERT ... SELECT: the rows selected pass through a guard that fails past the cap."""
+        if self.source is not None:
+            raise _NeedsTree
+        check_volatile(frozenset(self.function_names))
+        memo: dict[int, Any] = {}
+        counted = copy.deepcopy(node.selectStmt, memo)
+        self.markers += [memo[id(marker)] for marker in list(self.markers) if id(marker) in memo]
+        node.selectStmt, caps = capped_select(node.selectStmt, counted)
+        self.cap_markers += caps
+        pristine.selectStmt, self.unscoped_caps = capped_select(pristine.selectStmt, copy.deepcopy(pristine.selectStmt))
+        self.unscoped = pristine
 
     def marker(self) -> ast.String:
         marker = ast.String(sval=_MARKER.format(0))
@@ -818,6 +894,28 @@ def _template(root: Any, markers: list[ast.String]) -> tuple[str, ...]:
         if text.count(marker) == len(markers) and single_statement(text):
             return tuple(text.split(f"'{marker}'"))
     raise SqlRefused("the broker cannot scope this statement to your branches", NOT_ANALYSABLE)
+
+
+def _capped_template(root: Any, walker: _Walker) -> tuple[tuple[str, ...], str, str]:
+    """`_template` for a capped write: the scoped text's parts, the cap marker, and the
+    unscoped text; each marker must appear exactly as often as it was put in."""
+    for attempt in range(_MAX_MARKER_TRIES):
+        marker, cap = _MARKER.format(attempt), CAP_MARKER.format(attempt)
+        for node in walker.markers:
+            node.sval = marker
+        for node in (*walker.cap_markers, *walker.unscoped_caps):
+            node.sval = cap
+        text, plain = RawStream()(root), RawStream()(walker.unscoped)
+        if (
+            text.count(marker) == len(walker.markers)
+            and text.count(cap) == len(walker.cap_markers)
+            and plain.count(cap) == len(walker.unscoped_caps)
+            and marker not in plain
+            and single_statement(text)
+            and single_statement(plain)
+        ):
+            return tuple(text.split(f"'{marker}'")), cap, plain
+    raise SqlRefused("the broker cannot cap this statement's rows", NOT_ANALYSABLE)
 
 
 def single_statement(text: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -167,7 +167,10 @@ def test_multi_statement_string_each_checked() -> None:
     assert text.startswith("begin; select id from (SELECT * FROM public.waybills WHERE " + FILTER_HEAD)
     assert text.endswith("; commit")
     assert len(parse_sql(text)) == 4
-    assert scoped_sql(statements, None) == "; ".join(s.sql for s in statements)
+    unscoped = scoped_sql(statements, None).split("; ")
+    assert unscoped[:2] + unscoped[3:] == ["begin", "select id from waybills limit 5", "commit"]
+    assert unscoped[2].startswith("UPDATE waybills SET status = 'x' WHERE id = 1 AND CAST(CASE WHEN (SELECT count(*)")
+    assert "broker.write_cap" in unscoped[2]  # the row cap holds for employees of every branch too
 
 
 def test_trailing_line_comment_does_not_swallow_the_next_statement() -> None:
@@ -497,6 +500,7 @@ def _phones(sql: str) -> str:
         "select exists @0",
         "select id, sender_phone = @0, @1 is null, id in (@2::int) from waybills limit 5",
         "insert into depots (code) values (@0)",
+        "update depots set code = @0",  # a phone number laundered into a table without personal data
         # a CTE may hold mapped records
         "with c as (select sender_phone from waybills) select (select sender_phone from c limit 1)",
         # min/max hand back one record's value; other shapes that are no count
@@ -539,7 +543,6 @@ def test_subqueries_returning_a_records_value_are_refused_because_they_pack_reco
         "select 1 in (select id from waybills), (1, '') = (select id, status from waybills)",
         "select count(*) from waybills group by status having max(id) > length(@0)",
         "select id, sender_phone from waybills where id in (select id from waybills where @3 > '')",
-        "update depots set code = @0",
         "delete from depots where code = @0 returning code",
     ],
 )
@@ -979,14 +982,22 @@ def test_branch_codes_are_quoted() -> None:
 
 
 def test_update_and_delete_get_the_predicate_on_their_target() -> None:
-    assert scoped("update waybills w set status = 'x' where id = 1 or id = 2") == (
-        "UPDATE waybills AS w SET status = 'x' WHERE (" + filter_text("w.branch_code") + ") AND (id = 1 OR id = 2)"
+    assert scoped("update waybills w set status = 'x' where id = 1 or id = 2").startswith(
+        "UPDATE waybills AS w SET status = 'x' WHERE (("
+        + filter_text("w.branch_code")
+        + ") AND (id = 1 OR id = 2)) AND CAST(CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM waybills AS w WHERE ("
+        + filter_text("w.branch_code")
+        + ") AND (id = 1 OR id = 2) LIMIT"
     )
-    assert scoped("delete from public.waybills") == (
-        "DELETE FROM public.waybills WHERE " + filter_text("waybills.branch_code")
+    assert scoped("delete from public.waybills").startswith(
+        "DELETE FROM public.waybills WHERE ("
+        + filter_text("waybills.branch_code")
+        + ") AND CAST(CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM public.waybills WHERE "
+        + filter_text("waybills.branch_code")
+        + " LIMIT"
     )
-    text = scoped("update waybills set (status, note) = (select name, phone from customers limit 1) where id = $1")
-    assert text.count("branch_code = ANY(") == 2
+    text = scoped("update waybills set (status, note) = (select 'a', id::text from customers limit 1) where id = $1")
+    assert text.count("branch_code = ANY(") == 3  # the target, customers, and the target in the cap guard
     assert "$1" in text
 
 
@@ -1149,6 +1160,62 @@ def test_rewritten_writes_touch_only_the_branch(database: psycopg.Connection[tup
         assert left == [("B2",), ("B3",)]
 
 
+@pytest.mark.parametrize(
+    ("sql", "mine", "everyone"),
+    [
+        ("update waybills set status = 'capped'", 3, 6),  # B1 has 3 of the 6 rows
+        ("delete from waybills w using customers c where c.id = w.id", 2, 3),
+        ("update waybills set status = 'capped' where id in (select id from waybills where status <> 'x')", 3, 6),
+        ("delete from waybills where id > 0 returning id", 3, 6),
+        # a join is counted as joined rows: more than the rows changed, never fewer
+        ("delete from waybills w using customers c where c.id = w.id or w.id > 0", 6, 18),
+    ],
+)
+def test_writes_past_the_cap_fail_at_the_server_and_change_nothing(
+    database: psycopg.Connection[tuple[object, ...]], sql: str, mine: int, everyone: int
+) -> None:
+    """The cap guard (sql_write_cap) on the real server: at the count the write runs, one
+    below it the statement fails with the guard's signal and nothing changes; for an
+    employee of every branch (None) every branch's rows count."""
+    statement = analyse(sql, TABLES)
+    for branches, matched in ((B1, mine), (None, everyone)):
+        with database.transaction(force_rollback=True):
+            database.execute(scoped_sql(statement, branches, matched).encode())
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as caught, database.transaction():
+            database.execute(scoped_sql(statement, branches, matched - 1).encode())
+        assert "broker.write_cap" in str(caught.value)
+        assert rows(database, "select count(*) from waybills where status <> 'capped'") == [(6,)]
+
+
+def test_insert_select_past_the_cap_fails_at_the_server(database: psycopg.Connection[tuple[object, ...]]) -> None:
+    database.execute("create table if not exists depots (code text)")
+    statement = analyse("insert into depots (code) select sender_name from waybills", TABLES)
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation), database.transaction():
+        database.execute(scoped_sql(statement, B1, 2).encode())
+    assert rows(database, "select count(*) from depots") == [(0,)]
+    with database.transaction(force_rollback=True):
+        database.execute(scoped_sql(statement, B1, 3).encode())
+        assert rows(database, "select code from depots") == [("Ann",), ("Cy",), ("Ed",)]
+
+
+def test_inserted_values_are_counted_against_the_cap() -> None:
+    statement = analyse("insert into waybills (id, branch_code) values (7, 'B1'), (8, 'B1')", TABLES)
+    assert scoped_sql(statement, B1, 2)
+    error = refused_by(lambda: scoped_sql(statement, B1, 1))
+    assert "bulk.over_cap" in error.message and "2 rows" in error.message
+
+
+def test_a_capped_write_may_not_use_clock_timestamp() -> None:
+    error = refused("delete from waybills where clock_timestamp() > now()")
+    assert "clock_timestamp" in error.message
+
+
+def refused_by(call: Callable[[], object]) -> SqlRefused:
+    with pytest.raises(SqlRefused) as caught:
+        call()
+    return caught.value
+
+
 def test_rewritten_copy_only_copies_the_branch(database: psycopg.Connection[tuple[object, ...]]) -> None:
     text = scoped_sql(analyse("copy waybills (id, branch_code) to stdout", TABLES), B1)
     with database.cursor() as cursor, cursor.copy(text.encode()) as copy:
@@ -1179,7 +1246,6 @@ SPLICED = [
     "select id from waybills for update of waybills",
     "select id from waybills -- a trailing comment",
     "select id from waybills\n-- a line of its own\nwhere id = 1",
-    "insert into depots (code) select status from waybills",
     "insert into waybills (id, branch_code) values ((select max(id) from waybills), 'B1')",
     "copy (select id from waybills w where w.status = 'é') to stdout",
     "select '😀'; select id from waybills w; select 'ü' from customers",
@@ -1197,6 +1263,7 @@ PRINTED = [
     "copy waybills to stdout",
     "update waybills set status = 'x' where id in (select id from customers)",
     "delete from customers using waybills w where w.id = customers.id",
+    "insert into depots (code) select status from waybills",
 ]
 """Shapes the splice leaves to the printer: ONLY, `t *`, TABLE t, U&"..." names, writes, COPY t."""
 

@@ -24,8 +24,9 @@ and refuses, for every role, a statement in which
 2. one query level's select list (or RETURNING) reaches personal data through two FROM
    entries holding records of the same resource (two instances of `waybills`, or a
    table and a view of it mapped under another name);
-3. a subquery in a select list, VALUES or RETURNING reaches personal data (whatever it
-   returns: a value, EXISTS, IN);
+3. a subquery in a select list, VALUES, SET or RETURNING reaches personal data (whatever
+   it returns: a value, EXISTS, IN), or an UPDATE's SET writes personal data of another
+   record into a row (a later read would return both records as one);
 4. a whole row of a mapped table (or of a subquery carrying personal data) is used as
    a value (`w`, `(w).col`, `w::text`, `ROW(w.*)`, `count(w.*)`); `SELECT w.*` as a
    select-list entry is columns, not a row value, and stays.

@@ -517,10 +517,13 @@ class _Walker:
             found = carried(self.reached[mark:], None)
         else:
             raise _not_analysable(item)
-        if item.alias is not None:
-            level.ranges[item.alias.aliasname] = None
-            if found is not None:
-                level.carriers[item.alias.aliasname] = self.carrier_of(found)
+        # a subquery or function without an alias (PostgreSQL 16 takes them) has no name to
+        # qualify by, but its columns are still found by unqualified names
+        name = item.alias.aliasname if item.alias is not None else f"\0unnamed {len(level.ranges)}"
+        if item.alias is not None or found is not None:
+            level.ranges[name] = None
+        if found is not None:
+            level.carriers[name] = self.carrier_of(found)
         return item
 
     def read_table(self, node: Any, level: _Level) -> Any:

@@ -26,7 +26,9 @@ and refuses, for every role, a statement in which
    table and a view of it mapped under another name);
 3. a subquery in a select list, VALUES, SET or RETURNING reaches personal data (whatever
    it returns: a value, EXISTS, IN), or an UPDATE's SET writes personal data of another
-   record into a row (a later read would return both records as one);
+   record into a row (a later read would return both records as one), or an UPDATE or
+   INSERT ... SELECT writes personal data into a column not marked as personal data
+   (laundering it past the audit's marking and these rules);
 4. a whole row of a mapped table (or of a subquery carrying personal data) is used as
    a value (`w`, `(w).col`, `w::text`, `ROW(w.*)`, `count(w.*)`); `SELECT w.*` as a
    select-list entry is columns, not a row value, and stays.
@@ -125,6 +127,15 @@ def subquery_refusal() -> SqlRefused:
         "a phone number or a name): one row would carry facts about other records",
         "Join the table instead and select its records as rows, with a LIMIT; a subquery in the select "
         "list may count or sum records, not look at their personal data.",
+    )
+
+
+def laundering_refusal(column: str) -> SqlRefused:
+    return SqlRefused(
+        f"personal data (a column such as a phone number or a name) would be written into {column}, "
+        "which tables.toml does not mark as personal data: later reads of it would be neither "
+        "audited as personal data nor held to the rules for it",
+        "Write personal data only into personal-data columns.",
     )
 
 

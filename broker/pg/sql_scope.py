@@ -33,6 +33,7 @@ from broker.pg.sql_carry import (
     carried,
     check_one_record_per_table,
     is_aggregate,
+    laundering_refusal,
     output_name,
     renamed,
     subquery_refusal,
@@ -263,7 +264,10 @@ def _insert(walker: _Walker, node: Any) -> None:
     if rule.branch_column is not None:
         walker.insert_branches(node, rule, columns)
     if node.selectStmt is not None:
-        walker.query(node.selectStmt, level)
+        found = walker.query(node.selectStmt, level)
+        plain = [column for column in columns or ("*",) if column not in rule.pii_columns]
+        if found is not None and plain:
+            raise laundering_refusal(plain[0])
     level.ranges.update({_refname(node.relation): rule, "excluded": rule})
     target = walker.table_carrier(rule)
     level.carriers.update({_refname(node.relation): target, "excluded": target})
@@ -427,7 +431,11 @@ class _Walker:
         instance's (`SET sender_name = x.sender_phone FROM waybills x`), nor a subquery's
         reading personal data (each such UPDATE would fold one more record into the row)."""
         mark = len(self.reached)
-        self.targets(items, level)
+        for item in items:
+            before = len(self.reached)
+            self.targets((item,), level)
+            if len(self.reached) > before and not target.carries(item.name):
+                raise laundering_refusal(item.name)
         check_one_record_per_table([target, *self.reached[mark:]])
 
     def targets(self, items: Any, level: _Level, rows: Any = None) -> Carried | None:

@@ -60,6 +60,9 @@ class Decision:
     allowed_records: int = 0
     allowed_branches: frozenset[str] | None = frozenset()
     """Branches the returned records may belong to; None means every branch."""
+    cap: int | None = None
+    """The per-statement record cap that applied (None: unlimited); the PostgreSQL door
+    puts it into UPDATE and DELETE statements as their row cap."""
     quota: QuotaState | None = None
     quota_key: str = ""
     reserved: int = 0

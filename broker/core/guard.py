@@ -222,7 +222,7 @@ class Guard:
             d.metered, d.retry_after = Served.REFUSED._value_, exc.retry_after
             return _deny(d, Reason.METER_UNAVAILABLE, exc.detail)
         d.verdict, d.reason, d.rule = Verdict.ALLOW, Reason.ALLOWED, grant.rule
-        d.allowed_records, d.allowed_branches = access.records, grant.branches
+        d.allowed_records, d.allowed_branches, d.cap = access.records, grant.branches, limit.cap
         return None
 
     def _principal(self, employee: Employee, revision: str) -> Principal:

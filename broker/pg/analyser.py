@@ -20,9 +20,10 @@ does not survive pickling with its extra arguments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 from collections.abc import Coroutine
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar, cast
 
@@ -38,6 +39,7 @@ T = TypeVar("T")
 _Outcome = tuple[Analysed | None, tuple[str, str, str] | None]
 
 TOO_COMPLEX = "54001"
+STARTUP_SECONDS = 30.0
 HINT = "Split the statement or simplify its expressions; the broker runs only SQL it can check."
 
 
@@ -80,6 +82,9 @@ class SqlAnalyser:
         self._workers = workers
         self._timeout = timeout
         self._pool: ProcessPoolExecutor | None = None
+        self._warm: Future[int] | None = None
+        """The first of the trivial jobs sent to a new pool, one per worker (the pool starts a
+        process for each job it has no idle worker for): done once a worker is up."""
         self.restarts = 0
         """Workers replaced after a crash or a timeout (for metrics and tests)."""
 
@@ -106,6 +111,7 @@ class SqlAnalyser:
 
     async def _in_worker(self, sql: str, tables: TableMap) -> _Outcome:
         pool = self._ready()
+        await self._started()
         future = asyncio.get_running_loop().run_in_executor(pool, analyse_in_worker, sql, tables)
         try:
             async with asyncio.timeout(self._timeout):
@@ -119,7 +125,18 @@ class SqlAnalyser:
 
     def start(self) -> None:
         """Start the workers now, so the first statement does not wait for them."""
-        self._ready().submit(int)
+        self._ready()
+
+    async def _started(self) -> None:
+        """Wait (up to STARTUP_SECONDS) for a new pool's first worker: the analysis time
+        limit is for the statement, and spawning a worker on a busy machine once took
+        longer than the limit, refusing the first statement after every restart."""
+        warm = self._warm
+        if warm is None or warm.done():
+            return
+        with contextlib.suppress(TimeoutError, BrokenProcessPool):
+            async with asyncio.timeout(STARTUP_SECONDS):
+                await asyncio.wrap_future(warm)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -129,6 +146,8 @@ class SqlAnalyser:
     def _ready(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+            warming = [self._pool.submit(int) for _ in range(self._workers)]
+            self._warm = warming[0]
         return self._pool
 
     def _replace(self, why: str, size: int) -> None:

@@ -20,6 +20,7 @@ from enum import Enum
 from broker.core.decision import Decision
 from broker.pg.setting import SHOWN_SETTINGS
 from broker.pg.sql import Statement
+from broker.pg.sql_write_cap import translated as over_cap_error
 from broker.pg.wire import error_fields, error_response, execute
 
 REFUSAL_PORTAL = "\x01broker refused"
@@ -175,6 +176,9 @@ class Relay:
 
     def _on_error(self, head: Pending, raw: bytes) -> None:
         fields = error_fields(raw[5:])
+        capped = over_cap_error(fields)  # a write's row cap guard failed at the server
+        if capped is not None:
+            raw, fields = capped, {**fields, "C": "42501"}
         if head.failed is not None:
             head.failed()
         if head.replacement is not None:

@@ -218,9 +218,10 @@ class Session:
                 await self._release(executions)
                 return
             executions.append(execution)
-        branches = _branches(d for e in executions for d in e.decisions)
+        decided = [d for e in executions for d in e.decisions]
+        branches = _branches(decided)
         try:
-            text = scoped_sql(statements, branches) if statements else sql
+            text = scoped_sql(statements, branches, _write_cap(decided)) if statements else sql
         except SqlRefused as exc:  # an INSERT of a row into another branch
             await self._release(executions)
             await self._refuse_sql(sql, exc, extended=False)
@@ -255,7 +256,7 @@ class Session:
             return
         branches = _branches(checked.decisions)
         try:
-            text = scoped_sql([statement], branches) if statement else sql
+            text = scoped_sql([statement], branches, _write_cap(checked.decisions)) if statement else sql
         except SqlRefused as exc:
             await self._refuse_sql(sql, exc, extended=True)
             return
@@ -329,7 +330,7 @@ class Session:
         if statement is None:
             return True
         try:
-            sent = scoped_sql([statement], branches)
+            sent = scoped_sql([statement], branches, _write_cap(execution.decisions))
             if statement.kind == "insert":
                 check_insert_branches(statement, branches, bound.params, bound.formats)
         except SqlRefused as exc:
@@ -609,6 +610,12 @@ def _static_bound(statement: Statement | None) -> int:
         return 0
     constant = statement.rows.constant
     return UNBOUNDED if constant is None else constant
+
+
+def _write_cap(decisions: Iterable[Decision]) -> int | None:
+    """The smallest per-statement record cap among a statement's write decisions (None: no
+    cap): the rows an UPDATE, DELETE or INSERT may change (see sql_write_cap)."""
+    return min((d.cap for d in decisions if d.access.action == "write" and d.cap is not None), default=None)
 
 
 def _branches(decisions: Iterable[Decision]) -> frozenset[str] | None:

@@ -22,10 +22,10 @@ from pglast import ast, enums, fingerprint, parse_sql
 from pglast.parser import ParseError
 
 from broker.pg.setting import PINNED_SETTINGS, SHOWN_SETTINGS, timeout_refusal
+from broker.pg.sql_refused import SqlRefused
 from broker.pg.sql_scope import (
     Found,
     Source,
-    SqlRefused,
     TableUse,
     children,
     walk_copy,
@@ -35,6 +35,7 @@ from broker.pg.sql_scope import (
     walk_update,
 )
 from broker.pg.sql_splice import Edit, ended
+from broker.pg.sql_write_cap import check_inserted_rows, with_cap
 from broker.policy.table import TableMap
 
 __all__ = [
@@ -89,6 +90,12 @@ class Statement:
     deallocates: tuple[str, ...] | None = None
     """DEALLOCATE: the prepared statement it drops, () for ALL; None for other statements.
     The session forgets them too, or it would refuse to prepare the name again."""
+    cap_marker: str | None = None
+    """UPDATE/DELETE of a mapped table: where `scoped_sql` puts the employee's row cap."""
+    capped_sql: str | None = None
+    """UPDATE/DELETE of a mapped table, for employees of every branch: the text with its cap guard."""
+    inserted_rows: int = 0
+    """INSERT ... VALUES into a mapped table: the rows it adds, checked against the cap."""
 
     def resources(self) -> dict[tuple[str, str], tuple[str, ...]]:
         """(resource, action) -> the tables through which the statement touches it."""
@@ -128,15 +135,26 @@ def analyse_with_literals(sql: str, tables: TableMap) -> list[tuple[Statement, L
     return [_statement(_source_of(sql, raw), raw.stmt, tables) for raw in raws]
 
 
-def scoped_sql(statements: Sequence[Statement], branches: frozenset[str] | None) -> str:
-    """The SQL to send: every branch-scoped table seen only through `branches` (None: all).
+def scoped_sql(statements: Sequence[Statement], branches: frozenset[str] | None, write_cap: int | None = None) -> str:
+    """The SQL to send: every branch-scoped table seen only through `branches` (None: all),
+    and every UPDATE/DELETE of a mapped table failing at the server past `write_cap` rows
+    (None: no cap; see sql_write_cap).
 
-    Also refuses an INSERT whose literal branch is not one of `branches`."""
+    Also refuses an INSERT whose literal branch is not one of `branches`, or that adds more
+    rows than `write_cap`."""
     texts = []
     for statement in statements:
         if branches is not None and statement.branch_constants:
             _check_branches(statement, branches, statement.branch_constants)
-        if branches is None or not statement.scoped_parts:
+        if statement.inserted_rows:
+            check_inserted_rows(statement.inserted_rows, write_cap)
+        if statement.cap_marker is not None and statement.capped_sql is not None:
+            if branches is not None and statement.scoped_parts:
+                text = _array_literal(branches).join(statement.scoped_parts)
+            else:
+                text = statement.capped_sql
+            texts.append(with_cap(text, statement.cap_marker, write_cap))
+        elif branches is None or not statement.scoped_parts:
             texts.append(ended(statement.sql))
         else:
             texts.append(_array_literal(branches).join(statement.scoped_parts))
@@ -203,8 +221,20 @@ def _statement(source: Source, node: Any, tables: TableMap) -> tuple[Statement, 
         branch_constants=found.branch_constants,
         scoped_parts=found.parts,
         deallocates=_deallocated(node),
+        cap_marker=found.cap_marker,
+        capped_sql=found.capped_sql,
+        inserted_rows=_inserted_rows(node, found),
     )
     return statement, Literals(limit, found.edits)
+
+
+def _inserted_rows(node: Any, found: Found) -> int:
+    if not isinstance(node, ast.InsertStmt) or not any(use.action == "write" for use in found.uses):
+        return 0
+    select: Any = node.selectStmt
+    if select is None:
+        return 1  # DEFAULT VALUES
+    return len(select.valuesLists) if select.valuesLists else 0  # INSERT ... SELECT: guarded at the server
 
 
 def _deallocated(node: Any) -> tuple[str, ...] | None:

@@ -17,6 +17,7 @@ the splice does not take) the walk rewrites the tree and it is printed with a ma
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -25,18 +26,25 @@ from pglast import ast, enums
 from pglast.parser import ParseError, split
 from pglast.stream import RawStream
 
+from broker.pg.sql_carry import (
+    Carried,
+    Carrier,
+    aggregate_refusal,
+    carried,
+    check_one_record_per_table,
+    is_aggregate,
+    laundering_refusal,
+    output_name,
+    renamed,
+    subquery_refusal,
+    whole_row_refusal,
+    window_refusal,
+)
+from broker.pg.sql_fact import check_type, check_value_function
+from broker.pg.sql_refused import SqlRefused
 from broker.pg.sql_splice import Edit, apply_edits, branch_filter, scoped_subselect, splice_edits
+from broker.pg.sql_write_cap import CAP_MARKER, and_guard, capped_select, check_volatile, guard
 from broker.policy.table import TableMap, TableRule
-
-
-class SqlRefused(Exception):
-    """The broker will not run this statement; rendered as SQLSTATE 42501 (or the given code)."""
-
-    def __init__(self, message: str, hint: str, sqlstate: str = "42501") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.sqlstate = sqlstate
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +130,23 @@ class _Level:
     ctes: frozenset[str]
     ranges: dict[str, TableRule | None] = field(default_factory=dict)
     parent: _Level | None = None
+    carriers: dict[str, Carrier] = field(default_factory=dict)
+    """The FROM entries named in it that may hold personal data (see sql_carry)."""
 
     def find(self, refname: str) -> TableRule | None:
+        level = self.holding(refname)
+        return None if level is None else level.ranges[refname]
+
+    def carrier(self, refname: str) -> Carrier | None:
+        level = self.holding(refname)
+        return None if level is None else level.carriers.get(refname)
+
+    def holding(self, refname: str) -> _Level | None:
+        """The innermost level naming `refname` in its FROM list."""
         level: _Level | None = self
         while level is not None:
             if refname in level.ranges:
-                return level.ranges[refname]
+                return level
             level = level.parent
         return None
 
@@ -149,6 +168,11 @@ class Found:
     edits: tuple[Edit, ...] | None = ()
     """How `parts` were made from the statement's text: its splices (() when nothing is
     scoped); None when the tree was printed instead."""
+    cap_marker: str | None = None
+    """UPDATE/DELETE of a mapped table: the quoted literal in `parts` (and `capped_sql`)
+    where the employee's row cap goes (see sql_write_cap)."""
+    capped_sql: str | None = None
+    """The statement with its cap guard but no branch filter, for employees of every branch."""
 
 
 Source = tuple[str, int]
@@ -196,6 +220,9 @@ def _walk(walk: Callable[[_Walker, Any], None], node: Any, tables: TableMap, sou
                 return walker.found(*spliced)
     walker = _Walker(tables, None)
     walk(walker, node)
+    if walker.cap_markers:
+        parts, cap_marker, capped = _capped_template(node, walker)
+        return walker.found(parts, None, cap_marker, capped)
     if walker.markers:
         return walker.found(_template(node, walker.markers), None)
     return walker.found((), ())
@@ -228,6 +255,7 @@ def _copy(walker: _Walker, node: Any) -> None:
 
 
 def _insert(walker: _Walker, node: Any) -> None:
+    pristine = walker.pristine(node)
     walker.output = node.returningClause is not None  # what is written is only returned by RETURNING
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
@@ -236,19 +264,28 @@ def _insert(walker: _Walker, node: Any) -> None:
     if rule.branch_column is not None:
         walker.insert_branches(node, rule, columns)
     if node.selectStmt is not None:
-        walker.query(node.selectStmt, level)
+        found = walker.query(node.selectStmt, level)
+        plain = [column for column in columns or ("*",) if column not in rule.pii_columns]
+        if found is not None and plain:
+            raise laundering_refusal(plain[0])
     level.ranges.update({_refname(node.relation): rule, "excluded": rule})
+    target = walker.table_carrier(rule)
+    level.carriers.update({_refname(node.relation): target, "excluded": target})
     if node.onConflictClause is not None:
         walker.expr((node.onConflictClause.infer, node.onConflictClause.targetList), level)
         walker.expr_in(node.onConflictClause.whereClause, level, output=False)
-    walker.returning(node.returningClause, rule, level)
+    walker.returning(node.returningClause, rule, level, _refname(node.relation))
+    if node.selectStmt is not None and not node.selectStmt.valuesLists:
+        walker.cap_insert(node, pristine)
 
 
 def _update(walker: _Walker, node: Any) -> None:
+    pristine = walker.pristine(node)
     walker.output = node.returningClause is not None
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
+    level.carriers[_refname(node.relation)] = walker.table_carrier(rule)
     walker.from_clause(node, "fromClause", level)
     for target in node.targetList:
         if target.name == rule.branch_column:
@@ -258,21 +295,25 @@ def _update(walker: _Walker, node: Any) -> None:
                 "leave the branch column out of SET; ask the branch that should own the record to re-create it",
             )
         walker.named(rule, (target.name,))
-        walker.expr((target.indirection, target.val), level)
+    walker.written(node.targetList, level, level.carriers[_refname(node.relation)])
     walker.expr_in(node.whereClause, level, output=False)
-    walker.returning(node.returningClause, rule, level)
+    walker.returning(node.returningClause, rule, level, _refname(node.relation))
     walker.scope_write(node, rule)
+    walker.cap_write(node, pristine, "fromClause")
 
 
 def _delete(walker: _Walker, node: Any) -> None:
+    pristine = walker.pristine(node)
     walker.output = node.returningClause is not None
     level = _Level(walker.with_clause(node.withClause, None))
     rule = walker.target(node.relation, "write")
     level.ranges[_refname(node.relation)] = rule
+    level.carriers[_refname(node.relation)] = walker.table_carrier(rule)
     walker.from_clause(node, "usingClause", level)
     walker.expr_in(node.whereClause, level, output=False)
-    walker.returning(node.returningClause, rule, level)
+    walker.returning(node.returningClause, rule, level, _refname(node.relation))
     walker.scope_write(node, rule)
+    walker.cap_write(node, pristine, "usingClause")
 
 
 class _Walker:
@@ -294,9 +335,31 @@ class _Walker:
         VALUES or RETURNING whose rows flow out); False in WHERE, JOIN ON, ORDER BY..."""
         self.data_reads = 0
         """FROM entries met so far that may hold mapped records (mapped tables, CTEs)."""
+        self.reached: list[Carrier] = []
+        """Every reference to a column that may hold personal data, by its FROM entry, in
+        walk order: a walk of part of the tree reached personal data if this grew."""
+        self.instances = 0
+        self.in_target = False
+        """Walking a select list, VALUES or RETURNING: what is met there is returned."""
+        self.star_ok = False
+        """Walking a select-list entry that is `*` or `t.*` (columns, not a row value)."""
+        self.cte_carried: dict[str, Carried] = {}
+        self.cap_markers: list[ast.String] = []
+        """Where a write's row cap goes in the rewritten tree (sql_write_cap)."""
+        self.unscoped: Any = None
+        """The write as sent plus its cap guard, for employees of every branch."""
+        self.unscoped_caps: list[ast.String] = []
 
-    def found(self, parts: tuple[str, ...], edits: tuple[Edit, ...] | None) -> Found:
+    def found(
+        self,
+        parts: tuple[str, ...],
+        edits: tuple[Edit, ...] | None,
+        cap_marker: str | None = None,
+        capped_sql: str | None = None,
+    ) -> Found:
         return Found(
+            cap_marker=cap_marker,
+            capped_sql=capped_sql,
             uses=tuple(self.uses.values()),
             pii=tuple(sorted(self.pii)),
             parts=parts,
@@ -322,7 +385,7 @@ class _Walker:
 
     # --- queries and their FROM lists --------------------------------------------------
 
-    def query(self, node: Any, outer: _Level | None) -> None:
+    def query(self, node: Any, outer: _Level | None) -> Carried | None:
         if not isinstance(node, ast.SelectStmt):
             raise SqlRefused(
                 "the broker does not run data-changing statements inside WITH, COPY or other statements",
@@ -333,19 +396,76 @@ class _Walker:
         # CTEs, FROM entries and set-operation branches feed this query's rows: they are
         # walked as returned when it is; WHERE, GROUP BY, ORDER BY... values are not returned
         level = _Level(self.with_clause(node.withClause, outer), parent=outer)
-        if node.op != enums.SetOperation.SETOP_NONE:
-            self.query(node.larg, level)
-            self.query(node.rarg, level)
-        else:
-            self.from_clause(node, "fromClause", level)
-            self.expr((node.valuesLists, node.targetList), level)
-            self.expr_in((node.whereClause, node.groupClause, node.havingClause), level, output=False)
-            self.expr_in((node.windowClause, node.distinctClause), level, output=False)
+        in_target, self.in_target = self.in_target, False
+        try:
+            found = self.query_body(node, level)
+        finally:
+            self.in_target = in_target
         self.expr_in((node.sortClause, node.limitOffset, node.limitCount), level, output=False)
         for locking in node.lockingClause or ():
             if not isinstance(locking, ast.LockingClause):
                 raise _not_analysable(locking)
             # lockedRels name FROM entries of this query (aliases), not tables: nothing to resolve
+        return found
+
+    def query_body(self, node: Any, level: _Level) -> Carried | None:
+        """Walk a query but for its ORDER BY and LIMIT; what its output carries."""
+        if node.op != enums.SetOperation.SETOP_NONE:
+            left, right = self.query(node.larg, level), self.query(node.rarg, level)
+            # a branch's columns are named by the first branch: any column may carry
+            both = [found for found in (left, right) if found is not None]
+            return Carried(frozenset().union(*(found.tables for found in both)), None) if both else None
+        self.from_clause(node, "fromClause", level)
+        found = self.targets(node.targetList, level, rows=node.valuesLists)
+        self.expr_in((node.whereClause, node.groupClause, node.havingClause), level, output=False)
+        reached = len(self.reached)
+        self.expr_in(node.windowClause, level, output=False)
+        if len(self.reached) > reached:
+            raise window_refusal()
+        self.expr_in(node.distinctClause, level, output=False)
+        return found
+
+    def written(self, items: Any, level: _Level, target: Carrier) -> None:
+        """UPDATE SET: what is written into a row is returned by every later read of it, as
+        one record. So it may carry personal data of that record only: not another
+        instance's (`SET sender_name = x.sender_phone FROM waybills x`), nor a subquery's
+        reading personal data (each such UPDATE would fold one more record into the row)."""
+        mark = len(self.reached)
+        for item in items:
+            before = len(self.reached)
+            self.targets((item,), level)
+            if len(self.reached) > before and not target.carries(item.name):
+                raise laundering_refusal(item.name)
+        check_one_record_per_table([target, *self.reached[mark:]])
+
+    def targets(self, items: Any, level: _Level, rows: Any = None) -> Carried | None:
+        """Walk a select list (or RETURNING) and VALUES rows as returned: refuse a row that
+        would carry personal data of two records of one table; what the output carries."""
+        self.in_target = True
+        reached: list[Carrier] = []
+        columns: set[str] | None = set()
+        try:
+            for target in items or ():
+                mark = len(self.reached)
+                self.star_ok = _is_star_target(target)
+                try:
+                    self.expr(target, level)
+                finally:
+                    self.star_ok = False
+                new = self.reached[mark:]
+                reached += new
+                if new and columns is not None:
+                    columns = _carrying_columns(target, new, columns)
+            for row in rows or ():
+                mark = len(self.reached)
+                self.expr(row, level)
+                if len(self.reached) > mark:
+                    reached += self.reached[mark:]
+                    columns = None  # VALUES columns are column1, column2...
+        finally:
+            self.in_target = False
+        check_one_record_per_table(reached)
+        return carried(reached, None if columns is None else frozenset(columns))
 
     def with_clause(self, node: Any, outer: _Level | None) -> frozenset[str]:
         """The CTE names visible after `node`, each CTE's body walked with the names it sees."""
@@ -363,7 +483,9 @@ class _Walker:
         seen = set(visible)
         for cte in node.ctes:
             sees = frozenset(seen)  # a CTE sees only the ones before it
-            self.query(cte.ctequery, _Level(sees, parent=outer))
+            found = self.query(cte.ctequery, _Level(sees, parent=outer))
+            if found is not None:
+                self.carry_cte(cte.ctename, Carried(found.tables, None) if cte.aliascolnames else found)
             self.expr((cte.search_clause, cte.cycle_clause), _Level(sees, parent=outer))
             seen.add(cte.ctename)
         return visible | names
@@ -381,31 +503,67 @@ class _Walker:
         """The FROM entry to keep: the same node, or a scoped sub-select in its place."""
         if isinstance(item, ast.RangeVar):
             return self.read_table(item, level)
+        found: Carried | None = None
         if isinstance(item, ast.RangeSubselect):
-            self.query(item.subquery, level)
+            found = renamed(self.query(item.subquery, level), item.alias)
         elif isinstance(item, ast.JoinExpr):
+            before = len(level.carriers)
             larg, rarg = self.from_item(item.larg, level), self.from_item(item.rarg, level)
             if larg is not item.larg:
                 item.larg = larg
             if rarg is not item.rarg:
                 item.rarg = rarg
             self.expr_in(item.quals, level, output=False)
+            if item.alias is not None and len(level.carriers) > before:
+                raise SqlRefused(
+                    "the broker does not follow personal data through a join alias (JOIN ... AS j)",
+                    "give the joined tables their own aliases and leave the join itself unnamed",
+                )
         elif isinstance(item, ast.RangeFunction):
+            mark = len(self.reached)
             self.expr((item.functions, item.coldeflist), level)
+            found = carried(self.reached[mark:], None)
         else:
             raise _not_analysable(item)
-        if item.alias is not None:
-            level.ranges[item.alias.aliasname] = None
+        # a subquery or function without an alias (PostgreSQL 16 takes them) has no name to
+        # qualify by, but its columns are still found by unqualified names
+        name = item.alias.aliasname if item.alias is not None else f"\0unnamed {len(level.ranges)}"
+        if item.alias is not None or found is not None:
+            level.ranges[name] = None
+        if found is not None:
+            level.carriers[name] = self.carrier_of(found)
         return item
 
     def read_table(self, node: Any, level: _Level) -> Any:
         self.data_reads += 1  # a CTE counts too: it may hold mapped records
         if node.schemaname is None and node.relname in level.ctes:
             level.ranges[_refname(node)] = None
+            found = self.cte_carried.get(node.relname)
+            if found is not None:  # each reference is one more instance of its records
+                level.carriers[_refname(node)] = self.carrier_of(renamed(found, node.alias) or found)
             return node
         rule = self.target(node, "read")
         level.ranges[_refname(node)] = rule
+        level.carriers[_refname(node)] = self.table_carrier(rule)
         return node if rule.branch_column is None else self.scoped_read(node, rule.branch_column)
+
+    def table_carrier(self, rule: TableRule) -> Carrier:
+        self.instances += 1
+        # by resource, not table: two mapped names for one set of records (a table and a
+        # view of it) are still two records of that resource in one row
+        return Carrier(self.instances, frozenset({rule.resource}), rule.pii_columns)
+
+    def carrier_of(self, found: Carried) -> Carrier:
+        self.instances += 1
+        return Carrier(self.instances, found.tables, found.columns)
+
+    def carry_cte(self, name: str, found: Carried) -> None:
+        """Note what a CTE's output carries (merged with a CTE of the same name elsewhere)."""
+        known = self.cte_carried.get(name)
+        if known is not None:
+            columns = None if known.columns is None or found.columns is None else known.columns | found.columns
+            found = Carried(known.tables | found.tables, columns)
+        self.cte_carried[name] = found
 
     def target(self, node: Any, action: Literal["read", "write"]) -> TableRule:
         """The rule of a real table (never a CTE: INSERT/UPDATE/DELETE/COPY targets are tables)."""
@@ -445,6 +603,43 @@ class _Walker:
         node.whereClause = (
             predicate if where is None else ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=(predicate, where))
         )
+
+    def pristine(self, node: Any) -> Any:
+        """A copy of a write before the walk changes it (None while splicing: a capped
+        write is always printed from the tree)."""
+        return None if self.source is not None else copy.deepcopy(node)
+
+    def cap_write(self, node: Any, pristine: Any, items: str) -> None:
+        """UPDATE/DELETE: AND the row cap guard into the WHERE clause of the scoped write
+        (built on copies of its FROM/USING and WHERE, branch filters included) and of the
+        write as sent (for employees of every branch)."""
+        if self.source is not None:
+            raise _NeedsTree
+        check_volatile(frozenset(self.function_names))
+        memo: dict[int, Any] = {}
+        copied = copy.deepcopy((node.relation, getattr(node, items), node.whereClause), memo)
+        # the copies' branch lists are filled in like the originals'
+        self.markers += [memo[id(marker)] for marker in list(self.markers) if id(marker) in memo]
+        condition, caps = guard(*copied)
+        node.whereClause = and_guard(node.whereClause, condition)
+        self.cap_markers += caps
+        plain = copy.deepcopy((pristine.relation, getattr(pristine, items), pristine.whereClause))
+        condition, caps = guard(*plain)
+        pristine.whereClause = and_guard(pristine.whereClause, condition)
+        self.unscoped, self.unscoped_caps = pristine, caps
+
+    def cap_insert(self, node: Any, pristine: Any) -> None:
+        """INSERT ... SELECT: the rows selected pass through a guard that fails past the cap."""
+        if self.source is not None:
+            raise _NeedsTree
+        check_volatile(frozenset(self.function_names))
+        memo: dict[int, Any] = {}
+        counted = copy.deepcopy(node.selectStmt, memo)
+        self.markers += [memo[id(marker)] for marker in list(self.markers) if id(marker) in memo]
+        node.selectStmt, caps = capped_select(node.selectStmt, counted)
+        self.cap_markers += caps
+        pristine.selectStmt, self.unscoped_caps = capped_select(pristine.selectStmt, copy.deepcopy(pristine.selectStmt))
+        self.unscoped = pristine
 
     def marker(self) -> ast.String:
         marker = ast.String(sval=_MARKER.format(0))
@@ -520,6 +715,10 @@ class _Walker:
             if node.colno == node.ncolumns:
                 self.expr(node.source, level)
         elif kind in _EXPRESSION_NODES:
+            if kind is ast.SQLValueFunction:
+                check_value_function(node)
+            elif kind is ast.TypeName:
+                check_type(node)
             if self.output and _is_test(node):
                 self.expr_in(tuple(children(node)), level, output=False)
                 return
@@ -535,6 +734,7 @@ class _Walker:
                 "select the rows themselves, with a LIMIT",
             )
         returned = self.output and node.subLinkType in _VALUE_SUBLINKS
+        in_target, mark = self.in_target, len(self.reached)
         self.expr_in(node.testexpr, level, output=False)  # compared, yielding a boolean
         reads = self.data_reads
         saved, self.output = self.output, returned
@@ -542,6 +742,8 @@ class _Walker:
             self.query(node.subselect, level)
         finally:
             self.output = saved
+        if in_target and len(self.reached) > mark:
+            raise subquery_refusal()
         if returned and self.data_reads != reads:
             self.counting_subquery(node.subselect)
 
@@ -602,22 +804,48 @@ class _Walker:
             )
         self.custom_functions |= name not in SAFE_FUNCTIONS
         self.function_names.add(name)
+        mark = len(self.reached)
         self.expr((node.args, node.agg_order, node.agg_filter, node.over), level)
+        if len(self.reached) > mark and is_aggregate(node, name):
+            raise aggregate_refusal(name)
 
     def column(self, node: Any, level: _Level) -> None:
         """Note the PII columns named; `*` names every PII column of the tables it covers."""
         fields = node.fields
         last = fields[-1]
         qualifier = fields[-2].sval if len(fields) > 1 and isinstance(fields[-2], ast.String) else None
+        star = isinstance(last, ast.A_Star)
         if qualifier is not None:
             rule = level.find(qualifier)
             if rule is not None:
-                self.named(rule, tuple(rule.pii_columns) if isinstance(last, ast.A_Star) else (last.sval,))
-        elif isinstance(last, ast.A_Star):
+                self.named(rule, tuple(rule.pii_columns) if star else (last.sval,))
+            carrier = level.carrier(qualifier)
+            if carrier is not None and (star or carrier.carries(last.sval)):
+                if star and not self.star_ok:
+                    raise whole_row_refusal(qualifier)
+                self.reached.append(carrier)
+        elif star:
             for rule in filter(None, level.ranges.values()):
                 self.named(rule, tuple(rule.pii_columns))
+            if level.carriers and not self.star_ok:
+                raise whole_row_refusal("*")
+            self.reached += level.carriers.values()
         else:
             self.unqualified(last.sval, level)
+            self.reach(last.sval, level)
+
+    def reach(self, column: str, level: _Level) -> None:
+        """An unqualified name: a whole row if it names a FROM entry that may hold personal
+        data; else every entry of the innermost level that may carry such a column."""
+        if level.carrier(column) is not None:
+            raise whole_row_refusal(column)
+        scope: _Level | None = level
+        while scope is not None:
+            carriers = [carrier for carrier in scope.carriers.values() if carrier.carries(column)]
+            if carriers:
+                self.reached += carriers
+                return
+            scope = scope.parent
 
     def unqualified(self, column: str, level: _Level | None) -> None:
         """The innermost level with a table having `column` as PII (over-approximates on purpose)."""
@@ -632,7 +860,7 @@ class _Walker:
     def named(self, rule: TableRule, columns: tuple[str, ...]) -> None:
         self.pii.update(f"{rule.name}.{column}" for column in columns if column in rule.pii_columns)
 
-    def returning(self, node: Any, rule: TableRule, level: _Level) -> None:
+    def returning(self, node: Any, rule: TableRule, level: _Level, name: str) -> None:
         """RETURNING hands records back: it reads the target as well as writing it."""
         if node is None:
             return
@@ -640,7 +868,15 @@ class _Walker:
         for option in node.options or ():
             level.ranges[option.value] = rule
         level.ranges.update({"old": rule, "new": rule})
-        self.expr_in(node.exprs, level, output=True)
+        target = level.carriers[name]
+        for option in node.options or ():
+            level.carriers[option.value] = target
+        level.carriers.update({"old": target, "new": target})
+        saved, self.output = self.output, True
+        try:
+            self.targets(node.exprs, level)
+        finally:
+            self.output = saved
 
 
 def _copy_query(node: Any) -> ast.SelectStmt:
@@ -669,6 +905,28 @@ def _template(root: Any, markers: list[ast.String]) -> tuple[str, ...]:
         if text.count(marker) == len(markers) and single_statement(text):
             return tuple(text.split(f"'{marker}'"))
     raise SqlRefused("the broker cannot scope this statement to your branches", NOT_ANALYSABLE)
+
+
+def _capped_template(root: Any, walker: _Walker) -> tuple[tuple[str, ...], str, str]:
+    """`_template` for a capped write: the scoped text's parts, the cap marker, and the
+    unscoped text; each marker must appear exactly as often as it was put in."""
+    for attempt in range(_MAX_MARKER_TRIES):
+        marker, cap = _MARKER.format(attempt), CAP_MARKER.format(attempt)
+        for node in walker.markers:
+            node.sval = marker
+        for node in (*walker.cap_markers, *walker.unscoped_caps):
+            node.sval = cap
+        text, plain = RawStream()(root), RawStream()(walker.unscoped)
+        if (
+            text.count(marker) == len(walker.markers)
+            and text.count(cap) == len(walker.cap_markers)
+            and plain.count(cap) == len(walker.unscoped_caps)
+            and marker not in plain
+            and single_statement(text)
+            and single_statement(plain)
+        ):
+            return tuple(text.split(f"'{marker}'")), cap, plain
+    raise SqlRefused("the broker cannot cap this statement's rows", NOT_ANALYSABLE)
 
 
 def single_statement(text: str) -> bool:
@@ -714,6 +972,26 @@ def _is_test(node: Any) -> bool:
             return len(name) == 1 and name[0].sval in _COMPARISONS
         return node.kind in _TESTS
     return isinstance(node, ast.NullTest | ast.BooleanTest)
+
+
+def _is_star_target(target: Any) -> bool:
+    value = getattr(target, "val", None)
+    return isinstance(value, ast.ColumnRef) and isinstance(cast(Any, value.fields)[-1], ast.A_Star)
+
+
+def _carrying_columns(target: Any, reached: list[Carrier], columns: set[str]) -> set[str] | None:
+    """`columns` with the output column(s) `target` carries personal data in; None: unknown."""
+    if _is_star_target(target):
+        for carrier in reached:
+            if carrier.columns is None:
+                return None
+            columns |= carrier.columns
+        return columns
+    name = target.name or output_name(target.val)
+    if name is None:
+        return None
+    columns.add(name)
+    return columns
 
 
 def _refname(node: Any) -> str:

@@ -111,6 +111,8 @@ def template(shape: Scanned, statement: Statement, literals: Literals) -> Templa
     None when it must not be reused."""
     if statement.kind not in _SHAPED_KINDS or statement.sql != shape.text or literals.edits is None:
         return None
+    if statement.cap_marker is not None:
+        return None  # a capped write is printed from its tree
     tokens = shape.tokens
     starts = {token.start: index for index, token in enumerate(tokens)}
     ends = {token.end + 1: index for index, token in enumerate(tokens)}
@@ -174,6 +176,7 @@ def instantiate(template: Template, shape: Scanned) -> Statement | None:
         branch_params=known.branch_params,
         branch_constants=constants,
         scoped_parts=parts,
+        inserted_rows=known.inserted_rows,  # the same shape lists as many rows
     )
 
 

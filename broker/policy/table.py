@@ -26,6 +26,29 @@ Quoted, mixed-case names are deliberately not accepted: a platform engineer writ
 `Waybills` would expect it to match `waybills`, and it would not."""
 _MAX_IDENTIFIER = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
 
+NEVER_FUNCTIONS = frozenset({
+    # run SQL of their own on the server, outside the broker's scoping
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "table_to_xml",
+    "table_to_xmlschema", "table_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+    "schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xml",
+    "database_to_xmlschema", "database_to_xml_and_xmlschema", "dblink", "dblink_exec",
+    "dblink_open", "dblink_fetch", "dblink_send_query", "dblink_get_result", "ts_stat",
+    # server settings, files, sessions and identity
+    "current_setting", "set_config", "version", "inet_server_addr", "inet_server_port",
+    "inet_client_addr", "inet_client_port", "current_database", "current_schema", "current_schemas",
+    "current_user", "session_user", "current_role", "txid_current", "txid_current_snapshot",
+    "txid_status", "pg_current_xact_id", "pg_backend_pid", "pg_sleep", "pg_sleep_for", "pg_sleep_until",
+    "lo_import", "lo_export", "lo_get", "lo_put", "lo_open", "lo_from_bytea", "lo_create", "lo_unlink",
+    "loread", "lowrite",
+    # fold many records into one value, hand a row another row's value, or return sets
+    "string_agg", "array_agg", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+    "xmlagg", "row_to_json", "to_json", "to_jsonb", "lead", "lag", "first_value", "last_value",
+    "nth_value", "unnest", "generate_series", "json_populate_recordset", "jsonb_to_recordset",
+})  # fmt: skip
+"""Functions tables.toml may never allow, whatever the platform team writes; every name
+beginning `pg_` or `lo_` is refused too (catalog, file, session and large-object access)."""
+_NEVER_PREFIXES = ("pg_", "lo_", "dblink")
+
 
 @dataclass(frozen=True, slots=True)
 class TableRule:
@@ -91,6 +114,12 @@ def _settings(settings: Any, name: str, raw: bytes, problems: list[PolicyProblem
             raise ValueError(f"[settings] has unknown keys: {', '.join(sorted(unknown))}")
         schema = _identifier(settings, "schema", "public")
         functions = _identifiers(settings, "functions")
+        never = sorted(name for name in functions if name in NEVER_FUNCTIONS or name.startswith(_NEVER_PREFIXES))
+        if never:
+            raise ValueError(
+                f"functions may not allow {', '.join(never)}: they run SQL outside the broker's scoping, read "
+                "server facts or files, or pack many records into one row"
+            )
     except ValueError as exc:
         problems.append(PolicyProblem(name, line, str(exc), "known keys: schema, functions"))
         return "public", frozenset()

@@ -23,7 +23,8 @@ from broker.core.decision import Decision
 from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
-from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
+from broker.pg.names import Change, NameBook
+from broker.pg.relay import POISON, SKIPPED, Effect, Expect, Metered, Pending, Relay
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
 from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
 from broker.pg.statement_cache import StatementCache
@@ -36,6 +37,7 @@ from broker.pg.wire import (
     ProtocolViolation,
     cstring,
     error_response,
+    execute,
     message,
     read_bind,
 )
@@ -64,6 +66,20 @@ class Prepared:
     branches: frozenset[str] | None
     sent: str
     revision: str
+
+
+@dataclass(slots=True)
+class Portal:
+    """A Bind the broker decided: the execution its rows are counted against, and what
+    the decision rested on, so that a later Execute can be decided again."""
+
+    execution: Metered
+    prepared: Prepared
+    records: int
+    revision: str
+    batch: int
+    """The client read the Bind came in: an Execute in the same read is decided with it."""
+    executed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +125,14 @@ class Session:
         self._caller = caller
         self._guard = services.guard  # the one used on every statement, kept at hand
         self._relay = Relay()
-        self._prepared: dict[str, Prepared] = {}
-        self._portals: dict[str, Metered] = {}
+        self._relay.on_ready = self._on_ready
+        self._statement_names = NameBook("bk_s")
+        self._portal_names = NameBook("bk_p")
+        self._statements: dict[str, Prepared] = {}
+        """By server name (see broker.pg.names): what text each name the broker sent holds."""
+        self._portals: dict[str, Portal] = {}
+        """By server name."""
+        self._batch = 0
         self._discarding = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelling: asyncio.Task[None] | None = None
@@ -140,7 +162,8 @@ class Session:
             for task in (client, server, *self._tasks):
                 task.cancel()
             await asyncio.gather(client, server, *self._tasks, return_exceptions=True)
-            left = {id(m): m for m in (*self._relay.abandon(), *self._portals.values()) if not m.done}
+            portals = [p.execution for p in self._portals.values()]
+            left = {id(m): m for m in (*self._relay.abandon(), *portals) if not m.done}
             for execution in left.values():  # each once: a portal may also be awaiting its answer
                 await self._finished(execution)
             await self._backend.close()
@@ -171,6 +194,7 @@ class Session:
                 return "protocol violation"
             if not data:
                 return "client closed"
+            self._batch += 1
             try:
                 for kind, raw in messages:
                     if kind == b"X":
@@ -220,21 +244,41 @@ class Session:
             executions.append(execution)
         branches = _branches(d for e in executions for d in e.decisions)
         try:
-            text = scoped_sql(statements, branches) if statements else sql
+            texts = [scoped_sql([s], branches) if s.deallocates is None else "" for s in statements]
         except SqlRefused as exc:  # an INSERT of a row into another branch
             await self._release(executions)
             await self._refuse_sql(sql, exc, extended=False)
             return
+        pending = Pending(Expect.QUERY, executions)
+        for position, statement in enumerate(statements):
+            if statement.deallocates is not None:
+                texts[position] = self._deallocate(statement.deallocates, position, pending)
         self.statements += len(statements)
-        self._forget_deallocated(statements)
-        self._forward(message(b"Q", cstring(text)), Pending(Expect.QUERY, executions))
+        text = "; ".join(texts) if statements else sql
+        self._forward(message(b"Q", cstring(text)), pending)
+
+    def _deallocate(self, names: tuple[str, ...], position: int, pending: Pending) -> str:
+        """SQL DEALLOCATE in the broker's names; the session forgets the statement when
+        its command tag confirms it (not if an earlier statement failed, or the
+        transaction is aborted: the server then keeps it)."""
+        book = self._statement_names
+        if not names:
+            pending.effects[position] = self._effect(book, book.free_all(), self._statements)
+            return "DEALLOCATE ALL"
+        server = book.ahead(names[0])
+        if server is None:  # the server says it does not exist, in the client's name
+            server = book.fresh()
+        else:
+            pending.effects[position] = self._effect(book, book.free(names[0], server), self._statements)
+        pending.names += ((server, names[0]),)
+        return f"DEALLOCATE {server}"
 
     async def _parse(self, payload: bytes) -> None:
         fields = Cursor(payload)
         name, sql, rest = fields.cstring(), fields.cstring(), fields.rest()
         if self._reserved(name):
             return
-        if name and name in self._prepared:
+        if name and self._statement_names.ahead(name) is not None:
             # The server would refuse it too, and keep the old statement: the broker must
             # never believe a statement is prepared that the server does not run.
             self._refuse(error_response("ERROR", "42P05", f'prepared statement "{name}" already exists'))
@@ -260,19 +304,57 @@ class Session:
             await self._refuse_sql(sql, exc, extended=True)
             return
         revision = snapshot.revision if snapshot else ""
-        # Known at once, for a Bind pipelined behind it; forgotten again unless the server
-        # confirms it (ParseComplete): were the server to refuse it (the name is still
-        # taken there, say after a DEALLOCATE it skipped), the broker would otherwise
-        # decide Binds on a statement other than the one the server runs.
-        prepared = self._prepared[name] = Prepared(sql, statement, branches, text, revision)
+        book = self._statement_names
+        if name == "":
+            self._close_unnamed(b"S", book, self._statements)
+        # The text of a server name never used before: a Bind pipelined behind it is
+        # decided on it, and names it, so the server runs that text or refuses the Bind.
+        server = book.fresh()
+        self._statements[server] = Prepared(sql, statement, branches, text, revision)
+        effect = self._effect(book, book.bind(name, server), self._statements, created=server)
+        pending = Pending(Expect.REPLY, reply=b"1", effect=effect, names=((server, name),))
+        self._forward(message(b"P", cstring(server) + cstring(text) + rest), pending)
 
-        def refused_by_server() -> None:
-            if self._prepared.get(name) is prepared:
-                del self._prepared[name]
+    def _close_unnamed(self, kind: bytes, book: NameBook, objects: dict[str, Prepared] | dict[str, Portal]) -> None:
+        """A new unnamed statement or portal replaces the old one at the server; under
+        the broker's names the old one is closed first, unseen by the client."""
+        old = book.ahead("")
+        if old is None:
+            return
+        effect = self._effect(book, book.free("", old), objects)
+        self._forward(message(b"C", kind + cstring(old)), Pending(Expect.REPLY, reply=b"3", silent=True, effect=effect))
 
-        self._forward(
-            message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY, failed=refused_by_server)
-        )
+    def _effect(
+        self,
+        book: NameBook,
+        change: Change,
+        objects: dict[str, Prepared] | dict[str, Portal],
+        created: str | None = None,
+    ) -> Effect:
+        """Applies `change` when the server confirms it; a server name no client name
+        reaches any more is forgotten (a portal's execution finished)."""
+
+        def confirmed() -> None:
+            for gone in book.confirm(change):
+                self._drop(objects, gone)
+
+        def failed() -> None:
+            book.fail(change)
+            if created is not None:
+                self._drop(objects, created)
+
+        return Effect(confirmed, failed)
+
+    def _drop(self, objects: dict[str, Prepared] | dict[str, Portal], server: str) -> None:
+        dropped = objects.pop(server, None)
+        if isinstance(dropped, Portal):  # ended, or never made: its audit says which
+            self._relay.finish(dropped.execution, "00000" if dropped.executed else SKIPPED)
+
+    def _on_ready(self, status: bytes) -> None:
+        """ReadyForQuery outside a transaction: the server has dropped every portal."""
+        if status == b"I":
+            for server in self._portal_names.forget_confirmed():
+                self._drop(self._portals, server)
 
     async def _as_live_policy_reads(
         self, prepared: Prepared, snapshot: PolicySnapshot | None
@@ -283,22 +365,17 @@ class Session:
             return [prepared.statement] if prepared.statement else []
         return await self._analysed(prepared.sql, snapshot, extended=True)
 
-    def _forget_deallocated(self, statements: list[Statement]) -> None:
-        """SQL DEALLOCATE drops prepared statements at the server: the session forgets them
-        too (forgetting early is safe: a Bind of a forgotten name is refused)."""
-        for statement in statements:
-            if statement.deallocates == ():
-                self._prepared.clear()
-            elif statement.deallocates:
-                self._prepared.pop(statement.deallocates[0], None)
-
     async def _bind(self, payload: bytes) -> None:
         bound = read_bind(payload)
         if self._reserved(bound.portal) or self._reserved(bound.statement):
             return
-        prepared = self._prepared.get(bound.statement)
-        if prepared is None:
+        server_statement = self._statement_names.ahead(bound.statement)
+        prepared = self._statements.get(server_statement) if server_statement is not None else None
+        if server_statement is None or prepared is None:
             self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
+            return
+        if bound.portal and self._portal_names.ahead(bound.portal) is not None:
+            self._refuse(error_response("ERROR", "42P03", f'portal "{bound.portal}" already exists'))
             return
         started, snapshot = time.perf_counter(), self._services.policy.current
         live = await self._as_live_policy_reads(prepared, snapshot)
@@ -314,12 +391,18 @@ class Session:
         execution = await self._decided(statement, snapshot, records, started, extended=True)
         if execution is None or not await self._still_as_prepared(prepared, execution, bound):
             return
-        old = self._portals.get(bound.portal)
-        if old is not None and not old.done:
-            await self._finished(old)
-        self._portals[bound.portal] = execution
+        book = self._portal_names
+        if bound.portal == "":
+            self._close_unnamed(b"P", book, self._portals)
+        server = book.fresh()
+        revision = snapshot.revision if snapshot else ""
+        self._portals[server] = Portal(execution, prepared, records, revision, self._batch)
+        effect = self._effect(book, book.bind(bound.portal, server), self._portals, created=server)
         self.statements += 1
-        self._forward(message(b"B", payload), Pending(Expect.REPLY))
+        names = ((server, bound.portal), (server_statement, bound.statement))
+        rest = payload[len(bound.portal.encode("utf-8")) + len(bound.statement.encode("utf-8")) + 2 :]
+        sent = message(b"B", cstring(server) + cstring(server_statement) + rest)
+        self._forward(sent, Pending(Expect.REPLY, reply=b"2", effect=effect, names=names))
 
     async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
         """Checks with the branches decided now, not at Parse (a reload may have taken one
@@ -347,39 +430,101 @@ class Session:
             return False
         return True
 
+    async def _still_decided(self, portal: Portal) -> bool:
+        """Every Execute is decided: a portal may be executed long after its Bind (a
+        suspended portal read in chunks), and by then the token may have expired, the
+        shift ended, or a reload moved the employee to another branch. An Execute in the
+        same client read as its Bind is decided with it. False after refusing (the portal
+        is then finished: the broker never executes it again)."""
+        snapshot = self._services.policy.current
+        revision = snapshot.revision if snapshot else ""
+        if portal.batch == self._batch and revision == portal.revision:
+            return True
+        started, statement = time.perf_counter(), portal.execution.statement
+        if snapshot is None or revision == portal.revision:
+            decision = await self._guard.decide_login(self._access(statement, "", "", 0))
+            if decision.allowed:
+                return True
+            await self._finished(portal.execution)
+            await self._denied(statement, [decision], started, extended=True, metered=False)
+            return False
+        if not await self._decided_again(portal, snapshot, started):
+            await self._finished(portal.execution)
+            return False
+        portal.revision = revision
+        return True
+
+    async def _decided_again(self, portal: Portal, snapshot: PolicySnapshot, started: float) -> bool:
+        """The portal under a policy reloaded since its Bind: allowed, without charging
+        again (its records were reserved at Bind), only if the statement it runs is still
+        what the live policy would send. False after refusing."""
+        live = await self._as_live_policy_reads(portal.prepared, snapshot)
+        if live is None:
+            return False
+        statement = live[0] if live else None
+        checked = await self._decided(statement, snapshot, portal.records, started, extended=True, meter=False)
+        if checked is None:
+            return False
+        try:
+            sent = scoped_sql([statement], _branches(checked.decisions)) if statement else portal.prepared.sent
+            unchanged = sent == portal.prepared.sent
+        except SqlRefused:
+            unchanged = False
+        if not unchanged:
+            refused = SqlRefused(
+                "The access policy changed while this result was being read (your branches are not what they "
+                "were when the statement started), so the broker stopped it",
+                "Run the statement again; it will be decided under the current policy.",
+                "0A000",
+            )
+            await self._refuse_sql(portal.prepared.sql, refused, extended=True)
+        return unchanged
+
     async def _execute(self, payload: bytes) -> None:
-        portal = Cursor(payload).cstring()
-        if self._reserved(portal):
+        fields = Cursor(payload)
+        name, max_rows = fields.cstring(), fields.int32()
+        if self._reserved(name):
             return
-        execution = self._portals.get(portal)
-        if execution is None or execution.done:
-            self._refuse(error_response("ERROR", "34000", f'portal "{portal}" does not exist'))
+        server = self._portal_names.ahead(name)
+        portal = self._portals.get(server) if server is not None else None
+        if server is None or portal is None or portal.execution.done:
+            self._refuse(error_response("ERROR", "34000", f'portal "{name}" does not exist'))
             return
-        self._forward(message(b"E", payload), Pending(Expect.EXECUTE, [execution]))
+        if not await self._still_decided(portal):
+            return
+        portal.executed = True
+        pending = Pending(Expect.EXECUTE, [portal.execution], names=((server, name),))
+        self._forward(execute(server, max_rows), pending)
 
     async def _describe(self, payload: bytes) -> None:
         fields = Cursor(payload)
-        fields.byte()
-        if self._reserved(fields.cstring()):
+        what, name = fields.byte(), fields.cstring()
+        if self._reserved(name):
             return
-        self._forward(message(b"D", payload), Pending(Expect.DESCRIBE))
+        book = self._statement_names if what == b"S" else self._portal_names
+        server = book.ahead(name) or book.fresh()  # a fresh name: the server says it does not exist
+        self._forward(message(b"D", what + cstring(server)), Pending(Expect.DESCRIBE, names=((server, name),)))
 
     async def _close(self, payload: bytes) -> None:
         fields = Cursor(payload)
         what, name = fields.byte(), fields.cstring()
         if self._reserved(name):
             return
-        if what == b"S":
-            self._prepared.pop(name, None)
-        else:
-            portal = self._portals.pop(name, None)
-            if portal is not None and not portal.done:
-                await self._finished(portal)
-        self._forward(message(b"C", payload), Pending(Expect.REPLY))
+        book = self._statement_names if what == b"S" else self._portal_names
+        objects: dict[str, Prepared] | dict[str, Portal] = self._statements if what == b"S" else self._portals
+        server = book.ahead(name)
+        if server is None:  # closing what does not exist is not an error
+            self._forward(message(b"C", what + cstring(book.fresh())), Pending(Expect.REPLY, reply=b"3"))
+            return
+        effect = self._effect(book, book.free(name, server), objects)
+        pending = Pending(Expect.REPLY, reply=b"3", effect=effect, names=((server, name),))
+        self._forward(message(b"C", what + cstring(server)), pending)
 
     def _reserved(self, name: str) -> bool:
-        """Names with control characters belong to the broker (its refusal portal is one):
-        a client that could name it would make the broker's refusals run its own query."""
+        """Names with control characters belong to the broker (its refusal portal is one).
+        Client names never reach the server anyway (broker.pg.names), so this is a second
+        fence: were a client able to name the refusal portal, the broker's refusals would
+        run its query."""
         if name.isprintable() or not name:
             return False
         self._refuse(

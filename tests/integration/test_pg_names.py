@@ -223,3 +223,51 @@ async def test_drivers_use_the_unnamed_and_named_statements_as_before(pg_broker:
         cur = await conn.execute(statement, (limit,), prepare=True)  # a named statement, Parsed once
         assert len(await cur.fetchall()) == limit
     await conn.close()
+
+
+async def test_a_portal_close_the_server_skipped_cannot_swap_the_portal(pg_broker: Harness) -> None:
+    """Inside a savepoint the transaction survives an error, and so does a portal made
+    before it. A Close of that portal the server skipped, then a Bind of the same name to
+    `SELECT 1` (refused by the server, 42P03): a broker that believed both counted the old
+    portal's waybill rows against `SELECT 1`, with no cap and no quota."""
+    client = await logged_in(pg_broker, "e1003")  # trainee: cap 20, quota 60
+    client.writer.write(parse("read", "SELECT id, sender_phone FROM waybills ORDER BY id LIMIT 20"))
+    client.writer.write(parse("one", "SELECT 1") + parse("boom", "SELECT 1/0") + sync())
+    assert kinds(await client.until(b"Z")) == b"111Z"
+    client.writer.write(query("BEGIN"))
+    await client.until(b"Z")
+    client.writer.write(bind("p", "read") + execute("p", 1) + sync())
+    assert kinds(await client.until(b"Z")) == b"2DsZ"
+    client.writer.write(query("SAVEPOINT s"))
+    await client.until(b"Z")
+    close_p = message(b"C", b"P" + b"p\x00")
+    client.writer.write(bind("", "boom") + execute("") + close_p + sync())
+    assert [e["C"] for e in errors(await client.until(b"Z"))] == ["22012"]
+    client.writer.write(query("ROLLBACK TO SAVEPOINT s"))
+    await client.until(b"Z")
+    client.writer.write(query("SAVEPOINT t"))
+    await client.until(b"Z")
+    client.writer.write(bind("p", "one") + sync())
+    assert [e["C"] for e in errors(await client.until(b"Z"))] == ["42P03"]  # p is still the read
+    client.writer.write(query("ROLLBACK TO SAVEPOINT t"))
+    await client.until(b"Z")
+    client.writer.write(execute("p") + sync())
+    seen = await client.until(b"Z")
+    assert kinds(seen).count(b"D") == 19 and not errors(seen)
+    client.writer.write(query("COMMIT"))
+    await client.until(b"Z")
+    assert await used(pg_broker, "e1003") == 20  # every row charged to the read that sent it
+    await client.close()
+
+
+async def test_a_bind_the_server_skipped_leaves_no_portal(pg_broker: Harness) -> None:
+    client = await logged_in(pg_broker)
+    client.writer.write(parse("d1", CAPPED) + parse("boom", "SELECT 1/0") + sync())
+    await client.until(b"Z")
+    client.writer.write(bind("", "boom") + execute("") + bind("p", "d1", "3") + sync() + execute("p") + sync())
+    assert [e["C"] for e in errors(await client.until(b"Z"))] == ["22012"]
+    seen = await client.until(b"Z")
+    assert b"D" not in kinds(seen)
+    found = errors(seen)
+    assert [e["C"] for e in found] == ["34000"] and '"p"' in found[0]["M"] and "bk_" not in found[0]["M"]
+    await client.close()

@@ -21,6 +21,8 @@ message (every change in flight assumed to succeed); `confirmed` is the server's
 Where the two part (a change in flight is later dropped), the worst outcome is a message
 naming a server name that does not exist: the server refuses it.
 
+broker.pg.server_objects applies this to a session's statements and portals.
+
 SQL-level names. `DEALLOCATE name` is translated to the server name and confirmed by its
 command tag, like a Close; `DEALLOCATE ALL` by its tag too. `PREPARE`, `EXECUTE`, `DECLARE`,
 `FETCH`, `MOVE` and `CLOSE` are refused by the analyser (42501, with a hint towards the

@@ -23,8 +23,8 @@ from broker.core.decision import Decision
 from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
-from broker.pg.names import Change, NameBook
-from broker.pg.relay import POISON, SKIPPED, Effect, Expect, Metered, Pending, Relay
+from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
+from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
 from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
 from broker.pg.statement_cache import StatementCache
@@ -37,7 +37,6 @@ from broker.pg.wire import (
     ProtocolViolation,
     cstring,
     error_response,
-    execute,
     message,
     read_bind,
 )
@@ -55,31 +54,6 @@ _REFUSAL_REASONS = {
     "08P01": Reason.STATEMENT_BAD_PARAMETER,  # a parameter the Bind did not send
 }
 """The audit's reason for a statement the analyser refused, by the SQLSTATE it chose."""
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A statement as the server has it: what the client sent, and what the broker sent."""
-
-    sql: str
-    statement: Statement | None
-    branches: frozenset[str] | None
-    sent: str
-    revision: str
-
-
-@dataclass(slots=True)
-class Portal:
-    """A Bind the broker decided: the execution its rows are counted against, and what
-    the decision rested on, so that a later Execute can be decided again."""
-
-    execution: Metered
-    prepared: Prepared
-    records: int
-    revision: str
-    batch: int
-    """The client read the Bind came in: an Execute in the same read is decided with it."""
-    executed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +99,8 @@ class Session:
         self._caller = caller
         self._guard = services.guard  # the one used on every statement, kept at hand
         self._relay = Relay()
-        self._relay.on_ready = self._on_ready
-        self._statement_names = NameBook("bk_s")
-        self._portal_names = NameBook("bk_p")
-        self._statements: dict[str, Prepared] = {}
-        """By server name (see broker.pg.names): what text each name the broker sent holds."""
-        self._portals: dict[str, Portal] = {}
-        """By server name."""
+        self._objects = ServerObjects(self._relay.finish)
+        self._relay.on_ready = self._objects.on_ready
         self._batch = 0
         self._discarding = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -162,8 +131,7 @@ class Session:
             for task in (client, server, *self._tasks):
                 task.cancel()
             await asyncio.gather(client, server, *self._tasks, return_exceptions=True)
-            portals = [p.execution for p in self._portals.values()]
-            left = {id(m): m for m in (*self._relay.abandon(), *portals) if not m.done}
+            left = {id(m): m for m in (*self._relay.abandon(), *self._objects.executions()) if not m.done}
             for execution in left.values():  # each once: a portal may also be awaiting its answer
                 await self._finished(execution)
             await self._backend.close()
@@ -252,33 +220,17 @@ class Session:
         pending = Pending(Expect.QUERY, executions)
         for position, statement in enumerate(statements):
             if statement.deallocates is not None:
-                texts[position] = self._deallocate(statement.deallocates, position, pending)
+                texts[position] = self._objects.deallocate(statement.deallocates, position, pending)
         self.statements += len(statements)
         text = "; ".join(texts) if statements else sql
         self._forward(message(b"Q", cstring(text)), pending)
-
-    def _deallocate(self, names: tuple[str, ...], position: int, pending: Pending) -> str:
-        """SQL DEALLOCATE in the broker's names; the session forgets the statement when
-        its command tag confirms it (not if an earlier statement failed, or the
-        transaction is aborted: the server then keeps it)."""
-        book = self._statement_names
-        if not names:
-            pending.effects[position] = self._effect(book, book.free_all(), self._statements)
-            return "DEALLOCATE ALL"
-        server = book.ahead(names[0])
-        if server is None:  # the server says it does not exist, in the client's name
-            server = book.fresh()
-        else:
-            pending.effects[position] = self._effect(book, book.free(names[0], server), self._statements)
-        pending.names += ((server, names[0]),)
-        return f"DEALLOCATE {server}"
 
     async def _parse(self, payload: bytes) -> None:
         fields = Cursor(payload)
         name, sql, rest = fields.cstring(), fields.cstring(), fields.rest()
         if self._reserved(name):
             return
-        if name and self._statement_names.ahead(name) is not None:
+        if name and self._objects.statement_taken(name):
             # The server would refuse it too, and keep the old statement: the broker must
             # never believe a statement is prepared that the server does not run.
             self._refuse(error_response("ERROR", "42P05", f'prepared statement "{name}" already exists'))
@@ -304,57 +256,7 @@ class Session:
             await self._refuse_sql(sql, exc, extended=True)
             return
         revision = snapshot.revision if snapshot else ""
-        book = self._statement_names
-        if name == "":
-            self._close_unnamed(b"S", book, self._statements)
-        # The text of a server name never used before: a Bind pipelined behind it is
-        # decided on it, and names it, so the server runs that text or refuses the Bind.
-        server = book.fresh()
-        self._statements[server] = Prepared(sql, statement, branches, text, revision)
-        effect = self._effect(book, book.bind(name, server), self._statements, created=server)
-        pending = Pending(Expect.REPLY, reply=b"1", effect=effect, names=((server, name),))
-        self._forward(message(b"P", cstring(server) + cstring(text) + rest), pending)
-
-    def _close_unnamed(self, kind: bytes, book: NameBook, objects: dict[str, Prepared] | dict[str, Portal]) -> None:
-        """A new unnamed statement or portal replaces the old one at the server; under
-        the broker's names the old one is closed first, unseen by the client."""
-        old = book.ahead("")
-        if old is None:
-            return
-        effect = self._effect(book, book.free("", old), objects)
-        self._forward(message(b"C", kind + cstring(old)), Pending(Expect.REPLY, reply=b"3", silent=True, effect=effect))
-
-    def _effect(
-        self,
-        book: NameBook,
-        change: Change,
-        objects: dict[str, Prepared] | dict[str, Portal],
-        created: str | None = None,
-    ) -> Effect:
-        """Applies `change` when the server confirms it; a server name no client name
-        reaches any more is forgotten (a portal's execution finished)."""
-
-        def confirmed() -> None:
-            for gone in book.confirm(change):
-                self._drop(objects, gone)
-
-        def failed() -> None:
-            book.fail(change)
-            if created is not None:
-                self._drop(objects, created)
-
-        return Effect(confirmed, failed)
-
-    def _drop(self, objects: dict[str, Prepared] | dict[str, Portal], server: str) -> None:
-        dropped = objects.pop(server, None)
-        if isinstance(dropped, Portal):  # ended, or never made: its audit says which
-            self._relay.finish(dropped.execution, "00000" if dropped.executed else SKIPPED)
-
-    def _on_ready(self, status: bytes) -> None:
-        """ReadyForQuery outside a transaction: the server has dropped every portal."""
-        if status == b"I":
-            for server in self._portal_names.forget_confirmed():
-                self._drop(self._portals, server)
+        self._send(self._objects.parse(name, Prepared(sql, statement, branches, text, revision), rest))
 
     async def _as_live_policy_reads(
         self, prepared: Prepared, snapshot: PolicySnapshot | None
@@ -369,12 +271,12 @@ class Session:
         bound = read_bind(payload)
         if self._reserved(bound.portal) or self._reserved(bound.statement):
             return
-        server_statement = self._statement_names.ahead(bound.statement)
-        prepared = self._statements.get(server_statement) if server_statement is not None else None
-        if server_statement is None or prepared is None:
+        found = self._objects.statement(bound.statement)
+        if found is None:
             self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
             return
-        if bound.portal and self._portal_names.ahead(bound.portal) is not None:
+        server_statement, prepared = found
+        if bound.portal and self._objects.portal_taken(bound.portal):
             self._refuse(error_response("ERROR", "42P03", f'portal "{bound.portal}" already exists'))
             return
         started, snapshot = time.perf_counter(), self._services.policy.current
@@ -391,18 +293,10 @@ class Session:
         execution = await self._decided(statement, snapshot, records, started, extended=True)
         if execution is None or not await self._still_as_prepared(prepared, execution, bound):
             return
-        book = self._portal_names
-        if bound.portal == "":
-            self._close_unnamed(b"P", book, self._portals)
-        server = book.fresh()
-        revision = snapshot.revision if snapshot else ""
-        self._portals[server] = Portal(execution, prepared, records, revision, self._batch)
-        effect = self._effect(book, book.bind(bound.portal, server), self._portals, created=server)
+        portal = Portal(execution, prepared, records, snapshot.revision if snapshot else "", self._batch)
         self.statements += 1
-        names = ((server, bound.portal), (server_statement, bound.statement))
         rest = payload[len(bound.portal.encode("utf-8")) + len(bound.statement.encode("utf-8")) + 2 :]
-        sent = message(b"B", cstring(server) + cstring(server_statement) + rest)
-        self._forward(sent, Pending(Expect.REPLY, reply=b"2", effect=effect, names=names))
+        self._send(self._objects.bind(bound.portal, (server_statement, bound.statement), portal, rest))
 
     async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
         """Checks with the branches decided now, not at Parse (a reload may have taken one
@@ -485,40 +379,27 @@ class Session:
         name, max_rows = fields.cstring(), fields.int32()
         if self._reserved(name):
             return
-        server = self._portal_names.ahead(name)
-        portal = self._portals.get(server) if server is not None else None
-        if server is None or portal is None or portal.execution.done:
+        found = self._objects.portal(name)
+        if found is None or found[1].execution.done:
             self._refuse(error_response("ERROR", "34000", f'portal "{name}" does not exist'))
             return
-        if not await self._still_decided(portal):
-            return
-        portal.executed = True
-        pending = Pending(Expect.EXECUTE, [portal.execution], names=((server, name),))
-        self._forward(execute(server, max_rows), pending)
+        server, portal = found
+        if await self._still_decided(portal):
+            self._send(self._objects.execute(name, server, portal, max_rows))
 
     async def _describe(self, payload: bytes) -> None:
         fields = Cursor(payload)
         what, name = fields.byte(), fields.cstring()
         if self._reserved(name):
             return
-        book = self._statement_names if what == b"S" else self._portal_names
-        server = book.ahead(name) or book.fresh()  # a fresh name: the server says it does not exist
-        self._forward(message(b"D", what + cstring(server)), Pending(Expect.DESCRIBE, names=((server, name),)))
+        self._send(self._objects.describe(what, name))
 
     async def _close(self, payload: bytes) -> None:
         fields = Cursor(payload)
         what, name = fields.byte(), fields.cstring()
         if self._reserved(name):
             return
-        book = self._statement_names if what == b"S" else self._portal_names
-        objects: dict[str, Prepared] | dict[str, Portal] = self._statements if what == b"S" else self._portals
-        server = book.ahead(name)
-        if server is None:  # closing what does not exist is not an error
-            self._forward(message(b"C", what + cstring(book.fresh())), Pending(Expect.REPLY, reply=b"3"))
-            return
-        effect = self._effect(book, book.free(name, server), objects)
-        pending = Pending(Expect.REPLY, reply=b"3", effect=effect, names=((server, name),))
-        self._forward(message(b"C", what + cstring(server)), pending)
+        self._send(self._objects.close(what, name))
 
     def _reserved(self, name: str) -> bool:
         """Names with control characters belong to the broker (its refusal portal is one).
@@ -644,6 +525,10 @@ class Session:
         self._relay.needs_abort = False
         self._forward(POISON, Pending(Expect.EXECUTE, replacement=b"", silent=True))
         self._forward(SYNC, Pending(Expect.SYNC, silent=True))
+
+    def _send(self, messages: Forward) -> None:
+        for data, pending in messages:
+            self._forward(data, pending)
 
     def _forward(self, data: bytes, pending: Pending) -> None:
         """Queue `data` for the server; its answer is expected from now on."""

@@ -162,3 +162,37 @@ async def test_a_suspended_portal_stops_when_a_reload_lowers_the_cap_below_it(
     assert b"D" not in kinds(seen)
     assert [e["C"] for e in errors(seen)] == ["42501"] and "bulk.over_cap" in errors(seen)[0]["M"]
     await client.close()
+
+
+async def test_a_suspended_portal_stops_when_a_reload_closes_its_table(pg_broker: Harness, policy_dir: Path) -> None:
+    client = await suspended_portal(pg_broker)
+    tables = policy_dir / "tables.toml"
+    tables.write_text(tables.read_text().replace('name = "waybills"', 'name = "parcels"'))
+    assert await pg_broker.broker.reload("test")
+    client.writer.write(execute("p", 5) + sync())
+    seen = await client.until(b"Z")
+    assert b"D" not in kinds(seen)
+    assert [e["C"] for e in errors(seen)] == ["42501"] and "waybills" in errors(seen)[0]["M"]
+    await client.close()
+
+
+async def test_a_table_free_portal_stops_when_a_reload_takes_the_employee_off_the_roster(
+    pg_broker: Harness, policy_dir: Path
+) -> None:
+    await hired(pg_broker, policy_dir)
+    client = await RawClient.open(pg_broker.pg_port)
+    await client.login(pg_broker, "e1005")
+    client.writer.write(query("BEGIN"))
+    await client.until(b"Z")
+    table_free = "SELECT x FROM (VALUES (1), (2), (3), (4)) AS v (x)"
+    client.writer.write(parse("", table_free) + bind("p", "") + execute("p", 2) + sync())
+    assert kinds(await client.until(b"Z")) == b"12DDsZ"
+    roster = policy_dir / "roster.csv"
+    roster.write_text(roster.read_text().replace("g, e1005, clerk, BR001", "").replace("g2, e1005, day-cn", ""))
+    assert await pg_broker.broker.reload("test")
+    client.writer.write(execute("p", 2) + sync())
+    seen = await client.until(b"E")
+    assert b"D" not in kinds(seen)
+    found = error_fields(seen[-1][1][5:])
+    assert found["S"] == "FATAL" and "identity.not_on_roster" in found["M"]
+    await client.close()

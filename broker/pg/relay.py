@@ -346,6 +346,9 @@ def renamed(raw: bytes, names: tuple[tuple[str, str], ...]) -> bytes:
         if text is None:
             continue
         for server, client in names:
+            if client == "":  # as PostgreSQL words it for the unnamed statement and portal
+                text = text.replace(f'prepared statement "{server}"', "unnamed prepared statement")
+                text = text.replace(f'portal "{server}"', "unnamed portal")
             text = text.replace(f'"{server}"', f'"{client}"')
         changed = changed or text != fields[tag]
         fields[tag] = text

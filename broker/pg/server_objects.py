@@ -125,6 +125,12 @@ class ServerObjects:
         pending = Pending(Expect.REPLY, reply=b"3", effect=effect, names=((server, client),))
         return [(message(b"C", what + cstring(server)), pending)]
 
+    def query(self) -> Forward:
+        """A simple Query drops the unnamed statement and portal at the server (PostgreSQL
+        does so for every Query it runs); under the broker's names they are closed, unseen,
+        just before it (and skipped with it after an error, as the server skips the Query)."""
+        return self._close_unnamed(b"S") + self._close_unnamed(b"P")
+
     def deallocate(self, names: tuple[str, ...], position: int, pending: Pending) -> str:
         """SQL DEALLOCATE in the broker's names, for the statement at `position` of a
         simple Query; forgotten when its command tag confirms it (not if an earlier

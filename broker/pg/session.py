@@ -223,6 +223,7 @@ class Session:
                 texts[position] = self._objects.deallocate(statement.deallocates, position, pending)
         self.statements += len(statements)
         text = "; ".join(texts) if statements else sql
+        self._send(self._objects.query())
         self._forward(message(b"Q", cstring(text)), pending)
 
     async def _parse(self, payload: bytes) -> None:
@@ -273,7 +274,9 @@ class Session:
             return
         found = self._objects.statement(bound.statement)
         if found is None:
-            self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
+            self._refuse(
+                error_response("ERROR", "26000", f"{_named('prepared statement', bound.statement)} does not exist")
+            )
             return
         server_statement, prepared = found
         if bound.portal and self._objects.portal_taken(bound.portal):
@@ -381,7 +384,7 @@ class Session:
             return
         found = self._objects.portal(name)
         if found is None or found[1].execution.done:
-            self._refuse(error_response("ERROR", "34000", f'portal "{name}" does not exist'))
+            self._refuse(error_response("ERROR", "34000", f"{_named('portal', name)} does not exist"))
             return
         server, portal = found
         if await self._still_decided(portal):
@@ -626,6 +629,11 @@ class Session:
         with contextlib.suppress(ConnectionError, RuntimeError):
             self._writer.write(error_response("FATAL", sqlstate, text))
             await self._writer.drain()
+
+
+def _named(what: str, name: str) -> str:
+    """A statement or portal as PostgreSQL's messages name it."""
+    return f'{what} "{name}"' if name else f"unnamed {what}"
 
 
 def _touched(statement: Statement | None) -> list[tuple[str, str]]:

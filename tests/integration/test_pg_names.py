@@ -271,3 +271,22 @@ async def test_a_bind_the_server_skipped_leaves_no_portal(pg_broker: Harness) ->
     found = errors(seen)
     assert [e["C"] for e in found] == ["34000"] and '"p"' in found[0]["M"] and "bk_" not in found[0]["M"]
     await client.close()
+
+
+async def test_a_simple_query_drops_the_unnamed_statement_and_portal_as_postgresql_does(pg_broker: Harness) -> None:
+    client = await logged_in(pg_broker)
+    client.writer.write(parse("", "SELECT 1") + bind("", "") + sync())
+    assert kinds(await client.until(b"Z")) == b"12Z"
+    client.writer.write(query("SELECT 2"))
+    assert kinds(await client.until(b"Z")) == b"TDCZ"  # the closes before it are the broker's, unseen
+    client.writer.write(bind("", "") + execute("") + sync())
+    found = errors(await client.until(b"Z"))
+    assert [e["C"] for e in found] == ["26000"] and found[0]["M"] == "unnamed prepared statement does not exist"
+    client.writer.write(query("BEGIN"))
+    await client.until(b"Z")
+    client.writer.write(parse("", "SELECT 1") + bind("", "") + sync() + query("SELECT 3") + execute("") + sync())
+    assert kinds(await client.until(b"Z")) == b"12Z"
+    assert kinds(await client.until(b"Z")) == b"TDCZ"
+    found = errors(await client.until(b"Z"))
+    assert [e["C"] for e in found] == ["34000"]  # the unnamed portal went with the Query
+    await client.close()

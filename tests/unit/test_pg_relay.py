@@ -238,3 +238,12 @@ def test_a_server_error_shows_the_clients_name() -> None:
     error = error_response("ERROR", "26000", 'prepared statement "bk_s7" does not exist')
     out = feed(relay, error, ready_for_query(b"I"))
     assert b'"mine"' in out and b"bk_s7" not in out
+
+
+def test_a_server_error_about_the_unnamed_statement_says_so() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.REPLY, reply=b"2", names=(("bk_p3", ""), ("bk_s9", ""))))
+    relay.expect(Pending(Expect.SYNC))
+    error = error_response("ERROR", "26000", 'prepared statement "bk_s9" does not exist')
+    out = feed(relay, error, ready_for_query(b"I"))
+    assert b"unnamed prepared statement does not exist" in out and b"bk_" not in out

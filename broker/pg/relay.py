@@ -95,9 +95,9 @@ class Pending:
     """REPLY: the one answer that completes it (ParseComplete "1", BindComplete "2",
     CloseComplete "3"); anything else is a desynchronised stream."""
     effect: Effect | None = None
-    effects: dict[int, Effect] = field(default_factory=dict)
+    effects: dict[int, Effect] | None = None
     """QUERY: the effect of the statement at each position (DEALLOCATE), confirmed by its
-    command tag."""
+    command tag. None when there is none (every other message: no dict per message)."""
     names: tuple[tuple[str, str], ...] = ()
     """(server name, client name) pairs this message used: a server error quoting the
     broker's name is shown with the client's."""
@@ -236,7 +236,7 @@ class Relay:
         elif not (current is not None and current.cut):
             self._emit(raw, head)
         if head.expect is Expect.QUERY:
-            effect = head.effects.pop(head.position, None)
+            effect = head.effects.pop(head.position, None) if head.effects else None
             if effect is not None:
                 effect.confirmed()
         elif head.effect is not None:
@@ -330,8 +330,9 @@ def _fail(pending: Pending, start: int) -> None:
     if pending.effect is not None:
         effect, pending.effect = pending.effect, None
         effect.failed()
-    for position in sorted(p for p in pending.effects if p >= start):
-        pending.effects.pop(position).failed()
+    if pending.effects:
+        for position in sorted(p for p in pending.effects if p >= start):
+            pending.effects.pop(position).failed()
 
 
 def renamed(raw: bytes, names: tuple[tuple[str, str], ...]) -> bytes:

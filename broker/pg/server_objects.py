@@ -136,14 +136,15 @@ class ServerObjects:
         simple Query; forgotten when its command tag confirms it (not if an earlier
         statement failed, or in an aborted transaction: the server then keeps it)."""
         book = self._statement_names
+        effects = pending.effects = pending.effects or {}
         if not names:
-            pending.effects[position] = self._effect(book.free_all(), b"S")
+            effects[position] = self._effect(book.free_all(), b"S")
             return "DEALLOCATE ALL"
         server = book.ahead(names[0])
         if server is None:  # the server says it does not exist, in the client's name
             server = book.fresh()
         else:
-            pending.effects[position] = self._effect(book.free(names[0], server), b"S")
+            effects[position] = self._effect(book.free(names[0], server), b"S")
         pending.names += ((server, names[0]),)
         return f"DEALLOCATE {server}"
 

@@ -17,11 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+import structlog
+
 from broker.core.decision import Decision
 from broker.pg.setting import SHOWN_SETTINGS
 from broker.pg.sql import Statement
 from broker.pg.sql_write_cap import translated as over_cap_error
-from broker.pg.wire import error_fields, error_response, execute
+from broker.pg.wire import cstring, error_fields, error_response, execute, message
+
+log = structlog.get_logger("broker.pg")
 
 REFUSAL_PORTAL = "\x01broker refused"
 """A portal name no client can create (drivers never put control characters in names)."""
@@ -68,6 +72,16 @@ class Metered:
 
 
 @dataclass(slots=True)
+class Effect:
+    """What the session assumed when it forwarded a message (a name now denotes a
+    statement, a portal was closed): `confirmed` when the server did it, `failed` when it
+    refused or skipped it. State changes on the server's word, never on the client's."""
+
+    confirmed: Callable[[], None]
+    failed: Callable[[], None]
+
+
+@dataclass(slots=True)
 class Pending:
     expect: Expect
     executions: list[Metered] = field(default_factory=list)
@@ -75,11 +89,19 @@ class Pending:
     """The broker's own error, shown instead of the server's answer to the poison."""
     fatal: bool = False
     silent: bool = False
-    """Sent by the broker for itself (aborting a transaction): nothing reaches the client."""
+    """Sent by the broker for itself (aborting a transaction, closing a replaced unnamed
+    statement): nothing reaches the client."""
     position: int = 0
-    failed: Callable[[], None] | None = None
-    """Called when the server refused or skipped this message: what the session assumed
-    when it forwarded it (a statement prepared under a name) did not happen."""
+    reply: bytes = b""
+    """REPLY: the one answer that completes it (ParseComplete "1", BindComplete "2",
+    CloseComplete "3"); anything else is a desynchronised stream."""
+    effect: Effect | None = None
+    effects: dict[int, Effect] | None = None
+    """QUERY: the effect of the statement at each position (DEALLOCATE), confirmed by its
+    command tag. None when there is none (every other message: no dict per message)."""
+    names: tuple[tuple[str, str], ...] = ()
+    """(server name, client name) pairs this message used: a server error quoting the
+    broker's name is shown with the client's."""
 
 
 _COMPLETES = {
@@ -89,6 +111,22 @@ _COMPLETES = {
     Expect.SYNC: frozenset(),  # ReadyForQuery ends a SYNC or a QUERY wherever it arrives
     Expect.QUERY: frozenset((b"C", b"I")),
 }
+_BETWEEN = {
+    Expect.REPLY: frozenset(),
+    Expect.DESCRIBE: frozenset((b"t",)),  # ParameterDescription, before the row description
+    Expect.EXECUTE: frozenset((b"H", b"c")),  # COPY ... TO STDOUT: CopyOutResponse, CopyDone
+    Expect.SYNC: frozenset(),
+    Expect.QUERY: frozenset((b"T", b"H", b"c")),
+}
+"""What may arrive before the answer that completes a request. Anything else means the
+broker no longer knows which request an answer belongs to, and the session ends."""
+
+DESYNC = error_response(
+    "FATAL",
+    "08P01",
+    "the access broker could not match the database's answer to a statement it decided, so it ended the session",
+    hint="Reconnect. If this repeats, tell the operators (the broker logged it).",
+)
 
 
 class Relay:
@@ -100,11 +138,18 @@ class Relay:
         """A statement that went over its limit: the session cancels it and sets cut_error."""
         self.cut_error = b""
         self._cutting = False
+        self._skipping = False
+        """The server refused an extended-protocol message: it skips everything (a simple
+        Query included) until the next Sync."""
         self.close = False
+        self.desynchronised = False
         self.status = b"I"
         self.needs_abort = False
         """A cut inside a transaction left the server's transaction open while the client
         saw an error: the session aborts it before the client's next statement."""
+        self.on_ready: Callable[[bytes], None] | None = None
+        """Called at every ReadyForQuery with the transaction status, where it sits in the
+        stream (portals end with the transaction)."""
 
     def expect(self, pending: Pending) -> None:
         self._pending.append(pending)
@@ -115,24 +160,26 @@ class Relay:
 
     def feed(self, kind: bytes, raw: bytes) -> None:
         """One message from the server, header included."""
+        if self.desynchronised:
+            return
         if kind in _ASYNC:
             if kind != b"S" or _shown(raw):
                 self._emit(raw)
             return
-        if not self._pending:
-            self._emit(raw)  # a FATAL on shutdown, say: the client should see it
-            return
-        head = self._pending[0]
         if kind == b"E":
-            self._on_error(head, raw)
+            self._on_error(raw)
         elif kind == b"Z":
             self._on_ready(raw)
+        elif not self._pending or self._skipping:
+            self._desync(kind)
         elif kind in _ROWS:
-            self._on_row(head, raw)
-        elif kind in _COMPLETES[head.expect]:
-            self._on_complete(head, kind, raw)
+            self._on_row(self._pending[0], raw)
+        elif kind in _COMPLETES[self._pending[0].expect]:
+            self._on_complete(self._pending[0], kind, raw)
+        elif kind in _BETWEEN[self._pending[0].expect]:
+            self._emit(raw, self._pending[0])
         else:
-            self._emit(raw, head)
+            self._desync(kind)
 
     def take(self) -> bytes:
         data = b"".join(self.out)
@@ -145,14 +192,32 @@ class Relay:
         self._pending.clear()
         return left
 
+    def finish(self, execution: Metered, sqlstate: str = SKIPPED) -> None:
+        """Done with `execution` outside its own answer (a Bind the server refused, a
+        portal whose transaction ended); once only."""
+        if not execution.done:
+            if execution.sqlstate == "00000":
+                execution.sqlstate = sqlstate
+            self._finish(execution)
+
+    def _desync(self, kind: bytes) -> None:
+        """An answer the broker cannot attribute (a row with no decided statement waiting
+        for it, say): nothing more reaches the client, and the session ends."""
+        log.error("pg.desynchronised", message=kind.decode("latin-1"), waiting=len(self._pending))
+        self.desynchronised = self.close = True
+        self._cutting = False
+        self.out.append(DESYNC)
+
     def _emit(self, raw: bytes, head: Pending | None = None) -> None:
         if not self._cutting and not (head is not None and head.silent):
             self.out.append(raw)
 
     def _on_row(self, head: Pending, raw: bytes) -> None:
+        if self._cutting:
+            return  # the rest of a statement already cut: dropped, never shown
         current = _current(head)
-        if current is None or self._cutting:
-            self._emit(raw, head)
+        if current is None or current.done or head.expect not in (Expect.EXECUTE, Expect.QUERY):
+            self._desync(raw[:1])  # a row nothing decided is waiting for (or already settled)
             return
         if current.rows >= current.limit or current.sent_bytes + len(raw) > current.max_bytes:
             current.cut, current.sqlstate = True, "53400"
@@ -163,24 +228,41 @@ class Relay:
         self._emit(raw, head)
 
     def _on_complete(self, head: Pending, kind: bytes, raw: bytes) -> None:
+        if head.expect is Expect.REPLY and kind != head.reply:
+            self._desync(kind)
+            return
         current = _current(head)
         if current is not None and current.cut and not current.done:
             self._show_cut_error()
         elif not (current is not None and current.cut):
             self._emit(raw, head)
+        if head.expect is Expect.QUERY:
+            effect = head.effects.pop(head.position, None) if head.effects else None
+            if effect is not None:
+                effect.confirmed()
+        elif head.effect is not None:
+            head.effect.confirmed()
         if current is not None and kind != b"s":  # PortalSuspended: the portal goes on
             self._finish(current)
+        if kind != b"s":
             head.position += 1
         if head.expect is not Expect.QUERY:
             self._pending.popleft()
 
-    def _on_error(self, head: Pending, raw: bytes) -> None:
+    def _on_error(self, raw: bytes) -> None:
         fields = error_fields(raw[5:])
         capped = over_cap_error(fields)  # a write's row cap guard failed at the server
         if capped is not None:
             raw, fields = capped, {**fields, "C": "42501"}
-        if head.failed is not None:
-            head.failed()
+        if not self._pending or self._skipping:
+            if fields.get("S") in ("FATAL", "PANIC"):
+                self.close = True
+                self.out.append(raw)  # a FATAL on shutdown, say: the client should see it
+            else:
+                self._desync(b"E")
+            return
+        head = self._pending[0]
+        _fail(head, head.position)
         if head.replacement is not None:
             self._emit(head.replacement, head)
             self.close = self.close or head.fatal
@@ -190,24 +272,30 @@ class Relay:
             self.close = True
             self._emit(raw, head)
         else:
-            self._emit(without_values(raw, fields), head)
+            self._emit(renamed(without_values(raw, fields), head.names), head)
         current = _current(head)
         if current is not None and not current.done:
             current.sqlstate = current.sqlstate if current.cut else fields.get("C", "XX000")
             self._finish(current)
-        if head.expect is not Expect.QUERY:
-            self._skip_to_sync()
+        if head.expect not in (Expect.QUERY, Expect.SYNC):  # a Sync's commit can fail too
+            self._pending.popleft()
+            self._skipping = True
 
     def _on_ready(self, raw: bytes) -> None:
-        self._skip_to_sync()  # entries the server skipped after an error
-        if not self._pending:
-            self._emit(raw)
+        if self._skipping:
+            self._skip_to_sync()
+        if not self._pending or self._pending[0].expect not in (Expect.SYNC, Expect.QUERY):
+            self._desync(b"Z")
             return
         head = self._pending.popleft()
+        self._skipping = False
+        _fail(head, head.position)
         for left in head.executions:
             if not left.done:
                 self._finish(left, skipped=True)  # after an error, the rest of a Query never ran
         self.status = raw[5:6]
+        if self.on_ready is not None:
+            self.on_ready(self.status)
         if self._cutting:
             self._show_cut_error()
             self._cutting = False
@@ -223,10 +311,11 @@ class Relay:
             self.cut_error = b""
 
     def _skip_to_sync(self) -> None:
-        while self._pending and self._pending[0].expect not in (Expect.SYNC, Expect.QUERY):
+        """What the server skipped after an error, up to the Sync whose ReadyForQuery
+        has just arrived: Parse, Bind, Close, Execute and simple Queries alike."""
+        while self._pending and self._pending[0].expect is not Expect.SYNC:
             skipped = self._pending.popleft()
-            if skipped.failed is not None:
-                skipped.failed()
+            _fail(skipped, 0)
             for left in skipped.executions:
                 if not left.done:
                     self._finish(left, skipped=True)
@@ -238,6 +327,40 @@ class Relay:
         if skipped and execution.sqlstate == "00000":
             execution.sqlstate = SKIPPED
         self.finished.append(execution)
+
+
+def _fail(pending: Pending, start: int) -> None:
+    """Every effect of `pending` from position `start` on did not happen."""
+    if pending.effect is not None:
+        effect, pending.effect = pending.effect, None
+        effect.failed()
+    if pending.effects:
+        for position in sorted(p for p in pending.effects if p >= start):
+            pending.effects.pop(position).failed()
+
+
+def renamed(raw: bytes, names: tuple[tuple[str, str], ...]) -> bytes:
+    """A server error as the client may see it: the broker's names for statements and
+    portals are replaced by the client's ("prepared statement "s3" does not exist")."""
+    if not names:
+        return raw
+    fields = error_fields(raw[5:])
+    changed = False
+    for tag in ("M", "D", "H"):
+        text = fields.get(tag)
+        if text is None:
+            continue
+        for server, client in names:
+            if client == "":  # as PostgreSQL words it for the unnamed statement and portal
+                text = text.replace(f'prepared statement "{server}"', "unnamed prepared statement")
+                text = text.replace(f'portal "{server}"', "unnamed portal")
+            text = text.replace(f'"{server}"', f'"{client}"')
+        changed = changed or text != fields[tag]
+        fields[tag] = text
+    if not changed:
+        return raw
+    body = b"".join(tag.encode("latin-1") + cstring(value) for tag, value in fields.items())
+    return message(b"E", body + b"\x00")
 
 
 _VALUE_BEARING = ("22", "23")

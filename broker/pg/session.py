@@ -24,6 +24,7 @@ from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
+from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
 from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
 from broker.pg.statement_cache import StatementCache
@@ -53,17 +54,6 @@ _REFUSAL_REASONS = {
     "08P01": Reason.STATEMENT_BAD_PARAMETER,  # a parameter the Bind did not send
 }
 """The audit's reason for a statement the analyser refused, by the SQLSTATE it chose."""
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A statement as the server has it: what the client sent, and what the broker sent."""
-
-    sql: str
-    statement: Statement | None
-    branches: frozenset[str] | None
-    sent: str
-    revision: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +99,9 @@ class Session:
         self._caller = caller
         self._guard = services.guard  # the one used on every statement, kept at hand
         self._relay = Relay()
-        self._prepared: dict[str, Prepared] = {}
-        self._portals: dict[str, Metered] = {}
+        self._objects = ServerObjects(self._relay.finish)
+        self._relay.on_ready = self._objects.on_ready
+        self._batch = 0
         self._discarding = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelling: asyncio.Task[None] | None = None
@@ -140,7 +131,7 @@ class Session:
             for task in (client, server, *self._tasks):
                 task.cancel()
             await asyncio.gather(client, server, *self._tasks, return_exceptions=True)
-            left = {id(m): m for m in (*self._relay.abandon(), *self._portals.values()) if not m.done}
+            left = {id(m): m for m in (*self._relay.abandon(), *self._objects.executions()) if not m.done}
             for execution in left.values():  # each once: a portal may also be awaiting its answer
                 await self._finished(execution)
             await self._backend.close()
@@ -171,6 +162,7 @@ class Session:
                 return "protocol violation"
             if not data:
                 return "client closed"
+            self._batch += 1
             try:
                 for kind, raw in messages:
                     if kind == b"X":
@@ -221,21 +213,27 @@ class Session:
         decided = [d for e in executions for d in e.decisions]
         branches = _branches(decided)
         try:
-            text = scoped_sql(statements, branches, _write_cap(decided)) if statements else sql
+            cap = _write_cap(decided)
+            texts = [scoped_sql([s], branches, cap) if s.deallocates is None else "" for s in statements]
         except SqlRefused as exc:  # an INSERT of a row into another branch
             await self._release(executions)
             await self._refuse_sql(sql, exc, extended=False)
             return
+        pending = Pending(Expect.QUERY, executions)
+        for position, statement in enumerate(statements):
+            if statement.deallocates is not None:
+                texts[position] = self._objects.deallocate(statement.deallocates, position, pending)
         self.statements += len(statements)
-        self._forget_deallocated(statements)
-        self._forward(message(b"Q", cstring(text)), Pending(Expect.QUERY, executions))
+        text = "; ".join(texts) if statements else sql
+        self._send(self._objects.query())
+        self._forward(message(b"Q", cstring(text)), pending)
 
     async def _parse(self, payload: bytes) -> None:
         fields = Cursor(payload)
         name, sql, rest = fields.cstring(), fields.cstring(), fields.rest()
         if self._reserved(name):
             return
-        if name and name in self._prepared:
+        if name and self._objects.statement_taken(name):
             # The server would refuse it too, and keep the old statement: the broker must
             # never believe a statement is prepared that the server does not run.
             self._refuse(error_response("ERROR", "42P05", f'prepared statement "{name}" already exists'))
@@ -261,19 +259,7 @@ class Session:
             await self._refuse_sql(sql, exc, extended=True)
             return
         revision = snapshot.revision if snapshot else ""
-        # Known at once, for a Bind pipelined behind it; forgotten again unless the server
-        # confirms it (ParseComplete): were the server to refuse it (the name is still
-        # taken there, say after a DEALLOCATE it skipped), the broker would otherwise
-        # decide Binds on a statement other than the one the server runs.
-        prepared = self._prepared[name] = Prepared(sql, statement, branches, text, revision)
-
-        def refused_by_server() -> None:
-            if self._prepared.get(name) is prepared:
-                del self._prepared[name]
-
-        self._forward(
-            message(b"P", cstring(name) + cstring(text) + rest), Pending(Expect.REPLY, failed=refused_by_server)
-        )
+        self._send(self._objects.parse(name, Prepared(sql, statement, branches, text, revision), rest))
 
     async def _as_live_policy_reads(
         self, prepared: Prepared, snapshot: PolicySnapshot | None
@@ -284,22 +270,19 @@ class Session:
             return [prepared.statement] if prepared.statement else []
         return await self._analysed(prepared.sql, snapshot, extended=True)
 
-    def _forget_deallocated(self, statements: list[Statement]) -> None:
-        """SQL DEALLOCATE drops prepared statements at the server: the session forgets them
-        too (forgetting early is safe: a Bind of a forgotten name is refused)."""
-        for statement in statements:
-            if statement.deallocates == ():
-                self._prepared.clear()
-            elif statement.deallocates:
-                self._prepared.pop(statement.deallocates[0], None)
-
     async def _bind(self, payload: bytes) -> None:
         bound = read_bind(payload)
         if self._reserved(bound.portal) or self._reserved(bound.statement):
             return
-        prepared = self._prepared.get(bound.statement)
-        if prepared is None:
-            self._refuse(error_response("ERROR", "26000", f'prepared statement "{bound.statement}" does not exist'))
+        found = self._objects.statement(bound.statement)
+        if found is None:
+            self._refuse(
+                error_response("ERROR", "26000", f"{_named('prepared statement', bound.statement)} does not exist")
+            )
+            return
+        server_statement, prepared = found
+        if bound.portal and self._objects.portal_taken(bound.portal):
+            self._refuse(error_response("ERROR", "42P03", f'portal "{bound.portal}" already exists'))
             return
         started, snapshot = time.perf_counter(), self._services.policy.current
         live = await self._as_live_policy_reads(prepared, snapshot)
@@ -315,12 +298,10 @@ class Session:
         execution = await self._decided(statement, snapshot, records, started, extended=True)
         if execution is None or not await self._still_as_prepared(prepared, execution, bound):
             return
-        old = self._portals.get(bound.portal)
-        if old is not None and not old.done:
-            await self._finished(old)
-        self._portals[bound.portal] = execution
+        portal = Portal(execution, prepared, records, snapshot.revision if snapshot else "", self._batch)
         self.statements += 1
-        self._forward(message(b"B", payload), Pending(Expect.REPLY))
+        rest = payload[len(bound.portal.encode("utf-8")) + len(bound.statement.encode("utf-8")) + 2 :]
+        self._send(self._objects.bind(bound.portal, (server_statement, bound.statement), portal, rest))
 
     async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
         """Checks with the branches decided now, not at Parse (a reload may have taken one
@@ -348,39 +329,93 @@ class Session:
             return False
         return True
 
+    async def _still_decided(self, portal: Portal) -> bool:
+        """Every Execute is decided: a portal may be executed long after its Bind (a
+        suspended portal read in chunks), and by then the token may have expired, the
+        shift ended, or a reload moved the employee to another branch. An Execute in the
+        same client read as its Bind is decided with it. False after refusing (the portal
+        is then finished: the broker never executes it again)."""
+        snapshot = self._services.policy.current
+        revision = snapshot.revision if snapshot else ""
+        if portal.batch == self._batch and revision == portal.revision:
+            return True
+        started, statement = time.perf_counter(), portal.execution.statement
+        if snapshot is None or revision == portal.revision:
+            decision = await self._guard.decide_login(self._access(statement, "", "", 0))
+            if decision.allowed:
+                return True
+            await self._finished(portal.execution)
+            await self._denied(statement, [decision], started, extended=True, metered=False)
+            return False
+        if not await self._decided_again(portal, snapshot, started):
+            await self._finished(portal.execution)
+            return False
+        portal.revision = revision
+        return True
+
+    async def _decided_again(self, portal: Portal, snapshot: PolicySnapshot, started: float) -> bool:
+        """The portal under a policy reloaded since its Bind: allowed, without charging
+        again (its records were reserved at Bind), only if the statement it runs is still
+        what the live policy would send. False after refusing."""
+        live = await self._as_live_policy_reads(portal.prepared, snapshot)
+        if live is None:
+            return False
+        statement = live[0] if live else None
+        checked = await self._decided(statement, snapshot, portal.records, started, extended=True, meter=False)
+        if checked is None:
+            return False
+        try:
+            decisions = checked.decisions
+            sent = (
+                scoped_sql([statement], _branches(decisions), _write_cap(decisions))
+                if statement
+                else portal.prepared.sent
+            )
+            unchanged = sent == portal.prepared.sent
+        except SqlRefused:
+            unchanged = False
+        if not unchanged:
+            refused = SqlRefused(
+                "The access policy changed while this result was being read (your branches are not what they "
+                "were when the statement started), so the broker stopped it",
+                "Run the statement again; it will be decided under the current policy.",
+                "0A000",
+            )
+            await self._refuse_sql(portal.prepared.sql, refused, extended=True)
+        return unchanged
+
     async def _execute(self, payload: bytes) -> None:
-        portal = Cursor(payload).cstring()
-        if self._reserved(portal):
+        fields = Cursor(payload)
+        name, max_rows = fields.cstring(), fields.int32()
+        if self._reserved(name):
             return
-        execution = self._portals.get(portal)
-        if execution is None or execution.done:
-            self._refuse(error_response("ERROR", "34000", f'portal "{portal}" does not exist'))
+        found = self._objects.portal(name)
+        if found is None or found[1].execution.done:
+            self._refuse(error_response("ERROR", "34000", f"{_named('portal', name)} does not exist"))
             return
-        self._forward(message(b"E", payload), Pending(Expect.EXECUTE, [execution]))
+        server, portal = found
+        if await self._still_decided(portal):
+            self._send(self._objects.execute(name, server, portal, max_rows))
 
     async def _describe(self, payload: bytes) -> None:
         fields = Cursor(payload)
-        fields.byte()
-        if self._reserved(fields.cstring()):
+        what, name = fields.byte(), fields.cstring()
+        if self._reserved(name):
             return
-        self._forward(message(b"D", payload), Pending(Expect.DESCRIBE))
+        self._send(self._objects.describe(what, name))
 
     async def _close(self, payload: bytes) -> None:
         fields = Cursor(payload)
         what, name = fields.byte(), fields.cstring()
         if self._reserved(name):
             return
-        if what == b"S":
-            self._prepared.pop(name, None)
-        else:
-            portal = self._portals.pop(name, None)
-            if portal is not None and not portal.done:
-                await self._finished(portal)
-        self._forward(message(b"C", payload), Pending(Expect.REPLY))
+        self._send(self._objects.close(what, name))
 
     def _reserved(self, name: str) -> bool:
-        """Names with control characters belong to the broker (its refusal portal is one):
-        a client that could name it would make the broker's refusals run its own query."""
+        """Names with control characters belong to the broker (its refusal portal is one).
+        Client names never reach the server anyway (broker.pg.names), so this is a second
+        fence: were a client able to name the refusal portal, the broker's refusals would
+        run its query."""
         if name.isprintable() or not name:
             return False
         self._refuse(
@@ -501,6 +536,10 @@ class Session:
         self._forward(POISON, Pending(Expect.EXECUTE, replacement=b"", silent=True))
         self._forward(SYNC, Pending(Expect.SYNC, silent=True))
 
+    def _send(self, messages: Forward) -> None:
+        for data, pending in messages:
+            self._forward(data, pending)
+
     def _forward(self, data: bytes, pending: Pending) -> None:
         """Queue `data` for the server; its answer is expected from now on."""
         self._relay.expect(pending)
@@ -597,6 +636,11 @@ class Session:
         with contextlib.suppress(ConnectionError, RuntimeError):
             self._writer.write(error_response("FATAL", sqlstate, text))
             await self._writer.drain()
+
+
+def _named(what: str, name: str) -> str:
+    """A statement or portal as PostgreSQL's messages name it."""
+    return f'{what} "{name}"' if name else f"unnamed {what}"
 
 
 def _touched(statement: Statement | None) -> list[tuple[str, str]]:

@@ -30,56 +30,9 @@ from broker.pg.wire import (
 )
 from tests.conftest import BrokerFactory
 from tests.harness import Harness, door_settings
+from tests.pg_client import RawClient, bind, kinds, parse, sqlstate
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class RawClient:
-    """Just enough of a frontend to send what drivers rarely do."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.buffer = MessageBuffer(1 << 24)
-        self.pending: list[tuple[bytes, bytes]] = []
-
-    @classmethod
-    async def open(cls, port: int) -> RawClient:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def login(self, harness: Harness, employee: str = "e1001") -> None:
-        database = harness.broker.settings.postgres.server_database
-        self.writer.write(startup_message({"user": employee, "database": database}))
-        assert (await self.next())[0] == b"R"  # cleartext password, please
-        self.writer.write(message(b"p", cstring(harness.token(employee))))
-        await self.until(b"Z")
-
-    async def next(self) -> tuple[bytes, bytes]:
-        while not self.pending:
-            data = await asyncio.wait_for(self.reader.read(65536), 10)
-            if not data:
-                raise ConnectionError("the broker closed the connection")
-            self.pending.extend(self.buffer.feed(data))
-        return self.pending.pop(0)
-
-    async def until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
-        seen = []
-        while True:
-            found = await self.next()
-            seen.append(found)
-            if found[0] == kind:
-                return seen
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
-def kinds(messages: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(kind for kind, _ in messages)
-
-
-def sqlstate(raw: bytes) -> str:
-    return error_fields(raw[5:]).get("C", "")
 
 
 async def test_gssenc_is_declined_and_the_startup_goes_on(pg_broker: Harness) -> None:
@@ -370,17 +323,6 @@ async def test_a_client_cannot_name_the_brokers_own_portal(pg_broker: Harness, n
     await client.close()
 
 
-def parse(name: str, sql: str) -> bytes:
-    return message(b"P", cstring(name) + cstring(sql) + b"\x00\x00")
-
-
-def bind(portal: str, statement: str, *params: str) -> bytes:
-    values = b"".join(struct.pack("!I", len(p.encode())) + p.encode() for p in params)
-    return message(
-        b"B", cstring(portal) + cstring(statement) + b"\x00\x00" + struct.pack("!H", len(params)) + values + b"\x00\x00"
-    )
-
-
 async def test_a_statement_the_server_still_holds_cannot_be_swapped_for_a_tablefree_one(pg_broker: Harness) -> None:
     """Issue #13, finding 1: the server keeps d1 (its DEALLOCATE ran after an error and was
     skipped) and refuses the new Parse of d1 (42P05); a broker that believed d1 was now
@@ -394,11 +336,13 @@ async def test_a_statement_the_server_still_holds_cannot_be_swapped_for_a_tablef
     assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["22012"]  # division by zero; d1 stays
     client.writer.write(parse("d1", "SELECT 1") + message(b"S"))
     seen = await client.until(b"Z")
-    assert b"1" not in kinds(seen)  # no ParseComplete: the server refused it
+    assert b"1" not in kinds(seen)  # no ParseComplete: d1 is still taken, as at the server
+    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["42P05"]
     client.writer.write(bind("", "d1", "100000") + execute("") + message(b"S"))
     seen = await client.until(b"Z")
     assert b"D" not in kinds(seen), f"{kinds(seen).count(b'D')} rows of an undecided statement reached the client"
-    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["26000"]  # the broker no longer knows d1
+    errors = [error_fields(p) for k, p in seen if k == b"E"]  # decided as the d1 the server holds: over the cap
+    assert [e["C"] for e in errors] == ["42501"] and "bulk.over_cap" in errors[0]["M"]
     me = (await pg_broker.get("/-/me", "e1001")).json
     assert me["quotas"][0]["used"] == 0
     await client.close()
@@ -417,9 +361,10 @@ async def test_a_close_the_server_skips_cannot_swap_a_statement_either(pg_broker
     client.writer.write(bind("", "boom") + execute("") + message(b"C", b"S" + cstring("d1")) + message(b"S"))
     assert [error_fields(p)["C"] for k, p in await client.until(b"Z") if k == b"E"] == ["22012"]
     client.writer.write(parse("d1", "SELECT 1") + message(b"S"))
-    assert b"1" not in kinds(await client.until(b"Z"))  # refused by the server: d1 is still its old self
+    assert b"1" not in kinds(await client.until(b"Z"))  # refused (42P05): d1 is still its old self
     client.writer.write(bind("", "d1", "100000") + execute("") + message(b"S"))
     seen = await client.until(b"Z")
     assert b"D" not in kinds(seen)
-    assert [error_fields(p)["C"] for k, p in seen if k == b"E"] == ["26000"]
+    errors = [error_fields(p) for k, p in seen if k == b"E"]
+    assert [e["C"] for e in errors] == ["42501"] and "bulk.over_cap" in errors[0]["M"]
     await client.close()

@@ -3,7 +3,7 @@ broker's own errors go, and what is counted and cut."""
 
 from __future__ import annotations
 
-from broker.pg.relay import Expect, Metered, Pending, Relay
+from broker.pg.relay import Effect, Expect, Metered, Pending, Relay
 from broker.pg.wire import MessageBuffer, cstring, error_response, message, ready_for_query
 
 OUR_ERROR = error_response("ERROR", "42501", "refused by the broker")
@@ -159,3 +159,91 @@ def test_statements_the_server_skipped_are_not_audited_as_successes() -> None:
     relay.expect(Pending(Expect.SYNC))
     feed(relay, failed, ready_for_query(b"I"))
     assert portal.done and portal.sqlstate == "skipped"
+
+
+# --- every answer attributed (issue #13) ------------------------------------------------
+
+
+def test_a_row_with_no_decided_statement_waiting_ends_the_session() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.REPLY, reply=b"1"))  # a Parse: it never has rows
+    out = feed(relay, ROW, ROW)
+    assert ROW not in out and b"08P01" in out and b"FATAL" in out
+    assert relay.close and relay.desynchronised
+    assert feed(relay, COMPLETE, ready_for_query(b"I")) == b""  # nothing more reaches the client
+
+
+def test_a_row_when_nothing_is_awaited_ends_the_session() -> None:
+    relay = Relay()
+    out = feed(relay, ROW)
+    assert ROW not in out and relay.close
+
+
+def test_a_row_answering_the_brokers_refusal_ends_the_session() -> None:
+    """The refusal portal cannot exist; were it to answer with rows, they go nowhere."""
+    relay = Relay()
+    relay.expect(Pending(Expect.EXECUTE, replacement=OUR_ERROR))
+    out = feed(relay, ROW)
+    assert ROW not in out and relay.close
+
+
+def test_an_answer_of_the_wrong_kind_ends_the_session() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.REPLY, reply=b"2"))  # a Bind
+    out = feed(relay, message(b"1"))  # a ParseComplete
+    assert relay.close and b"08P01" in out
+
+
+def test_a_query_after_an_extended_error_is_skipped_like_the_server_skips_it() -> None:
+    """The server ignores a simple Query sent after an extended-protocol error and before
+    Sync; expecting its answer shifted every later answer onto the wrong statement."""
+    relay = Relay()
+    skipped, later = execution(), execution(limit=1)
+    relay.expect(Pending(Expect.EXECUTE, [execution()]))  # fails at the server
+    relay.expect(Pending(Expect.QUERY, [skipped]))  # ignored by the server
+    relay.expect(Pending(Expect.SYNC))
+    relay.expect(Pending(Expect.QUERY, [later]))
+    failed = error_response("ERROR", "42703", 'column "nope" does not exist')
+    out = feed(relay, failed, ready_for_query(b"I"))
+    assert out == failed + ready_for_query(b"I") and skipped.sqlstate == "skipped"
+    feed(relay, DESCRIPTION, ROW)
+    assert later.rows == 1
+    feed(relay, ROW)
+    assert relay.cut is later  # the second row is over ITS limit, counted where it belongs
+
+
+def test_effects_apply_on_confirmation_and_are_dropped_when_skipped() -> None:
+    seen: list[str] = []
+
+    def effect(name: str) -> Effect:
+        return Effect(lambda: seen.append(f"{name} done"), lambda: seen.append(f"{name} failed"))
+
+    relay = Relay()
+    relay.expect(Pending(Expect.REPLY, reply=b"1", effect=effect("parse")))
+    relay.expect(Pending(Expect.EXECUTE, [execution()]))
+    relay.expect(Pending(Expect.REPLY, reply=b"3", effect=effect("close")))  # skipped
+    relay.expect(Pending(Expect.SYNC))
+    query = Pending(Expect.QUERY, [execution(), execution()], effects={1: effect("deallocate")})
+    relay.expect(query)
+    feed(relay, message(b"1"), error_response("ERROR", "22012", "division by zero"), ready_for_query(b"I"))
+    assert seen == ["parse done", "close failed"]
+    feed(relay, error_response("ERROR", "22012", "division by zero"), ready_for_query(b"I"))
+    assert seen[-1] == "deallocate failed"
+
+
+def test_a_server_error_shows_the_clients_name() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.REPLY, reply=b"2", names=(("bk_s7", "mine"),)))
+    relay.expect(Pending(Expect.SYNC))
+    error = error_response("ERROR", "26000", 'prepared statement "bk_s7" does not exist')
+    out = feed(relay, error, ready_for_query(b"I"))
+    assert b'"mine"' in out and b"bk_s7" not in out
+
+
+def test_a_server_error_about_the_unnamed_statement_says_so() -> None:
+    relay = Relay()
+    relay.expect(Pending(Expect.REPLY, reply=b"2", names=(("bk_p3", ""), ("bk_s9", ""))))
+    relay.expect(Pending(Expect.SYNC))
+    error = error_response("ERROR", "26000", 'prepared statement "bk_s9" does not exist')
+    out = feed(relay, error, ready_for_query(b"I"))
+    assert b"unnamed prepared statement does not exist" in out and b"bk_" not in out

@@ -83,18 +83,19 @@ async def test_a_slow_analysis_does_not_hold_other_sessions_or_http(
     make_broker: BrokerFactory, pg_database: str
 ) -> None:
     broker = await make_broker(
-        postgres=door_settings(pg_database, max_statement_bytes=4 << 20, analysis_timeout_seconds=1.0)
+        postgres=door_settings(pg_database, max_statement_bytes=8 << 20, analysis_timeout_seconds=2.0)
     )
     async with await connect(broker) as slow, await connect(broker, "e1004") as other:
-        huge = "SELECT id FROM waybills WHERE id IN (" + ",".join(str(n) for n in range(300_000)) + ") LIMIT 5"
+        huge = "SELECT id FROM waybills WHERE id IN (" + ",".join(str(n) for n in range(700_000)) + ") LIMIT 5"
         stalled = asyncio.create_task(refused(slow, huge))
         await asyncio.sleep(0.2)
         started = time.monotonic()
         await usable(other)
         assert (await broker.get("/-/healthz")).status == 200
-        assert time.monotonic() - started < 0.5, "the loop or every worker was held while a statement was analysed"
+        # held, they would wait out the 2 s analysis; a busy machine is slow, not that slow
+        assert time.monotonic() - started < 1.2, "the loop or every worker was held while a statement was analysed"
         error = await stalled
-        assert error.sqlstate == "54001" and "within 1 s" in str(error)
+        assert error.sqlstate == "54001" and "within 2 s" in str(error)
         await usable(slow)
 
 

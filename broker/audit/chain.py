@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from hashlib import sha256 as _sha256
 from pathlib import Path
 
 import orjson
@@ -45,10 +46,22 @@ class Chain:
     def link(self, line: bytes) -> bytes:
         """`line` (one JSON object and a newline, as `render` makes it) with `seq` and
         `prev` as its last fields; the chain moves on to it."""
-        self.seq += 1
-        linked = b'%s,"seq":%d,"prev":"%s"}\n' % (line.rstrip(b"\n")[:-1], self.seq, self.head.encode())
-        self.head = line_hash(linked)
-        return linked
+        return self.link_all([line])
+
+    def link_all(self, lines: list[bytes]) -> bytes:
+        """`link` for a whole batch, as the bytes to write: one slice and one format per
+        line, and the hash over the line as formatted (this runs in the writer thread,
+        which shares the GIL with the event loop)."""
+        linked: list[bytes] = []
+        seq, head = self.seq, self.head.encode()
+        for line in lines:
+            seq += 1
+            body = b'%s,"seq":%d,"prev":"%s"}' % (line[:-2] if line.endswith(b"}\n") else line.rstrip()[:-1], seq, head)
+            head = _sha256(body).hexdigest().encode()
+            linked.append(body)
+        linked.append(b"")
+        self.seq, self.head = seq, head.decode()
+        return b"\n".join(linked)
 
 
 def resume(path: Path) -> tuple[Chain, bool]:

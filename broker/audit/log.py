@@ -209,12 +209,12 @@ class FileAuditSink:
             except queue.Empty:
                 batch = []
             final = batch is None
-            lines = [self._chain.link(line) for line in batch or ()]
+            data = self._chain.link_all(batch) if batch else b""
             if final or time.monotonic() - last_checkpoint >= every:
-                lines.append(self._checkpoint())
+                data += self._checkpoint()
                 last_checkpoint = time.monotonic()
             events = len(batch or ())
-            if lines and not self._write(b"".join(lines), events):
+            if data and not self._write(data, events):
                 return  # stopping: what is left was reported by close()
             if final:
                 return

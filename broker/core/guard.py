@@ -73,6 +73,8 @@ class Guard:
         audit: AuditGate | None = None,
     ) -> None:
         self._audit = audit
+        self._freeze_gates: dict[str, tuple[Gate, ...]] = {}
+        """employee -> the gate of their freeze key, built once (checked on every admission)."""
         self._policy = policy
         self._auth = authenticator
         self._meter = meter
@@ -305,7 +307,11 @@ class Guard:
         """Probe budget, rate check and quota reservation in one meter call (one round
         trip to Redis)."""
         access = d.access
-        gates: tuple[Gate, ...] = (Gate(freeze_key(employee.id), 1),)
+        gates = self._freeze_gates.get(employee.id)
+        if gates is None:
+            if len(self._freeze_gates) >= 100_000:
+                self._freeze_gates.clear()
+            gates = self._freeze_gates[employee.id] = (Gate(freeze_key(employee.id), 1),)
         if probes is not None:
             probe_window = quota_window(probes, shift, employee.zone, now)
             d.probe_key, d.probe_window_end = probe_key(employee.id, probe_window.start), probe_window.end

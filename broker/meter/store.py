@@ -7,7 +7,7 @@ charge happen together, so concurrent requests cannot both squeeze under a limit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class StoreUnavailable(Exception):
@@ -70,11 +70,10 @@ class Gate:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     """What admitting one request found. `closed_gate` is the index of the first gate
     found closed (its counter in `gate_used`), in which case neither the rate nor the
-    quota was checked or charged."""
+    quota was checked or charged. (A tuple: one is built per request.)"""
 
     rate: RateOutcome | None
     quota: Reservation | None

@@ -32,6 +32,7 @@ from broker.policy.snapshot import PolicySnapshot, load_snapshot
 from broker.review.cases import TESTS_DIR, case_files, load_cases, report_text, run_cases, verify_with_own_tests
 from broker.review.explain import explain
 from broker.review.offline import Question, decide_offline, parse_request
+from broker.review.recorded_decision import recorded_question
 from broker.review.replay import impact_json, impact_text, read_audit, replay
 from broker.signals.act import set_frozen
 
@@ -88,16 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--policies", type=Path, help="test this policy directory instead of the configured one")
     test.set_defaults(func=_test)
 
-    explain = commands.add_parser("explain", help="show every check of one decision, and the verdict")
-    _config_option(explain)
-    explain.add_argument("--policies", type=Path, help="explain under this policy directory")
-    explain.add_argument("--employee", required=True, help="the employee id (as in the token's sub)")
-    explain.add_argument("--request", required=True, help="e.g. 'GET /api/branches/BR001/waybills?limit=5'")
-    explain.add_argument("--at", help="ISO instant with offset (default: now, or the configured clock)")
-    explain.add_argument("--used", type=int, default=0, help="records already taken in the quota window")
-    explain.add_argument("--body", help="JSON request body, for writes that name their branch in it")
-    explain.add_argument("--json", action="store_true", help="machine-readable output")
-    explain.set_defaults(func=_explain)
+    _add_explain_command(commands)
 
     replay = commands.add_parser(
         "replay", help="re-decide a recorded audit log under a changed policy and show what would flip"
@@ -140,6 +132,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     return parser
+
+
+def _add_explain_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    explain = commands.add_parser("explain", help="show every check of one decision, and the verdict")
+    _config_option(explain)
+    explain.add_argument("--policies", type=Path, help="explain under this policy directory")
+    explain.add_argument("--employee", help="the employee id (as in the token's sub)")
+    explain.add_argument("--request", help="e.g. 'GET /api/branches/BR001/waybills?limit=5'")
+    explain.add_argument(
+        "--decision",
+        help="a decision id from the audit (X-Broker-Decision, the refusal's decision_id): employee, request, time "
+        "and quota used are read from --audit",
+    )
+    explain.add_argument("--audit", type=Path, help="the audit log holding --decision")
+    explain.add_argument("--at", help="ISO instant with offset (default: now, or the configured clock)")
+    explain.add_argument("--used", type=int, default=0, help="records already taken in the quota window")
+    explain.add_argument("--body", help="JSON request body, for writes that name their branch in it")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(func=_explain)
 
 
 def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -271,18 +282,25 @@ def _explain(args: argparse.Namespace) -> int:
     if snapshot is None:
         return EXIT_BAD_POLICY
     try:
-        method, target = parse_request(args.request)
-        at = parse_instant(args.at) if args.at else clock_from(settings.clock.start).now()
-    except ValueError as exc:
+        if args.decision:
+            question, recorded = recorded_question(snapshot, args.decision, args.audit)
+        elif args.employee and args.request:
+            method, target = parse_request(args.request)
+            at = parse_instant(args.at) if args.at else clock_from(settings.clock.start).now()
+            body = args.body.encode() if args.body else None
+            question, recorded = Question(args.employee, method, target, at, body, args.used), None
+        else:
+            raise ValueError("give --employee and --request, or --decision and --audit")
+    except (ValueError, OSError) as exc:
         print(f"broker explain: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    body = args.body.encode() if args.body else None
-    question = Question(args.employee, method, target, at, body, args.used)
     decision, route = asyncio.run(decide_offline(snapshot, question))
-    explanation = explain(snapshot, decision, route, f"{method} {target}")
+    explanation = explain(snapshot, decision, route, f"{question.method} {question.target}")
     if args.json:
-        print(json.dumps(explanation.as_json(), indent=2))
+        print(json.dumps({**explanation.as_json(), **({"recorded": recorded} if recorded else {})}, indent=2))
     else:
+        if recorded is not None:
+            print("\n".join(f"recorded {key}: {value}" for key, value in recorded.items()))
         print(explanation.as_text(), end="")
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from broker.audit.checkpoint import load_signer, write_key_pair
 from broker.audit.log import FileAuditSink
 from broker.config import AuditSettings
 from tests.conftest import BrokerFactory
+from tests.harness import Harness
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -355,3 +357,25 @@ async def test_a_collector_gets_the_chain_at_least_once_and_across_restarts(
     result = verify(stored, key=keys[1])
     assert result.returncode == 0, result.stdout
     assert "10 event(s), 2 valid checkpoint(s)" in result.stdout
+
+
+async def test_the_help_desk_explains_a_past_decision_from_the_chained_audit(broker: Harness, tmp_path: Path) -> None:
+    """'Why was I refused?': the employee gives the decision id; explain reads who, what,
+    when and the quota used from the audit (a chained file with checkpoints) and redoes it."""
+    for _ in range(3):
+        assert (await broker.get("/api/branches/BR001/waybills?limit=20", "e1003")).status == 200
+    refused = await broker.get("/api/branches/BR001/waybills?limit=20", "e1003")
+    assert refused.status == 429 and refused.json["reason"] == "quota.exceeded"
+    await broker.audit_events(at_least=4)
+    config = tmp_path / "explain.toml"
+    config.write_text(f'[policy]\ndirectory = "{broker.broker.settings.policy.directory}"\n')
+    result = await asyncio.to_thread(
+        cli, "explain", "-c", str(config), "--decision", refused.json["decision_id"], "--audit", str(broker.audit_path),
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    explained = json.loads(result.stdout)
+    assert explained["employee"] == "e1003" and explained["reason"] == "quota.exceeded"
+    assert explained["recorded"]["quota_used_before"] == 60 and explained["recorded"]["reason"] == "quota.exceeded"
+    missing = await asyncio.to_thread(cli, "explain", "--decision", "nope", "--audit", str(broker.audit_path))
+    assert missing.returncode == 2 and "decision nope is not in" in missing.stderr

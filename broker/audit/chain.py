@@ -42,6 +42,9 @@ class Chain:
     """The seq of the last line written (0: nothing yet)."""
     head: str = GENESIS
     """The hash of the last line written."""
+    clean: bool = True
+    """False when the chain was picked up from a run that did not end with its final
+    checkpoint (a crash, or a file cut or edited since its last checkpoint)."""
 
     def link(self, line: bytes) -> bytes:
         """`line` (one JSON object and a newline, as `render` makes it) with `seq` and
@@ -68,7 +71,8 @@ def resume(path: Path) -> tuple[Chain, bool]:
     """The chain a file ends with, so a restarted broker continues it rather than starting
     a second chain in the same file; and whether the file ends in a torn line (a crash
     mid-write), which the caller closes with a newline so the next line starts clean.
-    A file with no chained line (new, empty, or written before chaining) starts a chain."""
+    A file with no chained line (new, empty, or written before chaining) starts a chain.
+    `Chain.clean` says whether the last line is its run's final checkpoint."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -85,5 +89,6 @@ def resume(path: Path) -> tuple[Chain, bool]:
         except orjson.JSONDecodeError:
             continue  # a torn or foreign line: the one before it may be the head
         if isinstance(event, dict) and isinstance(event.get("seq"), int):
-            return Chain(event["seq"], line_hash(line)), torn
+            clean = event.get("event") == "audit.checkpoint" and event.get("kind") == "final" and not torn
+            return Chain(event["seq"], line_hash(line), clean), torn
     return Chain(), torn

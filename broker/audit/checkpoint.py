@@ -24,15 +24,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 CHECKPOINT_EVENT = "audit.checkpoint"
-_DOMAIN = b"broker audit checkpoint v1\n"
+_DOMAIN = b"broker audit checkpoint v2\n"
+PERIODIC, FINAL, RESUMED, RESUMED_UNCLEAN = "periodic", "final", "resumed", "resumed-unclean"
+KINDS = (PERIODIC, FINAL, RESUMED, RESUMED_UNCLEAN)
+"""What a checkpoint marks: every `checkpoint_seconds`; the last line a run wrote when it
+stopped cleanly; the first line of a run that found the file ending in its predecessor's
+final checkpoint; or in anything else (a crash, or a file cut or edited after its last
+checkpoint: the lines since that checkpoint can never be proven)."""
 
 
 class AuditKeyError(ValueError):
     """A key file that cannot be used, with the reason in words."""
 
 
-def signed_bytes(covers: int, head: str, time: str) -> bytes:
-    return _DOMAIN + f"{covers}\n{head}\n{time}\n".encode()
+def signed_bytes(covers: int, head: str, time: str, kind: str) -> bytes:
+    return _DOMAIN + f"{covers}\n{head}\n{time}\n{kind}\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +47,8 @@ class Signer:
     key_id: str
     """The first 16 hex digits of the public key's SHA-256: which key to verify with."""
 
-    def sign(self, covers: int, head: str, time: str) -> str:
-        return base64.b64encode(self.key.sign(signed_bytes(covers, head, time))).decode()
+    def sign(self, covers: int, head: str, time: str, kind: str) -> str:
+        return base64.b64encode(self.key.sign(signed_bytes(covers, head, time, kind))).decode()
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -74,9 +80,9 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def signature_holds(public: Ed25519PublicKey, signature: str, covers: int, head: str, time: str) -> bool:
+def signature_holds(public: Ed25519PublicKey, signature: str, covers: int, head: str, time: str, kind: str) -> bool:
     try:
-        public.verify(base64.b64decode(signature, validate=True), signed_bytes(covers, head, time))
+        public.verify(base64.b64decode(signature, validate=True), signed_bytes(covers, head, time, kind))
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -143,16 +143,17 @@ def load_state(path: Path | None) -> Chain:
         return Chain()
     try:
         state = orjson.loads(path.read_bytes())
-        return Chain(int(state["seq"]), str(state["head"]))
+        return Chain(int(state["seq"]), str(state["head"]), state.get("clean") is True)
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         print(f"broker: audit chain state {path} is unreadable ({exc}); a new chain starts", file=sys.stderr)
         return Chain()
 
 
-def save_state(path: Path, chain: Chain) -> None:
-    """Replace the state file in one rename, so a crash leaves the old state or the new."""
+def save_state(path: Path, chain: Chain, clean: bool = False) -> None:
+    """Replace the state file in one rename, so a crash leaves the old state or the new;
+    `clean` only after the run's final checkpoint was written."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(orjson.dumps({"seq": chain.seq, "head": chain.head}))
+    partial.write_bytes(orjson.dumps({"seq": chain.seq, "head": chain.head, "clean": clean}))
     os.replace(partial, path)
 
 

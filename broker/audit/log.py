@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from broker.audit.checkpoint import CHECKPOINT_EVENT, Signer
+from broker.audit.checkpoint import CHECKPOINT_EVENT, FINAL, PERIODIC, RESUMED, RESUMED_UNCLEAN, Signer
 from broker.audit.destination import open_destination, save_state
 from broker.config import AuditSettings
 
@@ -202,6 +202,10 @@ class FileAuditSink:
     def _drain(self) -> None:
         every = self.settings.checkpoint_seconds
         last_checkpoint = time.monotonic()
+        if self._chain.seq:  # a run before this one wrote here: say how it ended, signed
+            kind = RESUMED if self._chain.clean else RESUMED_UNCLEAN
+            if not self._write(self._checkpoint(kind), 0):
+                return
         while True:
             wait = max(0.0, every - (time.monotonic() - last_checkpoint))
             try:
@@ -211,29 +215,30 @@ class FileAuditSink:
             final = batch is None
             data = self._chain.link_all(batch) if batch else b""
             if final or time.monotonic() - last_checkpoint >= every:
-                data += self._checkpoint()
+                data += self._checkpoint(FINAL if final else PERIODIC)
                 last_checkpoint = time.monotonic()
             events = len(batch or ())
-            if data and not self._write(data, events):
+            if data and not self._write(data, events, final=final):
                 return  # stopping: what is left was reported by close()
             if final:
                 return
             self._rotate_if_due()
 
-    def _checkpoint(self) -> bytes:
+    def _checkpoint(self, kind: str) -> bytes:
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         covers, head = self._chain.seq, self._chain.head
         event: dict[str, Any] = {
             "time": now,
             "event": CHECKPOINT_EVENT,
+            "kind": kind,
             "covers": covers,
             "head": head,
             "key_id": self._signer.key_id if self._signer else None,
-            "signature": self._signer.sign(covers, head, now) if self._signer else None,
+            "signature": self._signer.sign(covers, head, now, kind) if self._signer else None,
         }
         return self._chain.link(orjson.dumps(event) + b"\n")
 
-    def _write(self, data: bytes, events: int) -> bool:
+    def _write(self, data: bytes, events: int, *, final: bool = False) -> bool:
         """Append `data`, retrying from the first unwritten byte while the disk refuses;
         False if the sink is stopping before it could."""
         view, delay = memoryview(data), 0.05
@@ -251,7 +256,7 @@ class FileAuditSink:
                 delay = min(delay * 2, 2.0)
         self._sync()
         if self._state is not None:
-            save_state(self._state, self._chain)
+            save_state(self._state, self._chain, clean=final)
         with self._lock:
             backlog = self.backlog
             backlog.bytes = max(0, backlog.bytes - len(data))

@@ -22,7 +22,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.chain import GENESIS, line_hash
-from broker.audit.checkpoint import CHECKPOINT_EVENT, signature_holds
+from broker.audit.checkpoint import CHECKPOINT_EVENT, FINAL, KINDS, RESUMED, RESUMED_UNCLEAN, signature_holds
 
 
 @dataclass(slots=True)
@@ -45,6 +45,7 @@ class Verdict:
 def verify(paths: Sequence[Path], key: Ed25519PublicKey | None) -> Verdict:
     verdict = Verdict()
     seq, head = 0, ""
+    previous: dict[str, Any] | None = None
     for path in paths:
         try:
             raw = path.read_bytes()
@@ -78,7 +79,8 @@ def verify(paths: Sequence[Path], key: Ed25519PublicKey | None) -> Verdict:
             seq, head = found, line_hash(line)
             verdict.unproven += 1
             if event.get("event") == CHECKPOINT_EVENT:
-                problem = _checkpoint_problem(event, key)
+                problem = _checkpoint_problem(event, key) or _resume_problem(event, previous, verdict)
+                previous = event
                 if problem:
                     verdict.problems.append(f"{where}: {problem}")
                     continue
@@ -86,8 +88,25 @@ def verify(paths: Sequence[Path], key: Ed25519PublicKey | None) -> Verdict:
                 verdict.proven_through, verdict.last_checkpoint_time = where, str(event.get("time", ""))
                 verdict.unproven = 0
             else:
+                previous = event
                 verdict.events += 1
     return verdict
+
+
+def _resume_problem(event: dict[str, Any], previous: dict[str, Any] | None, verdict: Verdict) -> str:
+    """A run that started on a file must say how the run before it ended, truthfully."""
+    kind = event.get("kind")
+    after = f"after {verdict.proven_through}" if verdict.proven_through else "from the start"
+    if kind == RESUMED_UNCLEAN:
+        return (
+            f"the run before ended without its final checkpoint (a crash, or the file was cut or edited): "
+            f"the {verdict.unproven - 1} line(s) {after} up to here cannot be proven"
+        )
+    if kind == RESUMED and not (
+        previous and previous.get("event") == CHECKPOINT_EVENT and previous.get("kind") == FINAL
+    ):
+        return "a run resumed as if the one before had stopped cleanly, but the line before is not its final checkpoint"
+    return ""
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
@@ -114,10 +133,10 @@ def _checkpoint_problem(event: dict[str, Any], key: Ed25519PublicKey | None) -> 
         return "checkpoint does not cover the line before it"
     if key is None:
         return ""
-    signature = event.get("signature")
+    signature, kind = event.get("signature"), event.get("kind")
     if not isinstance(signature, str) or not isinstance(head, str) or not isinstance(time, str):
         return "checkpoint is not signed"
-    if not signature_holds(key, signature, covers, head, time):
+    if kind not in KINDS or not signature_holds(key, signature, covers, head, time, str(kind)):
         return "checkpoint signature does not verify with this key: forged, edited, or another key"
     return ""
 

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from broker.audit.chain import Chain, line_hash
 from broker.audit.checkpoint import load_signer, write_key_pair
 from broker.audit.log import FileAuditSink
 from broker.config import AuditSettings
@@ -167,12 +168,42 @@ def test_a_restarted_broker_continues_the_chain_after_a_torn_line(tmp_path: Path
         stream.write(b'{"decision_id":"half')
     write_events(log, keys[0], 3)
     events = [orjson.loads(line) for line in lines_of(log) if line.startswith(b"{") and line.endswith(b"}\n")]
-    assert [e["seq"] for e in events] == list(range(1, 9))
+    assert [e["seq"] for e in events] == list(range(1, 10))  # 3, final, resumed (unclean), 3, final
+    assert events[4]["kind"] == "resumed-unclean"
     result = verify(log, key=keys[1])
-    assert result.returncode == 1  # the torn line is named, and only it
+    assert result.returncode == 1  # the torn line, and the restart that found it
     assert [line for line in result.stdout.splitlines() if line.startswith("bad:")] == [
-        f"bad: {log}:5: not a whole JSON line (torn by a crash, or edited)"
+        f"bad: {log}:5: not a whole JSON line (torn by a crash, or edited)",
+        f"bad: {log}:6: the run before ended without its final checkpoint (a crash, or the file was cut or edited): "
+        f"the 0 line(s) after {log}:4 up to here cannot be proven",
     ]
+
+
+def test_a_clean_restart_continues_the_chain_and_verifies(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    log = tmp_path / "audit.log"
+    write_events(log, keys[0], 3)
+    write_events(log, keys[0], 3)
+    kinds = [e.get("kind") for e in map(orjson.loads, lines_of(log))]
+    assert kinds == [None] * 3 + ["final", "resumed"] + [None] * 3 + ["final"]
+    result = verify(log, key=keys[1])
+    assert result.returncode == 0, result.stdout
+
+
+def test_cutting_the_tail_and_forging_a_line_before_a_restart_is_named(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """The file is cut back to its fourth line (dropping the signed final checkpoint) and a
+    made-up fifth line is linked to it; the broker restarts on it. The restart says it
+    found no final checkpoint, so the forged line is never proven."""
+    log = tmp_path / "audit.log"
+    write_events(log, keys[0], 10)
+    kept = lines_of(log)[:4]
+    forged = {"decision_id": "forged", "verdict": "deny", "reason": "policy.other_branch"}
+    chain = Chain(4, line_hash(kept[-1]))
+    log.write_bytes(b"".join(kept) + chain.link(orjson.dumps(forged) + b"\n"))
+    write_events(log, keys[0], 2)
+    result = verify(log, key=keys[1], extra=("--max-age", "60"))
+    assert result.returncode == 1
+    assert "the run before ended without its final checkpoint" in result.stdout
+    assert "the 5 line(s) from the start up to here cannot be proven" in result.stdout
 
 
 @pytest.mark.parametrize("rotation", [{"rotate_bytes": 2_000}, {"rotate_seconds": 0.1}])
@@ -356,7 +387,7 @@ async def test_a_collector_gets_the_chain_at_least_once_and_across_restarts(
     stored.write_bytes(collector.stored())
     result = verify(stored, key=keys[1])
     assert result.returncode == 0, result.stdout
-    assert "10 event(s), 2 valid checkpoint(s)" in result.stdout
+    assert "10 event(s), 3 valid checkpoint(s)" in result.stdout  # final, resumed, final
 
 
 async def test_the_help_desk_explains_a_past_decision_from_the_chained_audit(broker: Harness, tmp_path: Path) -> None:

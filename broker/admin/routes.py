@@ -25,6 +25,18 @@ from broker.policy.holder import PolicyHolder
 ADMIN_PREFIX = "/-/"
 
 
+def _loopback_only(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def guarded(request: web.Request) -> web.Response:
+        if request.remote not in ("127.0.0.1", "::1"):
+            detail = "Served to this machine only on the proxy port; operators set [server] admin_port."
+            return _json({"status": 403, "title": "Operators only", "detail": detail}, 403)
+        return await handler(request)
+
+    return guarded
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
@@ -51,16 +63,19 @@ class AdminRoutes:
         """The employee-facing endpoints (`/-/me`, `/-/problems/...`) and, unless they
         have a listener of their own, the operators' ones."""
         if operations:
-            self.register_operations(app)
+            self.register_operations(app, shared=True)
         app.router.add_get("/-/me", self.me)
         app.router.add_get("/-/problems/{code}", self.problem)
 
-    def register_operations(self, app: web.Application) -> None:
-        """Health, readiness, metrics and the policy state: for probes and operators."""
+    def register_operations(self, app: web.Application, *, shared: bool = False) -> None:
+        """Health, readiness, metrics and the policy state: for probes and operators. On
+        the proxy port (`shared`), metrics and the policy state (who is flagged, which
+        policy line was rejected and why) answer loopback clients only: employees reach
+        that port too. Set `[server] admin_port` to serve them to a Prometheus elsewhere."""
         app.router.add_get("/-/healthz", self.healthz)
         app.router.add_get("/-/readyz", self.readyz)
-        app.router.add_get("/-/metrics", self.metrics)
-        app.router.add_get("/-/policy", self.policy)
+        app.router.add_get("/-/metrics", _loopback_only(self.metrics) if shared else self.metrics)
+        app.router.add_get("/-/policy", _loopback_only(self.policy) if shared else self.policy)
 
     async def healthz(self, _: web.Request) -> web.Response:
         return _json({"status": "ok"})

@@ -180,23 +180,38 @@ class _DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique even ignoring case: Go's and .NET's JSON readers
+    match field names case-insensitively, so `branch_code` and `Branch_Code` are one
+    field to them and two to the broker."""
     document: dict[str, Any] = {}
+    folded: set[str] = set()
     for key, value in pairs:
-        if key in document:
+        fold = key.casefold()
+        if fold in folded:
             raise _DuplicateKey(key)
+        folded.add(fold)
         document[key] = value
     return document
 
 
-def branch_from_body(route: Route, body: bytes) -> str:
+def branch_from_body(route: Route, body: bytes, query_names: Iterable[str] = ()) -> str:
     """The record's branch named in a JSON request body (for writes).
 
-    A key given twice anywhere in the body is refused: the broker would decide on one
-    value and the upstream's parser might read the other."""
+    A key given twice anywhere in the body (or twice ignoring case) is refused, and so is
+    a query parameter of the branch field's name: the broker would decide on one value and
+    the upstream's framework (Rails, Flask and PHP merge query and body parameters) might
+    read the other."""
+    if any(name.casefold() == route.branch_name.casefold() for name in query_names):
+        raise Refused(
+            Reason.REQUEST_BAD_BODY,
+            f"{route.branch_name!r} is given in the query as well as in the body; give it once, in the body.",
+        )
     try:
         document = json.loads(body, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
-        raise Refused(Reason.REQUEST_BAD_BODY, f"The request body gives the key {str(exc)!r} twice.") from None
+        raise Refused(
+            Reason.REQUEST_BAD_BODY, f"The request body gives the key {str(exc)!r} twice (letter case aside)."
+        ) from None
     except (ValueError, RecursionError):
         raise Refused(Reason.REQUEST_BAD_BODY, "The request body is not valid JSON.") from None
     value = document.get(route.branch_name) if isinstance(document, dict) else None

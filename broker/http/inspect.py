@@ -71,13 +71,14 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
     return Counted(scan.records)
 
 
-def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool:
+def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool | None:
     """Whether a JSON answer on a route mapped as carrying no records holds an object
-    with any branch field the route map knows (or cannot be fully checked)."""
+    with any branch field the route map knows (or cannot be fully checked); None when it
+    is not JSON after all (the caller reads it as text)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
+        return None
     for path in branch_paths:
         scan = scan_records(document, path, None)
         if scan.records or scan.too_deep:

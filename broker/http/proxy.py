@@ -39,17 +39,19 @@ def _too_large(limit: int) -> str:
     return f"The answer is larger than the {limit} bytes the broker can check; ask for fewer records."
 
 
+_MEDIA = ("image/", "audio/", "video/", "font/")
+
+
 def _answer_kind(answer: Answer) -> str:
     """How an answer on a route mapped as carrying no records can be checked for records
     anyway: "json" (any *json* type, `text/json` and vendor types included, or no label
-    at all: the label is the upstream's, not ours), "text" (text/*, XML, CSV, YAML: held
-    and searched for a branch field's name) or "other" (binary: passed on as it comes)."""
+    at all: the label is the upstream's, not ours), "media" (images, sound, video, fonts:
+    passed on as they come) or "text" (everything else, JavaScript, octet-stream and
+    msgpack included: held and searched for a branch field's name)."""
     kind = answer.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if not kind or "json" in kind:
         return "json"
-    if kind.startswith("text/") or any(word in kind for word in ("xml", "csv", "yaml", "x-www-form-urlencoded")):
-        return "text"
-    return "other"
+    return "media" if kind.startswith(_MEDIA) else "text"
 
 
 @dataclass(slots=True)
@@ -139,7 +141,8 @@ class ProxyHandler:
         if isinstance(body, Refusal):
             return dataclasses.replace(access, refusal=body), None, None
         try:
-            return dataclasses.replace(access, branch=branch_from_body(route, body)), route, body
+            branch = branch_from_body(route, body, request.query.keys())
+            return dataclasses.replace(access, branch=branch), route, body
         except Refused as exc:
             return dataclasses.replace(access, refusal=Refusal(exc.reason, exc.detail)), None, None
 
@@ -162,7 +165,10 @@ class ProxyHandler:
                 refused = await self._check_owner(request, decision, route, outcome)
                 if refused is not None:
                     return refused
-            answer = await self._upstream.pool.send(request.method, request.raw_path, headers, body)
+            # HEAD on a record route goes upstream as GET: its answer is checked and charged
+            # like a GET's (a HEAD would say "this record exists" for free), then sent bodiless
+            method = "GET" if request.method == "HEAD" and route.records != "none" else request.method
+            answer = await self._upstream.pool.send(method, request.raw_path, headers, body)
             try:
                 return await self._answer(request, decision, route, answer, outcome)
             finally:
@@ -229,12 +235,14 @@ class ProxyHandler:
         (another branch's records, too many, a 4xx such as not found): probing is metered
         like reading. The service's own failures (5xx, answers it cannot check) are not."""
         if route.records != "none":
-            if 200 <= answer.status < 300 or answer.status == 304:  # 304: the client's cached copy stands
+            if 200 <= answer.status < 300 and answer.status != 206:
+                # never a 304 or 206: the broker sends no conditional or range header, and
+                # a partial body cannot be checked
                 return await self._pass_inspected(request, decision, route, answer, outcome)
             detail = f"The service answered {answer.status} to this request; its own answer is not passed on."
             return await self._refuse_status(decision, outcome, answer.status, detail, "status")
         kind = _answer_kind(answer)
-        if kind != "other" and request.method != "HEAD" and answer.status not in (204, 205, 304):
+        if kind != "media" and request.method != "HEAD" and answer.status not in (204, 205, 304):
             return await self._pass_checked_unmapped(request, decision, answer, outcome, kind)
         await self._guard.settle(decision, 0)
         return await self._pass_streamed(request, decision, answer, outcome)
@@ -248,7 +256,7 @@ class ProxyHandler:
             await self._guard.settle(decision, 0)
             detail = "The service sent a compressed answer, which cannot be counted."
             return self._refuse(decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, detail)
-        if request.method == "HEAD" or answer.status in (204, 205, 304):  # answers HTTP gives no body
+        if answer.status in (204, 205):  # answers HTTP gives no body
             await self._guard.settle(decision, 0)
             return await self._write_held(request, decision, answer, b"", outcome, 0)
         held = await self._hold(decision, answer, outcome)
@@ -346,8 +354,10 @@ class ProxyHandler:
         try:
             snapshot = self._policy.current
             fields = snapshot.routes.branch_paths if snapshot is not None else ()
-            scan = holds_records if kind == "json" else names_a_branch_field
-            if held and scan(held, fields):
+            found = holds_records(held, fields) if kind == "json" else None
+            if found is None:  # not JSON whatever the label says (NDJSON, NaN, a BOM): read as text
+                found = names_a_branch_field(held, fields)
+            if held and found:
                 self._metrics.upstream_errors.labels("records_on_unmapped_route").inc()
                 target = redacted_target(decision.access.target)
                 log.error("http.records_on_route_mapped_without_records", target=target)

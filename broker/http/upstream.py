@@ -36,6 +36,10 @@ IDENTITY_HEADERS = (
     "x-auth-request-email", "x-auth-request-groups", "x-employee", "x-employee-id",
 )  # fmt: skip
 """Headers an upstream may take as who is asking or from where: only the broker says that."""
+CONDITIONAL_HEADERS = ("range", "if-range", "if-none-match", "if-match", "if-modified-since", "if-unmodified-since")
+"""Headers that make the upstream answer 206 or 304 instead of the record: a partial body
+cannot be checked, and a 304 answers "does this record exist?" without a record to
+count. The broker asks for the whole answer, every time."""
 FRAMING = frozenset({"content-length", "expect"})
 """Set by the pool for the body it sends; `Expect: 100-continue` was answered by the broker."""
 
@@ -56,6 +60,7 @@ class Upstream:
                 raise ConfigError(f"[upstream] assertion_key_file: {exc}") from exc
         extra = {_header_key(h) for h in settings.strip_headers}
         dropped = HOP_BY_HOP | FRAMING | {"host", *FORWARDED_HEADERS, *OVERRIDE_HEADERS, *IDENTITY_HEADERS} | extra
+        dropped |= set(CONDITIONAL_HEADERS)
         dropped |= {"accept-encoding"}  # every answer is checked, so it must come plain
         self._dropped = dropped if settings.forward_authorization else dropped | {"authorization"}
         """Request headers never passed on (lower case, `_` read as `-`: many servers treat

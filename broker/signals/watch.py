@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from broker.signals.rules import Action, SignalRules
 
@@ -30,9 +31,16 @@ PROBING_REASONS = frozenset(
 """Refusals that test what the policy allows or what the data holds: a person doing their
 job meets a few a shift, a script probing meets them by the dozen. Not the quota or the
 request rate: an honest app retrying on 429 would trip them."""
-_RECORD_NUMBER = re.compile(r"/([A-Za-z]*)(\d{4,})/?(?:\?|$)")
-"""A one-record path ending in a record number (`/api/waybills/SF1000000042`): its letters
-prefix and digits."""
+_NUMBERED = re.compile(r"(\D*)(\d+)\Z")
+
+
+def record_id(path: str) -> str | None:
+    """The record a path names: its last segment holding a digit, percent-decoded
+    (`/api/waybills/SF1000000042`, `/api/waybills/SF-1000%34/scans`, a UUID), or None."""
+    for segment in reversed(unquote(path.split("?", 1)[0]).split("/")):
+        if len(segment) >= 3 and any(c.isdigit() for c in segment):
+            return segment
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +138,11 @@ class SignalWatcher:
     ) -> None:
         rule = rules.enumeration
         assert rule is not None
-        match = _RECORD_NUMBER.search(str(event.get("path", "")))
-        if match is None:
+        number = record_id(str(event.get("path", "")))
+        if number is None:
             return
         records = recent.records
-        records[match[1] + match[2]] = now
+        records[number] = now
         if len(records) > rule.records:
             for number, seen in list(records.items()):
                 if now - seen > rule.window:
@@ -165,8 +173,9 @@ class SignalWatcher:
 
 
 def _run_of(records: dict[str, float]) -> dict[str, Any]:
-    """The longest run of consecutive numbers among the records (same letters prefix)."""
-    numbers = sorted({(re.sub(r"\d+$", "", r), int(re.sub(r"^\D*", "", r))) for r in records})
+    """The longest run of consecutive numbers among the records (same prefix); ids that
+    do not end in a number (UUIDs) count as records but form no run."""
+    numbers = sorted({(m[1], int(m[2])) for r in records if (m := _NUMBERED.match(r))})
     best = current = 1
     best_end = numbers[0] if numbers else ("", 0)
     for before, after in itertools.pairwise(numbers):

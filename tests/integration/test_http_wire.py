@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt as pyjwt  # noqa: TID251 - the test plays the upstream, which checks the assertion
 import orjson
 import pytest
@@ -584,18 +585,63 @@ async def test_a_json_answer_on_a_route_without_records_too_large_to_scan_is_ref
     assert b"BR002" not in reply.body
 
 
-async def test_head_on_a_record_route_answers_without_a_body(wired: Harness, raw_upstream: RawUpstream) -> None:
+async def test_head_on_a_record_route_is_checked_like_a_get_and_answers_without_a_body(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
     raw_upstream.answer("/v2/one/SF1", own(1))
+    raw_upstream.answer("/v2/one/SF2", own(2, "BR002"))
     reply = await wired.request("HEAD", "/v2/one/SF1", "e1001")
     assert reply.status == 200 and reply.body == b""
+    other = await wired.request("HEAD", "/v2/one/SF2", "e1001")  # "does SF2 exist?" is a probe, not free
+    assert other.status == 403
+    assert [r.method for r in raw_upstream.requests] == ["GET", "GET"]
+    events = await wired.audit_events(at_least=2)
+    assert events[-1]["reason"] == "upstream.other_branch" and events[-1]["probe"] is True
 
 
-async def test_not_modified_passes_without_a_body(wired: Harness, raw_upstream: RawUpstream) -> None:
-    """A 304 cannot carry records (HTTP gives it no body): an app's cache revalidation works."""
-    raw_upstream.answers["/v2/one/SF1"] = Canned(304, b"", extra=[("ETag", '"v1"')])
-    reply = await wired.get("/v2/one/SF1", "e1001", headers={"If-None-Match": '"v1"'})
-    assert reply.status == 304 and reply.body == b"", reply.headers
-    assert {name.lower(): value for name, value in reply.headers.items()}["etag"] == '"v1"'
+async def test_range_and_conditional_headers_never_reach_the_upstream(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    """A 206 cannot be checked and a 304 says "this record exists" with no record to count:
+    the broker always asks for the whole answer."""
+    raw_upstream.answer("/v2/one/SF1", own(1))
+    conditional = {
+        "Range": "bytes=1-", "If-Range": '"v1"', "If-None-Match": "*", "If-Match": '"v1"',
+        "If-Modified-Since": "Tue, 01 Dec 2026 00:00:00 GMT", "If-Unmodified-Since": "Tue, 01 Dec 2026 00:00:00 GMT",
+    }  # fmt: skip
+    reply = await wired.get("/v2/one/SF1", "e1001", headers=conditional)
+    assert reply.status == 200
+    sent = {name.lower() for name, _ in raw_upstream.requests[-1].headers}
+    assert not sent & {name.lower() for name in conditional}, sent
+
+
+@pytest.mark.parametrize("status", [206, 304])
+async def test_a_partial_or_not_modified_answer_on_a_record_route_is_refused(
+    wired: Harness, raw_upstream: RawUpstream, status: int
+) -> None:
+    raw_upstream.answers["/v2/one/SF1"] = Canned(status, b'{"waybill_no": "SF1", "branch_code": "BR002"}')
+    reply = await wired.get("/v2/one/SF1", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.refused"
+    assert b"BR002" not in reply.body
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"branch_code": "BR002", "phone": "138"}\n{"branch_code": "BR003"}\n'),  # NDJSON
+        ("application/json", b'{"branch_code": "BR002", "weight": NaN}'),
+        ("application/javascript", b'callback({"branch_code": "BR002"})'),
+        ("application/octet-stream", b"waybill_no,branch_code\nSF1,BR002\n"),
+        ("application/x-msgpack", b"\x81\xabbranch_code\xa5BR002"),
+    ],
+)
+async def test_answers_that_are_not_json_after_all_are_searched_as_text_on_unmapped_routes(
+    wired: Harness, raw_upstream: RawUpstream, content_type: str, body: bytes
+) -> None:
+    raw_upstream.answers["/api/status"] = Canned(200, body, content_type)
+    reply = await wired.get("/api/status", "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable", reply.body
+    assert b"BR002" not in reply.body
 
 
 async def test_a_percent_encoded_token_in_the_query_is_redacted_too(wired: Harness, raw_upstream: RawUpstream) -> None:
@@ -690,3 +736,30 @@ async def test_an_unusable_assertion_key_stops_the_broker_naming_the_setting(
     bad.write_text("not a key")
     with pytest.raises(ConfigError, match=r"\[upstream\] assertion_key_file: .*not an unencrypted PEM private key"):
         await make_broker(assertion_key_file=str(bad))
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/api/waybills?branch_code=BR002", b'{"branch_code": "BR001"}'),  # Rails, Flask, PHP merge the two
+        ("/api/waybills?Branch_Code=BR002", b'{"branch_code": "BR001"}'),
+        ("/api/waybills", b'{"branch_code": "BR001", "Branch_Code": "BR002"}'),  # Go, .NET ignore case
+    ],
+)
+async def test_a_write_that_names_its_branch_twice_is_refused_before_the_upstream(
+    wired: Harness, raw_upstream: RawUpstream, target: str, body: bytes
+) -> None:
+    reply = await wired.request("POST", target, "e1004", data=body, headers={"Content-Type": "application/json"})
+    assert reply.status == 400 and reply.json["reason"] == "request.bad_body", reply.body
+    assert raw_upstream.requests == []
+
+
+async def test_metrics_and_policy_state_answer_only_this_machine_on_the_proxy_port(wired: Harness) -> None:
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for path in ("/-/metrics", "/-/policy"):
+            async with session.get(wired.url(path)) as reply:
+                assert reply.status == 403, path
+        async with session.get(wired.url("/-/readyz")) as reply:
+            assert reply.status == 200  # probes still reach readiness
+    assert (await wired.get("/-/metrics")).status == 200  # from 127.0.0.1

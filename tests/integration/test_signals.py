@@ -219,3 +219,17 @@ def test_a_bad_signals_file_is_refused_with_its_reason(policy_dir: Path, text: s
     with pytest.raises(PolicyError) as caught:
         load_snapshot(policy_dir)
     assert any(problem in str(p) for p in caught.value.problems), caught.value.problems
+
+
+async def test_walking_numbers_is_seen_through_percent_encoding_and_other_id_shapes(
+    make_broker: BrokerFactory, policy_dir: Path, raw_upstream: RawUpstream
+) -> None:
+    signals(policy_dir, '[enumeration]\nrecords = 10\nwindow = "10m"\naction = "flag"\n')
+    for n in range(2000, 2012):
+        raw_upstream.answer(f"/api/waybills/SF{n}", {"waybill_no": f"SF{n}", "branch_code": "BR001"})
+    broker = await make_broker(raw_upstream.url)
+    for n in range(2000, 2011):
+        encoded = f"SF{str(n)[:-1]}%{ord(str(n)[-1]):02X}"  # the last digit percent-encoded
+        await broker.get(f"/api/waybills/{encoded}", "e1001")
+    [flag] = await signal_events(broker)
+    assert flag["signal"] == "enumeration" and flag["evidence"]["run"] == "SF2000..SF2010"

@@ -35,6 +35,7 @@ SKIPPED = "skipped"
 """The audit's sqlstate for a statement the server never ran."""
 
 _ASYNC = frozenset((b"N", b"A", b"S"))
+_NOTICES_SHOWN = frozenset({"NOTICE", "WARNING", "INFO"})
 """Notice, notification, parameter status: may arrive at any time, belong to nothing."""
 _ROWS = frozenset((b"D", b"d"))
 """DataRow and CopyData: what is counted and charged."""
@@ -163,7 +164,12 @@ class Relay:
         if self.desynchronised:
             return
         if kind in _ASYNC:
-            if kind != b"S" or _shown(raw):
+            if kind == b"N":
+                fields = error_fields(raw[5:])
+                if fields.get("V", fields.get("S", "")) not in _NOTICES_SHOWN:
+                    return  # LOG and DEBUG notices carry plans and statistics (debug_print_plan)
+                self._emit(without_values(raw, fields))
+            elif kind != b"S" or _shown(raw):
                 self._emit(raw)
             return
         if kind == b"E":
@@ -271,8 +277,8 @@ class Relay:
         elif fields.get("S") in ("FATAL", "PANIC"):
             self.close = True
             self._emit(raw, head)
-        else:
-            self._emit(renamed(without_values(raw, fields), head.names), head)
+        else:  # the broker's own words for a capped write; the server's only when they hold no data
+            self._emit(renamed(raw if capped is not None else without_values(raw, fields), head.names), head)
         current = _current(head)
         if current is not None and not current.done:
             current.sqlstate = current.sqlstate if current.cut else fields.get("C", "XX000")
@@ -363,25 +369,53 @@ def renamed(raw: bytes, names: tuple[tuple[str, str], ...]) -> bytes:
     return message(b"E", body + b"\x00")
 
 
-_VALUE_BEARING = ("22", "23")
-"""Data exceptions and integrity violations: PostgreSQL quotes the offending value
-("invalid input syntax for type integer: "13800000001"", "Key (waybill_no)=(...) already
-exists"), and an error is a way out for data that is not counted as a row."""
+_WORDS_KEPT = frozenset(
+    {"25P01", "25P02", "25001", "40001", "40P01", "55P03", "57014", "26000", "34000", "42P03", "42P05", "08P01",
+     "42P01", "42703", "42883"}
+)  # fmt: skip
+"""The SQLSTATEs whose server message is passed on: their words name a transaction state,
+a lock, a cancel, or names from the client's own statement (its statements and portals,
+an unknown table, column or function: the broker runs no SQL built from data), never a
+value. Every
+other error and notice gets the broker's words: an input function quotes its input
+("role "13800000001 Sender 1" does not exist" from a cast to aclitem, a whole tsquery in
+a 42601), so any server text is a way out for data that is not counted as a row."""
+_CLASSES = {
+    "22": "a value was refused",
+    "23": "a constraint refused the change",
+    "42": "the statement was refused",
+    "0A": "a feature is not supported",
+    "53": "the database ran out of a resource",
+    "54": "a limit was exceeded",
+    "XX": "the database failed",
+    "P0": "a procedure raised an error",
+    "2B": "a dependent object exists",
+    "55": "an object is in use",
+    "57": "the statement was stopped",
+    "58": "the database system failed",
+}
 
 
 def without_values(raw: bytes, fields: dict[str, str]) -> bytes:
-    """A server error (`raw`, its `fields` read) as the client may see it: for the classes
-    that quote values, the message names only the condition, and the detail, context and
-    query text are dropped."""
+    """A server error or notice (`raw`, its `fields` read) as the client may see it: the
+    server's own words only for the SQLSTATEs in _WORDS_KEPT; otherwise the condition in
+    the broker's words, with the SQLSTATE and the position in the statement (a driver
+    and a person can still find the mistake) and no detail, context or query text."""
     code = fields.get("C", "")
-    if not code.startswith(_VALUE_BEARING):
+    if code in _WORDS_KEPT:
         return raw
-    return error_response(
-        fields.get("S", "ERROR"),
-        code,
-        f"the database refused a value (SQLSTATE {code}); the broker does not pass on the value itself",
-        hint="Check the values and types in the statement.",
+    condition = _CLASSES.get(code[:2], "the database refused the statement")
+    position = fields.get("P", "")
+    where = f" at character {position}" if position.isdigit() else ""
+    text = (
+        f"{condition} (SQLSTATE {code}){where}; the broker does not pass on the database's words, which can quote data"
     )
+    kind = raw[:1]
+    extra = ((b"P", position),) if position.isdigit() else ()
+    shown = error_response(
+        fields.get("S", "ERROR"), code, text, hint="Check the statement and its values.", extra=extra
+    )
+    return kind + shown[1:]
 
 
 def _shown(raw: bytes) -> bool:

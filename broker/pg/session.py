@@ -150,7 +150,10 @@ class Session:
         """Messages the client sent together (Bind, Execute, Sync: one packet) reach the
         server together too: one write per read, not one per message. On loopback each
         write is a syscall that wakes the server, and it was most of the door's CPU."""
-        buffer = MessageBuffer(self._services.max_message_bytes)
+        # a statement's characters take at most 4 bytes each in UTF-8; a Parse adds its
+        # name and parameter types (bounded by the message limit as a whole)
+        statement = 4 * self._services.max_statement_bytes + 4096
+        buffer = MessageBuffer(self._services.max_message_bytes, {ord("Q"): statement, ord("P"): 2 * statement})
         while True:
             try:
                 data = await self._reader.read(READ_CHUNK)

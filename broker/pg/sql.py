@@ -36,6 +36,7 @@ from broker.pg.sql_scope import (
 )
 from broker.pg.sql_splice import Edit, ended
 from broker.pg.sql_write_cap import check_inserted_rows, with_cap
+from broker.pg.startup import PASSED_ON
 from broker.policy.table import TableMap
 
 __all__ = [
@@ -330,6 +331,11 @@ def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
         )
     if name in PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
         raise SqlRefused(f"setting {name} may not be changed through the broker", PINNED_SETTINGS[name])
+    if name not in PASSED_ON and name != "client_encoding":
+        raise SqlRefused(
+            f"setting {name} may not be changed through the broker",
+            f"these may: {', '.join(sorted(PASSED_ON))}",
+        )
     if name == "statement_timeout" and node.kind == enums.VariableSetKind.VAR_SET_VALUE:
         refusal = timeout_refusal(_setting_text(node))
         if refusal is not None:

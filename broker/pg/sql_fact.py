@@ -34,6 +34,17 @@ OID_TYPES = frozenset({
     "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
     "regoperator", "regproc", "regprocedure", "regrole", "regtype",
 })  # fmt: skip
+VALUE_TYPES = frozenset({
+    "bool", "boolean", "int2", "int4", "int8", "smallint", "integer", "bigint", "numeric", "decimal", "float4",
+    "float8", "real", "double precision", "money", "text", "varchar", "bpchar", "char", "character", "date",
+    "time", "timetz", "timestamp", "timestamptz", "interval", "uuid", "json", "jsonb", "bytea", "inet", "cidr",
+    "macaddr", "bit", "varbit",
+})  # fmt: skip
+"""The only types a statement may name (casts, `NULL::t`, literals): plain values. Any
+other name is a catalog lookup or a way out for data: a relation's row type answers
+whether a table or view exists and lists its columns (`(NULL::pg_authid).*`), and the
+input functions of `aclitem`, `tsquery`, `tsvector` and `jsonpath` quote their input in
+their errors, carrying records past the row count."""
 _FACTS_HINT = "The broker answers questions about records, not about the database server or its catalog."
 
 
@@ -53,4 +64,10 @@ def check_type(node: Any) -> None:
     if isinstance(last, ast.String) and str(last.sval).lower() in OID_TYPES:
         raise SqlRefused(
             f"the broker does not run casts to {last.sval} (it looks names up in the database catalog)", _FACTS_HINT
+        )
+    if not isinstance(last, ast.String) or str(last.sval).lower() not in VALUE_TYPES:
+        shown = ".".join(str(n.sval) for n in names if isinstance(n, ast.String)) or "this type"
+        raise SqlRefused(
+            f"the broker does not run casts to {shown[:60]}: only to plain value types",
+            "cast to text, numbers, dates and times, booleans, uuid, json or bytea",
         )

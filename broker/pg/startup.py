@@ -15,9 +15,12 @@ from broker.pg.setting import PINNED_SETTINGS, timeout_refusal
 PASSED_ON = frozenset(
     {"application_name", "datestyle", "timezone", "extra_float_digits", "intervalstyle", "lc_monetary",
      "lc_numeric", "lc_time", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
-     "bytea_output", "geqo", "jit", "work_mem"}
+     "bytea_output"}
 )  # fmt: skip
-"""Ordinary session settings a driver may send at startup; they reach the database."""
+"""Ordinary session settings a driver may send at startup or SET later; they reach the
+database. Nothing else does: planner and memory settings (work_mem, jit, enable_*,
+cost constants) are a way to starve the server, and the debug_* and client_min_messages
+settings send plans, with statistics over every branch, to the client."""
 
 UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 

@@ -221,11 +221,15 @@ class MessageBuffer:
     chunks (one read for many DataRows, or for a client's Bind, Execute and Sync), not
     one await per message."""
 
-    __slots__ = ("_buffer", "_limit")
+    __slots__ = ("_buffer", "_kind_limits", "_limit")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, kind_limits: dict[int, int] | None = None) -> None:
         self._buffer = bytearray()
         self._limit = limit
+        self._kind_limits = kind_limits or {}
+        """Tighter bounds by message type (a Query or Parse holds one statement): checked on
+        the header, before the body is buffered, so a 60 MB Query the broker would refuse
+        anyway never costs 60 MB (four times over) to hold."""
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """Every whole message now available, as (type byte, message with its header)."""
@@ -235,8 +239,9 @@ class MessageBuffer:
         start, end = 0, len(buffer)
         while end - start >= 5:
             length = _INT32.unpack_from(buffer, start + 1)[0]
-            if length < 4 or length - 4 > self._limit:
-                raise ProtocolViolation(f"a message of {length} bytes (the limit is {self._limit})")
+            limit = self._kind_limits.get(buffer[start], self._limit)
+            if length < 4 or length - 4 > limit:
+                raise ProtocolViolation(f"a message of {length} bytes (the limit is {limit})")
             if end - start < length + 1:
                 break
             found.append((bytes(buffer[start : start + 1]), bytes(buffer[start : start + 1 + length])))

@@ -111,11 +111,16 @@ def test_a_suspended_portal_keeps_counting_across_executes() -> None:
     assert portal.done and portal.rows == 3
 
 
-def test_notices_and_parameter_changes_pass_at_any_time() -> None:
+def test_notices_and_parameter_changes_pass_at_any_time_in_the_brokers_words() -> None:
     relay = Relay()
-    notice = message(b"N", b"SNOTICE\x00Mhello\x00\x00")
+    notice = message(b"N", b"SNOTICE\x00VNOTICE\x00C25P01\x00Mthere is no transaction in progress\x00\x00")
+    quoting = message(b"N", b"SWARNING\x00VWARNING\x00C01000\x00Mvalue 13800000001 is odd\x00\x00")
+    plan = message(b"N", b"SLOG\x00VLOG\x00C00000\x00Mplan: {SEQSCAN :rows 80}\x00\x00")
     status = message(b"S", cstring("TimeZone") + cstring("UTC"))
-    assert feed(relay, notice, status) == notice + status
+    out = feed(relay, notice, quoting, plan, status)
+    assert out.startswith(notice) and out.endswith(status)  # a transaction-state notice keeps its words
+    assert b"13800000001" not in out and b"SEQSCAN" not in out  # a quoting notice does not; a LOG is dropped
+    assert b"SQLSTATE 01000" in out
 
 
 def test_the_message_buffer_splits_a_stream_at_any_byte() -> None:

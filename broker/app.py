@@ -255,6 +255,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER_KEY]
     await broker.upstream.start()
     await broker.meter.start()
+    if broker.meter.shared:
+        mirror = broker.meter.mirror_freezes(broker.clock.now)
+        broker.tasks.append(asyncio.create_task(mirror, name="freeze-mirror"))
     if broker.pg is not None:
         await broker.pg.start()
     if broker.settings.policy.watch:

@@ -8,6 +8,7 @@ fraction of a quota while Redis is away. Which store served is reported per deci
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,9 @@ from broker.meter.store import (
 )
 
 log = structlog.get_logger("broker.meter")
+FREEZE_MIRROR_SECONDS = 1.0
+FREEZE_MIRROR_KEEP = 366 * 86400
+"""A mirrored freeze lasts until the shared store says it was lifted."""
 T = TypeVar("T")
 
 
@@ -154,6 +158,28 @@ class Meter:
         self.persistence = await self.store.persistence()
         if self.persistence.durable is not True:
             log.warning("meter.store_not_persistent", detail=self.persistence.detail)
+
+    async def mirror_freezes(self, now: Callable[[], float], every: float = FREEZE_MIRROR_SECONDS) -> None:
+        """Copy the shared store's freezes into the local fallback, every `every` seconds,
+        for as long as the broker runs: while the shared store is away and a resource
+        fails open, a freeze set by another replica or `broker freeze` still holds here."""
+        mirrored: set[str] = set()
+        while True:
+            await asyncio.sleep(every)
+            if self._breaker.state is not BreakerState.CLOSED:
+                continue  # keep the last copy while the shared store is away
+            try:
+                frozen = set(await self.store.frozen())
+            except StoreUnavailable:
+                continue
+            at = now()
+            for key in frozen:
+                current = await self._fallback.get(key, at)
+                if current < 1:
+                    await self._fallback.add(key, 1 - current, at + FREEZE_MIRROR_KEEP, at)
+            for key in mirrored - frozen:
+                await self._fallback.add(key, -(1 << 40), at + FREEZE_MIRROR_KEEP, at)
+            mirrored = frozen
 
     async def close(self) -> None:
         await self.store.close()

@@ -178,6 +178,21 @@ class RedisCounterStore:
     async def ping(self) -> None:
         await self._run(self._client.ping())
 
+    async def frozen(self) -> list[str]:
+        """The freeze keys set now (without the prefix): read every second by each
+        replica so a freeze holds there while Redis is away and it fails open."""
+
+        async def scan() -> list[str]:
+            found = []
+            async for key in self._client.scan_iter(match=self._prefix + "f:*", count=1000):
+                found.append(key.decode()[len(self._prefix) :])
+            if not found:
+                return []
+            values = await self._client.mget([self._prefix + key for key in found])
+            return [key for key, value in zip(found, values, strict=True) if value and int(value) >= 1]
+
+        return list(await self._run(scan()))
+
     async def persistence(self) -> Persistence:
         """Read Redis's own persistence settings. Append-only file on: durable. RDB
         snapshots alone lose every count since the last snapshot (up to a shift's worth),

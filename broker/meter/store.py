@@ -100,6 +100,10 @@ class CounterStore(Protocol):
         """Raise StoreUnavailable if the store cannot be reached (opens a connection)."""
         ...
 
+    async def frozen(self) -> list[str]:
+        """Every freeze key set now (see broker.core.window.freeze_key)."""
+        ...
+
     async def persistence(self) -> Persistence:
         """Whether the counters survive a restart of the store itself."""
         ...
@@ -165,6 +169,9 @@ class MemoryCounterStore:
 
     async def ping(self) -> None:
         return None
+
+    async def frozen(self) -> list[str]:
+        return [key for key, value in self._counts.items() if key.startswith("f:") and value >= 1]
 
     async def persistence(self) -> Persistence:
         return Persistence(False, "counters live in the broker process: a broker restart resets every quota")

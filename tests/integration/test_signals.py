@@ -16,12 +16,15 @@ import pytest
 from aiohttp import web
 
 from broker.config import MeterSettings
+from broker.core.window import freeze_key
+from broker.meter.redis_store import RedisCounterStore
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import load_snapshot
 from broker.signals.act import set_frozen
 from tests.conftest import BrokerFactory
 from tests.harness import Harness
 from tests.raw_upstream import RawUpstream
+from tests.redis_fixtures import RedisProcess
 
 REPO = Path(__file__).resolve().parents[2]
 OWN_LIST = "/api/branches/BR001/waybills?limit=1"
@@ -233,3 +236,31 @@ async def test_walking_numbers_is_seen_through_percent_encoding_and_other_id_sha
         await broker.get(f"/api/waybills/{encoded}", "e1001")
     [flag] = await signal_events(broker)
     assert flag["signal"] == "enumeration" and flag["evidence"]["run"] == "SF2000..SF2010"
+
+
+async def test_a_freeze_set_elsewhere_holds_while_redis_is_away_and_the_resource_fails_open(
+    make_broker: BrokerFactory, redis_process: RedisProcess
+) -> None:
+    settings = MeterSettings(
+        store="redis",
+        redis_url=redis_process.url,
+        timeout_seconds=0.2,
+        fail_open=("waybill",),
+        breaker_reset_seconds=60,
+    )
+    broker = await make_broker(meter=settings)
+    assert (await broker.get(OWN_LIST, "e1001")).status == 200
+    other_replica = RedisCounterStore(redis_process.url, prefix=settings.key_prefix, timeout=0.5)
+    try:  # `broker freeze e1001` on another machine
+        now = broker.clock.now()
+        await other_replica.add(freeze_key("e1001"), 1, now + 3600, now)
+    finally:
+        await other_replica.close()
+    await asyncio.sleep(1.5)  # this replica mirrors the shared freezes every second
+    redis_process.stop()
+    refused = await broker.get(OWN_LIST, "e1001")
+    assert refused.status == 403 and refused.json["reason"] == "identity.suspended"
+    served = await broker.get(OWN_LIST, "e1004")  # everyone else is served from the local fallback
+    assert served.status == 200
+    events = await broker.audit_events(at_least=3)
+    assert events[-1]["meter"] == "fallback"

@@ -74,6 +74,8 @@ class Decision:
     """Where this employee's refusals-after-answer are counted; "" when they have no budget."""
     probe_window_end: float = 0.0
     probed: bool = False
+    in_flight: bool = False
+    """Counted among the employee's requests waiting for an answer (the probe budget)."""
     """The request was refused after the service answered and counted as a probe."""
     facts: dict[str, Any] = field(default_factory=dict)
     """Numbers the denial should show the employee (cap, requested, next shift)."""

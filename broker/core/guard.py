@@ -74,6 +74,8 @@ class Guard:
     ) -> None:
         self._audit = audit
         self._freeze_gates: dict[str, tuple[Gate, ...]] = {}
+        self._in_flight: dict[str, int] = {}
+        """employee -> their HTTP record requests admitted and not yet answered."""
         """employee -> the gate of their freeze key, built once (checked on every admission)."""
         self._policy = policy
         self._auth = authenticator
@@ -91,7 +93,9 @@ class Guard:
     def clock(self) -> Clock:
         return self._clock
 
-    async def decide(self, access: Access, snapshot: PolicySnapshot | None = None, *, meter: bool = True) -> Decision:
+    async def decide(
+        self, access: Access, snapshot: PolicySnapshot | None = None, *, meter: bool = True, in_flight: bool = False
+    ) -> Decision:
         """Decide on `access`, under `snapshot` when the door classified with one (so the
         route map and the rules come from the same revision), else the live policy.
 
@@ -109,7 +113,7 @@ class Guard:
             now,
         )
         try:
-            await self._decide(decision, snapshot, now, meter)
+            await self._decide(decision, snapshot, now, meter, in_flight)
         except Exception:
             log.exception("decision failed", decision_id=decision.id)
             decision.verdict, decision.reason = Verdict.ERROR, Reason.BROKER_ERROR
@@ -188,7 +192,9 @@ class Guard:
         d.principal = self._principal(employee, snapshot.revision)
         return employee
 
-    async def _decide(self, d: Decision, snapshot: PolicySnapshot | None, now: float, meter: bool = True) -> None:
+    async def _decide(
+        self, d: Decision, snapshot: PolicySnapshot | None, now: float, meter: bool = True, in_flight: bool = False
+    ) -> None:
         access = d.access
         employee = await self._identified(d, snapshot)
         if employee is None or snapshot is None:
@@ -218,7 +224,9 @@ class Guard:
         try:
             index = snapshot.index
             probes = index.probe_limit(employee)
-            if meter and not await self._admit(d, employee, limit, index.rate_limit(employee), probes, shift, now):
+            if meter and not await self._admit(
+                d, employee, limit, index.rate_limit(employee), probes, shift, now, in_flight
+            ):
                 return None
         except MeterUnavailable as exc:
             d.metered, d.retry_after = Served.REFUSED._value_, exc.retry_after
@@ -303,9 +311,16 @@ class Guard:
         probes: ProbeLimit | None,
         shift: Window,
         now: float,
+        in_flight: bool = False,
     ) -> bool:
         """Probe budget, rate check and quota reservation in one meter call (one round
-        trip to Redis)."""
+        trip to Redis).
+
+        With `in_flight` (the HTTP door), each of the employee's requests still waiting
+        for its answer counts against the probe budget as if it were a probe: the budget
+        is checked at admission and a probe counted after the answer, so 20 requests sent
+        at once would otherwise all pass a budget of 3 (shown in review). A request that
+        turns out not to be a probe gives its place back (`finish`)."""
         access = d.access
         gates = self._freeze_gates.get(employee.id)
         if gates is None:
@@ -315,7 +330,10 @@ class Guard:
         if probes is not None:
             probe_window = quota_window(probes, shift, employee.zone, now)
             d.probe_key, d.probe_window_end = probe_key(employee.id, probe_window.start), probe_window.end
-            gates += (Gate(d.probe_key, probes.probes),)
+            waiting = self._in_flight.get(employee.id, 0) if in_flight else 0
+            if probes.probes - waiting <= 0:
+                return self._probes_spent(d, employee, probes, waiting, Served.LOCAL, now, waiting=waiting)
+            gates += (Gate(d.probe_key, probes.probes - waiting),)
         window = quota_window(limit, shift, employee.zone, now) if limit.quota is not None else None
         quota_ask = None
         if window is not None and limit.quota is not None:
@@ -335,6 +353,9 @@ class Guard:
             return False
         if admission.closed_gate == 1 and probes is not None:
             return self._probes_spent(d, employee, probes, admission.gate_used, served, now)
+        if in_flight and probes is not None:
+            self._in_flight[employee.id] = self._in_flight.get(employee.id, 0) + 1
+            d.in_flight = True
         outcome, booked = admission.rate, admission.quota
         if rate is not None and outcome is not None and not self._within_rate(d, rate, outcome, served):
             return False
@@ -343,11 +364,27 @@ class Guard:
         return self._reserved(d, employee, limit, window, quota_ask, booked, served, now)
 
     def _probes_spent(
-        self, d: Decision, employee: Employee, probes: ProbeLimit, used: int, served: Served, now: float
+        self,
+        d: Decision,
+        employee: Employee,
+        probes: ProbeLimit,
+        used: int,
+        served: Served,
+        now: float,
+        waiting: int = 0,
     ) -> bool:
         budget = self._meter.effective(probes.probes, served)
         d.rule, d.retry_after = probes.rule, d.probe_window_end - now
         d.facts.update(probes=budget)
+        if waiting:
+            d.retry_after = 1.0
+            _deny(
+                d,
+                Reason.PROBE_EXCEEDED,
+                f"{waiting} of your record requests are still waiting for their answers, and each could end in a "
+                f"refusal, of which at most {budget} are allowed in this window; wait for them and retry.",
+            )
+            return False
         _deny(
             d,
             Reason.PROBE_EXCEEDED,
@@ -356,6 +393,19 @@ class Guard:
             f"allowed, so record requests are refused until {iso(d.probe_window_end, employee.zone)}.",
         )
         return False
+
+    def finish(self, decision: Decision) -> None:
+        """The request's answer is in (or it ended): it no longer waits against the probe
+        budget. Its probe, if it was one, was counted by `probed`."""
+        if not decision.in_flight:
+            return
+        decision.in_flight = False
+        employee = decision.employee or ""
+        left = self._in_flight.get(employee, 1) - 1
+        if left > 0:
+            self._in_flight[employee] = left
+        else:
+            self._in_flight.pop(employee, None)
 
     async def probed(self, decision: Decision) -> None:
         """Count a refusal the employee caused after the service answered against their

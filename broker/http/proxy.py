@@ -96,7 +96,7 @@ class ProxyHandler:
         started = time.perf_counter()
         snapshot = self._policy.current  # one revision for the route map and the rules
         access, route, body = await self._classify(request, snapshot)
-        decision = await self._guard.decide(access, snapshot)
+        decision = await self._guard.decide(access, snapshot, in_flight=True)
         shadow = await self._shadow.decide(access) if self._shadow else None
         outcome = Outcome(0)
         try:
@@ -106,6 +106,7 @@ class ProxyHandler:
                 return response
             return await self._forward(request, decision, route, body, outcome)
         finally:
+            self._guard.finish(decision)
             if self._shadow is None:
                 # Recorded right after aiohttp has written the answer (this task's next
                 # step): the audit line and the metrics stay off the caller's wait.

@@ -6,6 +6,7 @@ the window ends, whichever way the employee asks.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,21 @@ def test_a_bad_probe_line_is_refused_with_its_reason(policy_dir: Path, line: str
     with pytest.raises(PolicyError) as caught:
         load_snapshot(policy_dir)
     assert any(problem in str(p) for p in caught.value.problems), caught.value.problems
+
+
+async def test_probes_sent_all_at_once_cannot_overrun_the_budget(probed: Harness, raw_upstream: RawUpstream) -> None:
+    """20 requests for another branch's waybill at once, budget 3: a request waiting for its
+    answer counts as a possible probe, so at most 3 ever reach the upstream."""
+    raw_upstream.answer("/api/waybills/SF2", own(2, "BR002"))
+    replies = await asyncio.gather(*(probed.get("/api/waybills/SF2", "e1001") for _ in range(20)))
+    statuses = sorted(reply.status for reply in replies)
+    assert statuses.count(403) <= 3 and set(statuses) <= {403, 429}, statuses
+    assert len([r for r in raw_upstream.requests if r.target == "/api/waybills/SF2"]) <= 3
+    later = await probed.get("/api/waybills/SF1", "e1001")
+    assert later.status == 429 and later.json["reason"] == "probe.exceeded"
+
+
+async def test_honest_requests_in_parallel_give_their_places_back(probed: Harness) -> None:
+    for _ in range(3):
+        replies = await asyncio.gather(*(probed.get("/api/waybills/SF1", "e1001") for _ in range(2)))
+        assert [reply.status for reply in replies] == [200, 200]

@@ -241,10 +241,14 @@ class FileAuditSink:
     def _write(self, data: bytes, events: int, *, final: bool = False) -> bool:
         """Append `data`, retrying from the first unwritten byte while the disk refuses;
         False if the sink is stopping before it could."""
-        view, delay = memoryview(data), 0.05
-        while view:
+        view, delay, synced = memoryview(data), 0.05, False
+        while view or not synced:
             try:
-                view = view[self._destination.write(view) :]
+                if view:
+                    view = view[self._destination.write(view) :]
+                    continue
+                self._sync()  # an fsync that fails is retried too: the lines are not yet safe
+                synced = True
             except OSError as exc:
                 with self._lock:
                     self.backlog.write_failures += 1
@@ -254,7 +258,6 @@ class FileAuditSink:
                 if self._stopping.wait(delay):
                     return False
                 delay = min(delay * 2, 2.0)
-        self._sync()
         if self._state is not None:
             save_state(self._state, self._chain, clean=final)
         with self._lock:
@@ -272,10 +275,7 @@ class FileAuditSink:
             return
         now = time.monotonic()
         if mode == "batch" or now - self._synced_at >= self.settings.fsync_interval_seconds:
-            try:
-                self._destination.sync()
-            except OSError as exc:
-                self.backlog.last_error = f"fsync: {exc.strerror or exc}"
+            self._destination.sync()  # OSError: the caller retries, the backlog stays
             self._synced_at = now
 
     def _rotate_if_due(self) -> None:

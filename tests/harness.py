@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +42,9 @@ class Reply:
     @property
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -166,3 +173,34 @@ def rogue_upstream_app() -> web.Application:
     app.router.add_get("/api/branches/{branch}/waybills", waybills)
     app.router.add_post("/api/waybills", create)
     return app
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, within: float = 20.0) -> None:
+    """Until something accepts connections on `port` (a process we started is up)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
+def start_broker_process(
+    config: Path, env: dict[str, str], *, output: int | IO[Any] = subprocess.DEVNULL, wait_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`broker run -c config` as a process of its own (the environment given on top of
+    ours), started from the repository; returns once `wait_port` accepts connections."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker", "run", "-c", str(config)],
+        env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+    )  # fmt: skip
+    if wait_port is not None:
+        wait_for_port(wait_port)
+    return process

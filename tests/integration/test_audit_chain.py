@@ -25,7 +25,7 @@ from broker.audit.checkpoint import load_signer, write_key_pair
 from broker.audit.log import FileAuditSink
 from broker.config import AuditSettings
 from tests.conftest import BrokerFactory
-from tests.harness import Harness
+from tests.harness import Harness, free_port, start_broker_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,12 +41,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "broker", *args], capture_output=True, text=True, timeout=60, cwd=REPO, check=False
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_events(path: Path, private: Path | None, count: int, **settings: object) -> None:
@@ -137,11 +131,7 @@ def test_a_broker_stopped_while_its_audit_cannot_be_written_exits_in_bounded_tim
         f'[server]\nport = {free_port()}\n[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n'
         '[audit]\npath = "/dev/full"\nshutdown_timeout_seconds = 1.0\ncheckpoint_seconds = 0.2\n'
     )
-    env = {**os.environ, "BROKER_DEV_SECRET": "s" * 32}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "run", "-c", str(config)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
-    )  # fmt: skip
+    process = start_broker_process(config, {"BROKER_DEV_SECRET": "s" * 32}, output=subprocess.PIPE)
     time.sleep(3)  # started, and its checkpoints are failing to be written
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
@@ -313,19 +303,8 @@ def test_sigkill_loses_at_most_the_last_moments_of_events(tmp_path: Path) -> Non
         f'[server]\nport = {port}\n[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n'
         f'[audit]\npath = "{log}"\n'
     )
-    env = {**os.environ, "BROKER_DEV_SECRET": "s" * 32}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "run", "-c", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-    )  # fmt: skip
+    process = start_broker_process(config, {"BROKER_DEV_SECRET": "s" * 32}, wait_port=port)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
         for n in range(20):  # no token: each is refused and audited
             with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
                 client.sendall(f"GET /api/waybills/SF{n} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())

@@ -22,7 +22,7 @@ from broker.cli import configure_logging
 from broker.core.clock import FakeClock
 from broker.identity.jwt_authenticator import JwtAuthenticator, mint_token
 from broker.identity.settings import IdentitySettings
-from tests.harness import SECRET, TUESDAY_10_SHANGHAI
+from tests.harness import SECRET, TUESDAY_10_SHANGHAI, free_port, start_broker_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,12 +97,6 @@ def test_help_lists_every_command() -> None:
         assert command in result.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def running_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     policies = tmp_path / "policies"
@@ -115,17 +109,8 @@ def running_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], in
     )
     env = {**os.environ, "BROKER_DEV_SECRET": SECRET, "BROKER_CLOCK": "2026-12-01T10:00:00+08:00"}
     log = (tmp_path / "broker.out").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "run", "-c", str(config)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    process = start_broker_process(config, env, output=log, wait_port=port)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except ConnectionError:
-                time.sleep(0.1)
         yield process, port, policies
     finally:
         process.terminate()

@@ -6,24 +6,14 @@ request they sent, and only then find the port closed."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.harness import TUESDAY_10_SHANGHAI, mint_token
+from tests.harness import TUESDAY_10_SHANGHAI, free_port, mint_token, start_broker_process
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "drain-test-secret-of-32-bytes-min!"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -74,19 +64,9 @@ async def test_sigterm_drains_kept_alive_clients_without_dropping_a_request(tmp_
         f'[server]\nport = {port}\ndrain_seconds = 1.0\n[upstream]\nurl = "http://127.0.0.1:{free_port()}"\n'
         f'[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n[audit]\npath = "{tmp_path / "audit.log"}"\n'
     )
-    env = {**os.environ, "BROKER_DEV_SECRET": SECRET, "BROKER_CLOCK": "2026-12-01T10:00:00+08:00"}
-    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clients run
-        [sys.executable, "-m", "broker", "run", "-c", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-    )  # fmt: skip
+    env = {"BROKER_DEV_SECRET": SECRET, "BROKER_CLOCK": "2026-12-01T10:00:00+08:00"}
+    process = await asyncio.to_thread(start_broker_process, config, env, wait_port=port)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                await asyncio.sleep(0.1)
         token = mint_token(SECRET, "e1001", now=TUESDAY_10_SHANGHAI)
         # another branch's list: refused by the policy, so no upstream is needed, and audited
         request = (

@@ -6,11 +6,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,13 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.harness import free_port, start_broker_process
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -68,19 +62,8 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
         f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
         f'[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n[audit]\npath = "{tmp_path / "audit.log"}"\n'
     )
-    env = {**os.environ, "BROKER_DEV_SECRET": "s" * 32}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "broker", "run", "-c", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-    )  # fmt: skip
+    process = start_broker_process(config, {"BROKER_DEV_SECRET": "s" * 32}, wait_port=admin)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", admin), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
         yield port, admin, cert
     finally:
         process.terminate()

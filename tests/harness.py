@@ -196,10 +196,13 @@ def start_broker_process(
     config: Path, env: dict[str, str], *, output: int | IO[Any] = subprocess.DEVNULL, wait_port: int | None = None
 ) -> subprocess.Popen[bytes]:
     """`broker run -c config` as a process of its own (the environment given on top of
-    ours), started from the repository; returns once `wait_port` accepts connections."""
+    ours, without libfaketime: a server stands for another machine, whose clock is the
+    real one, and timed waits in its threads misbehave under the preload), started from
+    the repository; returns once `wait_port` accepts connections."""
+    ours = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FAKETIME")}
     process = subprocess.Popen(
         [sys.executable, "-m", "broker", "run", "-c", str(config)],
-        env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        env={**ours, **env}, stdout=output, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )  # fmt: skip
     if wait_port is not None:
         wait_for_port(wait_port)

@@ -69,7 +69,9 @@ class Webhook:
 
     def close(self) -> None:
         self._queue.put(None)
-        self._thread.join(WEBHOOK_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + WEBHOOK_TIMEOUT_SECONDS  # polled, as the audit writer's join
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _run(self) -> None:
         while (body := self._queue.get()) is not None:

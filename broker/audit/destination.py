@@ -88,14 +88,12 @@ class FileDestination:
         os.close(self._fd)
 
 
-class StandardOutput:
-    """The same chained lines on standard output, for a log stack that collects it."""
+class _Stream:
+    """A destination that is not a file of ours: nothing to sync, rotate or close, and the
+    chain resumed from the state file (it cannot be read back from where it went)."""
 
     def __init__(self, state: Path | None) -> None:
         self.chain = load_state(state)
-
-    def write(self, data: memoryview) -> int:
-        return os.write(sys.stdout.fileno(), data)
 
     def sync(self) -> None:
         return None
@@ -107,12 +105,19 @@ class StandardOutput:
         return None
 
 
-class Collector:
+class StandardOutput(_Stream):
+    """The same chained lines on standard output, for a log stack that collects it."""
+
+    def write(self, data: memoryview) -> int:
+        return os.write(sys.stdout.fileno(), data)
+
+
+class Collector(_Stream):
     """POSTs each batch to an HTTP collector; anything but a 2xx is a failed write."""
 
     def __init__(self, url: str, state: Path | None) -> None:
+        super().__init__(state)
         self.url = url
-        self.chain = load_state(state)
 
     def write(self, data: memoryview) -> int:
         request = urllib.request.Request(  # noqa: S310 - open_destination admits http(s) URLs only
@@ -126,15 +131,6 @@ class Collector:
         except urllib.error.URLError as exc:
             raise OSError(f"the collector is unreachable ({exc.reason})") from exc
         return len(data)
-
-    def sync(self) -> None:
-        return None
-
-    def maybe_rotate(self, max_bytes: int, opened_seconds: float, max_seconds: float) -> bool:
-        return False
-
-    def close(self) -> None:
-        return None
 
 
 def load_state(path: Path | None) -> Chain:

@@ -9,6 +9,7 @@ import struct
 import psycopg
 import pytest
 
+from broker.signals.act import set_frozen
 from tests.harness import Harness
 from tests.pg_client import RawClient, sqlstate
 
@@ -91,3 +92,12 @@ async def test_a_huge_query_is_refused_on_its_header_before_its_body_is_held(pg_
         assert b"the limit is" in raw
     finally:
         await client.close()
+
+
+async def test_a_frozen_employee_is_refused_on_the_postgresql_door_too(pg_broker: Harness) -> None:
+    async with await connect(pg_broker) as conn:
+        await conn.execute("SELECT waybill_no FROM waybills LIMIT 1")
+        await set_frozen(pg_broker.broker.meter, "e1001", True, pg_broker.clock.now())
+        with pytest.raises(psycopg.Error) as caught:
+            await conn.execute("SELECT waybill_no FROM waybills LIMIT 1")
+    assert caught.value.sqlstate == "28000" and "help desk" in str(caught.value)

@@ -4,7 +4,6 @@ FunctionCall message and pipelined refusals, spoken byte by byte over a real soc
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import socket
 import struct
@@ -12,10 +11,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from broker.pg.wire import (
     GSSENC_REQUEST,
@@ -28,6 +23,7 @@ from broker.pg.wire import (
     message,
     startup_message,
 )
+from tests.certs import self_signed
 from tests.conftest import BrokerFactory
 from tests.harness import Harness, door_settings
 from tests.pg_client import RawClient, bind, kinds, parse, sqlstate
@@ -113,26 +109,7 @@ async def test_an_unknown_cancel_key_is_ignored_and_each_session_gets_a_key_of_i
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
+    return self_signed(tmp_path)
 
 
 async def test_tls_carries_the_token_when_a_certificate_is_configured(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import orjson
 
 from broker.core.reason import Reason
-from broker.policy.record_scan import in_expected_place, misplaced, scan_records
+from broker.policy.record_scan import in_expected_place, misplaced, scan_listed, scan_records
 from broker.policy.route import Route
 
 
@@ -46,7 +46,7 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with something other than JSON.")
     if not in_expected_place(route, document):
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, misplaced(route), misfit=True)
-    scan = scan_records(document, route.branch_path, branches)
+    scan = scan_listed(route, document, body, branches) or scan_records(document, route.branch_path, branches)
     if scan.too_deep:
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The answer is nested too deeply to be checked.")
     if scan.unlabelled:

@@ -134,17 +134,29 @@ def _challenge(decision: Decision) -> str:
     return f'Bearer realm="broker", error="invalid_token", error_description="{description}"'
 
 
+_POLICIES: dict[tuple[str, int, int, int, int], str] = {}
+"""RateLimit-Policy texts by (quota name, limit, window, rate limit, period): the same
+few for everyone under one policy, so rendered once (bounded: cleared when it grows)."""
+
+
 def limit_headers(decision: Decision, now: float) -> dict[str, str]:
     """IETF RateLimit-Policy / RateLimit headers for the quota and the request rate."""
-    policies, states = [], []
-    if decision.quota is not None:
-        q = decision.quota
-        policies.append(f'"{q.name}";q={q.limit};w={q.window}')
-        states.append(f'"{q.name}";r={q.remaining};t={max(0, math.ceil(q.reset_at - now))}')
-    if decision.rate is not None:
-        r = decision.rate
-        policies.append(f'"requests";q={r.limit};w={r.period}')
-        states.append(f'"requests";r={r.remaining};t={max(0, math.ceil(r.reset_after))}')
-    if not policies:
+    q, r = decision.quota, decision.rate
+    if q is None and r is None:
         return {}
-    return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(states)}
+    key = (q.name, q.limit, q.window, 0, 0) if q is not None else ("", 0, 0, 0, 0)
+    if r is not None:
+        key = (*key[:3], r.limit, r.period)
+    policy = _POLICIES.get(key)
+    if policy is None:
+        parts = [f'"{q.name}";q={q.limit};w={q.window}'] if q is not None else []
+        if r is not None:
+            parts.append(f'"requests";q={r.limit};w={r.period}')
+        if len(_POLICIES) >= 1024:
+            _POLICIES.clear()
+        policy = _POLICIES[key] = ", ".join(parts)
+    state = "" if q is None else f'"{q.name}";r={q.remaining};t={max(0, math.ceil(q.reset_at - now))}'
+    if r is not None:
+        rate = f'"requests";r={r.remaining};t={max(0, math.ceil(r.reset_after))}'
+        state = f"{state}, {rate}" if state else rate
+    return {"RateLimit-Policy": policy, "RateLimit": state}

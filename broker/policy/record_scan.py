@@ -62,6 +62,42 @@ def scan_records(
     return Scan(count, foreign, unlabelled, bool(level))
 
 
+_KEY_LITERALS: dict[str, bytes] = {}
+
+
+def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[str] | None) -> Scan | None:
+    """`scan_records`'s answer for an answer whose records are all in the place the route
+    names (`in_expected_place` held), proven from the bytes instead of a walk over every
+    value; None when the bytes do not prove it (the caller walks).
+
+    The proof: in JSON without a backslash, a key can only be written as itself between
+    quotes, and the quoted name cannot appear anywhere but as a whole string. So when
+    the quoted branch field's first key occurs exactly as often as there are records in
+    the expected place (each carries it at least once), no other object anywhere in the
+    answer carries it: the expected records are all the records. Any escape, a value
+    equal to the field's name, a duplicate key or a record nested in a record makes the
+    counts differ, and the walk decides."""
+    if b"\\" in body:
+        return None
+    path = route.branch_path
+    literal = _KEY_LITERALS.get(path[0])
+    if literal is None:
+        literal = _KEY_LITERALS[path[0]] = orjson.dumps(path[0])
+    found = resolve(document, route.response_items) if route.response_items else document
+    items: list[Any] = [found] if route.records == "one" else found
+    if body.count(literal) != len(items):
+        return None
+    foreign, unlabelled = False, False
+    single = path[0] if len(path) == 1 else None
+    for item in items:
+        branch = item[single] if single is not None else resolve(item, path)
+        if type(branch) is not str or not branch:
+            unlabelled = True
+        elif branches is not None and branch not in branches:
+            foreign = True
+    return Scan(len(items), foreign, unlabelled, False)
+
+
 def resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = node
     for key in path:

@@ -34,11 +34,18 @@ request rate: an honest app retrying on 429 would trip them."""
 _NUMBERED = re.compile(r"(\D*)(\d+)\Z")
 
 
+_DIGIT = re.compile(r"[0-9]")
+
+
 def record_id(path: str) -> str | None:
     """The record a path names: its last segment holding a digit, percent-decoded
-    (`/api/waybills/SF1000000042`, `/api/waybills/SF-1000%34/scans`, a UUID), or None."""
-    for segment in reversed(unquote(path.split("?", 1)[0]).split("/")):
-        if len(segment) >= 3 and any(c.isdigit() for c in segment):
+    (`/api/waybills/SF1000000042`, `/api/waybills/SF-1000%34/scans`, a UUID), or None.
+    Runs on every allowed HTTP event: one regex search per segment, no generators."""
+    path = path.partition("?")[0]
+    if "%" in path:
+        path = unquote(path)
+    for segment in reversed(path.split("/")):
+        if len(segment) >= 3 and _DIGIT.search(segment):
             return segment
     return None
 
@@ -102,6 +109,8 @@ class SignalWatcher:
         assert rule is not None
         addresses = recent.addresses
         addresses[str(event["client"])] = now
+        if len(addresses) <= rule.addresses:  # the common case: no allowance can be exceeded
+            return
         for address, seen in list(addresses.items()):
             if now - seen > rule.window:
                 del addresses[address]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: setup demo test test-moved-clock lint typecheck unit bench bench-decision clean
+.PHONY: lock setup demo test test-moved-clock lint typecheck unit bench bench-decision clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The container image installs from these locks with --require-hashes (see Dockerfile).
+## Regenerate requirements.lock and requirements-build.lock after changing pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv==0.13.9
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 --python-platform linux --no-header -o requirements.lock
+	$(BIN)/uv pip compile requirements-build.in --generate-hashes --python-version 3.11 --no-header -o requirements-build.lock
 
 # The benchmarks also draw plots (matplotlib, a pinned optional extra).
 $(BENCH_STAMP): $(STAMP)

@@ -89,3 +89,51 @@ def test_the_compose_stack_configures_the_broker_from_the_environment() -> None:
     assert settings.server.admin_port == 9090 and "9090" in " ".join(broker["healthcheck"]["test"])
     assert [p for p in settings.problems() if "key source" not in p] == []
     assert services["sample"]["entrypoint"][:3] == ["python", "-m", "broker.demo.upstream"]
+
+
+def _locked(path: Path) -> dict[str, tuple[str, int]]:
+    """name -> (version, number of hashes) of a `uv pip compile --generate-hashes` lock."""
+    found: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in path.read_text().splitlines():
+        if line and not line[0].isspace() and "==" in line:
+            name, version = line.split(" ", 1)[0].split("==")
+            found[name.lower()] = (version, 0)
+        elif line.strip().startswith("--hash=sha256:") and name:
+            version, hashes = found[name.lower()]
+            found[name.lower()] = (version, hashes + 1)
+    return found
+
+
+def test_the_image_lock_pins_every_dependency_of_pyproject_at_its_version_with_hashes() -> None:
+    import tomllib  # noqa: PLC0415 - only this test reads pyproject
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    locked = _locked(REPO / "requirements.lock")
+    for requirement in project["dependencies"]:
+        spec = requirement.split(";", 1)[0].strip()
+        name, version = spec.split("==")
+        name = name.split("[", 1)[0].lower()
+        assert name in locked, f"{name} is in pyproject.toml but not in requirements.lock: run make lock"
+        assert locked[name][0] == version, f"{name}: pyproject {version}, lock {locked[name][0]}: run make lock"
+    assert all(hashes for _version, hashes in locked.values()), "every locked package must carry its hashes"
+    build = _locked(REPO / "requirements-build.lock")
+    assert "setuptools" in build and build["setuptools"][1], "the build backend is locked with hashes too"
+
+
+def test_the_image_is_pinned_by_digest_installs_only_what_is_locked_and_runs_as_non_root() -> None:
+    lines = [line.strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    image = next(line for line in lines if line.startswith("ARG PYTHON_IMAGE="))
+    assert "@sha256:" in image and len(image.rsplit(":", 1)[1]) == 64, image
+    assert all(
+        line in ("FROM ${PYTHON_IMAGE} AS build", "FROM ${PYTHON_IMAGE}") for line in lines if line.startswith("FROM")
+    )
+    installs = [line for line in lines if "pip install" in line]
+    assert installs and all("--require-hashes" in line or "--no-deps" in line for line in installs), installs
+    final_user = [line for line in lines if line.startswith("USER ")][-1]
+    user = final_user.split()[1].split(":")[0]
+    assert user.isdigit() and int(user) > 0, final_user  # numeric: runAsNonRoot can check it
+    [deployment] = documents(KUBE / "deployment.yaml")
+    security = broker_container(deployment)["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user)

@@ -157,6 +157,9 @@ def limit_headers(decision: Decision, now: float) -> dict[str, str]:
         policy = _POLICIES[key] = ", ".join(parts)
     state = "" if q is None else f'"{q.name}";r={q.remaining};t={max(0, math.ceil(q.reset_at - now))}'
     if r is not None:
-        rate = f'"requests";r={r.remaining};t={max(0, math.ceil(r.reset_after))}'
+        # with nothing left, `t` is when the next request is allowed: what Retry-After
+        # says on a refusal, not when the whole allowance has refilled
+        wait = max(1, math.ceil(r.retry_after)) if r.remaining == 0 and r.retry_after > 0 else r.reset_after
+        rate = f'"requests";r={r.remaining};t={max(0, math.ceil(wait))}'
         state = f"{state}, {rate}" if state else rate
     return {"RateLimit-Policy": policy, "RateLimit": state}

@@ -215,6 +215,10 @@ async def test_rate_limit_gives_429_with_retry_after(broker: Harness) -> None:
     body = assert_problem(reply, 429, "rate.exceeded")
     assert int(reply.headers["Retry-After"]) >= 1
     assert body["retry_after"] >= 1  # type: ignore[operator]
+    # the RateLimit header tells the same wait as Retry-After (#17), not when the whole
+    # allowance has refilled
+    requests = [p for p in reply.headers["RateLimit"].split(", ") if p.startswith('"requests"')]
+    assert requests == [f'"requests";r=0;t={reply.headers["Retry-After"]}'], reply.headers["RateLimit"]
     broker.clock.advance(1)
     assert (await broker.get(f"{LIST_BR001}?limit=1", "e1001")).status == 200
 

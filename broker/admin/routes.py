@@ -151,7 +151,10 @@ class AdminRoutes:
         )
 
     async def me(self, request: web.Request) -> web.Response:
-        """The caller's own quota state: what they have used, what is left, when it resets."""
+        """What the caller may do and how much: their permissions with the branches each
+        covers, their per-request caps, request rate and probe budget, and their quota
+        state (used, left, when it resets): what the help desk would otherwise read out
+        of the policy files for them."""
         snapshot = self._policy.current
         try:
             identity = await self._identify(bearer_token(request.headers.getall("Authorization", [])))
@@ -169,6 +172,22 @@ class AdminRoutes:
         shift = current_shift(employee.shifts, now)
         upcoming = next_shift_start(employee.shifts, now)
         quotas = await self._guard.quotas_of(employee)
+        index = snapshot.index
+        permissions = []
+        for resource, action in sorted(index.grants):
+            grant = index.grant(employee, resource, action)
+            if grant.permitted:
+                branches = "all" if grant.branches is None else sorted(grant.branches)
+                permissions.append({"resource": resource, "action": action, "branches": branches})
+        limits = []
+        for resource in sorted({resource for resource, _action in index.grants}):
+            limit = index.record_limit(employee, resource)
+            if limit is not None:
+                window = "shift" if limit.per_shift else limit.window
+                limits.append(
+                    {"resource": resource, "per_request": limit.cap, "quota": limit.quota, "quota_window": window}
+                )
+        rate, probes = index.rate_limit(employee), index.probe_limit(employee)
         return _json(
             {
                 "employee": employee_id,
@@ -178,6 +197,15 @@ class AdminRoutes:
                 "in_shift": shift is not None,
                 "shift_ends_at": iso(shift.end, employee.zone) if shift else None,
                 "next_shift_starts_at": iso(upcoming, employee.zone) if upcoming and shift is None else None,
+                "permissions": permissions,
+                "limits": limits,
+                "request_rate": {"requests": rate.requests, "per_seconds": rate.period} if rate else None,
+                "probe_budget": {
+                    "refusals_after_answer": probes.probes,
+                    "window": "shift" if probes.window == 0 else probes.window,
+                }
+                if probes
+                else None,
                 "quotas": [
                     {
                         "resource": q.name,

@@ -230,6 +230,11 @@ async def test_me_shows_own_quota_state(broker: Harness) -> None:
     assert me["quotas"] == [
         {"resource": "waybill", "limit": 500, "used": 7, "remaining": 493, "resets_at": "2026-12-01T18:00:00+08:00"}
     ]
+    # what they may do and how much, from the policy (roles.csv, limits.csv), not only quotas
+    assert me["permissions"] == [{"resource": "waybill", "action": "read", "branches": ["BR001"]}]
+    assert me["limits"] == [{"resource": "waybill", "per_request": 50, "quota": 500, "quota_window": "shift"}]
+    assert me["request_rate"] == {"requests": 120, "per_seconds": 60}
+    assert me["probe_budget"] == {"refusals_after_answer": 30, "window": "shift"}
     unauthenticated = await broker.get("/-/me")
     assert unauthenticated.status == 401 and unauthenticated.json["reason"] == "identity.missing"
 

@@ -185,7 +185,15 @@ def build_app(broker: Broker) -> web.Application:
     app = web.Application(client_max_size=broker.settings.upstream.max_request_body_bytes)
     app[BROKER_KEY] = broker
     broker.admin.register(app, operations=not broker.settings.server.admin_port)
-    proxy = ProxyHandler(broker.guard, broker.policy, broker.upstream, broker.metrics, broker.audit, broker.shadow)
+    proxy = ProxyHandler(
+        broker.guard,
+        broker.policy,
+        broker.upstream,
+        broker.metrics,
+        broker.audit,
+        broker.shadow,
+        devices_required=bool(broker.settings.server.client_ca_file),
+    )
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_lifecycle)
     admin = broker.admin
@@ -213,7 +221,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
     await runner.setup()
     admin: web.AppRunner | None = None
     try:
-        tls = _tls_context(server.tls_cert_file, server.tls_key_file)
+        tls = _tls_context(server.tls_cert_file, server.tls_key_file, server.client_ca_file)
         site = web.TCPSite(runner, server.host, server.port, reuse_port=server.reuse_port or None, ssl_context=tls)
         await site.start()
         log.info("broker.listening", detail=f"{'https' if tls else 'http'}://{server.host}:{server.port}")
@@ -238,8 +246,13 @@ async def serve(app: web.Application, settings: Settings) -> None:
             await admin.cleanup()
 
 
-def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
-    """HTTPS for the proxy port; a certificate that cannot be loaded stops the broker."""
+def _tls_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext | None:
+    """HTTPS for the proxy port; a certificate that cannot be loaded stops the broker.
+
+    With `client_ca_file`, clients are asked for a certificate that authority signed.
+    Asked, not required, at the TLS layer: a client with none still gets an answer it can
+    read (403 device.missing, audited) rather than a failed handshake; a certificate the
+    authority did not sign fails the handshake, so it never reaches a decision."""
     if not cert_file:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -248,6 +261,12 @@ def _tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
         context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"[server] tls_cert_file/tls_key_file: cannot load {cert_file}: {exc}") from exc
+    if client_ca_file:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[server] client_ca_file: cannot load {client_ca_file}: {exc}") from exc
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 

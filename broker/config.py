@@ -46,6 +46,10 @@ class ServerSettings:
     tls_cert_file: str = ""
     """PEM certificate chain for HTTPS on the proxy port (with tls_key_file); empty: HTTP."""
     tls_key_file: str = ""
+    client_ca_file: str = ""
+    """PEM certificate(s) of the authority that issues device certificates: with it, the
+    proxy port asks every client for a certificate (mutual TLS) and serves only devices
+    registered in the policy's devices.toml, for the employees registered to them."""
     drain_seconds: float = 5.0
     """On SIGTERM/SIGINT: how long the broker keeps serving with `/-/readyz` at 503 and
     every answer closing its connection, so load balancers and kept-alive clients move
@@ -259,6 +263,8 @@ class Settings:
         found += _positive("upstream", self.upstream, "keepalive_seconds")
         if bool(self.server.tls_cert_file) != bool(self.server.tls_key_file):
             found.append("[server] tls_cert_file and tls_key_file go together")
+        if self.server.client_ca_file and not self.server.tls_cert_file:
+            found.append("[server] client_ca_file needs tls_cert_file and tls_key_file: client certificates are TLS")
         if not 0 <= self.server.admin_port < 65536 or self.server.admin_port == self.server.port:
             found.append(f"[server] admin_port {self.server.admin_port} must be 0 or a TCP port other than port")
         if self.server.drain_seconds < 0:

@@ -17,6 +17,18 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.IDENTITY_BAD_CLAIMS: "Your sign-in names roles this broker's policy does not know. Ask your supervisor.",
     Reason.IDENTITY_WRONG_USER: "The database user name must be your own employee id, the one your token is for.",
     Reason.SESSIONS_OVER_LIMIT: "You have as many database sessions open as you may; close one first.",
+    Reason.DEVICE_MISSING: (
+        "This service answers only the company's registered devices (a scanner, a branch PC), which present "
+        "their certificate when they connect. Use your branch's device, or ask the help desk to set up yours."
+    ),
+    Reason.DEVICE_UNKNOWN: (
+        "The device you used presented a certificate the broker has no record of (a new or renewed device). "
+        "Ask the help desk to register it: they need the fingerprint given in the refusal."
+    ),
+    Reason.DEVICE_NOT_YOURS: (
+        "The device you used is registered to other employees or another branch: your login works only on "
+        "your own branch's devices. Use one of them, or ask the help desk to register this one for you."
+    ),
     Reason.REQUEST_BAD_PATH: "The address could be read in more than one way, so it was refused.",
     Reason.REQUEST_AMBIGUOUS_QUERY: "A query parameter was given twice or empty; give it once.",
     Reason.REQUEST_BAD_LIMIT: "The number of records asked for is not a whole number from 1 up.",

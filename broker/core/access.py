@@ -50,10 +50,13 @@ class Access:
     branch: str | None = None
     records: int = 0
     refusal: Refusal | None = None
+    device: str | None = None
+    """The SHA-256 fingerprint (hex) of the client's certificate when the door requires
+    device certificates ("" when none was presented); None when it does not."""
 
     def __repr__(self) -> str:  # never let the raw token reach a log line
         return (
             f"Access(client={self.client!r}, target={self.target!r}, "
             f"resource={self.resource!r}, action={self.action!r}, branch={self.branch!r}, "
-            f"records={self.records!r}, refusal={self.refusal!r})"
+            f"records={self.records!r}, refusal={self.refusal!r}, device={self.device!r})"
         )

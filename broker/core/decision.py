@@ -70,6 +70,9 @@ class Decision:
     metered: str = ""
     """Which counters served: shared (Redis), local (in memory), fallback or refused."""
     retry_after: float | None = None
+    device: str = ""
+    """The registered device (devices.toml id) the request came through, when the door
+    requires device certificates."""
     probe_key: str = ""
     """Where this employee's refusals-after-answer are counted; "" when they have no budget."""
     probe_window_end: float = 0.0

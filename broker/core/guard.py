@@ -199,6 +199,8 @@ class Guard:
         employee = await self._identified(d, snapshot)
         if employee is None or snapshot is None:
             return None
+        if access.device is not None and not self._on_registered_device(d, employee, snapshot):
+            return None
         if access.refusal is not None:
             return _deny(d, access.refusal.reason, access.refusal.detail)
         grant = snapshot.index.grant(employee, access.resource, access.action)
@@ -245,6 +247,40 @@ class Guard:
         if principal is None:
             principal = self._principals[employee.id] = _principal_of(employee, self._names)
         return principal
+
+    def _on_registered_device(self, d: Decision, employee: Employee, snapshot: PolicySnapshot) -> bool:
+        """With device certificates required: the connection's certificate must be one
+        devices.toml registers, for this employee or their branch (a rented password
+        is then useless without the branch's device too)."""
+        fingerprint = d.access.device
+        if not fingerprint:
+            _deny(
+                d,
+                Reason.DEVICE_MISSING,
+                "This service answers only registered devices, and this connection presented no device "
+                "certificate. Use your branch's device.",
+            )
+            return False
+        device = snapshot.devices.get(fingerprint)
+        if device is None:
+            d.facts["device_fingerprint"] = fingerprint
+            _deny(
+                d,
+                Reason.DEVICE_UNKNOWN,
+                f"This device's certificate (SHA-256 {fingerprint[:16]}...) is not registered; ask the help desk "
+                "to register it, quoting the fingerprint.",
+            )
+            return False
+        d.device = device.id
+        if not device.carries(employee.id, employee.roles_by_branch.keys()):
+            d.rule = f"{snapshot.devices.file}:{device.line}"
+            _deny(
+                d,
+                Reason.DEVICE_NOT_YOURS,
+                f"Device {device.id} is not registered for you ({employee.id}); use one of your branch's devices.",
+            )
+            return False
+        return True
 
     def _permitted(self, d: Decision, employee: Employee, grant: Grant) -> bool:
         access = d.access

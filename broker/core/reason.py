@@ -26,6 +26,9 @@ class Reason(StrEnum):
     IDENTITY_BAD_CLAIMS = "identity.bad_claims"
     IDENTITY_WRONG_USER = "identity.wrong_user"
     SESSIONS_OVER_LIMIT = "sessions.over_limit"
+    DEVICE_MISSING = "device.missing"
+    DEVICE_UNKNOWN = "device.unknown"
+    DEVICE_NOT_YOURS = "device.not_yours"
 
     REQUEST_BAD_PATH = "request.bad_path"
     REQUEST_AMBIGUOUS_QUERY = "request.ambiguous_query"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -54,6 +55,16 @@ def _answer_kind(answer: Answer) -> str:
     return "media" if kind.startswith(_MEDIA) else "text"
 
 
+def device_fingerprint(request: web.Request) -> str:
+    """SHA-256 (hex) of the certificate the client presented on this TLS connection, ""
+    when it presented none. The TLS layer has already checked that the configured
+    authority signed it; devices.toml says whose it is."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return hashlib.sha256(der).hexdigest() if der else ""
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the door did after the decision: for the audit event and metrics."""
@@ -71,8 +82,11 @@ class ProxyHandler:
         metrics: Metrics,
         audit: AuditSink,
         shadow: Shadow | None = None,
+        *,
+        devices_required: bool = False,
     ) -> None:
         self._guard = guard
+        self._devices_required = devices_required
         self._policy = policy
         self._upstream = upstream
         self._metrics = metrics
@@ -119,6 +133,14 @@ class ProxyHandler:
                 self._record(request.method, redacted_target(request.raw_path), decision, outcome, started, extra)
 
     async def _classify(
+        self, request: web.Request, snapshot: PolicySnapshot | None
+    ) -> tuple[Access, Route | None, bytes | None]:
+        access, route, body = await self._classified(request, snapshot)
+        if self._devices_required:
+            access = dataclasses.replace(access, device=device_fingerprint(request))
+        return access, route, body
+
+    async def _classified(
         self, request: web.Request, snapshot: PolicySnapshot | None
     ) -> tuple[Access, Route | None, bytes | None]:
         credential = bearer_token(request.headers.getall("Authorization", []))

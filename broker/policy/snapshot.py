@@ -18,6 +18,7 @@ import casbin
 from casbin.persist.adapter import Adapter
 
 from broker.policy.check import CheckedRules, check_examples, check_routes, check_rules, check_tables
+from broker.policy.device import DEVICES_FILE, DeviceMap, parse_devices
 from broker.policy.index import PolicyIndex, build_index
 from broker.policy.model import load_model, matcher_line
 from broker.policy.problem import PolicyError, PolicyProblem
@@ -49,6 +50,7 @@ class PolicySnapshot:
     files: tuple[str, ...]
     tables: TableMap = field(default_factory=TableMap.empty)
     signals: SignalRules = field(default_factory=SignalRules)
+    devices: DeviceMap = field(default_factory=DeviceMap)
 
 
 class _RuleAdapter(Adapter):  # type: ignore[misc]
@@ -80,6 +82,7 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     if SIGNALS_FILE in files:
         signals, found = parse_signals(SIGNALS_FILE, files.pop(SIGNALS_FILE))
         problems += found
+    devices_raw = files.pop(DEVICES_FILE, None)
     rules: list[Rule] = []
     for name in sorted(files):
         parsed, found = parse_rules(name, files[name])
@@ -99,6 +102,11 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
         snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
     if signals.file:
         snapshot = dataclasses.replace(snapshot, signals=signals, files=tuple(sorted({*snapshot.files, SIGNALS_FILE})))
+    if devices_raw is not None:  # after the roster is compiled: devices name its employees
+        devices, found = parse_devices(DEVICES_FILE, devices_raw, snapshot.index.employees)
+        if devices is None:
+            raise PolicyError(found)
+        snapshot = dataclasses.replace(snapshot, devices=devices, files=tuple(sorted({*snapshot.files, DEVICES_FILE})))
     return snapshot
 
 
@@ -110,7 +118,7 @@ def _read_files(directory: Path) -> dict[str, bytes]:
         path = directory / required
         if not path.is_file():
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
-    optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE) if (directory / name).is_file()]
+    optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE, DEVICES_FILE) if (directory / name).is_file()]
     for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:
         try:
             files[path.name] = path.read_bytes()

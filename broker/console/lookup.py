@@ -44,7 +44,21 @@ async def look_up(decision_id: str, feed: ConsoleFeed, audit_path: str, snapshot
     except ValueError as exc:
         return Lookup(event, None, {}, str(exc))
     decision, route = await decide_offline(snapshot, question)
-    return Lookup(event, explain(snapshot, decision, route, f"{question.method} {question.target}"), recorded)
+    explanation = explain(snapshot, decision, route, f"{question.method} {question.target}")
+    if explanation.reason != event.get("reason"):
+        recorded = {**recorded, "note": _differs(str(event.get("reason")), explanation.reason, recorded.get("note"))}
+    return Lookup(event, explanation, recorded)
+
+
+def _differs(recorded: str, now: str, revision_note: Any) -> str:
+    """Why the trace may not end where the recorded decision did: the trace re-decides
+    the policy, not the counters and freezes of that moment."""
+    if recorded == "identity.suspended":
+        why = "the login was frozen at the time (a signal or a person froze it); the trace shows the policy alone"
+    else:
+        why = "the trace replays the policy and the quota used, not the request rate, probes or freezes of that moment"
+    text = f"Recorded {recorded}, the trace ends in {now}: {why}."
+    return f"{text} {revision_note}" if revision_note else text
 
 
 def _in_ring(feed: ConsoleFeed, decision_id: str) -> dict[str, Any] | None:

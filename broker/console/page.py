@@ -87,7 +87,7 @@ def flags_fragment(flags: list[dict[str, Any]], frozen: set[str], session: Sessi
         cards.append(
             f'<article class="flag {h(flag.get("action"))}" data-employee="{h(employee)}" '
             f'data-signal="{h(flag.get("signal"))}">'
-            f'<h3><span class="signal">{h(flag.get("signal"))}</span> '
+            f'<h3><span class="signal-name">{h(flag.get("signal"))}</span> '
             f'<a href="{BASE}/employee/{h(employee)}">{h(employee)}</a> '
             f'<span class="state {"frozen" if employee in frozen else "open"}">{state}</span></h3>'
             f'<p>{h(flag.get("detail"))}</p><p class="when">{h(flag.get("time"))} · action {h(flag.get("action"))}</p>'

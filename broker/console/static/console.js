@@ -37,12 +37,22 @@
     while (body.rows.length > maxRows) body.deleteRow(body.rows.length - 1);
   }
 
+  let panelsDue = null;
+  function refreshPanelsSoon() {
+    // decisions arrive by the hundred: the summary panels follow at most every 2 s
+    if (panelsDue !== null) return;
+    panelsDue = setTimeout(function () { panelsDue = null; refresh("denials"); refresh("top"); }, 2000);
+  }
+
   function live() {
     const state = document.getElementById("live-state");
     const source = new EventSource(base + "/events");
     source.onopen = function () { if (state) state.textContent = "live"; };
     source.onerror = function () { if (state) state.textContent = "reconnecting…"; };
-    source.addEventListener("decision", function (message) { addDecision(JSON.parse(message.data)); });
+    source.addEventListener("decision", function (message) {
+      addDecision(JSON.parse(message.data));
+      refreshPanelsSoon();
+    });
     source.addEventListener("signal", function () { refresh("flags"); });
     source.addEventListener("console", function () { refresh("flags"); });
   }
@@ -50,6 +60,6 @@
   document.addEventListener("DOMContentLoaded", function () {
     if (document.body.dataset.page !== "overview") return;
     live();
-    setInterval(function () { refresh("denials"); refresh("top"); refresh("flags"); }, 5000);
+    setInterval(function () { refresh("flags"); }, 5000);
   });
 })();

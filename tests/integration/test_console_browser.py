@@ -166,7 +166,8 @@ def test_an_operator_sees_a_rented_login_and_freezes_it_in_the_browser(
     assert browser.current_url == f"{console}/login"
     browser.find_element(By.ID, "credential").send_keys("wrong-token")
     browser.find_element(By.ID, "sign-in").click()
-    assert "neither the console token" in browser.find_element(By.ID, "login-problem").text
+    problem = until(lambda: browser.find_elements(By.ID, "login-problem"), "the login refusal")[0]
+    assert "neither the console token" in problem.text
     browser.find_element(By.ID, "credential").send_keys(CONSOLE_TOKEN)
     browser.save_screenshot(str(DOCS / "console-login.png"))
     browser.find_element(By.ID, "sign-in").click()
@@ -211,7 +212,7 @@ def test_an_operator_sees_a_rented_login_and_freezes_it_in_the_browser(
     browser.get(f"{console}/lookup")
     browser.find_element(By.ID, "decision-id").send_keys(body["decision_id"])
     browser.find_element(By.ID, "look-up").click()
-    explanation = browser.find_element(By.ID, "explanation").text
+    explanation = until(lambda: browser.find_elements(By.ID, "explanation"), "the explanation")[0].text
     assert "e1001" in explanation and "the login was frozen at the time" in browser.page_source
     browser.save_screenshot(str(DOCS / "console-lookup.png"))
 

@@ -19,6 +19,9 @@ from broker.admin.routes import AdminRoutes
 from broker.audit.checkpoint import AuditKeyError, Signer, load_signer
 from broker.audit.log import AuditSink, FileAuditSink
 from broker.config import AuditSettings, ConfigError, MeterSettings, Settings
+from broker.console.feed import ConsoleFeed
+from broker.console.login import ConsoleLogin, read_console_token
+from broker.console.routes import ConsoleRoutes
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
 from broker.core.shadow import Shadow
@@ -54,6 +57,7 @@ class Broker:
     shadow: Shadow | None = None
     pg: PgDoor | None = None
     signals: SignalActions | None = None
+    console: ConsoleRoutes | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -83,7 +87,10 @@ def build_broker(
     audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
     guard = Guard(policy, authenticator, meter, clock, audit=audit)
     metrics.watch_audit(audit)
-    signals = watch_for_rented_logins(policy, meter, audit, metrics, clock)
+    signals, watcher = watch_for_rented_logins(policy, meter, audit, metrics, clock)
+    console = None
+    if settings.console.enabled:
+        console = build_console(settings, policy, authenticator, guard, meter, audit, clock, watcher)
     shadow = build_shadow(settings, authenticator, clock)
     pg = PgDoor(settings.postgres, guard, policy, audit, metrics) if settings.postgres.enabled else None
     return Broker(
@@ -100,18 +107,47 @@ def build_broker(
         shadow=shadow,
         pg=pg,
         signals=signals,
+        console=console,
     )
+
+
+def build_console(
+    settings: Settings,
+    policy: PolicyHolder,
+    authenticator: JwtAuthenticator,
+    guard: Guard,
+    meter: Meter,
+    audit: AuditSink,
+    clock: Clock,
+    watcher: SignalWatcher | None,
+) -> ConsoleRoutes:
+    """The security console, fed by the audit stream like the signals: one deque append
+    per event on the request path, everything else off it."""
+    try:
+        token = read_console_token(settings.console.token_file)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    observers = getattr(audit, "observers", None)
+    if observers is None:
+        raise ConfigError("[console] needs an audit sink that takes observers (the file sink does)")
+    feed = ConsoleFeed(settings.console.recent_events)
+    observers.append(feed.observe)
+    login = ConsoleLogin(token, policy, authenticator.identify, settings.console.session_seconds)
+    if not token:
+        log.info("console.idp_only", detail="no [console] token_file: only admin tokens of [console] admin_roles")
+    forget = watcher.forget if watcher is not None else (lambda _: None)
+    return ConsoleRoutes(feed, login, guard, policy, meter, audit, clock, settings.audit.path, forget)
 
 
 def watch_for_rented_logins(
     policy: PolicyHolder, meter: Meter, audit: AuditSink, metrics: Metrics, clock: Clock
-) -> SignalActions | None:
+) -> tuple[SignalActions | None, SignalWatcher | None]:
     """Every audit event goes past the signals of `signals.toml` (of the live policy) as
     it is written; a flag is audited, counted, alerted and, when so configured, freezes
     the employee. Needs a sink that takes observers (the file sink does)."""
     observers = getattr(audit, "observers", None)
     if observers is None:
-        return None
+        return None, None
     actions = SignalActions(
         meter,
         audit.emit,
@@ -123,8 +159,9 @@ def watch_for_rented_logins(
         snapshot = policy.current
         return snapshot.signals if snapshot is not None else None
 
-    observers.append(SignalWatcher(rules, clock.now, actions.flagged).observe)
-    return actions
+    watcher = SignalWatcher(rules, clock.now, actions.flagged)
+    observers.append(watcher.observe)
+    return actions, watcher
 
 
 def audit_signer(settings: AuditSettings) -> Signer | None:
@@ -210,6 +247,16 @@ def build_app(broker: Broker) -> web.Application:
     return app
 
 
+def admin_app(broker: Broker) -> web.Application:
+    """The admin listener's application: probes, metrics, the policy state and, when
+    enabled, the security console (never on the proxy port employees reach)."""
+    operations = web.Application()
+    broker.admin.register_operations(operations)
+    if broker.console is not None:
+        broker.console.register(operations)
+    return operations
+
+
 async def serve(app: web.Application, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain: readiness off and every answer closing
     its connection for `drain_seconds` while the listener stays open, then the listener
@@ -226,9 +273,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
         await site.start()
         log.info("broker.listening", detail=f"{'https' if tls else 'http'}://{server.host}:{server.port}")
         if server.admin_port:
-            operations = web.Application()
-            app[BROKER_KEY].admin.register_operations(operations)
-            admin = web.AppRunner(operations, access_log=None)
+            admin = web.AppRunner(admin_app(app[BROKER_KEY]), access_log=None)
             await admin.setup()
             await web.TCPSite(admin, server.admin_host, server.admin_port).start()
             log.info("broker.admin_listening", detail=f"http://{server.admin_host}:{server.admin_port}")
@@ -279,6 +324,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         broker.tasks.append(asyncio.create_task(mirror, name="freeze-mirror"))
     if broker.pg is not None:
         await broker.pg.start()
+    if broker.console is not None:
+        broker.tasks.append(asyncio.create_task(broker.console.digest_every_second(), name="console-digest"))
     if broker.settings.policy.watch:
         broker.tasks.append(asyncio.create_task(broker.policy.watch(broker.stop), name="policy-watch"))
         if broker.shadow is not None and isinstance(broker.shadow.policy, PolicyHolder):
@@ -293,6 +340,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     broker.admin.draining = True
     broker.stop.set()
+    if broker.console is not None:
+        broker.console.stopping.set()
     if broker.pg is not None:
         await broker.pg.close()
     for task in broker.tasks:

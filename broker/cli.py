@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--audit", default="broker-demo-audit.log", help="audit log file (default: broker-demo-audit.log)"
     )
+    demo.add_argument(
+        "--simulate",
+        action="store_true",
+        help="play an honest shift and two rented-login scrapes, with the security console on --admin-port",
+    )
+    demo.add_argument("--admin-port", type=int, default=8082, help="console port with --simulate (default: 8082)")
     demo.set_defaults(func=_demo)
     return parser
 

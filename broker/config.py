@@ -235,6 +235,30 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """The security console (`/-/console/`), served on the admin listener only, never on
+    the proxy port employees reach. Off by default; when on, nobody gets in without a
+    credential: the token in `token_file`, or an admin JWT from the identity provider
+    whose subject holds one of `[console] admin_roles` in `policies/signals.toml`."""
+
+    enabled: bool = False
+    token_file: str = ""
+    """A file holding the console's shared credential (at least 16 characters); empty:
+    only admin JWTs get in."""
+    session_seconds: float = 8 * 3600.0
+    """How long a console login lasts."""
+    recent_events: int = 20_000
+    """Audit events the console keeps in memory (a ring buffer): the live view, timelines
+    and decision look-ups before the audit file is read."""
+
+    def problems(self, admin_port: int) -> list[str]:
+        found = _positive("console", self, "session_seconds", "recent_events")
+        if self.enabled and not admin_port:
+            found.append("[console] enabled needs [server] admin_port: the console is never served on the proxy port")
+        return found
+
+
+@dataclass(frozen=True, slots=True)
 class ClockSettings:
     start: str = ""
     """An ISO 8601 instant to start the clock at (tests and demos); empty: real time."""
@@ -249,12 +273,13 @@ class Settings:
     meter: MeterSettings = field(default_factory=MeterSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     clock: ClockSettings = field(default_factory=ClockSettings)
     source: str = "embedded defaults"
 
     def problems(self) -> list[str]:
         found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
-        found += self.postgres.problems() + self.audit.problems()
+        found += self.postgres.problems() + self.audit.problems() + self.console.problems(self.server.admin_port)
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:

@@ -63,6 +63,7 @@ async def make_broker(
         postgres: dict[str, Any] | None = None,
         server: dict[str, Any] | None = None,
         audit: dict[str, Any] | None = None,
+        console: dict[str, Any] | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
@@ -77,6 +78,7 @@ async def make_broker(
             meter=meter or settings.meter,
             postgres=replace(settings.postgres, **postgres) if postgres else settings.postgres,
             server=replace(settings.server, **server) if server else settings.server,
+            console=replace(settings.console, **console) if console else settings.console,
         )
         broker = build_broker(settings, clock=clock, store=store)
         server = TestServer(build_app(broker), host="127.0.0.1")

@@ -100,6 +100,11 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     snapshot = _compile(directory, revision, model, routes, rules, checked, parity_sample, matcher_line(model_raw))
     if tables.file:
         snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
+    unknown = sorted(set(signals.console_roles) - snapshot.index.roles())
+    if unknown:
+        hint = f"known roles: {', '.join(sorted(snapshot.index.roles()))}"
+        problem = PolicyProblem(SIGNALS_FILE, 0, f"[console] admin_roles names unknown roles {unknown}", hint)
+        raise PolicyError([problem])
     if signals.file:
         snapshot = dataclasses.replace(snapshot, signals=signals, files=tuple(sorted({*snapshot.files, SIGNALS_FILE})))
     if devices_raw is not None:  # after the roster is compiled: devices name its employees

@@ -43,7 +43,13 @@ def recorded_question(
     """The question `decision_id` answered, and what the audit recorded about it."""
     if audit is None:
         raise ValueError("--decision needs --audit FILE, the audit log that holds it")
-    event = find_event(audit, decision_id)
+    return question_of(snapshot, find_event(audit, decision_id))
+
+
+def question_of(snapshot: PolicySnapshot, event: dict[str, Any]) -> tuple[Question, dict[str, Any]]:
+    """The question a recorded decision event answered (the console finds the event in
+    memory first, `broker explain` in the audit file)."""
+    decision_id = str(event.get("decision_id"))
     if event.get("door") != "http" or not event.get("employee") or not event.get("method"):
         raise ValueError(
             f"decision {decision_id} is not an HTTP request by an identified employee; explain cannot redo it"

@@ -58,10 +58,13 @@ class SignalRules:
     probing: Probing | None = field(default_factory=Probing)
     enumeration: Enumeration | None = field(default_factory=Enumeration)
     webhook: str = ""
+    console_roles: tuple[str, ...] = ()
+    """Roster roles whose holders may sign in to the security console with their own
+    token from the identity provider (`[console] admin_roles`); none by default."""
     file: str = ""
 
 
-_SECTIONS = {"shared_login", "probing", "enumeration", "alert"}
+_SECTIONS = {"shared_login", "probing", "enumeration", "alert", "console"}
 
 
 def parse_signals(name: str, raw: bytes) -> tuple[SignalRules | None, list[PolicyProblem]]:
@@ -80,6 +83,7 @@ def parse_signals(name: str, raw: bytes) -> tuple[SignalRules | None, list[Polic
             probing=_simple(doc.get("probing", {}), Probing, "refusals", "probing"),
             enumeration=_simple(doc.get("enumeration", {}), Enumeration, "records", "enumeration"),
             webhook=_webhook(doc.get("alert", {})),
+            console_roles=_console_roles(doc.get("console", {})),
             file=name,
         )
     except ValueError as exc:
@@ -169,3 +173,12 @@ def _webhook(value: Any) -> str:
     if not isinstance(url, str) or (url and not url.startswith(("http://", "https://"))):
         raise ValueError(f"[alert] webhook = {url!r} must be an http:// or https:// URL (or left out)")
     return url
+
+
+def _console_roles(value: Any) -> tuple[str, ...]:
+    table = _table(value, "console")
+    _known(table, "console", {"admin_roles"})
+    roles = table.get("admin_roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+        raise ValueError("[console] admin_roles must be a list of role names")
+    return tuple(roles)

@@ -1,0 +1,1 @@
+"""The security console: who is being refused, which logins look rented, and the freeze button."""

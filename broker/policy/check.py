@@ -17,7 +17,7 @@ from broker.policy.limit import (
 from broker.policy.problem import PolicyProblem
 from broker.policy.record_scan import example_problem
 from broker.policy.route import RouteMap
-from broker.policy.rule import Rule
+from broker.policy.rule import WILDCARD, Rule
 from broker.policy.shift import Shift, build_shift
 from broker.policy.table import TableMap
 
@@ -33,6 +33,8 @@ class CheckedRules:
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     probe_limits: dict[str, ProbeLimit] = field(default_factory=dict)
     problems: list[PolicyProblem] = field(default_factory=list)
+    denies: list[Rule] = field(default_factory=list)
+    """p lines with effect deny; `of("p")` holds the allow lines only."""
 
     def of(self, ptype: str) -> list[Rule]:
         return self.by_type.get(ptype, [])
@@ -41,7 +43,10 @@ class CheckedRules:
 def check_rules(rules: list[Rule]) -> CheckedRules:
     checked = CheckedRules({})
     for rule in rules:
-        checked.by_type.setdefault(rule.ptype, []).append(rule)
+        if rule.effect == "deny":
+            checked.denies.append(rule)
+        else:
+            checked.by_type.setdefault(rule.ptype, []).append(rule)
     _check_duplicates(checked, rules)
     checked.shifts = _build_named(checked, "p2", lambda r: r.fields[0], lambda r: build_shift(*r.fields[:5]))
     checked.record_limits = _build_named(
@@ -57,6 +62,8 @@ def check_rules(rules: list[Rule]) -> CheckedRules:
         checked, "p5", lambda r: r.fields[0], lambda r: build_probe_limit(r.fields[1], r.fields[2], rule=_cite(r))
     )
     _check_references(checked)
+    _check_allow_templates(checked)
+    check_denies(checked)
     return checked
 
 
@@ -182,7 +189,7 @@ def _check_references(checked: CheckedRules) -> None:
             f"limit for resource {rule.fields[1]!r}, which no p line grants",
         )
     for rule in checked.of("p"):
-        role, resource, _ = rule.fields
+        role, resource, _ = rule.fields[:3]
         _require(
             checked,
             rule,
@@ -190,6 +197,48 @@ def _check_references(checked: CheckedRules) -> None:
             f"role {role!r} may use {resource!r} but has no records limit for it",
             f"add: p3, {role}, {resource}, <cap>, <quota>, <window> (write 'unlimited' deliberately)",
         )
+
+
+def _check_allow_templates(checked: CheckedRules) -> None:
+    """Allow lines are branch-agnostic templates naming one role, resource and action:
+    the index grants a role in the branches where it is held. Wildcards and a branch are
+    for deny lines only (the index implements nothing else, see `shape`)."""
+    for rule in checked.of("p"):
+        if len(rule.fields) > 3 and (WILDCARD in rule.fields[:3] or rule.fields[3] != WILDCARD):
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    "an allow line names a branch or uses *",
+                    "allow lines are templates: p, role, resource, action; a role holds them in every branch "
+                    "it is held in (g lines). Use * and branches in deny lines only",
+                )
+            )
+
+
+def check_denies(checked: CheckedRules) -> None:
+    """Every name in a deny line must exist: a typo'd employee id in a suspension would
+    otherwise suspend nobody, and pass review."""
+    roles = {r.fields[0] for r in checked.of("p")}
+    employees = {r.fields[0] for r in checked.of("g") + checked.of("g3")}
+    resources = {r.fields[1] for r in checked.of("p")}
+    actions = {r.fields[2] for r in checked.of("p")}
+    branches = {r.fields[2] for r in checked.of("g")}
+    for rule in checked.denies:
+        subject, resource, action, branch = rule.fields[:4]
+        for label, value, known, what in (
+            ("subject", subject, roles | employees, "neither a role nor an employee on the roster"),
+            ("resource", resource, resources, "not a resource any allow line grants"),
+            ("action", action, actions, "not an action any allow line grants"),
+            ("branch", branch, branches, "not a branch the roster names"),
+        ):
+            _require(
+                checked,
+                rule,
+                value == WILDCARD or value in known,
+                f"deny line: {label} {value!r} is {what}",
+                "fix the spelling, or write * for any",
+            )
 
 
 def _require(checked: CheckedRules, rule: Rule, ok: bool, message: str, hint: str = "") -> None:

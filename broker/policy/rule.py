@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from broker.policy.problem import PolicyProblem
 
 LINE_TYPES: dict[str, tuple[str, ...]] = {
-    "p": ("role", "resource", "action"),
+    "p": ("subject", "resource", "action", "branch", "effect"),
     "p2": ("shift", "start", "end", "days", "time_zone"),
     "p3": ("role", "resource", "cap", "quota", "window"),
     "p4": ("role", "requests", "per"),
@@ -25,6 +25,13 @@ LINE_TYPES: dict[str, tuple[str, ...]] = {
     "g3": ("employee", "role"),
 }
 """Every line type the broker understands, with the meaning of each field."""
+
+SHORT_P = 3
+"""`p, role, resource, action` is short for `p, role, resource, action, *, allow`: the
+allow templates every policy has, written as before deny lines existed."""
+EFFECTS = ("allow", "deny")
+WILDCARD = "*"
+"""In a full-form p line, any subject, resource, action or branch (see `shape`)."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_./@+\-]+\Z")
 _CLOCK_TOKEN = re.compile(r"[0-9]{1,2}:[0-9]{2}\Z")
@@ -45,6 +52,20 @@ class Rule:
 
     def __str__(self) -> str:
         return ", ".join((self.ptype, *self.fields))
+
+    @property
+    def effect(self) -> str:
+        """allow or deny for a p line (short p lines allow); "" for other lines."""
+        if self.ptype != "p":
+            return ""
+        return self.fields[4] if len(self.fields) > SHORT_P else "allow"
+
+    @property
+    def casbin_fields(self) -> tuple[str, ...]:
+        """The fields as Casbin's full-form p sees them (short lines padded)."""
+        if self.ptype == "p" and len(self.fields) == SHORT_P:
+            return (*self.fields, WILDCARD, "allow")
+        return self.fields
 
 
 def parse_rules(name: str, raw: bytes) -> tuple[list[Rule], list[PolicyProblem]]:
@@ -99,6 +120,8 @@ def _check_fields(
         return None, PolicyProblem(
             name, number, f"unknown line type {ptype!r}", f"line types are case-sensitive: {known}"
         )
+    if ptype == "p":
+        return _check_p(name, number, fields)
     if len(fields) != len(expected):
         shape = ", ".join((ptype, *expected))
         return None, PolicyProblem(
@@ -107,13 +130,41 @@ def _check_fields(
             f"{ptype} line has {len(fields)} fields, expected {len(expected)}",
             f"write it as: {shape}",
         )
-    for label, value in zip(expected, fields, strict=True):
+    return _rule_or_problem(name, number, ptype, fields, expected)
+
+
+def _rule_or_problem(
+    name: str, number: int, ptype: str, fields: tuple[str, ...], labels: tuple[str, ...], wildcards: bool = False
+) -> tuple[Rule | None, PolicyProblem | None]:
+    """The rule, unless one of the values `labels` names is malformed."""
+    for label, value in zip(labels, fields, strict=False):
         pattern = _CLOCK_TOKEN if label in _CLOCK_FIELDS else _TOKEN
-        if not pattern.match(value):
+        if not pattern.match(value) and not (wildcards and value == WILDCARD):
             return None, PolicyProblem(
                 name,
                 number,
                 f"{label} {value!r} is empty or malformed",
-                "times are HH:MM; other values use only A-Z a-z 0-9 _ . / @ + -",
+                "times are HH:MM; other values use only A-Z a-z 0-9 _ . / @ + -"
+                + (", or * for any" if wildcards else ""),
             )
     return Rule(ptype, fields, name, number), None
+
+
+def _check_p(name: str, number: int, fields: tuple[str, ...]) -> tuple[Rule | None, PolicyProblem | None]:
+    """A short allow template, or a full line whose last field is allow or deny."""
+    labels = LINE_TYPES["p"]
+    if len(fields) == SHORT_P:
+        return _rule_or_problem(name, number, "p", fields, labels)
+    if len(fields) != len(labels):
+        return None, PolicyProblem(
+            name,
+            number,
+            f"p line has {len(fields)} fields, expected {SHORT_P} or {len(labels)}",
+            "write it as: p, role, resource, action (an allow template) or "
+            "p, subject, resource, action, branch, allow|deny (* for any)",
+        )
+    if fields[-1] not in EFFECTS:
+        return None, PolicyProblem(
+            name, number, f"effect {fields[-1]!r} is neither allow nor deny", "the last field is allow or deny"
+        )
+    return _rule_or_problem(name, number, "p", fields, labels[:-1], wildcards=True)

@@ -212,6 +212,41 @@ def test_check_refuses_a_policy_that_fails_its_own_tests(tmp_path: Path) -> None
     assert "policy test 'a courier reads their own branch in their shift' expected allow" in result.stderr
 
 
+def test_check_refuses_a_matcher_that_excludes_one_employee(tmp_path: Path) -> None:
+    """Issue #17: with 307 employees this edit passed a sampled check and was not enforced."""
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    roster = policies / "roster.csv"
+    roster.write_text(
+        roster.read_text() + "".join(f"g, e{n}, courier, BR001\ng2, e{n}, day-cn\n" for n in range(4900, 5200))
+    )
+    model = policies / "model.conf"
+    lines = model.read_text().splitlines()
+    at = next(n for n, line in enumerate(lines, start=1) if line.startswith("m = "))
+    model.write_text(model.read_text().replace(lines[at - 1], lines[at - 1] + ' && r.sub != "e5000"'))
+    result = broker_cli("check", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
+    assert result.returncode == 1
+    assert f'model.conf:{at}: the matcher tests `r.sub != "e5000"`, which the allow-and-deny model does not' in (
+        result.stderr
+    )
+    assert "write a deny line (p, e5000, *, *, *, deny)" in result.stderr
+    assert "1 problem(s); the policy would be refused" in result.stderr
+
+
+def test_explain_names_the_deny_line_that_closes_a_branch(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    shutil.rmtree(policies / "tests")
+    (policies / "deny.csv").write_text("p, courier, *, *, BR001, deny\n")
+    result = broker_cli(
+        "explain", "--policies", str(policies), "--employee", "e1001",
+        "--request", "GET /api/branches/BR001/waybills?limit=5", "--at", "2026-12-01T10:00:00+08:00",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "closed in BR001 by the deny line p, courier, *, *, BR001, deny (deny.csv:1)" in result.stdout
+    assert "verdict: deny (policy.denied)" in result.stdout
+
+
 def test_explain_shows_each_check_in_order() -> None:
     result = broker_cli(
         "explain", "--policies", str(REPO / "policies"), "--employee", "e1002",

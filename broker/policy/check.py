@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from broker.policy.branch import Branch, unknown_branch
 from broker.policy.limit import (
     ProbeLimit,
     RateLimit,
@@ -223,14 +224,12 @@ def check_denies(checked: CheckedRules) -> None:
     employees = {r.fields[0] for r in checked.of("g") + checked.of("g3")}
     resources = {r.fields[1] for r in checked.of("p")}
     actions = {r.fields[2] for r in checked.of("p")}
-    branches = {r.fields[2] for r in checked.of("g")}
     for rule in checked.denies:
-        subject, resource, action, branch = rule.fields[:4]
+        subject, resource, action = rule.fields[:3]
         for label, value, known, what in (
             ("subject", subject, roles | employees, "neither a role nor an employee on the roster"),
             ("resource", resource, resources, "not a resource any allow line grants"),
             ("action", action, actions, "not an action any allow line grants"),
-            ("branch", branch, branches, "not a branch the roster names"),
         ):
             _require(
                 checked,
@@ -239,6 +238,15 @@ def check_denies(checked: CheckedRules) -> None:
                 f"deny line: {label} {value!r} is {what}",
                 "fix the spelling, or write * for any",
             )
+
+
+def check_branch_codes(checked: CheckedRules, branches: dict[str, Branch]) -> None:
+    """Every branch a roster or deny line names must be in branches.csv."""
+    for rule in [*checked.of("g"), *checked.denies]:
+        code = rule.fields[2] if rule.ptype == "g" else rule.fields[3]
+        unknown = unknown_branch(code, branches) if code != WILDCARD else None
+        if unknown:
+            checked.problems.append(PolicyProblem(rule.file, rule.line, *unknown))
 
 
 def _require(checked: CheckedRules, rule: Rule, ok: bool, message: str, hint: str = "") -> None:

@@ -22,7 +22,15 @@ from casbin import Enforcer
 from casbin.model import Model
 from casbin.persist.adapter import Adapter
 
-from broker.policy.check import CheckedRules, check_examples, check_routes, check_rules, check_tables
+from broker.policy.branch import BRANCHES_FILE, Branch, parse_branches, unknown_branch
+from broker.policy.check import (
+    CheckedRules,
+    check_branch_codes,
+    check_examples,
+    check_routes,
+    check_rules,
+    check_tables,
+)
 from broker.policy.index import PolicyIndex, build_index
 from broker.policy.model import LoadedModel, load_model
 from broker.policy.problem import PolicyError, PolicyProblem
@@ -52,6 +60,8 @@ class PolicySnapshot:
     files: tuple[str, ...]
     tables: TableMap = field(default_factory=TableMap.empty)
     signals: SignalRules = field(default_factory=SignalRules)
+    branches: dict[str, Branch] = field(default_factory=dict)
+    """branches.csv, by code."""
 
     def casbin_enforcer(self) -> Any:
         """A pycasbin enforcer over this snapshot's model and lines, built on demand."""
@@ -82,6 +92,8 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     problems += found
     routes, found = parse_routes(ROUTES_FILE, files.pop(ROUTES_FILE))
     problems += found
+    branches, found = parse_branches(BRANCHES_FILE, files.pop(BRANCHES_FILE))
+    problems += found
     tables: TableMap | None = TableMap.empty()
     if TABLES_FILE in files:
         tables, found = parse_tables(TABLES_FILE, files.pop(TABLES_FILE))
@@ -96,6 +108,9 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
         rules += parsed
         problems += found
     checked = check_rules(rules)
+    check_branch_codes(checked, branches)
+    if signals is not None:
+        problems += _signal_branches(signals, branches)
     if model is not None:
         problems += _deny_lines_need_the_deny_shape(model, checked)
     if routes is not None:
@@ -106,7 +121,7 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     problems += checked.problems
     if problems or model is None or routes is None or tables is None or signals is None:
         raise PolicyError(problems)
-    snapshot = _compile(directory, revision, model, routes, rules, checked)
+    snapshot = _compile(directory, revision, model, routes, rules, checked, branches)
     if tables.file:
         snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
     if signals.file:
@@ -118,19 +133,29 @@ def _read_files(directory: Path) -> dict[str, bytes]:
     if not directory.is_dir():
         raise PolicyError([PolicyProblem(str(directory), 0, "policy directory does not exist")])
     files: dict[str, bytes] = {}
-    for required in (MODEL_FILE, ROUTES_FILE):
+    for required in (MODEL_FILE, ROUTES_FILE, BRANCHES_FILE):
         path = directory / required
         if not path.is_file():
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
     optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE) if (directory / name).is_file()]
     for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:
+        # branches.csv is read here too (it matches *.csv) and popped before the rules
         try:
             files[path.name] = path.read_bytes()
         except OSError as exc:
             raise PolicyError([PolicyProblem(str(path), 0, f"cannot read: {exc.strerror}")]) from exc
-    if len(files) == 2 + len(optional):
+    if len(files) == 3 + len(optional):
         raise PolicyError([PolicyProblem(str(directory), 0, "no *.csv rule files in the policy directory")])
     return files
+
+
+def _signal_branches(signals: SignalRules, branches: dict[str, Branch]) -> list[PolicyProblem]:
+    allowances = signals.shared_login.branches if signals.shared_login else {}
+    return [
+        PolicyProblem(SIGNALS_FILE, 0, f"shared_login.branches: {unknown[0]}", unknown[1])
+        for code in sorted(allowances)
+        if (unknown := unknown_branch(code, branches))
+    ]
 
 
 def _deny_lines_need_the_deny_shape(model: LoadedModel, checked: CheckedRules) -> list[PolicyProblem]:
@@ -154,6 +179,7 @@ def _compile(
     routes: RouteMap,
     rules: list[Rule],
     checked: CheckedRules,
+    branches: dict[str, Branch],
 ) -> PolicySnapshot:
     index = build_index(
         checked.of("p"),
@@ -165,9 +191,10 @@ def _compile(
         checked.rate_limits,
         checked.probe_limits,
         checked.denies,
+        branches,
     )
-    files = tuple(sorted({MODEL_FILE, ROUTES_FILE, *(r.file for r in rules)}))
-    return PolicySnapshot(revision, directory, index, routes, model, tuple(rules), files)
+    files = tuple(sorted({MODEL_FILE, ROUTES_FILE, BRANCHES_FILE, *(r.file for r in rules)}))
+    return PolicySnapshot(revision, directory, index, routes, model, tuple(rules), files, branches=branches)
 
 
 def casbin_enforcer(model: LoadedModel, rules: list[Rule]) -> Any:

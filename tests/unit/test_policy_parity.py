@@ -143,6 +143,11 @@ m = {ALLOW_ONLY.matcher}
 """
 
 
+def write_branches(directory: Path, codes: Iterable[str]) -> None:
+    listed = "".join(f"{code}, branch {code}, Asia/Shanghai, \n" for code in codes)
+    (directory / "branches.csv").write_text(listed, encoding="utf-8")
+
+
 def deny_lines(rng: random.Random, roster: list[str], role_lines: list[str]) -> list[str]:
     """2-8 distinct deny lines of every kind (an employee, a role in one branch or in all,
     everyone on one resource or in one branch; specific or * resource and action), most
@@ -204,6 +209,7 @@ def generate_policy(rng: random.Random, directory: Path, *, denies: bool = True)
     (directory / "limits.csv").write_text("".join(f"{line}\n" for line in limit_lines), encoding="utf-8")
     (directory / "roster.csv").write_text("".join(f"{line}\n" for line in roster), encoding="utf-8")
     (directory / "shifts.csv").write_text("".join(f"{line}\n" for line in shifts), encoding="utf-8")
+    write_branches(directory, branches)
     if denies:
         closed = deny_lines(rng, roster, role_lines)
         (directory / "deny.csv").write_text("".join(f"{line}\n" for line in closed), encoding="utf-8")
@@ -473,6 +479,7 @@ def test_a_loaded_policy_never_has_enforce_and_index_disagreeing(tmp_path: Path)
         directory = tmp_path / f"policies-{size}"
         directory.mkdir()
         shutil.copy(SHIPPED / "model.conf", directory / "model.conf")
+        write_branches(directory, ["BR001", "BR002"])
         (directory / "routes.toml").write_text(
             '[[route]]\npath = "/w"\nresource = "waybill"\naction = "read"\nrecords = "none"\n', encoding="utf-8"
         )

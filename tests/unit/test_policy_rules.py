@@ -86,7 +86,7 @@ def test_shipped_policy_loads(policies: Path) -> None:
     snapshot = load_snapshot(policies)
     assert re.fullmatch(r"[0-9a-f]{12}", snapshot.revision)
     expected = (
-        "limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv",
+        "branches.csv", "limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv",
         "signals.toml", "tables.toml",
     )  # fmt: skip
     assert snapshot.files == expected
@@ -214,7 +214,50 @@ def test_truncated_file_mid_role_name(policies: Path) -> None:
 
 def test_truncated_file_whose_last_line_still_parses(policies: Path) -> None:
     line = append(policies, "roster.csv", "g, e1005, courier, BR0")
-    assert_at(only_problem(policies), "roster.csv", line, "file does not end with a newline")
+    truncated, branch = refused(policies)
+    assert_at(truncated, "roster.csv", line, "file does not end with a newline")
+    assert_at(branch, "roster.csv", line, "unknown branch 'BR0'")  # what was cut off shows
+
+
+# --- branches.csv ---------------------------------------------------------------------
+
+
+def test_a_lower_case_branch_code_on_the_roster_is_an_error(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, e1005, courier, br001\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "unknown branch 'br001'")
+    assert problem.hint == "branch codes are case-sensitive: did you mean BR001?"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("deny.csv", "p, courier, *, *, BR099, deny\n", "unknown branch 'BR099'"),
+        ("roster.csv", "g, e1005, courier, BR0O1\n", "unknown branch 'BR0O1'"),
+        ("branches.csv", "BR001, Shanghai again, Asia/Shanghai, \n", "branch BR001 is already listed on line 5"),
+        ("branches.csv", "BR013, Lhasa, Asia/Lhasa, \n", "branch BR013: unknown time zone 'Asia/Lhasa'"),
+        ("branches.csv", "BR013, Lhasa, Asia/Shanghai, 10.13.0.0/33\n", "branch BR013: '10.13.0.0/33' does not appear"),
+        ("branches.csv", "BR013, Lhasa, Asia/Shanghai\n", "branch line has 3 fields, expected 4"),
+        ("branches.csv", "BR013, Lhasa, Asia/Shanghai, # new\n", "inline comment after a branch"),
+        ("branches.csv", "BR 013, Lhasa, Asia/Shanghai, \n", "branch code 'BR 013' is empty or malformed"),
+    ],
+)
+def test_branch_problems(policies: Path, name: str, text: str, message: str) -> None:
+    line = append(policies, name, text)
+    assert_at(only_problem(policies), name, line, message)
+
+
+def test_a_signals_allowance_for_an_unknown_branch_is_an_error(policies: Path) -> None:
+    replace(policies, "signals.toml", "# BR009 = 4", "br009 = 4")
+    problem = only_problem(policies)
+    assert_at(problem, "signals.toml", 0, "shared_login.branches: unknown branch 'br009'")
+    assert "did you mean BR009?" in problem.hint
+
+
+def test_the_branch_list_is_required(policies: Path) -> None:
+    (policies / "branches.csv").unlink()
+    problem = only_problem(policies)
+    assert problem.message == "branches.csv is missing from the policy directory"
 
 
 @pytest.mark.parametrize(

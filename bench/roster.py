@@ -74,4 +74,6 @@ def write_policy_dir(target: Path, staff: list[Person]) -> Path:
     (target / "roster.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     listed = [f"{code}, branch {code}, Asia/Shanghai, " for code in branches()]
     (target / "branches.csv").write_text("\n".join(listed) + "\n", encoding="utf-8")
+    # about 2% hold a second role in a second branch (regional staff), which is allowed
+    (target / "policy.toml").write_text("[roster]\nseveral_branches = true\n", encoding="utf-8")
     return target

@@ -34,6 +34,8 @@ class CheckedRules:
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     probe_limits: dict[str, ProbeLimit] = field(default_factory=dict)
     problems: list[PolicyProblem] = field(default_factory=list)
+    broken: set[tuple[str, ...]] = field(default_factory=set)
+    """(ptype, first fields) of lines that parsed but could not be built."""
     denies: list[Rule] = field(default_factory=list)
     """p lines with effect deny; `of("p")` holds the allow lines only."""
 
@@ -41,7 +43,12 @@ class CheckedRules:
         return self.by_type.get(ptype, [])
 
 
-def check_rules(rules: list[Rule]) -> CheckedRules:
+def check_rules(
+    rules: list[Rule], broken: frozenset[tuple[str, ...]] = frozenset(), several_branches: bool = False
+) -> CheckedRules:
+    """`broken`: what lines refused by the reader were about (("p3", role, resource), ...),
+    so their absence is not reported a second time as an unrelated problem.
+    `several_branches`: whether an employee may hold roles in more than one branch."""
     checked = CheckedRules({})
     for rule in rules:
         if rule.effect == "deny":
@@ -62,7 +69,11 @@ def check_rules(rules: list[Rule]) -> CheckedRules:
     checked.probe_limits = _build_named(
         checked, "p5", lambda r: r.fields[0], lambda r: build_probe_limit(r.fields[1], r.fields[2], rule=_cite(r))
     )
-    _check_references(checked)
+    _check_caps_within_quotas(checked)
+    _check_references(checked, broken)
+    _check_shifts_held(checked)
+    if not several_branches:
+        _check_one_branch_each(checked)
     _check_allow_templates(checked)
     check_denies(checked)
     return checked
@@ -161,10 +172,63 @@ def _build_named(checked: CheckedRules, ptype: str, key: Callable[[Rule], K], bu
             where[name] = rule
         except ValueError as exc:
             checked.problems.append(PolicyProblem(rule.file, rule.line, str(exc)))
+            checked.broken.add((ptype, *rule.fields[:2]))
     return built
 
 
-def _check_references(checked: CheckedRules) -> None:
+def _check_caps_within_quotas(checked: CheckedRules) -> None:
+    """A cap above the quota promises requests the quota can never serve in full."""
+    for rule in checked.of("p3"):
+        limit = checked.record_limits.get((rule.fields[0], rule.fields[1]))
+        if limit is not None and limit.cap is not None and limit.quota is not None and limit.cap > limit.quota:
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    f"cap {limit.cap} is above the quota {limit.quota}: no request could take its cap",
+                    "lower the cap or raise the quota",
+                )
+            )
+
+
+def _check_shifts_held(checked: CheckedRules) -> None:
+    """An employee on the roster without a shift could never work: a forgotten g2 line,
+    which used to load silently and refuse them all day."""
+    with_shift = {r.fields[0] for r in checked.of("g2")}
+    reported: set[str] = set()
+    hint = f"add g2, <employee>, <shift> (defined: {', '.join(sorted(checked.shifts)) or 'none'}); "
+    for rule in checked.of("g") + checked.of("g3"):
+        employee = rule.fields[0]
+        if employee not in with_shift and employee not in reported:
+            reported.add(employee)
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    f"employee {employee} has no shift",
+                    hint + "staff who may work any hour get the 'always' shift",
+                )
+            )
+
+
+def _check_one_branch_each(checked: CheckedRules) -> None:
+    first: dict[str, Rule] = {}
+    for rule in checked.of("g"):
+        employee, _, branch = rule.fields
+        seen = first.setdefault(employee, rule)
+        if seen.fields[2] != branch:
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    f"employee {employee} holds roles in {seen.fields[2]} ({seen.where}) and {branch}",
+                    "a stale roster line lets them into another branch; remove it, or allow regional staff "
+                    "with several_branches = true under [roster] in policy.toml",
+                )
+            )
+
+
+def _check_references(checked: CheckedRules, broken: frozenset[tuple[str, ...]] = frozenset()) -> None:
     roles = {r.fields[0] for r in checked.of("p")}
     role_hint = f"known roles: {', '.join(sorted(roles)) or 'none (no p lines)'}"
     for rule in checked.of("g") + checked.of("g3"):
@@ -194,7 +258,7 @@ def _check_references(checked: CheckedRules) -> None:
         _require(
             checked,
             rule,
-            (role, resource) in checked.record_limits,
+            (role, resource) in checked.record_limits or bool({("p3", role, resource)} & (broken | checked.broken)),
             f"role {role!r} may use {resource!r} but has no records limit for it",
             f"add: p3, {role}, {resource}, <cap>, <quota>, <window> (write 'unlimited' deliberately)",
         )

@@ -9,6 +9,7 @@ only lines it has checked.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ EFFECTS = ("allow", "deny")
 WILDCARD = "*"
 """In a full-form p line, any subject, resource, action or branch (see `shape`)."""
 
+_THOUSANDS = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\w.])")
+"""1,000 or 20,000,000, but not the separate fields "50, 500" (fields have a space)."""
 _TOKEN = re.compile(r"[A-Za-z0-9_./@+\-]+\Z")
 _CLOCK_TOKEN = re.compile(r"[0-9]{1,2}:[0-9]{2}\Z")
 _CLOCK_FIELDS = {"start", "end"}
@@ -102,13 +105,38 @@ def _parse_line(name: str, number: int, line: str) -> tuple[Rule | None, PolicyP
     stripped = line.strip()
     if not stripped or stripped.startswith("#"):
         return None, None
+    about = tuple(part.strip() for part in stripped.split("#")[0].split(","))[:3]
     if "#" in stripped:
-        return None, PolicyProblem(name, number, "inline comment after a rule", "put the comment on a line of its own")
+        return None, PolicyProblem(
+            name, number, "inline comment after a rule", "put the comment on a line of its own", about
+        )
+    if ";" in stripped and stripped.count(";") >= stripped.count(","):
+        return None, PolicyProblem(
+            name,
+            number,
+            "fields are separated by ';': this looks like a semicolon-separated export",
+            "export as CSV with commas (e.g. g, e1001, courier, BR001)",
+        )
     for char, message in _FORBIDDEN.items():
         if char in stripped:
             return None, PolicyProblem(name, number, message, "write values bare: p, role, x, y")
     ptype, *fields = (part.strip() for part in stripped.split(","))
-    return _check_fields(name, number, ptype, tuple(fields))
+    rule, problem = _check_fields(name, number, ptype, tuple(fields))
+    if problem is not None:
+        problem = _thousands(stripped, dataclasses.replace(problem, about=about))
+    return rule, problem
+
+
+def _thousands(line: str, problem: PolicyProblem) -> PolicyProblem:
+    """A number written `1,000` splits into two fields: say so, not "too many fields"."""
+    found = _THOUSANDS.search(line)
+    if found is None:
+        return problem
+    return dataclasses.replace(
+        problem,
+        message=f"{found.group(0)!r} looks like a number with a thousands separator, which splits it into two fields",
+        hint=f"write it without separators: {found.group(0).replace(',', '')}",
+    )
 
 
 def _check_fields(

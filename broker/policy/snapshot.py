@@ -36,6 +36,7 @@ from broker.policy.model import LoadedModel, load_model
 from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.route import RouteMap, parse_routes
 from broker.policy.rule import Rule, parse_rules
+from broker.policy.settings import POLICY_FILE, parse_policy_settings
 from broker.policy.table import TableMap, parse_tables
 from broker.signals.rules import SignalRules, parse_signals
 
@@ -94,6 +95,8 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     problems += found
     branches, found = parse_branches(BRANCHES_FILE, files.pop(BRANCHES_FILE))
     problems += found
+    settings, found = parse_policy_settings(POLICY_FILE, files.pop(POLICY_FILE, None))
+    problems += found
     tables: TableMap | None = TableMap.empty()
     if TABLES_FILE in files:
         tables, found = parse_tables(TABLES_FILE, files.pop(TABLES_FILE))
@@ -107,7 +110,8 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
         parsed, found = parse_rules(name, files[name])
         rules += parsed
         problems += found
-    checked = check_rules(rules)
+    broken = frozenset(p.about for p in problems if p.about)
+    checked = check_rules(rules, broken, settings.several_branches)
     check_branch_codes(checked, branches)
     if signals is not None:
         problems += _signal_branches(signals, branches)
@@ -137,7 +141,7 @@ def _read_files(directory: Path) -> dict[str, bytes]:
         path = directory / required
         if not path.is_file():
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
-    optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE) if (directory / name).is_file()]
+    optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE, POLICY_FILE) if (directory / name).is_file()]
     for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:
         # branches.csv is read here too (it matches *.csv) and popped before the rules
         try:

@@ -38,8 +38,10 @@ Combination = tuple[str, str, str, str]
 
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
+    """The shipped policy, allowing regional staff in several branches."""
     target = tmp_path / "policies"
     shutil.copytree(SHIPPED, target)
+    (target / "policy.toml").write_text("[roster]\nseveral_branches = true\n", encoding="utf-8")
     return target
 
 
@@ -51,6 +53,9 @@ def shipped() -> PolicySnapshot:
 def append(directory: Path, name: str, lines: Iterable[str]) -> None:
     path = directory / name
     path.write_text(path.read_text(encoding="utf-8") + "".join(f"{line}\n" for line in lines), encoding="utf-8")
+    if name == "roster.csv":  # every employee needs a shift
+        hired = sorted({line.split(", ")[1] for line in lines})
+        append(directory, "shifts.csv", [f"g2, {emp}, always" for emp in hired])
 
 
 def combinations(
@@ -210,6 +215,7 @@ def generate_policy(rng: random.Random, directory: Path, *, denies: bool = True)
     (directory / "roster.csv").write_text("".join(f"{line}\n" for line in roster), encoding="utf-8")
     (directory / "shifts.csv").write_text("".join(f"{line}\n" for line in shifts), encoding="utf-8")
     write_branches(directory, branches)
+    (directory / "policy.toml").write_text("[roster]\nseveral_branches = true\n", encoding="utf-8")
     if denies:
         closed = deny_lines(rng, roster, role_lines)
         (directory / "deny.csv").write_text("".join(f"{line}\n" for line in closed), encoding="utf-8")

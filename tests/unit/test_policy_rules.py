@@ -155,7 +155,7 @@ def test_not_utf8(policies: Path) -> None:
     [
         ("roles.csv", "p, clerk, waybill, write", "pp, clerk, waybill, write", "pp"),
         ("roster.csv", "g, e1002, courier, BR002", "G, e1002, courier, BR002", "G"),
-        ("shifts.csv", "g2, e1002, night-cn", "g 2, e1002, night-cn", "g 2"),
+        ("shifts.csv", "g2, e2001, late-cn", "g 2, e2001, late-cn", "g 2"),
         ("limits.csv", "p4, courier, 120, 1m", "P4, courier, 120, 1m", "P4"),
     ],
 )
@@ -204,6 +204,7 @@ def test_truncated_file_mid_field_count(policies: Path) -> None:
 
 def test_truncated_file_mid_role_name(policies: Path) -> None:
     """Cut inside the last field: both the missing newline and the unknown role are reported."""
+    append(policies, "shifts.csv", "g2, e9002, always\n")
     line = append(policies, "roster.csv", "g3, e9002, aud")
     problems = refused(policies)
     assert len(problems) == 2
@@ -213,6 +214,7 @@ def test_truncated_file_mid_role_name(policies: Path) -> None:
 
 
 def test_truncated_file_whose_last_line_still_parses(policies: Path) -> None:
+    append(policies, "shifts.csv", "g2, e1005, day-cn\n")
     line = append(policies, "roster.csv", "g, e1005, courier, BR0")
     truncated, branch = refused(policies)
     assert_at(truncated, "roster.csv", line, "file does not end with a newline")
@@ -223,6 +225,7 @@ def test_truncated_file_whose_last_line_still_parses(policies: Path) -> None:
 
 
 def test_a_lower_case_branch_code_on_the_roster_is_an_error(policies: Path) -> None:
+    append(policies, "shifts.csv", "g2, e1005, day-cn\n")
     line = append(policies, "roster.csv", "g, e1005, courier, br001\n")
     problem = only_problem(policies)
     assert_at(problem, "roster.csv", line, "unknown branch 'br001'")
@@ -243,6 +246,7 @@ def test_a_lower_case_branch_code_on_the_roster_is_an_error(policies: Path) -> N
     ],
 )
 def test_branch_problems(policies: Path, name: str, text: str, message: str) -> None:
+    append(policies, "shifts.csv", "g2, e1005, day-cn\n")
     line = append(policies, name, text)
     assert_at(only_problem(policies), name, line, message)
 
@@ -399,7 +403,7 @@ def test_limit_for_unknown_role(policies: Path) -> None:
         ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 50, 0, shift",
          "quota '0' is not a positive whole number or 'unlimited'"),
         ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 50, 500, 8x",
-         "duration '8x' is not a number with s, m, h or d"),
+         "window '8x' is neither 'shift' nor a duration"),
         ("p4, courier, 120, 1m", "p4, courier, unlimited, 1m", "a rate line must give a number of requests"),
     ],
 )  # fmt: skip
@@ -628,3 +632,51 @@ def test_an_example_with_records_on_a_route_mapped_without_them_is_refused(polic
         'records = "none"\nexample = \'{"recent": [{"waybill_no": "SF1", "branch_code": "BR001"}]}\'\n',
     )
     assert "holds records, but the route is mapped as carrying none" in only_problem(policies).message
+
+
+# --- mistakes that used to load silently or be reported as something else -------------
+
+
+def test_an_employee_without_a_shift_is_an_error(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, e1005, courier, BR001\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "employee e1005 has no shift")
+    assert "add g2, <employee>, <shift> (defined: always, day-cn" in problem.hint
+
+
+def test_a_cap_above_the_quota_is_an_error(policies: Path) -> None:
+    line = replace(policies, "limits.csv", "p3, trainee, waybill, 20, 60, shift", "p3, trainee, waybill, 80, 60, shift")
+    assert_at(only_problem(policies), "limits.csv", line, "cap 80 is above the quota 60")
+
+
+def test_an_employee_in_two_branches_is_an_error_unless_the_policy_allows_it(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, e1001, clerk, BR004\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "employee e1001 holds roles in BR001 (roster.csv:2) and BR004")
+    assert "several_branches = true under [roster] in policy.toml" in problem.hint
+    (policies / "policy.toml").write_text("[roster]\nseveral_branches = true\n")
+    assert load_snapshot(policies).index.employees["e1001"].roles_by_branch.keys() == {"BR001", "BR004"}
+    (policies / "policy.toml").write_text("[roster]\nseveral_branch = true\n")
+    assert_at(refused(policies)[0], "policy.toml", 0, "unknown keys roster.several_branch")
+
+
+def test_a_semicolon_separated_export_is_named(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g;e1005;courier;BR001\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "fields are separated by ';': this looks like a semicolon-separated export")
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        ("p3, courier, waybill, 50, 500, shift # raised in May", "inline comment after a rule"),
+        ("p3, courier, waybill, 50, 500, shfit", "shfit"),
+        ("p3, courier, waybill, 50, 1,000, shift", "'1,000' looks like a number with a thousands separator"),
+    ],
+)
+def test_a_broken_limit_line_is_reported_as_itself_not_as_a_missing_limit(
+    policies: Path, new: str, message: str
+) -> None:
+    line = replace(policies, "limits.csv", "p3, courier, waybill, 50, 500, shift", new)
+    problem = only_problem(policies)  # not also "role 'courier' may use 'waybill' but has no records limit"
+    assert_at(problem, "limits.csv", line, message)

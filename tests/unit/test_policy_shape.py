@@ -73,7 +73,8 @@ def test_excluding_one_employee_in_the_matcher_is_refused_whatever_the_roster(po
     """The edit from issue #17: it used to pass for every employee outside a 64-sample."""
     roster = policies / "roster.csv"
     roster.write_text(
-        roster.read_text() + "".join(f"g, e{n}, courier, BR001\n" for n in range(5000, 5300)), encoding="utf-8"
+        roster.read_text() + "".join(f"g, e{n}, courier, BR001\ng2, e{n}, day-cn\n" for n in range(5000, 5300)),
+        encoding="utf-8",
     )
     line = set_model_line(policies, "m", f'{MATCHER} && r.sub != "e5000"')
     problem = refusal(policies)

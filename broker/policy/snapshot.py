@@ -95,6 +95,7 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     problems += found
     branches, found = parse_branches(BRANCHES_FILE, files.pop(BRANCHES_FILE))
     problems += found
+    present = set(files)
     settings, found = parse_policy_settings(POLICY_FILE, files.pop(POLICY_FILE, None))
     problems += found
     tables: TableMap | None = TableMap.empty()
@@ -128,6 +129,8 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     snapshot = _compile(directory, revision, model, routes, rules, checked, branches)
     if tables.file:
         snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
+    if POLICY_FILE in present:
+        snapshot = dataclasses.replace(snapshot, files=tuple(sorted({*snapshot.files, POLICY_FILE})))
     if signals.file:
         snapshot = dataclasses.replace(snapshot, signals=signals, files=tuple(sorted({*snapshot.files, SIGNALS_FILE})))
     return snapshot

@@ -15,7 +15,7 @@ import structlog
 import watchfiles
 
 from broker.policy.problem import PolicyError, PolicyProblem
-from broker.policy.snapshot import PARITY_SAMPLE, PolicySnapshot, load_snapshot
+from broker.policy.snapshot import PolicySnapshot, load_snapshot
 
 log = structlog.get_logger("broker.policy")
 
@@ -25,7 +25,6 @@ class PolicyHolder:
         self,
         directory: Path,
         clock: Callable[[], float],
-        parity_sample: int = PARITY_SAMPLE,
         verify: Callable[[PolicySnapshot], list[PolicyProblem]] | None = None,
     ) -> None:
         """`verify` runs on every candidate snapshot before it can go live (the policy's
@@ -33,7 +32,6 @@ class PolicyHolder:
         self.directory = directory
         self._verify = verify
         self._clock = clock
-        self._parity_sample = parity_sample
         self._current: PolicySnapshot | None = None
         self._lock = asyncio.Lock()
         self.loaded_at: float | None = None
@@ -78,7 +76,7 @@ class PolicyHolder:
             await self.reload(f"file change: {', '.join(names)}")
 
     def _build(self) -> PolicySnapshot:
-        snapshot = load_snapshot(self.directory, self._parity_sample)
+        snapshot = load_snapshot(self.directory)
         problems = self._verify(snapshot) if self._verify else []
         if problems:
             raise PolicyError(problems)

@@ -62,9 +62,7 @@ class Broker:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def reload(self, trigger: str) -> bool:
-        ok = await self.policy.reload(trigger)
-        self.metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
-        return ok
+        return await self.policy.reload(trigger)  # counted in the metrics by on_outcome
 
 
 BROKER_KEY = web.AppKey("broker", Broker)
@@ -84,6 +82,7 @@ def build_broker(
     authenticator = JwtAuthenticator(settings.identity, clock)
     meter = build_meter(settings.meter, clock, store)
     metrics = Metrics()
+    policy.on_outcome = lambda ok: metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
     audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
     guard = Guard(policy, authenticator, meter, clock, audit=audit)
     metrics.watch_audit(audit)

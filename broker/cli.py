@@ -329,6 +329,13 @@ def _replay(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     for note in notes:
         print(f"broker replay: {args.audit}: {note}", file=sys.stderr)
+    if not events:  # an empty or wrong file must not read as "this change flips nothing"
+        print(
+            f"broker replay: {args.audit} holds no HTTP decision to replay (empty, not an audit log, or only "
+            "other events); nothing was checked",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
     print(
         f"replaying {len(events)} decisions under {args.policies} (revision {snapshot.revision}) ...", file=sys.stderr
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import ssl
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from broker.meter.redis_store import RedisCounterStore
 from broker.meter.store import CounterStore, MemoryCounterStore
 from broker.pg.door import PgDoor
 from broker.policy.holder import PolicyHolder
+from broker.policy.problem import PolicyError
 from broker.review.cases import verify_with_own_tests
 from broker.signals.act import SignalActions
 from broker.signals.rules import SignalRules
@@ -102,7 +104,15 @@ def build_broker(
         metrics=metrics,
         upstream=Upstream(settings.upstream),
         guard=guard,
-        admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter, audit),
+        admin=AdminRoutes(
+            guard,
+            policy,
+            metrics,
+            authenticator.identify,
+            meter,
+            audit,
+            shadow.policy if shadow and isinstance(shadow.policy, PolicyHolder) else None,
+        ),
         shadow=shadow,
         pg=pg,
         signals=signals,
@@ -177,12 +187,18 @@ def audit_signer(settings: AuditSettings) -> Signer | None:
 
 
 def build_shadow(settings: Settings, authenticator: JwtAuthenticator, clock: Clock) -> Shadow | None:
-    """The report-only policy, with counters of its own so it never charges real quotas."""
+    """The report-only policy, with counters of its own so it never charges real quotas.
+    It must pass its own test cases like the live policy: a shadow that contradicts them
+    would report flips that are its own mistakes. Its problems name its own directory."""
     directory = settings.policy.shadow_directory
     if directory is None:
         return None
-    policy = PolicyHolder(directory, clock.now)
-    policy.load_initial()
+    policy = PolicyHolder(directory, clock.now, verify=verify_with_own_tests)
+    try:
+        policy.load_initial()
+    except PolicyError as exc:
+        root = Path(directory).resolve()
+        raise PolicyError([dataclasses.replace(p, file=str(root / p.file)) for p in exc.problems]) from exc
     return Shadow(Guard(policy, authenticator, Meter(MemoryCounterStore(), clock.now), clock), policy)
 
 

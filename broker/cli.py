@@ -453,7 +453,8 @@ def _run(args: argparse.Namespace) -> int:
         broker = build_broker(settings)
     except PolicyError as exc:
         for problem in exc.problems:
-            print(f"broker: policy problem: {settings.policy.directory}/{problem}", file=sys.stderr)
+            where = "" if Path(problem.file).is_absolute() else f"{settings.policy.directory}/"  # shadow's: absolute
+            print(f"broker: policy problem: {where}{problem}", file=sys.stderr)
         return EXIT_BAD_POLICY
     # The loaded policy lives for the process: keep the cyclic GC from walking it on every
     # full collection (~80 ms at 10,000 employees, a stall for every request in flight).

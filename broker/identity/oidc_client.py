@@ -136,15 +136,14 @@ class OidcClient:
             "redirect_uri": settings.redirect_uri,
             "code_verifier": verifier,
         }
-        auth = None
+        headers = {"Accept": "application/json"}
         if settings.client_secret:  # client_secret_basic: both parts form-encoded first (RFC 6749 2.3.1)
-            auth = aiohttp.BasicAuth(quote(settings.client_id, safe=""), quote(settings.client_secret, safe=""))
+            user, password = quote(settings.client_id, safe=""), quote(settings.client_secret, safe="")
+            headers["Authorization"] = aiohttp.encode_basic_auth(user, password)
         else:  # a public client: PKCE is what proves the caller began this sign-in
             form["client_id"] = settings.client_id
         try:
-            async with self._client().post(
-                provider.token_endpoint, data=form, auth=auth, headers={"Accept": "application/json"}
-            ) as reply:
+            async with self._client().post(provider.token_endpoint, data=form, headers=headers) as reply:
                 body = await reply.content.read(MAX_DOCUMENT_BYTES + 1)
                 status = reply.status
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -26,9 +26,14 @@ from broker.console.routes import ConsoleRoutes
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
 from broker.core.shadow import Shadow
+from broker.http.oidc_routes import BrowserSignIn
 from broker.http.proxy import ProxyHandler
 from broker.http.upstream import Upstream
 from broker.identity.jwt_authenticator import JwtAuthenticator
+from broker.identity.oidc_client import OidcClient
+from broker.identity.session import SessionAuthenticator, SessionStore
+from broker.identity.session_memory import MemorySessionStore
+from broker.identity.session_redis import RedisSessionStore
 from broker.meter.breaker import CircuitBreaker
 from broker.meter.meter import FailureMode, FailurePolicy, Meter
 from broker.meter.redis_store import RedisCounterStore
@@ -60,6 +65,7 @@ class Broker:
     pg: PgDoor | None = None
     signals: SignalActions | None = None
     console: ConsoleRoutes | None = None
+    sign_in: BrowserSignIn | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -76,8 +82,10 @@ def build_broker(
     clock: Clock | None = None,
     store: CounterStore | None = None,
     audit: AuditSink | None = None,
+    sessions: SessionStore | None = None,
 ) -> Broker:
-    """Everything wired; raises PolicyError / ValueError if policy or identity are unusable."""
+    """Everything wired; raises PolicyError / ValueError if policy or identity are unusable.
+    `sessions` overrides the browser session store [oidc] would build."""
     clock = clock or clock_from(settings.clock.start)
     policy = PolicyHolder(settings.policy.directory, clock.now, verify=verify_with_own_tests)
     policy.load_initial()
@@ -86,7 +94,14 @@ def build_broker(
     metrics = Metrics()
     policy.on_outcome = lambda ok: metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
     audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
-    guard = Guard(policy, authenticator, meter, clock, audit=audit)
+    oidc = settings.oidc
+    if oidc.enabled:
+        sessions = sessions or build_session_store(settings)
+    session_auth = SessionAuthenticator(sessions, clock) if oidc.enabled and sessions is not None else None
+    guard = Guard(policy, authenticator, meter, clock, audit=audit, sessions=session_auth)
+    sign_in = None
+    if oidc.enabled and sessions is not None:
+        sign_in = BrowserSignIn(oidc, OidcClient(oidc, clock), sessions, guard, audit, clock)
     metrics.watch_audit(audit)
     signals, watcher = watch_for_rented_logins(policy, meter, audit, metrics, clock)
     console = None
@@ -102,7 +117,7 @@ def build_broker(
         meter=meter,
         audit=audit,
         metrics=metrics,
-        upstream=Upstream(settings.upstream),
+        upstream=Upstream(settings.upstream, (oidc.cookie_name, oidc.login_cookie_name) if oidc.enabled else ()),
         guard=guard,
         admin=AdminRoutes(
             guard,
@@ -117,7 +132,17 @@ def build_broker(
         pg=pg,
         signals=signals,
         console=console,
+        sign_in=sign_in,
     )
+
+
+def build_session_store(settings: Settings) -> SessionStore:
+    """Browser sessions beside the counters: in Redis when the counters are (every replica
+    shares them and `broker revoke` reaches them), else in this process."""
+    meter = settings.meter
+    if meter.store == "redis":
+        return RedisSessionStore(meter.redis_url, prefix=meter.key_prefix + "session:", timeout=meter.timeout_seconds)
+    return MemorySessionStore()
 
 
 def build_console(
@@ -245,7 +270,10 @@ def build_app(broker: Broker) -> web.Application:
         broker.audit,
         broker.shadow,
         devices_required=bool(broker.settings.server.client_ca_file),
+        session_cookie=broker.settings.oidc.cookie_name if broker.sign_in is not None else "",
     )
+    if broker.sign_in is not None:
+        broker.sign_in.register(app)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_lifecycle)
     admin = broker.admin
@@ -365,6 +393,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await task
     await broker.upstream.close()
     await broker.authenticator.close()
+    if broker.sign_in is not None:
+        await broker.sign_in.close()
     if broker.signals is not None:
         await broker.signals.close()
     await broker.meter.close()

@@ -17,13 +17,14 @@ import structlog
 from aiohttp import web
 
 from broker import __version__
-from broker.app import BROKER_KEY, build_app, build_broker, build_meter, serve
+from broker.app import BROKER_KEY, build_app, build_broker, build_meter, build_session_store, serve
 from broker.audit.checkpoint import AuditKeyError, load_public_key, write_key_pair
 from broker.audit.verify import checkpoint_age
 from broker.audit.verify import verify as verify_audit
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
 from broker.identity.jwt_authenticator import mint_token
+from broker.identity.session import SessionStoreUnavailable
 from broker.identity.settings import NO_KEY_SOURCE
 from broker.meter.store import StoreUnavailable
 from broker.pg.privilege import LoginTooPowerful
@@ -110,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         _config_option(command)
         command.add_argument("employee", help="the employee id")
         command.set_defaults(func=_freeze, frozen=name == "freeze")
+
+    revoke = commands.add_parser(
+        "revoke",
+        help="end every browser sign-in session of an employee (every replica, through the shared Redis store)",
+    )
+    _config_option(revoke)
+    revoke.add_argument("employee", help="the employee id")
+    revoke.set_defaults(func=_revoke)
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)
@@ -376,6 +385,38 @@ def _freeze(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     state = "frozen: refused everywhere until unfrozen" if args.frozen else "unfrozen"
     print(f"{args.employee} is {state} (store {settings.meter.redis_url}, prefix {settings.meter.key_prefix!r})")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    """Sign an employee out everywhere: their sessions are deleted from the shared store,
+    so every replica refuses the cookie from its next request (a rented browser session
+    ends now, not at the end of the shift)."""
+    settings = _settings(args)
+    for problem in settings.meter.problems():
+        print(f"broker revoke: {settings.source}: {problem}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if settings.meter.store != "redis":
+        print(
+            'broker revoke: needs [meter] store = "redis": with the in-memory store the sessions live inside each '
+            "broker process (restarting it ends them)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_CONFIG
+    store = build_session_store(settings)
+
+    async def apply() -> int:
+        try:
+            return await store.end_all(args.employee)
+        finally:
+            await store.close()
+
+    try:
+        ended = asyncio.run(apply())
+    except SessionStoreUnavailable as exc:
+        print(f"broker revoke: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"{args.employee}: {ended} browser session(s) ended (store {settings.meter.redis_url})")
     return 0
 
 

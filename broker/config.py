@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from broker.config_env import EnvError, apply_env
+from broker.identity.oidc_settings import OidcSettings
 from broker.identity.settings import IdentitySettings
 
 SECRET_ENV = "BROKER_DEV_SECRET"  # noqa: S105 - the variable name, not a secret
@@ -274,12 +275,14 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    oidc: OidcSettings = field(default_factory=OidcSettings)
     clock: ClockSettings = field(default_factory=ClockSettings)
     source: str = "embedded defaults"
 
     def problems(self) -> list[str]:
         found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
         found += self.postgres.problems() + self.audit.problems() + self.console.problems(self.server.admin_port)
+        found += self.oidc.problems()
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:

@@ -17,7 +17,7 @@ from broker.config import MeterSettings, Settings
 from broker.core.clock import FakeClock
 from broker.demo.upstream import build_upstream_app
 from broker.meter.store import CounterStore
-from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, door_settings, rogue_upstream_app
+from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, door_settings, free_port, rogue_upstream_app
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.redis_fixtures", "tests.pg_fixtures", "tests.raw_upstream"]
@@ -64,9 +64,11 @@ async def make_broker(
         server: dict[str, Any] | None = None,
         audit: dict[str, Any] | None = None,
         console: dict[str, Any] | None = None,
+        oidc: dict[str, Any] | None = None,
         **upstream_settings: Any,
     ) -> Harness:
         settings = Settings()
+        port = free_port() if oidc is not None else None  # the redirect URI names the broker's port
         settings = replace(
             settings,
             upstream=replace(
@@ -79,9 +81,12 @@ async def make_broker(
             postgres=replace(settings.postgres, **postgres) if postgres else settings.postgres,
             server=replace(settings.server, **server) if server else settings.server,
             console=replace(settings.console, **console) if console else settings.console,
+            oidc=replace(settings.oidc, **{"public_url": f"http://127.0.0.1:{port}", **oidc})
+            if oidc
+            else settings.oidc,
         )
         broker = build_broker(settings, clock=clock, store=store)
-        server = TestServer(build_app(broker), host="127.0.0.1")
+        server = TestServer(build_app(broker), host="127.0.0.1", port=port)
         # TestServer's constructor ignores server options; start_server hands them to
         # the runner, so the tests read requests exactly as `broker run` does
         await server.start_server(**server_options(settings))

@@ -16,6 +16,15 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.IDENTITY_NOT_ON_ROSTER: "You are signed in, but not on the roster the broker uses. Ask your supervisor.",
     Reason.IDENTITY_BAD_CLAIMS: "Your sign-in names roles this broker's policy does not know. Ask your supervisor.",
     Reason.IDENTITY_WRONG_USER: "The database user name must be your own employee id, the one your token is for.",
+    Reason.IDENTITY_NO_SESSION: (
+        "Your browser's sign-in session is unknown or has ended: you signed out, it was revoked, it reached the end "
+        "of your shift or of the sign-in service's approval. Sign in again."
+    ),
+    Reason.IDENTITY_SESSIONS_UNAVAILABLE: "The broker cannot check sign-in sessions right now. Retry shortly.",
+    Reason.LOGIN_REFUSED: (
+        "The sign-in could not be completed: it was begun in another browser or too long ago, the sign-in service "
+        "refused it, or its answer did not verify. Start again from the page you wanted."
+    ),
     Reason.SESSIONS_OVER_LIMIT: "You have as many database sessions open as you may; close one first.",
     Reason.DEVICE_MISSING: (
         "This service answers only the company's registered devices (a scanner, a branch PC), which present "

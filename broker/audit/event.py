@@ -41,6 +41,8 @@ def decision_event(
         "status": status,
         "latency_ms": round(latency * 1000, 3),
     }
+    if access.session is not None:  # identified by a browser sign-in session, not a token
+        event["via"] = "session"
     if access.device is not None:  # the door requires device certificates
         event["device"] = decision.device or (f"unregistered sha256:{access.device}" if access.device else None)
     return event

@@ -53,10 +53,15 @@ class Access:
     device: str | None = None
     """The SHA-256 fingerprint (hex) of the client's certificate when the door requires
     device certificates ("" when none was presented); None when it does not."""
+    session: str | None = None
+    """The browser session id from the broker's cookie, when the request carries no
+    Authorization header and browser sign-in is configured; identifies instead of
+    `credential`."""
 
     def __repr__(self) -> str:  # never let the raw token reach a log line
         return (
             f"Access(client={self.client!r}, target={self.target!r}, "
             f"resource={self.resource!r}, action={self.action!r}, branch={self.branch!r}, "
-            f"records={self.records!r}, refusal={self.refusal!r}, device={self.device!r})"
+            f"records={self.records!r}, refusal={self.refusal!r}, device={self.device!r}, "
+            f"session={'...' if self.session else None})"
         )

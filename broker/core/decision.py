@@ -80,6 +80,8 @@ class Decision:
     in_flight: bool = False
     """Counted among the employee's requests waiting for an answer (the probe budget)."""
     """The request was refused after the service answered and counted as a probe."""
+    ends: float | None = None
+    """A login decision: when the shift it was made in ends (a browser session ends then)."""
     facts: dict[str, Any] = field(default_factory=dict)
     """Numbers the denial should show the employee (cap, requested, next shift)."""
 

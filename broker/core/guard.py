@@ -71,8 +71,11 @@ class Guard:
         clock: Clock,
         decision_id: Callable[[], str] = new_decision_id,
         audit: AuditGate | None = None,
+        sessions: Authenticator | None = None,
     ) -> None:
         self._audit = audit
+        self._sessions = sessions
+        """The browser session identity source (OIDC sign-in), when configured."""
         self._freeze_gates: dict[str, tuple[Gate, ...]] = {}
         self._in_flight: dict[str, int] = {}
         """employee -> their HTTP record requests admitted and not yet answered."""
@@ -120,18 +123,21 @@ class Guard:
             decision.detail = "The broker could not reach a decision, so the request was refused. Please retry."
         return decision
 
-    async def decide_login(self, access: Access) -> Decision:
+    async def decide_login(self, access: Access, identity: Identity | None = None) -> Decision:
         """May this employee open a session now? Identity, roster and shift only: what a
-        session may then touch is decided per statement by `decide`."""
+        session may then touch is decided per statement by `decide`. `identity` is one
+        the door has verified itself (a browser sign-in's ID token); the allow carries
+        the end of the shift it was made in (`ends`)."""
         now = self._clock.now()
         snapshot = self._policy.current
         d = Decision(self._decision_id(), Verdict.DENY, Reason.BROKER_ERROR, "", access, "", now)
         try:
-            employee = await self._identified(d, snapshot)
+            employee = await self._identified(d, snapshot, identity)
+            shift = self._in_shift(d, employee, now) if employee is not None and access.refusal is None else None
             if employee is not None and access.refusal is not None:
                 _deny(d, access.refusal.reason, access.refusal.detail)
-            elif employee is not None and self._in_shift(d, employee, now) is not None:
-                d.verdict, d.reason = Verdict.ALLOW, Reason.ALLOWED
+            elif shift is not None:
+                d.verdict, d.reason, d.ends = Verdict.ALLOW, Reason.ALLOWED, shift.end
         except Exception:
             log.exception("login decision failed", decision_id=d.id)
             d.verdict, d.reason = Verdict.ERROR, Reason.BROKER_ERROR
@@ -168,17 +174,25 @@ class Guard:
             states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
         return states
 
-    async def _identified(self, d: Decision, snapshot: PolicySnapshot | None) -> Employee | None:
-        """The roster entry of whoever the credential vouches for, or None after denying."""
+    async def _identified(
+        self, d: Decision, snapshot: PolicySnapshot | None, identity: Identity | None = None
+    ) -> Employee | None:
+        """The roster entry of whoever the credential (or the browser session) vouches
+        for, or None after denying. Every identity source ends here in an employee id:
+        the roster, policy, quotas and audit after it are the same whatever the source."""
         access = d.access
-        if access.credential == "":
-            _deny(d, Reason.IDENTITY_MALFORMED, "The Authorization header must be exactly 'Bearer <token>'.")
-            return None
-        try:
-            identity = await self._auth.identify(access.credential)
-        except IdentityError as exc:
-            _deny(d, exc.reason, exc.detail)
-            return None
+        if identity is None:
+            if access.credential == "":
+                _deny(d, Reason.IDENTITY_MALFORMED, "The Authorization header must be exactly 'Bearer <token>'.")
+                return None
+            try:
+                if access.session is not None and self._sessions is not None:
+                    identity = await self._sessions.identify(access.session)
+                else:
+                    identity = await self._auth.identify(access.credential)
+            except IdentityError as exc:
+                _deny(d, exc.reason, exc.detail)
+                return None
         d.facts["subject"] = identity.subject
         if snapshot is None:
             _deny(d, Reason.POLICY_UNAVAILABLE, "No valid policy is loaded yet; the broker refuses everything.")

@@ -23,6 +23,7 @@ from broker.http.bearer import bearer_token
 from broker.http.budget import AnswerBudget
 from broker.http.classify import Refused, branch_from_body, classify, owner_target
 from broker.http.inspect import holds_records, inspect_records, names_a_branch_field, record_branches
+from broker.http.oidc_routes import login_redirect, wants_a_page
 from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.redact import redacted_target
@@ -33,6 +34,7 @@ from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
 
 _NO_FIELDS: dict[str, object] = {}
+_SIGN_IN_AGAIN = frozenset({Reason.IDENTITY_MISSING, Reason.IDENTITY_NO_SESSION})
 log = structlog.get_logger("broker.http")
 
 
@@ -84,8 +86,12 @@ class ProxyHandler:
         shadow: Shadow | None = None,
         *,
         devices_required: bool = False,
+        session_cookie: str = "",
     ) -> None:
         self._guard = guard
+        self._session_cookie = session_cookie
+        """The browser sign-in cookie's name ("" without [oidc]): read only from requests
+        that carry no Authorization header, so a token's request costs nothing more."""
         self._devices_required = devices_required
         self._policy = policy
         self._upstream = upstream
@@ -115,7 +121,7 @@ class ProxyHandler:
         outcome = Outcome(0)
         try:
             if not decision.allowed or route is None:
-                response: web.StreamResponse = problem_response(decision)
+                response: web.StreamResponse = self._denial(request, decision)
                 outcome.status = response.status
                 return response
             return await self._forward(request, decision, route, body, outcome)
@@ -145,9 +151,12 @@ class ProxyHandler:
     ) -> tuple[Access, Route | None, bytes | None]:
         credential = bearer_token(request.headers.getall("Authorization", []))
         client = request.remote or ""
+        session = request.cookies.get(self._session_cookie) if credential is None and self._session_cookie else None
         if snapshot is None:
-            return Access(credential, client, f"{request.method} {request.raw_path}"), None, None
+            return Access(credential, client, f"{request.method} {request.raw_path}", session=session), None, None
         access, route = classify(snapshot.routes, request.method, request.raw_path, request.query, credential, client)
+        if session is not None:
+            access = dataclasses.replace(access, session=session)
         if route is None:
             return access, None, None
         refusal = unframeable(request, self._max_body)
@@ -156,6 +165,19 @@ class ProxyHandler:
         if route.branch_from != "body":
             return access, route, None
         return await self._branch_from_body(request, access, route)
+
+    def _denial(self, request: web.Request, decision: Decision) -> web.Response:
+        """The refusal as the caller can act on it: a browser's page load that brought
+        neither a token nor a live session is sent to sign in; everything else gets
+        the problem document (an API call decides itself what to do with a 401)."""
+        if (
+            self._session_cookie
+            and decision.reason in _SIGN_IN_AGAIN
+            and decision.access.credential is None
+            and wants_a_page(request)
+        ):
+            return login_redirect(request.raw_path)
+        return problem_response(decision)
 
     async def _branch_from_body(
         self, request: web.Request, access: Access, route: Route

@@ -47,8 +47,11 @@ FRAMING = frozenset({"content-length", "expect"})
 class Upstream:
     """The upstream API: its connection pool and the headers that cross to it."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, own_cookies: tuple[str, ...] = ()) -> None:
         self.settings = settings
+        self._own_cookies = frozenset(name.lower() for name in own_cookies)
+        """The broker's own cookies (browser sign-in): never passed to the upstream, which
+        could otherwise replay a session id it was shown."""
         self._pool: UpstreamPool | None = None
         self._asserter: Asserter | None = None
         if settings.assertion_key_file:
@@ -102,6 +105,8 @@ class Upstream:
             if (key := name.lower() if "_" not in name else _header_key(name)) not in drop
             and not key.startswith(BROKER_HEADER_PREFIX)
         ]
+        if self._own_cookies and "Cookie" in source:
+            headers = self._without_own_cookies(headers)
         headers.append(("Accept-Encoding", "identity"))
         if "Accept" not in source:
             headers.append(("Accept", "*/*"))
@@ -115,6 +120,20 @@ class Upstream:
         if self._asserter is not None:
             headers.append((ASSERTION_HEADER, self._asserter.token(decision)))
         return headers
+
+    def _without_own_cookies(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Cookie headers without the broker's cookies (names compared without regard to
+        case, as some servers do); a Cookie header left empty is dropped."""
+        kept: list[tuple[str, str]] = []
+        own = self._own_cookies
+        for name, value in headers:
+            if name.lower() != "cookie":
+                kept.append((name, value))
+                continue
+            left = ";".join(p for p in value.split(";") if p.strip().partition("=")[0].strip().lower() not in own)
+            if left.strip():
+                kept.append((name, left.strip()))
+        return kept
 
 
 def response_headers(upstream: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:

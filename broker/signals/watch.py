@@ -97,7 +97,7 @@ class SignalWatcher:
             self._probing(rules, employee, recent, event, now)
         if rules.enumeration is not None and event.get("verdict") == "allow" and event.get("door") == "http":
             self._enumeration(rules, employee, recent, event, now)
-        if rules.volume is not None and (returned := event.get("records_returned")):
+        if rules.volume is not None and (returned := event.get("records_returned")) and event.get("resource"):
             self._volume.observe(rules.volume, employee, returned, event, now)
 
     def forget(self, employee: str) -> None:

@@ -49,9 +49,10 @@ class Scene:
         rules = SignalRules(shared_login=None, probing=None, enumeration=None, volume=Volume(**volume))
         self.watcher = SignalWatcher(lambda: rules, lambda: self.now, self.flags.append, lambda: self.index)
 
-    def take(self, employee: str, records: int, times: int = 1) -> None:
+    def take(self, employee: str, records: int, times: int = 1, resource: str | None = "waybill") -> None:
         for _ in range(times):
             event = {"employee": employee, "verdict": "allow", "door": "pg", "records_returned": records}
+            event["resource"] = resource
             self.watcher.observe({**event, "decision_id": f"d{next(_ids)}"})
 
 
@@ -142,6 +143,13 @@ def test_each_shift_starts_afresh_and_peers_are_judged_by_their_last_shift(tmp_p
 def test_someone_not_in_the_roster_is_not_counted(tmp_path: Path) -> None:
     scene = Scene(roster(tmp_path), min_records=1)
     scene.take("stranger", 10_000, times=3)
+    assert scene.flags == []
+
+
+def test_rows_of_no_mapped_table_are_not_records(tmp_path: Path) -> None:
+    """`SELECT 1`, `SHOW ...` through the PostgreSQL door return rows, not records."""
+    scene = Scene(roster(tmp_path), min_records=100)
+    scene.take("e2001", 1000, times=10, resource=None)
     assert scene.flags == []
 
 

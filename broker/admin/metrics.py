@@ -16,8 +16,6 @@ class Metrics:
         self._tallies: dict[tuple[str, str, str], list[float]] = {}
         """(verdict, reason, meter) -> decisions per latency bucket (+Inf last), then the sum."""
         self._returned: dict[str, int] = {}
-        self._reloads: dict[str, int] = {}
-        """Policy reloads by outcome as last carried into `broker_policy_reloads_total`."""
         self.decisions = Counter(
             "broker_decisions_total",
             "Decisions by verdict and reason code",
@@ -129,14 +127,6 @@ class Metrics:
         returned, self._returned = self._returned, {}
         for resource, count in returned.items():
             self.records.labels(resource).inc(count)
-
-    def reloads_seen(self, applied: int, rejected: int) -> None:
-        """Bring `broker_policy_reloads_total` up to the policy holder's own counts (read
-        at each scrape: the holder knows nothing of metrics, and a counter only grows)."""
-        for outcome, count in (("applied", applied), ("rejected", rejected)):
-            behind = count - self._reloads.get(outcome, 0)
-            self.policy_reloads.labels(outcome).inc(max(behind, 0))
-            self._reloads[outcome] = max(count, self._reloads.get(outcome, 0))
 
     def signal_counted(self, signal: str, action: str) -> None:
         self.signals.labels(signal, action).inc()

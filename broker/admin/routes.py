@@ -124,7 +124,6 @@ class AdminRoutes:
 
     async def metrics(self, _: web.Request) -> web.Response:
         self._metrics.policy_loaded.set(1 if self._policy.current else 0)
-        self._metrics.reloads_seen(self._policy.reloads, self._policy.rejected)
         if self._meter.persistence is not None:
             self._metrics.store_persistent.set(1 if self._meter.persistence.durable else 0)
         return web.Response(body=self._metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -94,6 +94,3 @@ async def test_partial_write_then_fix(broker: Harness, policy_dir: Path) -> None
     assert await broker.broker.reload("test") is True
     reply = await broker.get("/api/branches/BR003/customers?limit=10", "e2001")
     assert reply.status == 200 and reply.headers["RateLimit-Policy"].startswith('"customer";q=900;')
-    metrics = (await broker.get("/-/metrics")).body.decode()
-    assert 'broker_policy_reloads_total{outcome="rejected"} 1.0' in metrics  # what deploy/prometheus alerts on
-    assert 'broker_policy_reloads_total{outcome="applied"} 1.0' in metrics

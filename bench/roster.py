@@ -72,4 +72,8 @@ def write_policy_dir(target: Path, staff: list[Person]) -> Path:
         lines += [f"g3, {person.id}, {role}" for role in person.global_roles]
         lines.append(f"g2, {person.id}, {person.shift}")
     (target / "roster.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    listed = [f"{code}, branch {code}, Asia/Shanghai, " for code in branches()]
+    (target / "branches.csv").write_text("\n".join(listed) + "\n", encoding="utf-8")
+    # about 2% hold a second role in a second branch (regional staff), which is allowed
+    (target / "policy.toml").write_text("[roster]\nseveral_branches = true\n", encoding="utf-8")
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import ssl
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from broker.meter.store import CounterStore, MemoryCounterStore
 from broker.pg.door import PgDoor
 from broker.policy.holder import PolicyHolder
 from broker.policy.index import PolicyIndex
+from broker.policy.problem import PolicyError
 from broker.review.cases import verify_with_own_tests
 from broker.signals.act import SignalActions
 from broker.signals.rules import SignalRules
@@ -63,9 +65,7 @@ class Broker:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def reload(self, trigger: str) -> bool:
-        ok = await self.policy.reload(trigger)
-        self.metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
-        return ok
+        return await self.policy.reload(trigger)  # counted in the metrics by on_outcome
 
 
 BROKER_KEY = web.AppKey("broker", Broker)
@@ -85,6 +85,7 @@ def build_broker(
     authenticator = JwtAuthenticator(settings.identity, clock)
     meter = build_meter(settings.meter, clock, store)
     metrics = Metrics()
+    policy.on_outcome = lambda ok: metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
     audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
     guard = Guard(policy, authenticator, meter, clock, audit=audit)
     metrics.watch_audit(audit)
@@ -104,7 +105,15 @@ def build_broker(
         metrics=metrics,
         upstream=Upstream(settings.upstream),
         guard=guard,
-        admin=AdminRoutes(guard, policy, metrics, authenticator.identify, meter, audit),
+        admin=AdminRoutes(
+            guard,
+            policy,
+            metrics,
+            authenticator.identify,
+            meter,
+            audit,
+            shadow.policy if shadow and isinstance(shadow.policy, PolicyHolder) else None,
+        ),
         shadow=shadow,
         pg=pg,
         signals=signals,
@@ -183,12 +192,18 @@ def audit_signer(settings: AuditSettings) -> Signer | None:
 
 
 def build_shadow(settings: Settings, authenticator: JwtAuthenticator, clock: Clock) -> Shadow | None:
-    """The report-only policy, with counters of its own so it never charges real quotas."""
+    """The report-only policy, with counters of its own so it never charges real quotas.
+    It must pass its own test cases like the live policy: a shadow that contradicts them
+    would report flips that are its own mistakes. Its problems name its own directory."""
     directory = settings.policy.shadow_directory
     if directory is None:
         return None
-    policy = PolicyHolder(directory, clock.now)
-    policy.load_initial()
+    policy = PolicyHolder(directory, clock.now, verify=verify_with_own_tests)
+    try:
+        policy.load_initial()
+    except PolicyError as exc:
+        root = Path(directory).resolve()
+        raise PolicyError([dataclasses.replace(p, file=str(root / p.file)) for p in exc.problems]) from exc
     return Shadow(Guard(policy, authenticator, Meter(MemoryCounterStore(), clock.now), clock), policy)
 
 

@@ -358,7 +358,7 @@ def _coerce(path: Path, label: str, kind: type, default: Any, value: Any) -> Any
     if default is None or isinstance(default, Path):
         if not isinstance(value, str):
             raise ConfigError(f"{path}: {label} must be a string")
-        return Path(value) if isinstance(default, Path) or label.endswith(("_file", "_directory")) else value
+        return _beside(path, value) if isinstance(default, Path) or label.endswith(_PATH_KEYS) else value
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {label} must be a list of strings")
@@ -367,4 +367,17 @@ def _coerce(path: Path, label: str, kind: type, default: Any, value: Any) -> Any
         return float(value)
     if type(value) is not kind:
         raise ConfigError(f"{path}: {label} must be {kind.__name__}, not {type(value).__name__}")
+    if isinstance(value, str) and label.endswith(_PATH_KEYS) and value not in ("", "-") and "://" not in value:
+        return str(_beside(path, value))
     return value
+
+
+_PATH_KEYS = ("_file", "_directory", "] directory", "] path", "] chain_state")
+"""Keys naming a file or directory: a relative one is relative to the config file."""
+
+
+def _beside(config: Path, value: str) -> Path:
+    """`value` resolved against the config file's folder (as `include` in nginx, and as a
+    reader of the file expects), not against wherever the broker was started from."""
+    given = Path(value)
+    return given if given.is_absolute() else config.parent / given

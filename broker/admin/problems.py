@@ -47,6 +47,9 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.PROTOCOL_UNSUPPORTED: "Your database driver used a protocol feature the broker refuses (e.g. FunctionCall).",
     Reason.POLICY_NOT_PERMITTED: "Your role does not include this kind of access.",
     Reason.POLICY_OTHER_BRANCH: "You can only see records of your own branch.",
+    Reason.POLICY_DENIED: "Your security team has closed this access for now with a deny rule (a suspended login, "
+    "a role closed in a branch, or a resource closed during an incident). The denial cites the rule; "
+    "ask your supervisor or the help desk.",
     Reason.POLICY_UNAVAILABLE: "The broker has no valid policy loaded and refuses everything until it does.",
     Reason.SHIFT_OUTSIDE: "Records are available only during your shift; the denial says when it starts.",
     Reason.BULK_OVER_CAP: "One request may return only a limited number of records; ask for fewer.",

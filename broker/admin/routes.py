@@ -50,8 +50,10 @@ class AdminRoutes:
         identify: Callable[[str | None], Awaitable[Identity]],
         meter: Meter,
         audit: AuditSink | None = None,
+        shadow: PolicyHolder | None = None,
     ) -> None:
         self._audit = audit
+        self._shadow = shadow
         self._guard = guard
         self._policy = policy
         self._metrics = metrics
@@ -129,26 +131,10 @@ class AdminRoutes:
         return web.Response(body=self._metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def policy(self, _: web.Request) -> web.Response:
-        holder, snapshot = self._policy, self._policy.current
-        error = holder.last_error
-        return _json(
-            {
-                "revision": snapshot.revision if snapshot else None,
-                "directory": str(holder.directory),
-                "files": list(snapshot.files) if snapshot else [],
-                "employees": len(snapshot.index.employees) if snapshot else 0,
-                "routes": len(snapshot.routes.routes) if snapshot else 0,
-                "loaded_at": iso(holder.loaded_at) if holder.loaded_at else None,
-                "reloads": holder.reloads,
-                "rejected": holder.rejected,
-                "last_rejected": None
-                if error is None
-                else {
-                    "at": iso(holder.last_attempt_at) if holder.last_attempt_at else None,
-                    "problems": [str(p) for p in error.problems],
-                },
-            }
-        )
+        state = _policy_state(self._policy)
+        if self._shadow is not None:  # the report-only policy: what it is, whether it loads
+            state["shadow"] = _policy_state(self._shadow)
+        return _json(state)
 
     async def me(self, request: web.Request) -> web.Response:
         """What the caller may do and how much: their permissions with the branches each
@@ -234,3 +220,25 @@ class AdminRoutes:
                 "explanation": EXPLANATIONS.get(reason, ""),
             }
         )
+
+
+def _policy_state(holder: PolicyHolder) -> dict[str, Any]:
+    """A policy holder's state for /-/policy: revision, files, reloads, last refusal."""
+    snapshot = holder.current
+    error = holder.last_error
+    return {
+        "revision": snapshot.revision if snapshot else None,
+        "directory": str(holder.directory),
+        "files": list(snapshot.files) if snapshot else [],
+        "employees": len(snapshot.index.employees) if snapshot else 0,
+        "routes": len(snapshot.routes.routes) if snapshot else 0,
+        "loaded_at": iso(holder.loaded_at) if holder.loaded_at else None,
+        "reloads": holder.reloads,
+        "rejected": holder.rejected,
+        "last_rejected": None
+        if error is None
+        else {
+            "at": iso(holder.last_attempt_at) if holder.last_attempt_at else None,
+            "problems": [str(p) for p in error.problems],
+        },
+    }

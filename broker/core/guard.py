@@ -284,6 +284,9 @@ class Guard:
 
     def _permitted(self, d: Decision, employee: Employee, grant: Grant) -> bool:
         access = d.access
+        closed = not grant.permitted or (access.branch is not None and grant.closes(access.branch))
+        if grant.denial and closed:
+            return self._closed_by_deny_line(d, grant)
         if not grant.permitted:
             roles = ", ".join(sorted(employee.roles))
             _deny(
@@ -304,6 +307,18 @@ class Guard:
             d.facts["your_branches"] = sorted(grant.branches)
             return False
         return True
+
+    def _closed_by_deny_line(self, d: Decision, grant: Grant) -> bool:
+        access = d.access
+        where = " of every branch" if grant.denied is None or access.branch is None else f" of branch {access.branch}"
+        _deny(
+            d,
+            Reason.POLICY_DENIED,
+            f"Your access to {access.action} {access.resource} records{where} is closed by a deny rule for now. "
+            "Ask your supervisor or the help desk.",
+        )
+        d.rule = grant.denial
+        return False
 
     def _in_shift(self, d: Decision, employee: Employee, now: float) -> Window | None:
         """The shift occurrence the employee is in now, or None after denying."""

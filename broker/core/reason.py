@@ -46,6 +46,7 @@ class Reason(StrEnum):
 
     POLICY_NOT_PERMITTED = "policy.not_permitted"
     POLICY_OTHER_BRANCH = "policy.other_branch"
+    POLICY_DENIED = "policy.denied"
     POLICY_UNAVAILABLE = "policy.unavailable"
     SHIFT_OUTSIDE = "shift.outside"
     BULK_OVER_CAP = "bulk.over_cap"

@@ -52,6 +52,7 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.ROUTE_UNKNOWN: (403, "This API path is not open through the broker"),
     Reason.POLICY_NOT_PERMITTED: (403, "Your role does not allow this"),
     Reason.POLICY_OTHER_BRANCH: (403, "Record belongs to another branch"),
+    Reason.POLICY_DENIED: (403, "Closed by a deny rule"),
     Reason.POLICY_UNAVAILABLE: (503, "No policy is loaded"),
     Reason.SHIFT_OUTSIDE: (403, "Outside your shift"),
     Reason.BULK_OVER_CAP: (403, "Too many records in one request"),

@@ -16,6 +16,10 @@ from broker.identity.keys import (
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
+NO_KEY_SOURCE = "no key source"
+"""How a config without any way to verify tokens is named (broker check only notes it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class IdentitySettings:
     """Key sources may coexist; each token's header (alg, kid) picks the one that applies.
@@ -46,7 +50,7 @@ class IdentitySettings:
         """Every problem, as sentences for the operator; empty when the settings are usable."""
         problems: list[str] = []
         if self.hs256_secret is None and self.public_key_file is None and not self.jwks_url:
-            problems.append("no key source: set hs256_secret, public_key_file or jwks_url")
+            problems.append(f"{NO_KEY_SOURCE}: set hs256_secret, public_key_file or jwks_url")
         problems += self._secret_problems()
         problems += self._public_key_problems()
         problems += self._jwks_problems()

@@ -35,6 +35,7 @@ SQLSTATE: dict[Reason, str] = {
     Reason.PROTOCOL_UNSUPPORTED: "0A000",
     Reason.POLICY_NOT_PERMITTED: "42501",
     Reason.POLICY_OTHER_BRANCH: "42501",
+    Reason.POLICY_DENIED: "42501",
     Reason.POLICY_UNAVAILABLE: "57P03",
     Reason.SHIFT_OUTSIDE: "42501",
     Reason.BULK_OVER_CAP: "42501",
@@ -59,6 +60,7 @@ error is not a denial, and drivers retry 57P03."""
 HINTS: dict[Reason, str] = {
     Reason.POLICY_NOT_PERMITTED: "Your roles list what you may read and write; ask your supervisor for more.",
     Reason.SHIFT_OUTSIDE: "Records are available during your shift only.",
+    Reason.POLICY_DENIED: "A deny rule closes this for now; the help desk or your supervisor can say until when.",
     Reason.BULK_OVER_CAP: "Add LIMIT n with n at most your per-statement cap, and page with OFFSET.",
     Reason.BULK_UNBOUNDED: "Add LIMIT n to the query (at most your per-statement cap).",
     Reason.RATE_EXCEEDED: "Wait a moment and retry.",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from broker.policy.branch import Branch, unknown_branch
 from broker.policy.limit import (
     ProbeLimit,
     RateLimit,
@@ -17,7 +18,7 @@ from broker.policy.limit import (
 from broker.policy.problem import PolicyProblem
 from broker.policy.record_scan import example_problem
 from broker.policy.route import RouteMap
-from broker.policy.rule import Rule
+from broker.policy.rule import WILDCARD, Rule
 from broker.policy.shift import Shift, build_shift
 from broker.policy.table import TableMap
 
@@ -33,15 +34,27 @@ class CheckedRules:
     rate_limits: dict[str, RateLimit] = field(default_factory=dict)
     probe_limits: dict[str, ProbeLimit] = field(default_factory=dict)
     problems: list[PolicyProblem] = field(default_factory=list)
+    broken: set[tuple[str, ...]] = field(default_factory=set)
+    """(ptype, first fields) of lines that parsed but could not be built."""
+    denies: list[Rule] = field(default_factory=list)
+    """p lines with effect deny; `of("p")` holds the allow lines only."""
 
     def of(self, ptype: str) -> list[Rule]:
         return self.by_type.get(ptype, [])
 
 
-def check_rules(rules: list[Rule]) -> CheckedRules:
+def check_rules(
+    rules: list[Rule], broken: frozenset[tuple[str, ...]] = frozenset(), several_branches: bool = False
+) -> CheckedRules:
+    """`broken`: what lines refused by the reader were about (("p3", role, resource), ...),
+    so their absence is not reported a second time as an unrelated problem.
+    `several_branches`: whether an employee may hold roles in more than one branch."""
     checked = CheckedRules({})
     for rule in rules:
-        checked.by_type.setdefault(rule.ptype, []).append(rule)
+        if rule.effect == "deny":
+            checked.denies.append(rule)
+        else:
+            checked.by_type.setdefault(rule.ptype, []).append(rule)
     _check_duplicates(checked, rules)
     checked.shifts = _build_named(checked, "p2", lambda r: r.fields[0], lambda r: build_shift(*r.fields[:5]))
     checked.record_limits = _build_named(
@@ -56,7 +69,13 @@ def check_rules(rules: list[Rule]) -> CheckedRules:
     checked.probe_limits = _build_named(
         checked, "p5", lambda r: r.fields[0], lambda r: build_probe_limit(r.fields[1], r.fields[2], rule=_cite(r))
     )
-    _check_references(checked)
+    _check_caps_within_quotas(checked)
+    _check_references(checked, broken)
+    _check_shifts_held(checked)
+    if not several_branches:
+        _check_one_branch_each(checked)
+    _check_allow_templates(checked)
+    check_denies(checked)
     return checked
 
 
@@ -153,10 +172,63 @@ def _build_named(checked: CheckedRules, ptype: str, key: Callable[[Rule], K], bu
             where[name] = rule
         except ValueError as exc:
             checked.problems.append(PolicyProblem(rule.file, rule.line, str(exc)))
+            checked.broken.add((ptype, *rule.fields[:2]))
     return built
 
 
-def _check_references(checked: CheckedRules) -> None:
+def _check_caps_within_quotas(checked: CheckedRules) -> None:
+    """A cap above the quota promises requests the quota can never serve in full."""
+    for rule in checked.of("p3"):
+        limit = checked.record_limits.get((rule.fields[0], rule.fields[1]))
+        if limit is not None and limit.cap is not None and limit.quota is not None and limit.cap > limit.quota:
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    f"cap {limit.cap} is above the quota {limit.quota}: no request could take its cap",
+                    "lower the cap or raise the quota",
+                )
+            )
+
+
+def _check_shifts_held(checked: CheckedRules) -> None:
+    """An employee on the roster without a shift could never work: a forgotten g2 line,
+    which used to load silently and refuse them all day."""
+    with_shift = {r.fields[0] for r in checked.of("g2")}
+    reported: set[str] = set()
+    hint = f"add g2, <employee>, <shift> (defined: {', '.join(sorted(checked.shifts)) or 'none'}); "
+    for rule in checked.of("g") + checked.of("g3"):
+        employee = rule.fields[0]
+        if employee not in with_shift and employee not in reported:
+            reported.add(employee)
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    f"employee {employee} has no shift",
+                    hint + "staff who may work any hour get the 'always' shift",
+                )
+            )
+
+
+def _check_one_branch_each(checked: CheckedRules) -> None:
+    first: dict[str, Rule] = {}
+    for rule in checked.of("g"):
+        employee, _, branch = rule.fields
+        seen = first.setdefault(employee, rule)
+        if seen.fields[2] != branch:
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    f"employee {employee} holds roles in {seen.fields[2]} ({seen.where}) and {branch}",
+                    "a stale roster line lets them into another branch; remove it, or allow regional staff "
+                    "with several_branches = true under [roster] in policy.toml",
+                )
+            )
+
+
+def _check_references(checked: CheckedRules, broken: frozenset[tuple[str, ...]] = frozenset()) -> None:
     roles = {r.fields[0] for r in checked.of("p")}
     role_hint = f"known roles: {', '.join(sorted(roles)) or 'none (no p lines)'}"
     for rule in checked.of("g") + checked.of("g3"):
@@ -182,14 +254,63 @@ def _check_references(checked: CheckedRules) -> None:
             f"limit for resource {rule.fields[1]!r}, which no p line grants",
         )
     for rule in checked.of("p"):
-        role, resource, _ = rule.fields
+        role, resource, _ = rule.fields[:3]
         _require(
             checked,
             rule,
-            (role, resource) in checked.record_limits,
+            (role, resource) in checked.record_limits or bool({("p3", role, resource)} & (broken | checked.broken)),
             f"role {role!r} may use {resource!r} but has no records limit for it",
             f"add: p3, {role}, {resource}, <cap>, <quota>, <window> (write 'unlimited' deliberately)",
         )
+
+
+def _check_allow_templates(checked: CheckedRules) -> None:
+    """Allow lines are branch-agnostic templates naming one role, resource and action:
+    the index grants a role in the branches where it is held. Wildcards and a branch are
+    for deny lines only (the index implements nothing else, see `shape`)."""
+    for rule in checked.of("p"):
+        if len(rule.fields) > 3 and (WILDCARD in rule.fields[:3] or rule.fields[3] != WILDCARD):
+            checked.problems.append(
+                PolicyProblem(
+                    rule.file,
+                    rule.line,
+                    "an allow line names a branch or uses *",
+                    "allow lines are templates: p, role, resource, action; a role holds them in every branch "
+                    "it is held in (g lines). Use * and branches in deny lines only",
+                )
+            )
+
+
+def check_denies(checked: CheckedRules) -> None:
+    """Every name in a deny line must exist: a typo'd employee id in a suspension would
+    otherwise suspend nobody, and pass review."""
+    roles = {r.fields[0] for r in checked.of("p")}
+    employees = {r.fields[0] for r in checked.of("g") + checked.of("g3")}
+    resources = {r.fields[1] for r in checked.of("p")}
+    actions = {r.fields[2] for r in checked.of("p")}
+    for rule in checked.denies:
+        subject, resource, action = rule.fields[:3]
+        for label, value, known, what in (
+            ("subject", subject, roles | employees, "neither a role nor an employee on the roster"),
+            ("resource", resource, resources, "not a resource any allow line grants"),
+            ("action", action, actions, "not an action any allow line grants"),
+        ):
+            _require(
+                checked,
+                rule,
+                value == WILDCARD or value in known,
+                f"deny line: {label} {value!r} is {what}",
+                "fix the spelling, or write * for any",
+            )
+
+
+def check_branch_codes(checked: CheckedRules, branches: dict[str, Branch]) -> None:
+    """Every branch a roster or deny line names must be in branches.csv."""
+    for rule in [*checked.of("g"), *checked.denies]:
+        code = rule.fields[2] if rule.ptype == "g" else rule.fields[3]
+        unknown = unknown_branch(code, branches) if code != WILDCARD else None
+        if unknown:
+            checked.problems.append(PolicyProblem(rule.file, rule.line, *unknown))
 
 
 def _require(checked: CheckedRules, rule: Rule, ok: bool, message: str, hint: str = "") -> None:

@@ -15,7 +15,7 @@ import structlog
 import watchfiles
 
 from broker.policy.problem import PolicyError, PolicyProblem
-from broker.policy.snapshot import PARITY_SAMPLE, PolicySnapshot, load_snapshot
+from broker.policy.snapshot import PolicySnapshot, load_snapshot
 
 log = structlog.get_logger("broker.policy")
 
@@ -25,7 +25,6 @@ class PolicyHolder:
         self,
         directory: Path,
         clock: Callable[[], float],
-        parity_sample: int = PARITY_SAMPLE,
         verify: Callable[[PolicySnapshot], list[PolicyProblem]] | None = None,
     ) -> None:
         """`verify` runs on every candidate snapshot before it can go live (the policy's
@@ -33,7 +32,6 @@ class PolicyHolder:
         self.directory = directory
         self._verify = verify
         self._clock = clock
-        self._parity_sample = parity_sample
         self._current: PolicySnapshot | None = None
         self._lock = asyncio.Lock()
         self.loaded_at: float | None = None
@@ -41,6 +39,9 @@ class PolicyHolder:
         self.last_attempt_at: float | None = None
         self.reloads = 0
         self.rejected = 0
+        self.on_outcome: Callable[[bool], None] | None = None
+        """Told of every reload attempt, whatever triggered it (a file change, SIGHUP, the
+        CLI): the metrics count them all."""
 
     @property
     def current(self) -> PolicySnapshot | None:
@@ -54,6 +55,12 @@ class PolicyHolder:
 
     async def reload(self, trigger: str) -> bool:
         """Rebuild off the loop and swap; False (old policy kept) if the files are bad."""
+        ok = await self._reload(trigger)
+        if self.on_outcome is not None:
+            self.on_outcome(ok)
+        return ok
+
+    async def _reload(self, trigger: str) -> bool:
         async with self._lock:
             self.last_attempt_at = self._clock()
             try:
@@ -72,13 +79,23 @@ class PolicyHolder:
             return True
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Reload whenever a file under the policy directory changes."""
-        async for changes in watchfiles.awatch(self.directory, stop_event=stop, debounce=300, recursive=False):
-            names = sorted({Path(path).name for _, path in changes})
+        """Reload whenever a policy file changes: the files of the directory and the
+        policy's own test cases under `tests/` (a snapshot goes live only if it passes
+        them, so a changed case re-decides whether the policy may serve)."""
+        root = self.directory.resolve()
+        watched = (root, root / "tests")
+
+        def is_policy_file(_change: object, path: str) -> bool:
+            return Path(path).parent in watched
+
+        async for changes in watchfiles.awatch(
+            root, stop_event=stop, debounce=300, recursive=True, watch_filter=is_policy_file
+        ):
+            names = sorted({str(Path(path).relative_to(root)) for _, path in changes})
             await self.reload(f"file change: {', '.join(names)}")
 
     def _build(self) -> PolicySnapshot:
-        snapshot = load_snapshot(self.directory, self._parity_sample)
+        snapshot = load_snapshot(self.directory)
         problems = self._verify(snapshot) if self._verify else []
         if problems:
             raise PolicyError(problems)

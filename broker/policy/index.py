@@ -2,9 +2,10 @@
 
 A full pycasbin `enforce()` costs ~250 us here whatever the roster size; the index
 answers the same question (may this employee do this action on this resource in this
-branch?) in about a microsecond. Casbin stays the language and the source of truth: the
-index is built from the enforcer's own loaded rules, and every load cross-checks a
-sample of decisions against `enforce()` before the policy goes live (see `parity`).
+branch?) in about a microsecond. Casbin stays the language and the source of truth: a
+model is loaded only once it is proven to be one of the shapes this index implements
+(`shape`), and the index is built from the same checked lines Casbin would load; the
+differential tests compare the two on every combination of random policies.
 """
 
 from __future__ import annotations
@@ -87,12 +88,43 @@ class Grant:
     """Which branches an employee may touch for one resource and action."""
 
     branches: frozenset[str] | None
-    """None: every branch (a global role granted it)."""
+    """None: every branch (a global role granted it). Deny lines already taken out: a
+    global grant with some branches denied is every known branch but those (so a record
+    of a branch outside branches.csv is refused to such an employee: stricter, never
+    looser than Casbin)."""
     rule: str
+    denied: frozenset[str] | None = frozenset()
+    """Branches deny lines close to this employee for this resource and action (None:
+    every branch); empty unless a deny line took away something granted."""
+    denial: str = ""
+    """The deny line that did, cited to the employee."""
+    everywhere: bool = False
+    """Granted in every branch before the deny lines (a global role)."""
 
     @property
     def permitted(self) -> bool:
         return self.branches is None or bool(self.branches)
+
+    def closes(self, branch: str) -> bool:
+        """Whether a deny line, rather than the lack of a role, keeps `branch` closed."""
+        return bool(self.denial) and (self.denied is None or branch in self.denied)
+
+    def allows(self, branch: str) -> bool:
+        """The question Casbin's matcher answers, exactly (also for unknown branches)."""
+        if self.denied is None or branch in self.denied:
+            return False
+        return self.branches is None or self.everywhere or branch in self.branches
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """One deny line, for one (resource, action) it covers."""
+
+    subject: str
+    """"*", an employee id, or a role (held in the record's branch, or globally)."""
+    branch: str | None
+    """None: every branch."""
+    rule: str
 
 
 NOT_GRANTED = Grant(frozenset(), "")
@@ -108,7 +140,14 @@ class PolicyIndex:
     record_limits: dict[tuple[str, str], RecordLimit]
     rate_limits: dict[str, RateLimit]
     probe_limits: dict[str, ProbeLimit] = field(default_factory=dict)
-    _grant_cache: dict[tuple[str, str], dict[Assignment, Grant]] = field(default_factory=dict)
+    denials: dict[tuple[str, str], tuple[Denial, ...]] = field(default_factory=dict)
+    """(resource, action) -> the deny lines covering it (wildcards expanded)."""
+    named: frozenset[str] = frozenset()
+    """Employees a deny line names by id: their grants are memoised under their id too,
+    since a colleague with the same roles is not suspended."""
+    branches: frozenset[str] = frozenset()
+    """Every branch the policy knows: what a global grant minus denied branches leaves."""
+    _grant_cache: dict[tuple[str, str], dict[object, Grant]] = field(default_factory=dict)
     """(resource, action) -> assignment -> grant. Grants depend on the roles held in each
     branch, not on who holds them; the grants themselves are shared (`_shared`), so a
     newcomer adds no object for the cyclic GC to track."""
@@ -127,11 +166,15 @@ class PolicyIndex:
         memo = self._grant_cache.get((resource, action))
         if memo is None:
             memo = self._grant_cache[(resource, action)] = {}
-        cached = memo.get(employee.assignment)
+        key: object = employee.assignment
+        if employee.id in self.named:
+            key = (key, employee.id)
+        cached = memo.get(key)
         if cached is None:
-            cached = self._one(self._grant_uncached(employee, resource, action))
+            granted = self._grant_uncached(employee, resource, action)
+            cached = self._one(self._denied(employee, resource, action, granted))
             if len(memo) < 200_000:
-                memo[employee.assignment] = cached
+                memo[key] = cached
         return cached
 
     def _one(self, value: T) -> T:
@@ -154,13 +197,27 @@ class PolicyIndex:
         rule = next(roles[r] for b in sorted(branches) for r in sorted(employee.roles_by_branch[b]) if r in roles)
         return Grant(frozenset(branches), rule)
 
+    def _denied(self, employee: Employee, resource: str, action: str, grant: Grant) -> Grant:
+        """`grant` less what deny lines close (deny wins over any allow, as Casbin's
+        `some(allow) && !some(deny)` effect says)."""
+        denials = self.denials.get((resource, action))
+        if not denials or not grant.permitted:
+            return grant
+        closed, rule = _closed(employee, denials)
+        if closed is None:
+            return Grant(frozenset(), grant.rule, None, rule, grant.branches is None)
+        if grant.branches is None:
+            return Grant(self.branches - closed, grant.rule, closed, rule, True) if closed else grant
+        if grant.branches.isdisjoint(closed):
+            return grant
+        return Grant(grant.branches - closed, grant.rule, closed, rule)
+
     def allows(self, employee_id: str, branch: str, resource: str, action: str) -> bool:
         """The same question `enforce(employee, branch, resource, action)` answers."""
         employee = self.employees.get(employee_id)
         if employee is None:
             return False
-        grant = self.grant(employee, resource, action)
-        return grant.branches is None or branch in grant.branches
+        return self.grant(employee, resource, action).allows(branch)
 
     def record_limit(self, employee: Employee, resource: str) -> RecordLimit | None:
         """The employee's limit for `resource`, memoised per role set and policy revision
@@ -202,6 +259,45 @@ class PolicyIndex:
         return probe
 
 
+def _closed(employee: Employee, denials: tuple[Denial, ...]) -> tuple[frozenset[str] | None, str]:
+    """Branches the deny lines close to `employee` (None: all), and the first such line."""
+    closed: set[str] = set()
+    first = ""
+    for denial in denials:
+        if denial.subject in ("*", employee.id) or denial.subject in employee.global_roles:
+            if denial.branch is None:
+                return None, denial.rule
+            scope = {denial.branch}
+        else:
+            scope = {b for b, held in employee.roles_by_branch.items() if denial.subject in held}
+            if denial.branch is not None:
+                scope &= {denial.branch}
+        if scope:
+            closed |= scope
+            first = first or denial.rule
+    return frozenset(closed), first
+
+
+def compile_denials(
+    denies: Iterable[Rule], granted: Iterable[tuple[str, str]], employees: Iterable[str]
+) -> tuple[dict[tuple[str, str], tuple[Denial, ...]], frozenset[str]]:
+    """Deny lines per granted (resource, action), and the employee ids they name. A pair
+    no allow line grants needs none: it is refused anyway."""
+    pairs = sorted(set(granted))
+    people = set(employees)
+    found: defaultdict[tuple[str, str], list[Denial]] = defaultdict(list)
+    named: set[str] = set()
+    for rule in denies:
+        subject, resource, action, branch = rule.fields[:4]
+        if subject in people:
+            named.add(subject)
+        denial = Denial(subject, None if branch == "*" else branch, f"{rule} ({rule.where})")
+        for pair in pairs:
+            if resource in ("*", pair[0]) and action in ("*", pair[1]):
+                found[pair].append(denial)
+    return {pair: tuple(lines) for pair, lines in found.items()}, frozenset(named)
+
+
 def build_index(
     grants: Iterable[Rule],
     roster: Iterable[Rule],
@@ -211,6 +307,8 @@ def build_index(
     record_limits: dict[tuple[str, str], RecordLimit],
     rate_limits: dict[str, RateLimit],
     probe_limits: dict[str, ProbeLimit] | None = None,
+    denies: Iterable[Rule] = (),
+    branches: Iterable[str] = (),
 ) -> PolicyIndex:
     _INTERNED.clear()
     by_branch: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -234,6 +332,8 @@ def build_index(
     }
     granted: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for rule in grants:
-        role, resource, action = rule.fields
+        role, resource, action = rule.fields[:3]
         granted[(resource, action)].setdefault(role, f"{rule} ({rule.where})")
-    return PolicyIndex(employees, dict(granted), record_limits, rate_limits, probe_limits or {})
+    denials, named = compile_denials(denies, granted, employees)
+    known = frozenset(branches) | {b for e in employees.values() for b in e.roles_by_branch}
+    return PolicyIndex(employees, dict(granted), record_limits, rate_limits, probe_limits or {}, denials, named, known)

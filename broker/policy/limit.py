@@ -73,7 +73,7 @@ def parse_amount(text: str, label: str) -> int | None:
 
 
 def build_record_limit(cap: str, quota: str, window: str, rule: str) -> RecordLimit:
-    seconds = 0 if window == SHIFT_WINDOW else parse_duration(window)
+    seconds = _window(window)
     return RecordLimit(parse_amount(cap, "cap"), parse_amount(quota, "quota"), seconds, rule)
 
 
@@ -88,8 +88,17 @@ def build_probe_limit(probes: str, window: str, rule: str) -> ProbeLimit:
     amount = parse_amount(probes, "probes")
     if amount is None:
         raise ValueError("a probe line must give a number of refusals; leave the line out for no budget")
-    seconds = 0 if window == SHIFT_WINDOW else parse_duration(window)
-    return ProbeLimit(amount, seconds, rule)
+    return ProbeLimit(amount, _window(window), rule)
+
+
+def _window(window: str) -> int:
+    """0 for the employee's shift, else the duration in seconds; a typo says what is meant."""
+    if window == SHIFT_WINDOW:
+        return 0
+    try:
+        return parse_duration(window)
+    except ValueError:
+        raise ValueError(f"window {window!r} is neither {SHIFT_WINDOW!r} nor a duration such as 30m, 8h, 1d") from None
 
 
 def most_generous_records(limits: list[RecordLimit]) -> RecordLimit | None:

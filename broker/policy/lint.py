@@ -23,7 +23,6 @@ A_MONDAY = datetime(2026, 11, 30).timestamp()
 def lint(snapshot: PolicySnapshot) -> list[PolicyProblem]:
     rules = list(snapshot.rules)
     return [
-        *_employees_in_two_branches(rules),
         *_overlapping_shifts(rules, snapshot),
         *_roles_nobody_holds(rules),
         *_routes_that_never_match(snapshot.routes),
@@ -52,24 +51,6 @@ def _roles_without_probe_budget(rules: list[Rule], routes: RouteMap) -> list[Pol
             )
         )
     return found
-
-
-def _employees_in_two_branches(rules: list[Rule]) -> list[PolicyProblem]:
-    branches: defaultdict[str, dict[str, Rule]] = defaultdict(dict)
-    for rule in rules:
-        if rule.ptype == "g":
-            branches[rule.fields[0]].setdefault(rule.fields[2], rule)
-    return [
-        PolicyProblem(
-            later.file,
-            later.line,
-            f"employee {employee} holds roles in {len(held)} branches: {', '.join(sorted(held))}",
-            "fine for a regional role; otherwise a stale roster line lets them into another branch",
-        )
-        for employee, held in sorted(branches.items())
-        if len(held) > 1
-        for later in list(held.values())[1:2]
-    ]
 
 
 def _overlapping_shifts(rules: list[Rule], snapshot: PolicySnapshot) -> list[PolicyProblem]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +12,9 @@ class PolicyProblem:
     line: int
     message: str
     hint: str = ""
+    about: tuple[str, ...] = field(default=(), compare=False)
+    """For a line the reader refused: its type and first fields as far as they could be
+    read, so checks that miss the line do not report its absence as another problem."""
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file

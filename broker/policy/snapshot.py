@@ -3,27 +3,41 @@
 A reload builds a whole new snapshot off to the side and the live one is replaced in a
 single assignment, so requests never see half a policy. pycasbin's `load_policy()` on a
 live enforcer is not atomic (false denies and "dictionary changed size" under load).
+
+No pycasbin enforcer is built on load: the model is proven to be a shape the index
+implements (`shape`), so decisions never need one, and at 100,000 employees it cost
+seconds and 140 MB. `casbin_enforcer()` builds one on demand over the same lines, for
+the differential tests and the benchmarks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import casbin
+from casbin import Enforcer
+from casbin.model import Model
 from casbin.persist.adapter import Adapter
 
-from broker.policy.check import CheckedRules, check_examples, check_routes, check_rules, check_tables
+from broker.policy.branch import BRANCHES_FILE, Branch, parse_branches, unknown_branch
+from broker.policy.check import (
+    CheckedRules,
+    check_branch_codes,
+    check_examples,
+    check_routes,
+    check_rules,
+    check_tables,
+)
 from broker.policy.device import DEVICES_FILE, DeviceMap, parse_devices
 from broker.policy.index import PolicyIndex, build_index
-from broker.policy.model import load_model, matcher_line
+from broker.policy.model import LoadedModel, load_model
 from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.route import RouteMap, parse_routes
 from broker.policy.rule import Rule, parse_rules
+from broker.policy.settings import POLICY_FILE, parse_policy_settings
 from broker.policy.table import TableMap, parse_tables
 from broker.signals.rules import SignalRules, parse_signals
 
@@ -34,8 +48,6 @@ TABLES_FILE = "tables.toml"
 SIGNALS_FILE = "signals.toml"
 """Optional: when a login looks rented and what to do (defaults apply without it)."""
 RULE_GLOB = "*.csv"
-PARITY_SAMPLE = 64
-"""Employees whose every decision is re-checked against `enforce()` on each load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,26 +57,35 @@ class PolicySnapshot:
     directory: Path
     index: PolicyIndex
     routes: RouteMap
-    enforcer: Any
+    model: LoadedModel
     rules: tuple[Rule, ...]
     files: tuple[str, ...]
     tables: TableMap = field(default_factory=TableMap.empty)
     signals: SignalRules = field(default_factory=SignalRules)
     devices: DeviceMap = field(default_factory=DeviceMap)
+    branches: dict[str, Branch] = field(default_factory=dict)
+    """branches.csv, by code."""
+
+    def casbin_enforcer(self) -> Any:
+        """A pycasbin enforcer over this snapshot's model and lines, built on demand."""
+        return casbin_enforcer(self.model, list(self.rules))
 
 
 class _RuleAdapter(Adapter):  # type: ignore[misc]
-    """Hands pycasbin only the rules the broker has already parsed and checked."""
+    """Hands pycasbin only the rules the broker has already parsed and checked; short p
+    lines in the full form when the model's p has it."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], full_p: bool) -> None:
         self._rules = rules
+        self._full_p = full_p
 
     def load_policy(self, model: Any) -> None:
         for rule in self._rules:
-            model.model[rule.ptype[0]][rule.ptype].policy.append(list(rule.fields))
+            fields = rule.casbin_fields if self._full_p else rule.fields
+            model.model[rule.ptype[0]][rule.ptype].policy.append(list(fields))
 
 
-def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> PolicySnapshot:
+def load_snapshot(directory: Path) -> PolicySnapshot:
     """Read, check and compile `directory`; raise PolicyError listing every problem."""
     files = _read_files(directory)
     revision = _revision(files)
@@ -73,6 +94,11 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     model, found = load_model(MODEL_FILE, model_raw)
     problems += found
     routes, found = parse_routes(ROUTES_FILE, files.pop(ROUTES_FILE))
+    problems += found
+    branches, found = parse_branches(BRANCHES_FILE, files.pop(BRANCHES_FILE))
+    problems += found
+    present = set(files)
+    settings, found = parse_policy_settings(POLICY_FILE, files.pop(POLICY_FILE, None))
     problems += found
     tables: TableMap | None = TableMap.empty()
     if TABLES_FILE in files:
@@ -88,7 +114,13 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
         parsed, found = parse_rules(name, files[name])
         rules += parsed
         problems += found
-    checked = check_rules(rules)
+    broken = frozenset(p.about for p in problems if p.about)
+    checked = check_rules(rules, broken, settings.several_branches)
+    check_branch_codes(checked, branches)
+    if signals is not None:
+        problems += _signal_branches(signals, branches)
+    if model is not None:
+        problems += _deny_lines_need_the_deny_shape(model, checked)
     if routes is not None:
         check_routes(checked, routes)
         check_examples(checked, routes)
@@ -97,7 +129,17 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
     problems += checked.problems
     if problems or model is None or routes is None or tables is None or signals is None:
         raise PolicyError(problems)
-    snapshot = _compile(directory, revision, model, routes, rules, checked, parity_sample, matcher_line(model_raw))
+    snapshot = _compile(directory, revision, model, routes, rules, checked, branches)
+    if POLICY_FILE in present:
+        snapshot = dataclasses.replace(snapshot, files=tuple(sorted({*snapshot.files, POLICY_FILE})))
+    return _with_optional_files(snapshot, tables, signals, devices_raw)
+
+
+def _with_optional_files(
+    snapshot: PolicySnapshot, tables: TableMap, signals: SignalRules, devices_raw: bytes | None
+) -> PolicySnapshot:
+    """The compiled snapshot with the optional files that are checked against its roster
+    and roles (signals' console roles, the devices' employees and branches)."""
     if tables.file:
         snapshot = dataclasses.replace(snapshot, tables=tables, files=tuple(sorted({*snapshot.files, TABLES_FILE})))
     unknown = sorted(set(signals.console_roles) - snapshot.index.roles())
@@ -107,7 +149,7 @@ def load_snapshot(directory: Path, parity_sample: int = PARITY_SAMPLE) -> Policy
         raise PolicyError([problem])
     if signals.file:
         snapshot = dataclasses.replace(snapshot, signals=signals, files=tuple(sorted({*snapshot.files, SIGNALS_FILE})))
-    if devices_raw is not None:  # after the roster is compiled: devices name its employees
+    if devices_raw is not None:
         devices, found = parse_devices(DEVICES_FILE, devices_raw, snapshot.index.employees)
         if devices is None:
             raise PolicyError(found)
@@ -119,32 +161,58 @@ def _read_files(directory: Path) -> dict[str, bytes]:
     if not directory.is_dir():
         raise PolicyError([PolicyProblem(str(directory), 0, "policy directory does not exist")])
     files: dict[str, bytes] = {}
-    for required in (MODEL_FILE, ROUTES_FILE):
+    for required in (MODEL_FILE, ROUTES_FILE, BRANCHES_FILE):
         path = directory / required
         if not path.is_file():
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
-    optional = [directory / name for name in (TABLES_FILE, SIGNALS_FILE, DEVICES_FILE) if (directory / name).is_file()]
+    optional = [
+        directory / name
+        for name in (TABLES_FILE, SIGNALS_FILE, POLICY_FILE, DEVICES_FILE)
+        if (directory / name).is_file()
+    ]
     for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:
+        # branches.csv is read here too (it matches *.csv) and popped before the rules
         try:
             files[path.name] = path.read_bytes()
         except OSError as exc:
             raise PolicyError([PolicyProblem(str(path), 0, f"cannot read: {exc.strerror}")]) from exc
-    if len(files) == 2 + len(optional):
+    if len(files) == 3 + len(optional):
         raise PolicyError([PolicyProblem(str(directory), 0, "no *.csv rule files in the policy directory")])
     return files
+
+
+def _signal_branches(signals: SignalRules, branches: dict[str, Branch]) -> list[PolicyProblem]:
+    allowances = signals.shared_login.branches if signals.shared_login else {}
+    return [
+        PolicyProblem(SIGNALS_FILE, 0, f"shared_login.branches: {unknown[0]}", unknown[1])
+        for code in sorted(allowances)
+        if (unknown := unknown_branch(code, branches))
+    ]
+
+
+def _deny_lines_need_the_deny_shape(model: LoadedModel, checked: CheckedRules) -> list[PolicyProblem]:
+    if model.shape.denies:
+        return []
+    return [
+        PolicyProblem(
+            rule.file,
+            rule.line,
+            f"model.conf is the {model.shape.name} model, which has no deny lines",
+            "use the allow-and-deny model (the shipped model.conf), or remove the line",
+        )
+        for rule in [*checked.denies, *(r for r in checked.of("p") if len(r.fields) > len(model.shape.policy))]
+    ]
 
 
 def _compile(
     directory: Path,
     revision: str,
-    model: Any,
+    model: LoadedModel,
     routes: RouteMap,
     rules: list[Rule],
     checked: CheckedRules,
-    sample: int,
-    matcher_at: int,
+    branches: dict[str, Branch],
 ) -> PolicySnapshot:
-    enforcer = _enforcer(model, rules)
     index = build_index(
         checked.of("p"),
         checked.of("g"),
@@ -154,17 +222,14 @@ def _compile(
         checked.record_limits,
         checked.rate_limits,
         checked.probe_limits,
+        checked.denies,
+        branches,
     )
-    disagreement = first_disagreement(enforcer, index, _sample(index, sample))
-    if disagreement:
-        raise PolicyError(
-            [PolicyProblem(MODEL_FILE, matcher_at, disagreement, "the matcher must mean what the broker compiles")]
-        )
-    files = tuple(sorted({MODEL_FILE, ROUTES_FILE, *(r.file for r in rules)}))
-    return PolicySnapshot(revision, directory, index, routes, enforcer, tuple(rules), files)
+    files = tuple(sorted({MODEL_FILE, ROUTES_FILE, BRANCHES_FILE, *(r.file for r in rules)}))
+    return PolicySnapshot(revision, directory, index, routes, model, tuple(rules), files, branches=branches)
 
 
-def _enforcer(model: Any, rules: list[Rule]) -> Any:
+def casbin_enforcer(model: LoadedModel, rules: list[Rule]) -> Any:
     """A pycasbin enforcer over `rules`, without its quadratic first-use cost.
 
     pycasbin's domain role manager matches role names with a default function that
@@ -172,48 +237,14 @@ def _enforcer(model: Any, rules: list[Rule]) -> Any:
     branch at 200 employees a branch). The broker uses no role patterns, so the
     matcher is switched off before the rules are loaded: the same decisions, cheaply.
     """
-    enforcer = casbin.Enforcer(model)
+    fresh = Model()
+    fresh.load_model_from_text(model.text)
+    enforcer = Enforcer(fresh)
     for ptype in ("g", "g3"):
         enforcer.get_named_role_manager(ptype).matching_func = None
-    enforcer.set_adapter(_RuleAdapter(rules))
+    enforcer.set_adapter(_RuleAdapter(rules, full_p=model.shape.denies))
     enforcer.load_policy()
     return enforcer
-
-
-def _sample(index: PolicyIndex, size: int) -> list[str]:
-    employees = sorted(index.employees)
-    if len(employees) <= size:
-        return employees
-    return random.Random(len(employees)).sample(employees, size)  # noqa: S311 - sampling, not secrets
-
-
-def first_disagreement(enforcer: Any, index: PolicyIndex, employees: list[str]) -> str | None:
-    """The first decision where the compiled index and `enforce()` differ, if any.
-
-    Matcher errors (an undefined function, a typo'd token) only surface at the first
-    `enforce()`, so this also proves the matcher runs before the policy goes live.
-    """
-    every_branch = sorted({b for e in index.employees.values() for b in e.roles_by_branch})
-    pairs = [*sorted(index.grants), ("no-such-resource", "read")]
-    try:
-        for employee in employees:
-            for branch in _branches_to_try(index.employees[employee].roles_by_branch, every_branch):
-                for resource, action in pairs:
-                    expected = bool(enforcer.enforce(employee, branch, resource, action))
-                    if expected != index.allows(employee, branch, resource, action):
-                        return (
-                            f"model.conf's matcher decides {employee}/{branch}/{resource}/{action} as "
-                            f"{'allow' if expected else 'deny'}, the broker's index the opposite"
-                        )
-    except Exception as exc:  # a broken matcher raises whatever pycasbin's evaluator raises
-        return f"the matcher fails to evaluate: {exc}"
-    return None
-
-
-def _branches_to_try(own: dict[str, frozenset[str]], every_branch: list[str]) -> list[str]:
-    """The employee's own branches, one branch that is not theirs, and an unknown one."""
-    other = next((b for b in every_branch if b not in own), None)
-    return [*own, *([other] if other else []), "BR-NONE"]
 
 
 def _revision(files: dict[str, bytes]) -> str:

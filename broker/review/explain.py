@@ -129,6 +129,9 @@ def _facts(
     )
     grant = snapshot.index.grant(employee, access.resource, access.action)
     facts["permission"] = f"granted by {grant.rule}" if grant.permitted else "no role of theirs grants it"
+    if grant.denial:
+        closed = "every branch" if grant.denied is None else ", ".join(sorted(grant.denied))
+        facts["permission"] = f"{grant.rule or 'not granted'}; closed in {closed} by the deny line {grant.denial}"
     mine = "every branch" if grant.branches is None else ", ".join(sorted(grant.branches)) or "none"
     facts["branch"] = f"record branch {_branch_source(route, access.branch)}; theirs: {mine}"
     shift = current_shift(employee.shifts, now)

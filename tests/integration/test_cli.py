@@ -19,6 +19,7 @@ import pytest
 import structlog
 
 from broker.cli import configure_logging
+from broker.config import load_settings
 from broker.core.clock import FakeClock
 from broker.identity.jwt_authenticator import JwtAuthenticator, mint_token
 from broker.identity.settings import IdentitySettings
@@ -65,6 +66,36 @@ def test_check_reports_config_problems(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "url 'ftp://x' must start with http://" in result.stderr
     assert "no key source" in result.stderr
+
+
+def test_check_without_a_key_source_checks_the_policy_and_exits_0(tmp_path: Path) -> None:
+    """A policy-only CI job needs no dummy key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "check", "--policies", str(REPO / "policies")],
+        capture_output=True, text=True, timeout=60, env=env, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "OK: revision" in result.stdout
+    assert "note: [identity] no key source" in result.stderr and "needed to serve, not to check" in result.stderr
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    deploy = tmp_path / "deploy"
+    shutil.copytree(REPO / "policies", deploy / "policies")
+    config = deploy / "broker.toml"
+    config.write_text('[policy]\ndirectory = "policies"\n[audit]\npath = "logs/audit.log"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "check", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "BROKER_DEV_SECRET": SECRET},
+        check=False, cwd=elsewhere,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"policy {deploy / 'policies'} OK" in result.stdout
+    settings = load_settings(config)
+    assert settings.audit.path == str(deploy / "logs" / "audit.log")
 
 
 def test_unknown_config_key_is_named(tmp_path: Path) -> None:
@@ -128,7 +159,7 @@ async def test_run_serves_reloads_on_sighup_and_stops_cleanly(
             assert ready.status == 200
             revision = (await ready.json())["policy_revision"]
         roster = policies / "roster.csv"
-        roster.write_text(roster.read_text() + "g, e3001, courier, BR004\n")
+        roster.write_text(roster.read_text() + "g, e3001, courier, BR004\ng2, e3001, day-cn\n")
         process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -212,6 +243,41 @@ def test_check_refuses_a_policy_that_fails_its_own_tests(tmp_path: Path) -> None
     assert "policy test 'a courier reads their own branch in their shift' expected allow" in result.stderr
 
 
+def test_check_refuses_a_matcher_that_excludes_one_employee(tmp_path: Path) -> None:
+    """Issue #17: with 307 employees this edit passed a sampled check and was not enforced."""
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    roster = policies / "roster.csv"
+    roster.write_text(
+        roster.read_text() + "".join(f"g, e{n}, courier, BR001\ng2, e{n}, day-cn\n" for n in range(4900, 5200))
+    )
+    model = policies / "model.conf"
+    lines = model.read_text().splitlines()
+    at = next(n for n, line in enumerate(lines, start=1) if line.startswith("m = "))
+    model.write_text(model.read_text().replace(lines[at - 1], lines[at - 1] + ' && r.sub != "e5000"'))
+    result = broker_cli("check", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
+    assert result.returncode == 1
+    assert f'model.conf:{at}: the matcher tests `r.sub != "e5000"`, which the allow-and-deny model does not' in (
+        result.stderr
+    )
+    assert "write a deny line (p, e5000, *, *, *, deny)" in result.stderr
+    assert "1 problem(s); the policy would be refused" in result.stderr
+
+
+def test_explain_names_the_deny_line_that_closes_a_branch(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    shutil.rmtree(policies / "tests")
+    (policies / "deny.csv").write_text("p, courier, *, *, BR001, deny\n")
+    result = broker_cli(
+        "explain", "--policies", str(policies), "--employee", "e1001",
+        "--request", "GET /api/branches/BR001/waybills?limit=5", "--at", "2026-12-01T10:00:00+08:00",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "closed in BR001 by the deny line p, courier, *, *, BR001, deny (deny.csv:1)" in result.stdout
+    assert "verdict: deny (policy.denied)" in result.stdout
+
+
 def test_explain_shows_each_check_in_order() -> None:
     result = broker_cli(
         "explain", "--policies", str(REPO / "policies"), "--employee", "e1002",
@@ -247,11 +313,13 @@ def test_check_warnings_fail_only_under_strict(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(REPO / "policies", policies)
     roster = policies / "roster.csv"
-    roster.write_text(roster.read_text() + "g, e1001, trainee, BR004\n")
-    line = len(roster.read_text().splitlines())
+    roster.write_text(roster.read_text() + "g, e3001, courier, BR004\n")
+    shifts = policies / "shifts.csv"
+    shifts.write_text(shifts.read_text() + "g2, e3001, day-cn\ng2, e3001, always\n")
+    line = len(shifts.read_text().splitlines())
     relaxed = broker_cli("check", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
     assert relaxed.returncode == 0
-    assert f"roster.csv:{line}: warning: employee e1001 holds roles in 2 branches" in relaxed.stderr
+    assert f"shifts.csv:{line}: warning: employee e3001's shifts day-cn and always overlap" in relaxed.stderr
     strict = broker_cli("check", "--strict", "--policies", str(policies), env={"BROKER_DEV_SECRET": SECRET})
     assert strict.returncode == 1 and "refused under --strict" in strict.stderr
 

@@ -116,7 +116,7 @@ def test_a_role_without_a_probe_budget_is_a_lint_warning(policy_dir: Path) -> No
     [
         ("p5, courier, 0, shift", "probes '0' is not a positive whole number"),
         ("p5, courier, unlimited, shift", "a probe line must give a number of refusals"),
-        ("p5, courier, 10, 3w", "duration '3w'"),
+        ("p5, courier, 10, 3w", "window '3w'"),
         ("p5, driver, 10, 1h", "limit for unknown role 'driver'"),
     ],
 )

@@ -533,6 +533,9 @@ async def test_no_condition_of_the_statement_runs_on_another_branchs_rows(
     roster = policy_dir / "roster.csv"
     extra = "".join(f"g, e2001, manager, BR1{k:02d}\n" for k in range(extra_branches))
     roster.write_text(roster.read_text() + extra)
+    listed = policy_dir / "branches.csv"
+    listed.write_text(listed.read_text() + "".join(f"BR1{k:02d}, empty {k}, Asia/Shanghai, \n" for k in range(12)))
+    (policy_dir / "policy.toml").write_text("[roster]\nseveral_branches = true\n")
     harness = await make_broker(postgres=door_settings(pg_database))
     conn = await connect(harness, "e2001")  # BR003 (+ branches with no rows)
     for probe in ("BR001-100", "BR002-5", "BR003-5"):

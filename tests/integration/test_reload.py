@@ -94,3 +94,28 @@ async def test_partial_write_then_fix(broker: Harness, policy_dir: Path) -> None
     assert await broker.broker.reload("test") is True
     reply = await broker.get("/api/branches/BR003/customers?limit=10", "e2001")
     assert reply.status == 200 and reply.headers["RateLimit-Policy"].startswith('"customer";q=900;')
+
+
+async def test_edits_to_the_policys_own_tests_reload_and_every_file_reload_is_counted(
+    make_broker: BrokerFactory, policy_dir: Path
+) -> None:
+    """A changed case under policies/tests/ re-decides whether the policy may serve (#17),
+    and broker_policy_reloads_total counts reloads from file changes, not only SIGHUP."""
+    broker = await make_broker(watch=True)
+    await asyncio.sleep(0.3)  # let the watcher start
+    cases = policy_dir / "tests" / "shipped.toml"
+    original = cases.read_text()
+    edit(
+        cases, 'at = "2026-12-01T10:00:00+08:00"\nexpect = "allow"', 'at = "2026-12-01T10:00:00+08:00"\nexpect = "deny"'
+    )
+    state = await wait_for(broker, "rejected", 0)
+    assert any("shipped.toml:" in p for p in state["last_rejected"]["problems"])  # type: ignore[index]
+    assert (await broker.get("/api/branches/BR001/waybills?limit=1", "e1001")).status == 200  # still serving
+    cases.write_text(original)
+    roster = policy_dir / "roster.csv"
+    before = state["revision"]
+    roster.write_text(roster.read_text() + "g, e3001, courier, BR002\ng2, e3001, day-cn\n")
+    await wait_for(broker, "revision", before)
+    metrics = (await broker.get("/-/metrics")).body.decode()
+    assert 'broker_policy_reloads_total{outcome="rejected"} 1.0' in metrics
+    assert 'broker_policy_reloads_total{outcome="applied"}' in metrics

@@ -217,3 +217,13 @@ async def test_replay_from_the_command_line(broker: Harness, policy_dir: Path, t
     )  # fmt: skip
     _, err = await process.communicate()
     assert process.returncode == 1 and "policy directory does not exist" in err.decode()
+    # an empty or unreadable audit is an error, not "nothing flips" (#17)
+    (tmp_path / "empty.log").write_text("")
+    (tmp_path / "unreadable").mkdir()
+    for audit, says in ((tmp_path / "empty.log", "holds no HTTP decision"), (tmp_path / "unreadable", "cannot read")):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker", "replay", "--policies", str(changed), "--audit", str(audit),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        assert process.returncode == 2 and says in err.decode() and b"flip" not in out, err.decode()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
+from broker.policy.problem import PolicyError
 from tests.conftest import BrokerFactory
 
 LIST = "/api/branches/BR001/waybills"
@@ -16,6 +19,17 @@ def tightened_copy(policy_dir: Path, tmp_path: Path) -> Path:
     limits = shadow / "limits.csv"
     limits.write_text(
         limits.read_text().replace("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 10, 30, shift")
+    )
+    # its own cases change with it, as they would in the pull request
+    cases = shadow / "tests" / "shipped.toml"
+    cases.write_text(
+        cases.read_text()
+        .replace('waybills?limit=50"', 'waybills?limit=10"')
+        .replace('waybills?limit=51"', 'waybills?limit=11"')
+        .replace(
+            'waybills?limit=20"\nat = "2026-12-01T10:00:00+08:00"\nused = 490',
+            'waybills?limit=10"\nat = "2026-12-01T10:00:00+08:00"\nused = 25',
+        )
     )
     return shadow
 
@@ -48,3 +62,23 @@ async def test_without_shadow_the_event_has_no_shadow_fields(make_broker: Broker
     await broker.get(f"{LIST}?limit=1", "e1001")
     events = await broker.audit_events()
     assert "shadow_verdict" not in events[-1]
+
+
+async def test_the_shadow_policy_must_pass_its_own_tests_and_shows_in_policy_state(
+    make_broker: BrokerFactory, policy_dir: Path, tmp_path: Path
+) -> None:
+    """#17: a shadow that contradicts its own cases would report its own mistakes as
+    flips; it is refused like a live policy would be, naming its own directory."""
+    broken = tmp_path / "policies-broken"
+    shutil.copytree(policy_dir, broken)
+    roster = broken / "roster.csv"
+    roster.write_text(roster.read_text().replace("g, e1001, courier, BR001", "g, e1001, courier, BR002"))
+    with pytest.raises(PolicyError) as refused:
+        await make_broker(shadow=broken)
+    problems = [str(p) for p in refused.value.problems]
+    assert any(str(broken.resolve()) in p and "shipped.toml" in p for p in problems), problems
+    shadow = tightened_copy(policy_dir, tmp_path)
+    broker = await make_broker(shadow=shadow)
+    state = (await broker.get("/-/policy")).json
+    assert state["shadow"]["directory"] == str(shadow) and state["shadow"]["revision"] != state["revision"]
+    assert state["shadow"]["rejected"] == 0

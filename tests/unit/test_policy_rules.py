@@ -17,7 +17,7 @@ from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.snapshot import load_snapshot
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
-CSV_FILES = ("limits.csv", "roles.csv", "roster.csv", "shifts.csv")
+CSV_FILES = ("deny.csv", "limits.csv", "roles.csv", "roster.csv", "shifts.csv")
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_shipped_policy_loads(policies: Path) -> None:
     snapshot = load_snapshot(policies)
     assert re.fullmatch(r"[0-9a-f]{12}", snapshot.revision)
     expected = (
-        "limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv",
+        "branches.csv", "limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv",
         "signals.toml", "tables.toml",
     )  # fmt: skip
     assert snapshot.files == expected
@@ -155,7 +155,7 @@ def test_not_utf8(policies: Path) -> None:
     [
         ("roles.csv", "p, clerk, waybill, write", "pp, clerk, waybill, write", "pp"),
         ("roster.csv", "g, e1002, courier, BR002", "G, e1002, courier, BR002", "G"),
-        ("shifts.csv", "g2, e1002, night-cn", "g 2, e1002, night-cn", "g 2"),
+        ("shifts.csv", "g2, e2001, late-cn", "g 2, e2001, late-cn", "g 2"),
         ("limits.csv", "p4, courier, 120, 1m", "P4, courier, 120, 1m", "P4"),
     ],
 )
@@ -204,6 +204,7 @@ def test_truncated_file_mid_field_count(policies: Path) -> None:
 
 def test_truncated_file_mid_role_name(policies: Path) -> None:
     """Cut inside the last field: both the missing newline and the unknown role are reported."""
+    append(policies, "shifts.csv", "g2, e9002, always\n")
     line = append(policies, "roster.csv", "g3, e9002, aud")
     problems = refused(policies)
     assert len(problems) == 2
@@ -213,8 +214,54 @@ def test_truncated_file_mid_role_name(policies: Path) -> None:
 
 
 def test_truncated_file_whose_last_line_still_parses(policies: Path) -> None:
+    append(policies, "shifts.csv", "g2, e1005, day-cn\n")
     line = append(policies, "roster.csv", "g, e1005, courier, BR0")
-    assert_at(only_problem(policies), "roster.csv", line, "file does not end with a newline")
+    truncated, branch = refused(policies)
+    assert_at(truncated, "roster.csv", line, "file does not end with a newline")
+    assert_at(branch, "roster.csv", line, "unknown branch 'BR0'")  # what was cut off shows
+
+
+# --- branches.csv ---------------------------------------------------------------------
+
+
+def test_a_lower_case_branch_code_on_the_roster_is_an_error(policies: Path) -> None:
+    append(policies, "shifts.csv", "g2, e1005, day-cn\n")
+    line = append(policies, "roster.csv", "g, e1005, courier, br001\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "unknown branch 'br001'")
+    assert problem.hint == "branch codes are case-sensitive: did you mean BR001?"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("deny.csv", "p, courier, *, *, BR099, deny\n", "unknown branch 'BR099'"),
+        ("roster.csv", "g, e1005, courier, BR0O1\n", "unknown branch 'BR0O1'"),
+        ("branches.csv", "BR001, Shanghai again, Asia/Shanghai, \n", "branch BR001 is already listed on line 5"),
+        ("branches.csv", "BR013, Lhasa, Asia/Lhasa, \n", "branch BR013: unknown time zone 'Asia/Lhasa'"),
+        ("branches.csv", "BR013, Lhasa, Asia/Shanghai, 10.13.0.0/33\n", "branch BR013: '10.13.0.0/33' does not appear"),
+        ("branches.csv", "BR013, Lhasa, Asia/Shanghai\n", "branch line has 3 fields, expected 4"),
+        ("branches.csv", "BR013, Lhasa, Asia/Shanghai, # new\n", "inline comment after a branch"),
+        ("branches.csv", "BR 013, Lhasa, Asia/Shanghai, \n", "branch code 'BR 013' is empty or malformed"),
+    ],
+)
+def test_branch_problems(policies: Path, name: str, text: str, message: str) -> None:
+    append(policies, "shifts.csv", "g2, e1005, day-cn\n")
+    line = append(policies, name, text)
+    assert_at(only_problem(policies), name, line, message)
+
+
+def test_a_signals_allowance_for_an_unknown_branch_is_an_error(policies: Path) -> None:
+    replace(policies, "signals.toml", "# BR009 = 4", "br009 = 4")
+    problem = only_problem(policies)
+    assert_at(problem, "signals.toml", 0, "shared_login.branches: unknown branch 'br009'")
+    assert "did you mean BR009?" in problem.hint
+
+
+def test_the_branch_list_is_required(policies: Path) -> None:
+    (policies / "branches.csv").unlink()
+    problem = only_problem(policies)
+    assert problem.message == "branches.csv is missing from the policy directory"
 
 
 @pytest.mark.parametrize(
@@ -356,7 +403,7 @@ def test_limit_for_unknown_role(policies: Path) -> None:
         ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 50, 0, shift",
          "quota '0' is not a positive whole number or 'unlimited'"),
         ("p3, courier, waybill, 50, 500, shift", "p3, courier, waybill, 50, 500, 8x",
-         "duration '8x' is not a number with s, m, h or d"),
+         "window '8x' is neither 'shift' nor a duration"),
         ("p4, courier, 120, 1m", "p4, courier, unlimited, 1m", "a rate line must give a number of requests"),
     ],
 )  # fmt: skip
@@ -379,72 +426,10 @@ def test_model_g3_with_a_domain_is_refused(policies: Path) -> None:
     assert_at(only_problem(policies), "model.conf", line, "g3 is defined with 3 fields but g3 lines have 2")
 
 
-def test_model_p_with_an_extra_field_is_refused(policies: Path) -> None:
-    line = replace(policies, "model.conf", "p = role, obj, act", "p = role, obj, act, eft")
-    assert_at(only_problem(policies), "model.conf", line, "p is defined with 4 fields but p lines have 3")
-
-
 def test_model_request_without_branch_is_refused(policies: Path) -> None:
     line = replace(policies, "model.conf", "r = sub, dom, obj, act", "r = sub, obj, act")
     problems = refused(policies)
     assert_at(problems[0], "model.conf", line, "request_definition must be r = sub, dom, obj, act")
-
-
-@pytest.mark.parametrize(
-    "effect",
-    [
-        "e = !some(where (p.eft == deny))",
-        "e = some(where (p.eft == allow)) && !some(where (p.eft == deny))",
-        "e = priority(p.eft) || deny",
-    ],
-)
-def test_model_effect_other_than_allow_list_is_refused(policies: Path, effect: str) -> None:
-    line = replace(policies, "model.conf", "e = some(where (p.eft == allow))", effect)
-    assert_at(
-        only_problem(policies),
-        "model.conf",
-        line,
-        "policy_effect must be some(where (p.eft == allow)): allow-lists only",
-    )
-
-
-def matcher_at(policies: Path) -> int:
-    lines = (policies / "model.conf").read_text().splitlines()
-    return next(n for n, line in enumerate(lines, start=1) if line.startswith("m ="))
-
-
-def test_model_matcher_calling_an_undefined_function_is_refused(policies: Path) -> None:
-    replace(policies, "model.conf", "r.act == p.act &&", "noSuchFunc(r.act, p.act) &&")
-    problem = only_problem(policies)
-    # Matcher problems point at the `m =` line.
-    assert_at(problem, "model.conf", matcher_at(policies), "the matcher fails to evaluate")
-    assert "noSuchFunc" in problem.message
-    assert problem.hint == "the matcher must mean what the broker compiles"
-
-
-def test_model_matcher_ignoring_the_branch_is_refused(policies: Path) -> None:
-    replace(
-        policies,
-        "model.conf",
-        "m = r.act == p.act && r.obj == p.obj && (g(r.sub, p.role, r.dom) || g3(r.sub, p.role))",
-        "m = r.obj == p.obj && r.act == p.act",
-    )
-    problem = only_problem(policies)
-    assert_at(problem, "model.conf", matcher_at(policies), "model.conf's matcher decides ")
-    decision = r"model.conf's matcher decides [^/]+/[^/]+/[^/]+/[^/]+ as allow, the broker's index the opposite"
-    assert re.fullmatch(decision, problem.message)
-
-
-def test_model_matcher_ignoring_only_the_branch_argument_is_refused(policies: Path) -> None:
-    replace(policies, "model.conf", "g(r.sub, p.role, r.dom) || ", "g(r.sub, p.role, 'BR001') || ")
-    assert_at(only_problem(policies), "model.conf", matcher_at(policies), "the broker's index the opposite")
-
-
-def test_model_matcher_dropping_global_roles_is_refused(policies: Path) -> None:
-    replace(policies, "model.conf", " || g3(r.sub, p.role)", "")
-    problem = only_problem(policies)
-    assert_at(problem, "model.conf", matcher_at(policies), "as deny, the broker's index the opposite")
-    assert "e9001/" in problem.message
 
 
 def test_model_that_casbin_cannot_parse(policies: Path) -> None:
@@ -456,7 +441,7 @@ def test_model_that_casbin_cannot_parse(policies: Path) -> None:
 
 
 def test_model_without_a_matcher(policies: Path) -> None:
-    replace(policies, "model.conf", "\nm = r.act", "\n# m = r.act")
+    replace(policies, "model.conf", "\nm = (p.obj", "\n# m = (p.obj")
     assert_at(only_problem(policies), "model.conf", 0, "the model has no [matchers] m = ... line")
 
 
@@ -647,3 +632,51 @@ def test_an_example_with_records_on_a_route_mapped_without_them_is_refused(polic
         'records = "none"\nexample = \'{"recent": [{"waybill_no": "SF1", "branch_code": "BR001"}]}\'\n',
     )
     assert "holds records, but the route is mapped as carrying none" in only_problem(policies).message
+
+
+# --- mistakes that used to load silently or be reported as something else -------------
+
+
+def test_an_employee_without_a_shift_is_an_error(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, e1005, courier, BR001\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "employee e1005 has no shift")
+    assert "add g2, <employee>, <shift> (defined: always, day-cn" in problem.hint
+
+
+def test_a_cap_above_the_quota_is_an_error(policies: Path) -> None:
+    line = replace(policies, "limits.csv", "p3, trainee, waybill, 20, 60, shift", "p3, trainee, waybill, 80, 60, shift")
+    assert_at(only_problem(policies), "limits.csv", line, "cap 80 is above the quota 60")
+
+
+def test_an_employee_in_two_branches_is_an_error_unless_the_policy_allows_it(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g, e1001, clerk, BR004\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "employee e1001 holds roles in BR001 (roster.csv:2) and BR004")
+    assert "several_branches = true under [roster] in policy.toml" in problem.hint
+    (policies / "policy.toml").write_text("[roster]\nseveral_branches = true\n")
+    assert load_snapshot(policies).index.employees["e1001"].roles_by_branch.keys() == {"BR001", "BR004"}
+    (policies / "policy.toml").write_text("[roster]\nseveral_branch = true\n")
+    assert_at(refused(policies)[0], "policy.toml", 0, "unknown keys roster.several_branch")
+
+
+def test_a_semicolon_separated_export_is_named(policies: Path) -> None:
+    line = append(policies, "roster.csv", "g;e1005;courier;BR001\n")
+    problem = only_problem(policies)
+    assert_at(problem, "roster.csv", line, "fields are separated by ';': this looks like a semicolon-separated export")
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        ("p3, courier, waybill, 50, 500, shift # raised in May", "inline comment after a rule"),
+        ("p3, courier, waybill, 50, 500, shfit", "shfit"),
+        ("p3, courier, waybill, 50, 1,000, shift", "'1,000' looks like a number with a thousands separator"),
+    ],
+)
+def test_a_broken_limit_line_is_reported_as_itself_not_as_a_missing_limit(
+    policies: Path, new: str, message: str
+) -> None:
+    line = replace(policies, "limits.csv", "p3, courier, waybill, 50, 500, shift", new)
+    problem = only_problem(policies)  # not also "role 'courier' may use 'waybill' but has no records limit"
+    assert_at(problem, "limits.csv", line, message)

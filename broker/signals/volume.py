@@ -45,7 +45,8 @@ class _Tally:
     """Records in the last window before this one (what peers are compared with once
     this window has just started)."""
     next_check: float = 0.0
-    ids: deque[str] = field(default_factory=lambda: deque(maxlen=EVIDENCE_IDS))
+    ids: deque[str | None] = field(default_factory=lambda: deque(maxlen=EVIDENCE_IDS))
+    """The latest decisions that returned records (their ids, as the audit wrote them)."""
 
     def take(self) -> int:
         """What this employee took in a window: the current one or, if larger, the last."""
@@ -80,7 +81,7 @@ class VolumeWatch:
             if tally is None:
                 return
         tally.records += returned
-        tally.ids.append(str(event.get("decision_id", "")))
+        tally.ids.append(event.get("decision_id"))
         if tally.records >= tally.next_check:
             self._check(rule, employee, tally, event, now)
 

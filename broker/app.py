@@ -40,6 +40,7 @@ from broker.meter.redis_store import RedisCounterStore
 from broker.meter.store import CounterStore, MemoryCounterStore
 from broker.pg.door import PgDoor
 from broker.policy.holder import PolicyHolder
+from broker.policy.index import PolicyIndex
 from broker.policy.problem import PolicyError
 from broker.review.cases import verify_with_own_tests
 from broker.signals.act import SignalActions
@@ -193,7 +194,11 @@ def watch_for_rented_logins(
         snapshot = policy.current
         return snapshot.signals if snapshot is not None else None
 
-    watcher = SignalWatcher(rules, clock.now, actions.flagged)
+    def roster() -> PolicyIndex | None:
+        snapshot = policy.current
+        return snapshot.index if snapshot is not None else None
+
+    watcher = SignalWatcher(rules, clock.now, actions.flagged, roster)
     observers.append(watcher.observe)
     return actions, watcher
 

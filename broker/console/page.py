@@ -90,7 +90,8 @@ def flags_fragment(flags: list[dict[str, Any]], frozen: set[str], session: Sessi
             f'<h3><span class="signal-name">{h(flag.get("signal"))}</span> '
             f'<a href="{BASE}/employee/{h(employee)}">{h(employee)}</a> '
             f'<span class="state {"frozen" if employee in frozen else "open"}">{state}</span></h3>'
-            f'<p>{h(flag.get("detail"))}</p><p class="when">{h(flag.get("time"))} · action {h(flag.get("action"))}</p>'
+            f'<p>{h(flag.get("detail"))}</p><p class="when">{h(flag.get("time"))} · action {h(flag.get("action"))}'
+            f" · severity {h(flag.get('severity') or 'medium')}</p>"
             f"{evidence_list(flag.get('evidence') or {})}"
             f"<p>{freeze_form(employee, employee in frozen, session, BASE + '/')} {dismiss_form(employee, session)}</p>"
             "</article>"

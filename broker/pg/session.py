@@ -632,6 +632,8 @@ class Session:
         event = statement_event(execution, self._caller.login, self._caller.peer, self._guard.clock.now(), sql)
         self._services.audit.emit(event)
         self._services.metrics.pg_statements.labels(event["verdict"], event["reason"]).inc()
+        if event["resource"] and event["records_returned"]:  # rows of a mapped table: records
+            self._services.metrics.returned(event["resource"], event["records_returned"])
         if execution.cut:
             self._services.metrics.pg_cut.inc()
 

@@ -27,7 +27,7 @@ from broker.core.clock import iso
 from broker.core.window import freeze_key
 from broker.meter.meter import Meter
 from broker.meter.store import StoreUnavailable
-from broker.signals.watch import Flag
+from broker.signals.flag import Flag
 
 log = structlog.get_logger("broker.signals")
 FREEZE_SECONDS = 366 * 86400
@@ -122,6 +122,7 @@ class SignalActions:
             "signal": flag.signal,
             "employee": flag.employee,
             "action": flag.action,
+            "severity": flag.severity,
             "detail": flag.detail,
             "evidence": flag.evidence,
         }

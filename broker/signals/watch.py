@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from broker.policy.index import PolicyIndex
+from broker.signals.flag import EVIDENCE_IDS, Flag, Severity
 from broker.signals.rules import Action, SignalRules
+from broker.signals.volume import VolumeWatch
+
+__all__ = ["EVIDENCE_IDS", "Flag", "SignalWatcher", "record_id"]
 
 MAX_EMPLOYEES = 50_000
 """Employees whose recent activity is kept; the least recently seen are forgotten first."""
-EVIDENCE_IDS = 10
 PROBING_REASONS = frozenset(
     {
         "policy.other_branch", "policy.not_permitted", "route.unknown", "shift.outside", "bulk.over_cap",
@@ -50,16 +54,6 @@ def record_id(path: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Flag:
-    signal: str
-    employee: str
-    action: Action
-    detail: str
-    evidence: dict[str, Any]
-    at: float
-
-
 @dataclass(slots=True)
 class _Recent:
     addresses: dict[str, float] = field(default_factory=dict)
@@ -71,12 +65,18 @@ class _Recent:
 
 class SignalWatcher:
     def __init__(
-        self, rules: Callable[[], SignalRules | None], now: Callable[[], float], on_flag: Callable[[Flag], None]
+        self,
+        rules: Callable[[], SignalRules | None],
+        now: Callable[[], float],
+        on_flag: Callable[[Flag], None],
+        roster: Callable[[], PolicyIndex | None] = lambda: None,
     ) -> None:
+        """`roster` is the live policy's index: who the volume signal's peers are."""
         self._rules = rules
         self._now = now
         self._on_flag = on_flag
         self._recent: OrderedDict[str, _Recent] = OrderedDict()
+        self._volume = VolumeWatch(roster, on_flag)
 
     def observe(self, event: dict[str, Any]) -> None:
         employee = event.get("employee")
@@ -97,10 +97,13 @@ class SignalWatcher:
             self._probing(rules, employee, recent, event, now)
         if rules.enumeration is not None and event.get("verdict") == "allow" and event.get("door") == "http":
             self._enumeration(rules, employee, recent, event, now)
+        if rules.volume is not None and (returned := event.get("records_returned")) and event.get("resource"):
+            self._volume.observe(rules.volume, employee, returned, event, now)
 
     def forget(self, employee: str) -> None:
         """Start afresh for someone a person has just unfrozen."""
         self._recent.pop(employee, None)
+        self._volume.forget(employee)
 
     def _shared_login(
         self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float
@@ -118,7 +121,7 @@ class SignalWatcher:
         if len(addresses) > allowed:
             evidence = {"addresses": sorted(addresses), "allowed": allowed, "window_seconds": rule.window}
             detail = f"{employee} used from {len(addresses)} addresses within {rule.window} s (allowed {allowed})"
-            self._fire("shared_login", rule.action, rule.window, employee, recent, detail, evidence, event, now)
+            self._fire("shared_login", rule.action, rule.window, employee, recent, detail, evidence, event, now, "high")
 
     def _probing(self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float) -> None:
         rule = rules.probing
@@ -140,7 +143,7 @@ class SignalWatcher:
                 "window_seconds": rule.window,
             }
             detail = f"{employee} was refused {len(refusals)} times within {rule.window} s"
-            self._fire("probing", rule.action, rule.window, employee, recent, detail, evidence, event, now)
+            self._fire("probing", rule.action, rule.window, employee, recent, detail, evidence, event, now, "medium")
 
     def _enumeration(
         self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float
@@ -159,7 +162,7 @@ class SignalWatcher:
         if len(records) > rule.records:
             evidence = {"distinct_records": len(records), "window_seconds": rule.window, **_run_of(records)}
             detail = f"{employee} asked for {len(records)} distinct records one by one within {rule.window} s"
-            self._fire("enumeration", rule.action, rule.window, employee, recent, detail, evidence, event, now)
+            self._fire("enumeration", rule.action, rule.window, employee, recent, detail, evidence, event, now, "high")
             records.clear()
 
     def _fire(
@@ -173,12 +176,13 @@ class SignalWatcher:
         evidence: dict[str, Any],
         event: dict[str, Any],
         now: float,
+        severity: Severity,
     ) -> None:
         if recent.fired.get(signal, 0.0) > now:
             return
         recent.fired[signal] = now + window
         evidence["last_decision_id"] = event.get("decision_id")
-        self._on_flag(Flag(signal, employee, action, detail, evidence, now))
+        self._on_flag(Flag(signal, employee, action, detail, evidence, now, severity))
 
 
 def _run_of(records: dict[str, float]) -> dict[str, Any]:

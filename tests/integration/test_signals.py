@@ -264,3 +264,77 @@ async def test_a_freeze_set_elsewhere_holds_while_redis_is_away_and_the_resource
     assert served.status == 200
     events = await broker.audit_events(at_least=3)
     assert events[-1]["meter"] == "fallback"
+
+
+COURIERS = ("e1101", "e1102", "e1103", "e1104")
+"""Four more couriers of BR001 on e1001's day shift: e1001's peers."""
+
+
+def more_couriers(policy_dir: Path) -> None:
+    with (policy_dir / "roster.csv").open("a") as roster:
+        roster.writelines(f"g, {e}, courier, BR001\n" for e in COURIERS)
+    with (policy_dir / "shifts.csv").open("a") as shifts:
+        shifts.writelines(f"g2, {e}, day-cn\n" for e in COURIERS)
+
+
+async def peers_take(broker: Harness, requests: int) -> None:
+    """Each peer reads their branch's list `requests` times, 20 waybills a time."""
+    for employee in COURIERS:
+        for _ in range(requests):
+            assert (await broker.get("/api/branches/BR001/waybills?limit=20", employee)).status == 200
+
+
+async def test_taking_far_more_than_the_peers_is_flagged_with_its_evidence(
+    make_broker: BrokerFactory, policy_dir: Path
+) -> None:
+    more_couriers(policy_dir)
+    signals(policy_dir, "[volume]\nfactor = 5\nmin_records = 200\n")
+    broker = await make_broker()
+    await peers_take(broker, 2)  # 40 records each
+    for _ in range(4):  # 200: not more than 5 x 40
+        assert (await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")).status == 200
+    assert await signal_events(broker) == []
+    assert (await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")).status == 200
+    [flag] = await signal_events(broker)
+    assert (flag["signal"], flag["employee"], flag["action"], flag["severity"]) == ("volume", "e1001", "flag", "medium")
+    evidence = flag["evidence"]
+    assert evidence["records"] == 250 and evidence["basis"] == "peers" and evidence["threshold"] == 201
+    assert (evidence["peers"], evidence["peer_median"], evidence["peer_mean"]) == (4, 40, 40.0)
+    assert evidence["peer_group"]["branches"] == {"BR001": ["courier"]}
+    taken = [e["decision_id"] for e in await broker.audit_events() if e.get("employee") == "e1001" and "verdict" in e]
+    assert evidence["decision_ids"] == taken[-5:] and evidence["last_decision_id"] == taken[-1]
+    metrics = (await broker.get("/-/metrics")).body.decode()
+    assert 'broker_signals_total{action="flag",signal="volume"} 1.0' in metrics
+    assert (await broker.get(OWN_LIST, "e1001")).status == 200  # flagged, not frozen
+
+
+async def test_with_action_freeze_the_next_request_is_refused(make_broker: BrokerFactory, policy_dir: Path) -> None:
+    more_couriers(policy_dir)
+    signals(policy_dir, '[volume]\nfactor = 5\nmin_records = 200\naction = "freeze"\n')
+    broker = await make_broker()
+    await peers_take(broker, 1)  # 20 records each
+    for _ in range(3):  # 150 < min_records
+        assert (await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")).status == 200
+    assert (await broker.get("/api/branches/BR001/waybills?limit=50", "e1001")).status == 200  # 200: flagged
+    [flag] = await signal_events(broker)
+    assert flag["signal"] == "volume" and flag["action"] == "freeze" and flag["severity"] == "high"  # 10 x 20
+    await asyncio.sleep(0.1)  # the freeze is written right after the flag
+    refused = await broker.get(OWN_LIST, "e1001")
+    assert refused.status == 403 and refused.json["reason"] == "identity.suspended"
+    assert (await broker.get(OWN_LIST, "e1101")).status == 200  # the peers are not affected
+    metrics = (await broker.get("/-/metrics")).body.decode()
+    assert 'broker_signals_total{action="freeze",signal="volume"} 1.0' in metrics
+
+
+async def test_an_honest_peer_group_raises_no_volume_flag(make_broker: BrokerFactory, policy_dir: Path) -> None:
+    """Five couriers of one branch reading unevenly (15 to 40 records a time) over a
+    morning, each past min_records: nobody takes 5 x the others' median."""
+    more_couriers(policy_dir)
+    signals(policy_dir, "[volume]\nfactor = 5\nmin_records = 100\n")
+    broker = await make_broker()
+    for hour in range(5):
+        for n, employee in enumerate(("e1001", *COURIERS)):
+            limit = (15, 25, 40, 20, 30)[(n + hour) % 5]
+            assert (await broker.get(f"/api/branches/BR001/waybills?limit={limit}", employee)).status == 200
+        broker.clock.advance(3600)
+    assert await signal_events(broker) == []

@@ -1,13 +1,20 @@
 """The deployment files are checked, not just present: the Kubernetes base and the compose
-file parse, point at what exists, and agree with the broker's own settings."""
+file parse, point at what exists, and agree with the broker's own settings; the
+Prometheus alerts and the Grafana dashboard parse (their PromQL too) and name only
+metrics the broker exposes."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import promql_parser
 import yaml
 
+from broker.admin.metrics import Metrics
 from broker.config import load_settings
 from broker.config_env import apply_env
 
@@ -137,3 +144,123 @@ def test_the_image_is_pinned_by_digest_installs_only_what_is_locked_and_runs_as_
     security = broker_container(deployment)["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user)
+
+
+PROMETHEUS_ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
+GRAFANA_DASHBOARD = REPO / "deploy" / "grafana" / "broker-dashboard.json"
+GRAFANA_RANGES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
+"""Grafana's own variables, replaced by a duration before the PromQL is parsed."""
+
+
+def broker_series() -> set[str]:
+    """Every series name the broker exposes: the registry's collectors with the suffixes
+    Prometheus adds (counters `_total`, histograms `_bucket`/`_sum`/`_count`), the audit
+    gauges included (registered once a sink with a backlog is watched)."""
+    metrics = Metrics()
+    backlog = SimpleNamespace(bytes=0, events=0, dropped=0, write_failures=0)
+    metrics.watch_audit(SimpleNamespace(backlog=backlog, accepting=True))
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names an expression selects, from its parse tree (so a metric named
+    only in a label value or a comment does not count, and a syntax error fails)."""
+    for variable, duration in GRAFANA_RANGES.items():
+        expr = expr.replace(variable, duration)
+    found: set[str] = set()
+    pending: list[Any] = [promql_parser.parse(expr)]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, promql_parser.VectorSelector):
+            found.add(node.name)
+            continue
+        for attribute in ("expr", "lhs", "rhs", "vector_selector", "param"):
+            child = getattr(node, attribute, None)
+            if child is not None:
+                pending.append(child)
+        pending.extend(getattr(node, "args", None) or ())
+    return found
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(PROMETHEUS_ALERTS.read_text())
+    assert set(document) == {"groups"}
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def dashboard_exprs() -> dict[str, str]:
+    """Each target's expression (and each annotation's) by where it sits."""
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+    exprs = {f"annotation {a['name']}": a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", ()):
+            exprs[f"{panel['title']} {target['refId']}"] = target["expr"]
+    return exprs
+
+
+def test_the_alert_rules_are_well_formed() -> None:
+    document = yaml.safe_load(PROMETHEUS_ALERTS.read_text())
+    groups = [g["name"] for g in document["groups"]]
+    assert len(groups) == len(set(groups))
+    rules = alert_rules()
+    assert len({r["alert"] for r in rules}) == len(rules), "alert names are unique"
+    for rule in rules:
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule
+        promql_metrics(rule["expr"])  # parses
+
+
+def test_the_alerts_cover_what_operators_must_hear_of() -> None:
+    exprs = {r["alert"]: r["expr"] for r in alert_rules()}
+    assert 'broker_signals_total{action="freeze"}' in exprs["BrokerEmployeeFrozen"]
+    assert 'broker_signals_total{action="flag"}' in exprs["BrokerSignalRaised"]
+    assert exprs["BrokerAuditNotAccepting"] == "broker_audit_accepting == 0"
+    assert "broker_audit_backlog_bytes" in exprs["BrokerAuditBacklog"]
+    assert 'outcome="rejected"' in exprs["BrokerPolicyReloadRejected"]
+    assert "meter.unavailable" in exprs["BrokerMeterUnavailable"] and "fallback" in exprs["BrokerMeterFallback"]
+    assert "broker_upstream_errors_total" in exprs["BrokerUpstreamErrors"]
+    assert "sum by (reason)" in exprs["BrokerDenialSpike"] and "offset" in exprs["BrokerDenialSpike"]
+
+
+def test_the_dashboard_parses_and_its_panels_are_placed() -> None:
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["schemaVersion"] >= 36
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        place = panel["gridPos"]
+        assert place["x"] + place["w"] <= 24 and place["h"] > 0, panel["title"]
+        if panel["type"] != "row":
+            assert panel["targets"] and panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"]), panel["title"]
+    shown = set().union(*map(promql_metrics, dashboard_exprs().values()))
+    for needed in (
+        "broker_decisions_total", "broker_request_duration_seconds_bucket", "broker_records_returned_total",
+        "broker_signals_total", "broker_audit_backlog_events", "broker_pg_sessions", "broker_pg_statements_total",
+    ):  # fmt: skip
+        assert needed in shown, needed
+
+
+def test_every_metric_the_alerts_and_dashboard_use_is_one_the_broker_exposes() -> None:
+    """A metric renamed in broker/admin/metrics.py fails here, not silently on a pager."""
+    exposed = broker_series()
+    used = {f"alert {r['alert']}": promql_metrics(r["expr"]) for r in alert_rules()}
+    used |= {f"panel {where}": promql_metrics(expr) for where, expr in dashboard_exprs().items()}
+    unknown = {where: sorted(names - exposed) for where, names in used.items() if names - exposed}
+    assert unknown == {}
+    assert all(names for names in used.values()), "every expression selects some metric"
+
+
+def test_the_metric_check_would_catch_a_rename() -> None:
+    assert promql_metrics('sum by (reason) (rate(broker_decision_total{verdict="deny"}[$__rate_interval]))') == {
+        "broker_decision_total"
+    }
+    assert "broker_decision_total" not in broker_series()
+    assert {"broker_request_duration_seconds_bucket", "broker_audit_accepting"} <= broker_series()

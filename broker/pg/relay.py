@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import IntEnum
 
 import structlog
 
@@ -41,7 +41,10 @@ _ROWS = frozenset((b"D", b"d"))
 """DataRow and CopyData: what is counted and charged."""
 
 
-class Expect(Enum):
+class Expect(IntEnum):
+    """What answer a forwarded message waits for. An IntEnum because the relay looks it up
+    in a dict for every server message: Enum's hash is a Python-level method, an int's is not."""
+
     REPLY = 1
     """Parse, Bind, Close: one answer."""
     DESCRIBE = 2

@@ -31,6 +31,8 @@ class Prepared:
     branches: frozenset[str] | None
     sent: str
     revision: str
+    write_cap: int | None = None
+    """The write cap `sent` was built with (see broker.pg.sql.scoped_sql)."""
 
 
 @dataclass(slots=True)

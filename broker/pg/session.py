@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client import Counter
 
 from broker.admin.metrics import Metrics
 from broker.audit.log import AuditSink
@@ -118,6 +119,8 @@ class Session:
         }
         self.statements = 0
         self.rows = 0
+        self._counters: dict[tuple[str, str], Counter] = {}
+        """pg_statements by (verdict, reason), looked up once per session."""
 
     async def run(self) -> str:
         """Serve until either side closes; returns why the session ended."""
@@ -255,14 +258,14 @@ class Session:
         checked = await self._decided(statement, snapshot, bound, started, extended=True, meter=False)
         if checked is None:
             return
-        branches = _branches(checked.decisions)
+        branches, cap = _branches(checked.decisions), _write_cap(checked.decisions)
         try:
-            text = scoped_sql([statement], branches, _write_cap(checked.decisions)) if statement else sql
+            text = scoped_sql([statement], branches, cap) if statement else sql
         except SqlRefused as exc:
             await self._refuse_sql(sql, exc, extended=True)
             return
         revision = snapshot.revision if snapshot else ""
-        self._send(self._objects.parse(name, Prepared(sql, statement, branches, text, revision), rest))
+        self._send(self._objects.parse(name, Prepared(sql, statement, branches, text, revision, cap), rest))
 
     async def _as_live_policy_reads(
         self, prepared: Prepared, snapshot: PolicySnapshot | None
@@ -275,7 +278,9 @@ class Session:
 
     async def _bind(self, payload: bytes) -> None:
         bound = read_bind(payload)
-        if self._reserved(bound.portal) or self._reserved(bound.statement):
+        if not (bound.portal + bound.statement).isprintable() and (
+            self._reserved(bound.portal) or self._reserved(bound.statement)
+        ):
             return
         found = self._objects.statement(bound.statement)
         if found is None:
@@ -313,8 +318,15 @@ class Session:
         statement, branches = execution.statement, _branches(execution.decisions)
         if statement is None:
             return True
+        cap = _write_cap(execution.decisions)
         try:
-            sent = scoped_sql([statement], branches, _write_cap(execution.decisions))
+            if statement is prepared.statement and branches == prepared.branches and cap == prepared.write_cap:
+                # scoped_sql is a pure function of these three, and they are what Parse
+                # built the server's text from (it did not raise then either): the same
+                # text, without building it again for every Bind.
+                sent = prepared.sent
+            else:
+                sent = scoped_sql([statement], branches, cap)
             if statement.kind == "insert":
                 check_insert_branches(statement, branches, bound.params, bound.formats)
         except SqlRefused as exc:
@@ -390,7 +402,7 @@ class Session:
     async def _execute(self, payload: bytes) -> None:
         fields = Cursor(payload)
         name, max_rows = fields.cstring(), fields.int32()
-        if self._reserved(name):
+        if not name.isprintable() and self._reserved(name):
             return
         found = self._objects.portal(name)
         if found is None or found[1].execution.done:
@@ -403,7 +415,7 @@ class Session:
     async def _describe(self, payload: bytes) -> None:
         fields = Cursor(payload)
         what, name = fields.byte(), fields.cstring()
-        if self._reserved(name):
+        if not name.isprintable() and self._reserved(name):
             return
         self._send(self._objects.describe(what, name))
 
@@ -416,6 +428,8 @@ class Session:
 
     def _reserved(self, name: str) -> bool:
         """Names with control characters belong to the broker (its refusal portal is one).
+        (The per-transaction handlers test `name.isprintable()` first and call this only
+        when it fails: a method call per message is measurable.)
         Client names never reach the server anyway (broker.pg.names), so this is a second
         fence: were a client able to name the refusal portal, the broker's refusals would
         run its query."""
@@ -540,8 +554,10 @@ class Session:
         self._forward(SYNC, Pending(Expect.SYNC, silent=True))
 
     def _send(self, messages: Forward) -> None:
-        for data, pending in messages:
-            self._forward(data, pending)
+        expect, outbox = self._relay.expect, self._outbox
+        for data, pending in messages:  # _forward, inlined: a call per message is measurable
+            expect(pending)
+            outbox.append(data)
 
     def _forward(self, data: bytes, pending: Pending) -> None:
         """Queue `data` for the server; its answer is expected from now on."""
@@ -631,7 +647,11 @@ class Session:
     def _audit_statement(self, execution: Metered, sql: str = "") -> None:
         event = statement_event(execution, self._caller.login, self._caller.peer, self._guard.clock.now(), sql)
         self._services.audit.emit(event)
-        self._services.metrics.pg_statements.labels(event["verdict"], event["reason"]).inc()
+        labels = (event["verdict"], event["reason"])
+        counter = self._counters.get(labels)
+        if counter is None:  # prometheus_client's labels() costs more than the increment
+            counter = self._counters[labels] = self._services.metrics.pg_statements.labels(*labels)
+        counter.inc()
         if execution.cut:
             self._services.metrics.pg_cut.inc()
 

@@ -219,9 +219,13 @@ TERMINATE: Final = message(b"X")
 class MessageBuffer:
     """Splits a peer's byte stream into whole messages: both directions are read in large
     chunks (one read for many DataRows, or for a client's Bind, Execute and Sync), not
-    one await per message."""
+    one await per message.
 
-    __slots__ = ("_buffer", "_kind_limits", "_limit")
+    Messages are sliced from a `bytes` (one copy each; a one-byte slice is a cached object,
+    so the type costs nothing): only an incomplete tail is kept, in a bytearray, until the
+    next read completes it. Most reads end on a message boundary and never touch it."""
+
+    __slots__ = ("_buffer", "_kind_limits", "_limit", "_smallest")
 
     def __init__(self, limit: int, kind_limits: dict[int, int] | None = None) -> None:
         self._buffer = bytearray()
@@ -230,21 +234,30 @@ class MessageBuffer:
         """Tighter bounds by message type (a Query or Parse holds one statement): checked on
         the header, before the body is buffered, so a 60 MB Query the broker would refuse
         anyway never costs 60 MB (four times over) to hold."""
+        self._smallest = min([limit, *self._kind_limits.values()])
+        """No message this long or shorter needs its type's bound looked up."""
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """Every whole message now available, as (type byte, message with its header)."""
-        buffer = self._buffer
-        buffer += data
+        if not isinstance(data, bytes):  # a bytearray's slices would be bytearrays
+            data = bytes(data)
+        if self._buffer:
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         found = []
-        start, end = 0, len(buffer)
+        start, end, smallest = 0, len(data), self._smallest
         while end - start >= 5:
-            length = _INT32.unpack_from(buffer, start + 1)[0]
-            limit = self._kind_limits.get(buffer[start], self._limit)
-            if length < 4 or length - 4 > limit:
-                raise ProtocolViolation(f"a message of {length} bytes (the limit is {limit})")
+            length = _INT32.unpack_from(data, start + 1)[0]
+            if length < 4 or length - 4 > smallest:
+                limit = self._kind_limits.get(data[start], self._limit)
+                if length < 4 or length - 4 > limit:
+                    self._buffer += data[start:]  # as before: the caller ends the stream
+                    raise ProtocolViolation(f"a message of {length} bytes (the limit is {limit})")
             if end - start < length + 1:
                 break
-            found.append((bytes(buffer[start : start + 1]), bytes(buffer[start : start + 1 + length])))
+            found.append((data[start : start + 1], data[start : start + 1 + length]))
             start += length + 1
-        del buffer[:start]
+        if start < end:
+            self._buffer += data[start:]
         return found

@@ -102,6 +102,11 @@ class SignalWatcher:
         assert rule is not None
         addresses = recent.addresses
         addresses[str(event["client"])] = now
+        if len(addresses) <= rule.addresses:
+            # The common case (one address, every event of a busy session): no branch's
+            # allowance is below rule.addresses, so this cannot fire, and the addresses
+            # seen outside the window can wait for the next new one to be swept.
+            return
         for address, seen in list(addresses.items()):
             if now - seen > rule.window:
                 del addresses[address]

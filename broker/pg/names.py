@@ -68,6 +68,8 @@ class NameBook:
 
     def ahead(self, client: str) -> str | None:
         """The server name `client` will denote once every change in flight succeeds."""
+        if not self._in_flight:  # nothing in flight (most messages): the server's state
+            return self._confirmed.get(client)
         change = self._ahead.get(client)
         if change is not None:
             return change.server
@@ -115,6 +117,8 @@ class NameBook:
     def forget_confirmed(self) -> list[str]:
         """The server dropped every object of this kind (portals at the end of a
         transaction); changes still in flight are for objects made after that."""
+        if not self._confirmed:
+            return []
         gone = list(self._confirmed.values())
         self._confirmed.clear()
         return gone

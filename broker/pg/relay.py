@@ -237,15 +237,18 @@ class Relay:
         self._emit(raw, head)
 
     def _on_complete(self, head: Pending, kind: bytes, raw: bytes) -> None:
-        if head.expect is Expect.REPLY and kind != head.reply:
+        expect = head.expect
+        if expect is Expect.REPLY and kind != head.reply:
             self._desync(kind)
             return
-        current = _current(head)
-        if current is not None and current.cut and not current.done:
-            self._show_cut_error()
-        elif not (current is not None and current.cut):
-            self._emit(raw, head)
-        if head.expect is Expect.QUERY:
+        executions = head.executions
+        current = executions[head.position] if head.position < len(executions) else None  # _current, inlined
+        if current is not None and current.cut:
+            if not current.done:
+                self._show_cut_error()
+        elif not self._cutting and not head.silent:  # _emit, inlined
+            self.out.append(raw)
+        if expect is Expect.QUERY:
             effect = head.effects.pop(head.position, None) if head.effects else None
             if effect is not None:
                 effect.confirmed()
@@ -255,7 +258,7 @@ class Relay:
             self._finish(current)
         if kind != b"s":
             head.position += 1
-        if head.expect is not Expect.QUERY:
+        if expect is not Expect.QUERY:
             self._pending.popleft()
 
     def _on_error(self, raw: bytes) -> None:

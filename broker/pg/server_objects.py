@@ -99,7 +99,7 @@ class ServerObjects:
     def bind(self, client: str, statement: tuple[str, str], portal: Portal, rest: bytes) -> Forward:
         """A Bind of the statement (server name, client name) into a fresh portal name."""
         book = self._portal_names
-        out = self._close_unnamed(b"P") if client == "" else []
+        out = self._close_unnamed(b"P") if client == "" and book.ahead("") is not None else []
         server = book.fresh()
         self._portals[server] = portal
         effect = self._effect(book.bind(client, server), b"P", created=server)
@@ -114,7 +114,7 @@ class ServerObjects:
         return [(execute(server, max_rows), pending)]
 
     def describe(self, what: bytes, client: str) -> Forward:
-        book = self._book(what)
+        book = self._portal_names if what == b"P" else self._statement_names
         server = book.ahead(client) or book.fresh()  # a fresh name: the server says it does not exist
         return [(message(b"D", what + cstring(server)), Pending(Expect.DESCRIBE, names=((server, client),)))]
 

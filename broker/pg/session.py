@@ -40,6 +40,8 @@ from broker.pg.wire import (
     error_response,
     message,
     read_bind,
+    read_execute,
+    read_target,
 )
 from broker.policy.holder import PolicyHolder
 from broker.policy.snapshot import PolicySnapshot
@@ -308,7 +310,7 @@ class Session:
             return
         portal = Portal(execution, prepared, records, snapshot.revision if snapshot else "", self._batch)
         self.statements += 1
-        rest = payload[len(bound.portal.encode("utf-8")) + len(bound.statement.encode("utf-8")) + 2 :]
+        rest = payload[bound.rest_at :]
         self._send(self._objects.bind(bound.portal, (server_statement, bound.statement), portal, rest))
 
     async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
@@ -400,8 +402,7 @@ class Session:
         return unchanged
 
     async def _execute(self, payload: bytes) -> None:
-        fields = Cursor(payload)
-        name, max_rows = fields.cstring(), fields.int32()
+        name, max_rows = read_execute(payload)
         if not name.isprintable() and self._reserved(name):
             return
         found = self._objects.portal(name)
@@ -413,15 +414,13 @@ class Session:
             self._send(self._objects.execute(name, server, portal, max_rows))
 
     async def _describe(self, payload: bytes) -> None:
-        fields = Cursor(payload)
-        what, name = fields.byte(), fields.cstring()
+        what, name = read_target(payload)
         if not name.isprintable() and self._reserved(name):
             return
         self._send(self._objects.describe(what, name))
 
     async def _close(self, payload: bytes) -> None:
-        fields = Cursor(payload)
-        what, name = fields.byte(), fields.cstring()
+        what, name = read_target(payload)
         if self._reserved(name):
             return
         self._send(self._objects.close(what, name))

@@ -23,6 +23,7 @@ MAX_STARTUP_BYTES: Final = 10_000
 _HEADER = struct.Struct("!cI")
 _INT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!H")
+_SIGNED32 = struct.Struct("!i")
 
 
 class ProtocolViolation(Exception):
@@ -149,17 +150,72 @@ class Bind:
     statement: str
     params: list[bytes | None]
     formats: list[int]
+    rest_at: int = 0
+    """Where the payload goes on after the two names (what follows them is forwarded as is)."""
+
+
+def _name_at(payload: bytes, start: int) -> tuple[str, int]:
+    """The NUL-terminated UTF-8 name at `start`, and where the payload goes on after it."""
+    end = payload.find(b"\x00", start)
+    if end < 0:
+        raise ProtocolViolation("a string without its terminating NUL")
+    try:
+        return payload[start:end].decode("utf-8"), end + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("text that is not UTF-8") from exc
+
+
+def read_execute(payload: bytes) -> tuple[str, int]:
+    """Execute: the portal and the row limit (0: all). Read as a Cursor would, without one
+    (an Execute per statement)."""
+    portal, position = _name_at(payload, 0)
+    if position + 4 > len(payload):
+        raise ProtocolViolation("a message shorter than its fields")
+    return portal, int(_INT32.unpack_from(payload, position)[0])
+
+
+def read_target(payload: bytes) -> tuple[bytes, str]:
+    """Describe and Close: b"S" or b"P" (as sent: the caller decides what else is wrong),
+    and the name."""
+    if not payload:
+        raise ProtocolViolation("a field longer than its message")
+    return payload[:1], _name_at(payload, 1)[0]
 
 
 def read_bind(payload: bytes) -> Bind:
-    fields = Cursor(payload)
-    portal, statement = fields.cstring(), fields.cstring()
-    formats = [fields.int16() for _ in range(fields.int16())]
-    params: list[bytes | None] = []
-    for _ in range(fields.int16()):
-        size = fields.signed32()
-        params.append(None if size == -1 else fields.raw(size))
-    return Bind(portal, statement, params, formats)
+    """A Bind's fields, read in one function rather than a Cursor call per field (there is
+    a Bind per statement in the extended protocol); malformed is a ProtocolViolation, as
+    with a Cursor."""
+    portal_end = payload.find(b"\x00")
+    statement_end = payload.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
+    if statement_end < 0:
+        raise ProtocolViolation("a string without its terminating NUL")
+    try:
+        portal = payload[:portal_end].decode("utf-8")
+        statement = payload[portal_end + 1 : statement_end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("text that is not UTF-8") from exc
+    position, size = statement_end + 1, len(payload)
+    try:
+        (count,) = _INT16.unpack_from(payload, position)
+        formats = list(struct.unpack_from(f"!{count}H", payload, position + 2))
+        position += 2 + 2 * count
+        (count,) = _INT16.unpack_from(payload, position)
+        position += 2
+        params: list[bytes | None] = []
+        for _ in range(count):
+            (length,) = _SIGNED32.unpack_from(payload, position)
+            position += 4
+            if length == -1:
+                params.append(None)
+                continue
+            if length < 0 or position + length > size:
+                raise ProtocolViolation("a field longer than its message")
+            params.append(payload[position : position + length])
+            position += length
+    except struct.error:
+        raise ProtocolViolation("a message shorter than its fields") from None
+    return Bind(portal, statement, params, formats, statement_end + 1)
 
 
 # --- messages the broker sends to clients -----------------------------------------

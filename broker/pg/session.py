@@ -681,7 +681,11 @@ def _static_bound(statement: Statement | None) -> int:
 def _write_cap(decisions: Iterable[Decision]) -> int | None:
     """The smallest per-statement record cap among a statement's write decisions (None: no
     cap): the rows an UPDATE, DELETE or INSERT may change (see sql_write_cap)."""
-    return min((d.cap for d in decisions if d.access.action == "write" and d.cap is not None), default=None)
+    cap = None
+    for decision in decisions:  # a loop, not min() over a generator: this runs for every statement
+        if decision.access.action == "write" and decision.cap is not None:
+            cap = decision.cap if cap is None else min(cap, decision.cap)
+    return cap
 
 
 def _branches(decisions: Iterable[Decision]) -> frozenset[str] | None:

@@ -70,6 +70,9 @@ class Metered:
     recursive CTE concatenating text), so bytes are counted as well as rows."""
     rows: int = 0
     sent_bytes: int = 0
+    header: int = 0
+    """Leading CopyData messages that are the column names (COPY ... WITH HEADER), passed
+    on without being counted as records or weighed as their bytes."""
     done: bool = False
     sqlstate: str = "00000"
     cut: bool = False
@@ -227,6 +230,10 @@ class Relay:
         current = _current(head)
         if current is None or current.done or head.expect not in (Expect.EXECUTE, Expect.QUERY):
             self._desync(raw[:1])  # a row nothing decided is waiting for (or already settled)
+            return
+        if current.header and raw[:1] == b"d":
+            current.header -= 1  # the column names a COPY WITH HEADER sends first: not a record
+            self._emit(raw, head)
             return
         if current.rows >= current.limit or current.sent_bytes + len(raw) > current.max_bytes:
             current.cut, current.sqlstate = True, "53400"

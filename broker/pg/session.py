@@ -510,7 +510,8 @@ class Session:
         max_bytes = self._services.max_result_bytes
         if limit < UNBOUNDED:
             max_bytes = min(max_bytes, max(limit, 1) * self._services.bytes_per_record)
-        return Metered(statement, decisions, limit, started, max_bytes=max_bytes)
+        header = statement.header_rows if statement else 0
+        return Metered(statement, decisions, limit, started, max_bytes=max_bytes, header=header)
 
     async def _denied(
         self, statement: Statement | None, decisions: list[Decision], started: float, *, extended: bool, metered: bool

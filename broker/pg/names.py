@@ -83,7 +83,10 @@ class NameBook:
         return list(self._confirmed.values())
 
     def bind(self, client: str, server: str) -> Change:
-        return self._propose(Change(client, server))
+        change = Change(client, server)  # _propose, inlined: a Bind per statement
+        self._in_flight.append(change)
+        self._ahead[client] = change
+        return change
 
     def free(self, client: str, old: str) -> Change:
         return self._propose(Change(client, None, old))
@@ -136,10 +139,14 @@ class NameBook:
             self._ahead[change.client] = change
 
     def _retire(self, change: Change) -> None:
-        try:
-            self._in_flight.remove(change)  # the oldest, answers come in order
-        except ValueError:
-            return
+        in_flight = self._in_flight
+        if in_flight and in_flight[0] is change:
+            in_flight.popleft()  # the oldest: answers come in order
+        else:
+            try:
+                in_flight.remove(change)
+            except ValueError:
+                return
         if change.client is None:
             if not any(c.client is None for c in self._in_flight):
                 self._cleared_ahead = False

@@ -13,8 +13,8 @@ extended protocol) and the relay shows the client the broker's error in its plac
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 
 import structlog
@@ -91,7 +91,9 @@ class Effect:
 @dataclass(slots=True)
 class Pending:
     expect: Expect
-    executions: list[Metered] = field(default_factory=list)
+    executions: Sequence[Metered] = ()
+    """The statements whose rows the answer carries (none for Parse, Bind, Describe, Sync:
+    a shared empty tuple, not a list made for each of them)."""
     replacement: bytes | None = None
     """The broker's own error, shown instead of the server's answer to the poison."""
     fatal: bool = False

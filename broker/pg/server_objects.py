@@ -106,7 +106,7 @@ class ServerObjects:
         out = self._close_unnamed(b"P") if client == "" and book.ahead("") is not None else []
         server = book.fresh()
         self._portals[server] = portal
-        effect = self._effect(book.bind(client, server), b"P", created=server)
+        effect = self._effect(book.bind(client, server), b"P", created=server, book=book)
         names = ((server, client), statement)
         body = b"%s\x00%s\x00%s" % (server.encode(), statement[0].encode(), rest)  # broker names: ASCII
         sent = b"B" + _LENGTH.pack(len(body) + 4) + body
@@ -178,14 +178,16 @@ class ServerObjects:
         effect = self._effect(book.free("", old), what)
         return [(message(b"C", what + cstring(old)), Pending(Expect.REPLY, reply=b"3", silent=True, effect=effect))]
 
-    def _effect(self, change: Change, what: bytes, created: str | None = None) -> Effect:
+    def _effect(self, change: Change, what: bytes, created: str | None = None, book: NameBook | None = None) -> Effect:
         """Applies `change` when the server confirms it; a server name no client name
-        reaches any more is forgotten. Dropped if the server refuses or skips it."""
-        book = self._book(what)
+        reaches any more is forgotten. Dropped if the server refuses or skips it. (`book`:
+        the caller's, when it has it at hand.)"""
+        book = book or self._book(what)
 
         def confirmed() -> None:
-            for gone in book.confirm(change):
-                self._drop(what, gone)
+            gone = book.confirm(change)
+            for name in gone:  # nothing, mostly
+                self._drop(what, name)
 
         def failed() -> None:
             book.fail(change)

@@ -142,9 +142,10 @@ class Cursor:
         return int(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bind:
-    """What a Bind message carries that the broker needs."""
+    """What a Bind message carries that the broker needs (not frozen: a frozen dataclass
+    sets each field through object.__setattr__, and there is a Bind per statement)."""
 
     portal: str
     statement: str

@@ -639,7 +639,9 @@ class Session:
         execution.done = True
         if metered and not execution.cut:
             for decision in execution.decisions:
-                if decision.allowed:
+                # a decision with no quota key reserved nothing and has nothing to settle
+                # (Guard.settle returns at once): no coroutine for it, once per statement
+                if decision.allowed and decision.quota_key:
                     await self._guard.settle(decision, self._charged(execution))
         self.rows += execution.rows
         self._audit_statement(execution)

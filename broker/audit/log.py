@@ -126,7 +126,17 @@ class FileAuditSink:
     # -- on the event loop -------------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> None:
-        self._queue_line(render(event))
+        line = render(event)
+        if self._pending and len(self._pending) < MAX_BATCH_LINES - 1 and self._timer is not None:
+            # a batch is open and far from full: append (what _queue_line does then, with
+            # the backlog bound still checked), without its call; one event per statement
+            if self.backlog.bytes + self._pending_bytes <= 2 * self.settings.max_backlog_bytes:
+                self._pending.append(line)
+                self._pending_bytes += len(line)
+            else:
+                self._drop()
+        else:
+            self._queue_line(line)
         for observe in self.observers:
             try:
                 observe(event)

@@ -22,11 +22,23 @@ class Window:
         return int(self.end - self.start)
 
 
+_last_window: tuple[object, Window | None] = (None, None)
+"""The Window made for the occurrence last seen (one entry, swapped whole): occurrences are
+cached objects, so a decision in the same occurrence as the one before reuses its Window."""
+
+
 def current_shift(shifts: tuple[Shift, ...], now: float) -> Window | None:
     """The earliest-starting occurrence among the employee's shifts that covers `now`."""
     if len(shifts) == 1:  # most employees work one shift
         only = shifts[0].occurrence_at(now)
-        return Window(only.start, only.end) if only is not None else None
+        if only is None:
+            return None
+        global _last_window  # noqa: PLW0603 - a one-entry cache
+        seen, window = _last_window
+        if seen is not only or window is None:
+            window = Window(only.start, only.end)
+            _last_window = (only, window)
+        return window
     found = [o for s in shifts if (o := s.occurrence_at(now)) is not None]
     if not found:
         return None

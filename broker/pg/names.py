@@ -68,6 +68,8 @@ class NameBook:
 
     def ahead(self, client: str) -> str | None:
         """The server name `client` will denote once every change in flight succeeds."""
+        if not self._in_flight:  # nothing in flight (most messages): the server's state
+            return self._confirmed.get(client)
         change = self._ahead.get(client)
         if change is not None:
             return change.server
@@ -81,7 +83,10 @@ class NameBook:
         return list(self._confirmed.values())
 
     def bind(self, client: str, server: str) -> Change:
-        return self._propose(Change(client, server))
+        change = Change(client, server)  # _propose, inlined: a Bind per statement
+        self._in_flight.append(change)
+        self._ahead[client] = change
+        return change
 
     def free(self, client: str, old: str) -> Change:
         return self._propose(Change(client, None, old))
@@ -115,6 +120,8 @@ class NameBook:
     def forget_confirmed(self) -> list[str]:
         """The server dropped every object of this kind (portals at the end of a
         transaction); changes still in flight are for objects made after that."""
+        if not self._confirmed:
+            return []
         gone = list(self._confirmed.values())
         self._confirmed.clear()
         return gone
@@ -132,10 +139,14 @@ class NameBook:
             self._ahead[change.client] = change
 
     def _retire(self, change: Change) -> None:
-        try:
-            self._in_flight.remove(change)  # the oldest, answers come in order
-        except ValueError:
-            return
+        in_flight = self._in_flight
+        if in_flight and in_flight[0] is change:
+            in_flight.popleft()  # the oldest: answers come in order
+        else:
+            try:
+                in_flight.remove(change)
+            except ValueError:
+                return
         if change.client is None:
             if not any(c.client is None for c in self._in_flight):
                 self._cleared_ahead = False

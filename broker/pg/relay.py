@@ -13,9 +13,9 @@ extended protocol) and the relay shows the client the broker's error in its plac
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
 
 import structlog
 
@@ -41,7 +41,10 @@ _ROWS = frozenset((b"D", b"d"))
 """DataRow and CopyData: what is counted and charged."""
 
 
-class Expect(Enum):
+class Expect(IntEnum):
+    """What answer a forwarded message waits for. An IntEnum because the relay looks it up
+    in a dict for every server message: Enum's hash is a Python-level method, an int's is not."""
+
     REPLY = 1
     """Parse, Bind, Close: one answer."""
     DESCRIBE = 2
@@ -67,6 +70,9 @@ class Metered:
     recursive CTE concatenating text), so bytes are counted as well as rows."""
     rows: int = 0
     sent_bytes: int = 0
+    header: int = 0
+    """Leading CopyData messages that are the column names (COPY ... WITH HEADER), passed
+    on without being counted as records or weighed as their bytes."""
     done: bool = False
     sqlstate: str = "00000"
     cut: bool = False
@@ -85,7 +91,9 @@ class Effect:
 @dataclass(slots=True)
 class Pending:
     expect: Expect
-    executions: list[Metered] = field(default_factory=list)
+    executions: Sequence[Metered] = ()
+    """The statements whose rows the answer carries (none for Parse, Bind, Describe, Sync:
+    a shared empty tuple, not a list made for each of them)."""
     replacement: bytes | None = None
     """The broker's own error, shown instead of the server's answer to the poison."""
     fatal: bool = False
@@ -225,6 +233,10 @@ class Relay:
         if current is None or current.done or head.expect not in (Expect.EXECUTE, Expect.QUERY):
             self._desync(raw[:1])  # a row nothing decided is waiting for (or already settled)
             return
+        if current.header and raw[:1] == b"d":
+            current.header -= 1  # the column names a COPY WITH HEADER sends first: not a record
+            self._emit(raw, head)
+            return
         if current.rows >= current.limit or current.sent_bytes + len(raw) > current.max_bytes:
             current.cut, current.sqlstate = True, "53400"
             self.cut, self._cutting = current, True
@@ -234,15 +246,18 @@ class Relay:
         self._emit(raw, head)
 
     def _on_complete(self, head: Pending, kind: bytes, raw: bytes) -> None:
-        if head.expect is Expect.REPLY and kind != head.reply:
+        expect = head.expect
+        if expect is Expect.REPLY and kind != head.reply:
             self._desync(kind)
             return
-        current = _current(head)
-        if current is not None and current.cut and not current.done:
-            self._show_cut_error()
-        elif not (current is not None and current.cut):
-            self._emit(raw, head)
-        if head.expect is Expect.QUERY:
+        executions = head.executions
+        current = executions[head.position] if head.position < len(executions) else None  # _current, inlined
+        if current is not None and current.cut:
+            if not current.done:
+                self._show_cut_error()
+        elif not self._cutting and not head.silent:  # _emit, inlined
+            self.out.append(raw)
+        if expect is Expect.QUERY:
             effect = head.effects.pop(head.position, None) if head.effects else None
             if effect is not None:
                 effect.confirmed()
@@ -252,7 +267,7 @@ class Relay:
             self._finish(current)
         if kind != b"s":
             head.position += 1
-        if head.expect is not Expect.QUERY:
+        if expect is not Expect.QUERY:
             self._pending.popleft()
 
     def _on_error(self, raw: bytes) -> None:

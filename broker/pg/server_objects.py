@@ -10,13 +10,17 @@ one object. Which client name reaches it is the state, and it follows the server
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.pg.names import Change, NameBook
 from broker.pg.relay import SKIPPED, Effect, Expect, Metered, Pending
 from broker.pg.sql import Statement
-from broker.pg.wire import cstring, execute, message
+from broker.pg.wire import cstring, message
+
+_LENGTH = struct.Struct("!I")
+"""A message's length field; Bind, Describe and Execute are framed here, one per statement."""
 
 Forward = list[tuple[bytes, Pending]]
 """Messages for the server, in order, each with what its answer completes."""
@@ -31,6 +35,8 @@ class Prepared:
     branches: frozenset[str] | None
     sent: str
     revision: str
+    write_cap: int | None = None
+    """The write cap `sent` was built with (see broker.pg.sql.scoped_sql)."""
 
 
 @dataclass(slots=True)
@@ -97,24 +103,28 @@ class ServerObjects:
     def bind(self, client: str, statement: tuple[str, str], portal: Portal, rest: bytes) -> Forward:
         """A Bind of the statement (server name, client name) into a fresh portal name."""
         book = self._portal_names
-        out = self._close_unnamed(b"P") if client == "" else []
+        out = self._close_unnamed(b"P") if client == "" and book.ahead("") is not None else []
         server = book.fresh()
         self._portals[server] = portal
-        effect = self._effect(book.bind(client, server), b"P", created=server)
+        effect = self._effect(book.bind(client, server), b"P", created=server, book=book)
         names = ((server, client), statement)
-        sent = message(b"B", cstring(server) + cstring(statement[0]) + rest)
+        body = b"%s\x00%s\x00%s" % (server.encode(), statement[0].encode(), rest)  # broker names: ASCII
+        sent = b"B" + _LENGTH.pack(len(body) + 4) + body
         out.append((sent, Pending(Expect.REPLY, reply=b"2", effect=effect, names=names)))
         return out
 
     def execute(self, client: str, server: str, portal: Portal, max_rows: int) -> Forward:
         portal.executed = True
         pending = Pending(Expect.EXECUTE, [portal.execution], names=((server, client),))
-        return [(execute(server, max_rows), pending)]
+        name = server.encode()  # broker names: ASCII
+        return [(b"E" + _LENGTH.pack(len(name) + 9) + name + b"\x00" + _LENGTH.pack(max_rows), pending)]
 
     def describe(self, what: bytes, client: str) -> Forward:
-        book = self._book(what)
+        book = self._portal_names if what == b"P" else self._statement_names
         server = book.ahead(client) or book.fresh()  # a fresh name: the server says it does not exist
-        return [(message(b"D", what + cstring(server)), Pending(Expect.DESCRIBE, names=((server, client),)))]
+        name = server.encode()  # broker names: ASCII
+        sent = b"D" + _LENGTH.pack(len(name) + 6) + what + name + b"\x00"
+        return [(sent, Pending(Expect.DESCRIBE, names=((server, client),)))]
 
     def close(self, what: bytes, client: str) -> Forward:
         book = self._book(what)
@@ -129,6 +139,8 @@ class ServerObjects:
         """A simple Query drops the unnamed statement and portal at the server (PostgreSQL
         does so for every Query it runs); under the broker's names they are closed, unseen,
         just before it (and skipped with it after an error, as the server skips the Query)."""
+        if self._statement_names.ahead("") is None and self._portal_names.ahead("") is None:
+            return []  # a client of the simple protocol only: nothing unnamed to close
         return self._close_unnamed(b"S") + self._close_unnamed(b"P")
 
     def deallocate(self, names: tuple[str, ...], position: int, pending: Pending) -> str:
@@ -166,14 +178,16 @@ class ServerObjects:
         effect = self._effect(book.free("", old), what)
         return [(message(b"C", what + cstring(old)), Pending(Expect.REPLY, reply=b"3", silent=True, effect=effect))]
 
-    def _effect(self, change: Change, what: bytes, created: str | None = None) -> Effect:
+    def _effect(self, change: Change, what: bytes, created: str | None = None, book: NameBook | None = None) -> Effect:
         """Applies `change` when the server confirms it; a server name no client name
-        reaches any more is forgotten. Dropped if the server refuses or skips it."""
-        book = self._book(what)
+        reaches any more is forgotten. Dropped if the server refuses or skips it. (`book`:
+        the caller's, when it has it at hand.)"""
+        book = book or self._book(what)
 
         def confirmed() -> None:
-            for gone in book.confirm(change):
-                self._drop(what, gone)
+            gone = book.confirm(change)
+            for name in gone:  # nothing, mostly
+                self._drop(what, name)
 
         def failed() -> None:
             book.fail(change)

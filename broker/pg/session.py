@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
+from prometheus_client import Counter
 
 from broker.admin.metrics import Metrics
 from broker.audit.log import AuditSink
@@ -39,6 +40,8 @@ from broker.pg.wire import (
     error_response,
     message,
     read_bind,
+    read_execute,
+    read_target,
 )
 from broker.policy.holder import PolicyHolder
 from broker.policy.snapshot import PolicySnapshot
@@ -118,6 +121,8 @@ class Session:
         }
         self.statements = 0
         self.rows = 0
+        self._counters: dict[tuple[str, str], Counter] = {}
+        """pg_statements by (verdict, reason), looked up once per session."""
 
     async def run(self) -> str:
         """Serve until either side closes; returns why the session ended."""
@@ -255,14 +260,14 @@ class Session:
         checked = await self._decided(statement, snapshot, bound, started, extended=True, meter=False)
         if checked is None:
             return
-        branches = _branches(checked.decisions)
+        branches, cap = _branches(checked.decisions), _write_cap(checked.decisions)
         try:
-            text = scoped_sql([statement], branches, _write_cap(checked.decisions)) if statement else sql
+            text = scoped_sql([statement], branches, cap) if statement else sql
         except SqlRefused as exc:
             await self._refuse_sql(sql, exc, extended=True)
             return
         revision = snapshot.revision if snapshot else ""
-        self._send(self._objects.parse(name, Prepared(sql, statement, branches, text, revision), rest))
+        self._send(self._objects.parse(name, Prepared(sql, statement, branches, text, revision, cap), rest))
 
     async def _as_live_policy_reads(
         self, prepared: Prepared, snapshot: PolicySnapshot | None
@@ -275,7 +280,9 @@ class Session:
 
     async def _bind(self, payload: bytes) -> None:
         bound = read_bind(payload)
-        if self._reserved(bound.portal) or self._reserved(bound.statement):
+        if not (bound.portal + bound.statement).isprintable() and (
+            self._reserved(bound.portal) or self._reserved(bound.statement)
+        ):
             return
         found = self._objects.statement(bound.statement)
         if found is None:
@@ -303,7 +310,7 @@ class Session:
             return
         portal = Portal(execution, prepared, records, snapshot.revision if snapshot else "", self._batch)
         self.statements += 1
-        rest = payload[len(bound.portal.encode("utf-8")) + len(bound.statement.encode("utf-8")) + 2 :]
+        rest = payload[bound.rest_at :]
         self._send(self._objects.bind(bound.portal, (server_statement, bound.statement), portal, rest))
 
     async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
@@ -313,8 +320,15 @@ class Session:
         statement, branches = execution.statement, _branches(execution.decisions)
         if statement is None:
             return True
+        cap = _write_cap(execution.decisions)
         try:
-            sent = scoped_sql([statement], branches, _write_cap(execution.decisions))
+            if statement is prepared.statement and branches == prepared.branches and cap == prepared.write_cap:
+                # scoped_sql is a pure function of these three, and they are what Parse
+                # built the server's text from (it did not raise then either): the same
+                # text, without building it again for every Bind.
+                sent = prepared.sent
+            else:
+                sent = scoped_sql([statement], branches, cap)
             if statement.kind == "insert":
                 check_insert_branches(statement, branches, bound.params, bound.formats)
         except SqlRefused as exc:
@@ -388,9 +402,8 @@ class Session:
         return unchanged
 
     async def _execute(self, payload: bytes) -> None:
-        fields = Cursor(payload)
-        name, max_rows = fields.cstring(), fields.int32()
-        if self._reserved(name):
+        name, max_rows = read_execute(payload)
+        if not name.isprintable() and self._reserved(name):
             return
         found = self._objects.portal(name)
         if found is None or found[1].execution.done:
@@ -401,21 +414,21 @@ class Session:
             self._send(self._objects.execute(name, server, portal, max_rows))
 
     async def _describe(self, payload: bytes) -> None:
-        fields = Cursor(payload)
-        what, name = fields.byte(), fields.cstring()
-        if self._reserved(name):
+        what, name = read_target(payload)
+        if not name.isprintable() and self._reserved(name):
             return
         self._send(self._objects.describe(what, name))
 
     async def _close(self, payload: bytes) -> None:
-        fields = Cursor(payload)
-        what, name = fields.byte(), fields.cstring()
+        what, name = read_target(payload)
         if self._reserved(name):
             return
         self._send(self._objects.close(what, name))
 
     def _reserved(self, name: str) -> bool:
         """Names with control characters belong to the broker (its refusal portal is one).
+        (The per-transaction handlers test `name.isprintable()` first and call this only
+        when it fails: a method call per message is measurable.)
         Client names never reach the server anyway (broker.pg.names), so this is a second
         fence: were a client able to name the refusal portal, the broker's refusals would
         run its query."""
@@ -497,7 +510,8 @@ class Session:
         max_bytes = self._services.max_result_bytes
         if limit < UNBOUNDED:
             max_bytes = min(max_bytes, max(limit, 1) * self._services.bytes_per_record)
-        return Metered(statement, decisions, limit, started, max_bytes=max_bytes)
+        header = statement.header_rows if statement else 0
+        return Metered(statement, decisions, limit, started, max_bytes=max_bytes, header=header)
 
     async def _denied(
         self, statement: Statement | None, decisions: list[Decision], started: float, *, extended: bool, metered: bool
@@ -540,8 +554,10 @@ class Session:
         self._forward(SYNC, Pending(Expect.SYNC, silent=True))
 
     def _send(self, messages: Forward) -> None:
-        for data, pending in messages:
-            self._forward(data, pending)
+        expect, outbox = self._relay.expect, self._outbox
+        for data, pending in messages:  # _forward, inlined: a call per message is measurable
+            expect(pending)
+            outbox.append(data)
 
     def _forward(self, data: bytes, pending: Pending) -> None:
         """Queue `data` for the server; its answer is expected from now on."""
@@ -623,7 +639,9 @@ class Session:
         execution.done = True
         if metered and not execution.cut:
             for decision in execution.decisions:
-                if decision.allowed:
+                # a decision with no quota key reserved nothing and has nothing to settle
+                # (Guard.settle returns at once): no coroutine for it, once per statement
+                if decision.allowed and decision.quota_key:
                     await self._guard.settle(decision, self._charged(execution))
         self.rows += execution.rows
         self._audit_statement(execution)
@@ -631,7 +649,11 @@ class Session:
     def _audit_statement(self, execution: Metered, sql: str = "") -> None:
         event = statement_event(execution, self._caller.login, self._caller.peer, self._guard.clock.now(), sql)
         self._services.audit.emit(event)
-        self._services.metrics.pg_statements.labels(event["verdict"], event["reason"]).inc()
+        labels = (event["verdict"], event["reason"])
+        counter = self._counters.get(labels)
+        if counter is None:  # prometheus_client's labels() costs more than the increment
+            counter = self._counters[labels] = self._services.metrics.pg_statements.labels(*labels)
+        counter.inc()
         if event["resource"] and event["records_returned"]:  # rows of a mapped table: records
             self._services.metrics.returned(event["resource"], event["records_returned"])
         if execution.cut:
@@ -664,7 +686,11 @@ def _static_bound(statement: Statement | None) -> int:
 def _write_cap(decisions: Iterable[Decision]) -> int | None:
     """The smallest per-statement record cap among a statement's write decisions (None: no
     cap): the rows an UPDATE, DELETE or INSERT may change (see sql_write_cap)."""
-    return min((d.cap for d in decisions if d.access.action == "write" and d.cap is not None), default=None)
+    cap = None
+    for decision in decisions:  # a loop, not min() over a generator: this runs for every statement
+        if decision.access.action == "write" and decision.cap is not None:
+            cap = decision.cap if cap is None else min(cap, decision.cap)
+    return cap
 
 
 def _branches(decisions: Iterable[Decision]) -> frozenset[str] | None:

@@ -97,6 +97,11 @@ class Statement:
     """UPDATE/DELETE of a mapped table, for employees of every branch: the text with its cap guard."""
     inserted_rows: int = 0
     """INSERT ... VALUES into a mapped table: the rows it adds, checked against the cap."""
+    header_rows: int = 0
+    """COPY ... TO STDOUT WITH (HEADER): the server's first CopyData is the column names,
+    not a record, and is not counted (1); 0 for every other statement, and for a HEADER
+    option whose value the broker does not read as surely true (counting one line too
+    many is the safe mistake)."""
 
     def resources(self) -> dict[tuple[str, str], tuple[str, ...]]:
         """(resource, action) -> the tables through which the statement touches it."""
@@ -225,8 +230,35 @@ def _statement(source: Source, node: Any, tables: TableMap) -> tuple[Statement, 
         cap_marker=found.cap_marker,
         capped_sql=found.capped_sql,
         inserted_rows=_inserted_rows(node, found),
+        header_rows=_header_rows(node),
     )
     return statement, Literals(limit, found.edits)
+
+
+_SURELY_TRUE = frozenset({"true", "on", "1", "yes", "t", "y"})
+"""Spellings PostgreSQL's parse_bool reads as true (it also takes prefixes such as "tru"):
+a subset, so the broker never takes a row for a header the server did not send."""
+
+
+def _header_rows(node: Any) -> int:
+    """1 for COPY ... TO with exactly one HEADER option that is surely on (HEADER alone,
+    HEADER true/on/1/yes, the old CSV HEADER syntax); else 0. Two HEADER options are an
+    error at the server, and HEADER MATCH is for COPY FROM only."""
+    if not isinstance(node, ast.CopyStmt) or node.is_from:
+        return 0
+    headers = [option.arg for option in node.options or () if option.defname == "header"]
+    if len(headers) != 1:
+        return 0
+    value = headers[0]
+    if value is None:
+        return 1
+    if isinstance(value, ast.Boolean):
+        return 1 if value.boolval else 0
+    if isinstance(value, ast.Integer):
+        return 1 if value.ival == 1 else 0
+    if isinstance(value, ast.String):
+        return 1 if (value.sval or "").lower() in _SURELY_TRUE else 0
+    return 0
 
 
 def _inserted_rows(node: Any, found: Found) -> int:

@@ -113,6 +113,8 @@ def template(shape: Scanned, statement: Statement, literals: Literals) -> Templa
         return None
     if statement.cap_marker is not None:
         return None  # a capped write is printed from its tree
+    if statement.header_rows:
+        return None  # HEADER 'on' and HEADER 'off' have one shape: analysed by its text each time
     tokens = shape.tokens
     starts = {token.start: index for index, token in enumerate(tokens)}
     ends = {token.end + 1: index for index, token in enumerate(tokens)}

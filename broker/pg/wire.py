@@ -23,6 +23,7 @@ MAX_STARTUP_BYTES: Final = 10_000
 _HEADER = struct.Struct("!cI")
 _INT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!H")
+_SIGNED32 = struct.Struct("!i")
 
 
 class ProtocolViolation(Exception):
@@ -141,25 +142,81 @@ class Cursor:
         return int(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bind:
-    """What a Bind message carries that the broker needs."""
+    """What a Bind message carries that the broker needs (not frozen: a frozen dataclass
+    sets each field through object.__setattr__, and there is a Bind per statement)."""
 
     portal: str
     statement: str
     params: list[bytes | None]
     formats: list[int]
+    rest_at: int = 0
+    """Where the payload goes on after the two names (what follows them is forwarded as is)."""
+
+
+def _name_at(payload: bytes, start: int) -> tuple[str, int]:
+    """The NUL-terminated UTF-8 name at `start`, and where the payload goes on after it."""
+    end = payload.find(b"\x00", start)
+    if end < 0:
+        raise ProtocolViolation("a string without its terminating NUL")
+    try:
+        return payload[start:end].decode("utf-8"), end + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("text that is not UTF-8") from exc
+
+
+def read_execute(payload: bytes) -> tuple[str, int]:
+    """Execute: the portal and the row limit (0: all). Read as a Cursor would, without one
+    (an Execute per statement)."""
+    portal, position = _name_at(payload, 0)
+    if position + 4 > len(payload):
+        raise ProtocolViolation("a message shorter than its fields")
+    return portal, int(_INT32.unpack_from(payload, position)[0])
+
+
+def read_target(payload: bytes) -> tuple[bytes, str]:
+    """Describe and Close: b"S" or b"P" (as sent: the caller decides what else is wrong),
+    and the name."""
+    if not payload:
+        raise ProtocolViolation("a field longer than its message")
+    return payload[:1], _name_at(payload, 1)[0]
 
 
 def read_bind(payload: bytes) -> Bind:
-    fields = Cursor(payload)
-    portal, statement = fields.cstring(), fields.cstring()
-    formats = [fields.int16() for _ in range(fields.int16())]
-    params: list[bytes | None] = []
-    for _ in range(fields.int16()):
-        size = fields.signed32()
-        params.append(None if size == -1 else fields.raw(size))
-    return Bind(portal, statement, params, formats)
+    """A Bind's fields, read in one function rather than a Cursor call per field (there is
+    a Bind per statement in the extended protocol); malformed is a ProtocolViolation, as
+    with a Cursor."""
+    portal_end = payload.find(b"\x00")
+    statement_end = payload.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
+    if statement_end < 0:
+        raise ProtocolViolation("a string without its terminating NUL")
+    try:
+        portal = payload[:portal_end].decode("utf-8")
+        statement = payload[portal_end + 1 : statement_end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("text that is not UTF-8") from exc
+    position, size = statement_end + 1, len(payload)
+    try:
+        (count,) = _INT16.unpack_from(payload, position)
+        formats = list(struct.unpack_from(f"!{count}H", payload, position + 2))
+        position += 2 + 2 * count
+        (count,) = _INT16.unpack_from(payload, position)
+        position += 2
+        params: list[bytes | None] = []
+        for _ in range(count):
+            (length,) = _SIGNED32.unpack_from(payload, position)
+            position += 4
+            if length == -1:
+                params.append(None)
+                continue
+            if length < 0 or position + length > size:
+                raise ProtocolViolation("a field longer than its message")
+            params.append(payload[position : position + length])
+            position += length
+    except struct.error:
+        raise ProtocolViolation("a message shorter than its fields") from None
+    return Bind(portal, statement, params, formats, statement_end + 1)
 
 
 # --- messages the broker sends to clients -----------------------------------------
@@ -219,9 +276,13 @@ TERMINATE: Final = message(b"X")
 class MessageBuffer:
     """Splits a peer's byte stream into whole messages: both directions are read in large
     chunks (one read for many DataRows, or for a client's Bind, Execute and Sync), not
-    one await per message."""
+    one await per message.
 
-    __slots__ = ("_buffer", "_kind_limits", "_limit")
+    Messages are sliced from a `bytes` (one copy each; a one-byte slice is a cached object,
+    so the type costs nothing): only an incomplete tail is kept, in a bytearray, until the
+    next read completes it. Most reads end on a message boundary and never touch it."""
+
+    __slots__ = ("_buffer", "_kind_limits", "_limit", "_smallest")
 
     def __init__(self, limit: int, kind_limits: dict[int, int] | None = None) -> None:
         self._buffer = bytearray()
@@ -230,21 +291,30 @@ class MessageBuffer:
         """Tighter bounds by message type (a Query or Parse holds one statement): checked on
         the header, before the body is buffered, so a 60 MB Query the broker would refuse
         anyway never costs 60 MB (four times over) to hold."""
+        self._smallest = min([limit, *self._kind_limits.values()])
+        """No message this long or shorter needs its type's bound looked up."""
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """Every whole message now available, as (type byte, message with its header)."""
-        buffer = self._buffer
-        buffer += data
+        if not isinstance(data, bytes):  # a bytearray's slices would be bytearrays
+            data = bytes(data)
+        if self._buffer:
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
         found = []
-        start, end = 0, len(buffer)
+        start, end, smallest = 0, len(data), self._smallest
         while end - start >= 5:
-            length = _INT32.unpack_from(buffer, start + 1)[0]
-            limit = self._kind_limits.get(buffer[start], self._limit)
-            if length < 4 or length - 4 > limit:
-                raise ProtocolViolation(f"a message of {length} bytes (the limit is {limit})")
+            length = _INT32.unpack_from(data, start + 1)[0]
+            if length < 4 or length - 4 > smallest:
+                limit = self._kind_limits.get(data[start], self._limit)
+                if length < 4 or length - 4 > limit:
+                    self._buffer += data[start:]  # as before: the caller ends the stream
+                    raise ProtocolViolation(f"a message of {length} bytes (the limit is {limit})")
             if end - start < length + 1:
                 break
-            found.append((bytes(buffer[start : start + 1]), bytes(buffer[start : start + 1 + length])))
+            found.append((data[start : start + 1], data[start : start + 1 + length]))
             start += length + 1
-        del buffer[:start]
+        if start < end:
+            self._buffer += data[start:]
         return found

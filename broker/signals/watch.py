@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from broker.policy.index import PolicyIndex
 from broker.signals.flag import EVIDENCE_IDS, Flag, Severity
-from broker.signals.rules import Action, SignalRules
+from broker.signals.rules import Action, SharedLogin, SignalRules
 from broker.signals.volume import VolumeWatch
 
 __all__ = ["EVIDENCE_IDS", "Flag", "SignalWatcher", "record_id"]
@@ -91,11 +91,19 @@ class SignalWatcher:
         else:
             self._recent.move_to_end(employee)
         now = self._now()
-        if rules.shared_login is not None and event.get("client"):
-            self._shared_login(rules, employee, recent, event, now)
-        if rules.probing is not None and event.get("verdict") != "allow" and event.get("reason") in PROBING_REASONS:
-            self._probing(rules, employee, recent, event, now)
-        if rules.enumeration is not None and event.get("verdict") == "allow" and event.get("door") == "http":
+        shared, client = rules.shared_login, event.get("client")
+        if shared is not None and client:
+            addresses = recent.addresses
+            addresses[str(client)] = now
+            # No branch's allowance is below shared.addresses, so with no more addresses
+            # than that this cannot fire, and those seen outside the window can wait for
+            # the next new one to be swept (the common case: one address, every event).
+            if len(addresses) > shared.addresses:
+                self._shared_login(shared, employee, recent, event, now)
+        if event.get("verdict") != "allow":
+            if rules.probing is not None and event.get("reason") in PROBING_REASONS:
+                self._probing(rules, employee, recent, event, now)
+        elif rules.enumeration is not None and event.get("door") == "http":
             self._enumeration(rules, employee, recent, event, now)
         if rules.volume is not None and (returned := event.get("records_returned")) and event.get("resource"):
             self._volume.observe(rules.volume, employee, returned, event, now)
@@ -106,14 +114,11 @@ class SignalWatcher:
         self._volume.forget(employee)
 
     def _shared_login(
-        self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float
+        self, rule: SharedLogin, employee: str, recent: _Recent, event: dict[str, Any], now: float
     ) -> None:
-        rule = rules.shared_login
-        assert rule is not None
+        """The event's address is already in `recent.addresses`, and more of them than
+        `rule.addresses`: sweep those outside the window and fire if still too many."""
         addresses = recent.addresses
-        addresses[str(event["client"])] = now
-        if len(addresses) <= rule.addresses:  # the common case: no allowance can be exceeded
-            return
         for address, seen in list(addresses.items()):
             if now - seen > rule.window:
                 del addresses[address]

@@ -406,6 +406,40 @@ async def test_copy_out_is_counted_and_scoped(pg_broker: Harness) -> None:
     await conn.close()
 
 
+async def copied(conn: psycopg.AsyncConnection[Any], sql: str) -> list[str]:
+    lines = []
+    async with conn.cursor().copy(sql) as copy:
+        async for chunk in copy:
+            lines.extend(bytes(chunk).decode().splitlines())
+    return lines
+
+
+async def test_a_copy_header_is_column_names_not_a_record(pg_broker: Harness) -> None:
+    """COPY ... WITH (HEADER) sends the column names first: neither cut against the cap
+    nor charged to the quota (it was counted as a record: 20 rows with a header broke a
+    cap of 20)."""
+    conn = await connect(pg_broker, "e1003")  # trainee: cap 20, quota 60 per shift
+    for header in ("HEADER", "HEADER true", "HEADER 'on'"):
+        lines = await copied(conn, f"COPY (SELECT id FROM waybills LIMIT 20) TO STDOUT WITH (FORMAT csv, {header})")
+        assert lines[0] == "id" and len(lines) == 21
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 1")  # 60 records charged: 3 x 20, no headers
+    assert "quota.exceeded" in str(error)
+    await conn.close()
+
+
+async def test_a_copy_without_a_header_counts_every_line(pg_broker: Harness) -> None:
+    """HEADER false (or a spelling the broker does not read as surely on) leaves every
+    line a record: the first row is never passed uncounted."""
+    conn = await connect(pg_broker, "e1003")  # trainee: cap 20
+    for header in ("HEADER false", "HEADER 0"):
+        lines = await copied(conn, f"COPY (SELECT id FROM waybills LIMIT 20) TO STDOUT WITH (FORMAT csv, {header})")
+        assert len(lines) == 20 and lines[0] != "id"
+    assert len(await rows(conn, "SELECT id FROM waybills LIMIT 20")) == 20  # 60 of 60 charged
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 1")  # had a line gone uncounted, this would pass
+    assert "quota.exceeded" in str(error)
+    await conn.close()
+
+
 async def test_a_cancel_reaches_the_server_through_the_brokers_own_keys(
     make_broker: BrokerFactory, pg_database: str
 ) -> None:

@@ -23,6 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from broker.keyfile import KeyFileError, read_private_key
+
 CHECKPOINT_EVENT = "audit.checkpoint"
 _DOMAIN = b"broker audit checkpoint v2\n"
 PERIODIC, FINAL, RESUMED, RESUMED_UNCLEAN = "periodic", "final", "resumed", "resumed-unclean"
@@ -58,11 +60,9 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 def load_signer(path: Path) -> Signer:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise AuditKeyError(f"cannot read the audit signing key {path}: {exc.strerror}") from exc
-    except (ValueError, TypeError) as exc:
-        raise AuditKeyError(f"{path} is not an unencrypted PEM private key ({exc})") from exc
+        key = read_private_key(path, "the audit signing key")
+    except KeyFileError as exc:
+        raise AuditKeyError(str(exc)) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise AuditKeyError(f"{path} holds a {type(key).__name__}; the audit log is signed with Ed25519 keys")
     return Signer(key, key_id(key.public_key()))

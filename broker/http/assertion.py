@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import jwt  # noqa: TID251 - the broker signs this token; it checks none with it
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from broker.core.decision import Decision
+from broker.keyfile import KeyFileError, read_private_key
 
 ASSERTION_HEADER = "X-Broker-Assertion"
 ISSUER = "broker"
@@ -33,11 +33,9 @@ class AssertionKeyError(ValueError):
 class Asserter:
     def __init__(self, key_file: Path, ttl_seconds: float, audience: str) -> None:
         try:
-            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        except OSError as exc:
-            raise AssertionKeyError(f"cannot read {key_file}: {exc.strerror}") from exc
-        except (ValueError, TypeError) as exc:
-            raise AssertionKeyError(f"{key_file} is not an unencrypted PEM private key ({exc})") from exc
+            key = read_private_key(key_file)
+        except KeyFileError as exc:
+            raise AssertionKeyError(str(exc)) from exc
         if isinstance(key, Ed25519PrivateKey):
             self._algorithm = "EdDSA"
         elif isinstance(key, RSAPrivateKey):

@@ -15,12 +15,10 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from broker.identity.session import BrowserSession, PendingLogin, SessionStoreUnavailable
+from broker.meter.redis_store import bounded_client
 
 T = TypeVar("T")
 SLACK_MS = 60_000
@@ -50,16 +48,7 @@ class RedisSessionStore:
     def __init__(self, url: str, *, prefix: str = "broker:session:", timeout: float = 0.5) -> None:
         self._prefix = prefix
         self._timeout = timeout
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=16,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._client = bounded_client(url, timeout=timeout, connections=16)
         self._open = self._client.register_script(_OPEN)
         self._end_all = self._client.register_script(_END_ALL)
 

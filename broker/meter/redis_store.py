@@ -108,23 +108,29 @@ return {allowed, retry, reset, remaining, '1', string.format('%d', used), '0', '
 """
 
 
+def bounded_client(url: str, *, timeout: float, connections: int) -> aioredis.Redis:
+    """A Redis client whose every wait is bounded by `timeout` and that never retries on
+    its own (the caller decides what a failure means). A blocking pool: a burst of
+    requests queues for a connection, within the timeout, instead of failing with "too
+    many connections". Shared by the counters and the browser sessions."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class RedisCounterStore:
     def __init__(self, url: str, *, prefix: str = "broker:", timeout: float = 0.5, connections: int = 64) -> None:
         self.url = url
         self._prefix = prefix
         self._timeout = timeout
-        # A blocking pool: a burst of requests queues for a connection (within the
-        # timeout) instead of failing with "too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
-        self._client = aioredis.Redis(connection_pool=pool)
+        self._client = bounded_client(url, timeout=timeout, connections=connections)
         self._add = self._client.register_script(_ADD)
         self._admit = self._client.register_script(_ADMIT)
 

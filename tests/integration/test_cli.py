@@ -192,6 +192,19 @@ def test_run_refuses_a_broken_policy_with_file_and_line(tmp_path: Path) -> None:
     assert "roles.csv:1: file starts with a UTF-8 byte order mark" in result.stderr
 
 
+def test_run_refuses_a_shadow_policy_that_fails_its_own_cases_naming_the_shadow(tmp_path: Path) -> None:
+    shadow = tmp_path / "policies-next"
+    shutil.copytree(REPO / "policies", shadow)
+    roster = shadow / "roster.csv"
+    roster.write_text(roster.read_text().replace("g, e1001, courier, BR001", "g, e1001, courier, BR002"))
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[policy]\ndirectory = "{REPO / "policies"}"\nshadow_directory = "{shadow}"\n')
+    result = broker_cli("run", "-c", str(config), env={"BROKER_DEV_SECRET": SECRET})
+    assert result.returncode == 1
+    assert f"broker: policy problem: {shadow.resolve()}/tests/shipped.toml:" in result.stderr, result.stderr
+    assert f"{REPO / 'policies'}/{shadow}" not in result.stderr  # named once, not under the live policy
+
+
 def test_policy_tests_pass_on_the_shipped_policy() -> None:
     result = broker_cli("test", "--policies", str(REPO / "policies"))
     assert result.returncode == 0, result.stdout + result.stderr

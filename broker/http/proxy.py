@@ -116,6 +116,8 @@ class ProxyHandler:
         started = time.perf_counter()
         snapshot = self._policy.current  # one revision for the route map and the rules
         access, route, body = await self._classify(request, snapshot)
+        if self._devices_required:  # the connection's certificate, whatever the request said
+            access = dataclasses.replace(access, device=device_fingerprint(request))
         decision = await self._guard.decide(access, snapshot, in_flight=True)
         shadow = await self._shadow.decide(access) if self._shadow else None
         outcome = Outcome(0)
@@ -139,14 +141,6 @@ class ProxyHandler:
                 self._record(request.method, redacted_target(request.raw_path), decision, outcome, started, extra)
 
     async def _classify(
-        self, request: web.Request, snapshot: PolicySnapshot | None
-    ) -> tuple[Access, Route | None, bytes | None]:
-        access, route, body = await self._classified(request, snapshot)
-        if self._devices_required:
-            access = dataclasses.replace(access, device=device_fingerprint(request))
-        return access, route, body
-
-    async def _classified(
         self, request: web.Request, snapshot: PolicySnapshot | None
     ) -> tuple[Access, Route | None, bytes | None]:
         credential = bearer_token(request.headers.getall("Authorization", []))

@@ -113,8 +113,10 @@ def template(shape: Scanned, statement: Statement, literals: Literals) -> Templa
         return None
     if statement.cap_marker is not None:
         return None  # a capped write is printed from its tree
-    if statement.header_rows:
-        return None  # HEADER 'on' and HEADER 'off' have one shape: analysed by its text each time
+    if statement.kind == "copy_out" and (statement.header_rows or _names_header(shape.text)):
+        # HEADER 'on' and HEADER 'off' (or 1 and 0) have one shape: analysed by its text each
+        # time, whichever was seen first (made from 'off', 'on' would count its header as a row)
+        return None
     tokens = shape.tokens
     starts = {token.start: index for index, token in enumerate(tokens)}
     ends = {token.end + 1: index for index, token in enumerate(tokens)}
@@ -202,6 +204,15 @@ def _string(spelled: str) -> str | None:
     if "'" in inner.replace("''", ""):
         return None
     return inner.replace("''", "'")
+
+
+def _names_header(text: str) -> bool:
+    """Whether a COPY names a HEADER option at all, whatever its value (True when unsure)."""
+    tree = _tree(text)
+    if tree is None:
+        return True
+    options = tree.get("CopyStmt", {}).get("options") or []
+    return any(isinstance(o, dict) and o.get("DefElem", {}).get("defname") == "header" for o in options)
 
 
 def _tree(text: str) -> dict[str, Any] | None:

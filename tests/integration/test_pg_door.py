@@ -440,6 +440,23 @@ async def test_a_copy_without_a_header_counts_every_line(pg_broker: Harness) -> 
     await conn.close()
 
 
+async def test_a_copy_header_is_not_counted_after_the_same_shape_without_one(pg_broker: Harness) -> None:
+    """HEADER 'off' and HEADER 'on' have one shape: a statement made from the analysis of
+    the first must not stand for the second, or its header is counted as a record (20 rows
+    with a header then broke a cap of 20 once HEADER 'off' had been seen)."""
+    conn = await connect(pg_broker, "e1003")  # trainee: cap 20, quota 60 per shift
+    sql = "COPY (SELECT id FROM waybills LIMIT 20) TO STDOUT WITH (FORMAT csv, HEADER '{}')"
+    lines = await copied(conn, sql.format("off"))
+    assert len(lines) == 20 and lines[0] != "id"
+    lines = await copied(conn, sql.format("on"))
+    assert lines[0] == "id" and len(lines) == 21
+    lines = await copied(conn, sql.format("off"))  # the other way round: every line still counts
+    assert len(lines) == 20 and lines[0] != "id"
+    error = await refused(conn, "SELECT id FROM waybills LIMIT 1")  # 60 records charged, no headers
+    assert "quota.exceeded" in str(error)
+    await conn.close()
+
+
 async def test_a_cancel_reaches_the_server_through_the_brokers_own_keys(
     make_broker: BrokerFactory, pg_database: str
 ) -> None:

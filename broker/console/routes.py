@@ -113,6 +113,10 @@ class ConsoleRoutes:
     def _signed_in(self, handler: Handler, *, action: bool = False) -> Callable[[web.Request], Awaitable[Any]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
             session = self._login.session(request.cookies.get(COOKIE))
+            if session is not None and (problem := await self._refusal(session.operator)):
+                self._login.close(request.cookies.get(COOKIE))
+                self._record("session_ended", session.operator, request.remote or "", detail=problem)
+                return _html(login_page(problem), 403)
             if session is None:
                 if request.method != "GET" or request.path.startswith((f"{BASE}/events", f"{BASE}/fragment")):
                     return _html("<p>Sign in first.</p>", 401)
@@ -126,6 +130,22 @@ class ConsoleRoutes:
 
         return guarded
 
+    async def _refusal(self, operator: Operator) -> str:
+        """Why an admin signed in with their own token may not use the console now ("" if
+        they may): checked at sign-in and on every request of their session, so one taken
+        off the roster, stripped of the console role or frozen (a rented login the signals
+        caught) cannot act, least of all unfreeze themselves. The console token has no
+        employee behind it to check."""
+        if operator.via != "idp" or operator.identity is None:
+            return ""
+        try:
+            self._login.admin_of(operator.identity)
+        except LoginRefused as exc:
+            return str(exc)
+        if await self._is_frozen(operator.name):
+            return f"{operator.name} is frozen, so their login cannot use the console until a person unfreezes it."
+        return ""
+
     async def login_form(self, _: web.Request) -> web.Response:
         return _html(login_page())
 
@@ -134,6 +154,8 @@ class ConsoleRoutes:
         client = request.remote or ""
         try:
             operator = await self._login.sign_in(str(form.get("credential", "")), client)
+            if problem := await self._refusal(operator):
+                raise LoginRefused(problem)
         except LoginRefused as exc:
             self._record("login_refused", Operator("", ""), client, detail=str(exc))
             return _html(login_page(str(exc)), 401)

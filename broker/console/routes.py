@@ -46,6 +46,8 @@ log = structlog.get_logger("broker.console")
 COOKIE = "broker_console"
 STREAM_POLL_SECONDS = 0.5
 STREAM_HEARTBEAT_SECONDS = 15.0
+STREAM_STANDING_POLLS = 10
+"""An admin's standing (roster, role, freeze) is checked again every this many polls."""
 MAX_STREAMS = 32
 DIGEST_SECONDS = 1.0
 STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -287,10 +289,18 @@ class ConsoleRoutes:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **SECURITY_HEADERS})
         await response.prepare(request)
         self._streams += 1
-        position, idle = self.feed.count, 0.0
+        position, idle, polls = self.feed.count, 0.0, 0
+        cookie = request.cookies.get(COOKIE)
         try:
             await response.write(b": live\n\n")
             while not self.stopping.is_set():
+                # the stream lasts as long as its session: not past a sign-out, its
+                # expiry, or (checked every few seconds) the admin's loss of standing
+                polls += 1
+                if self._login.session(cookie) is not session:
+                    break
+                if polls % STREAM_STANDING_POLLS == 0 and await self._refusal(session.operator):
+                    break
                 events, position, _ = self.feed.since(position)
                 chunk = b"".join(_sse(event) for event in events[-200:])
                 if chunk:

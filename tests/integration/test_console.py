@@ -223,3 +223,24 @@ async def test_an_admin_whose_console_role_is_withdrawn_is_signed_out(console: C
         assert (await console.broker.get(OWN_LIST, "e1001")).status == 200
     finally:
         await admin.session.close()
+
+
+async def test_the_live_stream_ends_with_the_session(console: Console) -> None:
+    """Signing out (or a session ended by its expiry or a freeze) also stops the live
+    decisions an open stream was carrying."""
+    await console.sign_in()
+    csrf = await console.csrf()
+    async with console.session.get(console.url("/events")) as stream:
+        await stream.content.readline()
+        async with console.session.post(console.url("/logout"), data={"csrf": csrf}, allow_redirects=False) as out:
+            assert out.status == 303
+        await asyncio.sleep(0.2)
+        await console.broker.get(OWN_LIST, "e1003")
+        seen = b""
+        deadline = time.monotonic() + 8
+        while not stream.content.at_eof() and time.monotonic() < deadline:
+            try:
+                seen += await asyncio.wait_for(stream.content.readline(), 1)
+            except TimeoutError:
+                continue
+        assert stream.content.at_eof() and b"e1003" not in seen  # before: the stream went on, e1003 in it

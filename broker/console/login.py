@@ -15,7 +15,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.core.guard import employee_for
@@ -39,6 +39,9 @@ class Operator:
     """The employee id of an admin JWT, or "console-token" for the shared credential."""
     via: str
     """"token" or "idp"."""
+    identity: Identity | None = field(default=None, compare=False, repr=False)
+    """What the admin's token vouched for: their standing (roster, roles) is checked
+    again under the live policy on every request of their session."""
 
 
 @dataclass(slots=True)
@@ -92,20 +95,27 @@ class ConsoleLogin:
             raise
 
     async def _admin(self, credential: str) -> Operator:
-        snapshot = self._policy.current
-        roles = set(snapshot.signals.console_roles) if snapshot else set()
         if not credential.count(".") == 2:
             raise LoginRefused("That is neither the console token nor a token from the identity provider.")
         try:
             identity = await self._identify(credential)
-            if snapshot is None:
-                raise LoginRefused("No valid policy is loaded; only the console token works now.")
+        except IdentityError as exc:
+            raise LoginRefused(f"The token was not accepted: {exc.detail}") from exc
+        return self.admin_of(identity)
+
+    def admin_of(self, identity: Identity) -> Operator:
+        """The console operator `identity` is under the live policy (on the roster,
+        holding one of `[console] admin_roles`), or LoginRefused."""
+        snapshot = self._policy.current
+        if snapshot is None:
+            raise LoginRefused("No valid policy is loaded; only the console token works now.")
+        try:
             employee = employee_for(snapshot, identity)
         except IdentityError as exc:
             raise LoginRefused(f"The token was not accepted: {exc.detail}") from exc
-        if not roles & employee.roles:
+        if not set(snapshot.signals.console_roles) & employee.roles:
             raise LoginRefused(f"{employee.id} holds no console role ([console] admin_roles in signals.toml).")
-        return Operator(employee.id, "idp")
+        return Operator(employee.id, "idp", identity)
 
     def open(self, operator: Operator) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)

@@ -46,6 +46,8 @@ log = structlog.get_logger("broker.console")
 COOKIE = "broker_console"
 STREAM_POLL_SECONDS = 0.5
 STREAM_HEARTBEAT_SECONDS = 15.0
+STREAM_STANDING_POLLS = 10
+"""An admin's standing (roster, role, freeze) is checked again every this many polls."""
 MAX_STREAMS = 32
 DIGEST_SECONDS = 1.0
 STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
@@ -113,6 +115,10 @@ class ConsoleRoutes:
     def _signed_in(self, handler: Handler, *, action: bool = False) -> Callable[[web.Request], Awaitable[Any]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
             session = self._login.session(request.cookies.get(COOKIE))
+            if session is not None and (problem := await self._refusal(session.operator)):
+                self._login.close(request.cookies.get(COOKIE))
+                self._record("session_ended", session.operator, request.remote or "", detail=problem)
+                return _html(login_page(problem), 403)
             if session is None:
                 if request.method != "GET" or request.path.startswith((f"{BASE}/events", f"{BASE}/fragment")):
                     return _html("<p>Sign in first.</p>", 401)
@@ -126,6 +132,22 @@ class ConsoleRoutes:
 
         return guarded
 
+    async def _refusal(self, operator: Operator) -> str:
+        """Why an admin signed in with their own token may not use the console now ("" if
+        they may): checked at sign-in and on every request of their session, so one taken
+        off the roster, stripped of the console role or frozen (a rented login the signals
+        caught) cannot act, least of all unfreeze themselves. The console token has no
+        employee behind it to check."""
+        if operator.via != "idp" or operator.identity is None:
+            return ""
+        try:
+            self._login.admin_of(operator.identity)
+        except LoginRefused as exc:
+            return str(exc)
+        if await self._is_frozen(operator.name):
+            return f"{operator.name} is frozen, so their login cannot use the console until a person unfreezes it."
+        return ""
+
     async def login_form(self, _: web.Request) -> web.Response:
         return _html(login_page())
 
@@ -134,6 +156,8 @@ class ConsoleRoutes:
         client = request.remote or ""
         try:
             operator = await self._login.sign_in(str(form.get("credential", "")), client)
+            if problem := await self._refusal(operator):
+                raise LoginRefused(problem)
         except LoginRefused as exc:
             self._record("login_refused", Operator("", ""), client, detail=str(exc))
             return _html(login_page(str(exc)), 401)
@@ -265,10 +289,18 @@ class ConsoleRoutes:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **SECURITY_HEADERS})
         await response.prepare(request)
         self._streams += 1
-        position, idle = self.feed.count, 0.0
+        position, idle, polls = self.feed.count, 0.0, 0
+        cookie = request.cookies.get(COOKIE)
         try:
             await response.write(b": live\n\n")
             while not self.stopping.is_set():
+                # the stream lasts as long as its session: not past a sign-out, its
+                # expiry, or (checked every few seconds) the admin's loss of standing
+                polls += 1
+                if self._login.session(cookie) is not session:
+                    break
+                if polls % STREAM_STANDING_POLLS == 0 and await self._refusal(session.operator):
+                    break
                 events, position, _ = self.feed.since(position)
                 chunk = b"".join(_sse(event) for event in events[-200:])
                 if chunk:

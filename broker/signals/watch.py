@@ -123,9 +123,16 @@ class SignalWatcher:
             if now - seen > rule.window:
                 del addresses[address]
         allowed = max([rule.addresses, *(rule.branches.get(b, 0) for b in event.get("branches") or ())])
+        # Keep the few seen last past the allowance, no more: with that many in the window
+        # the signal fires (or has, and is quiet for a window), so the rest change
+        # nothing, and a login rotating through addresses (an IPv6 prefix) cannot grow
+        # this, the sweep above, or the flag's evidence without bound.
+        while len(addresses) > allowed + EVIDENCE_IDS:
+            del addresses[min(addresses, key=addresses.__getitem__)]  # the least recently seen
         if len(addresses) > allowed:
             evidence = {"addresses": sorted(addresses), "allowed": allowed, "window_seconds": rule.window}
-            detail = f"{employee} used from {len(addresses)} addresses within {rule.window} s (allowed {allowed})"
+            count = f"at least {len(addresses)}" if len(addresses) == allowed + EVIDENCE_IDS else len(addresses)
+            detail = f"{employee} used from {count} addresses within {rule.window} s (allowed {allowed})"
             self._fire("shared_login", rule.action, rule.window, employee, recent, detail, evidence, event, now, "high")
 
     def _probing(self, rules: SignalRules, employee: str, recent: _Recent, event: dict[str, Any], now: float) -> None:

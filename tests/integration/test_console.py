@@ -70,6 +70,11 @@ async def console(make_broker: BrokerFactory, tmp_path: Path, policy_dir: Path) 
     await server.close()
 
 
+def other_session(console: Console) -> Console:
+    """A second browser on the same console (its own cookie jar)."""
+    return Console(console.broker, console.server, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)))
+
+
 async def console_events(broker: Harness, action: str, at_least: int = 1) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 5
     while True:
@@ -178,3 +183,64 @@ def test_the_console_needs_the_admin_listener() -> None:
     settings = ConsoleSettings(enabled=True)
     assert any("admin_port" in p for p in settings.problems(ServerSettings().admin_port))
     assert settings.problems(9090) == []
+
+
+async def test_a_frozen_admin_can_neither_sign_in_nor_unfreeze_themselves(console: Console) -> None:
+    """A renter holding an admin's login: once that login is frozen (by a signal or a
+    person), its token must not open the console, and a console session it opened
+    before must not act, least of all to unfreeze itself."""
+    admin = other_session(console)
+    try:
+        status, _ = await admin.sign_in(console.broker.token("e9001"))
+        assert status == 200
+        csrf = await admin.csrf()
+        await console.sign_in()
+        assert await console.act("e9001", "freeze") == 303
+        assert (await console.broker.get(OWN_LIST, "e9001")).status == 403
+        assert await admin.act("e9001", "unfreeze", csrf=csrf) in (401, 403)  # before: 303, and e9001 was free again
+        status, page = await admin.page("/")
+        assert status in (303, 401, 403) and "Open flags" not in page
+        later = other_session(console)
+        status, page = await later.sign_in(console.broker.token("e9001"))
+        await later.session.close()
+        assert status == 401 and "frozen" in page
+        refused = await console.broker.get(OWN_LIST, "e9001")
+        assert refused.status == 403 and refused.json["reason"] == "identity.suspended"
+        assert [e["operator"] for e in await console_events(console.broker, "unfreeze", 0)] == []
+    finally:
+        await admin.session.close()
+
+
+async def test_an_admin_whose_console_role_is_withdrawn_is_signed_out(console: Console, policy_dir: Path) -> None:
+    admin = other_session(console)
+    try:
+        assert (await admin.sign_in(console.broker.token("e9001")))[0] == 200
+        csrf = await admin.csrf()
+        signals = policy_dir / "signals.toml"
+        signals.write_text(signals.read_text().replace('admin_roles = ["auditor"]', "admin_roles = []"))
+        assert await console.broker.broker.reload("test")
+        assert await admin.act("e1001", "freeze", csrf=csrf) in (401, 403)  # before: 303, e1001 frozen
+        assert (await console.broker.get(OWN_LIST, "e1001")).status == 200
+    finally:
+        await admin.session.close()
+
+
+async def test_the_live_stream_ends_with_the_session(console: Console) -> None:
+    """Signing out (or a session ended by its expiry or a freeze) also stops the live
+    decisions an open stream was carrying."""
+    await console.sign_in()
+    csrf = await console.csrf()
+    async with console.session.get(console.url("/events")) as stream:
+        await stream.content.readline()
+        async with console.session.post(console.url("/logout"), data={"csrf": csrf}, allow_redirects=False) as out:
+            assert out.status == 303
+        await asyncio.sleep(0.2)
+        await console.broker.get(OWN_LIST, "e1003")
+        seen = b""
+        deadline = time.monotonic() + 8
+        while not stream.content.at_eof() and time.monotonic() < deadline:
+            try:
+                seen += await asyncio.wait_for(stream.content.readline(), 1)
+            except TimeoutError:
+                continue
+        assert stream.content.at_eof() and b"e1003" not in seen  # before: the stream went on, e1003 in it

@@ -338,3 +338,23 @@ async def test_an_honest_peer_group_raises_no_volume_flag(make_broker: BrokerFac
             assert (await broker.get(f"/api/branches/BR001/waybills?limit={limit}", employee)).status == 200
         broker.clock.advance(3600)
     assert await signal_events(broker) == []
+
+
+async def test_a_login_rotating_through_many_addresses_keeps_its_evidence_bounded(broker: Harness) -> None:
+    """A frozen login sent on from ever new addresses (an IPv6 /64 holds 2^64 of them):
+    each one was kept for the whole window, swept in full at every request, and listed
+    in the next flag's evidence, so one login could grow the broker's memory, stall its
+    event loop and write audit lines of any size. What is kept stays a few past the
+    allowance, and the signal still fires."""
+    for address in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        await get_from(broker, address, OWN_LIST, "e1001")
+    assert len(await signal_events(broker)) == 1
+    broker.clock.advance(250)
+    for n in range(60):
+        status, _ = await get_from(broker, f"127.0.1.{n + 1}", OWN_LIST, "e1001")
+        assert status == 403  # frozen, but still seen
+    broker.clock.advance(60)  # the first flag's quiet window is over; the 60 are in the window
+    await get_from(broker, "127.0.2.1", OWN_LIST, "e1001")
+    [_, second] = await signal_events(broker, 2)
+    assert second["signal"] == "shared_login" and "127.0.2.1" in second["evidence"]["addresses"]
+    assert 2 < len(second["evidence"]["addresses"]) <= 2 + 10  # before: all 61 of them

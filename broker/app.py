@@ -276,6 +276,7 @@ def build_app(broker: Broker) -> web.Application:
         broker.shadow,
         devices_required=bool(broker.settings.server.client_ca_file),
         session_cookie=broker.settings.oidc.cookie_name if broker.sign_in is not None else "",
+        session_origin=broker.settings.oidc.public_origin if broker.sign_in is not None else "",
     )
     if broker.sign_in is not None:
         broker.sign_in.register(app)

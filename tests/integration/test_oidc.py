@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from broker.config import MeterSettings
 from tests.conftest import BrokerFactory
@@ -352,3 +353,25 @@ async def test_a_session_cookie_carries_only_requests_this_site_made_or_a_link_f
     assert all(e["records_charged"] == 0 and e["via"] == "session" for e in refused)
     # a token is no ambient credential: another site cannot make a browser send it
     assert (await broker.get(OWN, "e1001", headers=image)).status == 200
+
+
+async def test_sign_ins_begun_and_never_finished_cannot_fill_the_shared_store(
+    make_broker: BrokerFactory, provider: Provider, redis_meter: MeterSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/-/oidc/login answers anyone and leaves a record in the Redis the counters and
+    freezes live in, for the login timeout: a loop of them must not be able to fill it
+    (a full Redis refuses every counter write, or evicts counters and freezes)."""
+    monkeypatch.setattr("broker.identity.session_redis.MAX_PENDING", 3)
+    broker = await make_broker(meter=redis_meter, oidc=oidc_settings(provider))
+    for _ in range(3):
+        assert (await get(broker, "/-/oidc/login?next=/")).status == 302
+    for _ in range(5):
+        refused = await get(broker, "/-/oidc/login?next=/")
+        assert refused.status == 503 and refused.headers["Content-Type"] == "application/problem+json"
+        assert LOGIN_COOKIE not in set_cookies(refused.headers)
+    client = aioredis.from_url(redis_meter.redis_url)
+    try:
+        held = [key async for key in client.scan_iter(match=f"{redis_meter.key_prefix}session:l:*")]
+    finally:
+        await client.aclose()
+    assert len([key for key in held if not key.endswith(b":started")]) == 3

@@ -128,6 +128,7 @@ def build_broker(
             meter,
             audit,
             shadow.policy if shadow and isinstance(shadow.policy, PolicyHolder) else None,
+            devices_required=bool(settings.server.client_ca_file),
         ),
         shadow=shadow,
         pg=pg,

@@ -128,6 +128,7 @@ def build_broker(
             meter,
             audit,
             shadow.policy if shadow and isinstance(shadow.policy, PolicyHolder) else None,
+            devices_required=bool(settings.server.client_ca_file),
         ),
         shadow=shadow,
         pg=pg,
@@ -276,6 +277,7 @@ def build_app(broker: Broker) -> web.Application:
         broker.shadow,
         devices_required=bool(broker.settings.server.client_ca_file),
         session_cookie=broker.settings.oidc.cookie_name if broker.sign_in is not None else "",
+        session_origin=broker.settings.oidc.public_origin if broker.sign_in is not None else "",
     )
     if broker.sign_in is not None:
         broker.sign_in.register(app)

@@ -47,6 +47,9 @@ EXPLANATIONS: dict[Reason, str] = {
     "other than chunked. The broker checks and forwards only plain bodies; send it uncompressed.",
     Reason.REQUEST_METHOD_OVERRIDE: "The request asked the system to treat it as another method (_method). "
     "Send the real method instead: the broker decides on the method it sees.",
+    Reason.REQUEST_CROSS_SITE: "Your browser sent your sign-in with a request another site's page made (an image, "
+    "a frame, a form, a script). The broker acts on your sign-in only for this site's own pages and for links "
+    "you follow; open the page here and do it from there.",
     Reason.REQUEST_SLOW_BODY: "The request body did not arrive in time. Check the network and send it again.",
     Reason.ROUTE_UNKNOWN: "This part of the system is not open through the broker.",
     Reason.STATEMENT_REFUSED: "The broker runs only SQL it can check: reads and writes of the mapped tables, "

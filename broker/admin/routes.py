@@ -17,10 +17,13 @@ from broker.core.reason import Reason
 from broker.core.window import current_shift, next_shift_start
 from broker.http.bearer import bearer_token
 from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
+from broker.http.proxy import device_fingerprint
 from broker.identity.error import Identity, IdentityError
 from broker.meter.breaker import BreakerState
 from broker.meter.meter import Meter
 from broker.policy.holder import PolicyHolder
+from broker.policy.index import Employee
+from broker.policy.snapshot import PolicySnapshot
 
 ADMIN_PREFIX = "/-/"
 
@@ -37,6 +40,20 @@ def _loopback_only(
     return guarded
 
 
+def _device_refusal(request: web.Request, snapshot: PolicySnapshot, employee: Employee) -> web.Response | None:
+    """The refusal when this connection's certificate is not a device registered for
+    `employee` (the Guard's device check, for an answer that is no decision)."""
+    fingerprint = device_fingerprint(request)
+    device = snapshot.devices.get(fingerprint) if fingerprint else None
+    if not fingerprint:
+        return bare_problem(Reason.DEVICE_MISSING, 403, "This connection presented no device certificate.")
+    if device is None:
+        return bare_problem(Reason.DEVICE_UNKNOWN, 403, "This device's certificate is not registered.")
+    if not device.carries(employee.id, employee.roles_by_branch.keys()):
+        return bare_problem(Reason.DEVICE_NOT_YOURS, 403, f"Device {device.id} is not registered for you.")
+    return None
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
@@ -51,7 +68,12 @@ class AdminRoutes:
         meter: Meter,
         audit: AuditSink | None = None,
         shadow: PolicyHolder | None = None,
+        *,
+        devices_required: bool = False,
     ) -> None:
+        self._devices_required = devices_required
+        """`[server] client_ca_file`: /-/me answers only on a device registered for the
+        caller, like the records (a rented password alone learns nothing of its owner)."""
         self._audit = audit
         self._shadow = shadow
         self._guard = guard
@@ -153,6 +175,10 @@ class AdminRoutes:
             if status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="broker"'
             return response
+        if self._devices_required:
+            refused = _device_refusal(request, snapshot, employee)
+            if refused is not None:
+                return refused
         employee_id = employee.id
         now = self._guard.clock.now()
         shift = current_shift(employee.shifts, now)

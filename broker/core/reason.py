@@ -41,6 +41,7 @@ class Reason(StrEnum):
     REQUEST_ENCODED_BODY = "request.encoded_body"
     REQUEST_SLOW_BODY = "request.slow_body"
     REQUEST_METHOD_OVERRIDE = "request.method_override"
+    REQUEST_CROSS_SITE = "request.cross_site"
     ROUTE_UNKNOWN = "route.unknown"
     STATEMENT_REFUSED = "statement.refused"
     STATEMENT_BAD_SYNTAX = "statement.bad_syntax"

@@ -72,6 +72,27 @@ def wants_a_page(request: web.Request) -> bool:
     return request.method in ("GET", "HEAD") and "text/html" in request.headers.get("Accept", "")
 
 
+def made_elsewhere(request: web.Request, origin: str) -> bool:
+    """Did another site's page have the browser send this request? The session cookie
+    goes along anyway: SameSite=Lax holds back only cross-site subrequests and POSTs,
+    not a sibling site's (another host under the same domain), images and forms
+    included. Served: what this site's own pages ask (`Sec-Fetch-Site: same-origin`), a
+    GET the user started (typed, a bookmark: `none`) or a top-level link followed from
+    elsewhere (the provider's redirect back among them). A browser without Fetch
+    Metadata must name this origin in `Origin` on anything but GET and HEAD."""
+    headers = request.headers
+    safe = request.method in ("GET", "HEAD")
+    site = headers.get("Sec-Fetch-Site")
+    if site is None:
+        return not safe and headers.get("Origin") != origin
+    if site == "same-origin":
+        return False
+    if not safe:
+        return True
+    followed = headers.get("Sec-Fetch-Mode") == "navigate" and headers.get("Sec-Fetch-Dest", "document") == "document"
+    return site != "none" and not followed
+
+
 class BrowserSignIn:
     def __init__(
         self,

@@ -52,6 +52,7 @@ STATUS_AND_TITLE: dict[Reason, tuple[int, str]] = {
     Reason.REQUEST_ENCODED_BODY: (415, "Request body is compressed or transfer-coded"),
     Reason.REQUEST_SLOW_BODY: (408, "Request body arrived too slowly"),
     Reason.REQUEST_METHOD_OVERRIDE: (400, "Method override is not accepted"),
+    Reason.REQUEST_CROSS_SITE: (403, "Request made by another site"),
     Reason.ROUTE_UNKNOWN: (403, "This API path is not open through the broker"),
     Reason.POLICY_NOT_PERMITTED: (403, "Your role does not allow this"),
     Reason.POLICY_OTHER_BRANCH: (403, "Record belongs to another branch"),

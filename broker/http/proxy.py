@@ -23,7 +23,7 @@ from broker.http.bearer import bearer_token
 from broker.http.budget import AnswerBudget
 from broker.http.classify import Refused, branch_from_body, classify, owner_target
 from broker.http.inspect import holds_records, inspect_records, names_a_branch_field, record_branches
-from broker.http.oidc_routes import login_redirect, wants_a_page
+from broker.http.oidc_routes import login_redirect, made_elsewhere, wants_a_page
 from broker.http.pool import Answer, UpstreamError
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.redact import redacted_target
@@ -87,11 +87,15 @@ class ProxyHandler:
         *,
         devices_required: bool = False,
         session_cookie: str = "",
+        session_origin: str = "",
     ) -> None:
         self._guard = guard
         self._session_cookie = session_cookie
         """The browser sign-in cookie's name ("" without [oidc]): read only from requests
         that carry no Authorization header, so a token's request costs nothing more."""
+        self._session_origin = session_origin
+        """Where browsers reach the broker (`[oidc] public_url`'s origin): a session
+        request another site made is refused (`made_elsewhere`)."""
         self._devices_required = devices_required
         self._policy = policy
         self._upstream = upstream
@@ -151,6 +155,12 @@ class ProxyHandler:
         access, route = classify(snapshot.routes, request.method, request.raw_path, request.query, credential, client)
         if session is not None:
             access = dataclasses.replace(access, session=session)
+            if made_elsewhere(request, self._session_origin):
+                detail = (
+                    "Another site's page made this request, and your browser sent your sign-in with it; the broker "
+                    "acts on your sign-in only for this site's own pages and for links you follow."
+                )
+                return dataclasses.replace(access, refusal=Refusal(Reason.REQUEST_CROSS_SITE, detail)), None, None
         if route is None:
             return access, None, None
         refusal = unframeable(request, self._max_body)

@@ -65,6 +65,16 @@ class OidcSettings:
         return self.public_url.rstrip("/") + "/-/oidc/callback"
 
     @property
+    def public_origin(self) -> str:
+        """`public_url` as browsers write it in `Origin` (scheme://host[:port], the
+        default port left out)."""
+        parts = urlsplit(self.public_url)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = parts.port if parts.port not in (None, {"https": 443, "http": 80}.get(parts.scheme)) else None
+        return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+    @property
     def login_cookie_name(self) -> str:
         """The short-lived cookie that binds a sign-in's state to the browser that began it."""
         prefix = "__Host-" if self.cookie_name.startswith("__Host-") else ""

@@ -33,6 +33,27 @@ end
 return 1
 """
 
+MAX_PENDING = 100_000
+"""Sign-ins begun per login timeout, every replica together; past it a new one is
+refused (503). /-/oidc/login answers anyone before they are identified, and each one
+leaves a record in the Redis the counters and freezes live in: unbounded, a loop of
+them could fill it (every counter write then fails, or counters and freezes are
+evicted). The memory store drops its oldest instead."""
+
+# KEYS[1] the pending sign-in, KEYS[2] the count of those begun in this window;
+# ARGV: record, ttl (ms), the most allowed.
+_HOLD = """
+local begun = redis.call('INCR', KEYS[2])
+if begun == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if begun > tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS[1] the employee's set; ARGV[1] the prefix of session keys.
 _END_ALL = """
 local ended = 0
@@ -51,6 +72,7 @@ class RedisSessionStore:
         self._client = bounded_client(url, timeout=timeout, connections=16)
         self._open = self._client.register_script(_OPEN)
         self._end_all = self._client.register_script(_END_ALL)
+        self._hold = self._client.register_script(_HOLD)
 
     async def open(self, session: BrowserSession, now: float) -> None:
         record = orjson.dumps(
@@ -84,7 +106,10 @@ class RedisSessionStore:
                 "expires_at": login.expires_at,
             }
         )
-        await self._run(self._client.set(self._prefix + "l:" + login.key, record, px=_ttl_ms(login.expires_at, now)))
+        keys = [self._prefix + "l:" + login.key, self._prefix + "l:started"]
+        held = await self._run(self._hold(keys=keys, args=[record, _ttl_ms(login.expires_at, now), MAX_PENDING]))
+        if not held:
+            raise SessionStoreUnavailable(f"more than {MAX_PENDING} sign-ins begun within the login timeout")
 
     async def take_login(self, key: str, now: float) -> PendingLogin | None:
         raw = await self._run(self._client.getdel(self._prefix + "l:" + key))

@@ -224,3 +224,18 @@ def test_device_file_mistakes_are_named_with_their_line() -> None:
 def test_client_certificates_without_tls_is_a_configuration_error() -> None:
     settings = Settings(server=ServerSettings(client_ca_file="/etc/ca.pem"))
     assert any("client_ca_file needs tls_cert_file" in problem for problem in settings.problems())
+
+
+async def test_a_rented_password_without_a_device_reads_nothing_of_its_owner_either(
+    device_broker: DeviceBroker,
+) -> None:
+    """/-/me tells its owner's roles, branches, shifts and quota left: not to a rented
+    password on a machine that is not one of the owner's devices."""
+    status, body, _ = await device_broker.get("/-/me", "e1001", None)
+    assert status == 403 and body["reason"] == "device.missing" and "shifts" not in body
+    status, body, _ = await device_broker.get("/-/me", "e1003", "scanner-e1001")
+    assert status == 403 and body["reason"] == "device.not_yours" and "quotas" not in body
+    status, body, _ = await device_broker.get("/-/me", "e1001", "new-scanner")
+    assert status == 403 and body["reason"] == "device.unknown"
+    status, body, _ = await device_broker.get("/-/me", "e1001", "scanner-e1001")
+    assert status == 200 and body["employee"] == "e1001" and body["shifts"]

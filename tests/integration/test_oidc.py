@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from broker.config import MeterSettings
 from tests.conftest import BrokerFactory
@@ -295,3 +296,82 @@ async def test_sessions_are_shared_by_replicas_and_revoked_everywhere(
     assert "2 browser session(s) ended" in out.decode()
     for broker, cookie in ((first, again), (second, also)):
         assert (await get(broker, OWN, {COOKIE: cookie})).status == 401
+
+
+async def test_a_session_cookie_carries_only_requests_this_site_made_or_a_link_followed(
+    make_broker: BrokerFactory, provider: Provider, raw_upstream: RawUpstream
+) -> None:
+    """SameSite=Lax still sends the cookie with requests a sibling site (wiki.example.com
+    beside portal.example.com) makes, images and form POSTs included: a page there must
+    not write as a colleague, nor read in their name to spend their quota or get them
+    flagged. The browser says who made a request (Fetch Metadata, Origin)."""
+    waybill = {"waybill_no": "SF1", "branch_code": "BR001"}
+    raw_upstream.answer("/api/branches/BR001/waybills", {"items": [waybill]})
+    raw_upstream.answer("/api/waybills", waybill, status=201)
+    broker = await make_broker(raw_upstream.url, oidc=oidc_settings(provider))
+    await provider.user("carol", employee_id="e1004")  # a clerk: writes waybills of BR001
+    session, _ = await sign_in(broker, provider, "carol")
+    cookie = {"Cookie": f"{COOKIE}={session}"}
+    own_origin = broker.url("").rstrip("/")
+
+    async def send(method: str, path: str, **headers: str) -> tuple[int, dict[str, Any]]:
+        body = b'{"waybill_no": "SF1", "branch_code": "BR001"}' if method == "POST" else None
+        sent = {**cookie, **headers, **({"Content-Type": "text/plain"} if body else {})}
+        async with broker.session.request(
+            method, broker.url(path), headers=sent, data=body, allow_redirects=False
+        ) as reply:
+            return reply.status, await reply.json(content_type=None)
+
+    fetch = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
+    assert (await send("GET", OWN, **fetch))[0] == 200  # the app's own page asking
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    assert (await send("GET", OWN, **link))[0] == 200  # a link followed (the provider's redirect back too)
+    assert (await send("GET", OWN, **{"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}))[0] == 200
+    assert (await send("POST", "/api/waybills", **fetch, Origin=own_origin))[0] == 201
+    assert (await send("POST", "/api/waybills", Origin=own_origin))[0] == 201  # a browser without Fetch Metadata
+    forwarded = len(raw_upstream.requests)
+
+    image = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    frame = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}
+    sibling = "https://wiki.example.com"
+    form = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    for method, path, headers in (
+        ("GET", OWN, image),
+        ("GET", OWN, frame),
+        ("GET", OWN, {**image, "Sec-Fetch-Site": "cross-site"}),
+        ("POST", "/api/waybills", {**form, "Origin": sibling}),  # a form on the sibling site
+        ("POST", "/api/waybills", {"Origin": sibling}),  # the same, from a browser without Fetch Metadata
+        ("POST", "/api/waybills", {"Origin": "null"}),
+        ("POST", "/api/waybills", {}),  # neither header: not a browser this site's page drives
+    ):
+        status, body = await send(method, path, **headers)
+        assert (status, body["reason"]) == (403, "request.cross_site"), (method, headers)
+        assert "items" not in body and body["employee"] == "e1004"
+    assert len(raw_upstream.requests) == forwarded  # nothing reached the service
+    refused = await events(broker, "reason", "request.cross_site", 7)
+    assert len(refused) == 7 and {e["employee"] for e in refused} == {"e1004"}
+    assert all(e["records_charged"] == 0 and e["via"] == "session" for e in refused)
+    # a token is no ambient credential: another site cannot make a browser send it
+    assert (await broker.get(OWN, "e1001", headers=image)).status == 200
+
+
+async def test_sign_ins_begun_and_never_finished_cannot_fill_the_shared_store(
+    make_broker: BrokerFactory, provider: Provider, redis_meter: MeterSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/-/oidc/login answers anyone and leaves a record in the Redis the counters and
+    freezes live in, for the login timeout: a loop of them must not be able to fill it
+    (a full Redis refuses every counter write, or evicts counters and freezes)."""
+    monkeypatch.setattr("broker.identity.session_redis.MAX_PENDING", 3)
+    broker = await make_broker(meter=redis_meter, oidc=oidc_settings(provider))
+    for _ in range(3):
+        assert (await get(broker, "/-/oidc/login?next=/")).status == 302
+    for _ in range(5):
+        refused = await get(broker, "/-/oidc/login?next=/")
+        assert refused.status == 503 and refused.headers["Content-Type"] == "application/problem+json"
+        assert LOGIN_COOKIE not in set_cookies(refused.headers)
+    client = aioredis.from_url(redis_meter.redis_url)
+    try:
+        held = [key async for key in client.scan_iter(match=f"{redis_meter.key_prefix}session:l:*")]
+    finally:
+        await client.aclose()
+    assert len([key for key in held if not key.endswith(b":started")]) == 3

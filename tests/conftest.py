@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from broker.app import build_app, build_broker, server_options
+from broker.app import BrokerRunner, build_app, build_broker, server_options
 from broker.config import MeterSettings, Settings
 from broker.core.clock import FakeClock
 from broker.demo.upstream import build_upstream_app
@@ -21,6 +21,14 @@ from tests.harness import SECRET, TUESDAY_10_SHANGHAI, Harness, door_settings, f
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.redis_fixtures", "tests.pg_fixtures", "tests.raw_upstream"]
+
+
+class BrokerTestServer(TestServer):
+    """The broker's app served as `broker run` serves it: its own runner, whose request
+    handler sends upstream-bound requests past aiohttp's router."""
+
+    async def _make_runner(self, **kwargs: Any) -> BrokerRunner:
+        return BrokerRunner(self.app, **kwargs)
 
 
 @pytest.fixture
@@ -86,7 +94,7 @@ async def make_broker(
             else settings.oidc,
         )
         broker = build_broker(settings, clock=clock, store=store)
-        server = TestServer(build_app(broker), host="127.0.0.1", port=port)
+        server = BrokerTestServer(build_app(broker), host="127.0.0.1", port=port)
         # TestServer's constructor ignores server options; start_server hands them to
         # the runner, so the tests read requests exactly as `broker run` does
         await server.start_server(**server_options(settings))

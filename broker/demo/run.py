@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.app import Broker, admin_app, build_app, build_broker, server_options
+from broker.app import Broker, BrokerRunner, admin_app, build_app, build_broker, server_options
 from broker.config import SECRET_ENV, Settings
 from broker.core.clock import OffsetClock, SystemClock, iso, parse_instant
 from broker.demo.simulate import ENUMERATION_AT, HONEST_SPEED, SHARED_LOGIN_AT, Player
@@ -84,7 +84,7 @@ async def _serve(
     upstream = web.AppRunner(build_upstream_app())
     await upstream.setup()
     await web.TCPSite(upstream, "127.0.0.1", args.upstream_port).start()
-    runner = web.AppRunner(build_app(broker), access_log=None, **server_options(settings))
+    runner = BrokerRunner(build_app(broker), access_log=None, **server_options(settings))
     await runner.setup()
     await web.TCPSite(runner, settings.server.host, settings.server.port).start()
     admin = None

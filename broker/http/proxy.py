@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -67,6 +68,19 @@ def device_fingerprint(request: web.Request) -> str:
     return hashlib.sha256(der).hexdigest() if der else ""
 
 
+class Lifecycle(Protocol):
+    draining: bool
+    """Set once the broker is shutting down: every answer then ends its connection."""
+
+
+def _close_after(response: web.StreamResponse) -> None:
+    """While draining, every answer ends its connection (aiohttp then says
+    `Connection: close`): a kept-alive client opens a new one, to another replica once
+    readiness is off, instead of sending its next request down a connection about to be
+    closed under it."""
+    response.force_close()
+
+
 @dataclass(slots=True)
 class Outcome:
     """What the door did after the decision: for the audit event and metrics."""
@@ -88,8 +102,10 @@ class ProxyHandler:
         devices_required: bool = False,
         session_cookie: str = "",
         session_origin: str = "",
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self._guard = guard
+        self._lifecycle = lifecycle
         self._session_cookie = session_cookie
         """The browser sign-in cookie's name ("" without [oidc]): read only from requests
         that carry no Authorization header, so a token's request costs nothing more."""
@@ -116,6 +132,10 @@ class ProxyHandler:
             loop = self._running_loop = asyncio.get_running_loop()
         return loop
 
+    @property
+    def _draining(self) -> bool:
+        return self._lifecycle is not None and self._lifecycle.draining
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         snapshot = self._policy.current  # one revision for the route map and the rules
@@ -129,8 +149,11 @@ class ProxyHandler:
             if not decision.allowed or route is None:
                 response: web.StreamResponse = self._denial(request, decision)
                 outcome.status = response.status
-                return response
-            return await self._forward(request, decision, route, body, outcome)
+            else:
+                response = await self._forward(request, decision, route, body, outcome)
+            if not response.prepared and self._draining:
+                _close_after(response)
+            return response
         finally:
             self._guard.finish(decision)
             if self._shadow is None:
@@ -431,6 +454,8 @@ class ProxyHandler:
         # returns: headers and body still go out in one write, and this handler (which
         # holds the budget) ends only once the connection has taken them
         response = web.Response(status=answer.status, body=body, headers=headers)
+        if self._draining:
+            _close_after(response)
         await response.prepare(request)
         await response.write_eof()
         return response
@@ -442,6 +467,8 @@ class ProxyHandler:
         own[DECISION_HEADER] = decision.id
         headers = answer_headers(answer.headers, own, keep_length=True)
         response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+        if self._draining:
+            _close_after(response)
         await response.prepare(request)
         outcome.status = answer.status
         async for chunk in answer.iter_chunks():

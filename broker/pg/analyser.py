@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import multiprocessing
 from collections.abc import Coroutine
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -82,7 +83,7 @@ class SqlAnalyser:
         self._workers = workers
         self._timeout = timeout
         self._pool: ProcessPoolExecutor | None = None
-        self._warm: Future[int] | None = None
+        self._warm: list[Future[None]] = []
         """The first of the trivial jobs sent to a new pool, one per worker (the pool starts a
         process for each job it has no idle worker for): done once a worker is up."""
         self.restarts = 0
@@ -128,15 +129,16 @@ class SqlAnalyser:
         self._ready()
 
     async def _started(self) -> None:
-        """Wait (up to STARTUP_SECONDS) for a new pool's first worker: the analysis time
-        limit is for the statement, and spawning a worker on a busy machine once took
-        longer than the limit, refusing the first statement after every restart."""
-        warm = self._warm
-        if warm is None or warm.done():
+        """Wait (up to STARTUP_SECONDS) for a new pool's workers to have started and
+        imported the analysis code: the analysis time limit is for the statement, and
+        spawning a worker on a busy machine once took longer than the limit, refusing
+        the first statement after every restart."""
+        warm = [future for future in self._warm if not future.done()]
+        if not warm:
             return
         with contextlib.suppress(TimeoutError, BrokenProcessPool):
             async with asyncio.timeout(STARTUP_SECONDS):
-                await asyncio.wrap_future(warm)
+                await asyncio.gather(*(asyncio.wrap_future(future) for future in warm))
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -146,8 +148,11 @@ class SqlAnalyser:
     def _ready(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
-            warming = [self._pool.submit(int) for _ in range(self._workers)]
-            self._warm = warming[0]
+            # each warm-up imports the analysis code (pglast and the statement rules), so
+            # the statement's time limit never pays for a worker's imports
+            module = analyse_in_worker.__module__
+            warming = [self._pool.submit(_warm_up, module) for _ in range(self._workers)]
+            self._warm = warming
         return self._pool
 
     def _replace(self, why: str, size: int) -> None:
@@ -155,6 +160,12 @@ class SqlAnalyser:
         self.restarts += 1
         self.close()
         self.start()
+
+
+def _warm_up(module: str) -> None:
+    """Run in a new worker: import the module the analysis function lives in (and so
+    everything it needs) before the first statement arrives."""
+    importlib.import_module(module)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

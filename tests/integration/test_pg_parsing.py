@@ -43,8 +43,10 @@ def crash_in_worker(sql: str, tables: TableMap) -> Any:
 
 
 async def test_a_statement_that_crashes_the_parser_costs_one_statement(
-    pg_broker: Harness, monkeypatch: pytest.MonkeyPatch
+    make_broker: BrokerFactory, pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # one worker: the statement meets the worker whose start-up imported this module
+    pg_broker = await make_broker(postgres=door_settings(pg_database, analysis_workers=1))
     # the worker is spawned: it imports this module again, so the stand-in must be
     # a module-level function it can find by name
     monkeypatch.setattr("broker.pg.analyser.analyse_in_worker", crash_in_worker)

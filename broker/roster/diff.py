@@ -13,14 +13,23 @@ from broker.roster.row import RosterRow
 
 @dataclass(frozen=True, slots=True)
 class Standing:
-    """One employee on a roster: roles where held (None: every branch), and shifts."""
+    """One employee on a roster: roles where held (None: every branch, shown as @*), and shifts."""
 
     roles: frozenset[tuple[str, str | None]] = frozenset()
     shifts: frozenset[str] = frozenset()
 
-    def __str__(self) -> str:
-        held = " ".join(f"{role}@{branch or '*'}" for role, branch in sorted(self.roles, key=_role_order))
-        return f"{held or 'no role'}; shifts {' '.join(sorted(self.shifts)) or 'none'}"
+    def held(self) -> str:
+        return " ".join(f"{role}@{branch or '*'}" for role, branch in sorted(self.roles, key=_role_order)) or "none"
+
+    def worked(self) -> str:
+        return " ".join(sorted(self.shifts)) or "none"
+
+    def change_to(self, new: Standing) -> str:
+        """What differs, for people: "roles courier@BR001 -> courier@BR002; shifts ..."."""
+        parts = [f"roles {self.held()} -> {new.held()}"] if self.roles != new.roles else []
+        if self.shifts != new.shifts:
+            parts.append(f"shifts {self.worked()} -> {new.worked()}")
+        return "; ".join(parts)
 
 
 Roster = dict[str, Standing]
@@ -83,7 +92,7 @@ class RosterDiff:
         found = [f"  added {len(self.added)}{_some(self.added, show)}"]
         found.append(f"  removed {len(self.removed)}{_some(self.removed, show)}")
         found.append(f"  changed {len(self.changed)}" + (":" if self.changed and show else ""))
-        found += [f"    {employee}: {old} -> {new}" for employee, old, new in self.changed[:show]]
+        found += [f"    {employee}: {old.change_to(new)}" for employee, old, new in self.changed[:show]]
         if len(self.changed) > show:
             found.append(f"    ... and {len(self.changed) - show} more")
         return found

@@ -61,16 +61,13 @@ class ColumnMap:
 def _problem_with(value: object, column: str, label: str, field: str) -> tuple[str, str] | None:
     """(message, hint) when `value`, from `column` (`label` to people), cannot stand as `field`."""
     if value is None:
-        return f"{column}: {field} is NULL", _NULL_HINT.get(field, "every row needs all four values")
+        return f"{label}: {field} is NULL", _NULL_HINT.get(field, _ALL_FOUR)
     if not isinstance(value, str):
-        return (
-            f"{column}: {field} is {type(value).__name__}, not text",
-            f"cast it to text in the query ({column}::text)",
-        )
+        return f"{label}: {field} is {type(value).__name__}, not text", f"cast it in the query: {column}::text"
     if not value.strip():
-        return f"{column}: {field} is empty", _NULL_HINT.get(field, "every row needs all four values")
+        return f"{label}: {field} is empty", _NULL_HINT.get(field, _ALL_FOUR)
     if not well_formed(value.strip()):
-        return f"{column}: {field} {value.strip()!r} is malformed", f"values use only {VALUE_SYNTAX}"
+        return f"{label}: {field} {value.strip()!r} is malformed", f"values use only {VALUE_SYNTAX}"
     return None
 
 

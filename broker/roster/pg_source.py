@@ -1,9 +1,9 @@
 """HR's roster as a query on a PostgreSQL database.
 
-The query runs in a read-only transaction under a statement timeout, as one statement
-(psycopg sends it with the extended protocol, which refuses a second one): a mistaken
-`DELETE ... RETURNING` fails instead of changing HR's data, and a slow join cannot hold a
-pull for ever. Values must come back as text, or NULL, never silently converted.
+The query runs in a read-only transaction under a statement timeout, as one prepared
+statement (the extended protocol refuses a second statement, so `SELECT ...; COMMIT;
+DELETE ...` cannot step out of the transaction): a mistaken `DELETE ... RETURNING` fails
+instead of changing HR's data, and a slow join cannot hold a pull for ever. Values must come back as text, or NULL, never silently converted.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PostgresRosterSource:
             try:
                 milliseconds = str(max(1, round(self._timeout * 1000)))
                 cursor.execute("SELECT set_config('statement_timeout', %s, true)", (milliseconds,))
-                cursor.execute(self._query.encode())
+                cursor.execute(self._query.encode(), prepare=True)  # prepared: one statement only
                 if cursor.description is None:
                     raise self._unreadable("the query returns no rows: it must be one SELECT")
                 names = [column.name for column in cursor.description]

@@ -77,12 +77,12 @@ def _pull(source: RosterSource, directory: Path, options: PullOptions) -> PullRe
     except SourceUnreadable as exc:
         return PullResult(Outcome.UNREADABLE, source.name, problems=[str(exc.problem)])
     current = read_current(directory)
+    if fetched.problems or current.problems:  # no diff: one made without the bad rows would mislead
+        return PullResult(Outcome.REFUSED, source.name, problems=[str(p) for p in fetched.problems + current.problems])
     change = diff(roster_of_rules(current.rules), roster_of_rows(fetched.rows))
-    if fetched.problems or current.problems:
-        return _refused(Outcome.REFUSED, source, change, fetched.problems + current.problems)
     shrink = _shrink_problem(source.name, change, options)
     if shrink is not None:
-        return _refused(Outcome.SHRINK, source, change, [shrink])
+        return PullResult(Outcome.SHRINK, source.name, change, [str(shrink)])
     rendered = render(fetched.rows, source.name, current.shifts_kept)
     if all(current.files.get(name) == data for name, data in rendered.files.items()):
         return PullResult(Outcome.UNCHANGED, source.name, change)  # checked when it was written
@@ -110,7 +110,3 @@ def _shrink_problem(source: str, change: RosterDiff, options: PullOptions) -> Ro
         f"({change.removed_fraction:.0%}, more than the {options.max_removed_fraction:.0%} allowed)",
         "if HR really removed them, pull again with --allow-shrink; else the export or query lost rows",
     )
-
-
-def _refused(outcome: Outcome, source: RosterSource, change: RosterDiff, problems: list[RosterProblem]) -> PullResult:
-    return PullResult(outcome, source.name, change, [str(p) for p in problems])

@@ -3,7 +3,8 @@
 The query runs in a read-only transaction under a statement timeout, as one prepared
 statement (the extended protocol refuses a second statement, so `SELECT ...; COMMIT;
 DELETE ...` cannot step out of the transaction): a mistaken `DELETE ... RETURNING` fails
-instead of changing HR's data, and a slow join cannot hold a pull for ever. Values must come back as text, or NULL, never silently converted.
+instead of changing HR's data, and a slow join cannot hold a pull for ever. Values must
+come back as text (NULL and other types are refused, never converted).
 """
 
 from __future__ import annotations

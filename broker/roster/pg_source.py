@@ -18,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from broker.roster.csv_source import MAX_ROWS_HINT
 from broker.roster.mapping import ColumnMap
 from broker.roster.row import Fetched, RosterProblem, SourceUnreadable
+from broker.roster.settings import without_quoted
 
 BATCH_ROWS = 1000
 LIBPQ_MIN_CONNECT_TIMEOUT = 2
@@ -102,7 +103,7 @@ def _describe(dsn: str) -> str:
     try:
         parts = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ValueError(f"[roster] dsn is not a connection string: {_first_line(exc)}") from None
+        raise ValueError(f"[roster] dsn is not a connection string: {without_quoted(str(exc))}") from None
     user = f"{parts['user']}@" if parts.get("user") else ""
     host, port, database = parts.get("host") or "localhost", parts.get("port") or "5432", parts.get("dbname") or ""
     return f"PostgreSQL {user}{host}:{port}/{database}"

@@ -7,6 +7,7 @@ roster may contain; this section says where one comes from.)
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 
 SOURCES = ("", "csv", "postgres")
@@ -65,8 +66,8 @@ class RosterSettings:
             found.append("[roster] max_removed_fraction must be between 0 and 1")
         if not self.query_timeout_seconds > 0 or self.max_rows < 1:
             found.append("[roster] query_timeout_seconds must be above 0 and max_rows at least 1")
-        if self.pull_interval_seconds < 0 or 0 < self.pull_interval_seconds < 10:
-            found.append("[roster] pull_interval_seconds must be 0 (never) or at least 10")
+        if self.pull_interval_seconds < 0 or 0 < self.pull_interval_seconds < 1:
+            found.append("[roster] pull_interval_seconds must be 0 (never) or at least 1")
         if self.pull_interval_seconds and not self.source:
             found.append('[roster] pull_interval_seconds needs a source ("csv" or "postgres")')
         return found
@@ -79,6 +80,8 @@ class RosterSettings:
             found.append('[roster] source = "csv" needs csv_file')
         if self.source == "postgres" and not (self.dsn and self.query.strip()):
             found.append('[roster] source = "postgres" needs dsn and query')
+        elif self.source == "postgres":
+            found += _dsn_problems(self.dsn)
         if len(self.delimiter) != 1 or self.delimiter in QUOTE_AND_LINE_BREAKS:
             found.append(f"[roster] delimiter {self.delimiter!r} must be one character, not a quote or line break")
         try:
@@ -86,3 +89,19 @@ class RosterSettings:
         except LookupError:
             found.append(f"[roster] encoding {self.encoding!r} is not an encoding Python knows (e.g. utf-8, gb18030)")
         return found
+
+
+def _dsn_problems(dsn: str) -> list[str]:
+    from psycopg import ProgrammingError  # noqa: PLC0415 - psycopg only where a database is named
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        return [f"[roster] dsn is not a connection string: {without_quoted(str(exc))}"]
+    return []
+
+
+def without_quoted(message: str) -> str:
+    """libpq's message with what it quotes of the string withheld: it may be the password."""
+    return re.sub(r'"[^"]*"', '"..."', message.strip())

@@ -125,7 +125,10 @@ def test_an_unreachable_database_is_named_without_its_password(
     assert "s3cret-pw" not in out + err
 
 
-def test_a_dsn_that_does_not_parse_is_a_config_error(work: PgWorkspace, capsys: pytest.CaptureFixture[str]) -> None:
-    work.use(QUERY, dsn="host=127.0.0.1 port")
-    code, _, err = work.pull(capsys)
-    assert code == 2 and "[roster] dsn is not a connection string" in err
+def test_a_dsn_that_does_not_parse_is_a_config_error_quoting_none_of_it(
+    work: PgWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work.use(QUERY, dsn="postgresql://hr:pass word@127.0.0.1/people")
+    code, out, err = work.pull(capsys)
+    assert code == 2 and "[roster] dsn is not a connection string: unexpected spaces found in" in err
+    assert "pass word" not in out + err

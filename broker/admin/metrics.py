@@ -98,7 +98,7 @@ class Metrics:
         )
         self.roster_pulled = Gauge(
             "broker_roster_last_pull_success_timestamp_seconds",
-            "When a roster pull last succeeded (applied or unchanged); unset until one has",
+            "When a roster pull last succeeded (applied or unchanged), seconds since the epoch; 0 until one has",
             registry=self.registry,
         )
 

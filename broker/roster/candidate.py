@@ -37,15 +37,20 @@ def _cite(problem: PolicyProblem, rendered: RenderedRoster, directory: Path, can
     """A pulled line's problem at its source row ("hr.csv:17: unknown role ..."), the lines
     it mentions too; any other at its place in the real policy directory."""
 
-    def source_of(found: re.Match[str]) -> str:
-        return rendered.origin.get((found[1], int(found[2])), found[0])
+    def real(file: str, line: int) -> str:
+        """Where a line of the candidate is: a source row, or its line in the real directory."""
+        origin = rendered.origin.get((file, line))
+        if origin is not None:
+            return origin
+        if file == SHIFTS_FILE:
+            line = rendered.kept.get(line, line)
+        return f"{directory}/{file}:{line}" if line else f"{directory}/{file}"
 
-    message = _GENERATED_LINE.sub(source_of, problem.message)
-    hint = _GENERATED_LINE.sub(source_of, problem.hint)
-    origin = rendered.origin.get((problem.file, problem.line))
-    if origin is not None:
-        return str(PolicyProblem(origin, 0, message, hint))
-    where = problem.file.replace(str(candidate), str(directory))
-    if not Path(where).is_absolute():
-        where = f"{directory}/{where}"
-    return str(PolicyProblem(where, problem.line, message.replace(str(candidate), str(directory)), hint))
+    def cited(text: str) -> str:
+        text = _GENERATED_LINE.sub(lambda found: real(found[1], int(found[2])), text)
+        return text.replace(str(candidate), str(directory))
+
+    if Path(problem.file).is_absolute():  # a test case file, by its full path
+        where = problem.file.replace(str(candidate), str(directory))
+        return str(PolicyProblem(where, problem.line, cited(problem.message), cited(problem.hint)))
+    return str(PolicyProblem(real(problem.file, problem.line), 0, cited(problem.message), cited(problem.hint)))

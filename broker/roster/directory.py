@@ -8,6 +8,7 @@ another file) is refused instead, naming the line.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import fcntl
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.policy.branch import BRANCHES_FILE
+from broker.policy.problem import PolicyProblem
 from broker.policy.rule import Rule, parse_rules
 from broker.roster.render import ROSTER_FILE, ROSTER_LINE_TYPES, SHIFTS_FILE
 from broker.roster.row import RosterProblem
@@ -37,13 +39,13 @@ class CurrentRoster:
     """Every roster line (g, g2, g3) the policy's rule files hold now."""
     files: dict[str, bytes | None] = field(default_factory=dict)
     """roster.csv and shifts.csv as they are (None: absent)."""
-    shifts_kept: list[str] = field(default_factory=list)
-    """shifts.csv's lines that are not roster lines: what a pull keeps of it."""
+    shifts_kept: list[tuple[int, str]] = field(default_factory=list)
+    """shifts.csv's lines that are not roster lines, with their numbers: what a pull keeps."""
     problems: list[RosterProblem] = field(default_factory=list)
 
 
 def read_current(directory: Path) -> CurrentRoster:
-    current = CurrentRoster()
+    current = CurrentRoster(files={ROSTER_FILE: None, SHIFTS_FILE: None})
     for path in sorted(directory.glob("*.csv")):
         if path.name == BRANCHES_FILE:
             continue
@@ -52,36 +54,60 @@ def read_current(directory: Path) -> CurrentRoster:
         except OSError as exc:
             current.problems.append(RosterProblem(str(path), f"cannot read: {exc.strerror}"))
             continue
-        rules, _ = parse_rules(path.name, raw)  # a broken line is the policy check's to report
+        rules, broken = parse_rules(path.name, raw)
+        current.rules += [r for r in rules if r.ptype in ROSTER_LINE_TYPES]
         if path.name in (ROSTER_FILE, SHIFTS_FILE):
             current.files[path.name] = raw
-        current.rules += [r for r in rules if r.ptype in ROSTER_LINE_TYPES]
-        current.problems += _lines_a_pull_cannot_own(directory, path.name, rules)
-        if path.name == SHIFTS_FILE:
-            owned = {r.line for r in rules if r.ptype in ROSTER_LINE_TYPES}
+            unreadable = _unreadable_as_text(path, raw)
+            if unreadable:
+                current.problems += unreadable
+                continue
+        if path.name == ROSTER_FILE:
+            current.problems += _lines_a_rewrite_would_lose(path, rules, broken)
+        elif path.name == SHIFTS_FILE:
+            owned = {r.line for r in rules if r.ptype in ROSTER_LINE_TYPES} | {p.line for p in broken if _roster(p)}
             lines = raw.decode("utf-8", errors="replace").split("\n")
-            current.shifts_kept = [line for n, line in enumerate(lines, start=1) if n not in owned]
-    for name in (ROSTER_FILE, SHIFTS_FILE):
-        current.files.setdefault(name, None)
+            current.shifts_kept = [(n, line) for n, line in enumerate(lines, start=1) if n not in owned]
+        else:
+            current.problems += _roster_lines_elsewhere(path, rules)
     return current
 
 
-def _lines_a_pull_cannot_own(directory: Path, name: str, rules: list[Rule]) -> list[RosterProblem]:
-    if name == ROSTER_FILE:
-        return [
-            RosterProblem(
-                f"{directory / name}:{r.line}",
-                f"a {r.ptype} line in {ROSTER_FILE}, which a pull rewrites whole: it would be lost",
-                "move it to another file (roles.csv, limits.csv, deny.csv, ...)",
-            )
-            for r in rules
-            if r.ptype not in ROSTER_LINE_TYPES
-        ]
-    if name == SHIFTS_FILE:
-        return []
+def _roster(problem: PolicyProblem) -> bool:
+    """Whether a line the reader refused was meant as a roster line (a pull replaces it)."""
+    return bool(problem.about) and problem.about[0] in ROSTER_LINE_TYPES
+
+
+def _unreadable_as_text(path: Path, raw: bytes) -> list[RosterProblem]:
+    """A file the reader cannot split into lines cannot be split into the pull's and the rest."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return [RosterProblem(str(path), "not valid UTF-8: a pull cannot tell its lines from the rest")]
+    if raw.startswith(codecs.BOM_UTF8):
+        return [RosterProblem(f"{path}:1", "starts with a UTF-8 byte order mark", "save it without one first")]
+    return []
+
+
+def _lines_a_rewrite_would_lose(path: Path, rules: list[Rule], broken: list[PolicyProblem]) -> list[RosterProblem]:
+    hint = "move it to another file (roles.csv, limits.csv, deny.csv, ...), or delete it"
+    lost = [(r.line, f"a {r.ptype} line") for r in rules if r.ptype not in ROSTER_LINE_TYPES]
+    parsed = {r.line for r in rules}  # a line can be read and still have a problem (the last, unterminated)
+    lost += [
+        (p.line, "a line that does not read as a roster line")
+        for p in broken
+        if p.line and p.line not in parsed and not _roster(p)
+    ]
+    return [
+        RosterProblem(f"{path}:{line}", f"{what} in {ROSTER_FILE}, which a pull rewrites whole: it would be lost", hint)
+        for line, what in sorted(lost)
+    ]
+
+
+def _roster_lines_elsewhere(path: Path, rules: list[Rule]) -> list[RosterProblem]:
     return [
         RosterProblem(
-            f"{directory / name}:{r.line}",
+            f"{path}:{r.line}",
             f"a roster line ({r.ptype}) outside {ROSTER_FILE} and {SHIFTS_FILE}: a pull would not replace it",
             "the roster comes from HR now: add the employee there, and delete this line",
         )

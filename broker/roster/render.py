@@ -24,10 +24,13 @@ class RenderedRoster:
     files: dict[str, bytes] = field(default_factory=dict)
     origin: dict[tuple[str, int], str] = field(default_factory=dict)
     """(file, line) -> the source row the line came from (the first, when several did)."""
+    kept: dict[int, int] = field(default_factory=dict)
+    """A line of the new shifts.csv kept from the old -> its number in the old file."""
 
 
-def render(rows: list[RosterRow], source: str, shifts_kept: list[str]) -> RenderedRoster:
-    """`shifts_kept`: shifts.csv's lines that are not roster lines (templates, comments)."""
+def render(rows: list[RosterRow], source: str, shifts_kept: list[tuple[int, str]]) -> RenderedRoster:
+    """`shifts_kept`: shifts.csv's lines that are not roster lines (templates, comments),
+    with their line numbers there."""
     rendered = RenderedRoster()
     roster = [f"# The roster, pulled from {source} by `broker roster pull`: change it there, not here.", ""]
     roster.append("# Who holds which role in which branch: g, employee, role, branch")
@@ -37,7 +40,9 @@ def render(rows: list[RosterRow], source: str, shifts_kept: list[str]) -> Render
     if branchless:
         roster += ["", "# Branch-less roles for headquarters: g3, employee, role"]
         _lines(rendered, roster, ROSTER_FILE, "g3", branchless)
-    shifts = _without_trailing_blanks(shifts_kept)
+    kept = _without_trailing_blanks(shifts_kept)
+    shifts = [line for _, line in kept]
+    rendered.kept = {new: old for new, (old, _) in enumerate(kept, start=1)}
     if not shifts or not shifts[-1].lstrip().startswith("#"):
         shifts += ["", f"# Who works which shift, pulled from {source}: g2, employee, shift"]
     _lines(rendered, shifts, SHIFTS_FILE, "g2", _first(rows, lambda r: (r.employee, r.shift)))
@@ -64,9 +69,9 @@ def _lines(
         rendered.origin[(file, len(lines))] = facts[fact].where
 
 
-def _without_trailing_blanks(lines: list[str]) -> list[str]:
+def _without_trailing_blanks(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
     kept = list(lines)
-    while kept and not kept[-1].strip():
+    while kept and not kept[-1][1].strip():
         kept.pop()
     return kept
 

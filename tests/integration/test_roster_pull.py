@@ -243,3 +243,34 @@ def test_the_command_line_documents_the_exit_codes_and_exits_with_them(work: Wor
     work.write_export(HEADER)
     refused = cli("-c", "broker.toml")
     assert refused.returncode == 4 and "refused as a shrink; nothing written" in refused.stderr
+
+
+def test_a_problem_in_a_kept_shifts_line_is_cited_at_its_line_in_the_real_file(
+    work: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """g2 lines before a template move out of the way; the template's problem keeps its line."""
+    shifts = work.policies / "shifts.csv"
+    lines = shifts.read_text().splitlines()
+    lines.insert(1, "g2, e1001, late-cn")
+    lines.append("p2, early-cn, 05:00, 09:00, Mon-Fri, Asia/Shangai")
+    shifts.write_text("\n".join(lines) + "\n")
+    code, _, err = work.pull(capsys)
+    assert code == 1
+    assert f"{shifts}:{len(lines)}: " in err and "Asia/Shangai" in err
+
+
+def test_a_roster_file_that_cannot_be_split_into_lines_is_refused(
+    work: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    roster = work.policies / "roster.csv"
+    roster.write_bytes(b"\xef\xbb\xbf" + roster.read_bytes())
+    code, _, err = work.pull(capsys)
+    assert code == 1 and f"{roster}:1: starts with a UTF-8 byte order mark" in err
+
+
+def test_a_roster_file_cut_short_is_replaced_not_refused(work: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    roster = work.policies / "roster.csv"
+    roster.write_text(roster.read_text().rstrip("\n"))
+    code, out, err = work.pull(capsys)
+    assert code == 0, err
+    assert "wrote roster.csv" in out and roster.read_text().endswith("g3, e9001, auditor\n")

@@ -77,7 +77,7 @@ ROWS = [
     RosterRow("e1", "courier", "BR001", "late", "hr.csv:4"),
     RosterRow("e9", "auditor", None, "always", "hr.csv:5"),
 ]
-SHIFTS_KEPT = ["# templates", "p2, day, 08:00, 18:00, daily, UTC", "", "# who works which shift: g2", "", ""]
+SHIFTS_KEPT = list(enumerate(["# templates", "p2, day, 08:00, 18:00, daily, UTC", "", "# who works: g2", "", ""], 1))
 
 
 def test_rendered_lines_are_sorted_parse_cleanly_and_remember_their_first_row() -> None:
@@ -90,17 +90,15 @@ def test_rendered_lines_are_sorted_parse_cleanly_and_remember_their_first_row() 
         "g3, e9, auditor",
     ]
     assert rendered.origin[("roster.csv", rules[0].line)] == "hr.csv:3"  # e1's g line: the first of its rows
-    assert shifts.startswith(
-        "# templates\np2, day, 08:00, 18:00, daily, UTC\n\n# who works which shift: g2\ng2, e1, day\n"
-    )
+    assert shifts.startswith("# templates\np2, day, 08:00, 18:00, daily, UTC\n\n# who works: g2\ng2, e1, day\n")
     assert rendered.origin[("shifts.csv", shifts.splitlines().index("g2, e1, late") + 1)] == "hr.csv:4"
     assert "pulled from hr.csv" in roster
-    again = render(list(reversed(ROWS)), "hr.csv", shifts.splitlines()[:4])
+    again = render(list(reversed(ROWS)), "hr.csv", list(enumerate(shifts.splitlines()[:4], 1)))
     assert again.files == rendered.files, "the same roster in another order must write the same bytes"
 
 
 def test_a_shifts_file_not_ending_in_a_comment_gets_one_before_the_pulled_lines() -> None:
-    shifts = render(ROWS, "hr.csv", ["p2, day, 08:00, 18:00, daily, UTC"]).files["shifts.csv"].decode()
+    shifts = render(ROWS, "hr.csv", [(1, "p2, day, 08:00, 18:00, daily, UTC")]).files["shifts.csv"].decode()
     assert shifts.startswith("p2, day, 08:00, 18:00, daily, UTC\n\n# Who works which shift, pulled from hr.csv")
 
 

@@ -82,7 +82,8 @@ def run_pull(args: argparse.Namespace) -> int:
         print(f"broker roster pull: policy directory {directory} does not exist", file=sys.stderr)
         return EXIT_BAD_CONFIG
     source = source_from(settings.roster, args.csv)  # ConfigError: exit 2, in main
-    options = PullOptions(settings.roster.max_removed_fraction, args.allow_shrink, args.dry_run)
+    roster = settings.roster
+    options = PullOptions(roster.max_removed_fraction, args.allow_shrink, args.dry_run, roster.headquarters_branch)
     result = pull(source, directory, options)
     _report(result, directory, max(0, args.show))
     return EXIT_CODES[result.outcome]

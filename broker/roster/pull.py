@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from broker.policy.branch import BRANCHES_FILE, parse_branches
 from broker.roster.candidate import check_candidate
 from broker.roster.diff import RosterDiff, diff, roster_of_rows, roster_of_rules
 from broker.roster.directory import DirectoryBusy, locked, read_current, replace_files
@@ -58,6 +59,8 @@ class PullOptions:
     max_removed_fraction: float = 0.1
     allow_shrink: bool = False
     dry_run: bool = False
+    headquarters_branch: str = ""
+    """The branch value read as branch-less: it must not also be a branch's code."""
 
 
 def pull(source: RosterSource, directory: Path, options: PullOptions) -> PullResult:
@@ -77,6 +80,7 @@ def _pull(source: RosterSource, directory: Path, options: PullOptions) -> PullRe
     except SourceUnreadable as exc:
         return PullResult(Outcome.UNREADABLE, source.name, problems=[str(exc.problem)])
     current = read_current(directory)
+    current.problems += _headquarters_is_a_branch(directory, options.headquarters_branch)
     if fetched.problems or current.problems:  # no diff: one made without the bad rows would mislead
         return PullResult(Outcome.REFUSED, source.name, problems=[str(p) for p in fetched.problems + current.problems])
     change = diff(roster_of_rules(current.rules), roster_of_rows(fetched.rows))
@@ -110,3 +114,22 @@ def _shrink_problem(source: str, change: RosterDiff, options: PullOptions) -> Ro
         f"({change.removed_fraction:.0%}, more than the {options.max_removed_fraction:.0%} allowed)",
         "if HR really removed them, pull again with --allow-shrink; else the export or query lost rows",
     )
+
+
+def _headquarters_is_a_branch(directory: Path, headquarters: str) -> list[RosterProblem]:
+    """A branch coded like the headquarters value would have its staff read as branch-less,
+    every branch theirs."""
+    path = directory / BRANCHES_FILE
+    try:
+        branches, _ = parse_branches(BRANCHES_FILE, path.read_bytes())
+    except OSError:
+        return []  # the policy check names a missing branches.csv
+    if headquarters not in branches:
+        return []
+    return [
+        RosterProblem(
+            str(path),
+            f"[roster] headquarters_branch {headquarters!r} is also a branch code: its staff would hold every branch",
+            "set [roster] headquarters_branch to a value no branch uses",
+        )
+    ]

@@ -65,7 +65,7 @@ class RosterSchedule:
         metrics: Metrics,
         reload: Callable[[str], Awaitable[bool]] | None,
     ) -> RosterSchedule:
-        options = PullOptions(settings.max_removed_fraction)
+        options = PullOptions(settings.max_removed_fraction, headquarters_branch=settings.headquarters_branch)
         return cls(
             source_from(settings),
             directory,

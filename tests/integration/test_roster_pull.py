@@ -274,3 +274,12 @@ def test_a_roster_file_cut_short_is_replaced_not_refused(work: Workspace, capsys
     code, out, err = work.pull(capsys)
     assert code == 0, err
     assert "wrote roster.csv" in out and roster.read_text().endswith("g3, e9001, auditor\n")
+
+
+def test_a_headquarters_value_that_is_also_a_branch_code_is_refused(
+    work: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work.configure('headquarters_branch = "BR001"\n')
+    code, _, err = work.pull(capsys)
+    assert code == 1
+    assert f"{work.policies}/branches.csv: [roster] headquarters_branch 'BR001' is also a branch code" in err

@@ -29,6 +29,8 @@ def check_candidate(directory: Path, rendered: RenderedRoster) -> tuple[str | No
             snapshot = load_snapshot(candidate)
         except PolicyError as exc:
             return None, [_cite(p, rendered, directory, candidate) for p in exc.problems]
+        except Exception as exc:  # as a reload: a surprise refuses the roster, never writes it
+            return None, [f"{directory}: unexpected error while checking the policy: {exc!r}"]
         failing = verify_with_own_tests(snapshot)
         return snapshot.revision, [_cite(p, rendered, directory, candidate) for p in failing]
 

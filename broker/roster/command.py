@@ -96,18 +96,18 @@ def _report(result: PullResult, directory: Path, show: int) -> None:
         print("\n".join(change.lines(show)))
     for problem in result.problems:
         print(problem, file=sys.stderr)
-    print(*_verdict(result, directory), file=sys.stdout if result.outcome.succeeded else sys.stderr)
+    print(_verdict(result, directory), file=sys.stdout if result.outcome.succeeded else sys.stderr)
 
 
-def _verdict(result: PullResult, directory: Path) -> tuple[str, ...]:
+def _verdict(result: PullResult, directory: Path) -> str:
     files = f"{ROSTER_FILE} and {SHIFTS_FILE}"
     count = f"{len(result.problems)} problem(s)"
     return {
-        Outcome.APPLIED: (f"wrote {files} in {directory}: policy revision {result.revision}",),
-        Outcome.UNCHANGED: (f"{files} in {directory} already say this: nothing written",),
-        Outcome.CHECKED: (f"dry run: the policy would check (revision {result.revision}); nothing written",),
-        Outcome.REFUSED: (f"broker roster pull: refused ({count}); nothing written",),
-        Outcome.UNREADABLE: ("broker roster pull: the source cannot be read as a roster; nothing written",),
-        Outcome.FAILED: (f"broker roster pull: {directory} could not be locked, read or written; nothing written",),
-        Outcome.SHRINK: ("broker roster pull: refused as a shrink; nothing written",),
+        Outcome.APPLIED: f"wrote {files} in {directory}: policy revision {result.revision}",
+        Outcome.UNCHANGED: f"{files} in {directory} already say this: nothing written",
+        Outcome.CHECKED: f"dry run: the policy would check (revision {result.revision}); nothing written",
+        Outcome.REFUSED: f"broker roster pull: refused ({count}); nothing written",
+        Outcome.UNREADABLE: "broker roster pull: the source cannot be read as a roster; nothing written",
+        Outcome.FAILED: f"broker roster pull: {directory} could not be locked, read or written; nothing written",
+        Outcome.SHRINK: "broker roster pull: refused as a shrink; nothing written",
     }[result.outcome]

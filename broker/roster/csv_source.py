@@ -42,9 +42,7 @@ class CsvRosterSource:
                 if cells:  # a blank line
                     fetched.add(self._row(cells, header, line))
                 if len(fetched.rows) + len(fetched.problems) > self._max_rows:
-                    raise self._unreadable(
-                        f"more than {self._max_rows} rows", "raise [roster] max_rows if this is right"
-                    )
+                    raise self._unreadable(f"more than {self._max_rows} rows", MAX_ROWS_HINT)
         except csv.Error as exc:
             raise SourceUnreadable(
                 RosterProblem(f"{self.path}:{reader.line_num}", f"not readable as CSV: {exc}")

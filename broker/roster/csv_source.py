@@ -31,6 +31,13 @@ class CsvRosterSource:
     def name(self) -> str:
         return str(self.path)
 
+    def fingerprint(self) -> object | None:
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns
+
     def fetch(self) -> Fetched:
         reader = csv.reader(io.StringIO(self._text(), newline=""), delimiter=self._delimiter, strict=True)
         fetched = Fetched()

@@ -35,6 +35,9 @@ class PostgresRosterSource:
         self.name = _describe(dsn)
         """The database, never the password: it is shown, logged and written into roster.csv."""
 
+    def fingerprint(self) -> object | None:
+        return None  # only the query can tell
+
     def fetch(self) -> Fetched:
         connect_timeout = max(LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(self._timeout))
         try:

@@ -53,6 +53,8 @@ class RosterSchedule:
         self._audit = audit
         self._metrics = metrics
         self._reload = reload
+        self._unchanged_since: tuple[object, object] | None = None
+        """The source's fingerprint and the policy files' stats after the last good pull."""
 
     @classmethod
     def from_settings(
@@ -85,13 +87,29 @@ class RosterSchedule:
 
     async def pull_once(self) -> PullResult:
         try:
-            result = await asyncio.to_thread(pull, self._source, self._directory, self._options)
+            result = await asyncio.to_thread(self._pull_if_changed)
         except Exception as exc:  # a surprise must not end the schedule, nor touch the policy
             result = PullResult(Outcome.FAILED, self._source.name, problems=[f"unexpected error: {exc!r}"])
         self._record(result)
         if result.outcome is Outcome.APPLIED and self._reload is not None:
             await self._reload("roster pull")
         return result
+
+    def _pull_if_changed(self) -> PullResult:
+        """A pull, unless neither the source nor a policy file changed since the last one
+        that succeeded (at 100,000 employees a pull reads for seconds, in this process)."""
+        inputs = self._inputs()
+        if inputs is not None and inputs == self._unchanged_since:
+            return PullResult(Outcome.UNCHANGED, self._source.name)
+        result = pull(self._source, self._directory, self._options)
+        self._unchanged_since = None
+        if result.outcome.succeeded and inputs is not None:
+            self._unchanged_since = (inputs[0], _stats(self._directory))  # the files as the pull left them
+        return result
+
+    def _inputs(self) -> tuple[object, object] | None:
+        source = self._source.fingerprint()
+        return None if source is None else (source, _stats(self._directory))
 
     def _record(self, result: PullResult) -> None:
         outcome = result.outcome.value
@@ -127,3 +145,15 @@ class RosterSchedule:
             event["problems"] = result.problems[:AUDITED_PROBLEMS]
             event["problem_count"] = len(result.problems)
         return event
+
+
+def _stats(directory: Path) -> object:
+    """Every policy rule file's identity, size and time: a hand edit shows here."""
+    found = []
+    for path in sorted(directory.glob("*.csv")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        found.append((path.name, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)

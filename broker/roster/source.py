@@ -24,6 +24,12 @@ class RosterSource(Protocol):
         source cannot be read as a roster at all. Blocking: run it off the event loop."""
         ...
 
+    def fingerprint(self) -> object | None:
+        """Something cheap that changes whenever the rows might (a file's size and time), or
+        None when only a fetch can tell (a query). Lets the running broker skip pulls of
+        a source that has not changed."""
+        ...
+
 
 def source_from(settings: RosterSettings, csv_file: Path | None = None) -> RosterSource:
     """The configured source, or the CSV export `csv_file` read with the configured

@@ -10,12 +10,20 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from broker.admin.metrics import Metrics
+from broker.config import load_settings
 from broker.core.clock import SystemClock
 from broker.identity.jwt_authenticator import mint_token
+from broker.roster.csv_source import CsvRosterSource
+from broker.roster.mapping import ColumnMap
+from broker.roster.pull import Outcome, PullOptions
+from broker.roster.row import Fetched
+from broker.roster.schedule import RosterSchedule
 from tests.harness import SECRET, free_port, start_broker_process
 from tests.roster_workspace import HEADER, SHIPPED_ROWS, Workspace
 
@@ -112,3 +120,50 @@ async def test_the_broker_pulls_a_new_hire_in_and_keeps_the_roster_through_broke
     assert shrink["removed"] == 4 and shrink["employees_removed"] == ["e1004", "e2001", "e2012", "e9001"]
     log = running.output.read_text()
     assert "roster.pull_refused" in log and "semicolon-separated" in log
+
+
+class ListAuditSink:
+    """The audit events, kept in a list (the audit file is another test's subject)."""
+
+    accepting = True
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+class CountedCsvSource(CsvRosterSource):
+    fetches = 0
+
+    def fetch(self) -> Fetched:
+        self.fetches += 1
+        return super().fetch()
+
+
+async def test_a_source_and_policy_unchanged_since_the_last_good_pull_are_not_read_again(tmp_path: Path) -> None:
+    work = Workspace(tmp_path)
+    work.write_export(HEADER + SHIPPED_ROWS + NEW_HIRE)
+    settings = load_settings(work.root / "broker.toml").roster
+    source = CountedCsvSource(work.export, ColumnMap.from_settings(settings), ",", "utf-8", 1000)
+    audit, metrics = ListAuditSink(), Metrics()
+    schedule = RosterSchedule(
+        source, work.policies, PullOptions(), 60, clock=SystemClock(), audit=audit, metrics=metrics, reload=None
+    )
+    assert (await schedule.pull_once()).outcome is Outcome.APPLIED
+    assert (await schedule.pull_once()).outcome is Outcome.UNCHANGED
+    assert source.fetches == 1, "nothing changed: the second pull must not read the export"
+    roster = work.policies / "roster.csv"
+    roster.write_text(roster.read_text().replace("# The roster", "# Edited by hand: the roster"))
+    assert (await schedule.pull_once()).outcome is Outcome.APPLIED, "a hand edit is undone by the next pull"
+    assert source.fetches == 2 and roster.read_text().startswith("# The roster")
+    work.write_export(HEADER + SHIPPED_ROWS + NEW_HIRE + "e1006,Hu Bo,courier,BR001,day-cn\n")
+    assert (await schedule.pull_once()).outcome is Outcome.APPLIED and source.fetches == 3
+    assert [e["outcome"] for e in audit.events] == ["applied", "applied", "applied"]
+    assert audit.events[-1]["employees_added"] == ["e1006"]
+    scraped = metrics.registry.get_sample_value("broker_roster_pulls_total", {"outcome": "unchanged"})
+    assert scraped == 1.0

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import structlog
 
 from broker.cli import main
 
@@ -50,7 +51,10 @@ class Workspace:
 
     def pull(self, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = main(["roster", "pull", "-c", str(self.root / "broker.toml"), *args])
+        try:
+            code = main(["roster", "pull", "-c", str(self.root / "broker.toml"), *args])
+        finally:
+            structlog.reset_defaults()  # main() logged to capsys's stream, gone after this test
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -24,7 +24,7 @@ from broker.roster.mapping import ColumnMap
 from broker.roster.pull import Outcome, PullOptions
 from broker.roster.row import Fetched
 from broker.roster.schedule import RosterSchedule
-from tests.harness import SECRET, free_port, start_broker_process
+from tests.harness import SECRET, TUESDAY_10_SHANGHAI, free_port, start_broker_process
 from tests.roster_workspace import HEADER, SHIPPED_ROWS, Workspace
 
 NEW_HIRE = "e1005,Sun Hao,courier,BR002,always\n"
@@ -39,7 +39,7 @@ class RunningBroker:
 
     async def on_roster(self, session: aiohttp.ClientSession, employee: str) -> bool:
         """Whether /-/me answers the employee (403 identity.not_on_roster otherwise)."""
-        token = mint_token(SECRET, employee, now=SystemClock().now())
+        token = mint_token(SECRET, employee, now=TUESDAY_10_SHANGHAI)  # the broker's clock starts there
         async with session.get(self.url("/-/me"), headers={"Authorization": f"Bearer {token}"}) as reply:
             assert reply.status in (200, 403), reply.status
             return reply.status == 200
@@ -84,7 +84,8 @@ def running(tmp_path: Path) -> Iterator[RunningBroker]:
     config.write_text(config.read_text().replace('directory = "policies"', 'directory = "policies"\nwatch = false'))
     output = tmp_path / "broker.out"
     with output.open("wb") as log:
-        process = start_broker_process(config, {"BROKER_DEV_SECRET": SECRET}, output=log, wait_port=port)
+        env = {"BROKER_DEV_SECRET": SECRET, "BROKER_CLOCK": "2026-12-01T10:00:00+08:00"}  # any test process clock
+        process = start_broker_process(config, env, output=log, wait_port=port)
     try:
         yield RunningBroker(work, port, process, output)
     finally:

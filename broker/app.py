@@ -43,6 +43,7 @@ from broker.policy.holder import PolicyHolder
 from broker.policy.index import PolicyIndex
 from broker.policy.problem import PolicyError
 from broker.review.cases import verify_with_own_tests
+from broker.roster.schedule import RosterSchedule
 from broker.signals.act import SignalActions
 from broker.signals.rules import SignalRules
 from broker.signals.watch import SignalWatcher
@@ -414,6 +415,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if broker.shadow is not None and isinstance(broker.shadow.policy, PolicyHolder):
             watcher = broker.shadow.policy.watch(broker.stop)
             broker.tasks.append(asyncio.create_task(watcher, name="shadow-policy-watch"))
+    if broker.settings.roster.pull_interval_seconds:
+        broker.tasks.append(asyncio.create_task(_roster_schedule(broker).run(), name="roster-pull"))
     snapshot = broker.policy.current
     log.info(
         "broker.started",
@@ -439,3 +442,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await broker.signals.close()
     await broker.meter.close()
     broker.audit.close()
+
+
+def _roster_schedule(broker: Broker) -> RosterSchedule:
+    """Pulls the roster from HR; a written roster is reloaded by the policy watcher, or
+    at once when there is none."""
+    return RosterSchedule.from_settings(
+        broker.settings.roster,
+        broker.settings.policy.directory,
+        clock=broker.clock,
+        audit=broker.audit,
+        metrics=broker.metrics,
+        reload=None if broker.settings.policy.watch else broker.reload,
+    )

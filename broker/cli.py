@@ -36,6 +36,7 @@ from broker.review.explain import explain
 from broker.review.offline import Question, decide_offline, parse_request
 from broker.review.recorded_decision import recorded_question
 from broker.review.replay import impact_json, impact_text, read_audit, replay
+from broker.roster.command import add_roster_commands
 from broker.signals.act import set_frozen
 
 EXIT_BAD_CONFIG = 2
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_replay)
 
     _add_audit_commands(commands)
+    add_roster_commands(commands, _config_option)
     for name, text in (
         ("freeze", "refuse an employee everywhere (every replica, through the shared Redis store) until unfrozen"),
         ("unfreeze", "lift a freeze set by a signal or by `broker freeze`"),

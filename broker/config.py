@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from broker.config_env import EnvError, apply_env
 from broker.identity.oidc_settings import OidcSettings
 from broker.identity.settings import IdentitySettings
+from broker.roster.settings import RosterSettings
 
 SECRET_ENV = "BROKER_DEV_SECRET"  # noqa: S105 - the variable name, not a secret
 PG_PASSWORD_ENV = "BROKER_PG_PASSWORD"  # noqa: S105 - the variable name, not a secret
@@ -277,12 +278,13 @@ class Settings:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     oidc: OidcSettings = field(default_factory=OidcSettings)
     clock: ClockSettings = field(default_factory=ClockSettings)
+    roster: RosterSettings = field(default_factory=RosterSettings)
     source: str = "embedded defaults"
 
     def problems(self) -> list[str]:
         found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
         found += self.postgres.problems() + self.audit.problems() + self.console.problems(self.server.admin_port)
-        found += self.oidc.problems()
+        found += self.oidc.problems() + self.roster.problems()
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:

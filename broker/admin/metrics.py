@@ -90,6 +90,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.roster_pulls = Counter(
+            "broker_roster_pulls_total",
+            "Roster pulls by the running broker, by outcome: applied, unchanged, refused, unreadable, shrink, failed",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.roster_pulled = Gauge(
+            "broker_roster_last_pull_success_timestamp_seconds",
+            "When a roster pull last succeeded (applied or unchanged), seconds since the epoch; 0 until one has",
+            registry=self.registry,
+        )
+
     def decided(self, verdict: str, reason: str, seconds: float, metered: str) -> None:
         """Count one decision: tallied in plain lists here and folded into the Prometheus
         series when they are read (`render`). prometheus_client's own path (a lock per

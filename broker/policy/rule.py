@@ -71,6 +71,12 @@ class Rule:
         return self.fields
 
 
+def well_formed(value: str) -> bool:
+    """Whether `value` may stand as a name in a rule line (an employee, role, branch or
+    shift): what a roster taken from elsewhere is held to before it becomes lines."""
+    return bool(_TOKEN.match(value))
+
+
 def parse_rules(name: str, raw: bytes) -> tuple[list[Rule], list[PolicyProblem]]:
     """Every rule in one file, or the problems that make the file unusable."""
     problems: list[PolicyProblem] = []

@@ -223,6 +223,8 @@ def test_the_alerts_cover_what_operators_must_hear_of() -> None:
     assert exprs["BrokerAuditNotAccepting"] == "broker_audit_accepting == 0"
     assert "broker_audit_backlog_bytes" in exprs["BrokerAuditBacklog"]
     assert 'outcome="rejected"' in exprs["BrokerPolicyReloadRejected"]
+    assert 'outcome!~"applied|unchanged"' in exprs["BrokerRosterPullRefused"]
+    assert "broker_roster_last_pull_success_timestamp_seconds > 0" in exprs["BrokerRosterStale"]  # 0: never pulled
     assert "meter.unavailable" in exprs["BrokerMeterUnavailable"] and "fallback" in exprs["BrokerMeterFallback"]
     assert "broker_upstream_errors_total" in exprs["BrokerUpstreamErrors"]
     assert "sum by (reason)" in exprs["BrokerDenialSpike"] and "offset" in exprs["BrokerDenialSpike"]

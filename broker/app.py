@@ -34,6 +34,7 @@ from broker.identity.oidc_client import OidcClient
 from broker.identity.session import SessionAuthenticator, SessionStore
 from broker.identity.session_memory import MemorySessionStore
 from broker.identity.session_redis import RedisSessionStore
+from broker.messages.shipped import catalogue_of
 from broker.meter.breaker import CircuitBreaker
 from broker.meter.meter import FailureMode, FailurePolicy, Meter
 from broker.meter.redis_store import RedisCounterStore
@@ -102,7 +103,8 @@ def build_broker(
     guard = Guard(policy, authenticator, meter, clock, audit=audit, sessions=session_auth)
     sign_in = None
     if oidc.enabled and sessions is not None:
-        sign_in = BrowserSignIn(oidc, OidcClient(oidc, clock), sessions, guard, audit, clock)
+        client = OidcClient(oidc, clock)
+        sign_in = BrowserSignIn(oidc, client, sessions, guard, audit, clock, lambda: catalogue_of(policy.current))
     metrics.watch_audit(audit)
     signals, watcher = watch_for_rented_logins(policy, meter, audit, metrics, clock)
     console = None

@@ -123,6 +123,10 @@ class PgDoor:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
+    def open_sessions(self, employee: str) -> int:
+        """How many database sessions `employee` has open through this door now."""
+        return self._per_employee.get(employee, 0)
+
     @property
     def analyser(self) -> SqlAnalyser:
         return self._analyser

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from broker.core.decision import Decision
 from broker.core.reason import Reason
@@ -60,9 +61,9 @@ class LocaleTexts:
     """Appended to a refusal outside any decision: may use {contact}."""
 
 
-@dataclass(frozen=True, slots=True)
-class Spoken:
-    """A denial in words: what the problem body (or the ErrorResponse) shows."""
+class Spoken(NamedTuple):
+    """A denial in words: what the problem body (or the ErrorResponse) shows. (A tuple:
+    one is made per refusal.)"""
 
     title: str
     detail: str
@@ -83,10 +84,13 @@ class Catalogue:
     contact: Contact = field(default_factory=Contact)
     file: str = ""
     """The policy file it was read from ("" for the shipped texts alone)."""
+    help: dict[str, str] | None = field(default=None, init=False)
+    """The body's `help` member: the contact's parts (None when none is configured)."""
     _phrases: dict[tuple[Reason, str], _Phrase] = field(default_factory=dict, repr=False)
     _negotiated: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
+        self.help = self.contact.as_json() or None
         contact = {"contact": self.contact.text}
         for locale, texts in self.locales.items():
             tail = texts.help.fill(contact) if self.contact.text else Template(())
@@ -96,12 +100,6 @@ class Catalogue:
                 self._phrases[(reason, locale)] = _Phrase(
                     entry.title, _joined(message, tail), _joined(message, bare_tail)
                 )
-
-    @property
-    def help(self) -> dict[str, str] | None:
-        """The body's `help` member: the contact's parts (None when none is configured)."""
-        found = self.contact.as_json()
-        return found or None
 
     def negotiate(self, accept_language: str | None) -> str:
         """The locale to answer a request in (`Accept-Language`, else the default)."""

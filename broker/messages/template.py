@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _FORMATTER = string.Formatter()
 
@@ -23,6 +23,16 @@ class TemplateError(ValueError):
 class Template:
     parts: tuple[tuple[str, str], ...]
     """(literal text, placeholder name or "") pairs, in order."""
+    pattern: str = field(init=False, compare=False, repr=False)
+    """The parts as a `str.format` pattern the broker wrote itself (literal braces
+    doubled, names checked plain): rendered by `format_map` in C."""
+    names: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    """Each placeholder once, in order: the values a render looks up."""
+
+    def __post_init__(self) -> None:
+        text = "".join(_escaped(t) + (f"{{{name}}}" if name else "") for t, name in self.parts)
+        object.__setattr__(self, "pattern", text)
+        object.__setattr__(self, "names", tuple(dict.fromkeys(name for _, name in self.parts if name)))
 
     @property
     def fields(self) -> frozenset[str]:
@@ -34,7 +44,7 @@ class Template:
         return None if self.fields else "".join(text for text, _ in self.parts)
 
     def render(self, value: Callable[[str], str]) -> str:
-        return "".join(text + value(name) if name else text for text, name in self.parts)
+        return self.pattern.format_map({name: value(name) for name in self.names})
 
     def fill(self, known: Mapping[str, str]) -> Template:
         """The template with the placeholders in `known` replaced by their text (the
@@ -54,6 +64,10 @@ class Template:
 
     def __add__(self, other: Template) -> Template:
         return Template(self.parts + other.parts).fill({})
+
+
+def _escaped(literal: str) -> str:
+    return literal.replace("{", "{{").replace("}", "}}")
 
 
 def compile_template(text: str) -> Template:

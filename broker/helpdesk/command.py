@@ -297,7 +297,8 @@ def _view(reached: Reached) -> str:
         f"  frozen: {_yes(a['frozen'])}   (counters: {counters})",
     ]
     for q in a["quotas"]:
-        raised = f", raised by {q['raised']} for {q['raise_seconds_left']} s more" if q.get("raised") else ""
+        extra = q.get("raised")
+        raised = f", raised by {extra} for {q['raise_seconds_left']} s more" if isinstance(extra, int) and extra else ""
         lines.append(
             f"  quota {q['resource']}: {q['used']} of {q['limit']} used, {q['remaining']} left{raised}; "
             f"resets {q['resets_at']}"

@@ -114,7 +114,9 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 async def _body(request: web.Request, *numbers: str) -> dict[str, Any]:
     """The action's JSON body with a reason (and the `numbers` it needs), or ValueError."""
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes")
+    raw = await request.read()  # whole (a chunked one too), within the admin app's client_max_size
     if len(raw) > MAX_BODY_BYTES:
         raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes")
     try:

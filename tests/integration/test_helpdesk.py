@@ -115,6 +115,10 @@ async def test_a_raise_lets_the_employee_on_and_ends_by_itself(desk: Desk) -> No
     )
     allowed = await desk.broker.get(OWN_20, "e1003")
     assert allowed.status == 200 and '"waybill";q=100;' in allowed.headers["RateLimit-Policy"]
+    shown = await desk.run("sessions", "e1003")
+    assert (
+        "  quota waybill: 80 of 100 used, 20 left, raised by 40 for 7200 s more; resets 2026-12-01T18:00" in shown.out
+    )
     [event] = await desk.actions("helpdesk.quota_raise")
     assert event["event"] == "console" and event["operator"] == "console-token" and event["via"] == "token"
     assert event["employee"] == "e1003" and event["reason"] == "ticket 4711: stocktake"

@@ -26,6 +26,9 @@ from broker.console.routes import ConsoleRoutes
 from broker.core.clock import Clock, clock_from
 from broker.core.guard import Guard
 from broker.core.shadow import Shadow
+from broker.helpdesk.activity import EmployeeActivity
+from broker.helpdesk.quota import QuotaDesk
+from broker.helpdesk.routes import HelpdeskRoutes
 from broker.http.oidc_routes import BrowserSignIn
 from broker.http.proxy import ProxyHandler
 from broker.http.upstream import Upstream
@@ -34,6 +37,7 @@ from broker.identity.oidc_client import OidcClient
 from broker.identity.session import SessionAuthenticator, SessionStore
 from broker.identity.session_memory import MemorySessionStore
 from broker.identity.session_redis import RedisSessionStore
+from broker.messages.shipped import catalogue_of
 from broker.meter.breaker import CircuitBreaker
 from broker.meter.meter import FailureMode, FailurePolicy, Meter
 from broker.meter.redis_store import RedisCounterStore
@@ -67,6 +71,7 @@ class Broker:
     pg: PgDoor | None = None
     signals: SignalActions | None = None
     console: ConsoleRoutes | None = None
+    helpdesk: HelpdeskRoutes | None = None
     sign_in: BrowserSignIn | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -103,7 +108,8 @@ def build_broker(
     guard = Guard(policy, authenticator, meter, clock, audit=audit, sessions=session_auth)
     sign_in = None
     if oidc.enabled and sessions is not None:
-        sign_in = BrowserSignIn(oidc, OidcClient(oidc, clock), sessions, guard, audit, clock)
+        client = OidcClient(oidc, clock)
+        sign_in = BrowserSignIn(oidc, client, sessions, guard, audit, clock, lambda: catalogue_of(policy.current))
     metrics.watch_audit(audit)
     signals, watcher = watch_for_rented_logins(policy, meter, audit, metrics, clock)
     console = None
@@ -111,6 +117,7 @@ def build_broker(
         console = build_console(settings, policy, authenticator, guard, meter, audit, clock, watcher)
     shadow = build_shadow(settings, authenticator, clock)
     pg = PgDoor(settings.postgres, guard, policy, audit, metrics) if settings.postgres.enabled else None
+    helpdesk = build_helpdesk(console, policy, guard, meter, clock, sessions, pg) if console is not None else None
     return Broker(
         settings=settings,
         clock=clock,
@@ -135,6 +142,7 @@ def build_broker(
         pg=pg,
         signals=signals,
         console=console,
+        helpdesk=helpdesk,
         sign_in=sign_in,
     )
 
@@ -174,6 +182,23 @@ def build_console(
         log.info("console.idp_only", detail="no [console] token_file: only admin tokens of [console] admin_roles")
     forget = watcher.forget if watcher is not None else (lambda _: None)
     return ConsoleRoutes(feed, login, guard, policy, meter, audit, clock, settings.audit.path, forget)
+
+
+def build_helpdesk(
+    console: ConsoleRoutes,
+    policy: PolicyHolder,
+    guard: Guard,
+    meter: Meter,
+    clock: Clock,
+    sessions: SessionStore | None,
+    pg: PgDoor | None,
+) -> HelpdeskRoutes:
+    """The help desk's API (`broker helpdesk`): the console's credentials and audit
+    recorder, the Guard's counters, and what this replica knows of live sessions."""
+    desk = QuotaDesk(policy, meter, clock)
+    database_sessions = pg.open_sessions if pg is not None else None
+    activity = EmployeeActivity(desk, guard, meter, console.digest, sessions, database_sessions)
+    return HelpdeskRoutes(console, desk, activity, meter.shared)
 
 
 def watch_for_rented_logins(
@@ -338,6 +363,8 @@ def admin_app(broker: Broker) -> web.Application:
     broker.admin.register_operations(operations)
     if broker.console is not None:
         broker.console.register(operations)
+    if broker.helpdesk is not None:
+        broker.helpdesk.register(operations)
     return operations
 
 

@@ -1,4 +1,4 @@
-"""`broker run | check | token | demo`: the command line."""
+"""`broker run | check | token | demo | helpdesk ...`: the command line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from broker.audit.verify import checkpoint_age
 from broker.audit.verify import verify as verify_audit
 from broker.config import ConfigError, Settings, load_settings
 from broker.core.clock import clock_from, parse_instant
+from broker.helpdesk.command import add_helpdesk_command
 from broker.identity.jwt_authenticator import mint_token
 from broker.identity.session import SessionStoreUnavailable
 from broker.identity.settings import NO_KEY_SOURCE
@@ -121,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(revoke)
     revoke.add_argument("employee", help="the employee id")
     revoke.set_defaults(func=_revoke)
+    add_helpdesk_command(commands)
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)

@@ -19,6 +19,7 @@ from broker.http.bearer import bearer_token
 from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
 from broker.http.proxy import device_fingerprint
 from broker.identity.error import Identity, IdentityError
+from broker.messages.shipped import catalogue_of
 from broker.meter.breaker import BreakerState
 from broker.meter.meter import Meter
 from broker.policy.holder import PolicyHolder
@@ -46,12 +47,29 @@ def _device_refusal(request: web.Request, snapshot: PolicySnapshot, employee: Em
     fingerprint = device_fingerprint(request)
     device = snapshot.devices.get(fingerprint) if fingerprint else None
     if not fingerprint:
-        return bare_problem(Reason.DEVICE_MISSING, 403, "This connection presented no device certificate.")
+        detail = "This connection presented no device certificate."
+        return _refusal(request, snapshot, Reason.DEVICE_MISSING, 403, detail)
     if device is None:
-        return bare_problem(Reason.DEVICE_UNKNOWN, 403, "This device's certificate is not registered.")
+        return _refusal(request, snapshot, Reason.DEVICE_UNKNOWN, 403, "This device's certificate is not registered.")
     if not device.carries(employee.id, employee.roles_by_branch.keys()):
-        return bare_problem(Reason.DEVICE_NOT_YOURS, 403, f"Device {device.id} is not registered for you.")
+        detail = f"Device {device.id} is not registered for you."
+        return _refusal(request, snapshot, Reason.DEVICE_NOT_YOURS, 403, detail, {"device": device.id})
     return None
+
+
+def _refusal(
+    request: web.Request,
+    snapshot: PolicySnapshot | None,
+    reason: Reason,
+    status: int,
+    detail: str,
+    values: dict[str, str] | None = None,
+) -> web.Response:
+    """A refusal of an employee-facing endpoint, worded like the proxy's (the caller's
+    language, the help desk's contact)."""
+    languages = request.headers.get("Accept-Language")
+    catalogue = catalogue_of(snapshot)
+    return bare_problem(reason, status, detail, catalogue=catalogue, accept_language=languages, values=values)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -167,11 +185,11 @@ class AdminRoutes:
         try:
             identity = await self._identify(bearer_token(request.headers.getall("Authorization", [])))
             if snapshot is None:
-                return bare_problem(Reason.POLICY_UNAVAILABLE, 503, "No valid policy is loaded.")
+                return _refusal(request, snapshot, Reason.POLICY_UNAVAILABLE, 503, "No valid policy is loaded.")
             employee = employee_for(snapshot, identity)
         except IdentityError as exc:
             status = STATUS_AND_TITLE[exc.reason][0]
-            response = bare_problem(exc.reason, status, exc.detail)
+            response = _refusal(request, snapshot, exc.reason, status, exc.detail)
             if status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="broker"'
             return response
@@ -237,15 +255,15 @@ class AdminRoutes:
         except ValueError:
             return bare_problem(Reason.ROUTE_UNKNOWN, 404, "No such problem type.")
         status, title = STATUS_AND_TITLE.get(reason, (403, "Denied"))
-        return _json(
-            {
-                "type": problem_type(reason),
-                "reason": reason.value,
-                "status": status,
-                "title": title,
-                "explanation": EXPLANATIONS.get(reason, ""),
-            }
-        )
+        found = {
+            "type": problem_type(reason),
+            "reason": reason.value,
+            "status": status,
+            "title": title,
+            "explanation": EXPLANATIONS.get(reason, ""),
+        }
+        help_desk = catalogue_of(self._policy.current).help
+        return _json(found if help_desk is None else {**found, "help": help_desk})
 
 
 def _policy_state(holder: PolicyHolder) -> dict[str, Any]:

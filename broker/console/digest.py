@@ -44,8 +44,8 @@ class Timeline:
     def add(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         client, when = event.get("client"), str(event.get("time", ""))
-        if not client:
-            return
+        if not client or event.get("event") not in (None, "decision"):
+            return  # a console or help-desk action's address is the operator's, not the employee's
         seen = self.addresses.get(client)
         if seen is None:
             seen = self.addresses[client] = Address(when, when)

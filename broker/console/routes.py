@@ -78,7 +78,8 @@ class ConsoleRoutes:
     ) -> None:
         self.feed = feed
         self.digest = Digest(feed)
-        self._login = login
+        self.login = login
+        """Who may act (the console token, admins' own tokens): the help desk's API too."""
         self._guard = guard
         self._policy = policy
         self._meter = meter
@@ -114,10 +115,10 @@ class ConsoleRoutes:
 
     def _signed_in(self, handler: Handler, *, action: bool = False) -> Callable[[web.Request], Awaitable[Any]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            session = self._login.session(request.cookies.get(COOKIE))
-            if session is not None and (problem := await self._refusal(session.operator)):
-                self._login.close(request.cookies.get(COOKIE))
-                self._record("session_ended", session.operator, request.remote or "", detail=problem)
+            session = self.login.session(request.cookies.get(COOKIE))
+            if session is not None and (problem := await self.refusal(session.operator)):
+                self.login.close(request.cookies.get(COOKIE))
+                self.record("session_ended", session.operator, request.remote or "", detail=problem)
                 return _html(login_page(problem), 403)
             if session is None:
                 if request.method != "GET" or request.path.startswith((f"{BASE}/events", f"{BASE}/fragment")):
@@ -132,7 +133,7 @@ class ConsoleRoutes:
 
         return guarded
 
-    async def _refusal(self, operator: Operator) -> str:
+    async def refusal(self, operator: Operator) -> str:
         """Why an admin signed in with their own token may not use the console now ("" if
         they may): checked at sign-in and on every request of their session, so one taken
         off the roster, stripped of the console role or frozen (a rented login the signals
@@ -141,7 +142,7 @@ class ConsoleRoutes:
         if operator.via != "idp" or operator.identity is None:
             return ""
         try:
-            self._login.admin_of(operator.identity)
+            self.login.admin_of(operator.identity)
         except LoginRefused as exc:
             return str(exc)
         if await self._is_frozen(operator.name):
@@ -155,21 +156,21 @@ class ConsoleRoutes:
         form = await request.post()
         client = request.remote or ""
         try:
-            operator = await self._login.sign_in(str(form.get("credential", "")), client)
-            if problem := await self._refusal(operator):
+            operator = await self.login.sign_in(str(form.get("credential", "")), client)
+            if problem := await self.refusal(operator):
                 raise LoginRefused(problem)
         except LoginRefused as exc:
-            self._record("login_refused", Operator("", ""), client, detail=str(exc))
+            self.record("login_refused", Operator("", ""), client, detail=str(exc))
             return _html(login_page(str(exc)), 401)
-        session_id, _ = self._login.open(operator)
-        self._record("login", operator, client)
+        session_id, _ = self.login.open(operator)
+        self.record("login", operator, client)
         response = _see_other(f"{BASE}/")
         response.set_cookie(COOKIE, session_id, httponly=True, samesite="Strict", path=BASE)
         return response
 
     async def sign_out(self, request: web.Request, session: Session) -> web.StreamResponse:
-        self._login.close(request.cookies.get(COOKIE))
-        self._record("logout", session.operator, request.remote or "")
+        self.login.close(request.cookies.get(COOKIE))
+        self.record("logout", session.operator, request.remote or "")
         response = _see_other(f"{BASE}/login")
         response.del_cookie(COOKIE, path=BASE)
         return response
@@ -261,11 +262,11 @@ class ConsoleRoutes:
                 return _html(f"<p>The counter store is unavailable: {exc}. Nothing was changed.</p>", 503)
         if action in ("unfreeze", "dismiss"):
             self._forget(employee)  # the signals start afresh for someone a person has cleared
-        self._record(action, session.operator, request.remote or "", employee=employee)
+        self.record(action, session.operator, request.remote or "", employee=employee)
         back = str((await request.post()).get("back", ""))
         return _see_other(back if back.startswith(f"{BASE}/") and "//" not in back else f"{BASE}/")
 
-    def _record(self, action: str, operator: Operator, client: str, **fields: Any) -> None:
+    def record(self, action: str, operator: Operator, client: str, **fields: Any) -> None:
         """One audit line per console action: who, from where, on whom."""
         event = {
             "time": iso(self._clock.now()),
@@ -297,9 +298,9 @@ class ConsoleRoutes:
                 # the stream lasts as long as its session: not past a sign-out, its
                 # expiry, or (checked every few seconds) the admin's loss of standing
                 polls += 1
-                if self._login.session(cookie) is not session:
+                if self.login.session(cookie) is not session:
                     break
-                if polls % STREAM_STANDING_POLLS == 0 and await self._refusal(session.operator):
+                if polls % STREAM_STANDING_POLLS == 0 and await self.refusal(session.operator):
                     break
                 events, position, _ = self.feed.since(position)
                 chunk = b"".join(_sse(event) for event in events[-200:])

@@ -26,6 +26,7 @@ from broker.core.window import (
     next_shift_start,
     probe_key,
     quota_key,
+    quota_raise_key,
     quota_window,
 )
 from broker.identity.error import Identity, IdentityError
@@ -171,7 +172,8 @@ class Guard:
                 continue
             window = quota_window(limit, shift, employee.zone, now)
             used = await self._meter.used(quota_key(employee.id, resource, window.start), now)
-            states.append(QuotaState(resource, limit.quota, used, window.seconds, window.end, employee.zone))
+            raised = await self._meter.used(quota_raise_key(employee.id, resource), now)
+            states.append(QuotaState(resource, limit.quota + raised, used, window.seconds, window.end, employee.zone))
         return states
 
     async def _identified(
@@ -403,7 +405,8 @@ class Guard:
         quota_ask = None
         if window is not None and limit.quota is not None:
             key = quota_key(employee.id, access.resource, window.start)
-            quota_ask = QuotaAsk(key, access.records, limit.quota, window.end)
+            raised = quota_raise_key(employee.id, access.resource)
+            quota_ask = QuotaAsk(key, access.records, limit.quota, window.end, raised)
         rate_ask = RateAsk(f"r:{{{employee.id}}}", rate.requests, rate.period) if rate else None
         admission, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now, gates)
         d.metered = served._value_
@@ -503,7 +506,7 @@ class Guard:
         now: float,
     ) -> bool:
         access = d.access
-        quota = self._meter.effective(ask.limit, served)
+        quota = self._meter.effective(ask.limit + booked.raised, served)
         d.quota = QuotaState(access.resource, quota, booked.used, window.seconds, window.end, employee.zone)
         if booked.granted:
             d.quota_key, d.reserved = ask.key, ask.amount

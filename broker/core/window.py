@@ -56,6 +56,12 @@ def quota_key(employee: str, resource: str, window_start: float) -> str:
     return f"q:{{{employee}}}:{resource}:{int(window_start)}"
 
 
+def quota_raise_key(employee: str, resource: str) -> str:
+    """Extra records the help desk granted on top of the quota (`broker helpdesk quota
+    raise`); the key expires when the raise does, so it ends by itself."""
+    return f"qr:{{{employee}}}:{resource}"
+
+
 class Windowed(Protocol):
     """A limit counted per window: a records quota or a probe budget."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import structlog
@@ -38,12 +39,15 @@ from broker.identity.session import (
     digest,
     new_secret,
 )
+from broker.messages.catalogue import Catalogue
+from broker.messages.shipped import shipped_catalogue
 
 log = structlog.get_logger("broker.oidc")
 LOGIN_PATH = "/-/oidc/login"
 CALLBACK_PATH = "/-/oidc/callback"
 LOGOUT_PATH = "/-/oidc/logout"
 MAX_NEXT_CHARS = 2048
+SESSIONS_AWAY = Reason.IDENTITY_SESSIONS_UNAVAILABLE
 
 
 def local_path(target: str) -> str:
@@ -102,7 +106,10 @@ class BrowserSignIn:
         guard: Guard,
         audit: AuditSink,
         clock: Clock,
+        messages: Callable[[], Catalogue] = shipped_catalogue,
     ) -> None:
+        self._messages = messages
+        """The live policy's message catalogue: refusals are worded like the proxy's."""
         self._settings = settings
         self._client = client
         self._store = store
@@ -116,6 +123,10 @@ class BrowserSignIn:
         app.router.add_route("GET", LOGOUT_PATH, self.logout)
         app.router.add_route("POST", LOGOUT_PATH, self.logout)
 
+    def _problem(self, request: web.Request, reason: Reason, status: int, detail: str) -> web.Response:
+        languages = request.headers.get("Accept-Language")
+        return bare_problem(reason, status, detail, catalogue=self._messages(), accept_language=languages)
+
     async def close(self) -> None:
         await self._client.close()
         await self._store.close()
@@ -126,7 +137,8 @@ class BrowserSignIn:
             provider = await self._client.provider()
         except OidcError as exc:
             log.error("oidc.provider_unavailable", detail=str(exc))
-            return bare_problem(Reason.LOGIN_REFUSED, 502, f"The sign-in service cannot be reached: {exc}.")
+            detail = f"The sign-in service cannot be reached: {exc}."
+            return self._problem(request, Reason.LOGIN_REFUSED, 502, detail)
         state, nonce, verifier, browser = new_secret(), new_secret(), new_secret() + new_secret(), new_secret()
         expires_at = now + self._settings.login_timeout_seconds
         pending = PendingLogin(
@@ -135,7 +147,7 @@ class BrowserSignIn:
         try:
             await self._store.hold_login(pending, now)
         except SessionStoreUnavailable:
-            return bare_problem(Reason.IDENTITY_SESSIONS_UNAVAILABLE, 503, "Sign-in cannot start right now; retry.")
+            return self._problem(request, SESSIONS_AWAY, 503, "Sign-in cannot start right now; retry.")
         response = web.Response(status=302, headers={"Cache-Control": "no-store"})
         response.headers["Location"] = self._client.authorization_url(provider, state, nonce, verifier)
         self._set_cookie(response, self._settings.login_cookie_name, browser, self._settings.login_timeout_seconds)
@@ -149,11 +161,12 @@ class BrowserSignIn:
         try:
             pending = await self._store.take_login(digest(state), now) if state else None
         except SessionStoreUnavailable:
-            return bare_problem(Reason.IDENTITY_SESSIONS_UNAVAILABLE, 503, "Sign-in cannot finish right now; retry.")
+            return self._problem(request, SESSIONS_AWAY, 503, "Sign-in cannot finish right now; retry.")
         if pending is None or not hmac.compare_digest(pending.browser, digest(browser)):
             self._refused(request, "the sign-in's state is unknown, used, expired or from another browser")
             return self._forget_login(
-                bare_problem(
+                self._problem(
+                    request,
                     Reason.LOGIN_REFUSED,
                     400,
                     "This sign-in was not begun in this browser, or it expired "
@@ -163,16 +176,20 @@ class BrowserSignIn:
         if "error" in request.query:
             error = request.query["error"][:64]
             self._refused(request, f"the sign-in service answered {error}")
-            return self._forget_login(bare_problem(Reason.LOGIN_REFUSED, 403, f"The sign-in service refused: {error}."))
+            refused = self._problem(request, Reason.LOGIN_REFUSED, 403, f"The sign-in service refused: {error}.")
+            return self._forget_login(refused)
         try:
             signed_in = await self._client.sign_in(request.query.get("code", ""), pending.nonce, pending.verifier)
         except OidcError as exc:
             self._refused(request, str(exc))
-            return self._forget_login(bare_problem(Reason.LOGIN_REFUSED, 403, f"The sign-in did not verify: {exc}."))
+            refused = self._problem(request, Reason.LOGIN_REFUSED, 403, f"The sign-in did not verify: {exc}.")
+            return self._forget_login(refused)
         access = Access(None, request.remote or "", f"GET {CALLBACK_PATH}", action="login")
         decision = await self._guard.decide_login(access, Identity(signed_in.employee))
         if not decision.allowed or decision.ends is None:
-            response = problem_response(decision)
+            response = problem_response(
+                decision, catalogue=self._messages(), accept_language=request.headers.get("Accept-Language")
+            )
             self._audit_login(decision, response.status, started)
             return self._forget_login(response)
         expires_at = min(now + signed_in.lifetime, now + self._settings.session_max_seconds, decision.ends)
@@ -180,7 +197,7 @@ class BrowserSignIn:
         try:
             await self._store.open(BrowserSession(digest(session_id), signed_in.employee, now, expires_at), now)
         except SessionStoreUnavailable:
-            return bare_problem(Reason.IDENTITY_SESSIONS_UNAVAILABLE, 503, "Sign-in cannot finish right now; retry.")
+            return self._problem(request, SESSIONS_AWAY, 503, "Sign-in cannot finish right now; retry.")
         self._audit_login(decision, 302, started, session_ends=iso(expires_at))
         response = web.Response(status=302, headers={"Location": pending.next_path, "Cache-Control": "no-store"})
         self._set_cookie(response, self._settings.cookie_name, session_id, expires_at - now)
@@ -195,7 +212,7 @@ class BrowserSignIn:
             try:
                 ended = await self._store.end(digest(session_id))
             except SessionStoreUnavailable:
-                return bare_problem(Reason.IDENTITY_SESSIONS_UNAVAILABLE, 503, "Sign-out cannot finish now; retry.")
+                return self._problem(request, SESSIONS_AWAY, 503, "Sign-out cannot finish now; retry.")
         if ended is not None:
             self._session_event("logout", request, employee=ended.employee)
         response = web.Response(

@@ -1,7 +1,9 @@
 """Decisions rendered for HTTP: RFC 9457 problem details, Retry-After, RateLimit headers.
 
-This door's one table from reason code to status and title lives here; the titles and
-the `/-/problems/<code>` pages are what an employee reads when their app shows a denial.
+This door's one table from reason code to status lives here. What an employee reads
+(title, detail, the help desk's contact) comes from the policy's message catalogue
+(`policies/messages.toml` over the shipped English and Chinese), in the language the
+request's `Accept-Language` asks for; `Content-Language` says which one it got.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from aiohttp import web
 from broker.core.clock import iso
 from broker.core.decision import Decision, Verdict
 from broker.core.reason import Reason
+from broker.messages.catalogue import Catalogue, Spoken
+from broker.messages.shipped import shipped_catalogue
 
 PROBLEM_TYPE = "application/problem+json"
 DECISION_HEADER = "X-Broker-Decision"
@@ -82,15 +86,19 @@ def problem_type(reason: Reason) -> str:
     return f"/-/problems/{reason.value}"
 
 
-def problem_response(decision: Decision, status: int | None = None) -> web.Response:
-    """The denial as the employee's app receives it (`status` overrides the reason's)."""
+def problem_response(
+    decision: Decision, status: int | None = None, *, catalogue: Catalogue, accept_language: str | None
+) -> web.Response:
+    """The denial as the employee's app receives it (`status` overrides the reason's),
+    worded in the locale `accept_language` chooses from `catalogue`."""
     default_status, title = STATUS_AND_TITLE.get(decision.reason, (403, "Denied"))
     status = status or default_status
+    spoken = catalogue.speak(decision, catalogue.negotiate(accept_language))
     body: dict[str, Any] = {
         "type": problem_type(decision.reason),
-        "title": title,
+        "title": spoken.title or title,
         "status": status,
-        "detail": decision.detail,
+        "detail": spoken.detail,
         "instance": f"urn:broker:decision:{decision.id}",
         "reason": decision.reason.value,
         "decision_id": decision.id,
@@ -114,8 +122,11 @@ def problem_response(decision: Decision, status: int | None = None) -> web.Respo
         body["retry_after"] = math.ceil(decision.retry_after)
     body.update(decision.facts)
     body.pop("subject", None)
+    if catalogue.help is not None:
+        body["help"] = catalogue.help
     headers = limit_headers(decision, decision.started)
     headers[DECISION_HEADER] = decision.id
+    headers.update(_language_headers(spoken))
     if decision.reason.is_identity and status == 401:
         headers["WWW-Authenticate"] = _challenge(decision)
     if decision.retry_after is not None and status in (429, 503):
@@ -123,16 +134,36 @@ def problem_response(decision: Decision, status: int | None = None) -> web.Respo
     return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE, headers=headers)
 
 
-def bare_problem(reason: Reason, status: int, detail: str) -> web.Response:
-    """A problem outside any decision (admin endpoints, a malformed request)."""
-    body = {
+def bare_problem(
+    reason: Reason,
+    status: int,
+    detail: str,
+    *,
+    catalogue: Catalogue | None = None,
+    accept_language: str | None = None,
+    values: dict[str, str] | None = None,
+) -> web.Response:
+    """A problem outside any decision (admin endpoints, a sign-in step), worded like a
+    decision's when the `catalogue` is given; `values` fill the reason's placeholders."""
+    catalogue = catalogue or shipped_catalogue()
+    spoken = catalogue.speak_bare(reason, catalogue.negotiate(accept_language), detail, values)
+    body: dict[str, Any] = {
         "type": problem_type(reason),
-        "title": STATUS_AND_TITLE.get(reason, (status, "Error"))[1],
+        "title": spoken.title or STATUS_AND_TITLE.get(reason, (status, "Error"))[1],
         "status": status,
-        "detail": detail,
+        "detail": spoken.detail,
         "reason": reason.value,
     }
-    return web.Response(status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE)
+    if catalogue.help is not None:
+        body["help"] = catalogue.help
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type=PROBLEM_TYPE, headers=_language_headers(spoken)
+    )
+
+
+def _language_headers(spoken: Spoken) -> dict[str, str]:
+    """Which language the text is in, and that another Accept-Language may get another."""
+    return {"Content-Language": spoken.locale, "Vary": "Accept-Language"}
 
 
 def _challenge(decision: Decision) -> str:

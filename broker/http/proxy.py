@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +31,7 @@ from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.redact import redacted_target
 from broker.http.request_body import read_body, unframeable
 from broker.http.upstream import Upstream, answer_headers
+from broker.messages.shipped import catalogue_of
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
@@ -87,6 +89,9 @@ class Outcome:
 
     status: int
     returned: int = 0
+    headers: Mapping[str, str] | None = None
+    """The request's headers, read only by a refusal made after the decision (to word it
+    in the language the request asked for): an allowed request looks nothing up."""
 
 
 class ProxyHandler:
@@ -144,7 +149,7 @@ class ProxyHandler:
             access = dataclasses.replace(access, device=device_fingerprint(request))
         decision = await self._guard.decide(access, snapshot, in_flight=True)
         shadow = await self._shadow.decide(access) if self._shadow else None
-        outcome = Outcome(0)
+        outcome = Outcome(0, headers=request.headers)
         try:
             if not decision.allowed or route is None:
                 response: web.StreamResponse = self._denial(request, decision)
@@ -204,7 +209,8 @@ class ProxyHandler:
             and wants_a_page(request)
         ):
             return login_redirect(request.raw_path)
-        return problem_response(decision)
+        catalogue = catalogue_of(self._policy.current)
+        return problem_response(decision, catalogue=catalogue, accept_language=request.headers.get("Accept-Language"))
 
     async def _branch_from_body(
         self, request: web.Request, access: Access, route: Route
@@ -496,7 +502,9 @@ class ProxyHandler:
         """Turn an allow into a denial after the fact: nothing is passed on. The caller
         settles the reservation (zero before the upstream answered; kept after)."""
         decision.verdict, decision.reason, decision.detail = Verdict.DENY, reason, detail
-        response = problem_response(decision, status)
+        catalogue = catalogue_of(self._policy.current)
+        languages = outcome.headers.get("Accept-Language") if outcome.headers is not None else None
+        response = problem_response(decision, status, catalogue=catalogue, accept_language=languages)
         outcome.status = response.status
         return response
 

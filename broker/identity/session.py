@@ -68,6 +68,10 @@ class SessionStore(Protocol):
         """Delete every session of `employee` (revocation); returns how many there were."""
         ...
 
+    async def of_employee(self, employee: str, now: float) -> list[BrowserSession]:
+        """`employee`'s sessions that are live at `now` (the help desk's view), oldest first."""
+        ...
+
     async def hold_login(self, login: PendingLogin, now: float) -> None: ...
 
     async def take_login(self, key: str, now: float) -> PendingLogin | None:

@@ -35,6 +35,10 @@ class MemorySessionStore:
             del self._sessions[key]
         return len(mine)
 
+    async def of_employee(self, employee: str, now: float) -> list[BrowserSession]:
+        mine = [s for s in self._sessions.values() if s.employee == employee and s.expires_at > now]
+        return sorted(mine, key=lambda session: session.started)
+
     async def hold_login(self, login: PendingLogin, now: float) -> None:
         if len(self._pending) >= MAX_PENDING:
             self._pending = {k: p for k, p in self._pending.items() if p.expires_at > now}

@@ -96,6 +96,16 @@ class RedisSessionStore:
         ended = await self._run(self._end_all(keys=[self._employee_key(employee)], args=[self._prefix + "s:"]))
         return int(ended)
 
+    async def of_employee(self, employee: str, now: float) -> list[BrowserSession]:
+        keys = sorted(await self._run(self._client.smembers(self._employee_key(employee))))
+        if not keys:
+            return []
+        names = [key.decode() if isinstance(key, bytes) else str(key) for key in keys]
+        records = await self._run(self._client.mget([self._session_key(name) for name in names]))
+        found = [_session(name, raw) for name, raw in zip(names, records, strict=True)]
+        live = [session for session in found if session is not None and session.expires_at > now]
+        return sorted(live, key=lambda session: session.started)
+
     async def hold_login(self, login: PendingLogin, now: float) -> None:
         record = orjson.dumps(
             {

@@ -65,19 +65,20 @@ return used
 # arrival time) and quota reservation in one round trip. Floats travel as strings with microsecond precision:
 # Redis truncates Lua numbers to integers in replies, and Lua's tostring() keeps only 14
 # digits of an epoch timestamp. KEYS[1] is the rate
-# key, KEYS[2] the quota key, KEYS[3..] the gates' keys (all carry the employee as a
+# key, KEYS[2] the quota key, KEYS[3] the quota's raise key (records the help desk added
+# for now; the quota key again when there is none), KEYS[4..] the gates' keys (all carry the employee as a
 # hash tag, so they live on one shard of a cluster). ARGV: now, rate?, period, rate
 # limit, quota?, amount, quota limit, quota time to live (ms, relative), number of
 # gates, then each gate's limit. Reply: allowed, retry, reset, remaining, granted, used,
-# closed gate (1-based), its counter (granted -1: no reservation was attempted; closed
-# gate 0: every gate open).
+# closed gate (1-based), its counter, the raise (granted -1: no reservation was
+# attempted; closed gate 0: every gate open).
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local allowed, retry, reset, remaining = '1', '0', '0', '-1'
 for i = 1, tonumber(ARGV[9]) do
-  local used = tonumber(redis.call('GET', KEYS[2 + i]) or '0')
+  local used = tonumber(redis.call('GET', KEYS[3 + i]) or '0')
   if used >= tonumber(ARGV[9 + i]) then
-    return {'1', '0', '0', '-1', '-1', '0', string.format('%d', i), string.format('%d', used)}
+    return {'1', '0', '0', '-1', '-1', '0', string.format('%d', i), string.format('%d', used), '0'}
   end
 end
 if ARGV[2] == '1' then
@@ -88,23 +89,27 @@ if ARGV[2] == '1' then
   local new_tat = tat + interval
   if new_tat - now > period + 1e-6 then
     local wait = string.format('%.6f', tat + interval - period - now)
-    return {'0', wait, string.format('%.6f', tat - now), '0', '-1', '0', '0', '0'}
+    return {'0', wait, string.format('%.6f', tat - now), '0', '-1', '0', '0', '0', '0'}
   end
   redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
   reset = string.format('%.6f', new_tat - now)
   remaining = string.format('%d', math.floor((period - (new_tat - now)) / interval + 1e-6))
 end
 if ARGV[5] ~= '1' then
-  return {allowed, retry, reset, remaining, '-1', '0', '0', '0'}
+  return {allowed, retry, reset, remaining, '-1', '0', '0', '0', '0'}
 end
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+local raised = 0
+if KEYS[3] ~= KEYS[2] then
+  raised = tonumber(redis.call('GET', KEYS[3]) or '0')
+end
 local amount = tonumber(ARGV[6])
-if used + amount > tonumber(ARGV[7]) then
-  return {allowed, retry, reset, remaining, '0', string.format('%d', used), '0', '0'}
+if used + amount > tonumber(ARGV[7]) + raised then
+  return {allowed, retry, reset, remaining, '0', string.format('%d', used), '0', '0', string.format('%d', raised)}
 end
 used = redis.call('INCRBY', KEYS[2], amount)
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
-return {allowed, retry, reset, remaining, '1', string.format('%d', used), '0', '0'}
+return {allowed, retry, reset, remaining, '1', string.format('%d', used), '0', '0', string.format('%d', raised)}
 """
 
 
@@ -140,6 +145,7 @@ class RedisCounterStore:
         first = rate.key if rate else quota.key if quota else gates[0].key if gates else "none"
         keys = [self._prefix + first]
         keys.append(self._prefix + quota.key if quota else keys[0])
+        keys.append(self._prefix + quota.raise_key if quota and quota.raise_key else keys[1])  # itself: no raise
         keys += [self._prefix + gate.key for gate in gates]
         args = [
             repr(now),
@@ -154,18 +160,20 @@ class RedisCounterStore:
             *(gate.limit for gate in gates),
         ]
         reply = await self._run(self._admit(keys=keys, args=args))
-        allowed, retry, reset, remaining, granted, used, closed, closed_used = reply
+        allowed, retry, reset, remaining, granted, used, closed, closed_used, raised = reply
         if closed != b"0":
             return Admission(None, None, int(closed) - 1, int(closed_used))
         outcome = None
         if rate is not None:
             ok = allowed == b"1"
             outcome = RateOutcome(ok, int(remaining), float(reset), 0.0 if ok else max(float(retry), 0.001))
-        booked = None if granted == b"-1" else Reservation(granted == b"1", int(used))
+        booked = None if granted == b"-1" else Reservation(granted == b"1", int(used), int(raised))
         return Admission(outcome, booked)
 
-    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
-        booked = (await self.admit(None, QuotaAsk(key, amount, limit, expires_at), now)).quota
+    async def reserve(
+        self, key: str, amount: int, limit: int, expires_at: float, now: float, raise_key: str = ""
+    ) -> Reservation:
+        booked = (await self.admit(None, QuotaAsk(key, amount, limit, expires_at, raise_key), now)).quota
         assert booked is not None
         return booked
 
@@ -175,6 +183,20 @@ class RedisCounterStore:
     async def get(self, key: str, now: float) -> int:
         value = await self._run(self._client.get(self._prefix + key))
         return int(value or 0)
+
+    async def put(self, key: str, value: int, expires_at: float, now: float) -> int:
+        """SET with the exact lifetime asked (no slack: a raise ends when it says), or DEL."""
+        name = self._prefix + key
+        if not value:
+            return int(await self._run(self._client.getdel(name)) or 0)
+        lifetime = math.ceil((expires_at - now) * 1000)
+        if lifetime <= 0:
+            raise ExpiredWindow(f"{key} would end {-lifetime} ms before now; refusing to write an expired key")
+        return int(await self._run(self._client.set(name, value, px=lifetime, get=True)) or 0)
+
+    async def expires_in(self, key: str, now: float) -> float | None:
+        milliseconds = int(await self._run(self._client.pttl(self._prefix + key)))
+        return milliseconds / 1000 if milliseconds >= 0 else None  # -2: no key, -1: no expiry
 
     async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
         outcome = (await self.admit(RateAsk(key, limit, period), None, now)).rate

@@ -35,6 +35,8 @@ class Reservation:
     granted: bool
     used: int
     """The counter after the reservation (or as it stands, when refused)."""
+    raised: int = 0
+    """Records the help desk added to the limit for now (the quota's raise key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class QuotaAsk:
     amount: int
     limit: int
     expires_at: float
+    raise_key: str = ""
+    """Where a temporary raise of `limit` is kept ("" for none): read in the same step."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,15 @@ class CounterStore(Protocol):
         ...
 
     async def get(self, key: str, now: float) -> int: ...
+
+    async def put(self, key: str, value: int, expires_at: float, now: float) -> int:
+        """Set `key` to `value` until `expires_at` (0: delete it); returns what it was.
+        The lifetime is exactly what is asked: a help desk's raise for 2 h ends then."""
+        ...
+
+    async def expires_in(self, key: str, now: float) -> float | None:
+        """Seconds until `key` expires (None: it is not set); for the help desk's view."""
+        ...
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot be reached (opens a connection)."""
@@ -145,16 +158,21 @@ class MemoryCounterStore:
         outcome = self._hit_rate(rate.key, rate.limit, rate.period, now) if rate is not None else None
         if quota is None or (outcome is not None and not outcome.allowed):
             return Admission(outcome, None)
-        return Admission(outcome, self._reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now))
+        return Admission(
+            outcome, self._reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now, quota.raise_key)
+        )
 
     async def _admit_via_methods(self, rate: RateAsk | None, quota: QuotaAsk | None, now: float) -> Admission:
         outcome = await self.hit_rate(rate.key, rate.limit, rate.period, now) if rate else None
         if quota is None or (outcome is not None and not outcome.allowed):
             return Admission(outcome, None)
-        return Admission(outcome, await self.reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now))
+        booked = await self.reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now, quota.raise_key)
+        return Admission(outcome, booked)
 
-    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
-        return self._reserve(key, amount, limit, expires_at, now)
+    async def reserve(
+        self, key: str, amount: int, limit: int, expires_at: float, now: float, raise_key: str = ""
+    ) -> Reservation:
+        return self._reserve(key, amount, limit, expires_at, now, raise_key)
 
     async def add(self, key: str, delta: int, expires_at: float, now: float) -> int:
         value = max(0, self._current(key, now) + delta)
@@ -163,6 +181,18 @@ class MemoryCounterStore:
 
     async def get(self, key: str, now: float) -> int:
         return self._current(key, now)
+
+    async def put(self, key: str, value: int, expires_at: float, now: float) -> int:
+        before = self._current(key, now)
+        if value:
+            self._store(key, value, expires_at, now)
+        else:
+            self._counts.pop(key, None)
+            self._expires.pop(key, None)
+        return before
+
+    async def expires_in(self, key: str, now: float) -> float | None:
+        return self._expires[key] - now if self._current(key, now) else None
 
     async def hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
         return self._hit_rate(key, limit, period, now)
@@ -181,12 +211,15 @@ class MemoryCounterStore:
         self._expires.clear()
         self._tats.clear()
 
-    def _reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
+    def _reserve(
+        self, key: str, amount: int, limit: int, expires_at: float, now: float, raise_key: str = ""
+    ) -> Reservation:
         used = self._current(key, now)
-        if used + amount > limit:
-            return Reservation(False, used)
+        raised = self._current(raise_key, now) if raise_key else 0
+        if used + amount > limit + raised:
+            return Reservation(False, used, raised)
         self._store(key, used + amount, expires_at, now)
-        return Reservation(True, used + amount)
+        return Reservation(True, used + amount, raised)
 
     def _hit_rate(self, key: str, limit: int, period: float, now: float) -> RateOutcome:
         interval = period / limit

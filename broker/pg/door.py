@@ -29,6 +29,7 @@ from broker.core.clock import iso
 from broker.core.decision import Decision, Verdict
 from broker.core.guard import Guard
 from broker.core.reason import Reason
+from broker.messages.shipped import catalogue_of
 from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
 from broker.pg.privilege import LoginTooPowerful, login_problems
@@ -121,6 +122,10 @@ class PgDoor:
         """The port actually bound (tests ask for port 0)."""
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
+
+    def open_sessions(self, employee: str) -> int:
+        """How many database sessions `employee` has open through this door now."""
+        return self._per_employee.get(employee, 0)
 
     @property
     def analyser(self) -> SqlAnalyser:
@@ -275,7 +280,9 @@ class PgDoor:
     ) -> tuple[Session, Decision, str]:
         backend = await self._backend(request)
         pid, key = self._new_cancel_key()
-        session = Session((client.reader, client.writer), backend, self._services, Caller(login, token, client.peer))
+        session = Session(
+            (client.reader, client.writer), backend, self._services, Caller(login, token, client.peer, request.language)
+        )
         self._sessions[(pid, key)] = session
         greeting = [authentication(0)]
         greeting += [
@@ -347,7 +354,9 @@ class PgDoor:
             decision.detail = f"You already have {limit} sessions open through the broker."
         self._audit_login(decision, client)
         if not decision.allowed:
-            raise LoginRefused(decision_error(decision, fatal=True))
+            catalogue = catalogue_of(self._policy.current)
+            locale = catalogue.locale_for_pg(request.language)
+            raise LoginRefused(decision_error(decision, catalogue, locale, fatal=True))
         # counted before any await, so logins racing each other cannot all pass the check
         self._per_employee[request.user] += 1
         return decision

@@ -23,6 +23,7 @@ from broker.core.access import UNBOUNDED, Access, Refusal
 from broker.core.decision import Decision
 from broker.core.guard import Guard
 from broker.core.reason import Reason
+from broker.messages.shipped import catalogue_of
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
 from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
@@ -83,6 +84,8 @@ class Caller:
     login: Decision
     credential: str
     peer: str
+    language: str = ""
+    """`lc_messages` from start-up: the language refusals are worded in."""
 
 
 class Session:
@@ -521,7 +524,7 @@ class Session:
         fatal = decision.reason.is_identity
         execution = Metered(statement, decisions, 0, started, sqlstate=sqlstate_of(decision, fatal=fatal))
         await self._finished(execution, metered=metered)
-        self._refuse(decision_error(decision, fatal=fatal), extended=extended, fatal=fatal)
+        self._refuse(self._worded(decision, fatal=fatal), extended=extended, fatal=fatal)
 
     def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
         target = statement.fingerprint if statement else ""
@@ -537,8 +540,13 @@ class Session:
         if decision.reason is reason:
             error = error_response("ERROR", refused.sqlstate, f"{refused.message} [{reason.value}]", hint=refused.hint)
         else:
-            error = decision_error(decision, fatal=decision.reason.is_identity)
+            error = self._worded(decision, fatal=decision.reason.is_identity)
         self._refuse(error, extended=extended, fatal=decision.reason.is_identity)
+
+    def _worded(self, decision: Decision, *, fatal: bool) -> bytes:
+        """The refusal in the session's language, from the live policy's catalogue."""
+        catalogue = catalogue_of(self._services.policy.current)
+        return decision_error(decision, catalogue, catalogue.locale_for_pg(self._caller.language), fatal=fatal)
 
     def _refuse(self, error: bytes, *, extended: bool = True, fatal: bool = False) -> None:
         """Fail the server in the broker's place (see relay.py) and show `error` instead."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from broker.core.clock import iso
 from broker.core.decision import Decision
 from broker.core.reason import Reason
+from broker.messages.catalogue import Catalogue
 from broker.pg.wire import error_response
 
 SQLSTATE: dict[Reason, str] = {
@@ -83,14 +84,18 @@ def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
     return table.get(decision.reason) or SQLSTATE.get(decision.reason, "42501")
 
 
-def decision_error(decision: Decision, *, fatal: bool = False, hint: str = "") -> bytes:
-    """The ErrorResponse an employee's client shows for a refused decision."""
+def decision_error(
+    decision: Decision, catalogue: Catalogue, locale: str, *, fatal: bool = False, hint: str = ""
+) -> bytes:
+    """The ErrorResponse an employee's client shows for a refused decision: the message
+    in the session's locale (with the help desk's contact), the reason code after it."""
     code = sqlstate_of(decision, fatal=fatal)
     extra = [(b"W", f"broker decision {decision.id}")] if decision.id else []
+    message = catalogue.speak(decision, locale).detail or "Refused by the access broker."
     return error_response(
         "FATAL" if fatal else "ERROR",
         code,
-        f"{decision.detail or 'Refused by the access broker.'} [{decision.reason.value}]",
+        f"{message} [{decision.reason.value}]",
         detail=decision_detail(decision),
         hint=hint or HINTS.get(decision.reason, ""),
         extra=extra,

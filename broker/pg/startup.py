@@ -23,6 +23,10 @@ cost constants) are a way to starve the server, and the debug_* and client_min_m
 settings send plans, with statistics over every branch, to the client."""
 
 UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
+LANGUAGE_SETTING = "lc_messages"
+"""Read by the broker (the language of its refusals), never passed on: on the server it
+is a superuser's setting, and the broker's own messages are the ones it would change."""
+MAX_LANGUAGE_CHARS = 64
 
 
 class StartupRefused(Exception):
@@ -38,6 +42,8 @@ class StartupRequest:
     user: str
     database: str
     passed_on: dict[str, str]
+    language: str = ""
+    """`lc_messages` as the client gave it (`zh_CN.UTF-8`), at start-up or in `options`."""
 
 
 def read_request(parameters: dict[str, str], database: str) -> StartupRequest:
@@ -55,10 +61,13 @@ def read_request(parameters: dict[str, str], database: str) -> StartupRequest:
     if encoding.strip("'\"").lower() not in UTF8_NAMES:  # asyncpg sends 'utf-8', quotes included
         raise StartupRefused("22023", f"client_encoding {encoding} is not supported", "Use client_encoding=UTF8.")
     passed_on = dict(_options(parameters.get("options", "")))
+    language = passed_on.pop(LANGUAGE_SETTING, "")
     for name, value in parameters.items():
         if name.lower() in PASSED_ON:
             passed_on[name] = value
-    return StartupRequest(user, database, passed_on)
+        elif name.lower() == LANGUAGE_SETTING:
+            language = value
+    return StartupRequest(user, database, passed_on, language[:MAX_LANGUAGE_CHARS])
 
 
 def _options(options: str) -> Iterator[tuple[str, str]]:
@@ -75,7 +84,7 @@ def _options(options: str) -> Iterator[tuple[str, str]]:
             raise StartupRefused("42501", f"the startup option {word!r} is not accepted by the broker")
         name, value = word[2:].split("=", 1)
         name = name.replace("-", "_").lower()
-        if name not in PASSED_ON:  # pinned ones (and custom x.y settings) are never passed on
+        if name not in PASSED_ON and name != LANGUAGE_SETTING:  # pinned ones (and custom x.y ones) never pass
             hint = PINNED_SETTINGS.get(name, "Leave it out of options, or SET it after connecting.")
             raise StartupRefused("42501", f"the setting {name} cannot be set through the broker", hint)
         if name == "statement_timeout" and (refusal := timeout_refusal(value)) is not None:

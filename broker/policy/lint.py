@@ -10,6 +10,7 @@ from collections import defaultdict
 from datetime import datetime
 from itertools import combinations
 
+from broker.messages.parse import MESSAGES_FILE
 from broker.policy.problem import PolicyProblem
 from broker.policy.route import Route, RouteMap
 from broker.policy.rule import Rule
@@ -27,6 +28,22 @@ def lint(snapshot: PolicySnapshot) -> list[PolicyProblem]:
         *_roles_nobody_holds(rules),
         *_routes_that_never_match(snapshot.routes),
         *_roles_without_probe_budget(rules, snapshot.routes),
+        *_no_help_desk_contact(snapshot),
+    ]
+
+
+def _no_help_desk_contact(snapshot: PolicySnapshot) -> list[PolicyProblem]:
+    """Every refusal is meant to say how to reach the help desk; without a contact it
+    can only say what went wrong."""
+    if snapshot.messages.help is not None:
+        return []
+    return [
+        PolicyProblem(
+            MESSAGES_FILE,
+            1,
+            "no help desk contact: refusals do not say how to reach the help desk",
+            'add [contact] with phone, email or url to messages.toml (e.g. phone = "400-800-1234")',
+        )
     ]
 
 

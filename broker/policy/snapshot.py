@@ -22,6 +22,9 @@ from casbin import Enforcer
 from casbin.model import Model
 from casbin.persist.adapter import Adapter
 
+from broker.messages.catalogue import Catalogue
+from broker.messages.parse import MESSAGES_FILE, parse_messages
+from broker.messages.shipped import shipped_catalogue
 from broker.policy.branch import BRANCHES_FILE, Branch, parse_branches, unknown_branch
 from broker.policy.check import (
     CheckedRules,
@@ -65,6 +68,8 @@ class PolicySnapshot:
     devices: DeviceMap = field(default_factory=DeviceMap)
     branches: dict[str, Branch] = field(default_factory=dict)
     """branches.csv, by code."""
+    messages: Catalogue = field(default_factory=shipped_catalogue)
+    """Denial texts per reason and locale, and the help desk's contact (messages.toml)."""
 
     def casbin_enforcer(self) -> Any:
         """A pycasbin enforcer over this snapshot's model and lines, built on demand."""
@@ -109,6 +114,8 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
         signals, found = parse_signals(SIGNALS_FILE, files.pop(SIGNALS_FILE))
         problems += found
     devices_raw = files.pop(DEVICES_FILE, None)
+    messages, found = _messages(files.pop(MESSAGES_FILE, None))
+    problems += found
     rules: list[Rule] = []
     for name in sorted(files):
         parsed, found = parse_rules(name, files[name])
@@ -127,11 +134,14 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     if tables is not None:
         check_tables(checked, tables)
     problems += checked.problems
-    if problems or model is None or routes is None or tables is None or signals is None:
+    if problems or model is None or routes is None or tables is None or signals is None or messages is None:
         raise PolicyError(problems)
     snapshot = _compile(directory, revision, model, routes, rules, checked, branches)
-    if POLICY_FILE in present:
-        snapshot = dataclasses.replace(snapshot, files=tuple(sorted({*snapshot.files, POLICY_FILE})))
+    for optional in (POLICY_FILE, MESSAGES_FILE):
+        if optional in present:
+            snapshot = dataclasses.replace(snapshot, files=tuple(sorted({*snapshot.files, optional})))
+    if messages.file:
+        snapshot = dataclasses.replace(snapshot, messages=messages)
     return _with_optional_files(snapshot, tables, signals, devices_raw)
 
 
@@ -157,6 +167,11 @@ def _with_optional_files(
     return snapshot
 
 
+def _messages(raw: bytes | None) -> tuple[Catalogue | None, list[PolicyProblem]]:
+    """messages.toml over the shipped texts; the shipped texts alone without one."""
+    return (shipped_catalogue(), []) if raw is None else parse_messages(MESSAGES_FILE, raw)
+
+
 def _read_files(directory: Path) -> dict[str, bytes]:
     if not directory.is_dir():
         raise PolicyError([PolicyProblem(str(directory), 0, "policy directory does not exist")])
@@ -167,7 +182,7 @@ def _read_files(directory: Path) -> dict[str, bytes]:
             raise PolicyError([PolicyProblem(str(path), 0, f"{required} is missing from the policy directory")])
     optional = [
         directory / name
-        for name in (TABLES_FILE, SIGNALS_FILE, POLICY_FILE, DEVICES_FILE)
+        for name in (TABLES_FILE, SIGNALS_FILE, POLICY_FILE, DEVICES_FILE, MESSAGES_FILE)
         if (directory / name).is_file()
     ]
     for path in [directory / MODEL_FILE, directory / ROUTES_FILE, *optional, *sorted(directory.glob(RULE_GLOB))]:

@@ -335,7 +335,9 @@ async def test_admin_endpoints(broker: Harness) -> None:
 class BrokenStore(MemoryCounterStore):
     """A counter store whose backend fails: the broker must refuse, not guess."""
 
-    async def reserve(self, key: str, amount: int, limit: int, expires_at: float, now: float) -> Reservation:
+    async def reserve(
+        self, key: str, amount: int, limit: int, expires_at: float, now: float, raise_key: str = ""
+    ) -> Reservation:
         raise ConnectionError("counter backend unreachable")
 
 

@@ -201,3 +201,23 @@ async def test_a_redis_call_takes_at_most_the_timeout_even_waiting_for_a_connect
         await first
     await store.close()
     await sleeper
+
+
+async def test_a_quota_raise_counts_in_the_same_admission_on_either_store(
+    shared_redis: tuple[str, str], redis_opener: RedisOpener
+) -> None:
+    url, prefix = shared_redis
+    shared, local = redis_opener.store(url, prefix=prefix), MemoryCounterStore()
+    start = 1_800_000_000.0
+    rate, quota = RateAsk("r:{e4}", 100, 60), QuotaAsk("q:{e4}:waybill:0", 10, 20, start + 3600, "qr:{e4}:waybill")
+    for store in (shared, local):
+        assert (await store.admit(rate, quota, start)).quota == Reservation(True, 10, 0)
+        assert (await store.admit(rate, quota, start)).quota == Reservation(True, 20, 0)
+        assert (await store.admit(rate, quota, start)).quota == Reservation(False, 20, 0)
+        assert await store.put("qr:{e4}:waybill", 15, start + 30, start) == 0
+        assert await store.expires_in("qr:{e4}:waybill", start) == pytest.approx(30, abs=0.01)
+        assert (await store.admit(rate, quota, start)).quota == Reservation(True, 30, 15)
+        assert (await store.admit(rate, quota, start)).quota == Reservation(False, 30, 15)
+        assert await store.put("qr:{e4}:waybill", 0, start + 30, start) == 15  # ended by hand
+        assert await store.expires_in("qr:{e4}:waybill", start) is None
+        assert (await store.admit(rate, quota, start)).quota == Reservation(False, 30, 0)

@@ -50,3 +50,14 @@ async def test_a_pending_sign_in_is_taken_once(store: SessionStore) -> None:
     assert await store.take_login(digest("state"), NOW) is None
     await store.hold_login(login, NOW)
     assert await store.take_login(digest("state"), NOW + 601) is None  # too late
+
+
+async def test_the_help_desk_sees_an_employees_live_sessions_and_no_one_elses(store: SessionStore) -> None:
+    await store.open(BrowserSession(digest("late"), "e1001", NOW + 5, NOW + 600), NOW)
+    await store.open(session("early"), NOW)
+    await store.open(session("ending", ends=NOW + 10), NOW)
+    await store.open(session("theirs", "e1002"), NOW)
+    assert [s.key for s in await store.of_employee("e1001", NOW + 20)] == [digest("early"), digest("late")]
+    await store.end(digest("early"))
+    assert [s.key for s in await store.of_employee("e1001", NOW + 20)] == [digest("late")]
+    assert await store.of_employee("e9999", NOW) == []

@@ -61,3 +61,10 @@ def test_route_shadowed_by_an_earlier_one(policies: Path) -> None:
     [warning] = lint(load_snapshot(policies))
     assert warning.file == "routes.toml"
     assert "route GET /api/waybills/export can never match: GET /api/waybills/{waybill_no}" in warning.message
+
+
+def test_a_policy_without_a_help_desk_contact_is_warned_about(policies: Path) -> None:
+    (policies / "messages.toml").unlink()
+    [warning] = lint(load_snapshot(policies))
+    assert (warning.file, warning.line) == ("messages.toml", 1)
+    assert "refusals do not say how to reach the help desk" in warning.message and "[contact]" in warning.hint

@@ -86,8 +86,8 @@ def test_shipped_policy_loads(policies: Path) -> None:
     snapshot = load_snapshot(policies)
     assert re.fullmatch(r"[0-9a-f]{12}", snapshot.revision)
     expected = (
-        "branches.csv", "limits.csv", "model.conf", "roles.csv", "roster.csv", "routes.toml", "shifts.csv",
-        "signals.toml", "tables.toml",
+        "branches.csv", "limits.csv", "messages.toml", "model.conf", "roles.csv", "roster.csv", "routes.toml",
+        "shifts.csv", "signals.toml", "tables.toml",
     )  # fmt: skip
     assert snapshot.files == expected
     assert snapshot.directory == policies

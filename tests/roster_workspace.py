@@ -42,6 +42,9 @@ class Workspace:
         self.configure()
 
     def configure(self, extra: str = "", source: str = 'source = "csv"\ncsv_file = "hr.csv"\n') -> None:
+        # the shipped roster's auditor works at headquarters: that role must be allowed there
+        if "headquarters_roles" not in extra:
+            extra = f'headquarters_roles = ["auditor"]\n{extra}'
         (self.root / "broker.toml").write_text(
             f'[policy]\ndirectory = "policies"\n\n[roster]\n{source}{self.columns}{extra}'
         )

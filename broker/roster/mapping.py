@@ -48,12 +48,15 @@ class ColumnMap:
         branch: str | None = values["branch"]
         if branch == self.headquarters_branch:
             branch = None
-            if self.headquarters_roles and values["role"] not in self.headquarters_roles:
+            if values["role"] not in self.headquarters_roles:
+                allowed = ", ".join(sorted(self.headquarters_roles))
                 return RosterProblem(
                     where,
                     f"{label(self.columns['role'])}: role {values['role']!r} may not be held branch-less "
                     f"({label(self.columns['branch'])} is {self.headquarters_branch!r}): it would hold in every branch",
-                    f"[roster] headquarters_roles allows: {', '.join(sorted(self.headquarters_roles))}",
+                    f"[roster] headquarters_roles allows: {allowed}"
+                    if allowed
+                    else "[roster] headquarters_roles is empty: list the roles that may be held in every branch",
                 )
         return RosterRow(values["employee"], values["role"], branch, values["shift"], where)
 

@@ -37,7 +37,8 @@ class RosterSettings:
     empty branch is always an error, never headquarters."""
     headquarters_roles: tuple[str, ...] = ()
     """Roles that may be held branch-less; a headquarters row with another role is refused.
-    Empty: any role (set it: a courier marked HQ would read every branch)."""
+    Empty: none (every headquarters row is refused), so a courier marked HQ in the export
+    can never come to read every branch."""
     dsn: str = ""
     """For source = "postgres": a libpq connection string or URL; better given through
     BROKER_ROSTER_DSN_FILE, or with the password in PGPASSFILE."""

@@ -179,6 +179,19 @@ def test_headquarters_rows_become_branch_less_roles_only_for_the_allowed_roles(
     assert "headquarters_roles allows: auditor" in err
 
 
+def test_with_no_headquarters_roles_listed_no_row_becomes_branch_less(
+    work: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the default must not let an export's "HQ" turn a courier into someone who reads every branch
+    before = work.roster_files()
+    work.configure("headquarters_roles = []\n")
+    work.write_export(HEADER + SHIPPED_ROWS.replace("e1002,Wang Fang,courier,BR002", "e1002,Wang Fang,courier,HQ"))
+    code, _, err = work.pull(capsys)
+    assert code == 1 and "role 'courier' may not be held branch-less" in err
+    assert "headquarters_roles is empty" in err
+    assert work.roster_files() == before
+
+
 def test_roster_lines_a_pull_cannot_own_are_refused(work: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     (work.policies / "extra.csv").write_text("# a hand-written exception\ng, e1003, clerk, BR001\n")
     with (work.policies / "roster.csv").open("a") as roster:

@@ -15,7 +15,7 @@ from broker.roster.render import render
 from broker.roster.row import RosterRow, SourceUnreadable
 from broker.roster.settings import RosterSettings
 
-COLUMNS = ColumnMap.from_settings(RosterSettings())
+COLUMNS = ColumnMap.from_settings(RosterSettings(headquarters_roles=("auditor",)))
 
 
 def source(tmp_path: Path, text: str, *, max_rows: int = 100, delimiter: str = ",") -> CsvRosterSource:

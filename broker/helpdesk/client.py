@@ -93,4 +93,8 @@ def _failure(broker: str, status: int, answer: dict[str, Any] | None) -> Helpdes
         return CredentialsRefused(f"{broker} refused the credential: {detail}")
     if code == "helpdesk.unknown_employee":
         return EmployeeUnknown(f"{broker}: {detail}")
+    if code == "helpdesk.partly_changed":
+        changes = [change for change in answer.get("changes", []) if isinstance(change, dict)]
+        done = ", ".join(str(change.get("resource")) for change in changes)
+        return ActionRefused(f"{broker}: {detail}; already reset there: {done or 'nothing'}")
     return ActionRefused(f"{broker} refused: {detail}")

@@ -41,8 +41,9 @@ EXIT_CODES = f"""exit codes:
      in-memory counters some replicas could not be reached (the others are listed as done)
   4  the broker refused the credential (wrong token, no console role, the admin is frozen)
   5  the employee is not on the broker's live roster
-  6  the broker refused the action (no such quota, a bad value) or could not do it now
-     (its counter store did not answer): nothing changed there"""
+  6  the broker refused the action (no such quota, a bad value, an operator's own quota) or
+     could not do it now (its counter store did not answer): nothing changed there, except
+     what it lists as changed when the store stopped answering part-way through a reset"""
 
 
 class UsageProblem(ValueError):

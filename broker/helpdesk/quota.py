@@ -16,6 +16,7 @@ from broker.core.clock import Clock, iso
 from broker.core.guard import PolicySource
 from broker.core.window import Window, current_shift, quota_key, quota_raise_key, quota_window
 from broker.meter.meter import Meter
+from broker.meter.store import StoreUnavailable
 from broker.policy.index import Employee
 from broker.policy.limit import RecordLimit
 
@@ -27,6 +28,20 @@ MAX_RAISE_SECONDS = 7 * 86400
 
 class UnknownEmployee(LookupError):
     """No such employee on the live roster."""
+
+
+class PartlyChanged(Exception):
+    """The counter store stopped answering part-way through an action: `changes` were
+    made (and must be audited), the rest were not."""
+
+    def __init__(self, changes: list[QuotaChange], cause: Exception) -> None:
+        super().__init__(f"the counter store stopped answering after {len(changes)} change(s): {cause}")
+        self.changes = changes
+
+
+class OwnQuota(PermissionError):
+    """An operator may not change their own quotas: a rented admin login, or a help desk
+    gone bad, would otherwise lift its own limits."""
 
 
 class NoSuchQuota(LookupError):
@@ -92,11 +107,16 @@ class QuotaDesk:
         employee = self.employee(employee_id)
         chosen = self._chosen(employee, resource, every=True)
         now, store = self._clock.now(), self._meter.store
-        changes = []
+        changes: list[QuotaChange] = []
         for name, limit in chosen.items():
             window = self._window(employee, limit, now)
-            used = await store.put(quota_key(employee.id, name, window.start), 0, window.end, now)
-            raised = await store.get(quota_raise_key(employee.id, name), now)
+            try:
+                raised = await store.get(quota_raise_key(employee.id, name), now)
+                used = await store.put(quota_key(employee.id, name, window.start), 0, window.end, now)
+            except StoreUnavailable as exc:
+                if changes:
+                    raise PartlyChanged(changes, exc) from exc
+                raise
             assert limit.quota is not None
             changes.append(QuotaChange(name, limit.quota, used, 0, raised, raised, iso(window.end, employee.zone)))
         return changes
@@ -111,8 +131,9 @@ class QuotaDesk:
         [(name, limit)] = self._chosen(employee, resource, every=False).items()
         now, store = self._clock.now(), self._meter.store
         window = self._window(employee, limit, now)
-        before = await store.put(quota_raise_key(employee.id, name), by, now + seconds, now)
+        # read first: once the raise is written, nothing may fail before it is reported
         used = await store.get(quota_key(employee.id, name, window.start), now)
+        before = await store.put(quota_raise_key(employee.id, name), by, now + seconds, now)
         assert limit.quota is not None
         ends = iso(window.end, employee.zone)
         return QuotaChange(name, limit.quota, used, used, before, by, ends, seconds)

@@ -27,7 +27,7 @@ from aiohttp import web
 from broker.console.login import LoginRefused, Operator
 from broker.console.routes import ConsoleRoutes
 from broker.helpdesk.activity import EmployeeActivity
-from broker.helpdesk.quota import NoSuchQuota, QuotaDesk, UnknownEmployee
+from broker.helpdesk.quota import NoSuchQuota, OwnQuota, PartlyChanged, QuotaDesk, UnknownEmployee
 from broker.http.bearer import bearer_token
 from broker.meter.store import StoreUnavailable
 
@@ -63,11 +63,22 @@ class HelpdeskRoutes:
             try:
                 operator = await self._operator(request)
             except LoginRefused as exc:
-                self._console.record("login_refused", Operator("", ""), client, detail=str(exc), attempted=name)
+                self._console.record(
+                    "login_refused", Operator("", ""), client, employee=employee, detail=str(exc), attempted=name
+                )
                 return _problem(401, "helpdesk.credentials", str(exc))
             try:
+                if name != SESSIONS and operator.name == employee:
+                    raise OwnQuota(f"{operator.name} may not change their own quotas: ask another operator")
                 return await action(request, operator, employee)
-            except (UnknownEmployee, NoSuchQuota, StoreUnavailable, ValueError) as exc:
+            except PartlyChanged as exc:
+                found = [change.as_json() for change in exc.changes]
+                detail = str(exc)
+                partial = f"{name}_partial"
+                self._console.record(partial, operator, client, employee=employee, detail=detail, changes=found)
+                body = {"status": 503, "error": "helpdesk.partly_changed", "detail": detail, "changes": found}
+                return web.json_response(body, status=503, dumps=_dumps, headers=NO_STORE)
+            except (UnknownEmployee, NoSuchQuota, StoreUnavailable, OwnQuota, ValueError) as exc:
                 status, code, detail = _refusal(exc)
                 self._console.record(f"{name}_refused", operator, client, employee=employee, detail=detail)
                 return _problem(status, code, detail)
@@ -116,7 +127,10 @@ async def _body(request: web.Request, *numbers: str) -> dict[str, Any]:
     """The action's JSON body with a reason (and the `numbers` it needs), or ValueError."""
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes")
-    raw = await request.read()  # whole (a chunked one too), within the admin app's client_max_size
+    try:
+        raw = await request.read()  # whole (a chunked one too), within the admin app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes") from None
     if len(raw) > MAX_BODY_BYTES:
         raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes")
     try:
@@ -144,9 +158,15 @@ def _refusal(exc: Exception) -> tuple[int, str, str]:
         return 404, "helpdesk.unknown_employee", str(exc)
     if isinstance(exc, NoSuchQuota):
         return 400, "helpdesk.no_such_quota", str(exc)
+    if isinstance(exc, OwnQuota):
+        return 403, "helpdesk.own_quota", str(exc)
     if isinstance(exc, StoreUnavailable):
         return 503, "helpdesk.store_unavailable", f"the counter store did not answer, so nothing changed ({exc})"
     return 400, "helpdesk.bad_request", str(exc)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _problem(status: int, code: str, detail: str) -> web.Response:

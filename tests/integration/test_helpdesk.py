@@ -245,3 +245,63 @@ async def test_with_shared_counters_one_replica_acts_for_all_and_redis_ends_the_
         await asyncio.sleep(0.2)
     view = json.loads((await second.run("sessions", "e1003", "--json")).out)[0]
     assert view["quotas"][0]["raised"] == 0 and view["quotas"][0]["limit"] == 60
+
+
+async def _post(desk: Desk, path: str, token: str, body: object) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(desk.url + path, json=body, headers={"Authorization": f"Bearer {token}"}) as reply,
+    ):
+        return reply.status, await reply.json(content_type=None)
+
+
+async def test_an_admin_cannot_change_their_own_quota_and_the_try_is_audited(desk: Desk) -> None:
+    own = desk.broker.token("e9001")  # an auditor: a console admin role in this fixture
+    for action, body in (
+        ("raise", {"reason": "busy week", "by": 1_000_000, "seconds": 604_800, "resource": "waybill"}),
+        ("reset", {"reason": "busy week"}),
+    ):
+        status, answer = await _post(desk, f"/-/helpdesk/employees/e9001/quota/{action}", own, body)
+        assert status == 403 and answer["error"] == "helpdesk.own_quota", answer
+        refused = await desk.actions(f"helpdesk.quota_{action}_refused")
+        assert refused[-1]["operator"] == "e9001" and refused[-1]["employee"] == "e9001"
+    assert not await desk.actions("helpdesk.quota_raise", at_least=0)
+    # another admin's, or the console token's, action on e9001 is the help desk's job
+    status, _ = await _post(desk, "/-/helpdesk/employees/e9001/quota/reset", TOKEN, {"reason": "ticket 42"})
+    assert status == 200
+
+
+class ReadsFailStore(MemoryCounterStore):
+    """Counters that can be written but not read (a Redis timing out on the read)."""
+
+    async def get(self, key: str, now: float) -> int:
+        raise StoreUnavailable("redis: TimeoutError (reading)")
+
+
+async def test_a_raise_that_cannot_be_completed_is_never_left_in_place(make_desk: DeskFactory) -> None:
+    desk = await make_desk(store=ReadsFailStore())
+    status, answer = await _post(
+        desk, "/-/helpdesk/employees/e1003/quota/raise", TOKEN, {"reason": "r", "by": 500, "seconds": 3600}
+    )
+    assert status == 503 and answer["error"] == "helpdesk.store_unavailable", answer
+    store = desk.broker.broker.meter.store
+    assert isinstance(store, ReadsFailStore)
+    raised = await MemoryCounterStore.get(store, "qr:{e1003}:waybill", desk.broker.clock.now())
+    assert raised == 0  # "nothing changed" is true
+
+
+async def test_a_body_over_the_limit_is_refused_and_audited(desk: Desk) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"reason": "' + b"x" * (2 * 1024 * 1024) + b'", "by": 5, "seconds": 60}'
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            desk.url + "/-/helpdesk/employees/e1003/quota/raise",
+            data=chunks(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as reply,
+    ):
+        assert reply.status == 400 and "the body is over" in (await reply.json())["detail"]
+    refused = await desk.actions("helpdesk.quota_raise_refused")
+    assert refused[-1]["employee"] == "e1003" and "the body is over" in refused[-1]["detail"]

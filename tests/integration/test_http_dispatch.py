@@ -8,13 +8,49 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.harness import Harness, raw_request
+from tests.harness import Harness, Reply, raw_request
 
 
 async def test_the_brokers_own_paths_are_answered_by_the_broker_however_they_are_spelled(broker: Harness) -> None:
     for target in ("/-/healthz", "/%2D/healthz", "/%2d/healthz"):
         reply = await raw_request(broker.port, target)
         assert reply.status == 200 and json.loads(reply.body) == {"status": "ok"}, (target, reply)
+
+
+async def test_a_target_is_answered_alike_whether_or_not_it_asks_for_100_continue(broker: Harness) -> None:
+    # with an Expect header every request goes through the router: the fast path must agree
+    token = {"Authorization": f"Bearer {broker.token('e1001')}"}
+    for target in (
+        "/-/healthz",
+        "/%2D/healthz",
+        "http://broker.test/-/healthz",
+        "http://broker.test/api/branches/BR001/waybills?limit=1",
+        "/api/branches/BR001/waybills?limit=1",
+        "/api/branches/BR002/waybills?limit=1",
+        "//-/healthz",
+    ):
+        plain = await raw_request(broker.port, target, token)
+        expecting = await _after_continue(broker.port, target, token)
+        assert plain.status == expecting.status, (target, plain, expecting)
+        assert ("X-Broker-Decision" in plain.headers) == ("X-Broker-Decision" in expecting.headers), target
+
+
+async def _after_continue(port: int, target: str, headers: dict[str, str]) -> Reply:
+    """The final answer to a bodiless request sent with `Expect: 100-continue`."""
+    lines = [f"GET {target} HTTP/1.1", "Host: broker.test", "Connection: close", "Expect: 100-continue"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    if answer.startswith(b"HTTP/1.1 100"):
+        answer = answer.partition(b"\r\n\r\n")[2]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+    return Reply(int(status_line.split()[1]), parsed, body)
 
 
 async def test_a_spelling_the_router_decodes_is_decided_like_the_plain_one(broker: Harness) -> None:

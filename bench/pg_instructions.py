@@ -12,7 +12,9 @@ instrumentation on only while it runs (`callgrind_control -i on/off`, then a dum
 so what a connection costs once (the login, the JWT, the server connection, the first
 Parse of each statement) cancels out and only the per-transaction path remains. Counted:
 the broker process, all its threads (the audit writer's included); not the analysis
-workers (spawned processes, not traced), nor PostgreSQL, nor pgbench.
+workers (spawned processes, not traced), nor PostgreSQL, nor pgbench. Each figure is
+also given without libcrypto's instructions (see CRYPTO below). Exit 1 with the reason
+when a broker does not start or a pgbench fails, 2 on bad arguments or a missing tool.
 
     .venv/bin/python -m bench.pg_instructions [--baseline DIR] [--modes simple,prepared]
                                               [--scoped] [--short 200] [--long 1200]

@@ -408,7 +408,10 @@ class Guard:
             raised = quota_raise_key(employee.id, access.resource)
             quota_ask = QuotaAsk(key, access.records, limit.quota, window.end, raised)
         rate_ask = RateAsk(f"r:{{{employee.id}}}", rate.requests, rate.period) if rate else None
-        admission, served = await self._meter.admit(access.resource, rate_ask, quota_ask, now, gates)
+        admitted = self._meter.admit_now(rate_ask, quota_ask, now, gates)
+        if admitted is None:
+            admitted = await self._meter.admit(access.resource, rate_ask, quota_ask, now, gates)
+        admission, served = admitted
         d.metered = served._value_
         if admission.closed_gate == 0:
             d.facts["suspended"] = True

@@ -88,6 +88,9 @@ class Meter:
         self._failure = failure or FailurePolicy()
         self._breaker = breaker or CircuitBreaker(clock)
         self._fallback = MemoryCounterStore()
+        self._local = store if isinstance(store, MemoryCounterStore) and store.direct and not shared else None
+        """The store when `admit_now` can answer from it: this process's memory, which
+        cannot fail or make anyone wait (no breaker, no coroutine)."""
         self.persistence: Persistence | None = None
         """The shared store's persistence as read at start (None before, or in memory)."""
 
@@ -99,6 +102,17 @@ class Meter:
     @property
     def state(self) -> BreakerState:
         return self._breaker.state
+
+    def admit_now(
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, gates: tuple[Gate, ...] = ()
+    ) -> tuple[Admission, Served] | None:
+        """`admit` answered at once when the counters are in this process's memory: two
+        coroutines fewer for every decision (a statement each in the PostgreSQL door).
+        None: await `admit` (a shared store, or a window already ended, which it refuses)."""
+        local = self._local
+        if local is None or (quota is not None and quota.expires_at <= now):
+            return None
+        return local.admit_now(rate, quota, now, gates), Served.LOCAL
 
     async def admit(
         self,

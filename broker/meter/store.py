@@ -149,18 +149,40 @@ class MemoryCounterStore:
     async def admit(
         self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, gates: tuple[Gate, ...] = ()
     ) -> Admission:
-        for index, gate in enumerate(gates):
+        if self._direct:
+            return self.admit_now(rate, quota, now, gates)
+        closed = self._closed_gate(gates, now)
+        if closed is not None:
+            return closed
+        return await self._admit_via_methods(rate, quota, now)
+
+    def admit_now(
+        self, rate: RateAsk | None, quota: QuotaAsk | None, now: float, gates: tuple[Gate, ...] = ()
+    ) -> Admission:
+        """`admit` without a coroutine (nothing here awaits), for a caller deciding a
+        statement per message; only when `direct` (no subclass wraps the counting methods)."""
+        for index, gate in enumerate(gates):  # _closed_gate, inlined: a freeze gate per decision
             used = self._current(gate.key, now)
             if used >= gate.limit:
                 return Admission(None, None, index, used)
-        if not self._direct:
-            return await self._admit_via_methods(rate, quota, now)
         outcome = self._hit_rate(rate.key, rate.limit, rate.period, now) if rate is not None else None
         if quota is None or (outcome is not None and not outcome.allowed):
             return Admission(outcome, None)
         return Admission(
             outcome, self._reserve(quota.key, quota.amount, quota.limit, quota.expires_at, now, quota.raise_key)
         )
+
+    @property
+    def direct(self) -> bool:
+        """Whether `admit_now` may stand for `admit` (see __init__)."""
+        return self._direct
+
+    def _closed_gate(self, gates: tuple[Gate, ...], now: float) -> Admission | None:
+        for index, gate in enumerate(gates):
+            used = self._current(gate.key, now)
+            if used >= gate.limit:
+                return Admission(None, None, index, used)
+        return None
 
     async def _admit_via_methods(self, rate: RateAsk | None, quota: QuotaAsk | None, now: float) -> Admission:
         outcome = await self.hit_rate(rate.key, rate.limit, rate.period, now) if rate else None

@@ -25,7 +25,7 @@ from broker.core.guard import Guard
 from broker.core.reason import Reason
 from broker.messages.shipped import catalogue_of
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
-from broker.pg.relay import POISON, Expect, Metered, Pending, Relay
+from broker.pg.relay import POISON, SYNC_PENDING, Expect, Metered, Pending, Relay
 from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
 from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
@@ -449,7 +449,7 @@ class Session:
 
     async def _sync(self, payload: bytes) -> None:
         self._discarding = False
-        self._forward(message(b"S", payload), Pending(Expect.SYNC))
+        self._forward(message(b"S", payload) if payload else SYNC, SYNC_PENDING)
 
     async def _function_call(self, payload: bytes) -> None:
         self._refuse(

@@ -199,7 +199,13 @@ def read_bind(payload: bytes) -> Bind:
     position, size = statement_end + 1, len(payload)
     try:
         (count,) = _INT16.unpack_from(payload, position)
-        formats = list(struct.unpack_from(f"!{count}H", payload, position + 2))
+        # none (all text) or one (for every parameter) are what drivers send
+        if count == 0:
+            formats = []
+        elif count == 1:
+            formats = [_INT16.unpack_from(payload, position + 2)[0]]
+        else:
+            formats = list(struct.unpack_from(f"!{count}H", payload, position + 2))
         position += 2 + 2 * count
         (count,) = _INT16.unpack_from(payload, position)
         position += 2

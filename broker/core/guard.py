@@ -31,7 +31,8 @@ from broker.core.window import (
 from broker.identity.error import Identity, IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
 from broker.meter.store import Gate, QuotaAsk, RateAsk, RateOutcome, Reservation
-from broker.policy.index import Employee, Grant
+from broker.policy.employee import Employee
+from broker.policy.index import Grant
 from broker.policy.limit import ProbeLimit, RateLimit, RecordLimit
 from broker.policy.snapshot import PolicySnapshot
 
@@ -534,7 +535,7 @@ def employee_for(snapshot: PolicySnapshot, identity: Identity) -> Employee:
             f"The token names roles the policy does not know: {', '.join(unknown)}.",
         )
     shifts = roster.shifts if roster else ()
-    return Employee(identity.subject, {identity.branch: frozenset(identity.roles)}, frozenset(), shifts, True)
+    return Employee.holding(identity.subject, {identity.branch: frozenset(identity.roles)}, frozenset(), shifts, True)
 
 
 def _principal_of(employee: Employee, names: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> Principal:

@@ -132,7 +132,7 @@ async def run_cases(snapshot: PolicySnapshot, cases: list[Case]) -> Report:
         rate = snapshot.index.rate_limit(employee)
         for text in (grant.rule, limit.rule if limit else "", rate.rule if rate else "", decision.rule):
             exercised.update(_CITED.findall(text))
-    coverable = [r for r in snapshot.rules if r.ptype in ("p", "p3", "p4")]
+    coverable = [r for r in snapshot.policy_lines if r.ptype in ("p", "p3", "p4")]
     report.coverable = len(coverable)
     report.uncovered = [f"{r.where} ({r})" for r in coverable if r.where not in exercised]
     return report

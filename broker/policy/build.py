@@ -9,8 +9,8 @@ pickled (about 2 MB at 100,000 employees, unpickled in milliseconds: see `employ
 and the serving process only installs it.
 
 The children are forked from multiprocessing's fork server: started once, with the
-loader already imported, so a build starts in milliseconds instead of the half second
-a fresh interpreter takes. A child runs at a lower CPU priority than the broker, and
+broker's modules already imported, so a build starts in milliseconds instead of the half
+second a fresh interpreter takes. A child runs at a lower CPU priority than the broker, and
 cannot hang it or take it down: one that overruns its time is killed, and one that dies,
 overruns or raises is a failed build (`BuildFailed`), which refuses the new snapshot
 like a broken edit does; the holder keeps the last good policy, logs and counts it.
@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -92,8 +93,7 @@ class SnapshotBuilder:
         self.target = target
         self.running: BaseProcess | None = None
         """The child building now, if any."""
-        preload = [__name__] + ([verify.__module__] if verify is not None else [])
-        _CONTEXT.set_forkserver_preload(preload)  # only until the fork server has started
+        _CONTEXT.set_forkserver_preload(_preload(verify))  # only until the fork server has started
 
     def build(self, directory: Path) -> PolicySnapshot:
         """Build now, blocking (start-up: nothing is served yet)."""
@@ -166,6 +166,17 @@ class SnapshotBuilder:
         process.close()
         if self.running is process:
             self.running = None
+
+
+def _preload(verify: Verify | None) -> list[str]:
+    """What the fork server imports before it forks anyone: this module, the check's, and
+    every broker module this process has imported. A child still imports the main module
+    of the process it builds for (multiprocessing's rule; `broker run` as a console script
+    imports broker.cli, hence everything): found already imported, it costs nothing."""
+    wanted = {__name__, *(name for name in sys.modules if name.startswith("broker."))}
+    if verify is not None:
+        wanted.add(verify.__module__)
+    return sorted(wanted)
 
 
 def _receive(receiver: Connection) -> tuple[str, Any] | None:

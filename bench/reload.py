@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -53,7 +54,6 @@ from bench.http import (
     WAYBILLS,
     Caller,
     JwksServer,
-    baseline_policy,
     broker_toml,
     make_identity,
     shifts_on_duty,
@@ -92,6 +92,9 @@ class Window:
     due: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
     ok: list[bool] = field(default_factory=list)
+    late: dict[float, float] = field(default_factory=dict)
+    """Due time -> how late this process sent the request: where it could not keep to
+    the schedule itself, a latency is the client's as much as the broker's."""
 
     @property
     def failed(self) -> int:
@@ -105,6 +108,7 @@ class Window:
                 picked.due.append(due)
                 picked.latency.append(latency)
                 picked.ok.append(ok)
+                picked.late[due] = self.late.get(due, 0.0)
         return picked
 
 
@@ -114,9 +118,15 @@ class Tally:
 
     steady: list[float] = field(default_factory=list)
     reload: list[float] = field(default_factory=list)
+    steady_late: float = 0.0
+    reload_late: float = 0.0
+    """The most this process was late sending a request, in each kind of window."""
     steady_failed: int = 0
     reload_failed: int = 0
     reload_seconds: list[float] = field(default_factory=list)
+    slowest: list[list[tuple[float, float]]] = field(default_factory=list)
+    """Per reload: its 10 slowest requests as (seconds after the SIGHUP they were due,
+    latency in seconds): where in the reload the stalls fall."""
     rss_started_mb: float = 0.0
     rss_after_mb: float = 0.0
     rss_peak_mb: float = 0.0
@@ -158,6 +168,7 @@ async def offer(
         due = start + n / rate
         if due > loop.time():
             await asyncio.sleep(due - loop.time())
+        window.late[due] = loop.time() - due
         caller = callers[n % len(callers)]
         task = asyncio.create_task(one_request(session, variant.url + caller.path, caller.token, due, window))
         pending.add(task)
@@ -210,7 +221,10 @@ async def reload_window(
     await asyncio.sleep(tail)
     stop.set()
     window = await load
-    return window.between(signalled, applied + tail), applied - signalled
+    during = window.between(signalled, applied + tail)
+    during.due = [due - signalled for due in during.due]
+    during.late = {due - signalled: late for due, late in during.late.items()}
+    return during, applied - signalled
 
 
 async def measure(variants: Sequence[Variant], callers: Sequence[Caller], args: argparse.Namespace) -> dict[str, Tally]:
@@ -230,9 +244,12 @@ async def measure(variants: Sequence[Variant], callers: Sequence[Caller], args: 
                 )
                 tally.steady += steady.latency
                 tally.reload += during.latency
+                tally.steady_late = max(tally.steady_late, *steady.late.values())
+                tally.reload_late = max(tally.reload_late, *during.late.values())
                 tally.steady_failed += steady.failed
                 tally.reload_failed += during.failed
                 tally.reload_seconds.append(seconds)
+                tally.slowest.append(sorted(zip(during.due, during.latency, strict=True), key=lambda p: -p[1])[:10])
                 log(
                     f"round {round_no} {variant.label}: steady p99 {percentile(steady.latency, 99) * 1000:.1f} ms, "
                     f"during the reload ({seconds:.1f} s) p99 {percentile(during.latency, 99) * 1000:.1f} ms, "
@@ -254,7 +271,9 @@ def start_brokers(
     env.pop("BROKER_DEV_SECRET", None)
     trees = [("new", "this tree", ROOT, workdir / "policies")]
     if baseline is not None:
-        trees.insert(0, ("old", f"baseline {baseline.name}", baseline, baseline_policy(workdir, baseline)))
+        # the same files, in a directory of its own (each broker's reloads edit its roster)
+        copy = shutil.copytree(workdir / "policies", workdir / "policies-old")
+        trees.insert(0, ("old", f"baseline {baseline.name}", baseline, copy))
     variants = []
     for key, label, tree, policy in trees:
         port = free_port()
@@ -286,6 +305,7 @@ def summary_rows(variants: Sequence[Variant], tallies: dict[str, Tally]) -> list
                 "reload_max_ms": max(t.reload) * 1000,
                 "p99_ratio": reload99 / steady99,
                 "failed": t.steady_failed + t.reload_failed,
+                "client_late_ms": (t.steady_late * 1000, t.reload_late * 1000),
                 "reload_s": t.reload_seconds,
                 "rss_started_mb": t.rss_started_mb,
                 "rss_after_mb": t.rss_after_mb,
@@ -309,8 +329,8 @@ def report(rows: Sequence[dict[str, Any]], args: argparse.Namespace, callers: in
         f"at most {TARGET_RATIO:g}x the p99 without one.",
         "",
         "| broker | steady p50 / p99 / max ms | during a reload p50 / p99 / max ms | p99 ratio "
-        "| reload s | failed | RSS after start / after reloads / peak MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| reload s | failed | client late max ms: steady / reload | RSS after start / after reloads / peak MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         reloads = ", ".join(f"{s:.1f}" for s in r["reload_s"])
@@ -318,10 +338,16 @@ def report(rows: Sequence[dict[str, Any]], args: argparse.Namespace, callers: in
             f"| {r['variant']} | {r['steady_p50_ms']:.1f} / {r['steady_p99_ms']:.1f} / {r['steady_max_ms']:.0f} "
             f"| {r['reload_p50_ms']:.1f} / {r['reload_p99_ms']:.1f} / {r['reload_max_ms']:.0f} "
             f"| **{r['p99_ratio']:.2f}x** | {reloads} | {r['failed']} "
+            f"| {r['client_late_ms'][0]:.0f} / {r['client_late_ms'][1]:.0f} "
             f"| {r['rss_started_mb']:.0f} / {r['rss_after_mb']:.0f} / {r['rss_peak_mb']:.0f} |"
         )
     counts = ", ".join(f"{r['variant']}: {r['steady_n']:,} steady, {r['reload_n']:,} during reloads" for r in rows)
-    lines += ["", f"Requests measured: {counts}.", ""]
+    lines += [
+        "",
+        f"Requests measured: {counts}. Client late: the most this process itself fell behind its schedule",
+        "when sending (its own stalls count in every latency, in both kinds of window).",
+        "",
+    ]
     return "\n".join(lines)
 
 

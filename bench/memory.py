@@ -121,7 +121,8 @@ def busy_breakdown(broker: Any, seen: set[int]) -> list[tuple[str, float]]:
     """The caches and counters the decisions filled (the policy already counted)."""
     rows = breakdown("meter.store", attributes(broker.meter.store), seen)
     rows += breakdown("authenticator", attributes(broker.authenticator), seen)
-    return rows + breakdown("guard", attributes(broker.guard), seen)
+    rows += breakdown("guard", attributes(broker.guard), seen)
+    return rows + breakdown("audit", attributes(broker.audit), seen)
 
 
 def top_allocations(directory: Path, count: int = 12) -> list[tuple[str, float]]:

@@ -53,9 +53,12 @@ def interned(value: T) -> T:
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Profile:
-    """What the roster says of an employee apart from who they are."""
+    """What the roster says of an employee apart from who they are. Compared and hashed
+    by identity: one object per distinct profile of a roster, which keys per-profile
+    memos (the guard's principals); what memos share by value is `roles` and
+    `assignment`."""
 
     roles_by_branch: Mapping[str, frozenset[str]]
     global_roles: frozenset[str]

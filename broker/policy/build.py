@@ -10,14 +10,15 @@ and the serving process only installs it.
 
 The children are forked from multiprocessing's fork server: started once, with the
 broker's modules already imported, so a build starts in milliseconds instead of the half
-second a fresh interpreter takes. A child runs at a lower CPU priority than the broker, and
-cannot hang it or take it down: one that overruns its time is killed, and one that dies,
+second a fresh interpreter takes. A reload's child runs at a lower CPU priority than the
+broker, and cannot hang it or take it down: one that overruns its time is killed, and one that dies,
 overruns or raises is a failed build (`BuildFailed`), which refuses the new snapshot
 like a broken edit does; the holder keeps the last good policy, logs and counts it.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import multiprocessing
@@ -36,11 +37,12 @@ from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
 
 Verify = Callable[[PolicySnapshot], list[PolicyProblem]]
-Target = Callable[[Path, Verify | None, Connection], None]
+Target = Callable[[Path, Verify | None, Connection, int], None]
 
-CHILD_NICENESS = 5
-"""How much lower the child's CPU priority is: on a busy machine the broker's requests
-go first and the build takes what is left."""
+RELOAD_NICENESS = 5
+"""How much lower a reload's child's CPU priority is: on a busy machine the broker's
+requests go first and the build takes what is left. (At start-up nothing is served yet:
+the child builds at the broker's own priority.)"""
 REAP_SECONDS = 5.0
 """How long a child that has answered (or closed its end) may take to exit before it is
 killed."""
@@ -64,10 +66,11 @@ class BuildFailed(PolicyError):
         super().__init__([PolicyProblem(str(directory.resolve()), 0, detail, hint)])
 
 
-def build_and_send(directory: Path, verify: Verify | None, sender: Connection) -> None:
+def build_and_send(directory: Path, verify: Verify | None, sender: Connection, niceness: int) -> None:
     """The child's work: build and verify the snapshot, send it back (or the problems)."""
-    with contextlib.suppress(OSError):
-        os.nice(CHILD_NICENESS)
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
     message: tuple[str, Any]
     try:
         snapshot = load_snapshot(directory)
@@ -97,7 +100,7 @@ class SnapshotBuilder:
 
     def build(self, directory: Path) -> PolicySnapshot:
         """Build now, blocking (start-up: nothing is served yet)."""
-        process, receiver = self._start(directory)
+        process, receiver = self._start(directory, 0)
         try:
             if not receiver.poll(self.timeout):
                 raise self._overran(directory, process)
@@ -108,7 +111,7 @@ class SnapshotBuilder:
     async def build_async(self, directory: Path) -> PolicySnapshot:
         """Build off the event loop: the child does the work, a thread waits for its
         answer and unpickles it; the loop only awaits."""
-        process, receiver = await asyncio.to_thread(self._start, directory)
+        process, receiver = await asyncio.to_thread(self._start, directory, RELOAD_NICENESS)
         try:
             answer = asyncio.ensure_future(asyncio.to_thread(_receive, receiver))
             done, _ = await asyncio.wait({answer}, timeout=self.timeout)
@@ -122,11 +125,10 @@ class SnapshotBuilder:
                 process.kill()  # no-op once it has exited; cancelled here (shutdown), it must not linger
             await asyncio.to_thread(self._finish, process, receiver)
 
-    def _start(self, directory: Path) -> tuple[BaseProcess, Connection]:
+    def _start(self, directory: Path, niceness: int) -> tuple[BaseProcess, Connection]:
         receiver, sender = _CONTEXT.Pipe(duplex=False)
-        process = _CONTEXT.Process(
-            target=self.target, args=(directory, self.verify, sender), name="broker-policy-build", daemon=True
-        )
+        args = (directory, self.verify, sender, niceness)
+        process = _CONTEXT.Process(target=self.target, args=args, name="broker-policy-build", daemon=True)
         try:
             process.start()
         finally:
@@ -169,14 +171,33 @@ class SnapshotBuilder:
 
 
 def _preload(verify: Verify | None) -> list[str]:
-    """What the fork server imports before it forks anyone: this module, the check's, and
-    every broker module this process has imported. A child still imports the main module
-    of the process it builds for (multiprocessing's rule; `broker run` as a console script
-    imports broker.cli, hence everything): found already imported, it costs nothing."""
+    """What the fork server imports before it forks anyone: this module, the check's,
+    every broker module this process has imported, and what the main script imports."""
     wanted = {__name__, *(name for name in sys.modules if name.startswith("broker."))}
     if verify is not None:
         wanted.add(verify.__module__)
-    return sorted(wanted)
+    return sorted(wanted | _main_script_imports())
+
+
+def _main_script_imports() -> set[str]:
+    """The modules the main script imports at its top level. A child runs its parent's
+    main script again (multiprocessing's rule for children it does not fork from the
+    parent itself; `python -m` mains excepted): the `broker` console script imports
+    broker.cli (~0.4 s), pytest's imports pytest. Preloaded, they cost a child nothing."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not isinstance(path, str):
+        return set()
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
 
 
 def _receive(receiver: Connection) -> tuple[str, Any] | None:

@@ -71,7 +71,8 @@ class PolicyHolder:
         return snapshot
 
     async def reload(self, trigger: str) -> bool:
-        """Rebuild off the loop and swap; False (old policy kept) if the files are bad."""
+        """Rebuild in a child process and swap; False (old policy kept) if the files are
+        bad or the build failed."""
         ok = await self._reload(trigger)
         if self.on_outcome is not None:
             self.on_outcome(ok)

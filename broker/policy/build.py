@@ -39,7 +39,7 @@ from broker.policy.snapshot import PolicySnapshot, load_snapshot
 Verify = Callable[[PolicySnapshot], list[PolicyProblem]]
 Target = Callable[[Path, Verify | None, Connection, int], None]
 
-RELOAD_NICENESS = 5
+RELOAD_NICENESS = 10
 """How much lower a reload's child's CPU priority is: on a busy machine the broker's
 requests go first and the build takes what is left. (At start-up nothing is served yet:
 the child builds at the broker's own priority.)"""

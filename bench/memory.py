@@ -5,7 +5,8 @@ child process then builds a whole broker (policy, identity, meter, guard) from i
 `broker run` does, and reports:
 
 1. RSS after imports, after the policy is loaded, and after one policy reload (the same
-   files edited: a whole new snapshot built and swapped in, the old one dropped);
+   files edited: a whole new snapshot built and swapped in, the old one dropped), and the
+   longest the event loop was kept from running during that reload;
 2. what one full garbage collection costs after the load and after the reload (a stall
    for every request in flight: the loaded policy should be frozen out of the cyclic GC,
    or hold few objects it tracks);
@@ -40,10 +41,10 @@ import tempfile
 import time
 import tracemalloc
 import types
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.roster import people, write_policy_dir
 
@@ -51,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-memory-secret-0123456789abcdef0123456789"  # noqa: S105 - a bench-only dev secret
 NOW = "2026-12-02T15:00:00+08:00"  # a Wednesday afternoon: every generated shift is on
+T = TypeVar("T")
 SHOWN_MB = 0.05
 """Structures smaller than this are summed into one "the rest" line."""
 _SKIPPED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
@@ -73,6 +75,28 @@ def full_collection_ms() -> float:
     started = time.perf_counter()
     gc.collect()
     return (time.perf_counter() - started) * 1000
+
+
+async def with_loop_watched(work: Awaitable[T]) -> tuple[T, float]:
+    """`work`'s result, and the longest the event loop was kept from running (ms) meanwhile:
+    a ticker asks to wake every millisecond and notes how late it woke."""
+    loop = asyncio.get_running_loop()
+    worst, done = 0.0, False
+
+    async def tick() -> None:
+        nonlocal worst
+        while not done:
+            asked = loop.time()
+            await asyncio.sleep(0.001)
+            worst = max(worst, loop.time() - asked - 0.001)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        result = await work
+    finally:
+        done = True
+        await ticker
+    return result, worst * 1000
 
 
 def deep_size(root: object, seen: set[int]) -> int:
@@ -168,7 +192,8 @@ async def child(size: int, directory: Path, with_tracemalloc: bool) -> dict[str,
     roster = directory / "roster.csv"
     roster.write_text(roster.read_text(encoding="utf-8") + "# edited by bench/memory.py\n", encoding="utf-8")
     started = time.perf_counter()
-    if not await broker.reload("bench"):
+    reloaded_ok, stall_ms = await with_loop_watched(broker.reload("bench"))
+    if not reloaded_ok:
         raise SystemExit(f"the reload was refused: {broker.policy.last_error}")
     reload_s = time.perf_counter() - started
     gc_reloaded_ms = full_collection_ms()
@@ -193,6 +218,7 @@ async def child(size: int, directory: Path, with_tracemalloc: bool) -> dict[str,
         "busy_mb": busy,
         "load_s": load_s,
         "reload_s": reload_s,
+        "reload_stall_ms": stall_ms,
         "gc_loaded_ms": gc_loaded_ms,
         "gc_frozen_ms": gc_frozen_ms,
         "gc_reloaded_ms": gc_reloaded_ms,
@@ -226,14 +252,16 @@ def run_child(size: int, code: Path, label: str, with_tracemalloc: bool) -> dict
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| code | employees | after imports MB | loaded MB | after a reload MB | every quota active MB "
-        "| KB per employee | load s | reload s | full GC ms: loaded / frozen / after reload |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| KB per employee | load s | reload s | loop stall in the reload ms "
+        "| full GC ms: loaded / frozen / after reload |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         per_employee = (r["busy_mb"] - r["imports_mb"]) * 1024 / r["size"]
         lines.append(
             f"| {r['code']} | {r['size']:,} | {r['imports_mb']:.0f} | {r['loaded_mb']:.0f} | {r['reloaded_mb']:.0f} "
             f"| {r['busy_mb']:.0f} | {per_employee:.2f} | {r['load_s']:.1f} | {r['reload_s']:.1f} "
+            f"| {r['reload_stall_ms']:.0f} "
             f"| {r['gc_loaded_ms']:.0f} / {r['gc_frozen_ms']:.0f} / {r['gc_reloaded_ms']:.0f} |"
         )
     return "\n".join(lines)
@@ -273,7 +301,9 @@ def write_report(results: list[dict[str, Any]], tag: str) -> Path:
         "(waybill read, 20 records), so each has a live quota counter and a rate counter in the",
         'in-memory store (with `[meter] store = "redis"` they live in Redis instead), plus its',
         "principal in the per-revision cache. Verified tokens are cached up to",
-        "`[identity] token_cache_size` (10,000 by default). Full GC: one `gc.collect()` after the load,",
+        "`[identity] token_cache_size` (10,000 by default). Loop stall: the longest a ticker asking to",
+        "wake every millisecond overslept while the reload ran (what every request in flight would wait).",
+        "Full GC: one `gc.collect()` after the load,",
         "after `gc.freeze()` (what `broker run` does after loading), and after the reload.",
         "",
         table(results),

@@ -11,9 +11,10 @@ and the serving process only installs it.
 The children are forked from multiprocessing's fork server: started once, with the
 broker's modules already imported, so a build starts in milliseconds instead of the half
 second a fresh interpreter takes. A reload's child runs at a lower CPU priority than the
-broker, and cannot hang it or take it down: one that overruns its time is killed, and one that dies,
-overruns or raises is a failed build (`BuildFailed`), which refuses the new snapshot
-like a broken edit does; the holder keeps the last good policy, logs and counts it.
+broker, and cannot hang it or take it down: one that overruns its time is killed, and one
+that dies, overruns or raises is a failed build (`BuildFailed`), which refuses the new
+snapshot like a broken edit does; the holder keeps the last good policy, logs and counts
+it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -37,7 +39,6 @@ from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
 
 Verify = Callable[[PolicySnapshot], list[PolicyProblem]]
-Target = Callable[[Path, Verify | None, Connection, int], None]
 
 RELOAD_NICENESS = 10
 """How much lower a reload's child's CPU priority is: on a busy machine the broker's
@@ -84,71 +85,84 @@ def build_and_send(directory: Path, verify: Verify | None, sender: Connection, n
     sender.close()
 
 
+@dataclass(frozen=True, slots=True)
+class _Child:
+    process: BaseProcess
+    receiver: Connection
+    pid: int
+
+
 class SnapshotBuilder:
     """Builds snapshots of a policy directory in child processes, within `timeout`."""
 
-    def __init__(self, verify: Verify | None, timeout: float, target: Target = build_and_send) -> None:
+    def __init__(self, verify: Verify | None, timeout: float) -> None:
         """`verify` (a module-level function: it is sent to the child by name) runs on
-        every candidate snapshot in the child; any problem it returns refuses it.
-        `target` is what the child runs (tests replace it with one that crashes)."""
+        every candidate snapshot in the child; any problem it returns refuses it."""
         self.verify = verify
         self.timeout = timeout
-        self.target = target
         self.running: BaseProcess | None = None
         """The child building now, if any."""
         _CONTEXT.set_forkserver_preload(_preload(verify))  # only until the fork server has started
 
     def build(self, directory: Path) -> PolicySnapshot:
         """Build now, blocking (start-up: nothing is served yet)."""
-        process, receiver = self._start(directory, 0)
+        child = self._start(directory, 0)
+        answered = False
         try:
-            if not receiver.poll(self.timeout):
-                raise self._overran(directory, process)
-            return self._outcome(directory, process, _receive(receiver))
+            answered = child.receiver.poll(self.timeout)
+            message = _receive(child.receiver) if answered else None
         finally:
-            self._finish(process, receiver)
+            if not answered:
+                child.process.kill()
+            exitcode = self._finish(child)
+        if not answered:
+            raise self._overran(directory, child)
+        return self._outcome(directory, child, message, exitcode)
 
     async def build_async(self, directory: Path) -> PolicySnapshot:
         """Build off the event loop: the child does the work, a thread waits for its
         answer and unpickles it; the loop only awaits."""
-        process, receiver = await asyncio.to_thread(self._start, directory, RELOAD_NICENESS)
+        child = await asyncio.to_thread(self._start, directory, RELOAD_NICENESS)
+        answer = asyncio.ensure_future(asyncio.to_thread(_receive, child.receiver))
         try:
-            answer = asyncio.ensure_future(asyncio.to_thread(_receive, receiver))
             done, _ = await asyncio.wait({answer}, timeout=self.timeout)
-            if not done:
-                failure = self._overran(directory, process)
-                await asyncio.wait({answer})  # the killed child's end closes: the thread ends
-                raise failure
-            return self._outcome(directory, process, answer.result())
         finally:
-            with contextlib.suppress(ValueError):
-                process.kill()  # no-op once it has exited; cancelled here (shutdown), it must not linger
-            await asyncio.to_thread(self._finish, process, receiver)
+            if not answer.done():  # overran, or cancelled (shutdown): it must not linger
+                child.process.kill()
+            await asyncio.wait({answer})  # the killed child's end of the pipe closes: the thread ends
+            exitcode = await asyncio.to_thread(self._finish, child)
+        if not done:
+            raise self._overran(directory, child)
+        return self._outcome(directory, child, answer.result(), exitcode)
 
-    def _start(self, directory: Path, niceness: int) -> tuple[BaseProcess, Connection]:
+    def _start(self, directory: Path, niceness: int) -> _Child:
         receiver, sender = _CONTEXT.Pipe(duplex=False)
         args = (directory, self.verify, sender, niceness)
-        process = _CONTEXT.Process(target=self.target, args=args, name="broker-policy-build", daemon=True)
+        process = _CONTEXT.Process(target=build_and_send, args=args, name="broker-policy-build", daemon=True)
         try:
             process.start()
+        except BaseException:
+            receiver.close()
+            raise
         finally:
             sender.close()  # the child holds its own copy: its death closes the pipe
         self.running = process
-        return process, receiver
+        assert process.pid is not None  # started
+        return _Child(process, receiver, process.pid)
 
-    def _overran(self, directory: Path, process: BaseProcess) -> BuildFailed:
-        process.kill()
+    def _overran(self, directory: Path, child: _Child) -> BuildFailed:
         return BuildFailed(
             directory,
             "timeout",
             f"building the policy took longer than {self.timeout:g} s ([policy] build_timeout_seconds): "
-            f"the build process (pid {process.pid}) was killed",
+            f"the build process (pid {child.pid}) was killed",
         )
 
-    def _outcome(self, directory: Path, process: BaseProcess, message: tuple[str, Any] | None) -> PolicySnapshot:
+    def _outcome(
+        self, directory: Path, child: _Child, message: tuple[str, Any] | None, exitcode: int | None
+    ) -> PolicySnapshot:
         if message is None:
-            process.join(REAP_SECONDS)
-            raise BuildFailed(directory, "crash", f"the build process (pid {process.pid}) {_death(process.exitcode)}")
+            raise BuildFailed(directory, "crash", f"the build process (pid {child.pid}) {_death(exitcode)}")
         kind, value = message
         if kind == _BUILT and isinstance(value, PolicySnapshot):
             return value
@@ -158,16 +172,20 @@ class SnapshotBuilder:
         last = trace.strip().splitlines()[-1] if trace.strip() else "no detail"
         raise BuildFailed(directory, "error", f"building the policy failed: {last}", trace)
 
-    def _finish(self, process: BaseProcess, receiver: Connection) -> None:
-        """Reap the child (killed if it lingers) and close the pipe."""
+    def _finish(self, child: _Child) -> int | None:
+        """Reap the child (killed if it lingers after answering), close the pipe; its
+        exit code (negative: the signal that ended it)."""
+        process = child.process
         process.join(REAP_SECONDS)
         if process.exitcode is None:
             process.kill()
             process.join()
-        receiver.close()
+        exitcode = process.exitcode
+        child.receiver.close()
         process.close()
         if self.running is process:
             self.running = None
+        return exitcode
 
 
 def _preload(verify: Verify | None) -> list[str]:

@@ -241,3 +241,20 @@ async def test_a_reload_leaves_the_new_policy_out_of_the_cyclic_gc(broker: Harne
     frozen = gc.get_freeze_count()
     assert frozen > 0
     assert not any(obj is snapshot.index for obj in gc.get_objects())
+
+
+async def test_a_reload_cut_short_by_shutdown_leaves_no_build_process(broker: Harness, policy_dir: Path) -> None:
+    before = (await broker.get("/-/policy")).json
+    add_staff(policy_dir, 20_000)
+    reload = asyncio.create_task(broker.broker.reload("test"))
+    pid = await build_process(broker)
+    reload.cancel()
+    try:
+        await reload
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the reload finished before it could be cancelled")
+    assert not is_running(pid)
+    assert broker.broker.policy.builder.running is None
+    assert (await broker.get("/-/policy")).json["revision"] == before["revision"]

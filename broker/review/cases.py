@@ -141,8 +141,9 @@ async def run_cases(snapshot: PolicySnapshot, cases: list[Case]) -> Report:
 def verify_with_own_tests(snapshot: PolicySnapshot) -> list[PolicyProblem]:
     """Run the policy's own cases against a freshly built snapshot, before it goes live.
 
-    Runs on a private event loop in a thread of its own, so it works from the reload
-    worker thread and from start-up code that already runs inside a loop.
+    Runs on a private event loop in a thread of its own, so it works anywhere: in the
+    process that builds a snapshot (`broker.policy.build`) and from code that already
+    runs inside a loop.
     """
     files = case_files(snapshot.directory)
     if not files:

@@ -58,10 +58,11 @@ test-moved-clock: $(STAMP)
 	   print(f"tests under a clock moved by {moved / 86400:+.1f} days"); sys.exit(abs(moved) < 3600)'
 	LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/pytest
 
-## Every benchmark, side by side with its baselines (about 10 minutes on 2 cores): the
+## Every benchmark, side by side with its baselines (about 13 minutes on 2 cores): the
 ## decision core, the counter stores, HTTP (direct, nginx, bare proxy, broker), PostgreSQL
-## (direct, PgBouncer, broker), SQL analysis, and memory. Needs wrk, nginx, pgbench and
-## pgbouncer (apt-get install -y wrk nginx postgresql-client pgbouncer).
+## (direct, PgBouncer, broker), SQL analysis, memory, and serving during a reload of
+## 100,000 employees. Needs wrk, nginx, pgbench and pgbouncer
+## (apt-get install -y wrk nginx postgresql-client pgbouncer).
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.decision
 	$(BIN)/python -m bench.meter
@@ -69,6 +70,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.pg --seconds 5
 	$(BIN)/python -m bench.sql
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.reload
 	$(BIN)/python -m bench.audit_writer --events 100000
 
 bench-decision: $(BENCH_STAMP)

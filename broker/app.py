@@ -94,12 +94,15 @@ def build_broker(
     """Everything wired; raises PolicyError / ValueError if policy or identity are unusable.
     `sessions` overrides the browser session store [oidc] would build."""
     clock = clock or clock_from(settings.clock.start)
-    policy = PolicyHolder(settings.policy.directory, clock.now, verify=verify_with_own_tests)
+    policy = PolicyHolder(
+        settings.policy.directory, clock.now, verify_with_own_tests, settings.policy.build_timeout_seconds
+    )
     policy.load_initial()
     authenticator = JwtAuthenticator(settings.identity, clock)
     meter = build_meter(settings.meter, clock, store)
     metrics = Metrics()
     policy.on_outcome = lambda ok: metrics.policy_reloads.labels("applied" if ok else "rejected").inc()
+    policy.on_build_failure = lambda cause: metrics.policy_build_failures.labels(cause).inc()
     audit = audit or FileAuditSink(settings.audit, audit_signer(settings.audit))
     oidc = settings.oidc
     if oidc.enabled:
@@ -250,7 +253,7 @@ def build_shadow(settings: Settings, authenticator: JwtAuthenticator, clock: Clo
     directory = settings.policy.shadow_directory
     if directory is None:
         return None
-    policy = PolicyHolder(directory, clock.now, verify=verify_with_own_tests)
+    policy = PolicyHolder(directory, clock.now, verify_with_own_tests, settings.policy.build_timeout_seconds)
     try:
         policy.load_initial()
     except PolicyError as exc:

@@ -94,6 +94,14 @@ class PolicySettings:
     watch: bool = True
     shadow_directory: Path | None = None
     """A second policy run report-only: audited as shadow_verdict, never enforced."""
+    build_timeout_seconds: float = 120.0
+    """How long building a policy (in a child process) may take before the child is
+    killed and the build counted as failed; the last good policy keeps serving."""
+
+    def problems(self) -> list[str]:
+        if not self.build_timeout_seconds > 0:
+            return [f"[policy] build_timeout_seconds must be above 0, not {self.build_timeout_seconds}"]
+        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +292,7 @@ class Settings:
     def problems(self) -> list[str]:
         found = [f"[identity] {p}" for p in self.identity.validate()] + self.meter.problems()
         found += self.postgres.problems() + self.audit.problems() + self.console.problems(self.server.admin_port)
-        found += self.oidc.problems() + self.roster.problems()
+        found += self.oidc.problems() + self.roster.problems() + self.policy.problems()
         if not self.upstream.url.startswith(("http://", "https://")):
             found.append(f"[upstream] url {self.upstream.url!r} must start with http:// or https://")
         if not 0 < self.server.port < 65536:

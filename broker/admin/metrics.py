@@ -56,6 +56,14 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.policy_build_failures = Counter(
+            "broker_policy_build_failures_total",
+            "Policy reloads whose build failed whatever the policy says, by cause: the build process "
+            "overran [policy] build_timeout_seconds (timeout), died (crash) or raised (error); "
+            "the last good policy kept serving",
+            ["cause"],
+            registry=self.registry,
+        )
         self.store_persistent = Gauge(
             "broker_meter_store_persistent",
             "1 when the shared counter store keeps its counts across its own restart (Redis appendonly), "

@@ -22,8 +22,8 @@ from broker.identity.error import Identity, IdentityError
 from broker.messages.shipped import catalogue_of
 from broker.meter.breaker import BreakerState
 from broker.meter.meter import Meter
+from broker.policy.employee import Employee
 from broker.policy.holder import PolicyHolder
-from broker.policy.index import Employee
 from broker.policy.snapshot import PolicySnapshot
 
 ADMIN_PREFIX = "/-/"

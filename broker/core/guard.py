@@ -32,7 +32,8 @@ from broker.core.window import (
 from broker.identity.error import Identity, IdentityError
 from broker.meter.meter import Meter, MeterUnavailable, Served
 from broker.meter.store import Gate, QuotaAsk, RateAsk, RateOutcome, Reservation
-from broker.policy.index import Employee, Grant
+from broker.policy.employee import Employee, Profile
+from broker.policy.index import Grant
 from broker.policy.limit import ProbeLimit, RateLimit, RecordLimit
 from broker.policy.snapshot import PolicySnapshot
 
@@ -78,15 +79,18 @@ class Guard:
         self._sessions = sessions
         """The browser session identity source (OIDC sign-in), when configured."""
         self._freeze_gates: dict[str, tuple[Gate, ...]] = {}
+        """employee -> the gate of their freeze key, built once (checked on every admission);
+        bounded like the token cache: 100,000 of them held 18 MB."""
         self._in_flight: dict[str, int] = {}
         """employee -> their HTTP record requests admitted and not yet answered."""
-        """employee -> the gate of their freeze key, built once (checked on every admission)."""
         self._policy = policy
         self._auth = authenticator
         self._meter = meter
         self._clock = clock
         self._decision_id = decision_id
-        self._principals: dict[str, Principal] = {}
+        self._principals: dict[Profile, Principal] = {}
+        """Roster profile -> the principal of whoever holds it, less their id: one per
+        profile, not per employee (100,000 employees hold a few thousand)."""
         self._principals_revision = ""
         self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
         """One shared tuple per distinct sorted name list (roles, branches, shifts): a
@@ -254,15 +258,16 @@ class Guard:
         return None
 
     def _principal(self, employee: Employee, revision: str) -> Principal:
-        """The employee as the audit trail shows them; built once per policy revision."""
+        """The employee as the audit trail shows them; their profile's part built once per
+        policy revision."""
         if employee.from_claims:
             return _principal_of(employee)
-        if revision != self._principals_revision:
+        if revision != self._principals_revision or len(self._principals) >= 100_000:
             self._principals, self._principals_revision, self._names = {}, revision, {}
-        principal = self._principals.get(employee.id)
-        if principal is None:
-            principal = self._principals[employee.id] = _principal_of(employee, self._names)
-        return principal
+        shared = self._principals.get(employee.profile)
+        if shared is None:
+            shared = self._principals[employee.profile] = _principal_of(employee, self._names)
+        return Principal(employee.id, shared.roles, shared.branches, shared.global_roles, shared.shifts)
 
     def _on_registered_device(self, d: Decision, employee: Employee, snapshot: PolicySnapshot) -> bool:
         """With device certificates required: the connection's certificate must be one
@@ -391,7 +396,7 @@ class Guard:
         access = d.access
         gates = self._freeze_gates.get(employee.id)
         if gates is None:
-            if len(self._freeze_gates) >= 100_000:
+            if len(self._freeze_gates) >= 10_000:
                 self._freeze_gates.clear()
             gates = self._freeze_gates[employee.id] = (Gate(freeze_key(employee.id), 1),)
         if probes is not None:
@@ -540,7 +545,7 @@ def employee_for(snapshot: PolicySnapshot, identity: Identity) -> Employee:
             f"The token names roles the policy does not know: {', '.join(unknown)}.",
         )
     shifts = roster.shifts if roster else ()
-    return Employee(identity.subject, {identity.branch: frozenset(identity.roles)}, frozenset(), shifts, True)
+    return Employee.holding(identity.subject, {identity.branch: frozenset(identity.roles)}, frozenset(), shifts, True)
 
 
 def _principal_of(employee: Employee, names: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> Principal:

@@ -17,7 +17,7 @@ from broker.core.guard import PolicySource
 from broker.core.window import Window, current_shift, quota_key, quota_raise_key, quota_window
 from broker.meter.meter import Meter
 from broker.meter.store import StoreUnavailable
-from broker.policy.index import Employee
+from broker.policy.employee import Employee
 from broker.policy.limit import RecordLimit
 
 MAX_RAISE = 1_000_000

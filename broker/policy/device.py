@@ -59,6 +59,15 @@ class DeviceMap:
     def get(self, fingerprint: str) -> Device | None:
         return self.by_fingerprint.get(fingerprint)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as a plain dict (a snapshot built in a child process comes back pickled;
+        a mappingproxy does not pickle), read-only again once unpickled."""
+        return _device_map, (dict(self.by_fingerprint), self.file)
+
+
+def _device_map(by_fingerprint: dict[str, Device], file: str) -> DeviceMap:
+    return DeviceMap(MappingProxyType(by_fingerprint), file)
+
 
 def fingerprint_text(value: str) -> str | None:
     """A SHA-256 fingerprint in the one form the map uses (64 lower-case hex digits), from

@@ -1,21 +1,27 @@
 """The live policy: loaded at start, rebuilt on file change or SIGHUP, swapped whole.
 
-A rebuild runs in a worker thread (a 100,000-employee roster takes seconds to load)
-so the event loop keeps serving with the previous snapshot meanwhile. A broken edit
-is logged with file, line and reason and the last good snapshot stays live.
+Every snapshot is built in a child process (`build`: a 100,000-employee roster takes
+seconds), so the event loop keeps serving with the previous snapshot meanwhile and only
+installs the new one. A broken edit is logged with file, line and reason, a failed build
+(the child died or overran `[policy] build_timeout_seconds`) with its cause, and either
+way the last good snapshot stays live.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 import watchfiles
 
-from broker.policy.problem import PolicyError, PolicyProblem
-from broker.policy.snapshot import PolicySnapshot, load_snapshot
+from broker.policy.build import BuildFailed, SnapshotBuilder, Verify
+from broker.policy.problem import PolicyError
+from broker.policy.snapshot import PolicySnapshot
+
+DEFAULT_BUILD_TIMEOUT = 120.0
 
 log = structlog.get_logger("broker.policy")
 
@@ -25,12 +31,14 @@ class PolicyHolder:
         self,
         directory: Path,
         clock: Callable[[], float],
-        verify: Callable[[PolicySnapshot], list[PolicyProblem]] | None = None,
+        verify: Verify | None = None,
+        build_timeout: float = DEFAULT_BUILD_TIMEOUT,
     ) -> None:
         """`verify` runs on every candidate snapshot before it can go live (the policy's
-        own test cases); any problem it returns refuses the snapshot."""
+        own test cases), in the build process; any problem it returns refuses the
+        snapshot. It must be a module-level function (it is sent to the child by name)."""
         self.directory = directory
-        self._verify = verify
+        self.builder = SnapshotBuilder(verify, build_timeout)
         self._clock = clock
         self._current: PolicySnapshot | None = None
         self._lock = asyncio.Lock()
@@ -42,19 +50,29 @@ class PolicyHolder:
         self.on_outcome: Callable[[bool], None] | None = None
         """Told of every reload attempt, whatever triggered it (a file change, SIGHUP, the
         CLI): the metrics count them all."""
+        self.on_build_failure: Callable[[str], None] | None = None
+        """Told the cause ("timeout", "crash", "error") of every reload whose build failed
+        whatever the policy says: the metrics count them apart from broken edits."""
 
     @property
     def current(self) -> PolicySnapshot | None:
         return self._current
 
     def load_initial(self) -> PolicySnapshot:
-        """Load synchronously before serving; raises PolicyError if the files are bad."""
-        snapshot = self._build()
+        """Load synchronously before serving; raises PolicyError if the files are bad or
+        the build failed (BuildFailed)."""
+        try:
+            snapshot = self.builder.build(self.directory)
+        except PolicyError:
+            raise
+        except Exception as exc:  # the child could not even start: say so as a policy problem
+            raise BuildFailed(self.directory, "error", f"could not build the policy: {exc!r}") from exc
         self._install(snapshot)
         return snapshot
 
     async def reload(self, trigger: str) -> bool:
-        """Rebuild off the loop and swap; False (old policy kept) if the files are bad."""
+        """Rebuild in a child process and swap; False (old policy kept) if the files are
+        bad or the build failed."""
         ok = await self._reload(trigger)
         if self.on_outcome is not None:
             self.on_outcome(ok)
@@ -64,16 +82,23 @@ class PolicyHolder:
         async with self._lock:
             self.last_attempt_at = self._clock()
             try:
-                snapshot = await asyncio.to_thread(self._build)
+                snapshot = await self.builder.build_async(self.directory)
+            except BuildFailed as exc:
+                self._failed(exc, trigger)
+                return False
             except PolicyError as exc:
                 self._reject(exc, trigger)
                 return False
             except Exception as exc:  # any other surprise must not take the live policy down
-                problem = PolicyProblem(str(self.directory), 0, f"unexpected error while loading: {exc!r}")
-                self._reject(PolicyError([problem]), trigger)
+                self._failed(BuildFailed(self.directory, "error", f"could not build the policy: {exc!r}"), trigger)
                 return False
             previous = self._current.revision if self._current else None
             self._install(snapshot)
+            # What is alive now lives until the next reload: keep the cyclic GC from
+            # walking it on every full collection (a stall for every request in flight).
+            # Objects of the requests in flight are frozen too: those of them that later
+            # become cyclic garbage are never collected (bounded by what is in flight).
+            gc.freeze()
             self.reloads += 1
             log.info("policy.reloaded", trigger=trigger, revision=snapshot.revision, previous=previous)
             return True
@@ -94,17 +119,23 @@ class PolicyHolder:
             names = sorted({str(Path(path).relative_to(root)) for _, path in changes})
             await self.reload(f"file change: {', '.join(names)}")
 
-    def _build(self) -> PolicySnapshot:
-        snapshot = load_snapshot(self.directory)
-        problems = self._verify(snapshot) if self._verify else []
-        if problems:
-            raise PolicyError(problems)
-        return snapshot
-
     def _install(self, snapshot: PolicySnapshot) -> None:
         self._current = snapshot
         self.loaded_at = self._clock()
         self.last_error = None
+
+    def _failed(self, exc: BuildFailed, trigger: str) -> None:
+        log.error(
+            "policy.build_failed",
+            trigger=trigger,
+            cause=exc.cause,
+            detail=exc.detail,
+            trace=exc.trace or None,
+            kept_revision=self._current.revision if self._current else None,
+        )
+        if self.on_build_failure is not None:
+            self.on_build_failure(exc.cause)
+        self._reject(exc, trigger)
 
     def _reject(self, exc: PolicyError, trigger: str) -> None:
         self.last_error = exc

@@ -11,11 +11,11 @@ differential tests compare the two on every combination of random policies.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, tzinfo
 from typing import Any, TypeVar
 
+from broker.policy.employee import Employee, Roster, build_roster
 from broker.policy.limit import (
     ProbeLimit,
     RateLimit,
@@ -28,59 +28,6 @@ from broker.policy.rule import Rule
 from broker.policy.shift import Shift
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Employee:
-    """One roster entry: roles per branch, branch-less (HQ) roles, shifts."""
-
-    id: str
-    roles_by_branch: dict[str, frozenset[str]]
-    global_roles: frozenset[str]
-    shifts: tuple[Shift, ...]
-    from_claims: bool = False
-    """Branch and roles came from the token (IdP authoritative), not the roster: nothing
-    is memoised under such an employee's id, since the next token may say otherwise
-    (grants, limits and rates are memoised by roles, so they follow what the token claims)."""
-    roles: frozenset[str] = field(init=False, compare=False)
-    """Every role held, in any branch or globally: what limits and rates depend on. One
-    shared set per distinct combination, so it also keys the limit memos (the bench's
-    roster of 100,000 holds 11 combinations: 11 memo entries, not 100,000)."""
-    assignment: Assignment = field(init=False, compare=False)
-    """Roles per branch and global roles, as one shared value: what grants depend on. It
-    keys the grant memo, so a newcomer whose colleagues in the same branch and roles were
-    decided before finds their grants memoised (the bench's roster of 100,000 holds 3,980)."""
-
-    def __post_init__(self) -> None:
-        roles = self.global_roles.union(*self.roles_by_branch.values())
-        object.__setattr__(self, "roles", interned(roles))
-        object.__setattr__(self, "assignment", interned((frozenset(self.roles_by_branch.items()), self.global_roles)))
-
-    @property
-    def zone(self) -> tzinfo:
-        """The time zone times are shown in to this employee: their first shift's."""
-        return self.shifts[0].zone if self.shifts else UTC
-
-
-Assignment = tuple[frozenset[tuple[str, frozenset[str]]], frozenset[str]]
-"""(roles per branch, global roles) as a hashable value."""
-
-_INTERNED: dict[object, Any] = {}
-"""Emptied by every `build_index`, so it holds the current policy's role sets and
-assignments (and those identity-provider tokens claimed since), not every policy's."""
-
-
-def interned(value: T) -> T:
-    """The one shared instance of this role set or assignment: saves one per employee,
-    and its hash is computed once. Bounded: past 20,000 values, new ones are not shared
-    (still correct: the memos compare by value). Called from the policy loader's thread
-    and the event loop alike; under the GIL a race can only cost a value's sharing."""
-    found: T | None = _INTERNED.get(value)
-    if found is None:
-        if len(_INTERNED) >= 20_000:
-            return value
-        found = _INTERNED[value] = value
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +81,7 @@ _UNKNOWN = object()
 
 @dataclass(slots=True)
 class PolicyIndex:
-    employees: dict[str, Employee]
+    employees: Roster
     grants: dict[tuple[str, str], dict[str, str]]
     """(resource, action) -> role -> the rule that grants it."""
     record_limits: dict[tuple[str, str], RecordLimit]
@@ -279,12 +226,11 @@ def _closed(employee: Employee, denials: tuple[Denial, ...]) -> tuple[frozenset[
 
 
 def compile_denials(
-    denies: Iterable[Rule], granted: Iterable[tuple[str, str]], employees: Iterable[str]
+    denies: Iterable[Rule], granted: Iterable[tuple[str, str]], people: Container[str]
 ) -> tuple[dict[tuple[str, str], tuple[Denial, ...]], frozenset[str]]:
     """Deny lines per granted (resource, action), and the employee ids they name. A pair
     no allow line grants needs none: it is refused anyway."""
     pairs = sorted(set(granted))
-    people = set(employees)
     found: defaultdict[tuple[str, str], list[Denial]] = defaultdict(list)
     named: set[str] = set()
     for rule in denies:
@@ -310,30 +256,11 @@ def build_index(
     denies: Iterable[Rule] = (),
     branches: Iterable[str] = (),
 ) -> PolicyIndex:
-    _INTERNED.clear()
-    by_branch: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for rule in roster:
-        employee, role, branch = rule.fields
-        by_branch[employee][branch].add(role)
-    global_roles: defaultdict[str, set[str]] = defaultdict(set)
-    for rule in global_roster:
-        global_roles[rule.fields[0]].add(rule.fields[1])
-    shifts_of: defaultdict[str, list[Shift]] = defaultdict(list)
-    for rule in assignments:
-        shifts_of[rule.fields[0]].append(shifts[rule.fields[1]])
-    employees = {
-        emp: Employee(
-            emp,
-            {b: interned(frozenset(r)) for b, r in by_branch.get(emp, {}).items()},
-            interned(frozenset(global_roles.get(emp, ()))),
-            tuple(shifts_of.get(emp, ())),
-        )
-        for emp in by_branch.keys() | global_roles.keys()
-    }
+    employees = build_roster(roster, global_roster, assignments, shifts)
     granted: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for rule in grants:
         role, resource, action = rule.fields[:3]
         granted[(resource, action)].setdefault(role, f"{rule} ({rule.where})")
     denials, named = compile_denials(denies, granted, employees)
-    known = frozenset(branches) | {b for e in employees.values() for b in e.roles_by_branch}
+    known = frozenset(branches) | employees.branches()
     return PolicyIndex(employees, dict(granted), record_limits, rate_limits, probe_limits or {}, denials, named, known)

@@ -22,7 +22,7 @@ A_MONDAY = datetime(2026, 11, 30).timestamp()
 
 
 def lint(snapshot: PolicySnapshot) -> list[PolicyProblem]:
-    rules = list(snapshot.rules)
+    rules = snapshot.rules()
     return [
         *_overlapping_shifts(rules, snapshot),
         *_roles_nobody_holds(rules),
@@ -71,7 +71,7 @@ def _roles_without_probe_budget(rules: list[Rule], routes: RouteMap) -> list[Pol
 
 
 def _overlapping_shifts(rules: list[Rule], snapshot: PolicySnapshot) -> list[PolicyProblem]:
-    shifts = {s.name: s for e in snapshot.index.employees.values() for s in e.shifts}
+    shifts = {s.name: s for profile in snapshot.index.employees.profiles for s in profile.shifts}
     overlapping = {frozenset(pair) for pair in combinations(sorted(shifts), 2) if _overlap(*(shifts[n] for n in pair))}
     assigned: defaultdict[str, list[Rule]] = defaultdict(list)
     for rule in rules:

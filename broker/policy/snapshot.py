@@ -7,7 +7,12 @@ live enforcer is not atomic (false denies and "dictionary changed size" under lo
 No pycasbin enforcer is built on load: the model is proven to be a shape the index
 implements (`shape`), so decisions never need one, and at 100,000 employees it cost
 seconds and 140 MB. `casbin_enforcer()` builds one on demand over the same lines, for
-the differential tests and the benchmarks.
+the differential tests and the benchmarks. Nor are the roster's lines kept parsed once
+the index holds them (~60 MB at 100,000 employees): `rules()` parses them again from
+the files' bytes as loaded, kept compressed.
+
+A snapshot pickles (a reload builds it in a child process and hands it over that way:
+`build`), and unpickles in milliseconds whatever the roster's size (`employee`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from broker.policy.index import PolicyIndex, build_index
 from broker.policy.model import LoadedModel, load_model
 from broker.policy.problem import PolicyError, PolicyProblem
 from broker.policy.route import RouteMap, parse_routes
-from broker.policy.rule import Rule, parse_rules
+from broker.policy.rule import ROSTER_LINES, Rule, RuleFile, parse_rules
 from broker.policy.settings import POLICY_FILE, parse_policy_settings
 from broker.policy.table import TableMap, parse_tables
 from broker.signals.rules import SignalRules, parse_signals
@@ -61,7 +66,10 @@ class PolicySnapshot:
     index: PolicyIndex
     routes: RouteMap
     model: LoadedModel
-    rules: tuple[Rule, ...]
+    policy_lines: tuple[Rule, ...]
+    """Every line but the roster's (g, g2, g3): permissions, deny lines, shifts, limits."""
+    rule_files: tuple[RuleFile, ...]
+    """The rule files as loaded: `rules()` reads every line back from them."""
     files: tuple[str, ...]
     tables: TableMap = field(default_factory=TableMap.empty)
     signals: SignalRules = field(default_factory=SignalRules)
@@ -71,9 +79,14 @@ class PolicySnapshot:
     messages: Catalogue = field(default_factory=shipped_catalogue)
     """Denial texts per reason and locale, and the help desk's contact (messages.toml)."""
 
+    def rules(self) -> list[Rule]:
+        """Every line of the rule files, roster included, as they were when loaded; parsed
+        on each call (about a second at 100,000 employees): for tools, not requests."""
+        return [rule for file in self.rule_files for rule in file.rules()]
+
     def casbin_enforcer(self) -> Any:
         """A pycasbin enforcer over this snapshot's model and lines, built on demand."""
-        return casbin_enforcer(self.model, list(self.rules))
+        return casbin_enforcer(self.model, self.rules())
 
 
 class _RuleAdapter(Adapter):  # type: ignore[misc]
@@ -136,7 +149,8 @@ def load_snapshot(directory: Path) -> PolicySnapshot:
     problems += checked.problems
     if problems or model is None or routes is None or tables is None or signals is None or messages is None:
         raise PolicyError(problems)
-    snapshot = _compile(directory, revision, model, routes, rules, checked, branches)
+    rule_files = tuple(RuleFile.of(name, files[name]) for name in sorted(files))
+    snapshot = _compile(directory, revision, model, routes, rules, rule_files, checked, branches)
     for optional in (POLICY_FILE, MESSAGES_FILE):
         if optional in present:
             snapshot = dataclasses.replace(snapshot, files=tuple(sorted({*snapshot.files, optional})))
@@ -225,6 +239,7 @@ def _compile(
     model: LoadedModel,
     routes: RouteMap,
     rules: list[Rule],
+    rule_files: tuple[RuleFile, ...],
     checked: CheckedRules,
     branches: dict[str, Branch],
 ) -> PolicySnapshot:
@@ -241,7 +256,8 @@ def _compile(
         branches,
     )
     files = tuple(sorted({MODEL_FILE, ROUTES_FILE, BRANCHES_FILE, *(r.file for r in rules)}))
-    return PolicySnapshot(revision, directory, index, routes, model, tuple(rules), files, branches=branches)
+    lines = tuple(rule for rule in rules if rule.ptype not in ROSTER_LINES)
+    return PolicySnapshot(revision, directory, index, routes, model, lines, rule_files, files, branches=branches)
 
 
 def casbin_enforcer(model: LoadedModel, rules: list[Rule]) -> Any:

@@ -132,7 +132,7 @@ async def run_cases(snapshot: PolicySnapshot, cases: list[Case]) -> Report:
         rate = snapshot.index.rate_limit(employee)
         for text in (grant.rule, limit.rule if limit else "", rate.rule if rate else "", decision.rule):
             exercised.update(_CITED.findall(text))
-    coverable = [r for r in snapshot.rules if r.ptype in ("p", "p3", "p4")]
+    coverable = [r for r in snapshot.policy_lines if r.ptype in ("p", "p3", "p4")]
     report.coverable = len(coverable)
     report.uncovered = [f"{r.where} ({r})" for r in coverable if r.where not in exercised]
     return report
@@ -141,8 +141,9 @@ async def run_cases(snapshot: PolicySnapshot, cases: list[Case]) -> Report:
 def verify_with_own_tests(snapshot: PolicySnapshot) -> list[PolicyProblem]:
     """Run the policy's own cases against a freshly built snapshot, before it goes live.
 
-    Runs on a private event loop in a thread of its own, so it works from the reload
-    worker thread and from start-up code that already runs inside a loop.
+    Runs on a private event loop in a thread of its own, so it works anywhere: in the
+    process that builds a snapshot (`broker.policy.build`) and from code that already
+    runs inside a loop.
     """
     files = case_files(snapshot.directory)
     if not files:

@@ -15,7 +15,7 @@ from broker.core.clock import iso
 from broker.core.decision import Decision
 from broker.core.reason import Reason
 from broker.core.window import current_shift, next_shift_start
-from broker.policy.index import Employee
+from broker.policy.employee import Employee
 from broker.policy.route import Route
 from broker.policy.snapshot import PolicySnapshot
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from broker.core.clock import iso
 from broker.core.window import current_shift, quota_window
-from broker.policy.index import Assignment, Employee, PolicyIndex
+from broker.policy.employee import Assignment, Employee
+from broker.policy.index import PolicyIndex
 from broker.signals.flag import EVIDENCE_IDS, Flag, Severity
 from broker.signals.rules import Volume
 

@@ -192,6 +192,23 @@ def test_run_refuses_a_broken_policy_with_file_and_line(tmp_path: Path) -> None:
     assert "roles.csv:1: file starts with a UTF-8 byte order mark" in result.stderr
 
 
+def test_run_stops_when_the_policy_build_overruns_its_time(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[policy]\ndirectory = "{REPO / "policies"}"\nbuild_timeout_seconds = 0.001\n')
+    result = broker_cli("run", "-c", str(config), env={"BROKER_DEV_SECRET": SECRET})
+    assert result.returncode == 1, result.stderr
+    assert f"broker: policy problem: {REPO / 'policies'}: building the policy took longer than 0.001 s" in result.stderr
+
+
+def test_run_refuses_a_build_timeout_that_is_not_above_zero(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[policy]\ndirectory = "{REPO / "policies"}"\n')
+    env = {"BROKER_DEV_SECRET": SECRET, "BROKER_POLICY_BUILD_TIMEOUT_SECONDS": "0"}
+    result = broker_cli("run", "-c", str(config), env=env)
+    assert result.returncode == 2
+    assert "[policy] build_timeout_seconds must be above 0, not 0.0" in result.stderr
+
+
 def test_run_refuses_a_shadow_policy_that_fails_its_own_cases_naming_the_shadow(tmp_path: Path) -> None:
     shadow = tmp_path / "policies-next"
     shutil.copytree(REPO / "policies", shadow)

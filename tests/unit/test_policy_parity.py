@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy import index as index_module
-from broker.policy.index import NOT_GRANTED, Employee
+from broker.policy import employee as employee_module
+from broker.policy.employee import Employee
+from broker.policy.index import NOT_GRANTED
 from broker.policy.problem import PolicyError
 from broker.policy.shape import ALLOW_ONLY
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
@@ -398,7 +399,7 @@ def test_limits_are_memoised_per_role_set_not_per_first_asker(policies: Path) ->
     assert rate is not None
     assert mixed_rate is not None
     assert (rate.requests, mixed_rate.requests) == (120, 300)
-    as_manager = Employee("e1001", {"BR001": frozenset({"manager"})}, frozenset(), courier.shifts, True)
+    as_manager = Employee.holding("e1001", {"BR001": frozenset({"manager"})}, frozenset(), courier.shifts, True)
     claimed, claimed_rate = index.record_limit(as_manager, "waybill"), index.rate_limit(as_manager)
     assert claimed is not None
     assert claimed_rate is not None
@@ -416,7 +417,7 @@ def test_grants_are_memoised_per_branch_and_roles_not_per_first_asker(shipped: P
     assert br001.assignment != br002.assignment
     assert index.grant(br001, "waybill", "read").branches == frozenset({"BR001"})
     assert index.grant(br002, "waybill", "read").branches == frozenset({"BR002"})
-    moved = Employee("e1001", {"BR002": frozenset({"courier"})}, frozenset(), br001.shifts, True)
+    moved = Employee.holding("e1001", {"BR002": frozenset({"courier"})}, frozenset(), br001.shifts, True)
     assert moved.assignment == br002.assignment
     assert index.grant(moved, "waybill", "read").branches == frozenset({"BR002"})
     assert index.grant(br001, "waybill", "read").branches == frozenset({"BR001"})
@@ -428,8 +429,8 @@ def test_role_sets_past_the_sharing_bound_still_key_the_memos(policies: Path, mo
     snapshot = load_snapshot(policies)
     courier = employee(snapshot, "e1001")
     expected = snapshot.index.record_limit(courier, "waybill")
-    monkeypatch.setattr(index_module, "_INTERNED", {frozenset({f"r{n}"}): frozenset() for n in range(20_000)})
-    unshared = Employee("e1001", {"BR001": frozenset({"courier"})}, frozenset(), courier.shifts, True)
+    monkeypatch.setattr(employee_module, "_INTERNED", {frozenset({f"r{n}"}): frozenset() for n in range(20_000)})
+    unshared = Employee.holding("e1001", {"BR001": frozenset({"courier"})}, frozenset(), courier.shifts, True)
     assert unshared.roles == courier.roles
     assert unshared.roles is not courier.roles
     assert snapshot.index.record_limit(unshared, "waybill") is expected

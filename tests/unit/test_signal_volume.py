@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from broker.policy.index import Employee, PolicyIndex
+from broker.policy.index import PolicyIndex
 from broker.policy.snapshot import load_snapshot
 from broker.signals.flag import Flag
 from broker.signals.rules import SignalRules, Volume, parse_signals
@@ -25,13 +25,14 @@ PEERS = ("e1101", "e1102", "e1103", "e1104")
 _ids = itertools.count()
 
 
-def roster(tmp_path: Path, *, limits: str | None = None) -> PolicyIndex:
-    """The shipped policy with four more couriers in BR001 (and a branch-less one)."""
+def roster(tmp_path: Path, *, limits: str | None = None, e1201_in: str = "BR002") -> PolicyIndex:
+    """The shipped policy with four more couriers in BR001 (and e1201, a courier of BR002
+    unless it says otherwise)."""
     target = tmp_path / "policies"
     shutil.copytree(REPO / "policies", target)
     with (target / "roster.csv").open("a") as extra:
         extra.writelines(f"g, {e}, courier, BR001\n" for e in PEERS)
-        extra.write("g, e1201, courier, BR002\n")
+        extra.write(f"g, e1201, courier, {e1201_in}\n")
     with (target / "shifts.csv").open("a") as extra:
         extra.writelines(f"g2, {e}, day-cn\n" for e in (*PEERS, "e1201"))
     if limits is not None:
@@ -160,9 +161,7 @@ def test_a_reload_that_moves_an_employee_changes_their_peers_at_the_next_window(
     scene.take("e1201", 80)  # courier of BR002, no peers there
     moved = tmp_path / "moved"
     moved.mkdir()
-    scene.index = roster(moved)
-    courier = scene.index.employees["e1101"]
-    scene.index.employees["e1201"] = Employee("e1201", courier.roles_by_branch, frozenset(), courier.shifts)
+    scene.index = roster(moved, e1201_in="BR001")
     scene.now += 86_400
     scene.take("e1201", 120)
     assert [f.evidence["basis"] for f in scene.flags] == ["peers"]  # 120 > 5 x 10 among BR001's couriers

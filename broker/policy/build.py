@@ -81,7 +81,10 @@ def build_and_send(directory: Path, verify: Verify | None, sender: Connection, n
         message = (_REFUSED, list(exc.problems))
     except Exception as exc:  # any surprise goes back as a failed build, with its traceback
         message = (_FAILED, "".join(traceback.format_exception(exc)))
-    sender.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    try:
+        sender.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    except BrokenPipeError:  # the broker stopped (or gave up on this build) meanwhile: nobody to tell
+        return
     sender.close()
 
 

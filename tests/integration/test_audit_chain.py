@@ -126,13 +126,13 @@ def test_a_rewritten_chain_fails_on_its_checkpoint_signature(tmp_path: Path, key
 
 
 def test_a_broker_stopped_while_its_audit_cannot_be_written_exits_in_bounded_time(tmp_path: Path) -> None:
-    config = tmp_path / "broker.toml"
+    config, port = tmp_path / "broker.toml", free_port()
     config.write_text(
-        f'[server]\nport = {free_port()}\n[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n'
+        f'[server]\nport = {port}\n[policy]\ndirectory = "{REPO / "policies"}"\nwatch = false\n'
         '[audit]\npath = "/dev/full"\nshutdown_timeout_seconds = 1.0\ncheckpoint_seconds = 0.2\n'
     )
-    process = start_broker_process(config, {"BROKER_DEV_SECRET": "s" * 32}, output=subprocess.PIPE)
-    time.sleep(3)  # started, and its checkpoints are failing to be written
+    process = start_broker_process(config, {"BROKER_DEV_SECRET": "s" * 32}, output=subprocess.PIPE, wait_port=port)
+    time.sleep(1)  # serving, and its checkpoints are failing to be written
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
     output, _ = process.communicate(timeout=20)

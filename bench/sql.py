@@ -107,7 +107,7 @@ def run(calls: int, baseline: str | None) -> list[str]:
         contenders.append((f"analyse @{baseline}", lambda sql: old(sql, tables)))
     contenders.append(("analyse (working tree)", lambda sql: analyse(sql, tables)))
     none: Any = None
-    snapshot = PolicySnapshot("bench", ROOT, none, none, none, (), (), tables)
+    snapshot = PolicySnapshot("bench", ROOT, none, none, none, (), (), (), tables=tables)
     cache = StatementCache(InlineAnalyser())
     contenders.append(("cache hit by shape", lambda sql: run_now(cache.analyse(sql, snapshot))))
     warmup = 200

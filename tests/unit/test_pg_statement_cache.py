@@ -103,7 +103,7 @@ assert set(TABLES.tables) <= set(MAP.tables)
 
 def _snapshot(tables: TableMap, revision: str = "r1") -> PolicySnapshot:
     none: Any = None
-    return PolicySnapshot(revision, Path("."), none, none, none, (), (), tables)
+    return PolicySnapshot(revision, Path("."), none, none, none, (), (), (), tables=tables)
 
 
 def _string(rng: random.Random) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -87,9 +88,13 @@ def request(port: int, path: str, employee: str, address: str = "127.0.0.1") -> 
 
 
 def until(check: Callable[[], Any], what: str, within: float = 20.0) -> Any:
+    """Poll `check` until it is truthy; a page still loading (element absent or replaced) counts as not yet."""
     deadline = time.monotonic() + within
     while True:
-        found = check()
+        try:
+            found = check()
+        except (NoSuchElementException, StaleElementReferenceException):
+            found = None
         if found:
             return found
         assert time.monotonic() < deadline, f"waited {within} s for {what}"
@@ -184,18 +189,23 @@ def test_an_operator_sees_a_rented_login_and_freezes_it_in_the_browser(
     started = time.monotonic()
     for address in ("127.0.0.2", "127.0.0.3"):
         assert request(port, OWN_LIST, "e1001", address)[0] == 200  # flagged, not yet frozen
-    card = until(
-        lambda: browser.find_elements(By.CSS_SELECTOR, 'article.flag[data-employee="e1001"]'), "the flag card"
+    # the flags panel is re-rendered (innerHTML) on every signal and every 5 s: read the card in one go, afresh
+    flag_card = 'article.flag[data-employee="e1001"]'
+    card_text, signal = until(
+        lambda: [(c.text, c.get_attribute("data-signal")) for c in browser.find_elements(By.CSS_SELECTOR, flag_card)],
+        "the flag card",
     )[0]
     flag_seconds = time.monotonic() - started
-    assert (
-        card.get_attribute("data-signal") == "shared_login" and "127.0.0.3" in card.text and "not frozen" in card.text
-    )
+    assert signal == "shared_login" and "127.0.0.3" in card_text and "not frozen" in card_text, card_text
     until(lambda: "policy.other_branch" in browser.find_element(By.ID, "denials").text, "the denials panel")
     until(lambda: "e1001" in browser.find_element(By.ID, "top").text, "the top employees panel")
     browser.save_screenshot(str(shots / "console-flag.png"))
 
-    card.find_element(By.CSS_SELECTOR, 'button[data-action="freeze"]').click()
+    def click_freeze() -> bool:
+        browser.find_element(By.CSS_SELECTOR, f'{flag_card} button[data-action="freeze"]').click()
+        return True
+
+    until(click_freeze, "the freeze button")
     until(
         lambda: browser.find_elements(By.CSS_SELECTOR, 'article.flag[data-employee="e1001"] .state.frozen'),
         "the frozen state",

@@ -474,8 +474,9 @@ def baseline_policy(workdir: Path, baseline: Path) -> Path:
     own = baseline / "policies"
     if (own / "model.conf").is_file():
         shutil.copy(own / "model.conf", target / "model.conf")
+    sources = "".join(path.read_text(encoding="utf-8") for path in (baseline / "broker" / "policy").rglob("*.py"))
     for name in ("branches.csv", "policy.toml"):
-        if not (own / name).is_file():
+        if f'"{name}"' not in sources:  # a file the baseline's loader has never heard of
             (target / name).unlink(missing_ok=True)
     return target
 

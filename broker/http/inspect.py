@@ -20,7 +20,7 @@ to or how many records a phone number has).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -29,8 +29,9 @@ from broker.policy.record_scan import in_expected_place, misplaced, scan_listed,
 from broker.policy.route import Route
 
 
-@dataclass(frozen=True, slots=True)
-class Counted:
+class Counted(NamedTuple):
+    """What an answer held (a tuple: built on every answer, and cheap to build)."""
+
     count: int
     violation: Reason | None = None
     detail: str = ""
@@ -44,9 +45,11 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The service answered with something other than JSON.")
-    if not in_expected_place(route, document):
-        return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, misplaced(route), misfit=True)
-    scan = scan_listed(route, document, body, branches) or scan_records(document, route.branch_path, branches)
+    scan = scan_listed(route, document, body, branches)
+    if scan is None:
+        if not in_expected_place(route, document):
+            return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, misplaced(route), misfit=True)
+        scan = scan_records(document, route.branch_path, branches)
     if scan.too_deep:
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The answer is nested too deeply to be checked.")
     if scan.unlabelled:

@@ -67,8 +67,9 @@ _KEY_LITERALS: dict[str, bytes] = {}
 
 def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[str] | None) -> Scan | None:
     """`scan_records`'s answer for an answer whose records are all in the place the route
-    names (`in_expected_place` held), proven from the bytes instead of a walk over every
-    value; None when the bytes do not prove it (the caller walks).
+    names, proven from the bytes instead of a walk over every value; None when the bytes
+    do not prove it or the answer is not shaped as the route says (the caller then checks
+    the place, `in_expected_place`, and walks).
 
     The proof: in JSON without a backslash, a key can only be written as itself between
     quotes, and the quoted name cannot appear anywhere but as a whole string. So when
@@ -76,7 +77,8 @@ def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[st
     the expected place (each carries it at least once), no other object anywhere in the
     answer carries it: the expected records are all the records. Any escape, a value
     equal to the field's name, a duplicate key or a record nested in a record makes the
-    counts differ, and the walk decides."""
+    counts differ, and the walk decides. The place is checked in the same pass over the
+    records (this runs on every answer)."""
     if b"\\" in body:
         return None
     path = route.branch_path
@@ -84,13 +86,24 @@ def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[st
     if literal is None:
         literal = _KEY_LITERALS[path[0]] = orjson.dumps(path[0])
     found = resolve(document, route.response_items) if route.response_items else document
-    items: list[Any] = [found] if route.records == "one" else found
+    if route.records == "one":
+        if type(found) is not dict:
+            return None
+        items: list[Any] = [found]
+    elif type(found) is list:
+        items = found
+    else:
+        return None
     if body.count(literal) != len(items):
         return None
     foreign, unlabelled = False, False
     single = path[0] if len(path) == 1 else None
     for item in items:
-        branch = item[single] if single is not None else resolve(item, path)
+        if type(item) is not dict:
+            return None
+        branch = item.get(single, _MISSING) if single is not None else resolve(item, path)
+        if branch is _MISSING:
+            return None
         if type(branch) is not str or not branch:
             unlabelled = True
         elif branches is not None and branch not in branches:

@@ -105,3 +105,28 @@ def test_a_record_written_twice_under_one_key_is_counted_as_the_walk_counts_it()
     body = b'{"items":[{"branch_code":"BR001"}],"also":{"branch_code":"BR001"}}'
     counted = inspect_records(route(), body, 1, MINE)
     assert counted.violation is Reason.UPSTREAM_TOO_MANY_RECORDS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"items":{"branch_code":"BR001"}}',  # one record where a list was promised
+        b'{"items":[{"branch_code":"BR001"},"BR001"]}',  # an element that is no record
+        b'{"items":[{"branch_code":"BR001"},{"branch":"BR002"}]}',  # a record under another field name
+        b'{"result":[{"branch_code":"BR001"}]}',  # the list somewhere else
+        b'[{"branch_code":"BR001"}]',
+    ],
+)
+def test_an_answer_not_shaped_as_the_route_says_is_left_to_the_place_check_and_refused(body: bytes) -> None:
+    """The proof also checks the place in its one pass: it must never vouch for an answer
+    whose records are not where the route map says (the map would be wrong, and records
+    under another field name would pass uncounted)."""
+    assert scan_listed(route(), orjson.loads(body), body, MINE) is None
+    counted = inspect_records(route(), body, 10, MINE)
+    assert counted.violation is Reason.UPSTREAM_UNINSPECTABLE and counted.misfit
+
+
+def test_a_one_record_answer_that_is_a_list_is_refused_as_a_misfit() -> None:
+    body = b'[{"branch_code":"BR001"}]'
+    assert scan_listed(route("one", items=""), orjson.loads(body), body, MINE) is None
+    assert inspect_records(route("one", items=""), body, 10, MINE).misfit

@@ -23,7 +23,7 @@ from deploy.image_check.dockerfile import Dockerfile, DockerfileError, load
 from deploy.image_check.installed import venv_checks
 from deploy.image_check.rootfs import RootError, prepare
 from deploy.image_check.spec import image_spec
-from deploy.image_check.static import digest_checks, pip_line_checks
+from deploy.image_check.static import digest_check, pip_line_check, pull_check
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = {"unshare": "util-linux", "chroot": "coreutils", "setpriv": "util-linux", "mount": "mount",
@@ -44,7 +44,7 @@ def main() -> int:
     except DockerfileError as exc:
         print(f"image check: {exc}", file=sys.stderr)
         return 2
-    checks = [*digest_checks(dockerfile, REPO), pip_line_checks(dockerfile)]
+    checks = [digest_check(dockerfile, REPO), pull_check(), pip_line_check(dockerfile)]
     workdir = Path(tempfile.mkdtemp(prefix="broker-image-check-"))
     try:
         checks += _build_and_run(dockerfile, Layout.at(workdir))

@@ -120,7 +120,7 @@ def _serve_and_probe(container: Container, stack: ExitStack) -> list[Check]:
     workdir, server = container.layout.workdir, container.settings.server
     trace = workdir / "broker.strace"
     stdout, stderr = (workdir / "broker.stdout").open("wb"), (workdir / "broker.stderr").open("wb")
-    strace = ["strace", "-f", "-qq", "-s", "4096", "-e", f"trace={strace_log.TRACED}", "-o", str(trace)]
+    strace = ["strace", "-f", "-qq", "-y", "-s", "4096", "-e", f"trace={strace_log.TRACED}", "-o", str(trace)]
     process = subprocess.Popen([*strace, *container.command(container.spec.entrypoint)], stdout=stdout, stderr=stderr)
     stack.callback(_stop, process)
     admin = server.admin_port or server.port

@@ -26,7 +26,7 @@ CONTAINER_TMPFS = ("/dev/shm/",)  # noqa: S108 - a path to recognise, not one to
 """A tmpfs in every container, `--read-only` or not (POSIX semaphores live there)."""
 
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(.*)$")
-_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_NAMED = re.compile(r'(?:\d+<(?P<dir>[^>]*)>, )?"(?P<name>(?:[^"\\]|\\.)*)"')
 _UNFINISHED = " <unfinished ...>"
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$")
 
@@ -44,9 +44,13 @@ class Call:
 
     @property
     def paths(self) -> list[str]:
-        found = _STRING.findall(self.args)
-        if self.name == "bind":
-            found = [s for s in found if s and not s.startswith("\\0")]  # abstract sockets have no file
+        """The file names the call acts on, a name relative to a directory descriptor
+        joined to that directory's path (strace -y prints it: `3</dev/shm/pymp-x>`)."""
+        found = []
+        for match in _NAMED.finditer(self.args):
+            name = match["name"]
+            directory = match["dir"]
+            found.append(f"{directory.rstrip('/')}/{name}" if directory and not name.startswith("/") else name)
         return found[:2] if self.name.startswith(("rename", "link", "symlink")) else found[:1]
 
 
@@ -90,7 +94,7 @@ def is_write(call: Call) -> bool:
     if call.name in ALWAYS_WRITES:
         return True
     if call.name == "bind":
-        return "AF_UNIX" in call.args and bool(call.paths)
+        return "AF_UNIX" in call.args and "sun_path=@" not in call.args and bool(call.paths)  # @: abstract, no file
     if call.name in ("open", "openat", "openat2"):
         return any(flag in call.args for flag in WRITE_FLAGS)
     return False

@@ -139,7 +139,7 @@ def _serve_and_probe(container: Container, stack: ExitStack) -> list[Check]:
     stopped = _terminate(process, broker_pid, server.drain_seconds + server.shutdown_timeout_seconds + 20)
     checks.append(verdict("stops cleanly on SIGTERM", "SIGTERM to the entrypoint's process", stopped))
     checks.append(_audit_on_stdout(workdir / "broker.stdout"))
-    checks.append(_writes(trace, container.spec.entrypoint[0]))
+    checks.append(_writes(trace, container.spec.entrypoint[0], container.layout.root))
     return checks
 
 
@@ -285,9 +285,9 @@ def _audit_on_stdout(path: Path) -> Check:
     )
 
 
-def _writes(trace: Path, entrypoint: str) -> Check:
+def _writes(trace: Path, entrypoint: str, root: Path) -> Check:
     with trace.open(encoding="utf-8", errors="replace") as lines:
-        started, attempts = strace_log.write_attempts(lines, entrypoint)
+        started, attempts = strace_log.write_attempts(lines, entrypoint, str(root))
     on_root = [a.describe() for a in attempts if a.where == "root"]
     on_tmpfs = [a.describe() for a in attempts if a.where == "tmpfs"]
     problems = on_root if started else ["the trace never reached the entrypoint"]

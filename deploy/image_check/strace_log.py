@@ -26,7 +26,7 @@ CONTAINER_TMPFS = ("/dev/shm/",)  # noqa: S108 - a path to recognise, not one to
 """A tmpfs in every container, `--read-only` or not (POSIX semaphores live there)."""
 
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(.*)$")
-_NAMED = re.compile(r'(?:\d+<(?P<dir>[^>]*)>, )?"(?P<name>(?:[^"\\]|\\.)*)"')
+_NAMED = re.compile(r'(?:(?:\d+|AT_FDCWD)<(?P<dir>[^>]*)>, )?"(?P<name>(?:[^"\\]|\\.)*)"')
 _UNFINISHED = " <unfinished ...>"
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$")
 
@@ -45,7 +45,8 @@ class Call:
     @property
     def paths(self) -> list[str]:
         """The file names the call acts on, a name relative to a directory descriptor
-        joined to that directory's path (strace -y prints it: `3</dev/shm/pymp-x>`)."""
+        joined to that directory's path (strace -y prints it: `3</dev/shm/pymp-x>`, and
+        the working directory as `AT_FDCWD</app>`)."""
         found = []
         for match in _NAMED.finditer(self.args):
             name = match["name"]
@@ -100,12 +101,15 @@ def is_write(call: Call) -> bool:
     return False
 
 
-def write_attempts(lines: Iterable[str], entrypoint: str) -> tuple[bool, list[WriteAttempt]]:
+def write_attempts(lines: Iterable[str], entrypoint: str, root: str = "") -> tuple[bool, list[WriteAttempt]]:
     """(whether the entrypoint was executed, the write attempts from then on, on files;
-    devices and /proc left out). `entrypoint` is the executable's base name."""
+    devices and /proc left out). `entrypoint` is the executable's base name; `root`, the
+    directory the process was chrooted to, is taken off the descriptor paths strace -y
+    prints (strace sees them from outside the root; the process's own names are inside)."""
     started = False
     found: list[WriteAttempt] = []
-    for call in calls(lines):
+    inside = (line.replace(f"<{root.rstrip('/')}/", "</") for line in lines) if root else lines
+    for call in calls(inside):
         if not started:
             started = call.name == "execve" and not call.failed and _execs(call, entrypoint)
             continue

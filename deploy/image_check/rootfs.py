@@ -29,7 +29,8 @@ BASE_ENV = {
 """What python:3.11-slim's own ENV sets that a process can notice (its PYTHON_VERSION
 and GPG_KEY are for its build only)."""
 MERGED_USR = ("bin", "lib", "lib64", "sbin")
-EMPTY_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "run": 0o755, "var": 0o755, "home": 0o755}
+EMPTY_DIRS = {"dev": 0o755, "proc": 0o555, "sys": 0o555, "run": 0o755, "var": 0o755, "var/tmp": 0o1777, "home": 0o755}
+"""Made in this order, with these modes (a parent before its child; /tmp is made apart)."""
 DROPPED_FROM_ETC = ("pip.conf",)
 """This machine's pip mirror settings: the base image has none, and the image must
 install from PyPI by hash alone."""

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: lock setup demo test test-moved-clock lint typecheck unit bench bench-decision clean
+.PHONY: lock setup demo test test-moved-clock lint typecheck unit image-check bench bench-decision clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,8 @@ demo: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests bench
-	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/ruff check broker tests bench deploy
+	$(BIN)/ruff format --check broker tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -57,6 +57,13 @@ test-moved-clock: $(STAMP)
 	  'import os, sys, time; moved = time.time() - int(os.environ["REAL_NOW"]); \
 	   print(f"tests under a clock moved by {moved / 86400:+.1f} days"); sys.exit(abs(moved) < 3600)'
 	LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/pytest
+
+## The container image's promises checked without a Docker engine: the Dockerfile's steps
+## replayed into a root built from this machine's Debian, the entrypoint run there read-only
+## as the image's user under strace, and a report of what held. Downloads from PyPI (so not
+## part of `make test`); needs root, util-linux, iproute2 and strace (apt-get install -y strace).
+image-check: $(STAMP)
+	$(BIN)/python -m deploy.image_check $(ARGS)
 
 ## Every benchmark, side by side with its baselines (about 13 minutes on 2 cores): the
 ## decision core, the counter stores, HTTP (direct, nginx, bare proxy, broker), PostgreSQL

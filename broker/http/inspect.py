@@ -32,7 +32,7 @@ from broker.policy.route import Route
 class Counted(NamedTuple):
     """What an answer held (a tuple: built on every answer, and cheap to build)."""
 
-    count: int
+    records: int
     violation: Reason | None = None
     detail: str = ""
     misfit: bool = False

@@ -352,7 +352,7 @@ class ProxyHandler:
                 else:  # the answer told the employee something: the request was a probe
                     await self._guard.probed(decision)
                 return self._refuse(decision, outcome, verdict.violation, verdict.detail)
-            count = verdict.count
+            count = verdict.records
             await self._guard.settle(decision, count)
             return await self._write_held(request, decision, answer, held, outcome, count)
         finally:

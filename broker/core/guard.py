@@ -40,6 +40,10 @@ from broker.policy.snapshot import PolicySnapshot
 log = structlog.get_logger("broker.guard")
 
 
+RECENT_PRINCIPALS = 10_000
+"""Principals kept per employee id, then started afresh: a shift's active staff, bounded."""
+
+
 class Authenticator(Protocol):
     async def identify(self, credential: str | None) -> Identity: ...
 
@@ -92,6 +96,9 @@ class Guard:
         """Roster profile -> the principal of whoever holds it, less their id: one per
         profile, not per employee (100,000 employees hold a few thousand)."""
         self._principals_revision = ""
+        self._by_employee: dict[str, Principal] = {}
+        """Employee id -> principal, for those decided lately under this revision (a
+        request's principal is otherwise a new object each time)."""
         self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
         """One shared tuple per distinct sorted name list (roles, branches, shifts): a
         first decision for an employee then leaves one new object behind, not four, and
@@ -264,10 +271,18 @@ class Guard:
             return _principal_of(employee)
         if revision != self._principals_revision or len(self._principals) >= 100_000:
             self._principals, self._principals_revision, self._names = {}, revision, {}
+            self._by_employee = {}
+        principal = self._by_employee.get(employee.id)
+        if principal is not None:  # decided before under this revision: the same roster entry
+            return principal
         shared = self._principals.get(employee.profile)
         if shared is None:
             shared = self._principals[employee.profile] = _principal_of(employee, self._names)
-        return Principal(employee.id, shared.roles, shared.branches, shared.global_roles, shared.shifts)
+        principal = Principal(employee.id, shared.roles, shared.branches, shared.global_roles, shared.shifts)
+        if len(self._by_employee) >= RECENT_PRINCIPALS:
+            self._by_employee.clear()
+        self._by_employee[employee.id] = principal
+        return principal
 
     def _on_registered_device(self, d: Decision, employee: Employee, snapshot: PolicySnapshot) -> bool:
         """With device certificates required: the connection's certificate must be one

@@ -10,6 +10,7 @@ from broker.core.clock import iso
 from broker.core.decision import Decision
 from broker.core.reason import Reason
 from broker.messages.catalogue import Catalogue
+from broker.messages.said import Said, said
 from broker.pg.wire import error_response
 
 SQLSTATE: dict[Reason, str] = {
@@ -61,21 +62,22 @@ LOGIN_SQLSTATE = {Reason.SHIFT_OUTSIDE: "28000"}
 insufficient privilege; errors (no policy, the broker failing) keep their own codes: an
 error is not a denial, and drivers retry 57P03."""
 
-HINTS: dict[Reason, str] = {
-    Reason.POLICY_NOT_PERMITTED: "Your roles list what you may read and write; ask your supervisor for more.",
-    Reason.SHIFT_OUTSIDE: "Records are available during your shift only.",
-    Reason.POLICY_DENIED: "A deny rule closes this for now; the help desk or your supervisor can say until when.",
-    Reason.BULK_OVER_CAP: "Add LIMIT n with n at most your per-statement cap, and page with OFFSET.",
-    Reason.BULK_UNBOUNDED: "Add LIMIT n to the query (at most your per-statement cap).",
-    Reason.RATE_EXCEEDED: "Wait a moment and retry.",
-    Reason.QUOTA_EXCEEDED: "Your quota resets at the time in the detail.",
-    Reason.METER_UNAVAILABLE: "The quota counters are unreachable; retry shortly.",
-    Reason.UPSTREAM_TOO_MANY_RECORDS: "Ask for fewer rows with LIMIT; your quota is in the detail.",
-    Reason.IDENTITY_EXPIRED: "Reconnect with a fresh token as the password.",
-    Reason.IDENTITY_WRONG_USER: "Connect with user=<your employee id> and your token as the password.",
-    Reason.SESSIONS_OVER_LIMIT: "Close another session first.",
-    Reason.POLICY_UNAVAILABLE: "The broker has no valid policy loaded yet; retry shortly.",
+HINTS: dict[Reason, Said] = {
+    Reason.POLICY_NOT_PERMITTED: said("hint_not_permitted"),
+    Reason.SHIFT_OUTSIDE: said("hint_shift"),
+    Reason.POLICY_DENIED: said("hint_denied"),
+    Reason.BULK_OVER_CAP: said("hint_over_cap"),
+    Reason.BULK_UNBOUNDED: said("hint_unbounded"),
+    Reason.RATE_EXCEEDED: said("hint_rate"),
+    Reason.QUOTA_EXCEEDED: said("hint_quota"),
+    Reason.METER_UNAVAILABLE: said("hint_meter"),
+    Reason.UPSTREAM_TOO_MANY_RECORDS: said("hint_too_many_records"),
+    Reason.IDENTITY_EXPIRED: said("hint_expired"),
+    Reason.IDENTITY_WRONG_USER: said("hint_wrong_user"),
+    Reason.SESSIONS_OVER_LIMIT: said("hint_sessions"),
+    Reason.POLICY_UNAVAILABLE: said("hint_no_policy"),
 }
+"""The hint of each reason's refusal, worded in the session's locale (`pg` texts)."""
 
 
 def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
@@ -84,9 +86,7 @@ def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
     return table.get(decision.reason) or SQLSTATE.get(decision.reason, "42501")
 
 
-def decision_error(
-    decision: Decision, catalogue: Catalogue, locale: str, *, fatal: bool = False, hint: str = ""
-) -> bytes:
+def decision_error(decision: Decision, catalogue: Catalogue, locale: str, *, fatal: bool = False) -> bytes:
     """The ErrorResponse an employee's client shows for a refused decision: the message
     in the session's locale (with the help desk's contact), the reason code after it."""
     code = sqlstate_of(decision, fatal=fatal)
@@ -97,9 +97,26 @@ def decision_error(
         code,
         f"{message} [{decision.reason.value}]",
         detail=decision_detail(decision),
-        hint=hint or HINTS.get(decision.reason, ""),
+        hint=catalogue.words(hint, locale) if (hint := HINTS.get(decision.reason)) else "",
         extra=extra,
     )
+
+
+def said_error(
+    catalogue: Catalogue,
+    locale: str,
+    severity: str,
+    code: str,
+    message: Said,
+    hint: Said | None = None,
+    *,
+    tail: str = "",
+    detail: str = "",
+) -> bytes:
+    """An ErrorResponse of the door's own (no decision behind it), worded in `locale`;
+    `tail` follows the message as it is (a reason code)."""
+    shown_hint = catalogue.words(hint, locale) if hint is not None else ""
+    return error_response(severity, code, catalogue.words(message, locale) + tail, detail=detail, hint=shown_hint)
 
 
 def decision_detail(decision: Decision) -> str:

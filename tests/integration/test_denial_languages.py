@@ -78,7 +78,9 @@ async def test_an_unknown_problem_is_a_404_in_the_callers_language(broker: Harne
 
 async def test_a_page_can_be_reworded_per_locale(make_broker: BrokerFactory, policy_dir: Path) -> None:
     messages = policy_dir / "messages.toml"
-    messages.write_text(messages.read_text() + '\n[zh."quota.exceeded"]\nexplanation = "配额每班重置；如需更多，请找主管。"\n')
+    messages.write_text(
+        messages.read_text() + '\n[zh."quota.exceeded"]\nexplanation = "配额每班重置；如需更多，请找主管。"\n'
+    )
     broker = await make_broker()
     reply = await broker.get("/-/problems/quota.exceeded", headers={"Accept-Language": "zh"})
     assert reply.json["explanation"] == "配额每班重置；如需更多，请找主管。"
@@ -101,7 +103,9 @@ def _locale_file(locale: str, *, without_explanation: str = "", without_pg: str 
     lines += [f"[{locale}.pg]", *(f"{k} = {json.dumps(v)}" for k, v in doc.pop("pg").items() if k != without_pg)]
     for code, entry in doc.items():
         lines.append(f'[{locale}."{code}"]')
-        lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items() if (code, k) != (without_explanation, "explanation")]
+        lines += [
+            f"{k} = {json.dumps(v)}" for k, v in entry.items() if (code, k) != (without_explanation, "explanation")
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -626,7 +626,7 @@ class Session:
             what,
             said("fewer_rows"),
             tail=f" [{Reason.UPSTREAM_TOO_MANY_RECORDS.value}]",
-            detail=decision_detail(primary) if primary else "",
+            detail=decision_detail(primary, self._words) if primary else "",
         )
 
     async def _cancel_quietly(self) -> None:

@@ -6,11 +6,14 @@ read the message, detail and hint; the hint always says what *is* allowed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from broker.core.clock import iso
 from broker.core.decision import Decision
 from broker.core.reason import Reason
 from broker.messages.catalogue import Catalogue
 from broker.messages.said import Said, said
+from broker.messages.shipped import english
 from broker.pg.wire import error_response
 
 SQLSTATE: dict[Reason, str] = {
@@ -80,6 +83,9 @@ HINTS: dict[Reason, Said] = {
 """The hint of each reason's refusal, worded in the session's locale (`pg` texts)."""
 
 
+_SEPARATOR = said("detail_separator")
+
+
 def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
     """The SQLSTATE a refused decision is shown with (and audited with)."""
     table = LOGIN_SQLSTATE if fatal else {}
@@ -96,7 +102,7 @@ def decision_error(decision: Decision, catalogue: Catalogue, locale: str, *, fat
         "FATAL" if fatal else "ERROR",
         code,
         f"{message} [{decision.reason.value}]",
-        detail=decision_detail(decision),
+        detail=decision_detail(decision, lambda text: catalogue.words(text, locale)),
         hint=catalogue.words(hint, locale) if (hint := HINTS.get(decision.reason)) else "",
         extra=extra,
     )
@@ -119,19 +125,24 @@ def said_error(
     return error_response(severity, code, catalogue.words(message, locale) + tail, detail=detail, hint=shown_hint)
 
 
-def decision_detail(decision: Decision) -> str:
-    """The numbers behind the denial: quota left and when it resets, rate, cap."""
-    parts = [f"decision {decision.id}"] if decision.id else []
+def decision_detail(decision: Decision, words: Callable[[Said], str] = english) -> str:
+    """The numbers behind the denial: quota left and when it resets, rate, cap (in the
+    session's `words`)."""
+    parts = [words(said("detail_decision", id=decision.id))] if decision.id else []
     if decision.quota is not None:
-        quota = decision.quota
+        q = decision.quota
+        reset = iso(q.reset_at, q.zone)
         parts.append(
-            f"{quota.name} quota: {quota.used} of {quota.limit} records used, "
-            f"{quota.remaining} left until {iso(quota.reset_at, quota.zone)}"
+            words(
+                said(
+                    "detail_quota", resource=q.name, used=q.used, limit=q.limit, remaining=q.remaining, resets_at=reset
+                )
+            )
         )
     if decision.rate is not None and decision.retry_after is not None:
-        parts.append(f"retry after {decision.retry_after:.1f} s")
+        parts.append(words(said("detail_retry", seconds=f"{decision.retry_after:.1f}")))
     if "cap" in decision.facts:
-        parts.append(f"per-statement cap: {decision.facts['cap']} rows")
+        parts.append(words(said("detail_cap", cap=decision.facts["cap"])))
     if decision.rule:
-        parts.append(f"rule: {decision.rule}")
-    return "; ".join(parts)
+        parts.append(words(said("detail_rule", rule=decision.rule)))
+    return words(_SEPARATOR).join(parts)

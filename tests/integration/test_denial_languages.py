@@ -194,3 +194,16 @@ async def test_a_start_up_the_broker_refuses_is_told_in_the_language_it_asked_fo
         with pytest.raises(psycopg.OperationalError) as caught:
             await psycopg.AsyncConnection.connect(door.pg_dsn("e1001", options=options))
         assert message in str(caught.value) and hint in str(caught.value), str(caught.value)
+
+
+async def test_a_spent_quota_gives_its_numbers_in_chinese_in_the_detail(door: Harness) -> None:
+    dsn = door.pg_dsn("e1003", options=ZH_OPTIONS)  # trainee: cap 20, quota 60 per shift
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for _ in range(3):
+            assert len(await (await conn.execute("SELECT id FROM waybills LIMIT 20")).fetchall()) == 20
+        with pytest.raises(psycopg.Error) as caught:
+            await conn.execute("SELECT id FROM waybills LIMIT 1")
+    diag = caught.value.diag
+    assert diag.sqlstate == "53400" and diag.message_hint == zh("hint_quota")
+    detail = diag.message_detail or ""
+    assert detail.startswith("决定编号 ") and "waybill 配额：60 条中已用 60 条，剩余 0 条，" in detail, detail

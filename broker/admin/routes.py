@@ -9,14 +9,14 @@ import orjson
 from aiohttp import web
 
 from broker.admin.metrics import Metrics
-from broker.admin.problems import EXPLANATIONS
+from broker.admin.problems import problem_page
 from broker.audit.log import AuditSink
 from broker.core.clock import iso
 from broker.core.guard import Guard, employee_for
 from broker.core.reason import Reason
 from broker.core.window import current_shift, next_shift_start
 from broker.http.bearer import bearer_token
-from broker.http.problem import STATUS_AND_TITLE, bare_problem, problem_type
+from broker.http.problem import STATUS_AND_TITLE, bare_problem
 from broker.http.proxy import device_fingerprint
 from broker.identity.error import Identity, IdentityError
 from broker.messages.shipped import catalogue_of
@@ -250,20 +250,8 @@ class AdminRoutes:
         )
 
     async def problem(self, request: web.Request) -> web.Response:
-        try:
-            reason = Reason(request.match_info["code"])
-        except ValueError:
-            return bare_problem(Reason.ROUTE_UNKNOWN, 404, "No such problem type.")
-        status, title = STATUS_AND_TITLE.get(reason, (403, "Denied"))
-        found = {
-            "type": problem_type(reason),
-            "reason": reason.value,
-            "status": status,
-            "title": title,
-            "explanation": EXPLANATIONS.get(reason, ""),
-        }
-        help_desk = catalogue_of(self._policy.current).help
-        return _json(found if help_desk is None else {**found, "help": help_desk})
+        catalogue = catalogue_of(self._policy.current)
+        return problem_page(request.match_info["code"], catalogue, request.headers.get("Accept-Language"))
 
 
 def _policy_state(holder: PolicyHolder) -> dict[str, Any]:

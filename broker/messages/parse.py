@@ -7,15 +7,20 @@ default_locale = "zh"            # when a request names no language the catalogu
 [contact]                        # shown in every denial; phone, email, url, hours
 phone = "400-800-1234"
 
-[en."quota.exceeded"]            # override one reason's title and/or message
+[en."quota.exceeded"]            # override one reason's title, message and/or explanation
 message = "Your {resource} quota is used up until {resets_at}."
+explanation = "Quotas reset every shift; ask your supervisor for more."   # /-/problems
+
+[zh.pg]                          # the PostgreSQL door's hints and own refusals, by key
+bulk_unbounded = "请在查询中加上 LIMIT n（n 不超过每条语句的上限）。"
 
 [en]                             # a locale's help line, appended to every message
 help = "Call the help desk on {contact} and quote {decision_id}."
 ```
 
-A locale the broker does not ship (say `ja`) must give every reason and both help
-lines. Every problem names its line; a file with any problem refuses the whole policy
+A locale the broker does not ship (say `ja`) must give every reason (title, message,
+explanation), both help lines and every `pg` text; a `pg` text may use the placeholders
+the shipped English one uses, no others. Every problem names its line; a file with any problem refuses the whole policy
 (the last good one stays live), as the other policy files do.
 """
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -41,6 +46,9 @@ SHIPPED = ("en", "zh")
 DENIALS: tuple[Reason, ...] = tuple(reason for reason in Reason if reason is not Reason.ALLOWED)
 MAX_TEXT_CHARS = 2000
 CONTACT_KEYS = ("phone", "email", "url", "hours")
+SHIPPED_ENGLISH = "broker/messages/shipped/en.toml"
+ENTRY_KEYS = ("title", "message", "explanation")
+_CONTACT_ONLY = frozenset({"contact"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -60,6 +68,8 @@ class _Draft:
     messages: dict[Reason, Template]
     help: Template | None
     help_without_decision: Template | None
+    explanations: dict[Reason, Template] = field(default_factory=dict)
+    pg: dict[str, Template] = field(default_factory=dict)
 
 
 def parse_messages(name: str, raw: bytes) -> tuple[Catalogue | None, list[PolicyProblem]]:
@@ -73,9 +83,10 @@ def parse_messages(name: str, raw: bytes) -> tuple[Catalogue | None, list[Policy
     problems: list[TextProblem] = []
     default = doc.pop("default_locale", ENGLISH)
     contact = _contact(doc.pop("contact", {}), problems)
+    reference = pg_fields(drafts[ENGLISH])
     for locale, table in doc.items():
-        _read_locale(locale, table, drafts, problems)
-    problems += _incomplete(drafts)
+        _read_locale(locale, table, drafts, problems, reference)
+    problems += _incomplete(drafts, reference)
     if not isinstance(default, str) or default.lower() not in drafts:
         known = ", ".join(sorted(drafts))
         problems.append(TextProblem("", "default_locale", f"default_locale {default!r} is not a locale here", known))
@@ -87,17 +98,30 @@ def parse_messages(name: str, raw: bytes) -> tuple[Catalogue | None, list[Policy
 
 def shipped_drafts() -> dict[str, _Draft]:
     drafts: dict[str, _Draft] = {}
+    reference: dict[str, frozenset[str]] | None = None  # English (first) defines the pg texts' placeholders
     for locale in SHIPPED:
         text = resources.files("broker.messages").joinpath("shipped", f"{locale}.toml").read_text("utf-8")
         draft = drafts[locale] = _Draft({}, {}, None, None)
         problems: list[TextProblem] = []
-        _fill(locale, tomllib.loads(text), draft, problems)
+        _fill(locale, tomllib.loads(text), draft, problems, reference)
+        reference = pg_fields(drafts[ENGLISH])
         if problems:  # a packaging mistake, caught by the unit tests before any release
             raise RuntimeError(f"shipped {locale}.toml: {problems[0]}")
     return drafts
 
 
-def _read_locale(locale: str, table: Any, drafts: dict[str, _Draft], problems: list[TextProblem]) -> None:
+def pg_fields(english: _Draft) -> dict[str, frozenset[str]]:
+    """Each `pg` text's key and the placeholders the shipped English gives it."""
+    return {key: template.fields for key, template in english.pg.items()}
+
+
+def _read_locale(
+    locale: str,
+    table: Any,
+    drafts: dict[str, _Draft],
+    problems: list[TextProblem],
+    reference: dict[str, frozenset[str]],
+) -> None:
     if not LOCALE_TAG.match(locale):
         hint = "a lower-case language tag such as en, zh or zh-tw; the other top-level keys are default_locale, contact"
         problems.append(TextProblem(locale, "", f"[{locale}] is not a locale name", hint))
@@ -106,16 +130,24 @@ def _read_locale(locale: str, table: Any, drafts: dict[str, _Draft], problems: l
         problems.append(TextProblem("", locale, f'{locale} must be a table of reasons ([{locale}."quota.exceeded"])'))
         return
     draft = drafts.setdefault(locale, _Draft({}, {}, None, None))
-    _fill(locale, table, draft, problems)
+    _fill(locale, table, draft, problems, reference)
 
 
-def _fill(locale: str, table: dict[str, Any], draft: _Draft, problems: list[TextProblem]) -> None:
+def _fill(
+    locale: str,
+    table: dict[str, Any],
+    draft: _Draft,
+    problems: list[TextProblem],
+    reference: dict[str, frozenset[str]] | None,
+) -> None:
     for key in ("help", "help_without_decision"):
         if key in table:
             allowed = frozenset(HELP_LINE) if key == "help" else frozenset({"contact"})
             found = _template(locale, key, table.pop(key), allowed, problems)
             if found is not None:
                 setattr(draft, key, found)
+    if "pg" in table:
+        _fill_pg(locale, table.pop("pg"), draft, problems, reference)
     for code, entry in table.items():
         reason = _reason(locale, code, problems)
         if reason is None:
@@ -124,14 +156,51 @@ def _fill(locale: str, table: dict[str, Any], draft: _Draft, problems: list[Text
         if not isinstance(entry, dict):
             problems.append(TextProblem(where, "", f"{where} must be a table with title and/or message"))
             continue
-        for key in sorted(set(entry) - {"title", "message"}):
-            problems.append(TextProblem(where, key, f"{where}: unknown key {key!r}", "known: title, message"))
+        for key in sorted(set(entry) - set(ENTRY_KEYS)):
+            problems.append(TextProblem(where, key, f"{where}: unknown key {key!r}", "known: " + ", ".join(ENTRY_KEYS)))
         if "title" in entry and (title := _title(where, entry["title"], problems)) is not None:
             draft.titles[reason] = title
         if "message" in entry:
             message = _template(where, "message", entry["message"], offered(reason), problems, reason)
             if message is not None:
                 draft.messages[reason] = message
+        if "explanation" in entry:
+            explanation = _template(where, "explanation", entry["explanation"], _CONTACT_ONLY, problems)
+            if explanation is not None:
+                draft.explanations[reason] = explanation
+
+
+def _fill_pg(
+    locale: str,
+    table: Any,
+    draft: _Draft,
+    problems: list[TextProblem],
+    reference: dict[str, frozenset[str]] | None,
+) -> None:
+    """`[zh.pg]`: the door's sentences by key; placeholders as the shipped English has them
+    (`reference`; None while the shipped English itself is read)."""
+    where = f"{locale}.pg"
+    if not isinstance(table, dict):
+        problems.append(TextProblem("", "pg", f'[{where}] must be a table of texts (key = "...")'))
+        return
+    for key, value in table.items():
+        if reference is not None and key not in reference:
+            close = difflib.get_close_matches(key, list(reference), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"see the keys under [pg] in {SHIPPED_ENGLISH}"
+            problems.append(TextProblem(where, key, f"[{where}] unknown text {key!r}", hint))
+            continue
+        allowed = reference[key] if reference is not None else _any_names(value)
+        found = _template(where, key, value, allowed, problems)
+        if found is not None:
+            draft.pg[key] = found
+
+
+def _any_names(value: Any) -> frozenset[str]:
+    """The placeholders of a shipped English `pg` text: it defines them."""
+    try:
+        return compile_template(value).fields if isinstance(value, str) else frozenset()
+    except TemplateError:
+        return frozenset()  # _template reports it
 
 
 def _reason(locale: str, code: str, problems: list[TextProblem]) -> Reason | None:
@@ -210,24 +279,39 @@ def _contact(table: Any, problems: list[TextProblem]) -> Contact:
     return Contact(**values)
 
 
-def _incomplete(drafts: dict[str, _Draft]) -> list[TextProblem]:
+def _incomplete(drafts: dict[str, _Draft], reference: dict[str, frozenset[str]]) -> list[TextProblem]:
     found = []
     for locale, draft in drafts.items():
         missing = [r.value for r in DENIALS if r not in draft.titles or r not in draft.messages]
         if missing:
-            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            message = f"locale {locale} lacks the title or message of {len(missing)} reason(s): {shown}"
+            message = f"locale {locale} lacks the title or message of {len(missing)} reason(s): {_some(missing)}"
             found.append(TextProblem(locale, "", message, "a locale the broker does not ship must give every reason"))
+        unexplained = [r.value for r in DENIALS if r not in draft.explanations]
+        if unexplained:
+            message = f"locale {locale} lacks the explanation of {len(unexplained)} reason(s): {_some(unexplained)}"
+            hint = f'the /-/problems page\'s text: [{locale}."{unexplained[0]}"] explanation = "..."'
+            found.append(TextProblem(locale, "", message, hint))
+        unsaid = sorted(set(reference) - set(draft.pg))
+        if unsaid:
+            message = f"locale {locale} lacks {len(unsaid)} PostgreSQL text(s) of [{locale}.pg]: {_some(unsaid)}"
+            hint = f"the door's hints and own refusals; the keys are those under [pg] in {SHIPPED_ENGLISH}"
+            found.append(TextProblem(locale, "", message, hint))
         for key in ("help", "help_without_decision"):
             if getattr(draft, key) is None:
                 found.append(TextProblem(locale, key, f"locale {locale} has no {key} line"))
     return found
 
 
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
 def finished(draft: _Draft) -> LocaleTexts:
     assert draft.help is not None and draft.help_without_decision is not None
-    entries = {reason: Entry(draft.titles[reason], draft.messages[reason]) for reason in DENIALS}
-    return LocaleTexts(entries, draft.help, draft.help_without_decision)
+    entries = {
+        reason: Entry(draft.titles[reason], draft.messages[reason], draft.explanations[reason]) for reason in DENIALS
+    }
+    return LocaleTexts(entries, draft.help, draft.help_without_decision, dict(draft.pg))
 
 
 def _pinned(name: str, raw: bytes, problem: TextProblem) -> PolicyProblem:

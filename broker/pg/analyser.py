@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 
+from broker.messages.said import Said, said
 from broker.pg.sql import Literals, SqlRefused, Statement, analyse_with_literals
 from broker.policy.table import TableMap
 
@@ -37,11 +38,11 @@ log = structlog.get_logger("broker.pg")
 
 Analysed = list[tuple[Statement, Literals]]
 T = TypeVar("T")
-_Outcome = tuple[Analysed | None, tuple[str, str, str] | None]
+_Outcome = tuple[Analysed | None, tuple[str, Said | None, str] | None]
 
 TOO_COMPLEX = "54001"
 STARTUP_SECONDS = 30.0
-HINT = "Split the statement or simplify its expressions; the broker runs only SQL it can check."
+HINT = said("too_complex")
 
 
 class Analyser(Protocol):
@@ -53,7 +54,7 @@ def analyse_in_worker(sql: str, tables: TableMap) -> _Outcome:
     try:
         return analyse_with_literals(sql, tables), None
     except SqlRefused as exc:
-        return None, (exc.message, exc.hint, exc.sqlstate)
+        return None, (exc.message, exc.said, exc.sqlstate)
     except RecursionError:
         return None, ("the statement is nested too deeply to be checked", HINT, TOO_COMPLEX)
 

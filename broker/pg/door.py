@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import secrets
 import ssl
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -29,14 +31,15 @@ from broker.core.clock import iso
 from broker.core.decision import Decision, Verdict
 from broker.core.guard import Guard
 from broker.core.reason import Reason
+from broker.messages.said import Said, said
 from broker.messages.shipped import catalogue_of
 from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
 from broker.pg.privilege import LoginTooPowerful, login_problems
 from broker.pg.session import Caller, DoorServices, Session
 from broker.pg.setting import MAX_STATEMENT_TIMEOUT_MS, SHOWN_SETTINGS
-from broker.pg.sqlstate import decision_error
-from broker.pg.startup import StartupRefused, StartupRequest, read_request
+from broker.pg.sqlstate import decision_error, said_error
+from broker.pg.startup import StartupRefused, StartupRequest, asked_language, read_request
 from broker.pg.statement_cache import StatementCache
 from broker.pg.wire import (
     CANCEL_REQUEST,
@@ -257,17 +260,10 @@ class PgDoor:
         try:
             request = read_request(parameters, self._address.database)
         except StartupRefused as exc:
-            raise LoginRefused(error_response("FATAL", exc.sqlstate, exc.text, hint=exc.hint)) from exc
+            raise self._refused(asked_language(parameters), exc.sqlstate, exc.text, exc.hint) from exc
         if not client.tls and not client.local:
-            raise LoginRefused(
-                error_response(
-                    "FATAL",
-                    "28000",
-                    "the broker accepts tokens only over TLS from other hosts",
-                    hint="Connect with sslmode=require.",
-                )
-            )
-        token = await _password(client)
+            raise self._refused(request.language, "28000", said("tls_only"), said("use_sslmode"))
+        token = await _password(client, functools.partial(self._refused, request.language))
         login = await self._login(client, request, token)  # takes one of the employee's sessions
         try:
             return await self._start_session(client, request, login, token)
@@ -315,10 +311,8 @@ class PgDoor:
                 return None
             elif startup.code >> 16 == 3:
                 return await _protocol_3(client, startup.code, startup.body)
-            else:
-                raise LoginRefused(
-                    error_response("FATAL", "0A000", f"unsupported frontend protocol {startup.code >> 16}")
-                )
+            else:  # before any start-up packet: the default locale
+                raise self._refused("", "0A000", said("frontend_protocol", version=startup.code >> 16))
 
     async def _start_tls(self, client: Client) -> None:
         if self._tls is None:
@@ -376,23 +370,20 @@ class PgDoor:
                 await self._check_login()
             except LoginTooPowerful as exc:
                 log.error("pg.login_too_powerful", detail=str(exc))
-                raise LoginRefused(error_response("FATAL", "28000", f"the access broker cannot serve: {exc}")) from None
+                raise self._refused(request.language, "28000", said("cannot_serve", problem=exc)) from None
             if not self._login_checked:
-                raise LoginRefused(
-                    error_response("FATAL", "08006", "the database behind the broker is unavailable", hint="Retry.")
-                )
+                raise self._refused(request.language, "08006", said("database_unavailable"), said("retry"))
         try:
             return await connect(self._address, parameters, self._settings.connect_timeout_seconds)
         except (BackendError, ProtocolViolation, OSError, TimeoutError) as exc:
             log.error("pg.backend_failed", error=str(exc))
-            raise LoginRefused(
-                error_response(
-                    "FATAL",
-                    "08006",
-                    "the database behind the broker is unavailable",
-                    hint="Retry shortly; if it persists, tell the operators.",
-                )
-            ) from exc
+            unavailable = said("database_unavailable")
+            raise self._refused(request.language, "08006", unavailable, said("retry_or_tell")) from exc
+
+    def _refused(self, language: str, code: str, message: Said, hint: Said | None = None) -> LoginRefused:
+        """A FATAL of the door's own at login, in the language the start-up asked for."""
+        catalogue = catalogue_of(self._policy.current)
+        return LoginRefused(said_error(catalogue, catalogue.locale_for_pg(language), "FATAL", code, message, hint))
 
     def _new_cancel_key(self) -> tuple[int, int]:
         while True:
@@ -410,21 +401,17 @@ async def _protocol_3(client: Client, code: int, body: bytes) -> dict[str, str]:
     return {name: value for name, value in parameters.items() if not name.startswith("_pq_.")}
 
 
-async def _password(client: Client) -> str:
+async def _password(client: Client, refused: Callable[[str, Said, Said | None], LoginRefused]) -> str:
     await _send(client, authentication(_AUTH_CLEARTEXT))
     kind, payload = await read_message(client.reader, 64 * 1024)
     if kind != b"p":
-        raise LoginRefused(error_response("FATAL", "08P01", "expected a password message"))
+        raise refused("08P01", said("expected_password"), None)
     try:
         token = Cursor(payload).cstring()
     except ProtocolViolation as exc:
-        raise LoginRefused(error_response("FATAL", "28P01", "the password is not readable text")) from exc
+        raise refused("28P01", said("password_unreadable"), None) from exc
     if not token:
-        raise LoginRefused(
-            error_response(
-                "FATAL", "28P01", "no token was given as the password", hint="Connect with your JWT as the password."
-            )
-        )
+        raise refused("28P01", said("no_token"), said("token_as_password"))
     return token
 
 

@@ -20,6 +20,8 @@ from enum import IntEnum
 import structlog
 
 from broker.core.decision import Decision
+from broker.messages.said import Said, said
+from broker.messages.shipped import english
 from broker.pg.setting import SHOWN_SETTINGS
 from broker.pg.sql import Statement
 from broker.pg.sql_write_cap import translated as over_cap_error
@@ -135,12 +137,8 @@ _BETWEEN = {
 """What may arrive before the answer that completes a request. Anything else means the
 broker no longer knows which request an answer belongs to, and the session ends."""
 
-DESYNC = error_response(
-    "FATAL",
-    "08P01",
-    "the access broker could not match the database's answer to a statement it decided, so it ended the session",
-    hint="Reconnect. If this repeats, tell the operators (the broker logged it).",
-)
+_DESYNC = said("desync")
+_RECONNECT = said("reconnect")
 
 
 class Relay:
@@ -161,6 +159,9 @@ class Relay:
         self.needs_abort = False
         """A cut inside a transaction left the server's transaction open while the client
         saw an error: the session aborts it before the client's next statement."""
+        self.words: Callable[[Said], str] = english
+        """The session's `pg` texts in its locale: the broker's own words in place of
+        the server's (English until the session sets it)."""
         self.on_ready: Callable[[bytes], None] | None = None
         """Called at every ReadyForQuery with the transaction status, where it sits in the
         stream (portals end with the transaction)."""
@@ -225,7 +226,7 @@ class Relay:
         log.error("pg.desynchronised", message=kind.decode("latin-1"), waiting=len(self._pending))
         self.desynchronised = self.close = True
         self._cutting = False
-        self.out.append(DESYNC)
+        self.out.append(error_response("FATAL", "08P01", self.words(_DESYNC), hint=self.words(_RECONNECT)))
 
     def _emit(self, raw: bytes, head: Pending | None = None) -> None:
         if not self._cutting and not (head is not None and head.silent):
@@ -277,7 +278,7 @@ class Relay:
 
     def _on_error(self, raw: bytes) -> None:
         fields = error_fields(raw[5:])
-        capped = over_cap_error(fields)  # a write's row cap guard failed at the server
+        capped = over_cap_error(fields, self.words)  # a write's row cap guard failed at the server
         if capped is not None:
             raw, fields = capped, {**fields, "C": "42501"}
         if not self._pending or self._skipping:
@@ -298,7 +299,9 @@ class Relay:
             self.close = True
             self._emit(raw, head)
         else:  # the broker's own words for a capped write; the server's only when they hold no data
-            self._emit(renamed(raw if capped is not None else without_values(raw, fields), head.names), head)
+            self._emit(
+                renamed(raw if capped is not None else without_values(raw, fields, self.words), head.names), head
+            )
         current = _current(head)
         if current is not None and not current.done:
             current.sqlstate = current.sqlstate if current.cut else fields.get("C", "XX000")
@@ -402,22 +405,15 @@ other error and notice gets the broker's words: an input function quotes its inp
 ("role "13800000001 Sender 1" does not exist" from a cast to aclitem, a whole tsquery in
 a 42601), so any server text is a way out for data that is not counted as a row."""
 _CLASSES = {
-    "22": "a value was refused",
-    "23": "a constraint refused the change",
-    "42": "the statement was refused",
-    "0A": "a feature is not supported",
-    "53": "the database ran out of a resource",
-    "54": "a limit was exceeded",
-    "XX": "the database failed",
-    "P0": "a procedure raised an error",
-    "2B": "a dependent object exists",
-    "55": "an object is in use",
-    "57": "the statement was stopped",
-    "58": "the database system failed",
+    code: said(f"class_{code.lower()}")
+    for code in ("22", "23", "42", "0A", "53", "54", "XX", "P0", "2B", "55", "57", "58")
 }
+"""The condition an error's SQLSTATE class names, in the session's words (`pg` texts)."""
+_OTHER_CLASS = said("class_other")
+_CHECK_VALUES = said("check_values")
 
 
-def without_values(raw: bytes, fields: dict[str, str]) -> bytes:
+def without_values(raw: bytes, fields: dict[str, str], words: Callable[[Said], str] = english) -> bytes:
     """A server error or notice (`raw`, its `fields` read) as the client may see it: the
     server's own words only for the SQLSTATEs in _WORDS_KEPT; otherwise the condition in
     the broker's words, with the SQLSTATE and the position in the statement (a driver
@@ -425,17 +421,15 @@ def without_values(raw: bytes, fields: dict[str, str]) -> bytes:
     code = fields.get("C", "")
     if code in _WORDS_KEPT:
         return raw
-    condition = _CLASSES.get(code[:2], "the database refused the statement")
+    condition = words(_CLASSES.get(code[:2], _OTHER_CLASS))
     position = fields.get("P", "")
-    where = f" at character {position}" if position.isdigit() else ""
-    text = (
-        f"{condition} (SQLSTATE {code}){where}; the broker does not pass on the database's words, which can quote data"
-    )
+    if position.isdigit():
+        text = words(said("server_error_at", condition=condition, code=code, position=position))
+    else:
+        text = words(said("server_error", condition=condition, code=code))
     kind = raw[:1]
     extra = ((b"P", position),) if position.isdigit() else ()
-    shown = error_response(
-        fields.get("S", "ERROR"), code, text, hint="Check the statement and its values.", extra=extra
-    )
+    shown = error_response(fields.get("S", "ERROR"), code, text, hint=words(_CHECK_VALUES), extra=extra)
     return kind + shown[1:]
 
 

@@ -23,12 +23,14 @@ from broker.core.access import UNBOUNDED, Access, Refusal
 from broker.core.decision import Decision
 from broker.core.guard import Guard
 from broker.core.reason import Reason
+from broker.messages.catalogue import Catalogue
+from broker.messages.said import Said, said
 from broker.messages.shipped import catalogue_of
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, SYNC_PENDING, Expect, Metered, Pending, Relay
 from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
-from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
+from broker.pg.sqlstate import decision_detail, decision_error, said_error, sqlstate_of
 from broker.pg.statement_cache import StatementCache
 from broker.pg.statement_event import statement_event
 from broker.pg.wire import (
@@ -105,6 +107,7 @@ class Session:
         self._caller = caller
         self._guard = services.guard  # the one used on every statement, kept at hand
         self._relay = Relay()
+        self._relay.words = self._words
         self._objects = ServerObjects(self._relay.finish)
         self._relay.on_ready = self._objects.on_ready
         self._batch = 0
@@ -255,7 +258,7 @@ class Session:
         if statements is None:
             return
         if len(statements) > 1:
-            refusal = SqlRefused("cannot insert multiple commands into a prepared statement", "", "42601")
+            refusal = SqlRefused("cannot insert multiple commands into a prepared statement", None, "42601")
             await self._refuse_sql(sql, refusal, extended=True)
             return
         statement = statements[0] if statements else None
@@ -342,7 +345,7 @@ class Session:
             await self._release([execution])
             refused = SqlRefused(
                 "the policy changed what this prepared statement may see since it was prepared",
-                "Prepare the statement again.",
+                said("prepare_again"),
                 "0A000",
             )
             await self._refuse_sql(statement.sql, refused, extended=True)
@@ -398,7 +401,7 @@ class Session:
             refused = SqlRefused(
                 "The access policy changed while this result was being read (your branches are not what they "
                 "were when the statement started), so the broker stopped it",
-                "Run the statement again; it will be decided under the current policy.",
+                said("run_again"),
                 "0A000",
             )
             await self._refuse_sql(portal.prepared.sql, refused, extended=True)
@@ -437,14 +440,7 @@ class Session:
         run its query."""
         if name.isprintable() or not name:
             return False
-        self._refuse(
-            error_response(
-                "ERROR",
-                "42602",
-                "statement and portal names with control characters are reserved by the access broker",
-                hint="Use printable names.",
-            )
-        )
+        self._refuse(self._said("42602", said("reserved_name"), said("printable_names")))
         return True
 
     async def _sync(self, payload: bytes) -> None:
@@ -452,28 +448,21 @@ class Session:
         self._forward(message(b"S", payload) if payload else SYNC, SYNC_PENDING)
 
     async def _function_call(self, payload: bytes) -> None:
-        self._refuse(
-            error_response(
-                "ERROR",
-                "42501",
-                "the FunctionCall protocol message is refused by the access broker",
-                hint="Call functions from SQL (SELECT ...); the broker checks SQL.",
-            ),
-            extended=False,
-        )
+        self._refuse(self._said("42501", said("function_call"), said("function_call_hint")), extended=False)
 
     # --- deciding ------------------------------------------------------------------
 
     async def _analysed(self, sql: str, snapshot: PolicySnapshot | None, *, extended: bool) -> list[Statement] | None:
         if snapshot is None:
-            await self._refuse_sql(sql, SqlRefused("no valid policy is loaded", "Retry shortly."), extended=extended)
+            refused = SqlRefused("no valid policy is loaded", said("retry_shortly"))
+            await self._refuse_sql(sql, refused, extended=extended)
             return None
         try:
             if len(sql) > self._services.max_statement_bytes:
                 raise SqlRefused(
                     f"the statement is {len(sql)} characters long; the broker checks at most "
                     f"{self._services.max_statement_bytes}",
-                    "Split it into smaller statements.",
+                    said("split_statement"),
                     "54000",
                 )
             return await self._services.cache.analyse(sql, snapshot)
@@ -537,16 +526,33 @@ class Session:
         access = Access(self._caller.credential, self._caller.peer, "sql", refusal=Refusal(reason, refused.message))
         decision = await self._guard.decide(access)
         self._audit_statement(Metered(None, [decision], 0, time.perf_counter(), sqlstate=refused.sqlstate), sql=sql)
-        if decision.reason is reason:
-            error = error_response("ERROR", refused.sqlstate, f"{refused.message} [{reason.value}]", hint=refused.hint)
+        if decision.reason is reason:  # the reason's message in the session's locale (English: the cause itself)
+            catalogue, locale = self._speaking()
+            message = catalogue.speak_bare(reason, locale, refused.message).detail
+            hint = catalogue.words(refused.said, locale) if refused.said is not None else ""
+            error = error_response("ERROR", refused.sqlstate, f"{message} [{reason.value}]", hint=hint)
         else:
             error = self._worded(decision, fatal=decision.reason.is_identity)
         self._refuse(error, extended=extended, fatal=decision.reason.is_identity)
 
     def _worded(self, decision: Decision, *, fatal: bool) -> bytes:
         """The refusal in the session's language, from the live policy's catalogue."""
+        return decision_error(decision, *self._speaking(), fatal=fatal)
+
+    def _speaking(self) -> tuple[Catalogue, str]:
+        """The live policy's catalogue and this session's locale in it (refusals only:
+        a reload may change both, and nothing on the allowed path asks)."""
         catalogue = catalogue_of(self._services.policy.current)
-        return decision_error(decision, catalogue, catalogue.locale_for_pg(self._caller.language), fatal=fatal)
+        return catalogue, catalogue.locale_for_pg(self._caller.language)
+
+    def _words(self, text: Said) -> str:
+        """A `pg` text in the session's language (the relay's words for the server's)."""
+        catalogue, locale = self._speaking()
+        return catalogue.words(text, locale)
+
+    def _said(self, code: str, message: Said, hint: Said, *, tail: str = "", detail: str = "") -> bytes:
+        """An ErrorResponse of the door's own, in the session's language."""
+        return said_error(*self._speaking(), "ERROR", code, message, hint, tail=tail, detail=detail)
 
     def _refuse(self, error: bytes, *, extended: bool = True, fatal: bool = False) -> None:
         """Fail the server in the broker's place (see relay.py) and show `error` instead."""
@@ -612,16 +618,15 @@ class Session:
             await self._guard.settle(decision, self._charged(execution))
         primary = min(execution.decisions, key=lambda d: d.allowed_records, default=None)
         if execution.rows >= execution.limit:
-            what = f"more rows than the {execution.limit} it was allowed"
+            what = said("cut_rows", limit=execution.limit, rows=execution.rows)
         else:
-            what = f"more than the {execution.max_bytes} bytes its answer may weigh"
-        self._relay.cut_error = error_response(
-            "ERROR",
+            what = said("cut_bytes", max_bytes=execution.max_bytes, rows=execution.rows)
+        self._relay.cut_error = self._said(
             "53400",
-            f"The statement returned {what}, so the broker stopped it after sending {execution.rows} rows. "
-            f"[{Reason.UPSTREAM_TOO_MANY_RECORDS.value}]",
-            detail=decision_detail(primary) if primary else "",
-            hint="Ask for fewer rows (LIMIT n) or fewer columns.",
+            what,
+            said("fewer_rows"),
+            tail=f" [{Reason.UPSTREAM_TOO_MANY_RECORDS.value}]",
+            detail=decision_detail(primary, self._words) if primary else "",
         )
 
     async def _cancel_quietly(self) -> None:

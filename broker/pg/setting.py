@@ -10,35 +10,37 @@ statement_timeout is bounded rather than pinned: a client may shorten it, never 
 
 import re
 
+from broker.messages.said import Said, said
+
 MAX_STATEMENT_TIMEOUT_MS = 60_000
 """The longest a statement may run through the broker; also every session's default."""
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*\Z")
 _UNIT_MS = {"us": 0.001, "ms": 1, None: 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
-def timeout_refusal(value: str) -> str | None:
+def timeout_refusal(value: str) -> Said | None:
     """Why a statement_timeout value is not accepted (None: it is), as PostgreSQL reads it:
     a number of milliseconds or a number with a unit."""
     match = _DURATION.match(value)
     if match is None:
-        return f"statement_timeout {value[:40]!r} is not a duration the broker can read"
+        return said("timeout_unreadable", value=repr(value[:40]))
     milliseconds = float(match[1]) * _UNIT_MS[match[2]]
     if milliseconds <= 0 or milliseconds > MAX_STATEMENT_TIMEOUT_MS:
-        return f"statement_timeout must be above 0 and at most {MAX_STATEMENT_TIMEOUT_MS} ms through the broker"
+        return said("timeout_range", max=MAX_STATEMENT_TIMEOUT_MS)
     return None
 
 
-PINNED_SETTINGS: dict[str, str] = {
-    "search_path": "table names resolve in the broker's schema; qualify them with it instead",
-    "standard_conforming_strings": "the broker reads SQL with standard_conforming_strings on; use E'...' for escapes",
-    "backslash_quote": "the broker reads SQL with standard_conforming_strings on; use E'...' for escapes",
-    "row_security": "row-level security stays as the broker set it",
-    "role": "the broker connects as one database user; what you may do comes from the access policy",
-    "session_authorization": "the broker connects as one database user; what you may do comes from the access policy",
-    "session_replication_role": "triggers stay as the database has them",
-    "client_encoding": "the broker speaks UTF8; SET client_encoding TO 'UTF8' is the only change allowed",
+PINNED_SETTINGS: dict[str, Said] = {
+    "search_path": said("pinned_search_path"),
+    "standard_conforming_strings": said("pinned_strings"),
+    "backslash_quote": said("pinned_strings"),
+    "row_security": said("pinned_row_security"),
+    "role": said("pinned_role"),
+    "session_authorization": said("pinned_role"),
+    "session_replication_role": said("pinned_triggers"),
+    "client_encoding": said("pinned_encoding"),
 }
-"""Each pinned setting, with the hint a refusal gives."""
+"""Each pinned setting, with the hint a refusal gives (a `pg` text: worded in the session's locale)."""
 
 
 SHOWN_SETTINGS = frozenset(

@@ -21,6 +21,8 @@ from typing import Any, Literal, cast
 from pglast import ast, enums, fingerprint, parse_sql
 from pglast.parser import ParseError
 
+from broker.messages.said import said
+from broker.messages.shipped import english
 from broker.pg.setting import PINNED_SETTINGS, SHOWN_SETTINGS, timeout_refusal
 from broker.pg.sql_refused import SqlRefused
 from broker.pg.sql_scope import (
@@ -133,11 +135,11 @@ class Literals:
 def analyse_with_literals(sql: str, tables: TableMap) -> list[tuple[Statement, Literals]]:
     """`analyse`, with where each statement's literal-dependent fields come from."""
     if "\0" in sql:
-        raise SqlRefused("the statement contains a NUL character", "send the SQL text without NUL bytes", "42601")
+        raise SqlRefused("the statement contains a NUL character", said("no_nul"), "42601")
     try:
         raws = parse_sql(sql)
     except ParseError as exc:
-        raise SqlRefused(str(exc), "check the statement's syntax", "42601") from None
+        raise SqlRefused(str(exc), said("check_syntax"), "42601") from None
     return [_statement(_source_of(sql, raw), raw.stmt, tables) for raw in raws]
 
 
@@ -183,14 +185,13 @@ def branch_values(statement: Statement, params: Sequence[bytes | None], formats:
     for number in statement.branch_params:
         value = _param(number, params)
         if value is None:
-            raise SqlRefused(f"parameter ${number} (the branch of an inserted row) is NULL", "send a branch code")
+            raise SqlRefused(f"parameter ${number} (the branch of an inserted row) is NULL", said("send_branch"))
         # text and varchar travel as the same UTF-8 bytes in text and binary format
         _format_of(formats, number, len(params))
         try:
             values.append(value.decode("utf-8"))
         except UnicodeDecodeError:
-            hint = "send the branch code as text"
-            raise SqlRefused(f"parameter ${number} is not UTF-8 text", hint, "22021") from None
+            raise SqlRefused(f"parameter ${number} is not UTF-8 text", said("branch_as_text"), "22021") from None
     return values
 
 
@@ -315,10 +316,10 @@ def _delete(node: Any, tables: TableMap, source: Source) -> _Shape:
 
 def _copy(node: Any, tables: TableMap, source: Source) -> _Shape:
     if node.is_from:
-        raise SqlRefused("the broker does not run COPY ... FROM", "insert rows with INSERT ... VALUES")
+        raise SqlRefused("the broker does not run COPY ... FROM", said("copy_from"))
     if node.filename is not None or node.is_program:
         raise SqlRefused(
-            "the broker does not run COPY to a file or program on the database server", "use COPY ... TO STDOUT"
+            "the broker does not run COPY to a file or program on the database server", said("copy_to_stdout")
         )
     query = node.query  # walk_copy turns COPY table into COPY (query) when it scopes it
     found = walk_copy(node, tables, source)
@@ -340,7 +341,7 @@ def _transaction(node: Any, tables: TableMap, source: Source) -> _Shape:
     if node.kind not in _TRANSACTION_KINDS:
         raise SqlRefused(
             "the broker does not run two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED)",
-            "use BEGIN and COMMIT",
+            said("begin_commit"),
         )
     return "transaction", NO_ROWS, _NOTHING, None
 
@@ -354,24 +355,24 @@ def _set(node: Any, tables: TableMap, source: Source) -> _Shape:
         return "set", NO_ROWS, _NOTHING, None
     if node.kind in (enums.VariableSetKind.VAR_RESET_ALL, enums.VariableSetKind.VAR_SET_MULTI):
         raise SqlRefused("the broker does not run RESET ALL or SET of several settings at once",
-                         "set or reset settings one at a time, e.g. RESET statement_timeout")  # fmt: skip
+                         said("one_setting"))  # fmt: skip
     name = (node.name or "").lower()  # setting names are case-insensitive, quoted or not
     if "." in name:
         raise SqlRefused(
             f"custom setting {name} may not be changed through the broker",
-            "custom settings carry the broker's own context (such as the branch); they are not for clients",
+            said("custom_setting"),
         )
     if name in PINNED_SETTINGS and not (name == "client_encoding" and _is_utf8(node)):
         raise SqlRefused(f"setting {name} may not be changed through the broker", PINNED_SETTINGS[name])
     if name not in PASSED_ON and name != "client_encoding":
         raise SqlRefused(
             f"setting {name} may not be changed through the broker",
-            f"these may: {', '.join(sorted(PASSED_ON))}",
+            said("settings_allowed", settings=", ".join(sorted(PASSED_ON))),
         )
     if name == "statement_timeout" and node.kind == enums.VariableSetKind.VAR_SET_VALUE:
         refusal = timeout_refusal(_setting_text(node))
         if refusal is not None:
-            raise SqlRefused(refusal, "RESET statement_timeout restores the broker's limit", "22023")
+            raise SqlRefused(english(refusal), said("reset_timeout"), "22023")
     return "set", NO_ROWS, _NOTHING, None
 
 
@@ -399,7 +400,7 @@ def _show(node: Any, tables: TableMap, source: Source) -> _Shape:
     if name not in SHOWN_SETTINGS:
         raise SqlRefused(
             f"SHOW {name[:60]} is not answered through the broker",
-            "SHOW answers the client settings a driver needs, such as SHOW statement_timeout or SHOW TimeZone",
+            said("show_settings"),
         )
     return "show", ONE_ROW, _NOTHING, None
 
@@ -422,36 +423,39 @@ _HANDLERS: dict[type[ast.Node], Callable[[Any, TableMap, Source], _Shape]] = {
 
 # --- refusals by statement type --------------------------------------------------------
 
-_PLAIN = "run plain SELECT, INSERT, UPDATE and DELETE statements"
-_CURSOR = "page through results with LIMIT and OFFSET (or WHERE key > last key seen); cursors bypass the row cap"
-_PREPARE = "use your driver's prepared statements (the extended protocol), which the broker checks"
-_SCHEMA = "the broker opens records, not the schema or permissions; ask the platform team"
+_PLAIN = said("plain_statements")
+_CURSOR = said("cursors")
+_PREPARE = said("prepared_statements")
+_SCHEMA = said("schema_changes")
+_NOTIFY = said("notifications")
 _REFUSED = {
     "DoStmt": ("DO blocks", _PLAIN),
     "CallStmt": ("CALL", _PLAIN),
-    "ExplainStmt": ("EXPLAIN", "EXPLAIN ANALYZE runs the statement unchecked; ask the platform team for query plans"),
+    "ExplainStmt": ("EXPLAIN", said("explain")),
     "DeclareCursorStmt": ("cursors (DECLARE)", _CURSOR),
     "FetchStmt": ("cursors (FETCH, MOVE)", _CURSOR),
     "ClosePortalStmt": ("cursors (CLOSE)", _CURSOR),
     "PrepareStmt": ("SQL-level PREPARE", _PREPARE),
     "ExecuteStmt": ("SQL-level EXECUTE", _PREPARE),
-    "ListenStmt": ("LISTEN", "notifications are not available through the broker"),
-    "UnlistenStmt": ("UNLISTEN", "notifications are not available through the broker"),
-    "NotifyStmt": ("NOTIFY", "notifications are not available through the broker"),
-    "VacuumStmt": ("VACUUM or ANALYZE", "maintenance is the platform team's job"),
-    "LockStmt": ("LOCK TABLE", "lock the rows you change with SELECT ... FOR UPDATE"),
-    "DiscardStmt": ("DISCARD", "open a new connection for a fresh session"),
+    "ListenStmt": ("LISTEN", _NOTIFY),
+    "UnlistenStmt": ("UNLISTEN", _NOTIFY),
+    "NotifyStmt": ("NOTIFY", _NOTIFY),
+    "VacuumStmt": ("VACUUM or ANALYZE", said("maintenance")),
+    "LockStmt": ("LOCK TABLE", said("lock_rows")),
+    "DiscardStmt": ("DISCARD", said("discard")),
     "TruncateStmt": ("TRUNCATE", _SCHEMA),
     "GrantStmt": ("GRANT or REVOKE", _SCHEMA),
     "GrantRoleStmt": ("GRANT or REVOKE", _SCHEMA),
-    "MergeStmt": ("MERGE", "use INSERT, UPDATE and DELETE"),
+    "MergeStmt": ("MERGE", said("merge")),
     "CreateTableAsStmt": ("CREATE TABLE AS", _SCHEMA),
 }
 _SCHEMA_PREFIXES = (
     "Create", "Alter", "Drop", "Rename", "Comment", "SecLabel", "Reindex", "Cluster", "Refresh", "Import",
     "View", "Index", "Rule", "Define", "CompositeType", "ReassignOwned", "ReplicaIdentity",
 )  # fmt: skip
-_ALLOWED = "allowed: SELECT, INSERT ... VALUES, UPDATE, DELETE, COPY ... TO STDOUT, BEGIN/COMMIT/ROLLBACK, SET, SHOW"
+_ALLOWED = said("allowed_statements")
+"""The hints above are `pg` texts, worded in the session's locale; the labels are English
+causes (the reason's message shows them in English; other locales say it in general)."""
 
 
 def _refusal(node: Any) -> SqlRefused:
@@ -488,9 +492,7 @@ def _limit_bound(node: Any) -> RowBound:
             return RowBound(max(cast(int, count.val.ival), 0), None)
         if isinstance(count.val, ast.Float) and str(count.val.fval).isdigit():  # beyond 32 bits
             return RowBound(int(str(count.val.fval)), None)
-    raise SqlRefused(
-        "the broker cannot bound this LIMIT: it must be a whole number or a parameter", "write LIMIT 100 or LIMIT $1"
-    )
+    raise SqlRefused("the broker cannot bound this LIMIT: it must be a whole number or a parameter", said("limit_form"))
 
 
 def _without_integer_cast(node: Any) -> Any:
@@ -545,8 +547,7 @@ _DECIMAL = re.compile(r"\s*[+-]?[0-9]+\s*\Z", re.ASCII)
 
 def _param(number: int, params: Sequence[bytes | None]) -> bytes | None:
     if not 1 <= number <= len(params):
-        hint = f"bind a value for every parameter up to ${number}"
-        raise SqlRefused(f"parameter ${number} was not sent", hint, "08P01")
+        raise SqlRefused(f"parameter ${number} was not sent", said("bind_every_parameter", number=number), "08P01")
     return params[number - 1]
 
 
@@ -557,9 +558,9 @@ def _format_of(formats: Sequence[int], number: int, count: int) -> int:
     elif len(formats) == count:
         code = formats[number - 1]
     else:
-        raise SqlRefused("Bind has a format code count that matches neither 1 nor the parameters", "", "08P01")
+        raise SqlRefused("Bind has a format code count that matches neither 1 nor the parameters", None, "08P01")
     if code not in (0, 1):
-        raise SqlRefused(f"parameter ${number} has unknown format code {code}", "use 0 (text) or 1 (binary)", "08P01")
+        raise SqlRefused(f"parameter ${number} has unknown format code {code}", said("format_codes"), "08P01")
     return code
 
 
@@ -571,7 +572,7 @@ def _decode_limit(value: bytes, code: int, number: int) -> int:
         text = value.decode("ascii", errors="replace")
         if _DECIMAL.match(text):
             return max(int(text), 0)  # a negative LIMIT is an error in PostgreSQL: no rows
-    raise SqlRefused(f"parameter ${number} (the LIMIT) is not a whole number", "send the LIMIT as an integer", "22023")
+    raise SqlRefused(f"parameter ${number} (the LIMIT) is not a whole number", said("limit_integer"), "22023")
 
 
 def _check_branches(statement: Statement, branches: frozenset[str], values: Sequence[str]) -> None:
@@ -584,8 +585,8 @@ def _check_branches(statement: Statement, branches: frozenset[str], values: Sequ
     raise SqlRefused(
         f"you may only insert {use.resource} records {held}" if branches else
         f"you may not insert {use.resource} records: you hold no branch",
-        f"set {use.branch_column} to {' or '.join(sorted(branches)) or 'a branch you hold'}; "
-        f"{outside[0]!r} is not yours",
+        said("insert_own_branch", column=use.branch_column, branches=mine, value=repr(outside[0])) if branches else
+        said("insert_no_branch", column=use.branch_column, value=repr(outside[0])),
     )  # fmt: skip
 
 

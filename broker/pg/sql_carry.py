@@ -52,6 +52,7 @@ from typing import Any, cast
 
 from pglast import ast
 
+from broker.messages.said import said
 from broker.pg.sql_refused import SqlRefused
 
 AGGREGATES = frozenset({
@@ -65,10 +66,7 @@ AGGREGATES = frozenset({
 })  # fmt: skip
 """PostgreSQL's built-in aggregates: a name tables.toml might allow is still known as one."""
 
-_ONE_RECORD = (
-    "Select the records themselves, one per row, with a LIMIT: the broker counts each row as one record. "
-    "count(*) and aggregates of columns that are not personal data are fine."
-)
+_ONE_RECORD = said("one_record_per_row")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +123,7 @@ def subquery_refusal() -> SqlRefused:
     return SqlRefused(
         "a subquery in the select list (or in VALUES, SET or RETURNING) reads personal data (a column such as "
         "a phone number or a name): one row would carry facts about other records",
-        "Join the table instead and select its records as rows, with a LIMIT; a subquery in the select "
-        "list may count or sum records, not look at their personal data.",
+        said("join_not_subquery"),
     )
 
 
@@ -135,7 +132,7 @@ def laundering_refusal(column: str) -> SqlRefused:
         f"personal data (a column such as a phone number or a name) would be written into {column}, "
         "which tables.toml does not mark as personal data: later reads of it would be neither "
         "audited as personal data nor held to the rules for it",
-        "Write personal data only into personal-data columns.",
+        said("personal_columns_only"),
     )
 
 
@@ -143,7 +140,7 @@ def whole_row_refusal(name: str) -> SqlRefused:
     return SqlRefused(
         f"{name} is used as a whole row (as in {name}::text, ({name}).column or ROW({name}.*)); "
         "the broker does not pass whole rows of mapped tables as values",
-        f"Name the columns you need, such as {name}.id, or select {name}.* as columns.",
+        said("name_columns", name=name),
     )
 
 
@@ -157,8 +154,7 @@ def check_one_record_per_table(reached: Iterable[Carrier]) -> None:
                 raise SqlRefused(
                     f"one row would carry personal data of two {table} records (their table is joined to itself, "
                     "directly or through a subquery or WITH, and both sides' personal data is selected)",
-                    "Select personal data from one side of the join only; the other side may give "
-                    "columns that are not personal data, such as its id.",
+                    said("one_side_personal"),
                 )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from pglast import ast, enums
 
+from broker.messages.said import said
 from broker.pg.sql_refused import SqlRefused
 
 _SERVER_KEYWORDS = {
@@ -45,7 +46,7 @@ other name is a catalog lookup or a way out for data: a relation's row type answ
 whether a table or view exists and lists its columns (`(NULL::pg_authid).*`), and the
 input functions of `aclitem`, `tsquery`, `tsvector` and `jsonpath` quote their input in
 their errors, carrying records past the row count."""
-_FACTS_HINT = "The broker answers questions about records, not about the database server or its catalog."
+_FACTS_HINT = said("records_not_server")
 
 
 def check_value_function(node: Any) -> None:
@@ -69,5 +70,5 @@ def check_type(node: Any) -> None:
         shown = ".".join(str(n.sval) for n in names if isinstance(n, ast.String)) or "this type"
         raise SqlRefused(
             f"the broker does not run casts to {shown[:60]}: only to plain value types",
-            "cast to text, numbers, dates and times, booleans, uuid, json or bytea",
+            said("value_casts"),
         )

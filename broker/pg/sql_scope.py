@@ -26,6 +26,7 @@ from pglast import ast, enums
 from pglast.parser import ParseError, split
 from pglast.stream import RawStream
 
+from broker.messages.said import said
 from broker.pg.sql_carry import (
     Carried,
     Carrier,
@@ -116,11 +117,11 @@ _TESTS = frozenset({
 })  # fmt: skip
 """Expressions yielding a boolean: their operands are compared, not returned."""
 
-_PACKED_HINT = "select the records as rows with a LIMIT; a subquery in the select list may only count or sum"
+_PACKED_HINT = said("count_or_sum")
 
 _MARKER = "broker_branches_{}"
 _MAX_MARKER_TRIES = 20
-NOT_ANALYSABLE = "use plain SELECT features: joins, subqueries, WITH, UNION, common functions"
+NOT_ANALYSABLE = said("plain_features")
 
 
 @dataclass(slots=True)
@@ -292,7 +293,7 @@ def _update(walker: _Walker, node: Any) -> None:
             raise SqlRefused(
                 f"UPDATE may not set {rule.name}.{target.name}: records are not moved between branches "  # noqa: S608
                 "through the broker",
-                "leave the branch column out of SET; ask the branch that should own the record to re-create it",
+                said("branch_column_fixed"),
             )
         walker.named(rule, (target.name,))
     walker.written(node.targetList, level, level.carriers[_refname(node.relation)])
@@ -389,10 +390,10 @@ class _Walker:
         if not isinstance(node, ast.SelectStmt):
             raise SqlRefused(
                 "the broker does not run data-changing statements inside WITH, COPY or other statements",
-                "run INSERT, UPDATE and DELETE as statements of their own",
+                said("writes_alone"),
             )
         if node.intoClause is not None:
-            raise SqlRefused("the broker does not run SELECT INTO (it creates a table)", "select the rows without INTO")
+            raise SqlRefused("the broker does not run SELECT INTO (it creates a table)", said("select_without_into"))
         # CTEs, FROM entries and set-operation branches feed this query's rows: they are
         # walked as returned when it is; WHERE, GROUP BY, ORDER BY... values are not returned
         level = _Level(self.with_clause(node.withClause, outer), parent=outer)
@@ -477,7 +478,7 @@ class _Walker:
             # appending the next record's fields): the row count would no longer bound them.
             raise SqlRefused(
                 "the broker does not run WITH RECURSIVE",
-                "Read the rows with a plain query and a LIMIT; the broker counts records as rows.",
+                said("no_recursive"),
             )
         names = frozenset(cte.ctename for cte in node.ctes)
         seen = set(visible)
@@ -517,7 +518,7 @@ class _Walker:
             if item.alias is not None and len(level.carriers) > before:
                 raise SqlRefused(
                     "the broker does not follow personal data through a join alias (JOIN ... AS j)",
-                    "give the joined tables their own aliases and leave the join itself unnamed",
+                    said("join_alias"),
                 )
         elif isinstance(item, ast.RangeFunction):
             mark = len(self.reached)
@@ -573,7 +574,7 @@ class _Walker:
             open_tables = ", ".join(sorted(self.tables.tables)) or "none"
             raise SqlRefused(
                 f"table {shown} is not open through the broker",
-                f"tables open through the broker (schema {self.tables.schema}): {open_tables}",
+                said("open_tables", schema=self.tables.schema, tables=open_tables),
             )
         self.uses.setdefault((rule.name, action), TableUse(rule.name, rule.resource, action, rule.branch_column))
         return rule
@@ -657,19 +658,19 @@ class _Walker:
         if conflict is not None and conflict.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
             raise SqlRefused(
                 f"the broker does not run INSERT ... ON CONFLICT DO UPDATE on {rule.name}",
-                "insert new rows and update existing ones in separate statements (ON CONFLICT DO NOTHING is fine)",
+                said("on_conflict"),
             )
         source = node.selectStmt
         if source is None or not source.valuesLists or source.op != enums.SetOperation.SETOP_NONE:
             # S608: messages for people, not SQL
             raise SqlRefused(
                 f"the broker only runs INSERT ... VALUES on {rule.name} (not INSERT ... SELECT or DEFAULT VALUES)",  # noqa: S608
-                f"list the rows with INSERT INTO {rule.name} (..., {column}) VALUES (...)",  # noqa: S608
+                said("insert_values", table=rule.name, column=column),
             )
         if column not in columns:
             raise SqlRefused(
                 f"INSERT into {rule.name} must name the {column} column",
-                f"list {column} in the column list and give each row its branch code",
+                said("insert_branch_column", column=column),
             )
         for row in source.valuesLists:
             self.branch_value(row[columns.index(column)] if len(row) == len(columns) else None, rule)
@@ -682,7 +683,7 @@ class _Walker:
         else:
             raise SqlRefused(
                 f"the {rule.branch_column} of each row inserted into {rule.name} must be a string or a parameter",
-                "write the branch code as a literal ('B1') or a parameter ($1), without casts or expressions",
+                said("branch_literal"),
             )
 
     # --- expressions -------------------------------------------------------------------
@@ -731,7 +732,7 @@ class _Walker:
         if node.subLinkType == enums.SubLinkType.ARRAY_SUBLINK:
             raise SqlRefused(
                 "the broker does not run ARRAY(subquery): it packs many records into one row",
-                "select the rows themselves, with a LIMIT",
+                said("rows_not_arrays"),
             )
         returned = self.output and node.subLinkType in _VALUE_SUBLINKS
         in_target, mark = self.in_target, len(self.reached)
@@ -799,8 +800,7 @@ class _Walker:
         if names[:-1] not in ((), ("pg_catalog",)) or name not in self.allowed_functions:
             raise SqlRefused(
                 f"function {'.'.join(names)} is not allowed through the broker",
-                "use columns, count/sum/avg/min/max and common text, number and date functions; "
-                "functions returning sets or lists of records (string_agg, array_agg, json_agg...) are refused",
+                said("functions"),
             )
         self.custom_functions |= name not in SAFE_FUNCTIONS
         self.function_names.add(name)

@@ -30,10 +30,12 @@ INSERT ... SELECT becomes `INSERT ... SELECT * FROM (<select>) AS broker_rows WH
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, cast
 
 from pglast import ast, enums, parse_sql
 
+from broker.messages.said import Said, said
 from broker.pg.sql_refused import SqlRefused
 from broker.pg.wire import error_response
 
@@ -79,7 +81,7 @@ def check_volatile(function_names: frozenset[str]) -> None:
         raise SqlRefused(
             f"UPDATE and DELETE through the broker may not use {', '.join(volatile)}(): the broker counts the rows "
             "a write matches before it runs, and these would match other rows when counted",
-            "use now() or a fixed timestamp instead",
+            said("use_now"),
         )
 
 
@@ -94,21 +96,20 @@ def check_inserted_rows(rows: int, cap: int | None) -> None:
     if cap is not None and rows > cap:
         raise SqlRefused(
             f"this INSERT adds {rows} rows; your per-statement cap is {cap} records [bulk.over_cap]",
-            f"Insert at most {cap} rows per statement.",
+            said("insert_at_most", cap=cap),
         )
 
 
-def translated(fields: dict[str, str]) -> bytes | None:
-    """The broker's own error for a server error raised by a write's cap guard; None for
-    any other error."""
+def translated(fields: dict[str, str], words: Callable[[Said], str]) -> bytes | None:
+    """The broker's own error for a server error raised by a write's cap guard, in the
+    session's `words`; None for any other error."""
     if fields.get("C") != "22P02" or f'"{SIGNAL}"' not in fields.get("M", ""):
         return None
     return error_response(
         "ERROR",
         "42501",
-        "this statement would change more rows than your per-statement cap, so the database did not run it; "
-        "nothing was changed [bulk.over_cap]",
-        hint="Change fewer rows per statement: narrow the WHERE clause, e.g. by id.",
+        words(said("write_over_cap")) + " [bulk.over_cap]",
+        hint=words(said("narrow_where")),
     )
 
 

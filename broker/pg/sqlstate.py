@@ -6,10 +6,14 @@ read the message, detail and hint; the hint always says what *is* allowed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from broker.core.clock import iso
 from broker.core.decision import Decision
 from broker.core.reason import Reason
 from broker.messages.catalogue import Catalogue
+from broker.messages.said import Said, said
+from broker.messages.shipped import english
 from broker.pg.wire import error_response
 
 SQLSTATE: dict[Reason, str] = {
@@ -61,21 +65,25 @@ LOGIN_SQLSTATE = {Reason.SHIFT_OUTSIDE: "28000"}
 insufficient privilege; errors (no policy, the broker failing) keep their own codes: an
 error is not a denial, and drivers retry 57P03."""
 
-HINTS: dict[Reason, str] = {
-    Reason.POLICY_NOT_PERMITTED: "Your roles list what you may read and write; ask your supervisor for more.",
-    Reason.SHIFT_OUTSIDE: "Records are available during your shift only.",
-    Reason.POLICY_DENIED: "A deny rule closes this for now; the help desk or your supervisor can say until when.",
-    Reason.BULK_OVER_CAP: "Add LIMIT n with n at most your per-statement cap, and page with OFFSET.",
-    Reason.BULK_UNBOUNDED: "Add LIMIT n to the query (at most your per-statement cap).",
-    Reason.RATE_EXCEEDED: "Wait a moment and retry.",
-    Reason.QUOTA_EXCEEDED: "Your quota resets at the time in the detail.",
-    Reason.METER_UNAVAILABLE: "The quota counters are unreachable; retry shortly.",
-    Reason.UPSTREAM_TOO_MANY_RECORDS: "Ask for fewer rows with LIMIT; your quota is in the detail.",
-    Reason.IDENTITY_EXPIRED: "Reconnect with a fresh token as the password.",
-    Reason.IDENTITY_WRONG_USER: "Connect with user=<your employee id> and your token as the password.",
-    Reason.SESSIONS_OVER_LIMIT: "Close another session first.",
-    Reason.POLICY_UNAVAILABLE: "The broker has no valid policy loaded yet; retry shortly.",
+HINTS: dict[Reason, Said] = {
+    Reason.POLICY_NOT_PERMITTED: said("hint_not_permitted"),
+    Reason.SHIFT_OUTSIDE: said("hint_shift"),
+    Reason.POLICY_DENIED: said("hint_denied"),
+    Reason.BULK_OVER_CAP: said("hint_over_cap"),
+    Reason.BULK_UNBOUNDED: said("hint_unbounded"),
+    Reason.RATE_EXCEEDED: said("hint_rate"),
+    Reason.QUOTA_EXCEEDED: said("hint_quota"),
+    Reason.METER_UNAVAILABLE: said("hint_meter"),
+    Reason.UPSTREAM_TOO_MANY_RECORDS: said("hint_too_many_records"),
+    Reason.IDENTITY_EXPIRED: said("hint_expired"),
+    Reason.IDENTITY_WRONG_USER: said("hint_wrong_user"),
+    Reason.SESSIONS_OVER_LIMIT: said("hint_sessions"),
+    Reason.POLICY_UNAVAILABLE: said("hint_no_policy"),
 }
+"""The hint of each reason's refusal, worded in the session's locale (`pg` texts)."""
+
+
+_SEPARATOR = said("detail_separator")
 
 
 def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
@@ -84,9 +92,7 @@ def sqlstate_of(decision: Decision, *, fatal: bool = False) -> str:
     return table.get(decision.reason) or SQLSTATE.get(decision.reason, "42501")
 
 
-def decision_error(
-    decision: Decision, catalogue: Catalogue, locale: str, *, fatal: bool = False, hint: str = ""
-) -> bytes:
+def decision_error(decision: Decision, catalogue: Catalogue, locale: str, *, fatal: bool = False) -> bytes:
     """The ErrorResponse an employee's client shows for a refused decision: the message
     in the session's locale (with the help desk's contact), the reason code after it."""
     code = sqlstate_of(decision, fatal=fatal)
@@ -96,25 +102,47 @@ def decision_error(
         "FATAL" if fatal else "ERROR",
         code,
         f"{message} [{decision.reason.value}]",
-        detail=decision_detail(decision),
-        hint=hint or HINTS.get(decision.reason, ""),
+        detail=decision_detail(decision, lambda text: catalogue.words(text, locale)),
+        hint=catalogue.words(hint, locale) if (hint := HINTS.get(decision.reason)) else "",
         extra=extra,
     )
 
 
-def decision_detail(decision: Decision) -> str:
-    """The numbers behind the denial: quota left and when it resets, rate, cap."""
-    parts = [f"decision {decision.id}"] if decision.id else []
+def said_error(
+    catalogue: Catalogue,
+    locale: str,
+    severity: str,
+    code: str,
+    message: Said,
+    hint: Said | None = None,
+    *,
+    tail: str = "",
+    detail: str = "",
+) -> bytes:
+    """An ErrorResponse of the door's own (no decision behind it), worded in `locale`;
+    `tail` follows the message as it is (a reason code)."""
+    shown_hint = catalogue.words(hint, locale) if hint is not None else ""
+    return error_response(severity, code, catalogue.words(message, locale) + tail, detail=detail, hint=shown_hint)
+
+
+def decision_detail(decision: Decision, words: Callable[[Said], str] = english) -> str:
+    """The numbers behind the denial: quota left and when it resets, rate, cap (in the
+    session's `words`)."""
+    parts = [words(said("detail_decision", id=decision.id))] if decision.id else []
     if decision.quota is not None:
-        quota = decision.quota
+        q = decision.quota
+        reset = iso(q.reset_at, q.zone)
         parts.append(
-            f"{quota.name} quota: {quota.used} of {quota.limit} records used, "
-            f"{quota.remaining} left until {iso(quota.reset_at, quota.zone)}"
+            words(
+                said(
+                    "detail_quota", resource=q.name, used=q.used, limit=q.limit, remaining=q.remaining, resets_at=reset
+                )
+            )
         )
     if decision.rate is not None and decision.retry_after is not None:
-        parts.append(f"retry after {decision.retry_after:.1f} s")
+        parts.append(words(said("detail_retry", seconds=f"{decision.retry_after:.1f}")))
     if "cap" in decision.facts:
-        parts.append(f"per-statement cap: {decision.facts['cap']} rows")
+        parts.append(words(said("detail_cap", cap=decision.facts["cap"])))
     if decision.rule:
-        parts.append(f"rule: {decision.rule}")
-    return "; ".join(parts)
+        parts.append(words(said("detail_rule", rule=decision.rule)))
+    return words(_SEPARATOR).join(parts)

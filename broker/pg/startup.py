@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from broker.messages.said import Said, said
 from broker.pg.setting import PINNED_SETTINGS, timeout_refusal
 
 PASSED_ON = frozenset(
@@ -30,10 +31,11 @@ MAX_LANGUAGE_CHARS = 64
 
 
 class StartupRefused(Exception):
-    """The startup packet asks for something the broker will not do (FATAL at login)."""
+    """The startup packet asks for something the broker will not do (FATAL at login),
+    named as `pg` texts: the door words them in the language the packet asked for."""
 
-    def __init__(self, sqlstate: str, text: str, hint: str = "") -> None:
-        super().__init__(text)
+    def __init__(self, sqlstate: str, text: Said, hint: Said | None = None) -> None:
+        super().__init__(text.key)
         self.sqlstate, self.text, self.hint = sqlstate, text, hint
 
 
@@ -51,15 +53,17 @@ def read_request(parameters: dict[str, str], database: str) -> StartupRequest:
     database, a non-UTF-8 encoding and `options` touching protected settings."""
     user = parameters.get("user", "")
     if not user:
-        raise StartupRefused("28000", "no user name was given", "Connect with user=<your employee id>.")
+        raise StartupRefused("28000", said("no_user"), said("connect_as_user"))
     if parameters.get("replication", "false").lower() not in ("false", "off", "no", "0"):
-        raise StartupRefused("42501", "replication connections are not allowed through the broker")
+        raise StartupRefused("42501", said("no_replication"))
     asked = parameters.get("database") or user
     if asked != database:
-        raise StartupRefused("3D000", f'database "{asked}" is not served here', f"Connect with dbname={database}.")
+        raise StartupRefused(
+            "3D000", said("other_database", database=asked), said("connect_to_database", database=database)
+        )
     encoding = parameters.get("client_encoding", "UTF8")
     if encoding.strip("'\"").lower() not in UTF8_NAMES:  # asyncpg sends 'utf-8', quotes included
-        raise StartupRefused("22023", f"client_encoding {encoding} is not supported", "Use client_encoding=UTF8.")
+        raise StartupRefused("22023", said("encoding", encoding=encoding), said("use_utf8"))
     passed_on = dict(_options(parameters.get("options", "")))
     language = passed_on.pop(LANGUAGE_SETTING, "")
     for name, value in parameters.items():
@@ -68,6 +72,22 @@ def read_request(parameters: dict[str, str], database: str) -> StartupRequest:
         elif name.lower() == LANGUAGE_SETTING:
             language = value
     return StartupRequest(user, database, passed_on, language[:MAX_LANGUAGE_CHARS])
+
+
+def asked_language(parameters: dict[str, str]) -> str:
+    """`lc_messages` from a start-up packet as `read_request` reads it, for a refusal
+    worded before (or because) that fails: never raises, whatever the options say."""
+    language = ""
+    words = _split_options(parameters.get("options", ""))
+    for before, given in zip(["", *words], words, strict=False):
+        word = f"--{given}" if before == "-c" else f"--{given[2:]}" if given.startswith("-c") else given
+        name, _, value = word.removeprefix("--").partition("=")
+        if word.startswith("--") and name.replace("-", "_").lower() == LANGUAGE_SETTING:
+            language = value
+    for name, value in parameters.items():
+        if name.lower() == LANGUAGE_SETTING:
+            language = value
+    return language[:MAX_LANGUAGE_CHARS]
 
 
 def _options(options: str) -> Iterator[tuple[str, str]]:
@@ -81,14 +101,14 @@ def _options(options: str) -> Iterator[tuple[str, str]]:
         elif word.startswith("-c"):
             word = "--" + word[2:]
         if not word.startswith("--") or "=" not in word:
-            raise StartupRefused("42501", f"the startup option {word!r} is not accepted by the broker")
+            raise StartupRefused("42501", said("startup_option", option=repr(word)))
         name, value = word[2:].split("=", 1)
         name = name.replace("-", "_").lower()
         if name not in PASSED_ON and name != LANGUAGE_SETTING:  # pinned ones (and custom x.y ones) never pass
-            hint = PINNED_SETTINGS.get(name, "Leave it out of options, or SET it after connecting.")
-            raise StartupRefused("42501", f"the setting {name} cannot be set through the broker", hint)
+            hint = PINNED_SETTINGS.get(name, said("leave_out_or_set"))
+            raise StartupRefused("42501", said("startup_setting", name=name), hint)
         if name == "statement_timeout" and (refusal := timeout_refusal(value)) is not None:
-            raise StartupRefused("22023", refusal, "Leave it out: every session gets the broker's limit.")
+            raise StartupRefused("22023", refusal, said("timeout_leave_out"))
         yield name, value
 
 

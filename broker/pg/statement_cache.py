@@ -58,7 +58,7 @@ class StatementCache:
             found = await self._fresh(sql, shape, snapshot)
         if isinstance(found, SqlRefused):
             # a fresh exception each time: re-raising one instance would grow its traceback
-            raise SqlRefused(found.message, found.hint, found.sqlstate)
+            raise SqlRefused(found.message, found.said, found.sqlstate)
         return list(found)
 
     def _by_shape(self, shape: Scanned | None) -> Statement | None:

@@ -96,6 +96,15 @@ def test_the_compose_stack_configures_the_broker_from_the_environment() -> None:
     assert settings.server.admin_port == 9090 and "9090" in " ".join(broker["healthcheck"]["test"])
     assert [p for p in settings.problems() if "key source" not in p] == []
     assert services["sample"]["entrypoint"][:3] == ["python", "-m", "broker.demo.upstream"]
+    # the PostgreSQL door is on, with the login initdb.sh creates, and waits for the database
+    database = services["postgres"]["environment"]
+    door = settings.postgres
+    assert door.enabled and door.host == "0.0.0.0" and door.server_host == "postgres"  # noqa: S104 - in its container
+    assert door.server_database == database["POSTGRES_DB"]
+    assert (door.server_user, door.server_password) == (database["BROKER_DOOR_USER"], database["BROKER_DOOR_PASSWORD"])
+    assert door.server_user != database["POSTGRES_USER"] and not door.allow_superuser
+    assert broker["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "./postgres/initdb.sh:/docker-entrypoint-initdb.d/10-logistics.sh:ro" in services["postgres"]["volumes"]
 
 
 def _locked(path: Path) -> dict[str, tuple[str, int]]:

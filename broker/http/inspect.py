@@ -25,7 +25,15 @@ from typing import NamedTuple
 import orjson
 
 from broker.core.reason import Reason
-from broker.policy.record_scan import in_expected_place, misplaced, scan_listed, scan_records
+from broker.policy.record_scan import (
+    RepeatedKey,
+    in_expected_place,
+    misplaced,
+    scan_listed,
+    scan_records,
+    seen_once,
+    strict_loads,
+)
 from broker.policy.route import Route
 
 
@@ -50,6 +58,11 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
         if not in_expected_place(route, document):
             return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, misplaced(route), misfit=True)
         scan = scan_records(document, route.branch_path, branches)
+        if not seen_once(body, route, scan.records):  # a repeated key may hide what the parse dropped
+            try:
+                strict_loads(body)  # no key named twice: the parse above saw everything
+            except RepeatedKey:
+                return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, _REPEATED)
     if scan.too_deep:
         return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, "The answer is nested too deeply to be checked.")
     if scan.unlabelled:
@@ -74,6 +87,9 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
     return Counted(scan.records)
 
 
+_REPEATED = "The answer names one key twice in an object, so what it holds cannot be checked."
+
+
 def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool | None:
     """Whether a JSON answer on a route mapped as carrying no records holds an object
     with any branch field the route map knows (or cannot be fully checked); None when it
@@ -82,11 +98,20 @@ def holds_records(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> boo
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+    if b"\\" in body or any(_field_named(body, path) for path in branch_paths):
+        try:  # a repeated key could hide an object carrying a field: the parse must see all
+            document = strict_loads(body)
+        except RepeatedKey:
+            return True
     for path in branch_paths:
         scan = scan_records(document, path, None)
         if scan.records or scan.too_deep:
             return True
     return False
+
+
+def _field_named(body: bytes, path: tuple[str, ...]) -> bool:
+    return bool(path) and orjson.dumps(path[0]) in body
 
 
 def names_a_branch_field(body: bytes, branch_paths: tuple[tuple[str, ...], ...]) -> bool:
@@ -115,8 +140,9 @@ def record_branches(body: bytes, branch_path: tuple[str, ...]) -> frozenset[str]
     is); None when the answer cannot say: not JSON, too deep, no record, or a record
     without a usable branch."""
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        orjson.loads(body)  # strict JSON first (the standard parser also takes NaN)
+        document = strict_loads(body)  # a one-record lookup: rare, and it must be unambiguous
+    except (orjson.JSONDecodeError, RepeatedKey):
         return None
     found: set[str] = set()
     scan = scan_records(document, branch_path, None, found)

@@ -7,6 +7,7 @@ Pure functions over parsed JSON, shared by the HTTP door (every held answer) and
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 
 import orjson
@@ -65,6 +66,51 @@ def scan_records(
 _KEY_LITERALS: dict[str, bytes] = {}
 
 
+def _literal(key: str) -> bytes:
+    """`key` as JSON writes it without escapes: between quotes."""
+    literal = _KEY_LITERALS.get(key)
+    if literal is None:
+        if len(_KEY_LITERALS) >= 1024:
+            _KEY_LITERALS.clear()
+        literal = _KEY_LITERALS[key] = orjson.dumps(key)
+    return literal
+
+
+class RepeatedKey(ValueError):
+    """An object in the answer names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise RepeatedKey
+    return document
+
+
+def strict_loads(body: bytes) -> Any:
+    """The answer parsed so that an object repeating a key is an error (RepeatedKey).
+
+    orjson, like most parsers, keeps a repeated key's last value; the client may well
+    read the first. Whatever sits under the value the broker did not see (a list of
+    records, another branch's record, another branch code) would leave uncounted. Slower
+    than orjson (a Python call per object): only for answers the byte proofs cannot
+    vouch for. Call it on bytes orjson has accepted: the standard parser also takes NaN."""
+    return json.loads(body, object_pairs_hook=_unique_keys)
+
+
+def seen_once(body: bytes, route: Route, records: int) -> bool:
+    """Whether the bytes prove that no key repetition hides anything from a walk that
+    found `records` records: each key of the route's branch path occurs exactly once per
+    record, and each key of the path to its records exactly once (JSON without a
+    backslash writes a key only as itself between quotes, so a repeated or hidden key
+    would add an occurrence)."""
+    if b"\\" in body:
+        return False
+    if any(body.count(_literal(key)) != 1 for key in route.response_items):
+        return False
+    return all(body.count(_literal(key)) == records for key in route.branch_path)
+
+
 def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[str] | None) -> Scan | None:
     """`scan_records`'s answer for an answer whose records are all in the place the route
     names, proven from the bytes instead of a walk over every value; None when the bytes
@@ -73,18 +119,17 @@ def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[st
 
     The proof: in JSON without a backslash, a key can only be written as itself between
     quotes, and the quoted name cannot appear anywhere but as a whole string. So when
-    the quoted branch field's first key occurs exactly as often as there are records in
+    each key of the branch field's path occurs exactly as often as there are records in
     the expected place (each carries it at least once), no other object anywhere in the
-    answer carries it: the expected records are all the records. Any escape, a value
-    equal to the field's name, a duplicate key or a record nested in a record makes the
-    counts differ, and the walk decides. The place is checked in the same pass over the
-    records (this runs on every answer)."""
+    answer carries it, and no record names it twice: the expected records are all the
+    records, each with the one branch the parse saw. The keys leading to the records
+    must occur once, or a repeated one could hide a list the parse dropped. Any escape,
+    a value equal to a key's name, a repeated key or a record nested in a record makes
+    the counts differ, and the walk decides (`seen_once`, then `strict_loads`). The place
+    is checked in the same pass over the records (this runs on every answer)."""
     if b"\\" in body:
         return None
     path = route.branch_path
-    literal = _KEY_LITERALS.get(path[0])
-    if literal is None:
-        literal = _KEY_LITERALS[path[0]] = orjson.dumps(path[0])
     found = resolve(document, route.response_items) if route.response_items else document
     if route.records == "one":
         if type(found) is not dict:
@@ -94,7 +139,9 @@ def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[st
         items = found
     else:
         return None
-    if body.count(literal) != len(items):
+    # every key of the branch path once per record, every key of the path to them once:
+    # no other object carries the field, and no repeated key hides a value the parse lost
+    if not seen_once(body, route, len(items)):
         return None
     foreign, unlabelled = False, False
     single = path[0] if len(path) == 1 else None

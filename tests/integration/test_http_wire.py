@@ -763,3 +763,85 @@ async def test_metrics_and_policy_state_answer_only_this_machine_on_the_proxy_po
         async with session.get(wired.url("/-/readyz")) as reply:
             assert reply.status == 200  # probes still reach readiness
     assert (await wired.get("/-/metrics")).status == 200  # from 127.0.0.1
+
+
+# -- a key named twice: the parse keeps the last value, a client may read the first ------
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "body"),
+    [
+        # a list of records without their branch field, hidden under a repeated "items"
+        (
+            "/api/branches/BR001/waybills",
+            "/api/branches/BR001/waybills?limit=5",
+            b'{"items":[{"waybill_no":"SF1","phone":"13900000001"}],"items":[{"waybill_no":"SF2","branch_code":"BR001"}]}',
+        ),
+        # another branch's code under a repeated branch field
+        (
+            "/api/branches/BR001/waybills",
+            "/api/branches/BR001/waybills?limit=5",
+            b'{"items":[{"waybill_no":"SF1","branch_code":"BR002","phone":"13900000001","branch_code":"BR001"}]}',
+        ),
+        # another branch's record nested under a repeated key, in an answer the byte proof leaves to the walk
+        (
+            "/api/branches/BR001/waybills",
+            "/api/branches/BR001/waybills?limit=5",
+            b'{"items":[{"waybill_no":"SF1","branch_code":"BR001","related":[{"waybill_no":"SF2","branch_code":"BR001"}],'
+            b'"x":{"branch_code":"BR002","phone":"13900000001"},"x":null}]}',
+        ),
+        # the same with an escape in it (no byte proof at all)
+        (
+            "/api/branches/BR001/waybills",
+            "/api/branches/BR001/waybills?limit=5",
+            b'{"items":[{"waybill_no":"SF\\u0031","branch_code":"BR001",'
+            b'"x":{"branch_code":"BR002","phone":"13900000001"},"x":null}]}',
+        ),
+        # a dotted branch field named twice inside its object
+        (
+            "/v2/parcels",
+            "/v2/parcels?branch=BR001",
+            b'{"result":{"records":[{"org":{"branch_code":"BR002","branch_code":"BR001"},"phone":"13900000001"}]}}',
+        ),
+        # a one-record answer whose record hides behind a repeated top-level field
+        (
+            "/api/waybills/SF1",
+            "/api/waybills/SF1",
+            b'{"waybill_no":"SF1","branch_code":"BR001","previous":{"branch_code":"BR002","phone":"13900000001"},'
+            b'"previous":null}',
+        ),
+        # a route mapped as carrying no records: a record hidden under a repeated key
+        (
+            "/api/status",
+            "/api/status",
+            b'{"ok":true,"detail":{"waybill_no":"SF9","branch_code":"BR002","phone":"13900000001"},"detail":"fine"}',
+        ),
+    ],
+)
+async def test_an_answer_naming_a_key_twice_is_refused_when_it_could_hide_records(
+    wired: Harness, raw_upstream: RawUpstream, path: str, target: str, body: bytes
+) -> None:
+    raw_upstream.answers[path] = Canned(200, body)
+    reply = await wired.get(target, "e1001")
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable", reply.body
+    assert b"13900000001" not in reply.body and b"BR002" not in reply.body
+
+
+async def test_an_escaped_answer_with_every_key_once_still_passes(wired: Harness, raw_upstream: RawUpstream) -> None:
+    """The strict parse refuses repeated keys, not escapes: a service that escapes its
+    non-ASCII text (Python's json.dumps does by default) is served as before."""
+    body = b'{"items":[{"waybill_no":"SF1","branch_code":"BR001","recipient":"\\u5f20\\u4e09"}]}'
+    raw_upstream.answers["/api/branches/BR001/waybills"] = Canned(200, body)
+    reply = await wired.get("/api/branches/BR001/waybills?limit=5", "e1001")
+    assert reply.status == 200 and reply.body == body
+
+
+async def test_a_record_looked_up_for_its_owner_naming_its_branch_twice_is_refused(
+    wired: Harness, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.answers["/v2/parcels/SF1"] = Canned(
+        200, b'{"waybill_no":"SF1","branch_code":"BR002","branch_code":"BR001"}'
+    )
+    reply = await wired.request("POST", "/v2/parcels/SF1/scans", "e1004", json={"status": "sorted"})
+    assert reply.status == 502 and reply.json["reason"] == "upstream.uninspectable", reply.body
+    assert [r.method for r in raw_upstream.requests] == ["GET"]  # the lookup only: the write never went upstream

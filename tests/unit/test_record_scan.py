@@ -130,3 +130,30 @@ def test_a_one_record_answer_that_is_a_list_is_refused_as_a_misfit() -> None:
     body = b'[{"branch_code":"BR001"}]'
     assert scan_listed(route("one", items=""), orjson.loads(body), body, MINE) is None
     assert inspect_records(route("one", items=""), body, 10, MINE).misfit
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"items":[{"branch_code":"BR001","id":1}],"items":[{"branch_code":"BR001"}]}',
+        b'{"items":[{"id":1}],"items":[{"branch_code":"BR001"}]}',
+        b'{"items":[{"branch_code":"BR002","branch_code":"BR001"}]}',
+    ],
+)
+def test_the_byte_proof_never_vouches_for_an_answer_naming_a_key_twice(body: bytes) -> None:
+    assert scan_listed(route(), orjson.loads(body), body, MINE) is None
+    assert inspect_records(route(), body, 10, MINE).violation is Reason.UPSTREAM_UNINSPECTABLE
+
+
+def test_a_dotted_branch_field_named_twice_is_not_vouched_for() -> None:
+    r = route(field="org.branch")
+    body = b'{"items":[{"org":{"branch":"BR002","branch":"BR001"}}]}'
+    assert scan_listed(r, orjson.loads(body), body, MINE) is None
+    assert inspect_records(r, body, 10, MINE).violation is Reason.UPSTREAM_UNINSPECTABLE
+
+
+def test_a_repeated_key_that_hides_nothing_of_the_route_is_not_refused() -> None:
+    """The strict parse is for what a repeat could hide: a walked answer whose every
+    branch key and path key is accounted for by the bytes is counted as before."""
+    body = b'{"items":[{"branch_code":"BR001","related":[{"branch_code":"BR001"}],"note":1,"note":2}]}'
+    assert inspect_records(route(), body, 10, MINE) == (2, None, "", False)

@@ -29,6 +29,7 @@ from broker.policy.record_scan import (
     RepeatedKey,
     in_expected_place,
     misplaced,
+    placed,
     scan_listed,
     scan_records,
     seen_once,
@@ -58,7 +59,9 @@ def inspect_records(route: Route, body: bytes, allowed: int, branches: frozenset
         if not in_expected_place(route, document):
             return Counted(0, Reason.UPSTREAM_UNINSPECTABLE, misplaced(route), misfit=True)
         scan = scan_records(document, route.branch_path, branches)
-        if not seen_once(body, route, scan.records):  # a repeated key may hide what the parse dropped
+        if not seen_once(
+            body, route, placed(route, document), scan.records
+        ):  # a repeat may hide what the parse dropped
             try:
                 strict_loads(body)  # no key named twice: the parse above saw everything
             except RepeatedKey:

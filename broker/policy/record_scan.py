@@ -98,17 +98,26 @@ def strict_loads(body: bytes) -> Any:
     return json.loads(body, object_pairs_hook=_unique_keys)
 
 
-def seen_once(body: bytes, route: Route, records: int) -> bool:
+def seen_once(body: bytes, route: Route, items: list[Any], records: int) -> bool:
     """Whether the bytes prove that no key repetition hides anything from a walk that
-    found `records` records: each key of the route's branch path occurs exactly once per
-    record, and each key of the path to its records exactly once (JSON without a
-    backslash writes a key only as itself between quotes, so a repeated or hidden key
-    would add an occurrence)."""
+    found `records` records, `items` of them in the route's place: each key of the branch
+    path occurs exactly once per record, and each key of the path to the records once,
+    plus once for each record naming it too (an API's records may well have an `items`
+    field of their own). JSON without a backslash writes a key only as itself between
+    quotes, so a repeated or hidden key adds an occurrence."""
     if b"\\" in body:
         return False
-    if any(body.count(_literal(key)) != 1 for key in route.response_items):
-        return False
-    return all(body.count(_literal(key)) == records for key in route.branch_path)
+    for key in route.response_items:  # loops, not any()/all(): this runs on every answer
+        expected = 1
+        for item in items:
+            if type(item) is dict and key in item:
+                expected += 1
+        if body.count(_literal(key)) != expected:
+            return False
+    for key in route.branch_path:  # noqa: SIM110 - a loop costs less than all() over a generator
+        if body.count(_literal(key)) != records:
+            return False
+    return True
 
 
 def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[str] | None) -> Scan | None:
@@ -141,7 +150,7 @@ def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[st
         return None
     # every key of the branch path once per record, every key of the path to them once:
     # no other object carries the field, and no repeated key hides a value the parse lost
-    if not seen_once(body, route, len(items)):
+    if not seen_once(body, route, items, len(items)):
         return None
     foreign, unlabelled = False, False
     single = path[0] if len(path) == 1 else None
@@ -167,6 +176,12 @@ def resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
         if value is _MISSING:
             return _MISSING
     return value
+
+
+def placed(route: Route, document: Any) -> list[Any]:
+    """The records in the route's place of an answer `in_expected_place` holds for."""
+    found = resolve(document, route.response_items) if route.response_items else document
+    return [found] if route.records == "one" else found
 
 
 def in_expected_place(route: Route, document: Any) -> bool:

@@ -157,3 +157,13 @@ def test_a_repeated_key_that_hides_nothing_of_the_route_is_not_refused() -> None
     branch key and path key is accounted for by the bytes is counted as before."""
     body = b'{"items":[{"branch_code":"BR001","related":[{"branch_code":"BR001"}],"note":1,"note":2}]}'
     assert inspect_records(route(), body, 10, MINE) == (2, None, "", False)
+
+
+def test_records_with_a_field_named_like_the_list_are_still_proven_from_the_bytes() -> None:
+    """The sample API's waybills carry an `items` field of their own (what is in the
+    parcel), beside the `items` list: the proof counts one occurrence per record naming it."""
+    body = b'{"items":[{"branch_code":"BR001","items":"2 x lamp"},{"branch_code":"BR001","items":"a book"}]}'
+    assert scan_listed(route(), orjson.loads(body), body, MINE) == (2, False, False, False)
+    hidden = b'{"items":[{"id":1,"items":"x"}],"items":[{"branch_code":"BR001","items":"a book"}]}'
+    assert scan_listed(route(), orjson.loads(hidden), hidden, MINE) is None
+    assert inspect_records(route(), hidden, 10, MINE).violation is Reason.UPSTREAM_UNINSPECTABLE

@@ -6,8 +6,14 @@
 # locked is refused. Regenerate the locks after changing pyproject.toml: `make lock`.
 # Runs as a non-root user and writes nothing under / (read-only root filesystem ready):
 # bytecode is compiled at build time and the audit log goes to standard output. The one
-# file it makes, the policy builder's fork-server socket (in a private directory under
-# TMPDIR), goes to /dev/shm, the tmpfs every container has, so no /tmp mount is needed.
+# file it makes is the policy builder's fork-server socket (multiprocessing's forkserver,
+# in a private pymp-* directory under /tmp): Python 3.11's fork server does not check who
+# connects, and its children unpickle what they are sent, so whoever can reach that socket
+# runs code as the broker. So the container needs a /tmp of its OWN, writable, that no
+# other container sees: `docker run --read-only --tmpfs /tmp ...`, compose `tmpfs: [/tmp]`,
+# a Kubernetes emptyDir at /tmp mounted in the broker's container only. Never point
+# TMPDIR at /dev/shm: in a pod every container shares it (one IPC namespace). Without a
+# writable temporary directory the broker refuses to start and says so.
 # `make image-check` runs this image's steps read-only under strace to hold it to that.
 ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
@@ -26,8 +32,11 @@ RUN /opt/broker/bin/pip install --no-deps --no-build-isolation . \
  && /opt/broker/bin/python -m compileall -q /opt/broker
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin broker
-ENV PATH=/opt/broker/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TMPDIR=/dev/shm
+# /app/tls: where deploy/compose.yaml's certs service writes the door's development
+# certificate (a new named volume mounted there takes this directory's owner and mode)
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin broker \
+ && install -d -o 10001 -g 10001 -m 0700 /app/tls
+ENV PATH=/opt/broker/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY --from=build /opt/broker /opt/broker
 COPY policies ./policies

@@ -29,6 +29,7 @@ from broker.identity.session import SessionStoreUnavailable
 from broker.identity.settings import NO_KEY_SOURCE
 from broker.meter.store import StoreUnavailable
 from broker.pg.privilege import LoginTooPowerful
+from broker.policy.build import NoTempDirectory
 from broker.policy.lint import lint
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
@@ -129,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the employee id (the token's subject)")
     token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds (default: 3600)")
     token.set_defaults(func=_token)
+    _add_dev_cert_command(commands)
 
     demo = commands.add_parser(
         "demo", help="run a sample logistics API with the broker in front, and print what to try"
@@ -193,6 +195,58 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     keygen.add_argument("--private", type=Path, required=True, help="where to write the private key (must not exist)")
     keygen.add_argument("--public", type=Path, required=True, help="where to write the public key, for verify --key")
     keygen.set_defaults(func=_audit_keygen)
+
+
+def _add_dev_cert_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev_cert = commands.add_parser(
+        "dev-cert",
+        help="write a self-signed TLS certificate and key for a development door (never overwrites)",
+        description="Write OUT/door.crt and OUT/door.key (both mode 0600; OUT is made 0700 if missing): an "
+        "EC P-256 key and a self-signed certificate for localhost, 127.0.0.1, ::1 and every --host. Point "
+        "[postgres] tls_cert_file and tls_key_file (BROKER_POSTGRES_TLS_CERT_FILE, _KEY_FILE) at them, so "
+        "clients that are not on loopback (a host reaching a container through Docker's port forwarding) "
+        'can log in: psql "host=localhost port=6432 sslmode=require user=e1001 password=$TOKEN". The '
+        "certificate is signed by nobody: it keeps the token off the wire in clear but proves nothing about "
+        "the server; production mounts a certificate from a real CA. Exits 2 without writing anything when "
+        "either file exists (unless --if-missing and both exist: exit 0).",
+    )
+    dev_cert.add_argument("--out", type=Path, required=True, help="the directory to write door.crt and door.key in")
+    dev_cert.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address the certificate is also for (repeatable; the first is its common name)",
+    )
+    dev_cert.add_argument("--days", type=int, default=365, help="how long it is valid (default: 365)")
+    dev_cert.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="when both files exist already, leave them and exit 0 (a one-shot job run at every start)",
+    )
+    dev_cert.set_defaults(func=_dev_cert)
+
+
+def _dev_cert(args: argparse.Namespace) -> int:
+    from broker.devcert import DevCertExists, paths, write_dev_cert  # noqa: PLC0415 - only this command
+
+    cert_file, key_file = paths(args.out)
+    if args.if_missing and cert_file.is_file() and key_file.is_file():
+        print(f"broker dev-cert: {cert_file} and {key_file} exist; left as they are")
+        return 0
+    try:
+        made = write_dev_cert(args.out, list(args.host), args.days)
+    except DevCertExists as exc:
+        print(f"broker dev-cert: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except (OSError, ValueError) as exc:
+        print(f"broker dev-cert: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(
+        f"wrote {made.cert_file} and {made.key_file} (0600), self-signed for {', '.join(made.names)}, valid until "
+        f"{made.not_after:%Y-%m-%d}: set [postgres] tls_cert_file and tls_key_file to them"
+    )
+    return 0
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -496,6 +550,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     try:
         broker = build_broker(settings)
+    except NoTempDirectory as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except PolicyError as exc:
         for problem in exc.problems:
             where = "" if Path(problem.file).is_absolute() else f"{settings.policy.directory}/"  # shadow's: absolute

@@ -27,6 +27,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,30 @@ killed."""
 
 _BUILT, _REFUSED, _FAILED = "built", "refused", "failed"
 _CONTEXT = multiprocessing.get_context("forkserver")
+
+
+class NoTempDirectory(RuntimeError):
+    """No writable temporary directory: the fork server cannot make its socket, so no
+    policy can be built. The message is one line that names the fix."""
+
+
+NO_TEMP_DIRECTORY_FIX = (
+    "no writable temporary directory (tried $TMPDIR, /tmp, /var/tmp, /usr/tmp and the working directory): "
+    "the policy builder's fork server keeps its socket there; give the broker's container a private tmpfs "
+    "at /tmp (docker run --read-only --tmpfs /tmp; compose: tmpfs: [/tmp]; Kubernetes: an emptyDir at /tmp "
+    "mounted in the broker's container only), never /dev/shm, which every container of a pod shares"
+)
+
+
+def ensure_temp_directory() -> str:
+    """The temporary directory the fork server's socket will go to (multiprocessing
+    makes a private pymp-* directory in it); NoTempDirectory if there is none writable.
+    Python 3.11's fork server does not authenticate who connects and its children
+    unpickle what they are sent: that directory must be private to this container."""
+    try:
+        return tempfile.gettempdir()
+    except FileNotFoundError as exc:  # tempfile's "No usable temporary directory found in [...]"
+        raise NoTempDirectory(NO_TEMP_DIRECTORY_FIX) from exc
 
 
 class BuildFailed(PolicyError):
@@ -139,6 +164,7 @@ class SnapshotBuilder:
         return self._outcome(directory, child, answer.result(), exitcode)
 
     def _start(self, directory: Path, niceness: int) -> _Child:
+        ensure_temp_directory()  # the first start starts the fork server, whose socket needs one
         receiver, sender = _CONTEXT.Pipe(duplex=False)
         args = (directory, self.verify, sender, niceness)
         process = _CONTEXT.Process(target=build_and_send, args=args, name="broker-policy-build", daemon=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 import watchfiles
 
-from broker.policy.build import BuildFailed, SnapshotBuilder, Verify
+from broker.policy.build import BuildFailed, NoTempDirectory, SnapshotBuilder, Verify
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import PolicySnapshot
 
@@ -63,7 +63,7 @@ class PolicyHolder:
         the build failed (BuildFailed)."""
         try:
             snapshot = self.builder.build(self.directory)
-        except PolicyError:
+        except (PolicyError, NoTempDirectory):  # the latter is no policy problem: it names its fix
             raise
         except Exception as exc:  # the child could not even start: say so as a policy problem
             raise BuildFailed(self.directory, "error", f"could not build the policy: {exc!r}") from exc

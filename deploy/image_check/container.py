@@ -1,8 +1,11 @@
 """The image run as a container would run it, and its behaviour checked.
 
 Inside a private mount and network namespace (the caller's `unshare --mount --net`):
-the replayed root is remounted read-only (`docker run --read-only`, no tmpfs added,
-so a write anywhere fails and shows), the entrypoint runs as the Dockerfile's USER with
+the replayed root is remounted read-only (`docker run --read-only`) with a private tmpfs
+at /tmp, as compose (`tmpfs: [/tmp]`) and the pod (an emptyDir in the broker's container
+only) give it, and a private tmpfs at /dev/shm (not this machine's): a write to /tmp is
+allowed, a write anywhere else (/dev/shm included: a pod's containers share it) is
+reported whether it failed or not. The entrypoint runs as the Dockerfile's USER with
 the image's ENV and nothing else but the one setting a deployment must give (a key
 source, BROKER_DEV_SECRET), and the network is a loopback of its own, so the config's
 own ports (8080, upstream 127.0.0.1:8081) are used unchanged, as in a pod.
@@ -75,7 +78,7 @@ def run_checks(layout: Layout, spec: ImageSpec) -> list[Check]:
     settings = load_settings(layout.root / config.lstrip("/"))
     policies = _policies_with_test_employee(layout, settings)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    mount(layout.root, layout.local_bin, read_only=True, extra=[(policies, str(settings.policy.directory))])
+    mount(layout.root, layout.local_bin, read_only=True, tmp=True, extra=[(policies, str(settings.policy.directory))])
     container = Container(layout, spec, config, settings)
     checks = [_refuses_without_key(container)]
     with ExitStack() as stack:
@@ -291,9 +294,11 @@ def _writes(trace: Path, entrypoint: str, root: Path) -> Check:
     on_root = [a.describe() for a in attempts if a.where == "root"]
     on_tmpfs = [a.describe() for a in attempts if a.where == "tmpfs"]
     problems = on_root if started else ["the trace never reached the entrypoint"]
+    calls = strace_log.TRACED.count(",") + 1
     return verdict(
-        "writes nothing under / (read-only root filesystem ready)",
-        f"strace -f of start-up, serving and shutdown: {strace_log.TRACED.count(',') + 1} calls that change files",
+        "writes nothing under / but its private /tmp (read-only root filesystem ready; nothing in /dev/shm)",
+        f"strace -f of start-up, serving and shutdown ({calls} calls that change files); the root read-only, "
+        "/tmp a private tmpfs (allowed), /dev/shm a private tmpfs (a write there is broken: a pod shares it)",  # noqa: S108 - text
         problems,
-        [f"no write attempt on the root filesystem; {len(on_tmpfs)} on the container's /dev/shm tmpfs", *on_tmpfs[:5]],
+        [f"no write attempt outside /tmp; {len(on_tmpfs)} in the container's private /tmp tmpfs", *on_tmpfs[:5]],
     )

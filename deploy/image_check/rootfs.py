@@ -68,18 +68,33 @@ def prepare(root: Path, local_bin: Path) -> None:
         (local_bin / name).symlink_to(BASE_PYTHON)
 
 
-def mount(root: Path, local_bin: Path, *, read_only: bool, extra: Sequence[tuple[Path, str]] = ()) -> None:
+TMP_TMPFS = "size=16m,mode=1777"
+"""The container's own /tmp: deploy/compose.yaml's `tmpfs: ["/tmp:size=16m,..."]`, the
+pod's emptyDir (Memory, 16Mi) mounted in the broker's container only."""
+SHM_TMPFS = "size=64m,mode=1777,nosuid,nodev,noexec"
+"""A container's own /dev/shm (Docker's default: 64 MB), not this machine's."""
+
+
+def mount(
+    root: Path, local_bin: Path, *, read_only: bool, tmp: bool = False, extra: Sequence[tuple[Path, str]] = ()
+) -> None:
     """Mount the root's filesystems; call only inside a private mount namespace.
 
     The root is bound onto itself first so it is a mount of its own, which `read_only`
     then turns read-only, as `docker run --read-only` does to the image's layers. /dev
-    (with /dev/shm) and /proc stay writable, as a container's do; /usr and /sys do not.
-    `extra` binds a host directory read-only at a path in the root (a mounted volume).
+    and /proc stay writable, as a container's do; /usr and /sys do not. /dev/shm is a
+    fresh tmpfs of this namespace's (the host's /dev is bound for its device nodes, but
+    its /dev/shm is the machine's shared one: a write there must not land on it). `tmp`
+    mounts a private tmpfs at /tmp, as the deployments give the container (`--tmpfs
+    /tmp`). `extra` binds a host directory read-only at a path in the root (a volume).
     """
     run_mount("--bind", str(root), str(root))
     bind(Path("/usr"), root / "usr", read_only=True)
     bind(local_bin, root / "usr/local/bin", read_only=True)
     run_mount("--rbind", "/dev", str(root / "dev"))
+    run_mount("-t", "tmpfs", "-o", SHM_TMPFS, "shm", str(root / "dev/shm"))  # over the host's, in here only
+    if tmp:
+        run_mount("-t", "tmpfs", "-o", TMP_TMPFS, "tmp", str(root / "tmp"))
     run_mount("-t", "proc", "proc", str(root / "proc"))
     bind(Path("/sys"), root / "sys", read_only=True)
     for source, target in extra:

@@ -22,8 +22,10 @@ ALWAYS_WRITES = frozenset(TRACED.split(",")) - {"open", "openat", "openat2", "bi
 WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE")
 NOT_THE_ROOT = ("/dev/null", "/dev/tty", "/dev/pts/", "/proc/")
 """Devices and kernel interfaces: not files on the root filesystem."""
-CONTAINER_TMPFS = ("/dev/shm/",)  # noqa: S108 - a path to recognise, not one to use
-"""A tmpfs in every container, `--read-only` or not (POSIX semaphores live there)."""
+CONTAINER_TMPFS = ("/tmp/",)  # noqa: S108 - a path to recognise, not one to use
+"""The container's private tmpfs (`--tmpfs /tmp`, compose `tmpfs`, the pod's emptyDir in
+the broker's container only): the one place a write is allowed. /dev/shm is a tmpfs too,
+but every container of a pod shares it: a write there counts as one on the root."""
 
 _CALL = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(.*)$")
 _NAMED = re.compile(r'(?:(?:\d+|AT_FDCWD)<(?P<dir>[^>]*)>, )?"(?P<name>(?:[^"\\]|\\.)*)"')
@@ -45,7 +47,7 @@ class Call:
     @property
     def paths(self) -> list[str]:
         """The file names the call acts on, a name relative to a directory descriptor
-        joined to that directory's path (strace -y prints it: `3</dev/shm/pymp-x>`, and
+        joined to that directory's path (strace -y prints it: `3</tmp/pymp-x>`, and
         the working directory as `AT_FDCWD</app>`)."""
         found = []
         for match in _NAMED.finditer(self.args):
@@ -61,7 +63,8 @@ class WriteAttempt:
 
     @property
     def where(self) -> str:
-        """Where the write lands: "tmpfs" (a container's own /dev/shm) or "root" (the image)."""
+        """Where the write lands: "tmpfs" (the container's private /tmp) or "root" (the
+        image, or anywhere else: /dev/shm included)."""
         paths = self.call.paths
         return "tmpfs" if paths and paths[0].startswith(CONTAINER_TMPFS) else "root"
 

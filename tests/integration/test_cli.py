@@ -122,6 +122,36 @@ def test_token_without_secret_says_how_to_configure() -> None:
     assert result.returncode == 2 and "BROKER_DEV_SECRET" in result.stderr
 
 
+def test_dev_cert_writes_a_private_key_and_certificate_once(tmp_path: Path) -> None:
+    from cryptography import x509  # noqa: PLC0415 - only this test reads a certificate
+
+    out = tmp_path / "tls"
+    result = broker_cli("dev-cert", "--out", str(out), "--host", "broker", "--host", "10.0.0.7")
+    assert result.returncode == 0, result.stderr
+    cert_file, key_file = out / "door.crt", out / "door.key"
+    assert "localhost, 127.0.0.1, ::1, broker, 10.0.0.7" in result.stdout
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {"door.crt": 0o600, "door.key": 0o600}
+    assert out.stat().st_mode & 0o777 == 0o700
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "broker"}
+    assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1", "10.0.0.7"}
+    key_before = key_file.read_bytes()
+    again = broker_cli("dev-cert", "--out", str(out))
+    assert again.returncode == 2 and "exists; refusing to overwrite" in again.stderr
+    assert key_file.read_bytes() == key_before
+    kept = broker_cli("dev-cert", "--out", str(out), "--if-missing")
+    assert kept.returncode == 0 and "left as they are" in kept.stdout and key_file.read_bytes() == key_before
+    cert_file.unlink()  # half a pair is no pair: --if-missing still refuses to overwrite the key
+    half = broker_cli("dev-cert", "--out", str(out), "--if-missing")
+    assert half.returncode == 2 and f"{key_file} exists" in half.stderr and not cert_file.exists()
+    bad = broker_cli("dev-cert", "--out", str(tmp_path / "other"), "--host", "a b")
+    assert bad.returncode == 2 and "neither an IP address nor a DNS name" in bad.stderr
+    assert not (tmp_path / "other").exists()
+    shown = broker_cli("dev-cert", "--help")
+    assert "--out" in shown.stdout and "--host" in shown.stdout and "sslmode=require" in shown.stdout
+
+
 def test_help_lists_every_command() -> None:
     result = broker_cli("--help")
     for command in ("run", "check", "token", "demo"):
@@ -198,6 +228,33 @@ def test_run_stops_when_the_policy_build_overruns_its_time(tmp_path: Path) -> No
     result = broker_cli("run", "-c", str(config), env={"BROKER_DEV_SECRET": SECRET})
     assert result.returncode == 1, result.stderr
     assert f"broker: policy problem: {REPO / 'policies'}: building the policy took longer than 0.001 s" in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_run_without_a_writable_temp_directory_says_in_one_line_to_mount_a_private_tmp(tmp_path: Path) -> None:
+    """As in a read-only container with no /tmp mount: /tmp and /var/tmp read-only (in a
+    mount namespace of the broker's own), TMPDIR unset, the working directory /proc."""
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[policy]\ndirectory = "{REPO / "policies"}"\n')
+    read_only = " && ".join(
+        f"mount --bind {d} {d} && mount -o remount,bind,ro {d}" for d in ("/tmp", "/var/tmp") if Path(d).is_dir()
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP")}
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'{read_only} && cd /proc && exec "$0" -m broker run -c "$1"', sys.executable, str(config)],
+        capture_output=True, text=True, timeout=60, env={**env, "BROKER_DEV_SECRET": SECRET}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("broker:")]
+    assert said == [
+        "broker: no writable temporary directory (tried $TMPDIR, /tmp, /var/tmp, /usr/tmp and the working "
+        "directory): the policy builder's fork server keeps its socket there; give the broker's container a "
+        "private tmpfs at /tmp (docker run --read-only --tmpfs /tmp; compose: tmpfs: [/tmp]; Kubernetes: an "
+        "emptyDir at /tmp mounted in the broker's container only), never /dev/shm, which every container of a "
+        "pod shares"
+    ], result.stderr
+    assert "policy problem" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_run_refuses_a_build_timeout_that_is_not_above_zero(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ owns nothing), and an employee must see their branch's rows only."""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +103,81 @@ def test_the_init_script_refuses_to_run_without_the_door_password(initialised: i
     env.pop("BROKER_DOOR_PASSWORD", None)
     done = subprocess.run(INIT, env=env, capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode != 0 and "BROKER_DOOR_PASSWORD" in done.stderr
+
+
+def test_the_door_login_itself_can_change_rows_and_nothing_else(initialised: int) -> None:
+    """Straight to the database as the broker's own login (not through the door): what a
+    door bug, or a leaked door password, could do with it."""
+    database = _compose()["postgres"]
+    door = (
+        f"host=127.0.0.1 port={initialised} dbname={database['POSTGRES_DB']} "
+        f"user={database['BROKER_DOOR_USER']} password={database['BROKER_DOOR_PASSWORD']}"
+    )
+    refused = {
+        "CREATE TEMP TABLE stash (x int)": "permission denied to create temporary tables",
+        "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'": "permission denied",
+        "SELECT last_value FROM waybills_id_seq": "permission denied for sequence waybills_id_seq",
+        "SELECT lo_from_bytea(0, 'x')": "permission denied for function lo_from_bytea",
+        "SELECT lo_create(0)": "permission denied for function lo_create",
+        "SELECT lo_get(1)": "permission denied for function lo_get",
+    }
+    with psycopg.connect(door, autocommit=True) as conn:
+        for statement, message in refused.items():
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=message):
+                conn.execute(statement.encode())
+        callable_lo = conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace "
+            "AND (p.proname LIKE 'lo\\_%' OR p.proname IN ('loread', 'lowrite')) "
+            "AND has_function_privilege(p.oid, 'EXECUTE')"
+        ).fetchall()
+        assert callable_lo == []  # every overload, not only the ones tried above
+        with conn.transaction(force_rollback=True):  # the serial default's nextval needs USAGE, which it has
+            row = conn.execute(
+                "INSERT INTO waybills (waybill_no, branch_code) VALUES ('SF-DOOR-TEST', 'BR001') RETURNING id"
+            ).fetchone()
+            assert row is not None and row[0] > 1000
+            assert conn.execute("SELECT currval('waybills_id_seq')").fetchone() == row
+
+
+def _routable_address() -> str | None:
+    """An address of this machine that is not loopback (as Docker's forwarded peer is not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+async def test_with_the_certs_services_certificate_a_client_off_loopback_logs_in_over_tls(
+    make_broker: BrokerFactory, initialised: int, tmp_path: Path
+) -> None:
+    """What `psql "host=localhost port=6432 sslmode=require ..."` on the host meets: a peer
+    that is not loopback, and the door with the certificate `broker dev-cert` wrote, as the
+    compose file's certs service runs it."""
+    address = _routable_address()
+    if address is None:
+        pytest.fail("this test needs a non-loopback IPv4 address on the machine")
+    services = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]
+    command = services["certs"]["entrypoint"]
+    out = tmp_path / "tls"
+    argv = [sys.executable, "-m", "broker", *command[1:]]
+    argv[argv.index("--out") + 1] = str(out)
+    process = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    environment = services["broker"]["environment"]
+    cert = out / Path(environment["BROKER_POSTGRES_TLS_CERT_FILE"]).name
+    key = out / Path(environment["BROKER_POSTGRES_TLS_KEY_FILE"]).name
+    door = {**_door(initialised), "host": environment["BROKER_POSTGRES_HOST"]}
+    harness = await make_broker(postgres={**door, "tls_cert_file": cert, "tls_key_file": key})
+    with pytest.raises(psycopg.OperationalError, match="only over TLS"):
+        await psycopg.AsyncConnection.connect(harness.pg_dsn("e1001", host=address, sslmode="disable"))
+    conn = await psycopg.AsyncConnection.connect(harness.pg_dsn("e1001", host=address, sslmode="require"))
+    try:
+        assert conn.info.pgconn.ssl_in_use
+        cur = await conn.execute("SELECT branch_code FROM waybills LIMIT 10")
+        assert {branch for (branch,) in await cur.fetchall()} == {"BR001"}
+    finally:
+        await conn.close()

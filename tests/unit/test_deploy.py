@@ -82,10 +82,10 @@ def test_the_sidecar_probes_and_grace_period_match_its_settings() -> None:
 def test_the_compose_stack_configures_the_broker_from_the_environment() -> None:
     [compose] = documents(REPO / "deploy" / "compose.yaml")
     services = compose["services"]
-    assert set(services) == {"sample", "redis", "postgres", "broker"}
+    assert set(services) == {"sample", "redis", "postgres", "certs", "broker"}
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     broker = services["broker"]
-    assert set(broker["depends_on"]) == {"sample", "redis", "postgres"}
+    assert set(broker["depends_on"]) == {"sample", "redis", "postgres", "certs"}
     environment = {
         k: str(v)
         for k, v in broker["environment"].items()
@@ -152,7 +152,85 @@ def test_the_image_is_pinned_by_digest_installs_only_what_is_locked_and_runs_as_
     [deployment] = documents(KUBE / "deployment.yaml")
     security = broker_container(deployment)["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
-    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user)
+    assert security["runAsUser"] == int(user)
+    assert "TMPDIR" not in "\n".join(line for line in lines if line.startswith("ENV")), "see the next test"
+
+
+def test_the_image_sets_no_tmpdir_and_says_why_tmp_must_be_private() -> None:
+    """The policy builder's fork server (Python 3.11's does not authenticate callers, and
+    its children unpickle what they are sent) keeps its socket under the temp directory:
+    in /dev/shm, shared by every container of a pod, the app could run code as the broker."""
+    text = (REPO / "Dockerfile").read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert not any("TMPDIR" in line or "/dev/shm" in line for line in instructions), "no TMPDIR, nothing in /dev/shm"
+    comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    assert "fork-server socket" in comment and "--tmpfs /tmp" in comment and "/dev/shm" in comment
+    readme = (REPO / "README.md").read_text()
+    assert "docker run --read-only --tmpfs /tmp" in readme
+
+
+def test_the_pod_gives_tmp_to_the_broker_alone_and_the_app_a_uid_of_its_own() -> None:
+    [deployment] = documents(KUBE / "deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    broker = broker_container(deployment)
+    [tmp] = [m for m in broker["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert "emptyDir" in volumes[tmp["name"]] and not tmp.get("readOnly")
+    assert volumes[tmp["name"]]["emptyDir"].get("sizeLimit"), "a Memory emptyDir counts against the pod: bound it"
+    image_uid = broker["securityContext"]["runAsUser"]
+    assert broker["securityContext"]["runAsGroup"] == image_uid
+    assert "runAsUser" not in pod["securityContext"] and "runAsGroup" not in pod["securityContext"]  # set per container
+    others = [c for c in pod["containers"] + pod.get("initContainers", []) if c is not broker]
+    assert others, "the legacy app runs beside the broker"
+    for container in others:
+        mounts = container.get("volumeMounts", [])
+        assert all(m["name"] != tmp["name"] and m["mountPath"].rstrip("/") != "/tmp" for m in mounts), container["name"]
+        security = container.get("securityContext", {})
+        assert security.get("runAsUser") not in (None, image_uid), f"{container['name']}: a uid of its own"
+        assert security.get("runAsGroup") not in (None, image_uid), f"{container['name']}: a gid of its own"
+    for container in pod["containers"] + pod.get("initContainers", []):
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        assert "TMPDIR" not in env and "/dev/shm" not in " ".join(env.values()), container["name"]
+        assert all(m["mountPath"] != "/dev/shm" for m in container.get("volumeMounts", [])), container["name"]
+    assert not pod.get("shareProcessNamespace"), "another container would reach the broker's /proc/<pid>/root/tmp"
+
+
+def test_the_compose_broker_has_a_private_tmp_a_read_only_root_and_a_door_certificate() -> None:
+    [compose] = documents(REPO / "deploy" / "compose.yaml")
+    services = compose["services"]
+    broker = services["broker"]
+    assert broker["read_only"] is True
+    [tmp] = [entry for entry in broker["tmpfs"] if entry.split(":", 1)[0] == "/tmp"]
+    assert "size=" in tmp, "a tmpfs without a size may take half the machine's memory"
+    assert "TMPDIR" not in broker["environment"] and broker.get("ipc", "private") in ("private", "none")
+    # the door's certificate and key: configured, in a volume the certs service fills first
+    environment = {k: str(v) for k, v in broker["environment"].items() if k.startswith("BROKER_POSTGRES_")}
+    door = apply_env(load_settings(REPO / "deploy" / "broker.toml"), environment).postgres
+    assert door.tls_cert_file and door.tls_key_file, "the compose door needs TLS: the host is no loopback peer"
+    cert_file, key_file = Path(door.tls_cert_file), Path(door.tls_key_file)
+    assert cert_file.parent == key_file.parent
+    directory = str(cert_file.parent)
+    [mounted] = [v for v in broker["volumes"] if v.split(":")[1] == directory]
+    volume = mounted.split(":")[0]
+    assert mounted.endswith(":ro") and volume in compose["volumes"]
+    certs = services["certs"]
+    assert f"{volume}:{directory}" in certs["volumes"]
+    command = certs["entrypoint"]
+    assert command[:2] == ["broker", "dev-cert"] and command[command.index("--out") + 1] == directory
+    assert "--if-missing" in command  # a second `up` keeps the certificate it made
+    assert (cert_file.name, key_file.name) == ("door.crt", "door.key")  # what dev-cert writes
+    assert broker["depends_on"]["certs"] == {"condition": "service_completed_successfully"}
+    header = (REPO / "deploy" / "compose.yaml").read_text().split("\nname:", 1)[0]
+    assert 'psql "host=localhost port=6432 sslmode=require' in header
+
+
+def test_the_compose_database_is_healthy_only_once_it_answers_over_tcp() -> None:
+    [compose] = documents(REPO / "deploy" / "compose.yaml")
+    check = compose["services"]["postgres"]["healthcheck"]
+    test = check["test"]
+    assert test[:2] == ["CMD", "pg_isready"] and test[test.index("-h") + 1] == "127.0.0.1"
+    assert test[test.index("-d") + 1] == compose["services"]["postgres"]["environment"]["POSTGRES_DB"]
+    assert check["start_period"]
 
 
 PROMETHEUS_ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"

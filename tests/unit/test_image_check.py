@@ -26,7 +26,8 @@ def test_the_real_dockerfile_is_one_the_check_can_replay() -> None:
     assert spec.user == (10001, 10001)
     assert spec.entrypoint[:2] == ["broker", "run"] and spec.workdir == "/app"
     assert spec.env["PATH"].startswith("/opt/broker/bin:/usr/local/sbin:")  # $PATH expanded from the base image's
-    assert spec.env["PYTHONDONTWRITEBYTECODE"] == "1" and spec.env["TMPDIR"] == "/dev/shm"
+    assert spec.env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert "TMPDIR" not in spec.env  # the fork server's socket goes to the container's own /tmp, never /dev/shm
     assert all(not run.text.startswith("[") for stage in dockerfile.stages for run in stage.all("RUN"))
     for copy in dockerfile.final.all("COPY"):
         if "from" in copy.flags():  # replayed in one root: the venv must land where it was built
@@ -89,10 +90,11 @@ TRACE = """\
 100 execve("/usr/local/sbin/broker", ["broker"], 0x1 /* 3 vars */) = -1 ENOENT (No such file or directory)
 100 execve("/opt/broker/bin/broker", ["broker", "run"], 0x1 /* 3 vars */) = 0
 100 openat(AT_FDCWD, "/opt/broker/lib/x.pyc", O_RDONLY|O_CLOEXEC) = 3</opt/broker/lib/x.pyc>
-100 openat(AT_FDCWD, "/tmp/tmpab", O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600 <unfinished ...>
-101 mkdir("/dev/shm/pymp-1", 0700) = 0
+100 openat(AT_FDCWD, "/var/tmp/tmpab", O_RDWR|O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC, 0600 <unfinished ...>
+101 mkdir("/tmp/pymp-1", 0700) = 0
 100 <... openat resumed>) = -1 EROFS (Read-only file system)
-101 unlinkat(3</tmp/r/dev/shm/pymp-1>, "listener-2", 0) = 0
+101 unlinkat(3</tmp/r/tmp/pymp-1>, "listener-2", 0) = 0
+101 mkdir("/dev/shm/pymp-2", 0700) = 0
 101 bind(5<socket:[9]>, {sa_family=AF_UNIX, sun_path=@"abstract"}, 12) = 0
 101 openat(AT_FDCWD, "/dev/null", O_WRONLY|O_CLOEXEC) = 4</dev/null>
 101 mkdirat(AT_FDCWD</tmp/r/app>, "cache", 0700) = -1 EROFS (Read-only file system)
@@ -105,9 +107,10 @@ def test_write_attempts_are_found_from_the_entrypoint_on_wherever_they_land() ->
     assert started
     found = [(a.call.name, a.call.paths, a.where, a.call.failed) for a in attempts]
     assert found == [
-        ("mkdir", ["/dev/shm/pymp-1"], "tmpfs", False),
-        ("openat", ["/tmp/tmpab"], "root", True),  # joined with its resumption; failed, still reported
-        ("unlinkat", ["/dev/shm/pymp-1/listener-2"], "tmpfs", False),  # relative to its descriptor, seen inside
+        ("mkdir", ["/tmp/pymp-1"], "tmpfs", False),  # the container's private /tmp: allowed
+        ("openat", ["/var/tmp/tmpab"], "root", True),  # joined with its resumption; failed, still reported
+        ("unlinkat", ["/tmp/pymp-1/listener-2"], "tmpfs", False),  # relative to its descriptor, seen inside
+        ("mkdir", ["/dev/shm/pymp-2"], "root", False),  # a tmpfs, but a pod's containers share it: counted
         ("mkdirat", ["/app/cache"], "root", True),  # relative to the working directory
         ("renameat2", ["/app/a.tmp", "/app/a"], "root", True),
     ]  # the launcher's own write (before the entrypoint), the abstract socket and /dev/null are not counted

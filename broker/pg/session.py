@@ -563,7 +563,10 @@ class Session:
             if not decisions[-1].allowed:
                 await self._denied(statement, decisions, started, extended=extended, metered=meter)
                 return None
-        limit = min((d.allowed_records for d in decisions if d.access.resource), default=UNBOUNDED)
+        limit = UNBOUNDED
+        for decision in decisions:  # a loop, not min() over a generator: once per statement
+            if decision.access.resource and decision.allowed_records < limit:
+                limit = decision.allowed_records
         max_bytes = self._services.max_result_bytes
         if limit < UNBOUNDED:
             max_bytes = min(max_bytes, max(limit, 1) * self._services.bytes_per_record)
@@ -752,7 +755,10 @@ def _named(what: str, name: str) -> str:
 def _touched(statement: Statement | None) -> list[tuple[str, str]]:
     if statement is None:
         return []
-    return sorted({(use.resource, use.action) for use in statement.uses})
+    uses = statement.uses
+    if len(uses) == 1:  # most statements read one table: no set to build and sort
+        return [(uses[0].resource, uses[0].action)]
+    return sorted({(use.resource, use.action) for use in uses})
 
 
 def _static_bound(statement: Statement | None) -> int:

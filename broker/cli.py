@@ -29,6 +29,7 @@ from broker.identity.session import SessionStoreUnavailable
 from broker.identity.settings import NO_KEY_SOURCE
 from broker.meter.store import StoreUnavailable
 from broker.pg.privilege import LoginTooPowerful
+from broker.pg.rls_command import add_pg_commands
 from broker.policy.lint import lint
 from broker.policy.problem import PolicyError
 from broker.policy.snapshot import PolicySnapshot, load_snapshot
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("employee", help="the employee id")
     revoke.set_defaults(func=_revoke)
     add_helpdesk_command(commands)
+    add_pg_commands(commands, _config_option)
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)

@@ -25,6 +25,7 @@ from broker.core.reason import Reason
 from broker.messages.shipped import catalogue_of
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, SYNC_PENDING, Expect, Metered, Pending, Relay
+from broker.pg.row_security import employee_value, principal_value
 from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
 from broker.pg.sqlstate import decision_detail, decision_error, sqlstate_of
@@ -50,6 +51,12 @@ log = structlog.get_logger("broker.pg")
 
 READ_CHUNK = 256 * 1024
 ACCESSES_KEPT = 256
+BRANCHES_CHANGED = SqlRefused(
+    "your branches changed since this session began (the access policy was reloaded), and the database "
+    "session carries the branches it began with, so the broker ended it",
+    "Reconnect: a new session has your branches as they are now.",
+    "57P01",
+)
 """Access objects a session keeps for reuse (see Session._accesses)."""
 _PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
 _REFUSAL_REASONS = {
@@ -133,6 +140,11 @@ class Session:
         message down the awaited path after all (an Execute to be decided again)."""
         self.statements = 0
         self.rows = 0
+        self._branches = principal_value(caller.login.principal)
+        """The row-security setting the server session was opened with (see
+        broker.pg.row_security): it cannot change while the session lives."""
+        self._branches_revision = caller.login.revision
+        """The policy revision `_branches` was last found right under."""
         self._accesses: dict[tuple[str, str, str, int], Access] = {}
         """The session's Access objects by (statement fingerprint, resource, action,
         records): immutable, and the same few statements come again and again (a frozen
@@ -547,6 +559,9 @@ class Session:
     ) -> Metered | None:
         """The statement's decisions (one per resource and action it touches), or None
         after refusing it; every reservation made before a refusal is released."""
+        if snapshot is not None and snapshot.revision != self._branches_revision and not self._same_branches(snapshot):
+            await self._refuse_sql(statement.sql if statement else "", BRANCHES_CHANGED, extended=extended, fatal=True)
+            return None
         decisions: list[Decision] = []
         touched = _touched(statement)
         for resource, action in touched:
@@ -583,6 +598,18 @@ class Session:
         await self._finished(execution, metered=metered)
         self._refuse(self._worded(decision, fatal=fatal), extended=extended, fatal=fatal)
 
+    def _same_branches(self, snapshot: PolicySnapshot) -> bool:
+        """Whether the employee's branches under `snapshot` are still those the server
+        session's row-security setting holds. An employee the roster does not list (one an
+        identity provider vouches for, or one removed, whom the decision refuses) keeps
+        the setting their login gave."""
+        employee_id = self._caller.login.employee
+        employee = snapshot.index.employees.get(employee_id) if employee_id else None
+        if employee is not None and employee_value(employee) != self._branches:
+            return False
+        self._branches_revision = snapshot.revision
+        return True
+
     def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
         key = (statement.fingerprint if statement else "", resource, action, records)
         access = self._accesses.get(key)
@@ -594,18 +621,19 @@ class Session:
             self._accesses[key] = access
         return access
 
-    async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool) -> None:
+    async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool, fatal: bool = False) -> None:
         """A statement the broker will not run: decided (so identified and audited) as a
-        refusal, shown with the analyser's SQLSTATE and hint."""
+        refusal, shown with the analyser's SQLSTATE and hint (`fatal`: and the session ends)."""
         reason = _REFUSAL_REASONS.get(refused.sqlstate, Reason.STATEMENT_REFUSED)
         access = Access(self._caller.credential, self._caller.peer, "sql", refusal=Refusal(reason, refused.message))
         decision = await self._guard.decide(access)
         self._audit_statement(Metered(None, [decision], 0, time.perf_counter(), sqlstate=refused.sqlstate), sql=sql)
         if decision.reason is reason:
-            error = error_response("ERROR", refused.sqlstate, f"{refused.message} [{reason.value}]", hint=refused.hint)
+            severity = "FATAL" if fatal else "ERROR"
+            error = error_response(severity, refused.sqlstate, f"{refused.message} [{reason.value}]", hint=refused.hint)
         else:
             error = self._worded(decision, fatal=decision.reason.is_identity)
-        self._refuse(error, extended=extended, fatal=decision.reason.is_identity)
+        self._refuse(error, extended=extended, fatal=fatal or decision.reason.is_identity)
 
     def _worded(self, decision: Decision, *, fatal: bool) -> bytes:
         """The refusal in the session's language, from the live policy's catalogue."""

@@ -51,13 +51,15 @@ log = structlog.get_logger("broker.pg")
 
 READ_CHUNK = 256 * 1024
 ACCESSES_KEPT = 256
+"""Access objects a session keeps for reuse (see Session._accesses)."""
 BRANCHES_CHANGED = SqlRefused(
     "your branches changed since this session began (the access policy was reloaded), and the database "
     "session carries the branches it began with, so the broker ended it",
     "Reconnect: a new session has your branches as they are now.",
     "57P01",
 )
-"""Access objects a session keeps for reuse (see Session._accesses)."""
+"""Why a session ends when a reload changes the employee's branches (FATAL: see
+broker.pg.row_security; only read, never raised)."""
 _PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
 _REFUSAL_REASONS = {
     "42601": Reason.STATEMENT_BAD_SYNTAX,
@@ -464,12 +466,14 @@ class Session:
         return True
 
     def _describe_now(self, payload: bytes) -> bool:
+        """`_describe`, without a coroutine (it never awaits)."""
         what, name = read_target(payload)
         if name.isprintable() or not self._reserved(name):
             self._send(self._objects.describe(what, name))
         return True
 
     def _sync_now(self, payload: bytes) -> bool:
+        """`_sync`, without a coroutine (it never awaits)."""
         self._discarding = False
         self._forward(message(b"S", payload) if payload else SYNC, SYNC_PENDING)
         return True

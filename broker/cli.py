@@ -29,6 +29,7 @@ from broker.identity.session import SessionStoreUnavailable
 from broker.identity.settings import NO_KEY_SOURCE
 from broker.meter.store import StoreUnavailable
 from broker.pg.privilege import LoginTooPowerful
+from broker.pg.rls_command import add_pg_commands
 from broker.policy.build import NoTempDirectory
 from broker.policy.lint import lint
 from broker.policy.problem import PolicyError
@@ -107,23 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_audit_commands(commands)
     add_roster_commands(commands, _config_option)
-    for name, text in (
-        ("freeze", "refuse an employee everywhere (every replica, through the shared Redis store) until unfrozen"),
-        ("unfreeze", "lift a freeze set by a signal or by `broker freeze`"),
-    ):
-        command = commands.add_parser(name, help=text)
-        _config_option(command)
-        command.add_argument("employee", help="the employee id")
-        command.set_defaults(func=_freeze, frozen=name == "freeze")
-
-    revoke = commands.add_parser(
-        "revoke",
-        help="end every browser sign-in session of an employee (every replica, through the shared Redis store)",
-    )
-    _config_option(revoke)
-    revoke.add_argument("employee", help="the employee id")
-    revoke.set_defaults(func=_revoke)
+    _add_employee_commands(commands)
     add_helpdesk_command(commands)
+    add_pg_commands(commands, _config_option)
 
     token = commands.add_parser("token", help="mint a development HS256 token with the configured secret")
     _config_option(token)
@@ -154,6 +141,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=8082, help="console port with --simulate (default: 8082)")
     demo.set_defaults(func=_demo)
     return parser
+
+
+def _add_employee_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The security team's actions on one employee: freeze, unfreeze, revoke."""
+    for name, text in (
+        ("freeze", "refuse an employee everywhere (every replica, through the shared Redis store) until unfrozen"),
+        ("unfreeze", "lift a freeze set by a signal or by `broker freeze`"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _config_option(command)
+        command.add_argument("employee", help="the employee id")
+        command.set_defaults(func=_freeze, frozen=name == "freeze")
+    revoke = commands.add_parser(
+        "revoke",
+        help="end every browser sign-in session of an employee (every replica, through the shared Redis store)",
+    )
+    _config_option(revoke)
+    revoke.add_argument("employee", help="the employee id")
+    revoke.set_defaults(func=_revoke)
 
 
 def _add_explain_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

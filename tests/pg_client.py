@@ -21,9 +21,12 @@ class RawClient:
     async def open(cls, port: int) -> RawClient:
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
-    async def login(self, harness: Harness, employee: str = "e1001", token: str | None = None) -> None:
+    async def login(
+        self, harness: Harness, employee: str = "e1001", token: str | None = None, extra: dict[str, str] | None = None
+    ) -> None:
+        """Start-up as `employee`, with `extra` start-up parameters of the client's own."""
         database = harness.broker.settings.postgres.server_database
-        self.writer.write(startup_message({"user": employee, "database": database}))
+        self.writer.write(startup_message({"user": employee, "database": database, **(extra or {})}))
         assert (await self.next())[0] == b"R"  # cleartext password, please
         self.writer.write(message(b"p", cstring(token or harness.token(employee))))
         await self.until(b"Z")

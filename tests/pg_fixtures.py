@@ -6,6 +6,7 @@ The tests fail, never skip, when PostgreSQL is not there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -52,10 +53,10 @@ def _seed(conn: psycopg.Connection) -> None:
             )
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """The name of a private database holding the seeded schema."""
-    name = f"broker_test_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def seeded_database(prefix: str = "broker_test") -> Iterator[str]:
+    """A private database holding the seeded schema, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
@@ -68,6 +69,13 @@ def pg_database() -> Iterator[str]:
             yield name
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The name of a private database holding the seeded schema."""
+    with seeded_database() as name:
+        yield name
 
 
 def _dsn(database: str) -> str:

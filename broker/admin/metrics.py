@@ -16,6 +16,8 @@ class Metrics:
         self._tallies: dict[tuple[str, str, str], list[float]] = {}
         """(verdict, reason, meter) -> decisions per latency bucket (+Inf last), then the sum."""
         self._returned: dict[str, int] = {}
+        self._statements: dict[tuple[str, str], int] = {}
+        """PostgreSQL statements by (verdict, reason), tallied like decisions."""
         self.decisions = Counter(
             "broker_decisions_total",
             "Decisions by verdict and reason code",
@@ -126,6 +128,12 @@ class Metrics:
         """Count records passed on (tallied like `decided`)."""
         self._returned[resource] = self._returned.get(resource, 0) + count
 
+    def statement_counted(self, verdict: str, reason: str) -> None:
+        """Count one statement of the PostgreSQL door (tallied like `decided`: a Counter's
+        inc takes a lock, and there is one per statement)."""
+        key = (verdict, reason)
+        self._statements[key] = self._statements.get(key, 0) + 1
+
     def _fold_tallies(self) -> None:
         """Add what was tallied since the last read to the Prometheus series."""
         for (verdict, reason, metered), tally in self._tallies.items():
@@ -147,6 +155,9 @@ class Metrics:
         returned, self._returned = self._returned, {}
         for resource, count in returned.items():
             self.records.labels(resource).inc(count)
+        statements, self._statements = self._statements, {}
+        for (verdict, reason), count in statements.items():
+            self.pg_statements.labels(verdict, reason).inc(count)
 
     def signal_counted(self, signal: str, action: str) -> None:
         self.signals.labels(signal, action).inc()

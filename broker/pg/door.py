@@ -36,6 +36,8 @@ from broker.messages.shipped import catalogue_of
 from broker.pg.analyser import SqlAnalyser
 from broker.pg.backend import BackendAddress, BackendError, BackendSession, close_stream, connect
 from broker.pg.privilege import LoginTooPowerful, login_problems
+from broker.pg.row_security import SETTING as ROW_SETTING
+from broker.pg.row_security import principal_value
 from broker.pg.session import Caller, DoorServices, Session
 from broker.pg.setting import MAX_STATEMENT_TIMEOUT_MS, SHOWN_SETTINGS
 from broker.pg.sqlstate import decision_error, said_error
@@ -274,7 +276,7 @@ class PgDoor:
     async def _start_session(
         self, client: Client, request: StartupRequest, login: Decision, token: str
     ) -> tuple[Session, Decision, str]:
-        backend = await self._backend(request)
+        backend = await self._backend(request, principal_value(login.principal))
         pid, key = self._new_cancel_key()
         session = Session(
             (client.reader, client.writer), backend, self._services, Caller(login, token, client.peer, request.language)
@@ -359,12 +361,15 @@ class PgDoor:
         self._metrics.pg_logins.labels(decision.verdict.value, decision.reason.value).inc()
         self._audit.emit(decision_event(decision, door="pg", status=0, returned=0, latency=0.0, kind="pg.login"))
 
-    async def _backend(self, request: StartupRequest) -> BackendSession:
+    async def _backend(self, request: StartupRequest, branches: str) -> BackendSession:
+        """The employee's own server session. `branches` is their row-security setting
+        (broker.pg.row_security): passed at start-up, it is the session's default, which
+        nothing a client can send through the door changes."""
         snapshot = self._policy.current
         schema = snapshot.tables.schema if snapshot is not None else "public"
         # statement_timeout: the client's own (checked at start-up to be under the limit) or the limit
         bounded = {"statement_timeout": str(MAX_STATEMENT_TIMEOUT_MS)}
-        parameters = {**bounded, **request.passed_on, **_PINNED, "search_path": schema}
+        parameters = {**bounded, **request.passed_on, **_PINNED, "search_path": schema, ROW_SETTING: branches}
         if not self._login_checked:  # the database was away when the door opened
             try:
                 await self._check_login()

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
-from prometheus_client import Counter
 
 from broker.admin.metrics import Metrics
 from broker.audit.log import AuditSink
@@ -28,6 +27,7 @@ from broker.messages.said import Said, said
 from broker.messages.shipped import catalogue_of
 from broker.pg.backend import SERVER_MESSAGE_LIMIT, BackendAddress, BackendSession, send_cancel
 from broker.pg.relay import POISON, SYNC_PENDING, Expect, Metered, Pending, Relay
+from broker.pg.row_security import employee_value, principal_value
 from broker.pg.server_objects import Forward, Portal, Prepared, ServerObjects
 from broker.pg.sql import SqlRefused, Statement, check_insert_branches, row_bound, scoped_sql
 from broker.pg.sqlstate import decision_detail, decision_error, said_error, sqlstate_of
@@ -52,6 +52,16 @@ from broker.policy.snapshot import PolicySnapshot
 log = structlog.get_logger("broker.pg")
 
 READ_CHUNK = 256 * 1024
+ACCESSES_KEPT = 256
+"""Access objects a session keeps for reuse (see Session._accesses)."""
+BRANCHES_CHANGED = SqlRefused(
+    "your branches changed since this session began (the access policy was reloaded), and the database "
+    "session carries the branches it began with, so the broker ended it",
+    said("reconnect_branches"),
+    "57P01",
+)
+"""Why a session ends when a reload changes the employee's branches (FATAL: see
+broker.pg.row_security; only read, never raised)."""
 _PASSED_ON = frozenset((b"H", b"d", b"c", b"f"))
 _REFUSAL_REASONS = {
     "42601": Reason.STATEMENT_BAD_SYNTAX,
@@ -125,10 +135,25 @@ class Session:
             b"S": self._sync,
             b"F": self._function_call,
         }
+        self._quick: dict[bytes, Callable[[bytes], bool]] = {
+            b"E": self._execute_now,
+            b"D": self._describe_now,
+            b"S": self._sync_now,
+        }
+        """Handlers that need no await in the common case, called without a coroutine
+        (two a message otherwise: the dispatch's and the handler's); False sends the
+        message down the awaited path after all (an Execute to be decided again)."""
         self.statements = 0
         self.rows = 0
-        self._counters: dict[tuple[str, str], Counter] = {}
-        """pg_statements by (verdict, reason), looked up once per session."""
+        self._branches = principal_value(caller.login.principal)
+        """The row-security setting the server session was opened with (see
+        broker.pg.row_security): it cannot change while the session lives."""
+        self._branches_revision = caller.login.revision
+        """The policy revision `_branches` was last found right under."""
+        self._accesses: dict[tuple[str, str, str, int], Access] = {}
+        """The session's Access objects by (statement fingerprint, resource, action,
+        records): immutable, and the same few statements come again and again (a frozen
+        dataclass's __init__ sets each of its ten fields through object.__setattr__)."""
 
     async def run(self) -> str:
         """Serve until either side closes; returns why the session ended."""
@@ -178,9 +203,21 @@ class Session:
                 return "client closed"
             self._batch += 1
             try:
+                quick, relay = self._quick, self._relay
                 for kind, raw in messages:
                     if kind == b"X":
                         return "client terminated"
+                    handler = quick.get(kind)
+                    if (
+                        handler is not None
+                        and self._cancelling is None
+                        and not relay.needs_abort
+                        and (not self._discarding or kind == b"S")
+                        and handler(raw[5:])
+                    ):  # _on_client's checks, and its handler, without awaiting
+                        if relay.close:
+                            return "closed by the broker"
+                        continue
                     if not await self._on_client(kind, raw[5:]):
                         return "closed by the broker"
             except ProtocolViolation as exc:  # a malformed Bind, Parse, ...
@@ -301,10 +338,13 @@ class Session:
             self._refuse(error_response("ERROR", "42P03", f'portal "{bound.portal}" already exists'))
             return
         started, snapshot = time.perf_counter(), self._services.policy.current
-        live = await self._as_live_policy_reads(prepared, snapshot)
-        if live is None:
-            return
-        statement = live[0] if live else None
+        if snapshot is not None and snapshot.revision == prepared.revision:  # _as_live_policy_reads, inlined
+            statement = prepared.statement
+        else:
+            live = await self._as_live_policy_reads(prepared, snapshot)
+            if live is None:
+                return
+            statement = live[0] if live else None
         try:
             limit = row_bound(statement.rows, bound.params, bound.formats) if statement else 0
         except SqlRefused as exc:
@@ -312,20 +352,27 @@ class Session:
             return
         records = UNBOUNDED if limit is None else limit
         execution = await self._decided(statement, snapshot, records, started, extended=True)
-        if execution is None or not await self._still_as_prepared(prepared, execution, bound):
+        if execution is None:
+            return
+        refused = self._unlike_prepared(prepared, execution, bound)
+        if refused is not None:
+            await self._release([execution])
+            await self._refuse_sql(refused[0], refused[1], extended=True)
             return
         portal = Portal(execution, prepared, records, snapshot.revision if snapshot else "", self._batch)
         self.statements += 1
         rest = payload[bound.rest_at :]
         self._send(self._objects.bind(bound.portal, (server_statement, bound.statement), portal, rest))
 
-    async def _still_as_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> bool:
+    def _unlike_prepared(self, prepared: Prepared, execution: Metered, bound: Bind) -> tuple[str, SqlRefused] | None:
         """Checks with the branches decided now, not at Parse (a reload may have taken one
         away): the text the server holds must be what the policy would send today, and an
-        INSERT's rows must belong to the employee's branches. False after refusing."""
+        INSERT's rows must belong to the employee's branches. None when they hold, else the
+        statement's text and why it is refused (the caller releases and refuses: a plain
+        function, not a coroutine, for the common case)."""
         statement, branches = execution.statement, _branches(execution.decisions)
         if statement is None:
-            return True
+            return None
         cap = _write_cap(execution.decisions)
         try:
             if statement is prepared.statement and branches == prepared.branches and cap == prepared.write_cap:
@@ -338,19 +385,15 @@ class Session:
             if statement.kind == "insert":
                 check_insert_branches(statement, branches, bound.params, bound.formats)
         except SqlRefused as exc:
-            await self._release([execution])
-            await self._refuse_sql(statement.sql, exc, extended=True)
-            return False
+            return statement.sql, exc
         if sent != prepared.sent:
-            await self._release([execution])
             refused = SqlRefused(
                 "the policy changed what this prepared statement may see since it was prepared",
                 said("prepare_again"),
                 "0A000",
             )
-            await self._refuse_sql(statement.sql, refused, extended=True)
-            return False
-        return True
+            return statement.sql, refused
+        return None
 
     async def _still_decided(self, portal: Portal) -> bool:
         """Every Execute is decided: a portal may be executed long after its Bind (a
@@ -407,6 +450,37 @@ class Session:
             await self._refuse_sql(portal.prepared.sql, refused, extended=True)
         return unchanged
 
+    def _execute_now(self, payload: bytes) -> bool:
+        """`_execute` when the portal is decided already (its Bind came in the same client
+        read, under the live policy) or the Execute is refused for its name: no await.
+        False: it must be decided again (see _still_decided)."""
+        name, max_rows = read_execute(payload)
+        if not name.isprintable() and self._reserved(name):
+            return True
+        found = self._objects.portal(name)
+        if found is None or found[1].execution.done:
+            self._refuse(error_response("ERROR", "34000", f"{_named('portal', name)} does not exist"))
+            return True
+        server, portal = found
+        snapshot = self._services.policy.current
+        if portal.batch != self._batch or (snapshot.revision if snapshot else "") != portal.revision:
+            return False
+        self._send(self._objects.execute(name, server, portal, max_rows))
+        return True
+
+    def _describe_now(self, payload: bytes) -> bool:
+        """`_describe`, without a coroutine (it never awaits)."""
+        what, name = read_target(payload)
+        if name.isprintable() or not self._reserved(name):
+            self._send(self._objects.describe(what, name))
+        return True
+
+    def _sync_now(self, payload: bytes) -> bool:
+        """`_sync`, without a coroutine (it never awaits)."""
+        self._discarding = False
+        self._forward(message(b"S", payload) if payload else SYNC, SYNC_PENDING)
+        return True
+
     async def _execute(self, payload: bytes) -> None:
         name, max_rows = read_execute(payload)
         if not name.isprintable() and self._reserved(name):
@@ -420,10 +494,7 @@ class Session:
             self._send(self._objects.execute(name, server, portal, max_rows))
 
     async def _describe(self, payload: bytes) -> None:
-        what, name = read_target(payload)
-        if not name.isprintable() and self._reserved(name):
-            return
-        self._send(self._objects.describe(what, name))
+        self._describe_now(payload)
 
     async def _close(self, payload: bytes) -> None:
         what, name = read_target(payload)
@@ -444,8 +515,7 @@ class Session:
         return True
 
     async def _sync(self, payload: bytes) -> None:
-        self._discarding = False
-        self._forward(message(b"S", payload) if payload else SYNC, SYNC_PENDING)
+        self._sync_now(payload)
 
     async def _function_call(self, payload: bytes) -> None:
         self._refuse(self._said("42501", said("function_call"), said("function_call_hint")), extended=False)
@@ -482,6 +552,9 @@ class Session:
     ) -> Metered | None:
         """The statement's decisions (one per resource and action it touches), or None
         after refusing it; every reservation made before a refusal is released."""
+        if snapshot is not None and snapshot.revision != self._branches_revision and not self._same_branches(snapshot):
+            await self._refuse_sql(statement.sql if statement else "", BRANCHES_CHANGED, extended=extended, fatal=True)
+            return None
         decisions: list[Decision] = []
         touched = _touched(statement)
         for resource, action in touched:
@@ -498,7 +571,10 @@ class Session:
             if not decisions[-1].allowed:
                 await self._denied(statement, decisions, started, extended=extended, metered=meter)
                 return None
-        limit = min((d.allowed_records for d in decisions if d.access.resource), default=UNBOUNDED)
+        limit = UNBOUNDED
+        for decision in decisions:  # a loop, not min() over a generator: once per statement
+            if decision.access.resource and decision.allowed_records < limit:
+                limit = decision.allowed_records
         max_bytes = self._services.max_result_bytes
         if limit < UNBOUNDED:
             max_bytes = min(max_bytes, max(limit, 1) * self._services.bytes_per_record)
@@ -515,13 +591,32 @@ class Session:
         await self._finished(execution, metered=metered)
         self._refuse(self._worded(decision, fatal=fatal), extended=extended, fatal=fatal)
 
-    def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
-        target = statement.fingerprint if statement else ""
-        return Access(self._caller.credential, self._caller.peer, f"sql {target}", resource, action, None, records)
+    def _same_branches(self, snapshot: PolicySnapshot) -> bool:
+        """Whether the employee's branches under `snapshot` are still those the server
+        session's row-security setting holds. An employee the roster does not list (one an
+        identity provider vouches for, or one removed, whom the decision refuses) keeps
+        the setting their login gave."""
+        employee_id = self._caller.login.employee
+        employee = snapshot.index.employees.get(employee_id) if employee_id else None
+        if employee is not None and employee_value(employee) != self._branches:
+            return False
+        self._branches_revision = snapshot.revision
+        return True
 
-    async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool) -> None:
+    def _access(self, statement: Statement | None, resource: str, action: str, records: int) -> Access:
+        key = (statement.fingerprint if statement else "", resource, action, records)
+        access = self._accesses.get(key)
+        if access is None:
+            if len(self._accesses) >= ACCESSES_KEPT:
+                self._accesses.clear()
+            caller = self._caller
+            access = Access(caller.credential, caller.peer, f"sql {key[0]}", resource, action, None, records)
+            self._accesses[key] = access
+        return access
+
+    async def _refuse_sql(self, sql: str, refused: SqlRefused, *, extended: bool, fatal: bool = False) -> None:
         """A statement the broker will not run: decided (so identified and audited) as a
-        refusal, shown with the analyser's SQLSTATE and hint."""
+        refusal, shown with the analyser's SQLSTATE and hint (`fatal`: and the session ends)."""
         reason = _REFUSAL_REASONS.get(refused.sqlstate, Reason.STATEMENT_REFUSED)
         access = Access(self._caller.credential, self._caller.peer, "sql", refusal=Refusal(reason, refused.message))
         decision = await self._guard.decide(access)
@@ -530,10 +625,11 @@ class Session:
             catalogue, locale = self._speaking()
             message = catalogue.speak_bare(reason, locale, refused.message).detail
             hint = catalogue.words(refused.said, locale) if refused.said is not None else ""
-            error = error_response("ERROR", refused.sqlstate, f"{message} [{reason.value}]", hint=hint)
+            severity = "FATAL" if fatal else "ERROR"
+            error = error_response(severity, refused.sqlstate, f"{message} [{reason.value}]", hint=hint)
         else:
             error = self._worded(decision, fatal=decision.reason.is_identity)
-        self._refuse(error, extended=extended, fatal=decision.reason.is_identity)
+        self._refuse(error, extended=extended, fatal=fatal or decision.reason.is_identity)
 
     def _worded(self, decision: Decision, *, fatal: bool) -> bytes:
         """The refusal in the session's language, from the live policy's catalogue."""
@@ -600,7 +696,8 @@ class Session:
                     relay.cut = None
             self._writer.write(relay.take())
             for execution in relay.finished:
-                await self._finished(execution)
+                if not self._finished_now(execution):
+                    await self._finished(execution)
             relay.finished.clear()
             if relay.close:
                 await self._writer.drain()
@@ -647,6 +744,18 @@ class Session:
                 if decision.allowed:
                     await self._guard.settle(decision, 0)
 
+    def _finished_now(self, execution: Metered) -> bool:
+        """`_finished` without a coroutine when nothing is left to charge (no decision holds
+        a quota reservation, or the statement was cut and settled then): True when done."""
+        if not execution.cut:
+            for decision in execution.decisions:
+                if decision.allowed and decision.quota_key:
+                    return False
+        execution.done = True
+        self.rows += execution.rows
+        self._audit_statement(execution)
+        return True
+
     async def _finished(self, execution: Metered, *, metered: bool = True) -> None:
         """Charge what was sent and write the statement's audit event."""
         execution.done = True
@@ -662,15 +771,12 @@ class Session:
     def _audit_statement(self, execution: Metered, sql: str = "") -> None:
         event = statement_event(execution, self._caller.login, self._caller.peer, self._guard.clock.now(), sql)
         self._services.audit.emit(event)
-        labels = (event["verdict"], event["reason"])
-        counter = self._counters.get(labels)
-        if counter is None:  # prometheus_client's labels() costs more than the increment
-            counter = self._counters[labels] = self._services.metrics.pg_statements.labels(*labels)
-        counter.inc()
+        metrics = self._services.metrics
+        metrics.statement_counted(event["verdict"], event["reason"])
         if event["resource"] and event["records_returned"]:  # rows of a mapped table: records
-            self._services.metrics.returned(event["resource"], event["records_returned"])
+            metrics.returned(event["resource"], event["records_returned"])
         if execution.cut:
-            self._services.metrics.pg_cut.inc()
+            metrics.pg_cut.inc()
 
     async def _fatal(self, sqlstate: str, text: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -686,7 +792,10 @@ def _named(what: str, name: str) -> str:
 def _touched(statement: Statement | None) -> list[tuple[str, str]]:
     if statement is None:
         return []
-    return sorted({(use.resource, use.action) for use in statement.uses})
+    uses = statement.uses
+    if len(uses) == 1:  # most statements read one table: no set to build and sort
+        return [(uses[0].resource, uses[0].action)]
+    return sorted({(use.resource, use.action) for use in uses})
 
 
 def _static_bound(statement: Statement | None) -> int:

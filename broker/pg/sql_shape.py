@@ -44,6 +44,7 @@ _UNSHAPED_TOKENS = frozenset({"UIDENT", "USCONST", "UESCAPE", "FLOAT_P"})
 _SEMICOLON = "ASCII_59"
 """Only as the very last token (drivers and pgbench end statements with it); anywhere
 else the string holds several statements, which are not shaped."""
+_REFUSED_TOKENS = _UNSHAPED_TOKENS | {_SEMICOLON}
 _REG_TYPES = frozenset({
     "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
     "regoperator", "regproc", "regprocedure", "regrole", "regtype",
@@ -77,7 +78,11 @@ class Template:
 
 
 def scanned(sql: str) -> Scanned | None:
-    """The shape of `sql`; None when it is not one to shape (see the module's docstring)."""
+    """The shape of `sql`; None when it is not one to shape (see the module's docstring).
+
+    Runs for every simple Query (its values make most texts new): comprehensions over the
+    tokens unpacked as tuples rather than one loop with attribute reads per token (this
+    halved its Python part)."""
     text = sql.strip(_SPACE)
     if "\0" in text or len(text) != len(sql.strip()):
         return None
@@ -85,25 +90,20 @@ def scanned(sql: str) -> Scanned | None:
         tokens = scan(text)
     except ParseError:
         return None
-    tokens = [token for token in tokens if token.name not in COMMENT_TOKENS]
-    if tokens and tokens[-1].name == _SEMICOLON:
-        text = text[: tokens[-1].start].rstrip(_SPACE)  # what analyse() keeps as the statement
-        tokens = tokens[:-1]
-    kept = []
-    key = []
-    for token in tokens:
-        name = token.name
-        if name in _UNSHAPED_TOKENS or name == _SEMICOLON:
-            return None
-        kept.append(token)
-        if name in _LITERALS:
-            key.append("\0" + name)  # no text holds NUL: never equal to a spelled token
-        else:
-            spelled = text[token.start : token.end + 1]
-            if name == "IDENT" and spelled.strip('"').lower() in _REG_TYPES:
+    kept = [token for token in tokens if token[2] not in COMMENT_TOKENS]
+    if kept and kept[-1][2] == _SEMICOLON:
+        text = text[: kept[-1][0]].rstrip(_SPACE)  # what analyse() keeps as the statement
+        kept.pop()
+    names = {token[2] for token in kept}
+    if not names.isdisjoint(_REFUSED_TOKENS):
+        return None
+    if "IDENT" in names and "reg" in text.lower():  # a reg* type can only be spelled with "reg"
+        for start, end, name, _ in kept:
+            if name == "IDENT" and text[start : end + 1].strip('"').lower() in _REG_TYPES:
                 return None
-            key.append(spelled)
-    return Scanned(text, kept, tuple(key))
+    # no text holds NUL: a literal's "\0NAME" is never equal to a spelled token
+    key = tuple([("\0" + name) if name in _LITERALS else text[start : end + 1] for start, end, name, _ in kept])
+    return Scanned(text, kept, key)
 
 
 def template(shape: Scanned, statement: Statement, literals: Literals) -> Template | None:

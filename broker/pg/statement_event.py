@@ -12,6 +12,7 @@ from broker.core.decision import Decision, Verdict
 from broker.core.guard import new_decision_id
 from broker.core.reason import Reason
 from broker.pg.relay import Metered
+from broker.pg.sql import Statement
 
 
 def statement_event(execution: Metered, login: Decision, peer: str, now: float, sql: str = "") -> dict[str, Any]:
@@ -28,11 +29,20 @@ def statement_event(execution: Metered, login: Decision, peer: str, now: float, 
         sqlstate=execution.sqlstate,
         statement=statement.fingerprint if statement else None,
         statement_kind=statement.kind if statement else None,
-        tables=sorted({use.table for use in statement.uses}) if statement else [],
+        tables=_tables(statement),
         pii_columns=list(statement.pii) if statement else [],
         cut=execution.cut or None,
         refused_sql=sql[:200] or None,
     )
+
+
+def _tables(statement: Statement | None) -> list[str]:
+    if statement is None:
+        return []
+    uses = statement.uses
+    if len(uses) == 1:  # most statements read one table: no set to build and sort
+        return [uses[0].table]
+    return sorted({use.table for use in uses})
 
 
 def primary_decision(decisions: Sequence[Decision]) -> Decision | None:

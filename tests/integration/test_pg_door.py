@@ -626,31 +626,44 @@ async def test_prepared_statements_follow_policy_reloads(
     roster.write_text(roster.read_text() + "\ng, e1005, clerk, BR001\ng2, e1005, day-cn\n")
     assert await pg_broker.broker.reload("test")
     conn = await asyncpg_connect(pg_broker, "e1005")
-    statement = await conn.prepare("SELECT branch_code FROM waybills LIMIT $1")
-    assert {r["branch_code"] for r in await statement.fetch(5)} == {"BR001"}
-    insert = await conn.prepare("INSERT INTO waybills (waybill_no, branch_code) VALUES ($1, $2)")
-    await insert.fetch("R-1", "BR001")
-    roster.write_text(roster.read_text() + "\n# a comment: a new revision, nothing else\n")
-    assert await pg_broker.broker.reload("test")
-    assert len(await statement.fetch(5)) == 5  # same meaning under the new revision: still runs
-    roster.write_text(roster.read_text().replace("g, e1005, clerk, BR001", "g, e1005, clerk, BR002"))
-    assert await pg_broker.broker.reload("test")
-    with pytest.raises(asyncpg.FeatureNotSupportedError) as caught:  # now it would see BR002
-        await statement.fetch(5)
-    assert "prepare" in str(caught.value).lower()
-    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # BR001 is no longer theirs to write
-        await insert.fetch("R-2", "BR001")
-    with direct(pg_database) as admin:
-        assert admin.execute("SELECT waybill_no FROM waybills WHERE waybill_no LIKE 'R-%'").fetchall() == [("R-1",)]
-        admin.execute("DELETE FROM waybills WHERE waybill_no LIKE 'R-%'")
-    again = await conn.prepare("SELECT branch_code FROM waybills WHERE true LIMIT $1")
-    assert {r["branch_code"] for r in await again.fetch(5)} == {"BR002"}
-    tables = policy_dir / "tables.toml"
-    tables.write_text(tables.read_text().replace('name = "waybills"', 'name = "parcels"'))
-    assert await pg_broker.broker.reload("test")
-    with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no longer open at all
-        await again.fetch(5)
-    await conn.close()
+    try:
+        statement = await conn.prepare("SELECT branch_code FROM waybills LIMIT $1")
+        assert {r["branch_code"] for r in await statement.fetch(5)} == {"BR001"}
+        insert = await conn.prepare("INSERT INTO waybills (waybill_no, branch_code) VALUES ($1, $2)")
+        await insert.fetch("R-1", "BR001")
+        update = await conn.prepare("UPDATE waybills SET status = $1 WHERE waybill_no = $2")
+        roster.write_text(roster.read_text() + "\n# a comment: a new revision, nothing else\n")
+        assert await pg_broker.broker.reload("test")
+        assert len(await statement.fetch(5)) == 5  # same meaning under the new revision: still runs
+        limits = policy_dir / "limits.csv"
+        limits.write_text(limits.read_text().replace("p3, clerk, waybill, 100,", "p3, clerk, waybill, 90,"))
+        assert await pg_broker.broker.reload("test")
+        with pytest.raises(asyncpg.FeatureNotSupportedError) as caught:  # its text carries the old write cap
+            await update.fetch("checked", "R-1")
+        assert "prepare" in str(caught.value).lower()
+        roster.write_text(roster.read_text().replace("g, e1005, clerk, BR001", "g, e1005, clerk, BR002"))
+        assert await pg_broker.broker.reload("test")
+        with pytest.raises(asyncpg.PostgresError) as ended:  # its server session carries BR001
+            await statement.fetch(5)
+        assert "branches changed" in str(ended.value)
+        conn = await asyncpg_connect(pg_broker, "e1005")
+        insert = await conn.prepare("INSERT INTO waybills (waybill_no, branch_code) VALUES ($1, $2)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # BR001 is no longer theirs to write
+            await insert.fetch("R-2", "BR001")
+        with direct(pg_database) as admin:
+            found = admin.execute("SELECT waybill_no, status FROM waybills WHERE waybill_no LIKE 'R-%'").fetchall()
+            assert found == [("R-1", "created")]
+        again = await conn.prepare("SELECT branch_code FROM waybills WHERE true LIMIT $1")
+        assert {r["branch_code"] for r in await again.fetch(5)} == {"BR002"}
+        tables = policy_dir / "tables.toml"
+        tables.write_text(tables.read_text().replace('name = "waybills"', 'name = "parcels"'))
+        assert await pg_broker.broker.reload("test")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no longer open at all
+            await again.fetch(5)
+    finally:
+        await conn.close()
+        with direct(pg_database) as admin:
+            admin.execute("DELETE FROM waybills WHERE waybill_no LIKE 'R-%'")
 
 
 async def test_quota_counters_out_of_reach_refuse_reads_with_53400_and_the_session_goes_on(

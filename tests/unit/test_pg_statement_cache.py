@@ -256,6 +256,8 @@ def test_refusals_are_never_served_by_shape(sql: str, monkeypatch: pytest.Monkey
         ("SET client_encoding TO 'UTF8'", "SET client_encoding TO 'LATIN1'"),
         ("SET statement_timeout = 5000", "SET statement_timeout = 6000"),
         ("SELECT 'waybills'::regclass FROM waybills", "SELECT 'pg_authid'::regclass FROM waybills"),
+        ("SELECT 'waybills'::REGCLASS FROM waybills", "SELECT 'pg_authid'::REGCLASS FROM waybills"),
+        ("SELECT 'waybills'::\"regrole\" FROM waybills", "SELECT 'postgres'::\"regrole\" FROM waybills"),
         ("SELECT CAST('f' AS pg_catalog.regproc) FROM depots", "SELECT CAST('g' AS pg_catalog.regproc) FROM depots"),
         ("SELECT weight::float(10) FROM waybills", "SELECT weight::float(0) FROM waybills"),
         ("UPDATE waybills SET status = 'a' WHERE id = 1", "UPDATE waybills SET status = 'b' WHERE id = 2"),

@@ -44,6 +44,7 @@ from broker.pg.wire import (
     message,
     read_bind,
     read_execute,
+    read_query,
     read_target,
 )
 from broker.policy.holder import PolicyHolder
@@ -248,7 +249,7 @@ class Session:
         return not self._relay.close
 
     async def _query(self, payload: bytes) -> None:
-        sql = Cursor(payload).cstring()
+        sql = read_query(payload)
         snapshot = self._services.policy.current
         started = time.perf_counter()
         statements = await self._analysed(sql, snapshot, extended=False)
@@ -261,7 +262,8 @@ class Session:
                 await self._release(executions)
                 return
             executions.append(execution)
-        decided = [d for e in executions for d in e.decisions]
+        # one statement per Query, mostly: its decisions as they are, not copied into a new list
+        decided = executions[0].decisions if len(executions) == 1 else [d for e in executions for d in e.decisions]
         branches = _branches(decided)
         try:
             cap = _write_cap(decided)
@@ -276,7 +278,9 @@ class Session:
                 texts[position] = self._objects.deallocate(statement.deallocates, position, pending)
         self.statements += len(statements)
         text = "; ".join(texts) if statements else sql
-        self._send(self._objects.query())
+        closing = self._objects.query()
+        if closing:
+            self._send(closing)
         self._forward(message(b"Q", cstring(text)), pending)
 
     async def _parse(self, payload: bytes) -> None:

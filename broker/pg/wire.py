@@ -175,6 +175,11 @@ def read_execute(payload: bytes) -> tuple[str, int]:
     return portal, int(_INT32.unpack_from(payload, position)[0])
 
 
+def read_query(payload: bytes) -> str:
+    """A simple Query's text, read as a Cursor would, without one (a Query per statement)."""
+    return _name_at(payload, 0)[0]
+
+
 def read_target(payload: bytes) -> tuple[bytes, str]:
     """Describe and Close: b"S" or b"P" (as sent: the caller decides what else is wrong),
     and the name."""

@@ -375,7 +375,8 @@ class PgDoor:
                 await self._check_login()
             except LoginTooPowerful as exc:
                 log.error("pg.login_too_powerful", detail=str(exc))
-                raise self._refused(request.language, "28000", said("cannot_serve", problem=exc)) from None
+                # the login's name and what it owns are the operators' business, not the caller's
+                raise self._refused(request.language, "28000", said("cannot_serve")) from None
             if not self._login_checked:
                 raise self._refused(request.language, "08006", said("database_unavailable"), said("retry"))
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import socket
@@ -23,6 +24,18 @@ from broker.identity.jwt_authenticator import mint_token
 
 SECRET = "tests-only-secret-0123456789abcdef0123456789"
 TUESDAY_10_SHANGHAI = parse_instant("2026-12-01T10:00:00+08:00")
+
+
+def routable_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one (a client the
+    PostgreSQL door must not trust as local, as Docker's forwarded peer is not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
 
 
 def door_settings(database: str, **more: Any) -> dict[str, Any]:

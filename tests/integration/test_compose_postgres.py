@@ -7,10 +7,8 @@ owns nothing), and an employee must see their branch's rows only."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import BrokerFactory
+from tests.harness import routable_address
 from tests.pg_cluster import pg_binary, scram_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,24 +138,13 @@ def test_the_door_login_itself_can_change_rows_and_nothing_else(initialised: int
             assert conn.execute("SELECT currval('waybills_id_seq')").fetchone() == row
 
 
-def _routable_address() -> str | None:
-    """An address of this machine that is not loopback (as Docker's forwarded peer is not)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent
-            address = str(probe.getsockname()[0])
-        except OSError:
-            return None
-    return None if ipaddress.ip_address(address).is_loopback else address
-
-
 async def test_with_the_certs_services_certificate_a_client_off_loopback_logs_in_over_tls(
     make_broker: BrokerFactory, initialised: int, tmp_path: Path
 ) -> None:
     """What `psql "host=localhost port=6432 sslmode=require ..."` on the host meets: a peer
     that is not loopback, and the door with the certificate `broker dev-cert` wrote, as the
     compose file's certs service runs it."""
-    address = _routable_address()
+    address = routable_address()
     if address is None:
         pytest.fail("this test needs a non-loopback IPv4 address on the machine")
     services = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]

@@ -4,7 +4,6 @@ FunctionCall message and pipelined refusals, spoken byte by byte over a real soc
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import struct
 from pathlib import Path
@@ -25,7 +24,7 @@ from broker.pg.wire import (
 )
 from tests.certs import self_signed
 from tests.conftest import BrokerFactory
-from tests.harness import Harness, door_settings
+from tests.harness import Harness, door_settings, routable_address
 from tests.pg_client import RawClient, bind, kinds, parse, sqlstate
 
 pytestmark = pytest.mark.timeout(60)
@@ -140,19 +139,8 @@ async def test_bytes_sent_between_ssl_request_and_handshake_end_the_connection(
     await client.close()
 
 
-def _routable_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent
-            address = str(probe.getsockname()[0])
-        except OSError:
-            return None
-    return None if ipaddress.ip_address(address).is_loopback else address
-
-
 async def test_without_tls_a_token_from_another_host_is_refused(make_broker: BrokerFactory, pg_database: str) -> None:
-    address = _routable_address()
+    address = routable_address()
     if address is None:
         pytest.fail("this test needs a non-loopback IPv4 address on the machine")
     harness = await make_broker(postgres=door_settings(pg_database, host="0.0.0.0"))  # noqa: S104 - the point of the test

@@ -18,17 +18,24 @@
 ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# BROKER_COMPILE: the per-request modules are compiled with mypyc (broker/native.py), which
+# needs a C compiler: the slim base has none, so Debian's (from its signed archive) is
+# installed here; the final stage gets the compiled modules, not the compiler.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 BROKER_COMPILE=1
 WORKDIR /src
+RUN command -v gcc >/dev/null || { apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*; }
 COPY requirements.lock requirements-build.lock ./
 RUN python -m venv /opt/broker \
  && /opt/broker/bin/pip install --require-hashes --only-binary=:all: -r requirements.lock \
  && /opt/broker/bin/pip install --require-hashes --only-binary=:all: -r requirements-build.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY broker ./broker
-# the project itself: no dependency resolution here (everything came from the lock)
+# the project itself: no dependency resolution here (everything came from the lock); the
+# build must have compiled (broker.NATIVE), and the compiler's Python half leaves with setuptools
 RUN /opt/broker/bin/pip install --no-deps --no-build-isolation . \
- && /opt/broker/bin/pip uninstall --yes setuptools \
+ && cd / && /opt/broker/bin/python -c 'import broker, sys; sys.exit(broker.NATIVE != "compiled")' \
+ && /opt/broker/bin/pip uninstall --yes setuptools mypy \
  && /opt/broker/bin/python -m compileall -q /opt/broker
 
 FROM ${PYTHON_IMAGE}

@@ -4,8 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
+# The per-request modules compiled with mypyc (broker/native.py lists them; a source newer
+# than its build is run as Python, with a warning). NATIVE=0 skips compiling.
+NATIVE ?= 1
+NATIVE_SOURCES := $(shell sed -n 's/^    "\(broker\.[a-z_.]*\)",$$/\1/p' broker/native.py | tr . / | sed 's/$$/.py/')
+ifeq ($(NATIVE),1)
+BUILT := $(VENV)/.compiled-stamp
+RUN_AS :=
+else
+BUILT := $(STAMP)
+RUN_AS := BROKER_PURE_PYTHON=1
+endif
 
-.PHONY: lock setup demo test test-moved-clock lint typecheck unit image-check bench bench-decision clean
+.PHONY: lock setup compile demo test test-moved-clock lint typecheck unit image-check bench bench-decision clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +24,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+## Compile the per-request modules (about two minutes; needs a C compiler).
+$(VENV)/.compiled-stamp: $(STAMP) $(NATIVE_SOURCES) broker/native.py setup.py
+	@echo "compiling $(words $(NATIVE_SOURCES)) per-request modules with mypyc (about two minutes; NATIVE=0 skips it)"
+	BROKER_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace > $(VENV)/compile.log 2>&1 \
+	  || { tail -30 $(VENV)/compile.log >&2; echo "compiling failed: the whole log is $(VENV)/compile.log" >&2; exit 1; }
+	@$(BIN)/python -c 'import broker, sys; print("broker modules:", broker.NATIVE); sys.exit(broker.NATIVE != "compiled")'
+	touch $@
+
+compile: $(VENV)/.compiled-stamp
+
+setup: $(BUILT)
 
 # The container image installs from these locks with --require-hashes (see Dockerfile).
 ## Regenerate requirements.lock and requirements-build.lock after changing pyproject.toml.
@@ -23,14 +44,14 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile requirements-build.in --generate-hashes --python-version 3.11 --no-header -o requirements-build.lock
 
 # The benchmarks also draw plots (matplotlib, a pinned optional extra).
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(BUILT)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 ## Run the sample logistics API with the broker in front of it.
 ## Options pass through: make demo ARGS="--port 9080 --upstream-port 9081"
-demo: $(STAMP)
-	$(BIN)/broker --log-format console demo $(ARGS)
+demo: $(BUILT)
+	$(RUN_AS) $(BIN)/broker --log-format console demo $(ARGS)
 
 ## Lint, type-check and run every test; what CI runs.
 test: lint typecheck unit
@@ -42,8 +63,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/pytest
+unit: $(BUILT)
+	BROKER_EXPECT_NATIVE=$(NATIVE) $(RUN_AS) $(BIN)/pytest
 
 ## The whole suite again with this process's clock moved (a year ahead by default), so a
 ## test or a feature that only works near today's date fails here, not on a user's clone.
@@ -51,12 +72,12 @@ unit: $(STAMP)
 ## Needs libfaketime (apt-get install -y faketime).
 CLOCK_SHIFT ?= +365d
 FAKETIME_LIB ?= $(firstword $(wildcard /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1))
-test-moved-clock: $(STAMP)
+test-moved-clock: $(BUILT)
 	@test -n "$(FAKETIME_LIB)" || { echo "libfaketime is missing: apt-get install -y faketime" >&2; exit 1; }
 	REAL_NOW=$$(date +%s) LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/python -c \
 	  'import os, sys, time; moved = time.time() - int(os.environ["REAL_NOW"]); \
 	   print(f"tests under a clock moved by {moved / 86400:+.1f} days"); sys.exit(abs(moved) < 3600)'
-	LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/pytest
+	BROKER_EXPECT_NATIVE=$(NATIVE) $(RUN_AS) LD_PRELOAD=$(FAKETIME_LIB) FAKETIME="$(CLOCK_SHIFT)" $(BIN)/pytest
 
 ## The container image's promises checked without a Docker engine: the Dockerfile's steps
 ## replayed into a root built from this machine's Debian, the entrypoint run there read-only
@@ -84,4 +105,5 @@ bench-decision: $(BENCH_STAMP)
 	$(BIN)/python -m bench.decision
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build broker/native.stamp
+	find broker -name '*.so' -delete

@@ -75,6 +75,7 @@ from bench.process import BenchError, Fleet, free_port, log, run_benchmark
 from bench.roster import BRANCH_SHIFTS, HQ_SHIFT, Person, people, write_policy_dir
 from broker.core.clock import parse_instant
 from broker.demo.data import BRANCHES
+from broker.native import PURE_ENV
 from broker.policy.shift import build_shift
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -562,6 +563,10 @@ def start_everything(
     log(f"brokers: 1 process on :{broker_port}, 2 processes on :{broker2_port} (policy of {ROSTER_SIZE:,}) ...")
     launcher = ["-c", GC_WRAPPER] if gc_stats else ["-m", "broker"]
     broker = fleet.start("broker-D", [python, *launcher, "run", "-c", str(one)], env=env)
+    # the same code as D, its per-request modules run as Python rather than compiled
+    pure_port = free_port()
+    pure_toml = broker_toml(workdir, "DP", pure_port, upstream_port, jwks.url, reuse_port=False)
+    pure = fleet.start("broker-DP", [python, "-m", "broker", "run", "-c", str(pure_toml)], env={**env, PURE_ENV: "1"})
     broker_e1 = fleet.start("broker-E1", [python, "-m", "broker", "run", "-c", str(two)], env=env)
     broker_e2 = fleet.start("broker-E2", [python, "-m", "broker", "run", "-c", str(two)], env=env)
 
@@ -569,10 +574,11 @@ def start_everything(
         Variant("A", "direct (no proxy)", upstream_port),
         Variant("B", "nginx proxy_pass, 1 worker", nginx_port, [nginx], with_children=True),
         Variant("C", "bare aiohttp proxy", bare_port, [bare]),
+        Variant("DP", "broker, 1 process, not compiled (BROKER_PURE_PYTHON=1)", pure_port, [pure]),
         Variant("D", "broker, 1 process", broker_port, [broker]),
         Variant("E", "broker, 2 processes (SO_REUSEPORT)", broker2_port, [broker_e1, broker_e2]),
     ]
-    audit_logs = {"D": workdir / "audit-D.log", "E": workdir / "audit-E.log"}
+    audit_logs = {"DP": workdir / "audit-DP.log", "D": workdir / "audit-D.log", "E": workdir / "audit-E.log"}
     if baseline is not None:
         # The same broker, but the code of another tree (e.g. `git archive <commit>`): before
         # and after a change, measured side by side in the same run.
@@ -661,7 +667,7 @@ def idle_cpu(setup: Setup, seconds: float = 2.0) -> dict[str, float]:
     return found
 
 
-PINNED_VARIANTS = ("C", "D0", "D")
+PINNED_VARIANTS = ("C", "D0", "DP", "D")
 """The one-process proxies: each gets a CPU of its own in the pinned phase (E's two
 processes would share that one CPU, A and B are not Python)."""
 

@@ -4,7 +4,8 @@ a ratio that does not move with the other jobs on a shared machine, unlike req/s
 The same setup as bench.http (a 10,000-employee policy, RS256 tokens from a JWKS, the
 generous limits, memory counters, the audit log to a file, the sample API in its own
 process), but each proxy runs under `valgrind --tool=callgrind --instr-atstart=no`: the
-bare aiohttp proxy (C), this checkout's broker (D) and, with --baseline, another
+bare aiohttp proxy (C), this checkout's broker (D), the same run as Python instead of
+compiled (DP, `BROKER_PURE_PYTHON=1`) and, with --baseline, another
 checkout's broker (D0). Per proxy, an asyncio client sends `--short` and then `--long`
 requests over `--connections` keep-alive connections, cycling through the 200 callers,
 with instrumentation on only while it runs (`callgrind_control -i on/off`, then a dump),
@@ -61,6 +62,7 @@ from bench.meter import GENEROUS_LIMITS
 from bench.pg_instructions import CRYPTO, TOTALS, control, in_libcrypto
 from bench.process import ROOT, BenchError, Fleet, free_port, log, port_open, run_benchmark
 from bench.roster import people, write_policy_dir
+from broker.native import PURE_ENV
 
 START_TIMEOUT = 600.0
 """A broker under valgrind starts some fifty times slower than without."""
@@ -86,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--long", type=int, default=1500, help="requests of the long run (default 1500)")
     parser.add_argument("--connections", type=int, default=16, help="client keep-alive connections (default 16)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds to count the idle rate over (default 10)")
-    parser.add_argument("--only", default="", help="comma-separated proxies to count: C, D, D0 (default all)")
+    parser.add_argument("--only", default="", help="comma-separated proxies to count: C, DP, D, D0 (default all)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, callgrind dumps)")
     args = parser.parse_args(argv)
     if args.short < 1 or args.long <= args.short:
@@ -170,35 +172,41 @@ def start_proxies(
 ) -> list[Proxy]:
     workdir = fleet.workdir
     python = sys.executable
-    wanted = set(args.only.split(",")) if args.only else {"C", "D", "D0"}
+    wanted = set(args.only.split(",")) if args.only else {"C", "DP", "D", "D0"}
 
     def valgrind(key: str) -> list[str]:
         return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/cg-{key}.%p"]
 
     env = {**os.environ, "BROKER_CLOCK": NOW_TEXT, "PYTHONHASHSEED": "0"}  # the same dict layouts each run
     env.pop("BROKER_DEV_SECRET", None)
-    plans: list[tuple[str, str, int, list[str], Path]] = []
+    plans: list[tuple[str, str, int, list[str], Path, dict[str, str]]] = []
     if "C" in wanted:
         port = free_port()
         command = [
             python, "-m", "bench.upstream", "--bare-proxy", "--loop", "uvloop",
             "--port", str(port), "--upstream", f"http://127.0.0.1:{upstream_port}",
         ]  # fmt: skip
-        plans.append(("C", "bare aiohttp proxy", port, command, ROOT))
+        plans.append(("C", "bare aiohttp proxy", port, command, ROOT, {}))
     if "D" in wanted:
         port = free_port()
         config = broker_toml(workdir, "D", port, upstream_port, jwks.url, reuse_port=False)
-        plans.append(("D", "broker (this checkout)", port, [python, "-m", "broker", "run", "-c", str(config)], ROOT))
+        command = [python, "-m", "broker", "run", "-c", str(config)]
+        plans.append(("D", "broker (this checkout)", port, command, ROOT, {}))
+    if "DP" in wanted:  # the same code, its per-request modules run as Python rather than compiled
+        port = free_port()
+        config = broker_toml(workdir, "DP", port, upstream_port, jwks.url, reuse_port=False)
+        command = [python, "-m", "broker", "run", "-c", str(config)]
+        plans.append(("DP", "broker (this checkout, not compiled)", port, command, ROOT, {PURE_ENV: "1"}))
     if "D0" in wanted and args.baseline is not None:
         port = free_port()
         policy = baseline_policy(workdir, args.baseline)
         config = broker_toml(workdir, "D0", port, upstream_port, jwks.url, reuse_port=False, policy=policy)
         command = [python, "-m", "broker", "run", "-c", str(config)]
-        plans.append(("D0", f"broker ({args.baseline.name})", port, command, args.baseline))
+        plans.append(("D0", f"broker ({args.baseline.name})", port, command, args.baseline, {}))
     proxies = []
-    for key, label, port, command, cwd in plans:
+    for key, label, port, command, cwd, extra in plans:
         log(f"{key}: {label} on :{port}, starting under callgrind ...")
-        proc = fleet.start(key, [*valgrind(key), *command], env=env, cwd=cwd)
+        proc = fleet.start(key, [*valgrind(key), *command], env={**env, **extra}, cwd=cwd)
         proxies.append(Proxy(key, label, port, proc.pid))
     for proxy in proxies:
         if not fleet.wait_for(lambda p=proxy: port_open(p.port), START_TIMEOUT):  # type: ignore[misc]

@@ -153,11 +153,11 @@ class Metrics:
             histogram._sum.inc(tally[-1])
             tally[:] = [0.0] * len(tally)
         returned, self._returned = self._returned, {}
-        for resource, count in returned.items():
-            self.records.labels(resource).inc(count)
+        for resource, records in returned.items():
+            self.records.labels(resource).inc(records)
         statements, self._statements = self._statements, {}
-        for (verdict, reason), count in statements.items():
-            self.pg_statements.labels(verdict, reason).inc(count)
+        for (verdict, reason), times in statements.items():
+            self.pg_statements.labels(verdict, reason).inc(times)
 
     def signal_counted(self, signal: str, action: str) -> None:
         self.signals.labels(signal, action).inc()

@@ -120,8 +120,8 @@ class FileAuditSink:
         self._stopping = threading.Event()
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         """Called with every event after it is queued (the rented-login signals)."""
-        self._thread = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
-        self._thread.start()
+        self._writer_thread = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
+        self._writer_thread.start()
 
     # -- on the event loop -------------------------------------------------------------
 
@@ -172,10 +172,10 @@ class FileAuditSink:
         standard error what could not be written. Then close the file."""
         self._hand_over()
         self._batches.put(None)
-        _join(self._thread, self.settings.shutdown_timeout_seconds)
-        if self._thread.is_alive():
+        _join(self._writer_thread, self.settings.shutdown_timeout_seconds)
+        if self._writer_thread.is_alive():
             self._stopping.set()
-            _join(self._thread, 1.0)
+            _join(self._writer_thread, 1.0)
             with self._lock:
                 lost = self.backlog.events
             print(
@@ -258,11 +258,13 @@ class FileAuditSink:
     def _write(self, data: bytes, events: int, *, final: bool = False) -> bool:
         """Append `data`, retrying from the first unwritten byte while the disk refuses;
         False if the sink is stopping before it could."""
-        view, delay, synced = memoryview(data), 0.05, False
-        while view or not synced:
+        # offsets, not `while view:` on a shrinking memoryview: compiled (mypyc), a
+        # memoryview's truth is not its length
+        whole, written, delay, synced = memoryview(data), 0, 0.05, False
+        while written < len(data) or not synced:
             try:
-                if view:
-                    view = view[self._destination.write(view) :]
+                if written < len(data):
+                    written += self._destination.write(whole[written:])
                     continue
                 self._sync()  # an fsync that fails is retried too: the lines are not yet safe
                 synced = True

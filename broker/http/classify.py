@@ -87,10 +87,10 @@ def classify(
         route, params = match_route(routes, method, segments)
         branch = _branch(route, params, query, routes) if route.branch_from in ("path", "query") else None
         records = _records(route, query, routes)
-    except PathError as exc:
-        return Access(credential, client, target, refusal=Refusal(Reason.REQUEST_BAD_PATH, str(exc))), None
-    except Refused as exc:
-        return Access(credential, client, target, refusal=Refusal(exc.reason, exc.detail)), None
+    except PathError as bad_path:  # one name per handler: compiled (mypyc), a name has one type
+        return Access(credential, client, target, refusal=Refusal(Reason.REQUEST_BAD_PATH, str(bad_path))), None
+    except Refused as refused:
+        return Access(credential, client, target, refusal=Refusal(refused.reason, refused.detail)), None
     return Access(credential, client, target, route.resource, route.action, branch, records), route
 
 

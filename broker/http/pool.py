@@ -22,12 +22,14 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from broker.http.upstream_errors import MalformedAnswer, UpstreamError, UpstreamTimeout
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """Methods a request may be sent twice with (RFC 9110 9.2.2): only these are retried."""
@@ -41,18 +43,6 @@ READ_HIGH_WATER = 256 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 """The most an answer's status line and headers may take: an upstream sending megabytes
 of headers would otherwise be buffered whole, per request."""
-
-
-class UpstreamError(ConnectionError):
-    """The upstream could not be reached or broke the exchange; the message says how."""
-
-
-class MalformedAnswer(UpstreamError):
-    """The upstream's answer is not valid HTTP/1.1."""
-
-
-class UpstreamTimeout(TimeoutError):
-    """The upstream did not connect, answer or send more of its answer in time."""
 
 
 class Answer:
@@ -80,12 +70,10 @@ class Answer:
             return None
         return await self._connection.read_body(limit)
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body in pieces, as the upstream sends them."""
+    async def next_chunk(self) -> bytes | None:
+        """The body's next piece as the upstream sent it; None at its end."""
         self._check()
-        connection = self._connection
-        while (chunk := await connection.next_chunk()) is not None:
-            yield chunk
+        return await self._connection.next_chunk()
 
     def release(self) -> None:
         """Done with this answer (once: its connection may already carry another)."""
@@ -151,15 +139,15 @@ class _Connection(asyncio.Protocol):
             if self._answer is None and self._header_bytes > self._pool.max_header_bytes:
                 limit = self._pool.max_header_bytes
                 raise MalformedAnswer(f"The service's answer headers run past {limit} bytes.")
-        except MalformedAnswer as exc:
-            self._fail(exc)
+        except MalformedAnswer as malformed:  # one name per handler: compiled (mypyc), a name has one type
+            self._fail(malformed)
             self.close()
-        except httptools.HttpParserError as exc:
-            own = exc.__context__  # raised by one of the callbacks below
+        except httptools.HttpParserError as unparsable:
+            own = unparsable.__context__  # raised by one of the callbacks below
             self._fail(
                 own
                 if isinstance(own, MalformedAnswer)
-                else MalformedAnswer(f"The service's answer is not valid HTTP ({exc}).")
+                else MalformedAnswer(f"The service's answer is not valid HTTP ({unparsable}).")
             )
             self.close()
         self._wake()

@@ -26,11 +26,12 @@ from broker.http.budget import AnswerBudget
 from broker.http.classify import Refused, branch_from_body, classify, owner_target
 from broker.http.inspect import holds_records, inspect_records, names_a_branch_field, record_branches
 from broker.http.oidc_routes import login_redirect, made_elsewhere, wants_a_page
-from broker.http.pool import Answer, UpstreamError
+from broker.http.pool import Answer
 from broker.http.problem import DECISION_HEADER, limit_headers, problem_response
 from broker.http.redact import redacted_target
 from broker.http.request_body import read_body, unframeable
 from broker.http.upstream import Upstream, answer_headers
+from broker.http.upstream_errors import UpstreamError
 from broker.messages.shipped import catalogue_of
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
@@ -368,7 +369,7 @@ class ProxyHandler:
         try:
             if answer.content_length is not None:  # the common case: the size is known up front
                 return await self._hold_sized(decision, answer, outcome, answer.content_length, limit)
-            async for chunk in answer.iter_chunks():
+            while (chunk := await answer.next_chunk()) is not None:
                 if held + len(chunk) > limit:
                     return await self._refuse_unheld(
                         decision, outcome, Reason.UPSTREAM_UNINSPECTABLE, _too_large(limit), held
@@ -477,7 +478,7 @@ class ProxyHandler:
             _close_after(response)
         await response.prepare(request)
         outcome.status = answer.status
-        async for chunk in answer.iter_chunks():
+        while (chunk := await answer.next_chunk()) is not None:
             await response.write(chunk)
         await response.write_eof()
         return response

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from mypy_extensions import mypyc_attr
+
 
 class StoreUnavailable(Exception):
     """The counter store could not answer in time; the meter applies the failure mode."""
@@ -124,6 +126,7 @@ class CounterStore(Protocol):
     async def close(self) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a failing store for tests (and embedders) is made from it
 class MemoryCounterStore:
     """Counters in this process: the embedded default for a single replica.
 

@@ -167,7 +167,7 @@ def scan_listed(route: Route, document: Any, body: bytes, branches: frozenset[st
     return Scan(len(items), foreign, unlabelled, False)
 
 
-def resolve(node: dict[str, Any], path: tuple[str, ...]) -> Any:
+def resolve(node: Any, path: tuple[str, ...]) -> Any:
     value: Any = node
     for key in path:
         if type(value) is not dict:

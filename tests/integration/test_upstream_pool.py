@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from broker.http.pool import Answer, MalformedAnswer, UpstreamError, UpstreamPool, UpstreamTimeout
+from broker.http.pool import Answer, UpstreamPool
+from broker.http.upstream_errors import MalformedAnswer, UpstreamError, UpstreamTimeout
 
 JSON_OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok": 42}\n'
 
@@ -263,7 +264,7 @@ async def test_large_answer_streams_in_pieces_and_read_stops_at_its_limit(script
     pool = pool_for(upstream)
     answer = await pool.send("GET", "/", [], None)
     pieces = []
-    async for chunk in answer.iter_chunks():
+    while (chunk := await answer.next_chunk()) is not None:
         pieces.append(chunk)
         await asyncio.sleep(0)  # a slow reader
     answer.release()
@@ -326,7 +327,7 @@ async def test_answer_running_to_the_close_that_stalls_is_an_error_not_a_short_b
     answer = await pool.send("GET", "/", [], None)
     pieces = []
     with pytest.raises(UpstreamTimeout):
-        async for chunk in answer.iter_chunks():
+        while (chunk := await answer.next_chunk()) is not None:
             pieces.append(chunk)
     answer.release()
     assert pieces == [b"[1,2,3,"]

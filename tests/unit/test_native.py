@@ -1,0 +1,115 @@
+"""The compiled per-request modules (broker/native.py): CI runs what the image ships, and an
+edited source never loses to a stale build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import broker
+from broker import native
+from broker.core import guard
+from broker.http import proxy
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = "import broker, broker.http.proxy as p; print(broker.NATIVE, Path(p.__file__).suffix)"
+
+
+def run_probe(cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter importing the broker package found in `cwd`."""
+    clean = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    return subprocess.run(
+        [sys.executable, "-c", f"from pathlib import Path; {PROBE}"],
+        cwd=cwd,
+        env={**clean, "PYTHONPATH": str(cwd), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def built_copy(tmp_path: Path) -> Path:
+    """This checkout's broker package, compiled build included, copied under tmp_path."""
+    if not native.is_built():
+        pytest.fail("the broker is not compiled here: run `make compile` (make test does)")
+    shutil.copytree(REPO / "broker", tmp_path / "broker", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_make_test_runs_the_compiled_build() -> None:
+    # `make test` sets BROKER_EXPECT_NATIVE to its NATIVE (1 unless NATIVE=0 was asked for)
+    expected = os.environ.get("BROKER_EXPECT_NATIVE")
+    if expected is None:
+        pytest.skip("run through `make test`, which says whether the build is compiled")
+    if expected == "0":
+        assert broker.NATIVE == "source"
+        return
+    assert broker.NATIVE == "compiled"
+    assert Path(guard.__file__).suffix == ".so"
+    assert Path(proxy.__file__).suffix == ".so"
+
+
+def test_the_listed_modules_exist_and_the_stamp_names_each() -> None:
+    for module in native.COMPILED:
+        assert native.source_of(module).is_file(), module
+    assert set(native.digests()) == set(native.COMPILED)
+
+
+def test_a_fresh_build_loads_compiled(tmp_path: Path) -> None:
+    root = built_copy(tmp_path)
+    result = run_probe(root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["compiled", ".so"]
+    assert result.stderr == ""
+
+
+def test_an_edited_source_runs_as_python_and_says_so(tmp_path: Path) -> None:
+    root = built_copy(tmp_path)
+    source = root / "broker" / "http" / "proxy.py"
+    source.write_text(source.read_text() + "\n# edited after the build\n")
+    result = run_probe(root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["stale", ".py"]
+    assert "compiled build is older than its sources (broker.http.proxy changed)" in result.stderr
+    assert "make compile" in result.stderr
+
+
+def test_a_build_without_its_stamp_is_not_trusted(tmp_path: Path) -> None:
+    root = built_copy(tmp_path)
+    (root / "broker" / native.STAMP).unlink()
+    result = run_probe(root)
+    assert result.stdout.split() == ["stale", ".py"]
+
+
+def test_a_stamp_for_another_module_list_is_not_trusted(tmp_path: Path) -> None:
+    root = built_copy(tmp_path)
+    stamp = root / "broker" / native.STAMP
+    digests = json.loads(stamp.read_text())
+    digests.pop(native.COMPILED[0])
+    stamp.write_text(json.dumps(digests))
+    assert native.changed_sources(root / "broker") == list(native.COMPILED)
+
+
+def test_pure_python_can_be_asked_for(tmp_path: Path) -> None:
+    root = built_copy(tmp_path)
+    result = run_probe(root, BROKER_PURE_PYTHON="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["source", ".py"]
+    assert result.stderr == ""
+
+
+def test_without_a_build_the_sources_load_quietly(tmp_path: Path) -> None:
+    shutil.copytree(
+        REPO / "broker", tmp_path / "broker", ignore=shutil.ignore_patterns("__pycache__", "*.so", native.STAMP)
+    )
+    result = run_probe(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["source", ".py"]
+    assert result.stderr == ""

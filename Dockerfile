@@ -32,10 +32,11 @@ RUN python -m venv /opt/broker \
 COPY pyproject.toml setup.py README.md ./
 COPY broker ./broker
 # the project itself: no dependency resolution here (everything came from the lock); the
-# build must have compiled (broker.NATIVE), and the compiler's Python half leaves with setuptools
+# build must have compiled (broker.NATIVE), and what only the build needed leaves: setuptools,
+# mypy and what it alone brought (requirements-build.lock's packages not in requirements.lock)
 RUN /opt/broker/bin/pip install --no-deps --no-build-isolation . \
  && cd / && /opt/broker/bin/python -c 'import broker, sys; sys.exit(broker.NATIVE != "compiled")' \
- && /opt/broker/bin/pip uninstall --yes setuptools mypy \
+ && /opt/broker/bin/pip uninstall --yes setuptools mypy librt ast-serialize pathspec \
  && /opt/broker/bin/python -m compileall -q /opt/broker
 
 FROM ${PYTHON_IMAGE}

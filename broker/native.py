@@ -6,9 +6,10 @@ cost the HTTP door about 1.37x the instructions of a bare aiohttp proxy per requ
 (bench.http_instructions); compiled with mypyc, the same code costs about 1.07x, with
 nothing about its behaviour changed (on the clock the gain is smaller, about 9% less CPU
 per request: what remains is mostly aiohttp's own work and system calls). These modules
-are the per-request path: the HTTP door, the decision core, the meter's local counters, the audit event and writer, the
-signals and the metrics. Everything else (policy building, the CLI, the PostgreSQL
-door, the console) stays plain Python: it runs rarely, or its time goes to a library.
+are the per-request path: the HTTP door, the decision core, the meter's local counters,
+the audit event and writer, the signals and the metrics. Everything else (policy
+building, the CLI, the PostgreSQL door, the console) stays plain Python: it runs rarely,
+or its time goes to a library.
 
 Compiling is a build step (`make compile`, run by `make setup`; the container image does
 it too): without it the same modules run as Python, just slower. Python imports a

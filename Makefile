@@ -7,7 +7,9 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 # The per-request modules compiled with mypyc (broker/native.py lists them; a source newer
 # than its build is run as Python, with a warning). NATIVE=0 skips compiling.
 NATIVE ?= 1
-NATIVE_SOURCES := $(shell sed -n 's/^    "\(broker\.[a-z_.]*\)",$$/\1/p' broker/native.py | tr . / | sed 's/$$/.py/')
+NATIVE_COUNT := $(shell grep -c '^    "broker\.' broker/native.py)
+# every module: the compiled code holds other modules' constants and checks their types
+NATIVE_SOURCES := $(shell find broker -name '*.py' -not -path '*/__pycache__/*')
 ifeq ($(NATIVE),1)
 BUILT := $(VENV)/.compiled-stamp
 RUN_AS :=
@@ -26,9 +28,10 @@ $(STAMP): pyproject.toml
 
 ## Compile the per-request modules (about two minutes; needs a C compiler).
 $(VENV)/.compiled-stamp: $(STAMP) $(NATIVE_SOURCES) broker/native.py setup.py
-	@echo "compiling $(words $(NATIVE_SOURCES)) per-request modules with mypyc (about two minutes; NATIVE=0 skips it)"
+	@echo "compiling $(NATIVE_COUNT) per-request modules with mypyc (about two minutes; NATIVE=0 skips it)"
 	BROKER_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace > $(VENV)/compile.log 2>&1 \
-	  || { tail -30 $(VENV)/compile.log >&2; echo "compiling failed: the whole log is $(VENV)/compile.log" >&2; exit 1; }
+	  || { tail -30 $(VENV)/compile.log >&2; echo "compiling failed (the whole log: $(VENV)/compile.log); \
+	       without a C compiler, NATIVE=0 runs everything as Python" >&2; exit 1; }
 	@$(BIN)/python -c 'import broker, sys; print("broker modules:", broker.NATIVE); sys.exit(broker.NATIVE != "compiled")'
 	touch $@
 

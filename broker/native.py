@@ -15,10 +15,12 @@ Compiling is a build step (`make compile`, run by `make setup`; the container im
 it too): without it the same modules run as Python, just slower. Python imports a
 compiled module (`proxy.cpython-311-*.so`) in preference to its source, so an edited
 `proxy.py` would silently lose to the stale build. `prefer_fresh_sources` (run when the
-`broker` package is imported) compares every listed source with the digest recorded at
-build time (`native.stamp`); if any differs, all listed modules load from source, since
-compiled modules call each other directly and cannot be mixed with newer sources, and
-it says so on standard error. `BROKER_PURE_PYTHON=1` loads the sources whatever the state.
+`broker` package is imported) compares every module of the package with the digests the
+build recorded once it succeeded (`native.stamp`), and looks for compiled modules the
+build should not hold (left by an older build); if anything differs, every module loads
+from source, since compiled modules call each other directly and hold other modules'
+constants, and it says so on standard error. `BROKER_PURE_PYTHON=1` loads the sources
+whatever the state.
 
 This module is itself never compiled, and imports nothing from the broker: the build
 (setup.py) reads the list from it before the package exists.
@@ -72,7 +74,10 @@ classes cannot inherit from built-in exception types; they live in upstream_erro
 GROUP = "broker._native"
 """mypyc's shared library for the compiled modules (`broker/_native__mypyc.*.so`)."""
 STAMP = "native.stamp"
-"""Beside this file: {module: SHA-256 of its source} as built."""
+"""Beside this file, written once a build succeeded: the modules it compiled and the SHA-256
+of every module of the package as it was then. Every module, not only the compiled ones:
+mypyc copies other modules' constants (`Final`) into the compiled code and checks their
+annotations, so an edit anywhere in the package can leave the build behind."""
 PURE_ENV = "BROKER_PURE_PYTHON"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -83,66 +88,87 @@ def source_of(module: str, root: Path = ROOT) -> Path:
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def digests(root: Path = ROOT) -> dict[str, str]:
-    """SHA-256 (hex) of every listed module's source, as the build records them."""
-    return {m: hashlib.sha256(source_of(m, root).read_bytes()).hexdigest() for m in COMPILED}
+def _modules(package_dir: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """Module name -> file, for every file of the package ending in one of `suffixes`."""
+    found: dict[str, Path] = {}
+    package = package_dir.name
+    for folder, subfolders, files in os.walk(package_dir):
+        subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+        parts = Path(folder).relative_to(package_dir).parts
+        for name in files:
+            suffix = next((s for s in suffixes if name.endswith(s)), None)
+            if suffix is not None and name != "__init__.py":
+                found[".".join((package, *parts, name[: -len(suffix)]))] = Path(folder) / name
+    return found
 
 
-def write_stamp(root: Path = ROOT) -> Path:
-    path = root / "broker" / STAMP
-    path.write_text(json.dumps(digests(root), indent=1, sort_keys=True) + "\n")
-    return path
+def digests(package_dir: Path = PACKAGE_DIR) -> dict[str, str]:
+    """SHA-256 (hex) of every module of the package, as a build records them."""
+    return {
+        m: hashlib.sha256(path.read_bytes()).hexdigest() for m, path in sorted(_modules(package_dir, [".py"]).items())
+    }
+
+
+def stamp_record(package_dir: Path = PACKAGE_DIR) -> str:
+    return json.dumps({"compiled": list(COMPILED), "sources": digests(package_dir)}, indent=1) + "\n"
 
 
 def is_built(package_dir: Path = PACKAGE_DIR) -> bool:
-    """Whether a compiled build sits beside the sources (its shared library is there)."""
-    prefix = GROUP.rpartition(".")[2] + "__mypyc."
-    return any(name.startswith(prefix) for name in os.listdir(package_dir))
+    """Whether a compiled build for this interpreter sits beside the sources."""
+    names = {f"{GROUP.rpartition('.')[2]}__mypyc{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES}
+    try:
+        return any(name in names for name in os.listdir(package_dir))
+    except OSError:  # not a directory (a zip): nothing compiled can load from there either
+        return False
 
 
 def changed_sources(package_dir: Path = PACKAGE_DIR) -> list[str]:
-    """Listed modules whose source differs from what was built (all of them when the
-    build recorded nothing, or recorded another list)."""
+    """What makes the build beside the sources untrustworthy: modules changed, added or
+    removed since it was built, and compiled modules it should not hold (all of them when
+    the build left no record, or a record for another list)."""
     try:
         built = json.loads((package_dir / STAMP).read_text())
-    except (OSError, ValueError):
+        recorded, compiled = dict(built["sources"]), list(built["compiled"])
+    except (OSError, ValueError, TypeError, KeyError):
         return list(COMPILED)
-    if not isinstance(built, dict) or set(built) != set(COMPILED):
+    if compiled != list(COMPILED):
         return list(COMPILED)
-    root = package_dir.parent
-    changed = []
-    for module in COMPILED:
-        try:
-            digest = hashlib.sha256(source_of(module, root).read_bytes()).hexdigest()
-        except OSError:
-            continue  # an installed build may ship without sources: nothing to be stale against
-        if built.get(module) != digest:
+    group = f"{package_dir.name}.{GROUP.rpartition('.')[2]}__mypyc"
+    extensions = _modules(package_dir, importlib.machinery.EXTENSION_SUFFIXES)
+    changed = sorted(m for m in extensions if m not in COMPILED and m != group)
+    sources = _modules(package_dir, [".py"])
+    if not sources:  # an installed build may ship without sources: nothing to be stale against
+        return changed
+    for module in sorted(recorded.keys() | sources.keys()):
+        path = sources.get(module)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+        if recorded.get(module) != digest:
             changed.append(module)
     return changed
 
 
 class SourcesFirst(importlib.abc.MetaPathFinder):
-    """Finds the listed modules' `.py` files ahead of their compiled builds."""
+    """Finds the package's `.py` files ahead of any compiled build of them."""
 
-    def __init__(self, modules: Sequence[str]) -> None:
-        self.modules = frozenset(modules)
+    def __init__(self, package: str) -> None:
+        self.prefix = package + "."
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.modules:
+        if not fullname.startswith(self.prefix):
             return None
         name = fullname.rpartition(".")[2]
         for entry in path or ():
             source = Path(entry) / f"{name}.py"
             if source.is_file():
                 return importlib.util.spec_from_file_location(fullname, source)
-        return None
+        return None  # a package, or not ours: the usual finders
 
 
 def prefer_fresh_sources() -> str:
-    """How the listed modules will load: "compiled", "source" (not built, or asked for)
-    or "stale" (built from other sources: loaded from source, and said on stderr)."""
+    """How the package's modules will load: "compiled", "source" (not built, or asked
+    for) or "stale" (built from other sources: all loaded from source, and said on stderr)."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         _load_sources()
         return "source"
@@ -163,8 +189,4 @@ def prefer_fresh_sources() -> str:
 
 def _load_sources() -> None:
     if not any(isinstance(f, SourcesFirst) for f in sys.meta_path):
-        sys.meta_path.insert(0, SourcesFirst(COMPILED))
-
-
-if __name__ == "__main__":
-    print(write_stamp())
+        sys.meta_path.insert(0, SourcesFirst(PACKAGE_DIR.name))

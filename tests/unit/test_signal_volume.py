@@ -5,12 +5,16 @@ points (what it costs per event), and how `[volume]` is read from signals.toml."
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker.native import PURE_ENV
 from broker.policy.index import PolicyIndex
 from broker.policy.snapshot import load_snapshot
 from broker.signals.flag import Flag
@@ -167,9 +171,9 @@ def test_a_reload_that_moves_an_employee_changes_their_peers_at_the_next_window(
     assert [f.evidence["basis"] for f in scene.flags] == ["peers"]  # 120 > 5 x 10 among BR001's couriers
 
 
-def test_peers_are_read_only_at_check_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a record-bearing event costs: a lookup and two additions; the peers are read
-    when the count reaches its next check point, at most a tenth above the last."""
+def count_peer_reads(tmp_path: Path) -> tuple[int, int]:
+    """Flags raised and peer reads made while four peers take 10 records each and e1001
+    takes 1 record 10,000 times."""
     scene = Scene(roster(tmp_path), min_records=100, factor=1000)
     reads = 0
     original = VolumeWatch._peer_takes
@@ -179,11 +183,32 @@ def test_peers_are_read_only_at_check_points(tmp_path: Path, monkeypatch: pytest
         reads += 1
         return original(self, *args)
 
-    monkeypatch.setattr(VolumeWatch, "_peer_takes", counted)
-    for peer in PEERS:
-        scene.take(peer, 10)
-    scene.take("e1001", 1, times=10_000)
-    assert scene.flags == [] and reads < 60, reads
+    VolumeWatch._peer_takes = counted  # type: ignore[method-assign]
+    try:
+        for peer in PEERS:
+            scene.take(peer, 10)
+        scene.take("e1001", 1, times=10_000)
+    finally:
+        VolumeWatch._peer_takes = original  # type: ignore[method-assign]
+    return len(scene.flags), reads
+
+
+def test_peers_are_read_only_at_check_points(tmp_path: Path) -> None:
+    """What a record-bearing event costs: a lookup and two additions; the peers are read
+    when the count reaches its next check point, at most a tenth above the last. Counted in
+    a second interpreter running the sources (BROKER_PURE_PYTHON=1): compiled, the watch
+    calls its own method directly, and a patched one would count nothing."""
+    code = (
+        "import sys; from pathlib import Path; from tests.unit.test_signal_volume import count_peer_reads; "
+        "print(*count_peer_reads(Path(sys.argv[1])))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=REPO, env={**os.environ, PURE_ENV: "1"}, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    flags, reads = map(int, result.stdout.split())
+    assert flags == 0 and 0 < reads < 60, (flags, reads)
 
 
 def test_forget_starts_the_window_afresh(tmp_path: Path) -> None:

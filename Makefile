@@ -4,8 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
-# The per-request modules compiled with mypyc (broker/native.py lists them; a source newer
-# than its build is run as Python, with a warning). NATIVE=0 skips compiling.
+# The per-request modules compiled with mypyc (broker/native.py lists them; when any module
+# differs from what was built, all run as Python, with a warning). NATIVE=0 skips compiling.
 NATIVE ?= 1
 NATIVE_COUNT := $(shell grep -c '^    "broker\.' broker/native.py)
 # every module: the compiled code holds other modules' constants and checks their types
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Compile the per-request modules (about two minutes; needs a C compiler).
-$(VENV)/.compiled-stamp: $(STAMP) $(NATIVE_SOURCES) broker/native.py setup.py
+$(VENV)/.compiled-stamp: $(STAMP) $(NATIVE_SOURCES) setup.py
 	@echo "compiling $(NATIVE_COUNT) per-request modules with mypyc (about two minutes; NATIVE=0 skips it)"
 	BROKER_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace > $(VENV)/compile.log 2>&1 \
 	  || { tail -30 $(VENV)/compile.log >&2; echo "compiling failed (the whole log: $(VENV)/compile.log); \

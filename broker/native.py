@@ -114,12 +114,9 @@ def stamp_record(package_dir: Path = PACKAGE_DIR) -> str:
 
 
 def is_built(package_dir: Path = PACKAGE_DIR) -> bool:
-    """Whether a compiled build for this interpreter sits beside the sources."""
-    names = {f"{GROUP.rpartition('.')[2]}__mypyc{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES}
-    try:
-        return any(name in names for name in os.listdir(package_dir))
-    except OSError:  # not a directory (a zip): nothing compiled can load from there either
-        return False
+    """Whether any compiled module for this interpreter sits among the sources (the shared
+    library or a stray module of an older build alike: either would be imported first)."""
+    return bool(_modules(package_dir, importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def changed_sources(package_dir: Path = PACKAGE_DIR) -> list[str]:
@@ -136,14 +133,10 @@ def changed_sources(package_dir: Path = PACKAGE_DIR) -> list[str]:
     group = f"{package_dir.name}.{GROUP.rpartition('.')[2]}__mypyc"
     extensions = _modules(package_dir, importlib.machinery.EXTENSION_SUFFIXES)
     changed = sorted(m for m in extensions if m not in COMPILED and m != group)
-    sources = _modules(package_dir, [".py"])
-    if not sources:  # an installed build may ship without sources: nothing to be stale against
+    current = digests(package_dir)
+    if not current:  # an installed build may ship without sources: nothing to be stale against
         return changed
-    for module in sorted(recorded.keys() | sources.keys()):
-        path = sources.get(module)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
-        if recorded.get(module) != digest:
-            changed.append(module)
+    changed += sorted(m for m in recorded.keys() | current.keys() if recorded.get(m) != current.get(m))
     return changed
 
 

@@ -127,6 +127,18 @@ def test_a_compiled_module_the_build_no_longer_lists_is_not_loaded(tmp_path: Pat
     assert loaded.stdout.strip().endswith("assertion.py"), loaded.stdout + loaded.stderr
 
 
+def test_a_stray_compiled_module_without_its_build_is_not_loaded(tmp_path: Path) -> None:
+    """What an interrupted clean leaves (a module's extension without the shared library)
+    would fail to import; every module loads as Python instead."""
+    root = built_copy(tmp_path)
+    for library in (root / "broker").glob("_native__mypyc*"):
+        library.unlink()
+    (root / "broker" / native.STAMP).unlink()
+    result = run_probe(root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["stale", ".py"]
+
+
 def test_the_package_imports_from_a_zip(tmp_path: Path) -> None:
     archive = tmp_path / "broker.zip"
     with zipfile.ZipFile(archive, "w") as packed:

@@ -52,6 +52,7 @@ COMPILED = (
     "broker.http.bearer",
     "broker.http.budget",
     "broker.http.classify",
+    "broker.http.head",
     "broker.http.inspect",
     "broker.http.path",
     "broker.http.pool",

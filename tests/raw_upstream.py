@@ -27,6 +27,8 @@ class Canned:
     body: bytes = b"{}"
     content_type: str = "application/json"
     extra: list[tuple[str, str]] = field(default_factory=list)
+    delay: float = 0.0
+    """Seconds the answer waits before it is written (a slow service)."""
 
 
 class _Parsed:
@@ -52,7 +54,13 @@ class _Parsed:
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode()
         self.upstream.requests.append(Received(method, self.target, self.headers, self.body))
-        self.writer.write(self.upstream.answer_for(self.target.split("?", 1)[0]))
+        path = self.target.split("?", 1)[0]
+        answer = self.upstream.answer_for(path)
+        delay = self.upstream.answers[path].delay if path in self.upstream.answers else 0.0
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self.writer.write, answer)
+        else:
+            self.writer.write(answer)
         self._reset()
 
 

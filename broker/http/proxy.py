@@ -12,6 +12,7 @@ from typing import Protocol
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from broker.admin.metrics import Metrics
 from broker.audit.event import decision_event
@@ -24,6 +25,7 @@ from broker.core.shadow import Shadow
 from broker.http.bearer import bearer_token
 from broker.http.budget import AnswerBudget
 from broker.http.classify import Refused, branch_from_body, classify, owner_target
+from broker.http.head import UNSENT, WRITTEN, write_held_answer
 from broker.http.inspect import holds_records, inspect_records, names_a_branch_field, record_branches
 from broker.http.oidc_routes import login_redirect, made_elsewhere, wants_a_page
 from broker.http.pool import Answer
@@ -32,6 +34,7 @@ from broker.http.redact import redacted_target
 from broker.http.request_body import read_body, unframeable
 from broker.http.upstream import Upstream, answer_headers
 from broker.http.upstream_errors import UpstreamError
+from broker.http.written import WrittenResponse
 from broker.messages.shipped import catalogue_of
 from broker.policy.holder import PolicyHolder
 from broker.policy.route import Route
@@ -456,6 +459,15 @@ class ProxyHandler:
         own = limit_headers(decision, self._guard.clock.now())
         own[DECISION_HEADER] = decision.id
         headers = answer_headers(answer.headers, own, keep_length=False)
+        pairs = headers.items() if isinstance(headers, CIMultiDict) else headers
+        written = await write_held_answer(request, answer.status, pairs, body, not self._draining)
+        if written is not None:
+            # a client that hung up gets status 0 in the audit, which reads 499; the records
+            # count as returned unless none of the answer reached its connection
+            outcome.status = answer.status if written == WRITTEN else 0
+            outcome.returned = 0 if written == UNSENT else count
+            keep_alive = written == WRITTEN and request.keep_alive and not self._draining
+            return WrittenResponse(answer.status, keep_alive=keep_alive)
         outcome.status, outcome.returned = answer.status, count
         # web.Response, prepared and finished here rather than by aiohttp after the handler
         # returns: headers and body still go out in one write, and this handler (which

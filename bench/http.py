@@ -22,7 +22,9 @@ then CPU per request from /proc/<pid>/stat of the variant's own processes (not t
 upstream's, which is reported apart). Medians across rounds. Then the same again at a
 fixed, moderate request rate (250 req/s: latency when nobody is saturated; 5 rounds, as
 its p99 rests on few samples per run), then the
-closed loop for C and D alone, each pinned to a CPU of its own (no scheduler interleaving), and with
+closed loop for C and D alone, each pinned to a CPU of its own (no scheduler interleaving), then
+C and D (and D0, DP) side by side: all at once on one CPU, so a slow spell of this shared
+machine lands on them alike and the ratio of their CPU per request is read within a round, and with
 --profile a py-spy recording of the one-process broker (and of the bare proxy, to compare)
 under load, each pinned to a CPU of its own.
 
@@ -710,6 +712,150 @@ def run_phase(
     return runs
 
 
+def run_shared(setup: Setup, script: Path, args: argparse.Namespace) -> list[Run]:
+    """`args.shared_rounds` rounds of the one-process proxies all at once, sharing CPU 1
+    (the upstream and one wrk per proxy on CPU 0). A slow spell of the machine (another
+    guest, a frequency change) lands on every proxy of a round alike, so the ratio of
+    their CPU per request holds steady where runs one after the other swing by a fifth."""
+    everything = set(range(os.cpu_count() or 1))
+    variants = [v for v in setup.variants if v.key in PINNED_VARIANTS]
+    runs: list[Run] = []
+    for round_no in range(1, args.shared_rounds + 1):
+        setup.fleet.check_alive()
+        for variant in variants:
+            check_answer(variant, setup.callers[round_no % len(setup.callers)])
+            pin(variant.pids(), {1})
+        pin([setup.upstream.pid], {0})
+        try:
+            found = measure_together(variants, setup.upstream.pid, script, args.connections, args.duration, round_no)
+        finally:
+            pin([*(pid for v in variants for pid in v.pids()), setup.upstream.pid], everything)
+        bare = next((r.cpu_us_per_request for r in found if r.variant == "C"), None) or 0.0
+        shown = [(r.variant, r.rate, r.cpu_us_per_request or 0.0) for r in found]
+        log(
+            f"  shared round {round_no}: "
+            + "; ".join(
+                f"{key} {rate:,.0f} req/s {cpu:.0f} µs/req" + (f" ({cpu / bare:.3f}x C)" if bare else "")
+                for key, rate, cpu in shown
+            )
+        )
+        runs += found
+    return runs
+
+
+def measure_together(
+    variants: Sequence[Variant], upstream_pid: int, script: Path, connections: int, seconds: int, round_no: int
+) -> list[Run]:
+    """One wrk per variant, all started together on CPU 0; each variant's CPU per request
+    from /proc over the same window. The upstream's and wrk's CPU cannot be told apart
+    by variant: their totals per request of all variants go in every row."""
+    pids = {v.key: v.pids() for v in variants}
+    before = {key: cpu_ticks(found) for key, found in pids.items()}
+    upstream_before, host_before = cpu_ticks([upstream_pid]), host_ticks()
+    wrk_before, everyone_before = children_cpu_seconds(), all_ticks()
+    results: dict[str, dict[str, float]] = {}
+    failures: list[BenchError] = []
+
+    def load(variant: Variant) -> None:
+        try:
+            results[variant.key] = wrk(variant.url, script, connections, seconds, 0)
+        except BenchError as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=load, args=(v,)) for v in variants]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    wrk_used, everyone_after = children_cpu_seconds() - wrk_before, all_ticks()
+    after = {key: cpu_ticks(found) for key, found in pids.items()}
+    upstream_after, host_after = cpu_ticks([upstream_pid]), host_ticks()
+    busy, steal, total, _irq = host_after - host_before
+    requests = {key: max(1, int(result["requests"])) for key, result in results.items()}
+    all_requests = sum(requests.values())
+    mine = {*(pid for found in pids.values() for pid in found), upstream_pid, os.getpid()}
+    variants_cpu = sum(after[key] - before[key] for key in pids)
+    upstream_cpu = upstream_after - upstream_before
+    runs = []
+    for variant in variants:
+        result, count = results[variant.key], requests[variant.key]
+        runs.append(
+            Run(
+                variant=variant.key,
+                phase="shared",
+                round=round_no,
+                requests=count,
+                seconds=result["duration_us"] / 1e6,
+                rate=count / (result["duration_us"] / 1e6),
+                p50_ms=result["p50_us"] / 1000,
+                p90_ms=result["p90_us"] / 1000,
+                p99_ms=result["p99_us"] / 1000,
+                max_ms=result["max_us"] / 1000,
+                status_errors=int(result["status"]),
+                socket_errors=int(result["connect"] + result["read"] + result["write"] + result["timeout"]),
+                bytes_per_request=result["bytes"] / count,
+                cpu_us_per_request=(after[variant.key] - before[variant.key]) * 1e6 / CLK_TCK / count,
+                upstream_cpu_us_per_request=upstream_cpu * 1e6 / CLK_TCK / all_requests,
+                wrk_cpu_us_per_request=wrk_used * 1e6 / all_requests,
+                host_busy_percent=100 * busy / max(1, total),
+                host_steal_percent=100 * steal / max(1, total),
+                host_others_percent=100 * (busy - variants_cpu - upstream_cpu - wrk_used * CLK_TCK) / max(1, total),
+                other_cpu=others(everyone_before, everyone_after, mine, their_children=False).top(decimals=2),
+            )
+        )
+    return runs
+
+
+@dataclass
+class SharedRow:
+    variant: str
+    rate: float
+    cpu_us: float
+    ratios: list[float]
+    """Per round: the variant's CPU per request over the bare proxy's in the same round."""
+    status_errors: int
+    socket_errors: int
+
+
+def summarise_shared(variants: Sequence[Variant], runs: Sequence[Run]) -> list[SharedRow]:
+    bare = {r.round: r.cpu_us_per_request for r in runs if r.variant == "C" and r.cpu_us_per_request}
+    rows = []
+    for variant in variants:
+        mine = [r for r in runs if r.variant == variant.key and r.cpu_us_per_request]
+        if not mine:
+            continue
+        rows.append(
+            SharedRow(
+                variant=variant.label,
+                rate=statistics.median(r.rate for r in mine),
+                cpu_us=statistics.median(r.cpu_us_per_request or 0 for r in mine),
+                ratios=[(r.cpu_us_per_request or 0) / bare[r.round] for r in mine if r.round in bare],
+                status_errors=sum(r.status_errors for r in mine),
+                socket_errors=sum(r.socket_errors for r in mine),
+            )
+        )
+    return rows
+
+
+def shared_table(rows: Sequence[SharedRow]) -> list[str]:
+    lines = [
+        "| variant | req/s while sharing | CPU µs/req | CPU vs bare, median of rounds (min-max) "
+        "| throughput vs bare when CPU-bound (bare's CPU / variant's) | non-2xx | socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ratio = statistics.median(row.ratios) if row.ratios else None
+        span = f" ({min(row.ratios):.3f}-{max(row.ratios):.3f})" if row.ratios else ""
+        lines.append(
+            f"| {row.variant} | {row.rate:,.0f} | {row.cpu_us:.0f} | "
+            + (f"{ratio:.3f}{span} | {1 / ratio:.2f}" if ratio else "- | -")
+            + f" | {row.status_errors} | {row.socket_errors} |"
+        )
+    return lines
+
+
 @dataclass
 class Profile:
     variant: str
@@ -1020,6 +1166,7 @@ def report(
     closed: list[Run],
     paced: list[Run],
     pinned: list[Run],
+    shared: list[Run],
     body_bytes: dict[str, int],
     idle: dict[str, float],
     audits: dict[str, Counter[str]],
@@ -1123,6 +1270,23 @@ def report(
             "",
             *markdown_table(summarise(setup.variants, pinned), paced=False),
             *noise_warning(pinned),
+        ]
+    if shared:
+        lines += [
+            "",
+            "## Side by side: the one-process proxies at the same time on one CPU",
+            "",
+            f"{args.shared_rounds} round(s) of {args.duration} s after the phases above. In each, C, D and (when "
+            "measured) D0 and DP run at once, all pinned to CPU 1, which the scheduler shares fairly between "
+            "them; the upstream and one wrk per proxy run on CPU 0. The runs of the tables above follow one "
+            "another, and on this shared machine the same proxy's CPU per request moves by a fifth from one run "
+            "to the next (other guests, frequency); here whatever slows a round slows every proxy in it alike, "
+            "so the ratio of their CPU per request is read within each round and holds steady across rounds. "
+            "The last column is what that ratio means for a proxy whose own CPU is the bottleneck, as the "
+            "pinned table's is: its throughput against the bare proxy's.",
+            "",
+            *shared_table(summarise_shared(setup.variants, shared)),
+            *noise_warning(shared),
         ]
     lines += ["", "## Checks", ""]
     lines += [f"- **Note**: {note}" for note in setup.notes]
@@ -1252,6 +1416,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="rounds of the pinned phase (C and D, each on a CPU of its own; default --rounds, 0 skips it)",
     )
     parser.add_argument(
+        "--shared-rounds",
+        type=int,
+        default=None,
+        help="rounds of the side-by-side phase (the one-process proxies at once on one CPU; default --rounds, "
+        "0 skips it)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy the one-process broker and the bare proxy, one more run each"
     )
     parser.add_argument(
@@ -1276,16 +1447,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.duration, args.rounds, args.paced_rounds = 3, 1, 1
     if args.pinned_rounds is None:
         args.pinned_rounds = args.rounds
+    if args.shared_rounds is None:
+        args.shared_rounds = args.rounds
     if (os.cpu_count() or 1) < 2:
-        args.pinned_rounds = 0  # nothing to pin apart on one CPU
+        args.pinned_rounds = args.shared_rounds = 0  # nothing to pin apart on one CPU
     if (
         min(args.duration, args.rounds, args.connections, args.paced_rounds) < 1
         or args.paced_rate < 0
         or args.pinned_rounds < 0
+        or args.shared_rounds < 0
     ):
         parser.error(
             "--duration, --rounds, --paced-rounds and --connections must be at least 1, "
-            "--paced-rate and --pinned-rounds at least 0"
+            "--paced-rate, --pinned-rounds and --shared-rounds at least 0"
         )
     return args
 
@@ -1308,6 +1482,29 @@ def run_profiles(setup: Setup, args: argparse.Namespace, script: Path, stamp: st
         f"`bench/results/http-{stamp}-profile.txt` (top functions of D and, for comparison, C): py-spy "
         "during one extra closed-loop run each, after the measured ones, with the variant pinned to CPU 1."
     )
+
+
+def run_phases(
+    setup: Setup, closed_script: Path, callers: Sequence[Caller], args: argparse.Namespace
+) -> tuple[list[Run], list[Run], list[Run], list[Run]]:
+    """The measured runs, phase after phase: closed loop, fixed rate, pinned, side by side."""
+    workdir = setup.workdir
+    log(f"closed loop: {args.rounds} round(s) x {len(setup.variants)} variants x {args.duration} s ...")
+    closed = run_phase(setup, closed_script, args, "closed", args.duration, args.rounds)
+    paced: list[Run] = []
+    if args.paced_rate:
+        paced_script = write_lua(workdir / "paced.lua", callers, args.connections * 1000 / args.paced_rate)
+        log(f"fixed rate {args.paced_rate} req/s: {args.paced_rounds} round(s) ...")
+        paced = run_phase(setup, paced_script, args, "paced", args.duration, args.paced_rounds)
+    pinned: list[Run] = []
+    if args.pinned_rounds and any(v.key in PINNED_VARIANTS for v in setup.variants):
+        log(f"pinned closed loop: {args.pinned_rounds} round(s), C and D each on a CPU of its own ...")
+        pinned = run_phase(setup, closed_script, args, "pinned", args.duration, args.pinned_rounds, pinned=True)
+    shared: list[Run] = []
+    if args.shared_rounds and sum(v.key in PINNED_VARIANTS for v in setup.variants) > 1:
+        log(f"side by side: {args.shared_rounds} round(s), the one-process proxies at once on CPU 1 ...")
+        shared = run_shared(setup, closed_script, args)
+    return closed, paced, pinned, shared
 
 
 def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitStack, started: float) -> int:
@@ -1337,17 +1534,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
     log(f"warm-up: {WARMUP_SECONDS} s per variant ...")
     for variant in setup.variants:
         wrk(variant.url, closed_script, args.connections, WARMUP_SECONDS)
-    log(f"closed loop: {args.rounds} round(s) x {len(setup.variants)} variants x {args.duration} s ...")
-    closed = run_phase(setup, closed_script, args, "closed", args.duration, args.rounds)
-    paced: list[Run] = []
-    if args.paced_rate:
-        paced_script = write_lua(workdir / "paced.lua", callers, args.connections * 1000 / args.paced_rate)
-        log(f"fixed rate {args.paced_rate} req/s: {args.paced_rounds} round(s) ...")
-        paced = run_phase(setup, paced_script, args, "paced", args.duration, args.paced_rounds)
-    pinned: list[Run] = []
-    if args.pinned_rounds and any(v.key in PINNED_VARIANTS for v in setup.variants):
-        log(f"pinned closed loop: {args.pinned_rounds} round(s), C and D each on a CPU of its own ...")
-        pinned = run_phase(setup, closed_script, args, "pinned", args.duration, args.pinned_rounds, pinned=True)
+    closed, paced, pinned, shared = run_phases(setup, closed_script, callers, args)
     if gc_before is not None:
         setup.notes.append(gc_note(gc_before, gc_totals(setup), sum(r.variant == "D" for r in [*closed, *paced])))
         log(setup.notes[-1])
@@ -1360,7 +1547,9 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
     audits = {key: count_audit(path, audit_kind) for key, path in setup.audit_logs.items()}
     plot_note = plot(RESULTS / f"http-{stamp}.png", setup.variants, closed, paced)
     elapsed = time.monotonic() - started
-    text = report(args, setup, closed, paced, pinned, body_bytes, idle, audits, elapsed, plot_note, profile_note)
+    text = report(
+        args, setup, closed, paced, pinned, shared, body_bytes, idle, audits, elapsed, plot_note, profile_note
+    )
     (RESULTS / f"http-{stamp}.md").write_text(text, encoding="utf-8")
     raw = {
         "args": vars(args),
@@ -1368,6 +1557,7 @@ def benchmark(args: argparse.Namespace, fleet: Fleet, cleanup: contextlib.ExitSt
         "closed": [asdict(r) for r in closed],
         "paced": [asdict(r) for r in paced],
         "pinned": [asdict(r) for r in pinned],
+        "shared": [asdict(r) for r in shared],
         "body_bytes": body_bytes,
         "idle_cpu_percent": idle,
         "audit": {k: dict(v) for k, v in audits.items()},

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import dataclasses
 import faulthandler
 import gc
 import io
@@ -241,7 +240,7 @@ def access_for(snapshot: PolicySnapshot, request: Request, token: str, rng: rand
     query = MultiDict(parse_qsl(target.partition("?")[2]))
     access, route = classify(snapshot.routes, method, target, query, token, CLIENT)
     if route is not None and route.branch_from == "body":
-        access = dataclasses.replace(access, branch=branch)  # what branch_from_body reads
+        access = access.with_branch(branch)  # what branch_from_body reads
     return access
 
 
@@ -308,7 +307,7 @@ class GuardBench:
         took = []
         await self.store.close()
         for (access, _emp), token in zip(self.accesses, self.fresh, strict=False):
-            fresh_access = dataclasses.replace(access, credential=token)
+            fresh_access = access.with_credential(token)
             start = ns()
             await self.guard.decide(fresh_access, self.snapshot)
             took.append(ns() - start)

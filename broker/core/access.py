@@ -33,30 +33,80 @@ class Refusal:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
 class Access:
     """One request, translated out of its protocol.
 
     `records` is an upper bound on what the request can return (UNBOUNDED if none);
     `branch` is the branch the record belongs to when the request names it, else None
     and the door checks each returned record instead.
+
+    Written out by hand rather than as a frozen dataclass: one is made for every request,
+    and a compiled build makes this in tens of nanoseconds against about two
+    microseconds; its Final attributes still refuse assignment. `with_*` make a changed
+    copy, as `dataclasses.replace` did.
     """
 
-    credential: str | None
-    client: str
-    target: str
-    resource: str = ""
-    action: str = ""
-    branch: str | None = None
-    records: int = 0
-    refusal: Refusal | None = None
-    device: str | None = None
-    """The SHA-256 fingerprint (hex) of the client's certificate when the door requires
-    device certificates ("" when none was presented); None when it does not."""
-    session: str | None = None
-    """The browser session id from the broker's cookie, when the request carries no
-    Authorization header and browser sign-in is configured; identifies instead of
-    `credential`."""
+    __slots__ = ("action", "branch", "client", "credential", "device", "records", "refusal", "resource", "session",
+                 "target")  # fmt: skip
+
+    def __init__(
+        self,
+        credential: str | None,
+        client: str,
+        target: str,
+        resource: str = "",
+        action: str = "",
+        branch: str | None = None,
+        records: int = 0,
+        refusal: Refusal | None = None,
+        device: str | None = None,
+        session: str | None = None,
+    ) -> None:
+        self.credential: Final = credential
+        self.client: Final = client
+        self.target: Final = target
+        self.resource: Final = resource
+        self.action: Final = action
+        self.branch: Final = branch
+        self.records: Final = records
+        self.refusal: Final = refusal
+        self.device: Final = device
+        """The SHA-256 fingerprint (hex) of the client's certificate when the door requires
+        device certificates ("" when none was presented); None when it does not."""
+        self.session: Final = session
+        """The browser session id from the broker's cookie, when the request carries no
+        Authorization header and browser sign-in is configured; identifies instead of
+        `credential`."""
+
+    def _fields(self) -> tuple[str | None, str, str, str, str, str | None, int, Refusal | None, str | None, str | None]:
+        return (self.credential, self.client, self.target, self.resource, self.action, self.branch, self.records,
+                self.refusal, self.device, self.session)  # fmt: skip
+
+    def with_branch(self, branch: str | None) -> Access:
+        return Access(self.credential, self.client, self.target, self.resource, self.action, branch, self.records,
+                      self.refusal, self.device, self.session)  # fmt: skip
+
+    def with_refusal(self, refusal: Refusal) -> Access:
+        return Access(self.credential, self.client, self.target, self.resource, self.action, self.branch,
+                      self.records, refusal, self.device, self.session)  # fmt: skip
+
+    def with_device(self, device: str) -> Access:
+        return Access(self.credential, self.client, self.target, self.resource, self.action, self.branch,
+                      self.records, self.refusal, device, self.session)  # fmt: skip
+
+    def with_session(self, session: str) -> Access:
+        return Access(self.credential, self.client, self.target, self.resource, self.action, self.branch,
+                      self.records, self.refusal, self.device, session)  # fmt: skip
+
+    def with_credential(self, credential: str | None) -> Access:
+        return Access(credential, self.client, self.target, self.resource, self.action, self.branch, self.records,
+                      self.refusal, self.device, self.session)  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Access) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     def __repr__(self) -> str:  # never let the raw token reach a log line
         return (

@@ -7,7 +7,6 @@ unexpected exception becomes an ERROR verdict, which every door treats as a deni
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import secrets
 from collections.abc import Callable
@@ -167,7 +166,7 @@ class Guard:
         used = await self._meter.settle(served, decision.quota_key, delta, quota.reset_at, self._clock.now())
         if used is not None:
             decision.reserved = returned
-            decision.quota = dataclasses.replace(quota, used=used)
+            decision.quota = quota.with_used(used)
 
     async def quotas_of(self, employee: Employee) -> list[QuotaState]:
         """The caller's own quota state per resource, for the self-service view."""

@@ -9,7 +9,6 @@ fraction of a quota while Redis is away. Which store served is reported per deci
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -131,8 +130,8 @@ class Meter:
             return await self.store.admit(rate, quota, now, gates), Served.LOCAL
 
         def scaled(store: CounterStore) -> Awaitable[Admission]:
-            local_rate = dataclasses.replace(rate, limit=self._scaled(rate.limit)) if rate else None
-            local_quota = dataclasses.replace(quota, limit=self._scaled(quota.limit)) if quota else None
+            local_rate = rate.with_limit(self._scaled(rate.limit)) if rate else None
+            local_quota = quota.with_limit(self._scaled(quota.limit)) if quota else None
             return store.admit(local_rate, local_quota, now, gates)
 
         return await self._metered(resource, lambda store: store.admit(rate, quota, now, gates), scaled)

@@ -7,7 +7,6 @@ with what the live broker would do.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from multidict import MultiDict
@@ -77,9 +76,9 @@ def _classify(snapshot: PolicySnapshot, question: Question) -> tuple[Access, Rou
     if route is None or route.branch_from != "body":
         return access, route
     try:
-        return dataclasses.replace(access, branch=branch_from_body(route, question.body or b"")), route
+        return access.with_branch(branch_from_body(route, question.body or b"")), route
     except Refused as exc:
-        return dataclasses.replace(access, refusal=Refusal(exc.reason, exc.detail)), None
+        return access.with_refusal(Refusal(exc.reason, exc.detail)), None
 
 
 async def _precharge(

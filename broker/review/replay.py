@@ -26,7 +26,6 @@ as a reason change, not a flip.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from datetime import UTC
 
@@ -123,18 +122,18 @@ def replayed_access(snapshot: PolicySnapshot, event: Recorded) -> tuple[Access, 
     if route is None:
         return access, None
     if event.reason in _CARRIED:
-        return dataclasses.replace(access, refusal=Refusal(Reason(event.reason), event.detail)), None
+        return access.with_refusal(Refusal(Reason(event.reason), event.detail)), None
     if route.branch_from != "body":
         return access, route
     if event.record_branch is None:
         if event.reason == Reason.REQUEST_BAD_BODY.value:
-            return dataclasses.replace(access, refusal=Refusal(Reason.REQUEST_BAD_BODY, event.detail)), None
+            return access.with_refusal(Refusal(Reason.REQUEST_BAD_BODY, event.detail)), None
         return access, route  # the branch is unknown: the door would check the returned record
     body = orjson.dumps({route.branch_name: event.record_branch})
     try:
-        return dataclasses.replace(access, branch=branch_from_body(route, body)), route
+        return access.with_branch(branch_from_body(route, body)), route
     except Refused as exc:  # pragma: no cover - the rebuilt body always names the branch
-        return dataclasses.replace(access, refusal=Refusal(exc.reason, exc.detail)), None
+        return access.with_refusal(Refusal(exc.reason, exc.detail)), None
 
 
 def _outcome(event: Recorded, decision: Decision) -> tuple[str, str, str]:

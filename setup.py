@@ -29,12 +29,10 @@ if os.environ.get("BROKER_COMPILE") == "1":
     for old in package.rglob("*.so"):
         old.unlink()
     sources = [str(native["source_of"](module, ROOT).relative_to(ROOT)) for module in native["COMPILED"]]
+    # mypyc builds with -Werror. Keep it so: gcc's -Wmaybe-uninitialized is how a mypyc
+    # miscompile shows (one that crashed the broker failed the build this way first;
+    # broker/core/guard.py, decide_login, says which).
     ext_modules = mypycify(sources, opt_level="3", group_name=native["GROUP"])
-    for extension in ext_modules:
-        # mypyc builds with -Werror, and gcc 12 at -O3 says a value mypyc's generated code
-        # sets on every path through a generator "may be used uninitialized" (a false
-        # positive of that flow analysis, as the array-bounds ones mypyc itself silences)
-        extension.extra_compile_args.append("-Wno-maybe-uninitialized")
 
     class BuildThenStamp(build_ext):
         """build_ext, then the record of what it built, beside what it built."""

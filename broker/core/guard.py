@@ -144,7 +144,13 @@ class Guard:
         d = Decision(self._decision_id(), Verdict.DENY, Reason.BROKER_ERROR, "", access, "", now)
         try:
             employee = await self._identified(d, snapshot, identity)
-            shift = self._in_shift(d, employee, now) if employee is not None and access.refusal is None else None
+            # an `if` statement, not a conditional expression: mypyc 2.4 compiles `x if a and
+            # access.refusal is None else y` in an async def (refusal is Final) to code that
+            # releases a reference it never took when `a` is false (a crash). gcc flags it
+            # (-Wmaybe-uninitialized, an error under mypyc's -Werror): never silence that.
+            shift = None
+            if employee is not None and access.refusal is None:
+                shift = self._in_shift(d, employee, now)
             if employee is not None and access.refusal is not None:
                 _deny(d, access.refusal.reason, access.refusal.detail)
             elif shift is not None:

@@ -169,3 +169,33 @@ def test_without_a_build_the_sources_load_quietly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["source", ".py"]
     assert result.stderr == ""
+
+
+def test_compiled_value_classes_refuse_assignment(tmp_path: Path) -> None:
+    # Access, QuotaState and the store's asks are plain classes with Final attributes
+    # (frozen dataclasses cost ~1 µs each to make): compiled, Final is enforced
+    probe = (
+        "import broker\n"
+        "from broker.core.access import Access\n"
+        "from broker.core.decision import QuotaState\n"
+        "from broker.meter.store import QuotaAsk\n"
+        "print(broker.NATIVE)\n"
+        "for thing, name in ((Access('t', 'c', 'GET /'), 'branch'), (QuotaState('w', 1, 0, 60, 0.0), 'used'),\n"
+        "                    (QuotaAsk('k', 1, 2, 3.0), 'limit')):\n"
+        "    try:\n"
+        "        setattr(thing, name, 'changed')\n"
+        "    except AttributeError:\n"
+        "        print('refused', name)\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    cwd = built_copy(tmp_path)
+    found = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=cwd,
+        env={**clean, "PYTHONPATH": str(cwd)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert found.stdout.split("\n") == ["compiled", "refused branch", "refused used", "refused limit", ""], found

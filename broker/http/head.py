@@ -13,6 +13,7 @@ to web.Response, which handles it as before: `write_held_answer` returns None.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -21,6 +22,8 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters no header may hold (CR and LF are counted apart, tab is allowed)."""
 _REASONS: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 WRITTEN, UNSENT, CUT = "written", "unsent", "cut"
 """What became of an answer `write_held_answer` wrote."""
@@ -50,7 +53,8 @@ def answer_head(
     version: tuple[int, int], status: int, headers: Iterable[tuple[str, str]], length: int, keep_alive: bool
 ) -> bytes | None:
     """The status line and header block of an answer of `length` bytes, or None when a
-    header would break the framing (a CR or LF inside a name or value).
+    header would break the framing (a CR, LF or other control character inside a name
+    or value).
 
     Adds what aiohttp's web.Response adds when the answer lacks it: Date (RFC 9110
     6.6.1: a proxy forwarding an answer without one adds it), Server, Content-Type for a
@@ -79,8 +83,9 @@ def answer_head(
     elif version == (1, 0) and keep_alive:
         lines.append("Connection: keep-alive\r\n")
     text = "".join(lines)
-    # each line brings exactly one CR and one LF: any other is inside a name or value
-    if text.count("\r") != len(lines) or text.count("\n") != len(lines):
+    # each line brings exactly one CR and one LF: any other is inside a name or value;
+    # and no other control character either (aiohttp refuses them too; tab is allowed)
+    if text.count("\r") != len(lines) or text.count("\n") != len(lines) or _CONTROL.search(text):
         return None
     return (text + "\r\n").encode("utf-8", "surrogateescape")
 
@@ -109,6 +114,10 @@ async def write_held_answer(
         transport.write(head + body)
     else:  # no copy of a large body: one vectored write
         transport.writelines((head, body))
+    # aiohttp counts what its writer sent to know that an answer has started: were the
+    # handler to fail after this, it must close the connection rather than append a 500
+    # that a client reusing the connection would read as its next request's answer
+    request.writer.output_size += len(head) + len(body)
     try:
         await request.writer.drain()
     except ConnectionError:

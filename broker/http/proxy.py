@@ -90,11 +90,14 @@ class Outcome:
     every request: a plain class, which a compiled build makes several times faster than
     a dataclass.)"""
 
-    __slots__ = ("headers", "returned", "status")
+    __slots__ = ("charged", "headers", "returned", "status")
 
     def __init__(self, status: int, returned: int = 0, headers: Mapping[str, str] | None = None) -> None:
         self.status = status
         self.returned = returned
+        self.charged: int | None = None
+        """Records charged for the answer when that differs from `returned` (an answer
+        the client hung up before receiving); None: as returned."""
         self.headers = headers
         """The request's headers, read only by a refusal made after the decision (to word it
         in the language the request asked for): an allowed request looks nothing up."""
@@ -462,14 +465,18 @@ class ProxyHandler:
         own[DECISION_HEADER] = decision.id
         headers = answer_headers(answer.headers, own, keep_length=False)
         pairs = headers.items() if isinstance(headers, CIMultiDict) else headers
-        written = await write_held_answer(request, answer.status, pairs, body, not self._draining)
+        # decided once, before the write: the header said so, and aiohttp must do as it said
+        # even if draining starts while the client reads
+        keep_alive = request.keep_alive and not self._draining
+        written = await write_held_answer(request, answer.status, pairs, body, keep_alive)
         if written is not None:
             # a client that hung up gets status 0 in the audit, which reads 499; the records
-            # count as returned unless none of the answer reached its connection
+            # count as returned unless none of the answer reached its connection (they were
+            # charged all the same, and a shadow policy is settled with what was charged)
             outcome.status = answer.status if written == WRITTEN else 0
             outcome.returned = 0 if written == UNSENT else count
-            keep_alive = written == WRITTEN and request.keep_alive and not self._draining
-            return WrittenResponse(answer.status, keep_alive=keep_alive)
+            outcome.charged = count
+            return WrittenResponse(answer.status, keep_alive=keep_alive and written == WRITTEN)
         outcome.status, outcome.returned = answer.status, count
         # web.Response, prepared and finished here rather than by aiohttp after the handler
         # returns: headers and body still go out in one write, and this handler (which
@@ -550,7 +557,7 @@ class ProxyHandler:
         assert self._shadow is not None
         if shadow is None:
             return {"shadow_verdict": None}
-        await self._shadow.settle(shadow, outcome.returned)
+        await self._shadow.settle(shadow, outcome.returned if outcome.charged is None else outcome.charged)
         self._metrics.shadow_decisions.labels(shadow.verdict.value, shadow.reason.value).inc()
         return {
             "shadow_verdict": shadow.verdict.value,

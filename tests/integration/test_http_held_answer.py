@@ -10,8 +10,10 @@ import struct
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from broker.http.head import answer_head
+from broker.http.head import WRITTEN, answer_head, write_held_answer
 from tests.conftest import BrokerFactory
 from tests.harness import Harness
 from tests.raw_upstream import RawUpstream
@@ -145,11 +147,65 @@ async def test_a_client_that_hangs_up_before_its_answer_comes_is_audited_as_gone
     assert (await held.get(PATH + "?limit=5", "e1001")).status == 200
 
 
+async def test_draining_that_starts_while_an_answer_is_read_keeps_the_word_it_gave(
+    make_broker: BrokerFactory, raw_upstream: RawUpstream
+) -> None:
+    # the first answer went out saying keep-alive; the broker then starts draining while
+    # the client is still reading it: the pipelined second request is answered (closing)
+    items = [{"waybill_no": f"SF{n}", "branch_code": "BR001", "note": "x" * 300_000} for n in range(50)]
+    raw_upstream.answer(PATH, {"items": items})  # about 15 MB
+    broker = await make_broker(
+        raw_upstream.url, held_answers_budget_bytes=64 << 20, max_response_inspect_bytes=32 << 20
+    )
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", broker.port))
+    reader, writer = await asyncio.open_connection(sock=slow)
+    writer.write(request_bytes(broker, target=PATH + "?limit=50") * 2)
+    await writer.drain()
+    await asyncio.sleep(1.0)  # the first answer is being written; the client reads nothing yet
+    broker.broker.admin.draining = True  # SIGTERM
+    first = await read_answer(reader)
+    second = await read_answer(reader)
+    writer.close()
+    assert (first[0], named(first[1], "Connection")) == ("HTTP/1.1 200 OK", [])
+    assert (second[0], named(second[1], "Connection")) == ("HTTP/1.1 200 OK", ["close"])
+
+
+async def test_a_handler_that_fails_after_writing_its_answer_appends_nothing() -> None:
+    # aiohttp answers a handler's exception with a 500 unless its writer says an answer
+    # has started: a 500 after a whole 200 would be read as the next request's answer
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert await write_held_answer(request, 200, [("Content-Type", "text/plain")], b"done", True) == WRITTEN
+        raise RuntimeError("a fault after the answer was written")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestServer(app, host="127.0.0.1") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = await read_answer(reader)
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert (status, body, named(headers, "Content-Length")) == ("HTTP/1.1 200 OK", b"done", ["4"])
+    assert rest == b""  # the connection closed; no second answer
+
+
 def test_a_header_with_a_line_break_is_never_written_as_is() -> None:
-    for name, value in [("X-A", "1\r\nX-Injected: 2"), ("X-A", "1\nX-B: 2"), ("X-A\r\nX-B", "1"), ("X-A", "1\r")]:
+    for name, value in [
+        ("X-A", "1\r\nX-Injected: 2"),
+        ("X-A", "1\nX-B: 2"),
+        ("X-A\r\nX-B", "1"),
+        ("X-A", "1\r"),
+        ("X-A", "1\x00"),
+        ("X-A", "1\x7f"),
+        ("X-A\x0b", "1"),
+    ]:
         assert answer_head((1, 1), 200, [(name, value)], 2, True) is None, (name, value)
     head = answer_head((1, 1), 200, [("X-Raw", "caf\udce9")], 2, False)
     assert head is not None
     assert b"X-Raw: caf\xe9\r\n" in head  # the upstream's own byte, as it came
     assert head.endswith(b"Content-Length: 2\r\nConnection: close\r\n\r\n")
     assert answer_head((1, 1), 299, [], 0, True) is not None  # a status without a phrase
+    assert answer_head((1, 1), 200, [("X-Tab", "a\tb")], 0, True) is not None  # a tab may be in a value

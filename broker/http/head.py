@@ -13,7 +13,6 @@ to web.Response, which handles it as before: `write_held_answer` returns None.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -22,8 +21,11 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""Control characters no header may hold (CR and LF are counted apart, tab is allowed)."""
+_NOT_CONTROL = bytes(b for b in range(256) if b == 0x09 or 0x20 <= b != 0x7F)
+"""Every byte a header may hold but CR and LF: deleting them leaves the line ends and
+whatever control character does not belong."""
+_LINE_ENDS = [b"\r\n" * (lines + 1) for lines in range(512)]
+"""What deleting _NOT_CONTROL must leave of a head of n lines (+1: the blank line)."""
 _REASONS: dict[int, str] = {status.value: status.phrase for status in HTTPStatus}
 WRITTEN, UNSENT, CUT = "written", "unsent", "cut"
 """What became of an answer `write_held_answer` wrote."""
@@ -82,12 +84,14 @@ def answer_head(
         lines.append("Connection: close\r\n")
     elif version == (1, 0) and keep_alive:
         lines.append("Connection: keep-alive\r\n")
-    text = "".join(lines)
-    # each line brings exactly one CR and one LF: any other is inside a name or value;
-    # and no other control character either (aiohttp refuses them too; tab is allowed)
-    if text.count("\r") != len(lines) or text.count("\n") != len(lines) or _CONTROL.search(text):
+    head = ("".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+    # its control characters, in one pass: each line ends with CR LF, and there must be
+    # no other (a CR or LF inside a name or value splits the answer; aiohttp refuses any
+    # control character but tab, and so does this)
+    ends = _LINE_ENDS[len(lines)] if len(lines) < len(_LINE_ENDS) else b"\r\n" * (len(lines) + 1)
+    if head.translate(None, _NOT_CONTROL) != ends:
         return None
-    return (text + "\r\n").encode("utf-8", "surrogateescape")
+    return head
 
 
 async def write_held_answer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from broker.policy.problem import PolicyError
 from tests.conftest import BrokerFactory
+from tests.raw_upstream import RawUpstream
 
 LIST = "/api/branches/BR001/waybills"
 
@@ -82,3 +84,28 @@ async def test_the_shadow_policy_must_pass_its_own_tests_and_shows_in_policy_sta
     state = (await broker.get("/-/policy")).json
     assert state["shadow"]["directory"] == str(shadow) and state["shadow"]["revision"] != state["revision"]
     assert state["shadow"]["rejected"] == 0
+
+
+async def test_a_shadow_is_charged_what_the_live_policy_charged_when_the_client_hangs_up(
+    make_broker: BrokerFactory, policy_dir: Path, tmp_path: Path, raw_upstream: RawUpstream
+) -> None:
+    # the live policy charges the 10 records of an answer whose client hung up before it
+    # was written; the shadow (a quota of 30) must count them too, or it would report
+    # one answer fewer than was charged: its third later request would still pass
+    ten = {"items": [{"waybill_no": f"SF{n}", "branch_code": "BR001"} for n in range(10)], "total": 10}
+    raw_upstream.answer(LIST, ten, delay=0.5)
+    broker = await make_broker(raw_upstream.url, shadow=tightened_copy(policy_dir, tmp_path))
+    token = broker.token("e1001")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(f"GET {LIST}?limit=10 HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()  # gone before the answer comes
+    await writer.wait_closed()
+    gone = (await broker.audit_events())[-1]
+    assert (gone["status"], gone["records_returned"], gone["records_charged"]) == (499, 0, 10)
+    raw_upstream.answer(LIST, ten)
+    later = [await broker.get(f"{LIST}?limit=10", "e1001") for _ in range(3)]
+    assert [r.status for r in later] == [200, 200, 200]  # the live quota is 500
+    events = await broker.audit_events(at_least=4)
+    assert [e["shadow_reason"] for e in events[-3:]] == ["allow", "allow", "quota.exceeded"]

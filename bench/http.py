@@ -395,6 +395,23 @@ class Run:
     """The busiest processes besides the variant, the upstream and wrk (CPU seconds over the run)."""
 
 
+def wrk_figures(result: dict[str, float], requests: int) -> dict[str, Any]:
+    """The fields of a Run that come from one wrk run's result."""
+    seconds = result["duration_us"] / 1e6
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "rate": requests / seconds,
+        "p50_ms": result["p50_us"] / 1000,
+        "p90_ms": result["p90_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+        "max_ms": result["max_us"] / 1000,
+        "status_errors": int(result["status"]),
+        "socket_errors": int(result["connect"] + result["read"] + result["write"] + result["timeout"]),
+        "bytes_per_request": result["bytes"] / requests,
+    }
+
+
 def measure(
     variant: Variant,
     upstream_pid: int,
@@ -419,16 +436,7 @@ def measure(
         variant=variant.key,
         phase=phase,
         round=round_no,
-        requests=requests,
-        seconds=result["duration_us"] / 1e6,
-        rate=requests / (result["duration_us"] / 1e6),
-        p50_ms=result["p50_us"] / 1000,
-        p90_ms=result["p90_us"] / 1000,
-        p99_ms=result["p99_us"] / 1000,
-        max_ms=result["max_us"] / 1000,
-        status_errors=int(result["status"]),
-        socket_errors=int(result["connect"] + result["read"] + result["write"] + result["timeout"]),
-        bytes_per_request=result["bytes"] / requests,
+        **wrk_figures(result, requests),
         cpu_us_per_request=(after - before) * per_request if pids else None,
         upstream_cpu_us_per_request=(upstream_after - upstream_before) * per_request,
         wrk_cpu_us_per_request=wrk_used * 1e6 / requests,
@@ -786,16 +794,7 @@ def measure_together(
                 variant=variant.key,
                 phase="shared",
                 round=round_no,
-                requests=count,
-                seconds=result["duration_us"] / 1e6,
-                rate=count / (result["duration_us"] / 1e6),
-                p50_ms=result["p50_us"] / 1000,
-                p90_ms=result["p90_us"] / 1000,
-                p99_ms=result["p99_us"] / 1000,
-                max_ms=result["max_us"] / 1000,
-                status_errors=int(result["status"]),
-                socket_errors=int(result["connect"] + result["read"] + result["write"] + result["timeout"]),
-                bytes_per_request=result["bytes"] / count,
+                **wrk_figures(result, count),
                 cpu_us_per_request=(after[variant.key] - before[variant.key]) * 1e6 / CLK_TCK / count,
                 upstream_cpu_us_per_request=upstream_cpu * 1e6 / CLK_TCK / all_requests,
                 wrk_cpu_us_per_request=wrk_used * 1e6 / all_requests,

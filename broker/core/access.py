@@ -78,10 +78,6 @@ class Access:
         Authorization header and browser sign-in is configured; identifies instead of
         `credential`."""
 
-    def _fields(self) -> tuple[str | None, str, str, str, str, str | None, int, Refusal | None, str | None, str | None]:
-        return (self.credential, self.client, self.target, self.resource, self.action, self.branch, self.records,
-                self.refusal, self.device, self.session)  # fmt: skip
-
     def with_branch(self, branch: str | None) -> Access:
         return Access(self.credential, self.client, self.target, self.resource, self.action, branch, self.records,
                       self.refusal, self.device, self.session)  # fmt: skip
@@ -101,12 +97,6 @@ class Access:
     def with_credential(self, credential: str | None) -> Access:
         return Access(credential, self.client, self.target, self.resource, self.action, self.branch, self.records,
                       self.refusal, self.device, self.session)  # fmt: skip
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Access) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
 
     def __repr__(self) -> str:  # never let the raw token reach a log line
         return (

@@ -99,15 +99,17 @@ async def write_held_answer(
 ) -> str | None:
     """Write a whole answer on the request's connection and wait until the connection
     has taken it (a client that does not read holds it, and with it the held-answers
-    budget). WRITTEN; UNSENT: the client had hung up, nothing was written; CUT: it hung
-    up while the broker waited for it to read (it may have read part). None: not the
-    common case, nothing written; the caller frames the answer with web.Response."""
+    budget). `keep_alive`: the caller's decision that the connection stays open (the
+    client asked for it and the broker is not draining).
+
+    WRITTEN; UNSENT: the client had hung up, nothing was written; CUT: it hung up while
+    the broker waited for it to read (it may have read part). None: not the common case,
+    nothing written; the caller frames the answer with web.Response."""
     if status < 200 or status in _BODILESS or request.method == "HEAD":
         return None
     version = request.version
     if version not in ((1, 1), (1, 0)):
         return None
-    keep_alive = keep_alive and request.keep_alive
     head = answer_head((version[0], version[1]), status, headers, len(body), keep_alive)
     if head is None:
         return None

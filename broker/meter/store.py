@@ -69,15 +69,6 @@ class RateOutcome:
         self.reset_after: Final = reset_after
         self.retry_after: Final = retry_after
 
-    def _key(self) -> tuple[bool, int, float, float]:
-        return (self.allowed, self.remaining, self.reset_after, self.retry_after)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RateOutcome) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
     def __repr__(self) -> str:
         return (
             f"RateOutcome(allowed={self.allowed!r}, remaining={self.remaining!r}, "
@@ -96,15 +87,6 @@ class RateAsk:
     def with_limit(self, limit: int) -> RateAsk:
         return RateAsk(self.key, limit, self.period)
 
-    def _key(self) -> tuple[str, int, float]:
-        return (self.key, self.limit, self.period)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RateAsk) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
     def __repr__(self) -> str:
         return f"RateAsk(key={self.key!r}, limit={self.limit!r}, period={self.period!r})"
 
@@ -122,15 +104,6 @@ class QuotaAsk:
 
     def with_limit(self, limit: int) -> QuotaAsk:
         return QuotaAsk(self.key, self.amount, limit, self.expires_at, self.raise_key)
-
-    def _key(self) -> tuple[str, int, int, float, str]:
-        return (self.key, self.amount, self.limit, self.expires_at, self.raise_key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, QuotaAsk) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
 
     def __repr__(self) -> str:
         return (
